@@ -1,0 +1,147 @@
+"""The ``evaluation`` job: accuracy, loss, confusion matrix and calibration (ECE) of a
+classifier on a labelled dataset, or embedding export for an encoder."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .auth import Principal
+from .errors import JobFailed
+from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
+from .registry import dataset_input, model_input
+from .store import Store
+
+VERSION = "1.0.0"
+
+
+class EvaluationParams(BaseModel):
+    """Evaluate a registered model on a registered dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(min_length=1, max_length=64)
+    dataset_id: str = Field(min_length=1, max_length=64)
+    batch_size: int = Field(default=256, ge=1, le=8192)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    n_bins: int = Field(default=15, ge=2, le=100)
+
+
+def _resolve(store: Store, principal: Principal, params: EvaluationParams) -> dict[str, Any]:
+    model = store.get_owned("models", principal.tenant_id, params.model_id, "model")
+    dataset = store.get_owned("datasets", principal.tenant_id, params.dataset_id, "dataset")
+    return {"model": model_input(model), "dataset": dataset_input(dataset)}
+
+
+def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
+    """A local path a backend can load: the blob, or the extracted transformers folder."""
+    from models.formats import extract_transformers_tar
+
+    blob = ctx.blob_path(model["blob"])
+    if model["format"] != "transformers":
+        return blob
+    root = ctx.cache_dir("modeldirs")
+    target = root / model["blob"]
+    if not target.is_dir():
+        tmp = root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            extract_transformers_tar(blob, tmp, max_total_bytes=ctx.settings.max_upload_bytes * 4)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    if (target / "config.json").is_file():
+        return target
+    children = [p for p in target.iterdir() if p.is_dir()]
+    return children[0] if len(children) == 1 else target
+
+
+def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -> Any:
+    from models.engine import load_model
+
+    path = job_model_path(ctx, model)
+    return load_model(
+        path,
+        format=model["format"],
+        architecture=model.get("architecture"),
+        config=model.get("config"),
+        device=None if device in (None, "auto") else device,
+    )
+
+
+def model_digests(model: dict[str, Any]) -> dict[str, Any]:
+    return {"id": model["id"], "name": model["name"], "format": model["format"],
+            "files": model["files"], "blob_sha256": model["blob"]}
+
+
+def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> JobOutcome:
+    from models.datasets import load_npz_dataset
+    from models.evaluation import evaluate_classifier, export_embeddings
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = load_job_model(ctx, inputs["model"], params.device)
+    data = load_npz_dataset(ctx.blob_path(inputs["dataset"]["sha256"]))
+    timings["load_seconds"] = time.perf_counter() - t0
+    ctx.log(f"loaded {inputs['model']['name']} on {model.device}; {len(data.x)} samples")
+    ctx.progress(0.02)
+
+    def progress(fraction: float) -> None:
+        ctx.progress(0.02 + 0.96 * fraction)
+
+    kind = inputs["model"]["kind"]
+    t1 = time.perf_counter()
+    extra: dict[str, Any] | None = None
+    if kind == "encoder":
+        embeddings = export_embeddings(model, data.x, batch_size=params.batch_size,
+                                       progress=progress)
+        buf = io.BytesIO()
+        np.save(buf, embeddings.astype(np.float32), allow_pickle=False)
+        digest = ctx.save_artifact(buf.getvalue())
+        norms = np.linalg.norm(embeddings, axis=1)
+        statistics: dict[str, Any] = {
+            "n": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
+            "mean_norm": float(norms.mean()), "std_norm": float(norms.std()),
+        }
+        extra = {"artifacts": {"embeddings.npy": digest}}
+    elif kind == "classifier":
+        if data.y is None:
+            raise JobFailed("evaluating a classifier needs a dataset with labels ('y')")
+        statistics = evaluate_classifier(model, data, batch_size=params.batch_size,
+                                         n_bins=params.n_bins, progress=progress)
+    else:
+        raise JobFailed(f"evaluation does not support models of kind {kind!r}")
+    timings["evaluate_seconds"] = time.perf_counter() - t1
+    ctx.progress(1.0)
+    return JobOutcome(
+        method="evaluation",
+        version=VERSION,
+        parameters=params.model_dump(mode="json"),
+        inputs={"model": model_digests(inputs["model"]),
+                "dataset": {"id": inputs["dataset"]["id"], "sha256": inputs["dataset"]["sha256"],
+                            "n": inputs["dataset"]["n"]}},
+        statistics=statistics,
+        device=model.device,
+        timings=timings,
+        extra=extra,
+    )
+
+
+register_job_kind(
+    JobKind(
+        name="evaluation",
+        params_model=EvaluationParams,
+        resolve=_resolve,
+        run=_run,
+        description="Accuracy, loss, confusion matrix and ECE of a classifier; embeddings of "
+        "an encoder.",
+    )
+)

@@ -1,0 +1,262 @@
+"""Registering models and datasets: streamed to content-addressed blobs, validated, refused
+when unsafe (pickle in any guise), and given a signed manifest.
+
+Pure service functions (no Flask): the API, the CLI and notebooks call the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+from crypto.dsse import canonical_json, sign_envelope
+from models.errors import DatasetError, ModelError
+
+from .auth import Principal
+from .errors import UnprocessableInput, ValidationFailed
+from .identity import identity_for
+from .store import Store, dumps, loads, new_id, utcnow
+
+MANIFEST_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+MODEL_KINDS = ("classifier", "encoder", "causal_lm")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+
+
+def _check_name(name: str | None, what: str) -> str:
+    if not name or not _NAME_RE.match(name):
+        raise ValidationFailed(
+            f"{what} name must be 1-128 characters: letters, digits, space, '.', '_', '-'"
+        )
+    return name
+
+
+def _safe_filename(filename: str | None, default: str) -> str:
+    base = os.path.basename(filename or "") or default
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)[:128]
+    return base if base not in {".", ".."} else default
+
+
+def _drop_unreferenced(store: Store, digest: str) -> None:
+    row = store.conn.execute("SELECT 1 FROM blobs WHERE digest=?", (digest,)).fetchone()
+    if row is None:
+        store.blobs.path(digest).unlink(missing_ok=True)
+
+
+def transformers_dir(store: Store, tar_digest: str) -> Path:
+    """Extracted transformers model folder for a tar blob (extracted once, atomically)."""
+    from models.formats import extract_transformers_tar
+
+    root = store.settings.home / "modeldirs"
+    target = root / tar_digest
+    if target.is_dir():
+        return _single_child(target)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{uuid.uuid4().hex}"
+    try:
+        extract_transformers_tar(
+            store.blobs.path(tar_digest), tmp, max_total_bytes=store.settings.max_upload_bytes * 4
+        )
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _single_child(target)
+
+
+def _single_child(folder: Path) -> Path:
+    if (folder / "config.json").is_file():
+        return folder
+    children = [p for p in folder.iterdir() if p.is_dir()]
+    if len(children) == 1 and (children[0] / "config.json").is_file():
+        return children[0]
+    return folder
+
+
+def _infer_transformers_kind(model_dir: Path) -> str:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UnprocessableInput(f"config.json unreadable: {exc}") from None
+    archs = config.get("architectures") or []
+    if any("CausalLM" in a or "LMHead" in a for a in archs):
+        return "causal_lm"
+    if any("SequenceClassification" in a for a in archs):
+        return "classifier"
+    return "encoder"
+
+
+def register_model(
+    store: Store,
+    principal: Principal,
+    *,
+    stream: IO[bytes],
+    filename: str | None,
+    name: str,
+    declared_format: str | None = None,
+    kind: str | None = None,
+    architecture: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Store, validate and sign a model upload; returns the model row."""
+    from models.formats import sniff_and_validate
+    from models.manifest import build_manifest
+
+    principal.require("admin", "auditor")
+    _check_name(name, "model")
+    if kind is not None and kind not in MODEL_KINDS:
+        raise ValidationFailed(f"kind must be one of {', '.join(MODEL_KINDS)}")
+    if declared_format is not None and declared_format not in ("onnx", "safetensors",
+                                                              "transformers"):
+        raise ValidationFailed("format must be onnx, safetensors or transformers")
+    settings = store.settings
+    digest, size = store.blobs.put_stream(stream, max_bytes=settings.max_upload_bytes)
+    safe_name = _safe_filename(filename, "model")
+    try:
+        if declared_format == "transformers" or safe_name.endswith((".tar", ".tar.gz", ".tgz")):
+            fmt = "transformers"
+            model_dir = transformers_dir(store, digest)
+            kind = kind or _infer_transformers_kind(model_dir)
+            manifest_target = model_dir
+        else:
+            blob_path = store.blobs.path(digest)
+            named = _named_copy(store, blob_path, safe_name)
+            try:
+                fmt = sniff_and_validate(named, declared=declared_format,
+                                         max_bytes=settings.max_upload_bytes)
+            finally:
+                named.unlink(missing_ok=True)
+            if fmt == "transformers":
+                raise UnprocessableInput("transformers models are uploaded as a tar archive")
+            kind = kind or "classifier"
+            if fmt == "safetensors":
+                if not architecture:
+                    raise ValidationFailed(
+                        "safetensors uploads need 'architecture' and 'config'",
+                        hint="list architectures with GET /v1/architectures",
+                    )
+                _check_safetensors_loads(blob_path, architecture, config or {})
+            elif architecture:
+                raise ValidationFailed("'architecture' only applies to safetensors uploads")
+            manifest_target = None
+        model_id = new_id("mdl")
+        if manifest_target is None:
+            with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as tmp:
+                link = Path(tmp) / safe_name
+                os.link(store.blobs.path(digest), link)
+                statement = build_manifest(link, model_name=name)
+        else:
+            statement = build_manifest(manifest_target, model_name=name)
+    except (ModelError, ValueError) as exc:
+        _drop_unreferenced(store, digest)
+        if isinstance(exc, ValidationFailed | UnprocessableInput):
+            raise
+        raise UnprocessableInput(str(exc), hint=getattr(exc, "diagnostics", lambda: "")()) \
+            from None
+    except BaseException:
+        _drop_unreferenced(store, digest)
+        raise
+    envelope = sign_envelope(
+        canonical_json(statement), MANIFEST_PAYLOAD_TYPE, identity_for(settings).signing_key
+    )
+    files = [
+        {"name": r["name"], "sha256": r["digest"]}
+        for r in statement["predicate"]["resources"]
+    ]
+    with store.transaction():
+        store.record_blob(digest, size)
+        store.conn.execute(
+            "INSERT INTO models (id, tenant_id, name, format, kind, architecture, config, files, "
+            "storage, manifest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                model_id, principal.tenant_id, name, fmt, kind, architecture,
+                dumps(config) if config is not None else None, dumps(files),
+                dumps({"blob": digest, "size": size, "filename": safe_name}),
+                dumps(envelope), utcnow(),
+            ),
+        )
+    return store.get_owned("models", principal.tenant_id, model_id, "model")
+
+
+def _named_copy(store: Store, blob_path: Path, name: str) -> Path:
+    folder = store.settings.tmp_dir / f"sniff-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    target = folder / name
+    os.link(blob_path, target)
+    return target
+
+
+def _check_safetensors_loads(path: Path, architecture: str, config: dict[str, Any]) -> None:
+    from models.engine import load_model
+
+    load_model(path, format="safetensors", architecture=architecture, config=config, device="cpu")
+
+
+def model_view(row: dict[str, Any]) -> dict[str, Any]:
+    storage = loads(row["storage"])
+    return {
+        "id": row["id"], "name": row["name"], "format": row["format"], "kind": row["kind"],
+        "architecture": row["architecture"], "config": loads(row["config"]),
+        "files": loads(row["files"]), "size": storage.get("size"),
+        "created_at": row["created_at"],
+    }
+
+
+def model_input(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON a job message carries to let any worker load this model."""
+    return {
+        "id": row["id"], "name": row["name"], "format": row["format"], "kind": row["kind"],
+        "architecture": row["architecture"], "config": loads(row["config"]),
+        "blob": loads(row["storage"])["blob"], "files": loads(row["files"]),
+    }
+
+
+def register_dataset(
+    store: Store, principal: Principal, *, stream: IO[bytes], name: str
+) -> dict[str, Any]:
+    """Store and validate an ``.npz`` dataset (keys ``x`` and optional integer ``y``)."""
+    from models.datasets import load_npz_dataset
+
+    principal.require("admin", "auditor")
+    _check_name(name, "dataset")
+    digest, size = store.blobs.put_stream(stream, max_bytes=store.settings.max_upload_bytes)
+    try:
+        data = load_npz_dataset(store.blobs.path(digest), max_bytes=store.settings.max_upload_bytes)
+    except (DatasetError, ModelError, ValueError) as exc:
+        _drop_unreferenced(store, digest)
+        raise UnprocessableInput(f"dataset refused: {exc}") from None
+    except BaseException:
+        _drop_unreferenced(store, digest)
+        raise
+    num_classes = int(data.y.max()) + 1 if data.y is not None and len(data.y) else None
+    dataset_id = new_id("dst")
+    with store.transaction():
+        store.record_blob(digest, size)
+        store.conn.execute(
+            "INSERT INTO datasets (id, tenant_id, name, digest, size, n, shape, has_labels, "
+            "num_classes, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dataset_id, principal.tenant_id, name, digest, size, int(data.x.shape[0]),
+                dumps(list(data.x.shape[1:])), int(data.y is not None), num_classes,
+                dumps({"dtype": str(data.x.dtype)}), utcnow(),
+            ),
+        )
+    return store.get_owned("datasets", principal.tenant_id, dataset_id, "dataset")
+
+
+def dataset_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "name": row["name"], "sha256": row["digest"], "size": row["size"],
+        "n": row["n"], "shape": loads(row["shape"]), "has_labels": bool(row["has_labels"]),
+        "num_classes": row["num_classes"], "created_at": row["created_at"],
+    }
+
+
+def dataset_input(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "sha256": row["digest"], "n": row["n"],
+            "shape": loads(row["shape"]), "has_labels": bool(row["has_labels"])}

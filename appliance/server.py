@@ -1,0 +1,56 @@
+"""gunicorn in-process: ``appliance serve`` runs the app factory in each worker."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+
+        return create_app(Settings.from_env())
+
+
+def run_server(settings: Settings, *, host: str, port: int, workers: int | None,
+               threads: int) -> None:
+    metrics_dir = settings.home / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ["APPLIANCE_HOME"] = str(settings.home)
+    # initialise database and keys once, before forking
+    from .identity import identity_for
+    from .store import Store
+
+    Store.open(settings).close()
+    identity_for(settings)
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers or int(os.environ.get("APPLIANCE_HTTP_WORKERS", "2")),
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 120,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        "accesslog": None,
+        "worker_tmp_dir": tempfile.gettempdir(),
+        "preload_app": False,
+    }
+    _Gunicorn(options).run()

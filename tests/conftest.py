@@ -1,0 +1,80 @@
+"""Shared fixtures: a temporary appliance home, the Flask app over it, tenants with tokens."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Any:
+    from appliance.config import Settings
+
+    return Settings(home=tmp_path / "home", rate_limit="100000 per minute",
+                    job_lease_seconds=5.0, log_level="WARNING")
+
+
+class InlineQueue:
+    """Runs each job in a background thread through the real worker code (LocalSink)."""
+
+    def __init__(self, settings: Any) -> None:
+        from appliance.jobs import LocalSink, execute_job
+        from appliance.worker import LocalBlobs
+
+        self.settings = settings
+        self.threads: list[threading.Thread] = []
+        self._execute = execute_job
+        self._sink = LocalSink(settings)
+        self._blobs = LocalBlobs(self._sink.store)
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        thread = threading.Thread(
+            target=self._execute, args=(self.settings, message),
+            kwargs={"sink": self._sink, "blobs": self._blobs}, daemon=True,
+        )
+        self.threads.append(thread)
+        thread.start()
+
+    def join(self, timeout: float = 120.0) -> None:
+        for thread in self.threads:
+            thread.join(timeout)
+
+
+@pytest.fixture
+def app(settings: Any) -> Iterator[Any]:
+    from appliance.app import create_app
+
+    application = create_app(settings, {"TESTING": True})
+    queue = InlineQueue(settings)
+    application.extensions["appliance.enqueue"] = queue
+    application.extensions["test.queue"] = queue
+    yield application
+    queue.join()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+from support import make_token  # noqa: E402
+
+
+@pytest.fixture
+def token_a(settings: Any, app: Any) -> str:
+    return make_token(settings, "tenant-a")
+
+
+@pytest.fixture
+def token_b(settings: Any, app: Any) -> str:
+    return make_token(settings, "tenant-b")
+
