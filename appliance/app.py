@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from typing import Any
@@ -176,10 +177,10 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         return resp
 
     @app.teardown_appcontext
-    def _close(_exc: BaseException | None) -> None:
+    def _release(_exc: BaseException | None) -> None:
         store = g.pop("store", None)
-        if store is not None:
-            store.close()
+        if store is not None and store.conn.in_transaction:
+            store.conn.rollback()
 
     @app.errorhandler(ApplianceError)
     def _appliance_error(exc: ApplianceError) -> Response:
@@ -230,11 +231,23 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     return app
 
 
+_thread_stores = threading.local()
+
+
 def get_store() -> Store:
-    """The request's store connection, opened on first use and closed at teardown."""
+    """The request's store: one SQLite connection per server thread, reused across requests
+    (opening one costs more than a whole request)."""
     from flask import current_app
 
     if "store" not in g:
-        g.store = Store.open(current_app.config["APPLIANCE_SETTINGS"])
-    store: Store = g.store
-    return store
+        settings = current_app.config["APPLIANCE_SETTINGS"]
+        cache = getattr(_thread_stores, "by_db", None)
+        if cache is None:
+            cache = _thread_stores.by_db = {}
+        key = (str(settings.db_path), os.getpid())
+        store = cache.get(key)
+        if store is None:
+            store = cache[key] = Store.open(settings)
+        g.store = store
+    result: Store = g.store
+    return result
