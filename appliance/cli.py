@@ -251,15 +251,16 @@ def _run_sdk(fn: Any) -> Any:
 @click.option("--kind", type=click.Choice(["classifier", "encoder", "causal_lm"]))
 @click.option("--architecture")
 @click.option("--config", "config_json", help="JSON architecture config")
+@click.option("--id-only", is_flag=True, help="print only the new model's id")
 @_http_options
 def models_upload(path: str, name: str, fmt: str | None, kind: str | None,
-                  architecture: str | None, config_json: str | None, url: str,
+                  architecture: str | None, config_json: str | None, id_only: bool, url: str,
                   token: str) -> None:
     """Upload a model file or transformers folder."""
     config = json.loads(config_json) if config_json else None
     model = _run_sdk(lambda: _client(url, token).upload_model(
         path, name=name, format=fmt, kind=kind, architecture=architecture, config=config))
-    click.echo(model.model_dump_json(indent=2))
+    click.echo(model.id if id_only else model.model_dump_json(indent=2))
 
 
 @models.command("manifest")
@@ -281,11 +282,12 @@ def datasets() -> None:
 @datasets.command("upload")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", required=True)
+@click.option("--id-only", is_flag=True, help="print only the new dataset's id")
 @_http_options
-def datasets_upload(path: str, name: str, url: str, token: str) -> None:
+def datasets_upload(path: str, name: str, id_only: bool, url: str, token: str) -> None:
     """Upload an .npz dataset (arrays 'x' and optional 'y')."""
     ds = _run_sdk(lambda: _client(url, token).upload_dataset(path, name=name))
-    click.echo(ds.model_dump_json(indent=2))
+    click.echo(ds.id if id_only else ds.model_dump_json(indent=2))
 
 
 @main.group()
@@ -298,9 +300,10 @@ def jobs() -> None:
 @click.option("--param", "-p", multiple=True, help="key=value (value parsed as JSON if it can)")
 @click.option("--params", "params_json", help="all parameters as a JSON object")
 @click.option("--wait/--no-wait", default=False)
+@click.option("--id-only", is_flag=True, help="print only the job id")
 @_http_options
 def jobs_submit(kind: str, param: tuple[str, ...], params_json: str | None, wait: bool,
-                url: str, token: str) -> None:
+                id_only: bool, url: str, token: str) -> None:
     """Start a job, e.g. `appliance jobs submit evaluation -p model_id=... -p dataset_id=...`."""
     params: dict[str, Any] = json.loads(params_json) if params_json else {}
     for item in param:
@@ -312,8 +315,8 @@ def jobs_submit(kind: str, param: tuple[str, ...], params_json: str | None, wait
     client = _client(url, token)
     job = _run_sdk(lambda: client.create_job(kind, params))
     if wait:
-        job = _run_sdk(lambda: client.wait(job, progress=True))
-    click.echo(job.model_dump_json(indent=2))
+        job = _run_sdk(lambda: client.wait(job, progress=not id_only))
+    click.echo(job.id if id_only else job.model_dump_json(indent=2))
     if job.state == "failed":
         sys.exit(2)
 
@@ -322,17 +325,27 @@ def jobs_submit(kind: str, param: tuple[str, ...], params_json: str | None, wait
 @click.argument("job_id")
 @_http_options
 def jobs_wait(job_id: str, url: str, token: str) -> None:
-    """Wait for a job with a progress bar."""
+    """Wait for a job with a progress bar; exit 2 if it did not succeed."""
     job = _run_sdk(lambda: _client(url, token).wait(job_id, progress=True))
     click.echo(job.model_dump_json(indent=2))
+    if job.state != "succeeded":
+        sys.exit(2)
 
 
 @jobs.command("status")
 @click.argument("job_id")
+@click.option("--field", help="print one field only, e.g. state or report_id")
 @_http_options
-def jobs_status(job_id: str, url: str, token: str) -> None:
+def jobs_status(job_id: str, field: str | None, url: str, token: str) -> None:
+    """Show a job (or one of its fields)."""
     job = _run_sdk(lambda: _client(url, token).get_job(job_id))
-    click.echo(job.model_dump_json(indent=2))
+    if field:
+        data = job.model_dump(mode="json")
+        if field not in data:
+            _fail(f"no field {field!r}; fields: {', '.join(data)}")
+        click.echo("" if data[field] is None else data[field])
+    else:
+        click.echo(job.model_dump_json(indent=2))
 
 
 @jobs.command("logs")
@@ -371,6 +384,16 @@ def reports_get(report_id: str, out: str, as_html: bool, url: str, token: str) -
     click.echo(f"saved {out}")
 
 
+@main.command("demo-data")
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True)
+def demo_data(out: str) -> None:
+    """Write digits.onnx (a trained classifier) and digits-test.npz (held-out digits)."""
+    from .demo import write_digits_demo
+
+    model, data = write_digits_demo(Path(out))
+    click.echo(f"wrote {model} and {data}")
+
+
 @main.group("log")
 def log_group() -> None:
     """Transparency log commands."""
@@ -385,6 +408,17 @@ def log_checkpoint(out: str, url: str) -> None:
 
     cp = _run_sdk(lambda: Client(url).checkpoint())
     Path(out).write_text(json.dumps(cp, indent=2))
+    click.echo(f"saved {out}")
+
+
+@log_group.command("public-key")
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--url", envvar="APPLIANCE_URL", default="http://127.0.0.1:8080")
+def log_public_key(out: str, url: str) -> None:
+    """Save the appliance's report-signing public key (PEM); pin it when verifying."""
+    from .client import Client
+
+    Path(out).write_text(_run_sdk(lambda: Client(url).public_key()))
     click.echo(f"saved {out}")
 
 

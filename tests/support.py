@@ -32,38 +32,18 @@ def make_token(settings: Any, tenant: str, role: str = "admin") -> str:
 
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from appliance.demo import digits_split as split
 
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
-    return x_tr, x_te, y_tr.astype(np.int64), y_te.astype(np.int64)
+    return split(seed)
 
 
 def trained_linear_onnx(path: Path, seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
     """Train a logistic regression on digits and write it as a real ONNX graph (logits out).
     Returns the path and the held-out (x, y)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    from sklearn.linear_model import LogisticRegression
+    from appliance.demo import train_digits_classifier
 
-    x_tr, x_te, y_tr, y_te = digits_split(seed)
-    clf = LogisticRegression(max_iter=500, random_state=seed).fit(x_tr, y_tr)
-    weights = clf.coef_.T.astype(np.float32)
-    bias = clf.intercept_.astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]),
-         helper.make_node("Add", ["xw", "b"], ["logits"])],
-        "digits_linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
-        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
+    model, x_te, y_te = train_digits_classifier(seed)
+    path.write_bytes(model)
     return path, x_te, y_te
 
 
