@@ -1,0 +1,155 @@
+"""Benchmark: private ensemble inference (packed diagonal circuit) vs naive TenSEAL matmul per head.
+
+    python benchmarks/bench_private_inference.py [--quick]
+
+Prints one table: server time per query (K=8 members, 384-d embeddings, 10 classes, score-mode
+encrypted argmax), the naive baseline measured in the same run (TenSEAL ``matmul`` of one
+encrypted 384-d vector by each head, default Galois keys, no argmax), evaluation-key bytes
+against TenSEAL's default Galois key set at the same preset, query/response sizes, batched
+throughput and the FHE / plaintext time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tenseal as ts
+
+from crypto.ckks import get_preset, make_context
+from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference import EnsembleEvaluator, PrivateClient
+
+
+def _timed(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _artifact(rng: np.random.Generator, k: int, c: int, d: int, preset: str) -> EnsembleArtifact:
+    return EnsembleArtifact(
+        templates=[f"template {i}: {{}}" for i in range(k)],
+        weights=rng.normal(size=(k, c, d)) / np.sqrt(d),
+        biases=rng.normal(size=(k, c)) * 0.1,
+        classes=[f"class{i}" for i in range(c)],
+        norm_bound=1.0,
+        preset=preset,
+    )
+
+
+def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--preset", default="n8192-d3")
+    args = parser.parse_args()
+    reps = 3 if args.quick else 10
+    rng = np.random.default_rng(0)
+    k, c, d = 8, 10, 384
+    preset = get_preset(args.preset)
+
+    art = _artifact(rng, k, c, d, args.preset)
+    t0 = time.perf_counter()
+    client = PrivateClient(spec=art.public_spec())
+    eval_keys = client.evaluation_keys()
+    keygen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluator = EnsembleEvaluator(artifact=art, public_context=eval_keys)
+    setup_s = time.perf_counter() - t0
+
+    emb = _unit(rng, (k, d))
+    query = client.encrypt(emb)
+    reply = evaluator.evaluate(query)
+    scores = client.decrypt_result(reply)
+    assert scores.labels[0] == int(np.argmax(art.plaintext_logits(emb)[0])), "wrong label"
+    server_s = _timed(lambda: evaluator.evaluate(query), reps)
+    encrypt_s = _timed(lambda: client.encrypt(emb), reps)
+    decrypt_s = _timed(lambda: client.decrypt_result(reply), reps)
+    plain_s = _timed(lambda: art.plaintext_logits(emb).argmax(), 200)
+
+    # Batched throughput at the benchmark shape (capacity may be 1 query per ciphertext).
+    batch = _unit(rng, (8, k, d))
+    cts = client.encrypt_batch(batch)
+    t0 = time.perf_counter()
+    evaluator.evaluate_batch(cts)
+    thr_full = len(batch) / (time.perf_counter() - t0)
+    # And at a small shape where packing puts several queries in one ciphertext.
+    small = _artifact(rng, 4, c, 32, args.preset)
+    s_client = PrivateClient(spec=small.public_spec())
+    s_eval = EnsembleEvaluator(artifact=small, public_context=s_client.evaluation_keys())
+    s_batch = _unit(rng, (s_client.batch_capacity * 4, 4, 32))
+    s_cts = s_client.encrypt_batch(s_batch)
+    t0 = time.perf_counter()
+    s_replies = s_eval.evaluate_batch(s_cts)
+    thr_small = len(s_batch) / (time.perf_counter() - t0)
+    s_pred = s_client.decrypt_batch(s_replies, total=len(s_batch)).labels
+    assert list(s_pred) == list(small.plaintext_logits(s_batch).argmax(axis=1)), "wrong batch labels"
+
+    # Naive baseline: TenSEAL vector-matrix product per head with the default Galois key set.
+    naive_ctx = make_context(args.preset)
+    naive_ctx.generate_galois_keys()
+    default_keys = len(naive_ctx.serialize(save_secret_key=False, save_galois_keys=True))
+    enc = ts.ckks_vector(naive_ctx, emb[0].tolist())
+    head = art.weights[0].T.tolist()
+    naive_head_s = _timed(lambda: enc.matmul(head), 1 if args.quick else 2)
+    naive_s = naive_head_s * k
+
+    rows = [
+        (
+            "preset",
+            f"{preset.name} (N={preset.poly_modulus_degree}, {preset.total_modulus_bits} bits)",
+            "",
+        ),
+        (
+            "server time / query (K=8, 384-d, 10 cl, score argmax)",
+            f"{server_s:.3f} s",
+            "goal <= 0.5 s",
+        ),
+        ("naive TenSEAL matmul, one head (same preset)", f"{naive_head_s:.3f} s", "measured"),
+        ("naive TenSEAL matmul, 8 heads, no argmax", f"{naive_s:.3f} s", "8 x one head"),
+        ("speed-up vs naive", f"{naive_s / server_s:.1f} x", ""),
+        ("evaluation keys uploaded per session", f"{len(eval_keys) / 1e6:.1f} MB", "goal <= 40 MB"),
+        (
+            "default Galois set public context (same preset)",
+            f"{default_keys / 1e6:.1f} MB",
+            "measured",
+        ),
+        ("query size", f"{len(query) / 1e6:.3f} MB", "goal <= 2 MB"),
+        ("response size", f"{len(reply) / 1e6:.3f} MB", "goal <= 0.5 MB"),
+        (
+            "batched throughput, K=8 x 384-d (1 query/ciphertext)",
+            f"{thr_full:.1f} q/s",
+            "goal >= 20 q/s",
+        ),
+        (
+            f"batched throughput, K=4 x 32-d ({s_client.batch_capacity} q/ciphertext)",
+            f"{thr_small:.1f} q/s",
+            "",
+        ),
+        ("plaintext time / query (numpy)", f"{plain_s * 1e6:.1f} us", ""),
+        ("FHE / plaintext time ratio", f"{server_s / plain_s:.2e}", ""),
+        ("client encrypt / decrypt", f"{encrypt_s * 1e3:.0f} / {decrypt_s * 1e3:.0f} ms", ""),
+        ("client keygen + key export / server setup", f"{keygen_s:.2f} / {setup_s:.2f} s", ""),
+        ("sign polynomial compositions", str(evaluator.sign_rounds), "f(x)=(3x-x^3)/2"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{width}}  {'measured':<28}  note")
+    print("-" * (width + 46))
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:<28}  {note}")
+    print(f"(median of {reps} reps; naive on fewer reps; 2-core machine shared with other jobs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""Private ensemble inference: client (keys, encrypt, decrypt) and server evaluator (no secret key).
+
+Three roles, as in Concrete-ML's deployment split::
+
+    art = EnsembleArtifact(...)                              # owner, server-side only
+    client = PrivateClient(spec=art.public_spec())           # keygen on the client
+    evaluator = EnsembleEvaluator(artifact=art,              # server, once per session
+                                  public_context=client.evaluation_keys())
+    reply = evaluator.evaluate(client.encrypt(embeddings))   # embeddings: (K, d)
+    scores = client.decrypt_result(reply)                    # scores.labels[0], scores.win_counts
+
+The server sees only ciphertexts and public keys; the client learns per-class win counts
+(score mode) but neither the heads' weights nor per-member logits. Unused result slots are
+flooded with fresh uniform noise so they reveal no partial sums.
+
+Limits: at the default preset ``n8192-d3`` one composition of the sign polynomial fits, so
+win counts are soft (monotone in the scaled logit differences, argmax exact up to ~1e-6 CKKS
+noise) and leak approximate differences; output slots carry no circuit-privacy noise flooding.
+Heads are linear; one-hot output needs a far deeper circuit (see ``crypto.argmax``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+import tenseal as ts
+import tenseal.sealapi as sealapi
+
+from crypto import argmax, packing
+from crypto.ckks import (
+    CiphertextError,
+    ContextError,
+    _encode_fields,
+    _encode_varint,
+    _parse_fields,
+    _scratch_dir,
+    galois_element,
+    get_preset,
+    load_ckks_vector,
+    load_public_context,
+    make_context,
+    public_context_bytes,
+)
+from crypto.ensemble import EnsembleArtifact
+
+__all__ = [
+    "EnsembleEvaluator",
+    "PrivateClient",
+    "PrivateScores",
+    "decode_blobs",
+    "embed_with_templates",
+    "encode_blobs",
+    "render_templates",
+]
+
+DEFAULT_MAX_CONTEXT_BYTES = 64 << 20
+DEFAULT_MAX_QUERY_BYTES = 4 << 20
+#: Flooding noise stays this many bits below the headroom of the last level (base prime).
+FLOOD_MARGIN_BITS = 3
+
+
+@dataclass(frozen=True)
+class PrivateScores:
+    """Decrypted result: ``win_counts`` ``(Q, C)`` and the predicted class per query."""
+
+    win_counts: npt.NDArray[np.float64]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def predicted_classes(self) -> tuple[str, ...]:
+        """Class names of :attr:`labels`."""
+        return tuple(self.class_names[i] for i in self.labels)
+
+
+def _layout_for(spec: dict[str, Any]) -> packing.EnsembleLayout:
+    preset = get_preset(str(spec["preset"]))
+    return packing.make_layout(
+        members=int(spec["members"]),
+        dim=int(spec["dim"]),
+        classes=len(spec["classes"]),
+        slots=preset.slot_count,
+    )
+
+
+class PrivateClient:
+    """Client role: holds the secret key; exports only public evaluation keys and ciphertexts.
+
+    ``spec`` is :meth:`EnsembleArtifact.public_spec` (no weights). Cannot be pickled or
+    serialized with its secret key.
+    """
+
+    def __init__(self, *, spec: dict[str, Any]) -> None:
+        self._spec = dict(spec)
+        self._layout = _layout_for(self._spec)
+        self._preset = str(self._spec["preset"])
+        self._norm_bound = float(self._spec["norm_bound"])
+        self._classes = tuple(str(c) for c in self._spec["classes"])
+        self._ctx = make_context(self._preset, galois_steps=self._layout.galois_steps)
+        self._public: bytes | None = None
+
+    @property
+    def layout(self) -> packing.EnsembleLayout:
+        """Slot layout shared with the server."""
+        return self._layout
+
+    @property
+    def batch_capacity(self) -> int:
+        """Queries packed into one ciphertext by :meth:`encrypt_batch`."""
+        return self._layout.queries_per_ciphertext
+
+    def evaluation_keys(self) -> bytes:
+        """Public context (public key, relin keys, only the circuit's Galois keys); no secret."""
+        if self._public is None:
+            self._public = public_context_bytes(self._ctx, galois_steps=self._layout.galois_steps)
+        return self._public
+
+    def _encrypt_packed(self, embeddings: npt.NDArray[np.float64]) -> bytes:
+        packed = packing.pack_queries(embeddings, self._layout, norm_bound=self._norm_bound)
+        return bytes(ts.ckks_vector(self._ctx, packed.tolist()).serialize())
+
+    def encrypt(self, embeddings: npt.ArrayLike) -> bytes:
+        """Encrypt one query's ``(K, d)`` embeddings (one per template) into one ciphertext."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        if emb.ndim != 2:
+            raise packing.LayoutError(f"embeddings must be (members, dim), got {emb.shape}")
+        return self._encrypt_packed(emb[None])
+
+    def encrypt_batch(self, embeddings: npt.ArrayLike) -> list[bytes]:
+        """Encrypt ``(Q, K, d)`` embeddings, :attr:`batch_capacity` queries per ciphertext."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        if emb.ndim != 3 or emb.shape[0] == 0:
+            raise packing.LayoutError(f"embeddings must be (queries, members, dim), got {emb.shape}")
+        cap = self.batch_capacity
+        return [self._encrypt_packed(emb[i : i + cap]) for i in range(0, emb.shape[0], cap)]
+
+    def decrypt_result(self, data: bytes, *, count: int = 1) -> PrivateScores:
+        """Decrypt one evaluator reply holding ``count`` queries into win counts and labels."""
+        if not 1 <= count <= self.batch_capacity:
+            raise CiphertextError(f"count must lie in [1, {self.batch_capacity}]")
+        vec = load_ckks_vector(self._ctx, data, expected_size=self._layout.slots, max_bytes=DEFAULT_MAX_QUERY_BYTES)
+        raw = packing.score_slots(np.asarray(vec.decrypt()), self._layout, count)
+        counts = argmax.win_counts(raw, self._layout.classes)
+        labels = tuple(int(v) for v in argmax.winner(counts))
+        return PrivateScores(win_counts=counts, labels=labels, class_names=self._classes)
+
+    def decrypt_batch(self, replies: Sequence[bytes], *, total: int) -> PrivateScores:
+        """Decrypt the replies to :meth:`encrypt_batch` of ``total`` queries, in order."""
+        cap = self.batch_capacity
+        if len(replies) != -(-total // cap):
+            raise CiphertextError(f"{len(replies)} replies for {total} queries (capacity {cap})")
+        parts = [self.decrypt_result(r, count=min(cap, total - i * cap)) for i, r in enumerate(replies)]
+        counts = np.concatenate([p.win_counts for p in parts])
+        return PrivateScores(
+            win_counts=counts,
+            labels=tuple(lb for p in parts for lb in p.labels),
+            class_names=self._classes,
+        )
+
+    def __repr__(self) -> str:
+        return f"PrivateClient(preset={self._preset!r}, classes={len(self._classes)})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("PrivateClient holds a secret key and cannot be pickled or copied")
+
+    def __getstate__(self) -> NoReturn:
+        raise TypeError("PrivateClient holds a secret key and cannot be serialized")
+
+
+def render_templates(templates: Sequence[str], text: str) -> list[str]:
+    """Fill each template's ``{}`` with ``text`` (appended after a space if it has none)."""
+    return [t.replace("{}", text) if "{}" in t else f"{t} {text}" for t in templates]
+
+
+def embed_with_templates(
+    texts: Sequence[str],
+    templates: Sequence[str],
+    encode: Callable[[list[str]], npt.ArrayLike],
+    *,
+    normalize: bool = True,
+) -> npt.NDArray[np.float64]:
+    """Client-side embeddings ``(Q, K, d)``: each text through every template, one encoder call.
+
+    ``encode`` maps a list of strings to ``(n, d)`` embeddings (e.g. MiniLM mean pooling);
+    with ``normalize`` rows are scaled to unit norm, matching ``norm_bound=1``.
+    """
+    prompts = [p for text in texts for p in render_templates(templates, text)]
+    emb = np.asarray(encode(prompts), dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] != len(prompts):
+        raise packing.LayoutError(f"encoder returned {emb.shape} for {len(prompts)} prompts")
+    if normalize:
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb.reshape(len(texts), len(templates), emb.shape[1])
+
+
+_FRAME_MAGIC = b"PEB1"
+
+
+def encode_blobs(blobs: Sequence[bytes]) -> bytes:
+    """Frame several ciphertexts into one body: magic, count, then (u32 length, bytes) each."""
+    out = bytearray(_FRAME_MAGIC + struct.pack(">I", len(blobs)))
+    for blob in blobs:
+        out += struct.pack(">I", len(blob)) + bytes(blob)
+    return bytes(out)
+
+
+def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
+    """Inverse of :func:`encode_blobs`; raises :class:`CiphertextError` on any inconsistency."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
+        raise CiphertextError(f"batch body must be bytes of at most {max_bytes} bytes")
+    if len(data) < 8 or bytes(data[:4]) != _FRAME_MAGIC:
+        raise CiphertextError("batch body lacks the PEB1 header")
+    (count,) = struct.unpack(">I", data[4:8])
+    if not 1 <= count <= max_items:
+        raise CiphertextError(f"batch holds {count} ciphertexts; allowed 1..{max_items}")
+    pos, out = 8, []
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise CiphertextError("truncated batch body")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        pos += 4
+        if pos + length > len(data):
+            raise CiphertextError("truncated batch body")
+        out.append(bytes(data[pos : pos + length]))
+        pos += length
+    if pos != len(data):
+        raise CiphertextError("trailing bytes after the batch")
+    return out
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+class EnsembleEvaluator:
+    """Server role: evaluates the ensemble on ciphertexts with public evaluation keys only.
+
+    ``public_context`` must be the bytes of :meth:`PrivateClient.evaluation_keys`; anything
+    holding a secret key, of other parameters, or lacking a needed Galois key raises
+    :class:`~crypto.ckks.ContextError`. Plaintext weights are encoded once here (about
+    ``rows * N * levels * 8`` bytes, 67 MB at n8192-d3 with 10 classes); pass ``shared`` (an
+    evaluator of the same artifact) to reuse them for another session's keys.
+    """
+
+    def __init__(
+        self,
+        *,
+        artifact: EnsembleArtifact,
+        public_context: bytes,
+        max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
+        max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
+        shared: EnsembleEvaluator | None = None,
+    ) -> None:
+        if isinstance(public_context, ts.Context):
+            secret = "a secret-key " if public_context.has_secret_key() else "a "
+            raise ContextError(f"the evaluator takes public context bytes, not {secret}context object")
+        if not isinstance(public_context, (bytes, bytearray)):
+            raise ContextError("public_context must be bytes")
+        self._artifact = artifact
+        self._preset = get_preset(artifact.preset)
+        self._max_query_bytes = max_query_bytes
+        self._ts_ctx = load_public_context(bytes(public_context), preset=artifact.preset, max_bytes=max_context_bytes)
+        self._layout = _layout_for(artifact.public_spec())
+        self._rounds = argmax.compositions_for_depth(self._preset.depth)
+        if self._rounds < 1:
+            raise ContextError(f"preset {artifact.preset!r} has no depth left for comparisons")
+        self._load_seal(bytes(public_context))
+        if (
+            shared is not None
+            and shared._artifact is artifact
+            and shared._seal_ctx.first_parms_id() == self._seal_ctx.first_parms_id()
+        ):
+            self._bound = shared._bound
+            self._diagonals = shared._diagonals
+            self._bias_values = shared._bias_values
+            self._keep = shared._keep
+            return
+        matrix, bias, self._bound = packing.difference_matrix(
+            artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._layout
+        )
+        first = self._seal_ctx.first_context_data()
+        drop_prime = float(first.parms().coeff_modulus()[-1].value())
+        self._diagonals = []
+        for diag in packing.diagonals(matrix, self._layout):
+            if not np.any(diag):
+                self._diagonals.append(None)  # SEAL refuses products that are exactly zero
+                continue
+            pt = sealapi.Plaintext()
+            # Scale = the prime the first rescale drops: the product comes back to exactly 2^scale.
+            self._encoder.encode(diag.tolist(), first.parms_id(), drop_prime, pt)
+            self._diagonals.append(pt)
+        self._bias_values = packing.bias_slots(bias, self._layout)
+        self._keep = packing.output_mask(self._layout)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    _diagonals: list[Any]
+    _bound: float
+    _bias_values: npt.NDArray[np.float64]
+    _keep: npt.NDArray[np.bool_]
+
+    def with_session(self, public_context: bytes) -> EnsembleEvaluator:
+        """Evaluator for another session's evaluation keys, sharing the encoded weights."""
+        return EnsembleEvaluator(
+            artifact=self._artifact,
+            public_context=public_context,
+            max_query_bytes=self._max_query_bytes,
+            shared=self,
+        )
+
+    def _load_seal(self, data: bytes) -> None:
+        try:
+            top = {f: v for f, _, v in _parse_fields(data)}
+            public_blob = top[2]
+            if not isinstance(public_blob, bytes) or not isinstance(top[1], bytes):
+                raise ValueError("public context is not a message")
+            public = {f: v for f, _, v in _parse_fields(public_blob)}
+        except (KeyError, ValueError):
+            raise ContextError("malformed public context") from None
+        if not isinstance(public.get(4), bytes) or not isinstance(public.get(5), bytes):
+            raise ContextError("evaluation keys must include relinearisation and Galois keys")
+        with _scratch_dir() as tmp:
+            paths = {}
+            for name, blob in (("parms", top[1]), ("relin", public[4]), ("galois", public[5])):
+                paths[name] = os.path.join(tmp, name)
+                with open(paths[name], "wb") as fh:
+                    fh.write(blob)  # type: ignore[arg-type]
+            parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+            parms.load(paths["parms"])
+            self._seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+            if not self._seal_ctx.parameters_set():
+                raise ContextError("CKKS parameters are not valid at 128-bit security")
+            self._relin = sealapi.RelinKeys()
+            self._galois = sealapi.GaloisKeys()
+            try:
+                self._relin.load(self._seal_ctx, paths["relin"])
+                self._galois.load(self._seal_ctx, paths["galois"])
+            except Exception:
+                raise ContextError("relinearisation or Galois keys are malformed") from None
+        n = self._preset.poly_modulus_degree
+        missing = [s for s in self._layout.galois_steps if not self._galois.has_key(galois_element(s, n))]
+        if missing:
+            raise ContextError(f"evaluation keys lack the rotations {missing} the circuit needs")
+        self._evaluator = sealapi.Evaluator(self._seal_ctx)
+        self._encoder = sealapi.CKKSEncoder(self._seal_ctx)
+
+    @property
+    def layout(self) -> packing.EnsembleLayout:
+        """Slot layout (public)."""
+        return self._layout
+
+    @property
+    def sign_rounds(self) -> int:
+        """Compositions of the sign polynomial this preset's depth allows."""
+        return self._rounds
+
+    # -- circuit -------------------------------------------------------------------------
+
+    def _rotate(self, ct: Any, step: int) -> Any:
+        out = sealapi.Ciphertext()
+        self._evaluator.rotate_vector(ct, step, self._galois, out)
+        return out
+
+    def _encode_like(self, values: Any, ct: Any) -> Any:
+        pt = sealapi.Plaintext()
+        self._encoder.encode(values, ct.parms_id(), ct.scale, pt)
+        return pt
+
+    def _mul_rescale(self, a: Any, b: Any) -> Any:
+        out = sealapi.Ciphertext()
+        self._evaluator.multiply(a, b, out)
+        self._evaluator.relinearize_inplace(out, self._relin)
+        self._evaluator.rescale_to_next_inplace(out)
+        return out
+
+    def _half(self, ct: Any) -> Any:
+        data = self._seal_ctx.get_context_data(ct.parms_id())
+        prime = float(data.parms().coeff_modulus()[-1].value())
+        pt = sealapi.Plaintext()
+        self._encoder.encode(0.5, ct.parms_id(), prime, pt)
+        out = sealapi.Ciphertext()
+        self._evaluator.multiply_plain(ct, pt, out)
+        self._evaluator.rescale_to_next_inplace(out)
+        return out
+
+    def _sign_step(self, z: Any) -> Any:
+        """One composition of f(z) = z (3 - z^2) / 2, depth 2."""
+        square = self._mul_rescale(z, z)
+        self._evaluator.negate_inplace(square)
+        self._evaluator.add_plain_inplace(square, self._encode_like(3.0, square))
+        return self._mul_rescale(self._half(z), square)
+
+    def _differences(self, x: Any) -> Any:
+        lay, ev = self._layout, self._evaluator
+        babies = [x]
+        for _ in range(1, lay.baby):
+            babies.append(self._rotate(babies[-1], 1))
+        acc: Any = None
+        for b in reversed(range(lay.giant)):
+            inner: Any = None
+            for a in range(lay.baby):
+                plain = self._diagonals[a + lay.baby * b]
+                if plain is None:
+                    continue
+                prod = sealapi.Ciphertext()
+                ev.multiply_plain(babies[a], plain, prod)
+                if inner is None:
+                    inner = prod
+                else:
+                    ev.add_inplace(inner, prod)
+            if acc is not None:
+                acc = self._rotate(acc, lay.baby)
+                if inner is not None:
+                    ev.add_inplace(acc, inner)
+            else:
+                acc = inner
+        if acc is None:
+            raise ContextError("the ensemble's difference matrix is identically zero")
+        ev.rescale_to_next_inplace(acc)
+        for stride in lay.sum_strides:
+            ev.add_inplace(acc, self._rotate(acc, stride))
+        ev.add_plain_inplace(acc, self._encode_like(self._bias_values.tolist(), acc))
+        return acc
+
+    def _evaluate_ct(self, ct: Any) -> Any:
+        z = self._differences(ct)
+        for _ in range(self._rounds):
+            z = self._sign_step(z)
+        for stride in self._layout.block_strides:
+            self._evaluator.add_inplace(z, self._rotate(z, stride))
+        rng = np.random.default_rng(secrets.randbits(128))
+        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
+        noise = rng.uniform(-amplitude, amplitude, self._layout.slots)
+        noise[self._keep] = 0.0
+        self._evaluator.add_plain_inplace(z, self._encode_like(noise.tolist(), z))
+        return z
+
+    # -- wire ----------------------------------------------------------------------------
+
+    def _load_query(self, data: bytes) -> Any:
+        vec = load_ckks_vector(self._ts_ctx, data, expected_size=self._layout.slots, max_bytes=self._max_query_bytes)
+        ts_ct = vec.ciphertext()[0]
+        if ts_ct.coeff_modulus_size() != len(self._preset.coeff_mod_bit_sizes) - 1:
+            raise CiphertextError("query ciphertext is not at the top level of the chain")
+        if abs(ts_ct.scale - 2.0**self._preset.global_scale_bits) > 1e-6 * ts_ct.scale:
+            raise CiphertextError("query ciphertext has an unexpected scale")
+        ct = sealapi.Ciphertext()
+        with _scratch_dir() as tmp:
+            path = os.path.join(tmp, "query")
+            ts_ct.save(path)
+            try:
+                ct.load(self._seal_ctx, path)
+            except Exception:
+                raise CiphertextError("query ciphertext does not fit the session parameters") from None
+        if ct.parms_id() != self._seal_ctx.first_parms_id():
+            raise CiphertextError("query ciphertext is not at the top level of the chain")
+        return ct
+
+    def _dump_reply(self, ct: Any) -> bytes:
+        with _scratch_dir() as tmp:
+            path = os.path.join(tmp, "reply")
+            ct.save(path)
+            blob = _read_file(path)
+        return _encode_fields(
+            [
+                (1, 2, _encode_varint(self._layout.slots)),
+                (2, 2, blob),
+                (3, 1, struct.pack("<d", ct.scale)),
+            ]
+        )
+
+    def evaluate(self, query: bytes) -> bytes:
+        """Evaluate the ensemble and encrypted argmax on one query ciphertext; return ciphertext.
+
+        Raises :class:`~crypto.ckks.CiphertextError` for malformed, truncated, oversize or
+        foreign ciphertexts. The same call serves batch ciphertexts from ``encrypt_batch``.
+        """
+        return self._dump_reply(self._evaluate_ct(self._load_query(query)))
+
+    def evaluate_batch(self, queries: Sequence[bytes]) -> list[bytes]:
+        """Evaluate every ciphertext of :meth:`PrivateClient.encrypt_batch`, in order."""
+        return [self.evaluate(q) for q in queries]
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("EnsembleEvaluator holds the owner's weights; rebuild it from the artifact")

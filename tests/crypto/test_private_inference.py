@@ -1,0 +1,190 @@
+"""Private ensemble inference: encrypted logits, encrypted argmax, a real task, refusals."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import tenseal as ts
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+
+from crypto import argmax
+from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
+from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference import (
+    EnsembleEvaluator,
+    PrivateClient,
+    decode_blobs,
+    embed_with_templates,
+    encode_blobs,
+)
+
+
+def _random_artifact(rng: np.random.Generator, k: int, c: int, d: int) -> EnsembleArtifact:
+    return EnsembleArtifact(
+        templates=[f"template {i}: {{}}" for i in range(k)],
+        weights=rng.normal(size=(k, c, d)) * 0.2,
+        biases=rng.normal(size=(k, c)) * 0.1,
+        classes=[f"c{i}" for i in range(c)],
+        norm_bound=1.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
+    art = _random_artifact(np.random.default_rng(1), k=3, c=5, d=20)
+    client = PrivateClient(spec=art.public_spec())
+    return art, client, EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+
+
+def test_encrypted_ensemble_logits_match_numpy(small) -> None:
+    art, client, evaluator = small
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(art.members, art.dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    # The comparison stage's input, decrypted by the client key (a test-only look inside).
+    diffs_ct = evaluator._differences(evaluator._load_query(client.encrypt(emb)))
+    values = np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs_ct)).decrypt())
+    p, c = evaluator.layout.pad_classes, len(art.classes)
+    got = values[: p * p].reshape(p, p)[:c, :c] * evaluator._bound
+    logits = art.plaintext_logits(emb)[0]
+    expected = logits[:, None] - logits[None, :]
+    assert np.max(np.abs(got - expected)) < 1e-4
+    # The logits themselves, up to the constant the argmax ignores (row means of differences).
+    recovered = got.mean(axis=1)
+    assert np.max(np.abs(recovered - (logits - logits.mean()))) < 1e-4
+
+
+def test_encrypted_argmax_on_random_logits() -> None:
+    rng = np.random.default_rng(3)
+    c, count = 10, 208
+    art = EnsembleArtifact(
+        templates=["{}"],
+        weights=np.eye(c)[None],
+        biases=np.zeros((1, c)),
+        classes=[str(i) for i in range(c)],
+        norm_bound=float(np.sqrt(c)),
+    )
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    logits = rng.uniform(-1.0, 1.0, size=(count, c))
+    replies = evaluator.evaluate_batch(client.encrypt_batch(logits[:, None, :]))
+    scores = client.decrypt_batch(replies, total=count)
+    predicted = np.array(scores.labels)
+    truth = logits.argmax(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    wide = top2[:, 1] - top2[:, 0] >= 0.01
+    assert wide.sum() > 150
+    assert np.mean(predicted == truth) >= 0.995
+    assert np.all(predicted[wide] == truth[wide])
+    reference = argmax.reference_win_counts(logits, evaluator._bound, evaluator.sign_rounds)
+    assert np.max(np.abs(scores.win_counts - reference)) < 1e-3
+
+
+def test_digits_encrypted_accuracy_equals_plaintext() -> None:
+    x, y = load_digits(return_X_y=True)
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    rng = np.random.default_rng(4)
+    k, d = 4, 32
+    projections = rng.normal(size=(k, d, x.shape[1])) / np.sqrt(x.shape[1])  # the "templates"
+
+    def embed(features: np.ndarray) -> np.ndarray:
+        emb = np.einsum("kdf,qf->qkd", projections, features)
+        return emb / np.linalg.norm(emb, axis=2, keepdims=True)
+
+    train_emb, test_emb = embed(x_train), embed(x_test[:120])
+    heads = [LogisticRegression(max_iter=500, C=5.0).fit(train_emb[:, i], y_train) for i in range(k)]
+    art = EnsembleArtifact(
+        templates=[f"projection seed 4 #{i}" for i in range(k)],
+        weights=np.stack([h.coef_ for h in heads]),
+        biases=np.stack([h.intercept_ for h in heads]),
+        classes=[str(i) for i in range(10)],
+        norm_bound=1.0,
+        encoder="digits-random-projection",
+    )
+    plain_pred = art.plaintext_logits(test_emb).argmax(axis=1)
+    plain_acc = np.mean(plain_pred == y_test[:120])
+    assert plain_acc > 0.85
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    replies = evaluator.evaluate_batch(client.encrypt_batch(test_emb))
+    enc_pred = np.array(client.decrypt_batch(replies, total=len(test_emb)).labels)
+    enc_acc = np.mean(enc_pred == y_test[:120])
+    assert abs(enc_acc - plain_acc) <= 0.005
+    assert np.mean(enc_pred == plain_pred) >= 0.99
+
+
+def test_evaluator_refuses_secret_key_material(small) -> None:
+    art, client, _ = small
+    with pytest.raises(ContextError, match="private"):
+        EnsembleEvaluator(artifact=art, public_context=client._ctx.serialize(save_secret_key=True))
+    with pytest.raises(ContextError, match="secret"):
+        EnsembleEvaluator(artifact=art, public_context=client._ctx)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pickle.dumps(client)
+    assert b"secret" not in repr(client).encode()
+
+
+def test_evaluator_refuses_missing_rotation_keys(small) -> None:
+    art, _, _ = small
+    ctx = make_context(art.preset, galois_steps=[1])
+    with pytest.raises(ContextError, match="lack the rotations"):
+        EnsembleEvaluator(artifact=art, public_context=public_context_bytes(ctx))
+
+
+def test_evaluator_refuses_bad_queries(small) -> None:
+    art, client, evaluator = small
+    good = client.encrypt(np.ones((art.members, art.dim)) * 0.1)
+    for bad in (b"", b"\x00" * 50, good[: len(good) // 2], good[:-9]):
+        with pytest.raises(CiphertextError):
+            evaluator.evaluate(bad)
+    short = ts.ckks_vector(client._ctx, [0.1] * 100).serialize()
+    with pytest.raises(CiphertextError, match="expected"):
+        evaluator.evaluate(short)
+    foreign = ts.ckks_vector(make_context("n16384-d8"), [0.1] * 4096).serialize()
+    with pytest.raises(CiphertextError):
+        evaluator.evaluate(foreign)
+
+
+def test_evaluation_keys_hold_no_secret_and_unused_slots_are_flooded(small) -> None:
+    art, client, evaluator = small
+    keys = client.evaluation_keys()
+    secret_blob = client._ctx.serialize(save_secret_key=True, save_public_key=False)
+    canary = secret_blob[-4096:]  # tail of the serialized secret key
+    assert canary not in keys
+    reply = evaluator.evaluate(client.encrypt(np.full((art.members, art.dim), 0.05)))
+    values = np.array(ts.ckks_vector_from(client._ctx, reply).decrypt())
+    keep = np.zeros(values.size, dtype=bool)
+    keep[[i * evaluator.layout.pad_classes for i in range(len(art.classes))]] = True
+    assert np.all(np.abs(values[keep]) <= len(art.classes))
+    assert np.std(values[~keep]) > 1000.0  # uniform noise, not partial comparison sums
+
+
+def test_second_session_shares_encoded_weights(small) -> None:
+    art, _, evaluator = small
+    other = PrivateClient(spec=art.public_spec())
+    session = evaluator.with_session(other.evaluation_keys())
+    assert session._diagonals is evaluator._diagonals
+    emb = np.random.default_rng(5).normal(size=(art.members, art.dim))
+    body = encode_blobs(other.encrypt_batch(emb[None]))
+    replies = session.evaluate_batch(decode_blobs(body, max_items=4, max_bytes=1 << 24))
+    label = other.decrypt_batch(replies, total=1).labels[0]
+    assert label == int(art.plaintext_logits(emb).argmax())
+    for bad in (body[:-1], b"XXXX" + body[4:], body + b"\x00"):
+        with pytest.raises(CiphertextError):
+            decode_blobs(bad, max_items=4, max_bytes=1 << 24)
+
+
+def test_embed_with_templates_shapes_and_order() -> None:
+    def encode(prompts: list[str]) -> np.ndarray:
+        return np.array([[len(p), p.count("x"), 1.0] for p in prompts])
+
+    emb = embed_with_templates(["x", "xyz"], ["a {} b", "{}!", "plain"], encode, normalize=False)
+    assert emb.shape == (2, 3, 3)
+    assert emb[1, 0, 0] == len("a xyz b") and emb[0, 2, 0] == len("plain x")
+    unit = embed_with_templates(["x"], ["{}"], encode)
+    assert abs(np.linalg.norm(unit[0, 0]) - 1.0) < 1e-12
