@@ -26,7 +26,6 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import HTTPException
 
-from . import __version__
 from .auth import authenticate, hash_token
 from .config import Settings
 from .errors import (
@@ -188,6 +187,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded) -> Response:
+        if not g.get("request_id"):  # the limiter answers before _begin has run
+            rid = request.headers.get("X-Request-Id", "")
+            g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
         resp = problem_response(TooManyRequests(f"rate limit exceeded: {exc.description}"),
                                 request.path)
         resp.headers["Retry-After"] = "1"

@@ -54,7 +54,11 @@ def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
         tmp = root / f".tmp-{uuid.uuid4().hex}"
         try:
             extract_transformers_tar(blob, tmp, max_total_bytes=ctx.settings.max_upload_bytes * 4)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.is_dir():  # else a concurrent extraction won the race
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -68,11 +72,15 @@ def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -
     from models.engine import load_model
 
     path = job_model_path(ctx, model)
+    config = model.get("config")
+    if model["format"] == "onnx" and model.get("kind") in ("classifier", "encoder"):
+        # the registered kind decides how an ONNX graph's output is read
+        config = {"kind": model["kind"], **(config or {})}
     return load_model(
         path,
         format=model["format"],
         architecture=model.get("architecture"),
-        config=model.get("config"),
+        config=config,
         device=None if device in (None, "auto") else device,
     )
 

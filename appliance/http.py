@@ -25,6 +25,8 @@ PROBLEM_TYPE = "application/problem+json"
 
 
 def problem_response(error: ApplianceError, instance: str | None = None) -> Response:
+    if instance is not None and len(instance) > 512:
+        instance = instance[:512] + "…"
     body = error.problem(instance)
     rid = getattr(g, "request_id", None) if _has_app_ctx() else None
     if rid:
@@ -53,17 +55,40 @@ def json_body(model: type[BaseModel]) -> BaseModel:
     limit = current_app.config["APPLIANCE_SETTINGS"].max_json_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-    raw = request.get_data(cache=True)
+    # read at most limit+1 bytes: a chunked body without Content-Length must not be buffered
+    # whole (up to the upload limit) before the JSON limit is applied
+    raw = read_bounded(request.stream, limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"malformed JSON body: {exc}") from None
+    data = parse_json_text(raw, "JSON body")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_problem(exc, "request body") from None
+
+
+def read_bounded(stream: Any, limit: int) -> bytes:
+    """Read until EOF or ``limit`` bytes (raw streams may return short reads)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = stream.read(min(limit - got, 1 << 16))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def parse_json_text(raw: bytes | str, what: str) -> Any:
+    """Parse untrusted JSON; malformed, non-UTF-8 or absurdly nested input is a 400."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text)
+    except RecursionError:
+        raise BadRequest(f"malformed {what}: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"malformed {what}: {exc}") from None
 
 
 def query_params(model: type[BaseModel]) -> BaseModel:
@@ -94,6 +119,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     hidden: bool = False
     extra_responses: dict[int, str] = field(default_factory=dict)
+    raw_body: str | None = None
 
 
 class Api:
@@ -119,7 +145,11 @@ class Api:
         produces: str = "application/json",
         errors: tuple[int, ...] = (),
         hidden: bool = False,
+        raw_body: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Declare an operation. ``raw_body`` (a media type such as
+        ``application/octet-stream``) documents a binary request body that the view reads
+        itself (bounded) from ``request.stream``."""
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             def view(**path_args: Any) -> Any:
                 kwargs: dict[str, Any] = dict(path_args)
@@ -143,7 +173,7 @@ class Api:
             self.operations.append(
                 Operation(rule=full, method=method, summary=summary, tag=tag, body=body,
                           form=form, query=query, response=response, status=status, auth=auth,
-                          produces=produces, errors=errors, hidden=hidden)
+                          produces=produces, errors=errors, hidden=hidden, raw_body=raw_body)
             )
             return view
 
@@ -168,7 +198,7 @@ class Api:
             path, params = _openapi_path(op.rule)
             operation: dict[str, Any] = {
                 "summary": op.summary,
-                "operationId": f"{op.method.lower()}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('.', '_').replace('-', '_')}",
+                "operationId": _operation_id(op.method, path),
                 "tags": [op.tag],
                 "parameters": params,
                 "responses": {},
@@ -192,6 +222,11 @@ class Api:
                     "required": True,
                     "content": {"multipart/form-data": {"schema": ref(op.form)}},
                 }
+            if op.raw_body is not None:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {op.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+                }
             success: dict[str, Any] = {"description": "success"}
             if op.response is not None:
                 success["content"] = {op.produces: {"schema": ref(op.response)}}
@@ -204,7 +239,7 @@ class Api:
                 operation["security"] = [{"bearer": []}]
             else:
                 operation["security"] = []
-            if op.body is not None or op.form is not None:
+            if op.body is not None or op.form is not None or op.raw_body is not None:
                 codes |= {413, 415, 422}
             if op.query is not None:
                 codes |= {422}
@@ -223,6 +258,12 @@ class Api:
                 "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             },
         }
+
+
+def _operation_id(method: str, path: str) -> str:
+    import re
+
+    return method.lower() + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_")
 
 
 def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -27,7 +28,14 @@ from pydantic import BaseModel
 
 from .auth import Principal
 from .config import Settings
-from .errors import ApplianceError, Conflict, JobCancelled, JobFailed, ValidationFailed
+from .errors import (
+    ApplianceError,
+    Conflict,
+    JobCancelled,
+    JobFailed,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from .identity import identity_for
 from .reports import build_report, new_report_id, publish_report
 from .store import Store, dumps, loads, new_id, utcnow
@@ -207,7 +215,10 @@ def apply_event(store: Store, settings: Settings, event: dict[str, Any]) -> bool
     if kind == "heartbeat":
         store.conn.execute("UPDATE jobs SET heartbeat_at=? WHERE id=? AND worker=?", (now, job_id, run))
     elif kind == "progress":
-        value = min(max(float(event["value"]), 0.0), 1.0)
+        value = float(event["value"])
+        if not math.isfinite(value):
+            return False
+        value = min(max(value, 0.0), 1.0)
         store.conn.execute(
             "UPDATE jobs SET progress=MAX(progress, ?), heartbeat_at=? WHERE id=? AND worker=?",
             (value, now, job_id, run),
@@ -216,26 +227,34 @@ def apply_event(store: Store, settings: Settings, event: dict[str, Any]) -> bool
         store.add_job_log(job_id, str(event["message"]), str(event.get("level", "info")))
     elif kind == "failed":
         with store.transaction():
-            store.conn.execute(
-                "UPDATE jobs SET state='failed', error=?, finished_at=? WHERE id=? AND worker=?",
+            cur = store.conn.execute(
+                "UPDATE jobs SET state='failed', error=?, finished_at=? "
+                "WHERE id=? AND worker=? AND state='running'",
                 (str(event["reason"])[:2000], utcnow(), job_id, run),
             )
-            store.add_job_log(job_id, f"failed: {event['reason']}", "error")
+            if cur.rowcount == 1:
+                store.add_job_log(job_id, f"failed: {event['reason']}", "error")
+        return cur.rowcount == 1
     elif kind == "cancelled":
         with store.transaction():
-            store.conn.execute(
-                "UPDATE jobs SET state='cancelled', finished_at=? WHERE id=? AND worker=?",
+            cur = store.conn.execute(
+                "UPDATE jobs SET state='cancelled', finished_at=? "
+                "WHERE id=? AND worker=? AND state='running'",
                 (utcnow(), job_id, run),
             )
-            store.add_job_log(job_id, "cancelled")
+            if cur.rowcount == 1:
+                store.add_job_log(job_id, "cancelled")
+        return cur.rowcount == 1
     elif kind == "succeeded":
-        _finish(store, settings, dict(row), event)
+        return _finish(store, settings, dict(row), event)
     else:
         raise ValueError(f"unknown job event {kind!r}")
     return True
 
 
-def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[str, Any]) -> None:
+def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Publish the report of a run that is still the job's current one. A run re-queued
+    meanwhile publishes nothing; a job whose cancel was requested ends cancelled, unreported."""
     outcome = JobOutcome(**event["outcome"])
     tenant = store.conn.execute(
         "SELECT name FROM tenants WHERE id=?", (job["tenant_id"],)
@@ -261,6 +280,18 @@ def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[s
     )
     identity = identity_for(settings)
     with store.transaction():
+        current = store.conn.execute(
+            "SELECT state, worker, cancel_requested FROM jobs WHERE id=?", (job["id"],)
+        ).fetchone()
+        if current is None or current["state"] != "running" or current["worker"] != event["run"]:
+            return False
+        if current["cancel_requested"]:
+            store.conn.execute(
+                "UPDATE jobs SET state='cancelled', finished_at=? WHERE id=?",
+                (utcnow(), job["id"]),
+            )
+            store.add_job_log(job["id"], "cancelled before its report was published")
+            return True
         report_id = publish_report(
             store, identity, tenant_id=job["tenant_id"], job_id=job["id"], body=body
         )
@@ -270,6 +301,7 @@ def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[s
             (report_id, utcnow(), job["id"], event["run"]),
         )
         store.add_job_log(job["id"], f"succeeded; report {report_id}")
+    return True
 
 
 class EventSink(ABC):
@@ -518,15 +550,24 @@ def submit_job(store: Store, principal: Principal, kind_name: str, raw_params: A
             "UPDATE jobs SET state='failed', error=?, finished_at=? WHERE id=?",
             (f"could not enqueue: {type(exc).__name__}", utcnow(), job_id),
         )
-        raise
+        logger.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
+        raise ServiceUnavailable(
+            "the job queue is unavailable; the job was recorded as failed",
+            hint="retry shortly; check the queue (Redis or the home folder's queue.db)",
+        ) from None
     return job
 
 
 def cancel_job(store: Store, settings: Settings, principal: Principal, job_id: str) -> dict:
     job = store.get_owned("jobs", principal.tenant_id, job_id, "job")
-    if job["state"] in TERMINAL:
-        raise Conflict(f"job {job_id} already {job['state']}")
+    kind = job_kinds().get(job["kind"])
+    # whoever may not start a kind of job may not stop one either
+    principal.require(*(kind.roles if kind is not None else ("admin", "auditor")))
     with store.transaction():
+        # re-read under the write lock: the job may have ended since it was fetched
+        state = store.conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        if state in TERMINAL:
+            raise Conflict(f"job {job_id} already {state}")
         store.conn.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
         store.conn.execute(
             "UPDATE jobs SET state='cancelled', finished_at=? WHERE id=? AND state='queued'",
@@ -578,10 +619,17 @@ def reap_stale_jobs(store: Store, settings: Settings, *, enqueue: Enqueue | None
                 if cur.rowcount:
                     store.add_job_log(job["id"], f"re-queued: {why} (attempt {job['attempts']})",
                                       "warning")
+            elif job["cancel_requested"]:
+                cur = store.conn.execute(
+                    "UPDATE jobs SET state='cancelled', finished_at=? "
+                    "WHERE id=? AND state='running' AND worker IS ?",
+                    (utcnow(), job["id"], row["worker"]))
+                if cur.rowcount:
+                    store.add_job_log(job["id"], f"cancelled: {why} after the cancel request",
+                                      "warning")
             else:
-                reason = (f"{why} during attempt {job['attempts']}"
-                          + ("; cancelled" if job["cancel_requested"] else
-                             f"; gave up after {job['attempts']} attempt(s)"))
+                reason = (f"{why} during attempt {job['attempts']}; "
+                          f"gave up after {job['attempts']} attempt(s)")
                 cur = store.conn.execute(
                     "UPDATE jobs SET state='failed', error=?, finished_at=? "
                     "WHERE id=? AND state='running' AND worker IS ?",

@@ -43,9 +43,14 @@ def _safe_filename(filename: str | None, default: str) -> str:
 
 
 def _drop_unreferenced(store: Store, digest: str) -> None:
+    """After a refused upload: remove its blob (and any folder extracted from it) unless an
+    earlier upload registered the same content."""
     row = store.conn.execute("SELECT 1 FROM blobs WHERE digest=?", (digest,)).fetchone()
     if row is None:
         store.blobs.path(digest).unlink(missing_ok=True)
+        extracted = store.settings.home / "modeldirs" / digest
+        if extracted.is_dir():
+            shutil.rmtree(extracted, ignore_errors=True)
 
 
 def transformers_dir(store: Store, tar_digest: str) -> Path:
@@ -62,7 +67,11 @@ def transformers_dir(store: Store, tar_digest: str) -> Path:
         extract_transformers_tar(
             store.blobs.path(tar_digest), tmp, max_total_bytes=store.settings.max_upload_bytes * 4
         )
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():  # else a concurrent extraction won the race
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -130,9 +139,11 @@ def register_model(
                 fmt = sniff_and_validate(named, declared=declared_format,
                                          max_bytes=settings.max_upload_bytes)
             finally:
-                named.unlink(missing_ok=True)
+                shutil.rmtree(named.parent, ignore_errors=True)
             if fmt == "transformers":
                 raise UnprocessableInput("transformers models are uploaded as a tar archive")
+            if fmt == "onnx" and isinstance((config or {}).get("kind"), str):
+                kind = kind or str((config or {})["kind"])
             kind = kind or "classifier"
             if fmt == "safetensors":
                 if not architecture:
@@ -143,6 +154,8 @@ def register_model(
                 _check_safetensors_loads(blob_path, architecture, config or {})
             elif architecture:
                 raise ValidationFailed("'architecture' only applies to safetensors uploads")
+            else:
+                _check_onnx_options(config, kind)
             manifest_target = None
         model_id = new_id("mdl")
         if manifest_target is None:
@@ -191,10 +204,49 @@ def _named_copy(store: Store, blob_path: Path, name: str) -> Path:
     return target
 
 
-def _check_safetensors_loads(path: Path, architecture: str, config: dict[str, Any]) -> None:
-    from models.engine import load_model
+ONNX_OPTIONS = {"kind": ("classifier", "encoder"), "output": ("logits", "probabilities")}
 
-    load_model(path, format="safetensors", architecture=architecture, config=config, device="cpu")
+
+def _check_onnx_options(config: dict[str, Any] | None, kind: str) -> None:
+    """An ONNX model's optional ``config`` is read at job time: refuse what would fail there."""
+    for key, value in (config or {}).items():
+        if key not in ONNX_OPTIONS:
+            raise ValidationFailed(
+                f"unknown ONNX option {key!r}; accepted: {', '.join(ONNX_OPTIONS)}")
+        if value not in ONNX_OPTIONS[key]:
+            raise ValidationFailed(
+                f"ONNX option {key!r} must be one of {', '.join(ONNX_OPTIONS[key])}")
+    if config and "kind" in config and config["kind"] != kind:
+        raise ValidationFailed(f"config kind {config['kind']!r} contradicts kind {kind!r}")
+
+
+def _check_safetensors_loads(path: Path, architecture: str, config: dict[str, Any]) -> None:
+    """Load the weights into the architecture; the shapes are first compared on the meta
+    device, so a config naming a huge network is refused without allocating it."""
+    import torch
+
+    from models.architectures import create_architecture
+    from models.engine import load_model
+    from models.errors import ModelFormatError
+    from models.formats import validate_safetensors_header
+
+    header = validate_safetensors_header(path)
+    with torch.device("meta"):
+        module = create_architecture(architecture, config)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:5]
+        unexpected = sorted(set(found) - set(expected))[:5]
+        shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])[:5]
+        raise ModelFormatError(
+            f"safetensors weights do not fit architecture {architecture!r} with this config: "
+            f"missing {missing}, unexpected {unexpected}, shape mismatches {shapes}")
+    try:
+        load_model(path, format="safetensors", architecture=architecture, config=config,
+                   device="cpu")
+    except (RuntimeError, MemoryError, TypeError) as exc:
+        raise ModelFormatError(f"weights cannot be loaded into {architecture!r}: {exc}") from None
 
 
 def model_view(row: dict[str, Any]) -> dict[str, Any]:

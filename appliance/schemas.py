@@ -184,7 +184,7 @@ class ListQuery(BaseModel):
 class LogsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=2**62)
     limit: int = Field(default=500, ge=1, le=5000)
 
 

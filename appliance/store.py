@@ -83,6 +83,58 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX reports_tenant ON reports(tenant_id, created_at);
         """,
     ),
+    (
+        2,
+        # private ensemble inference (issue 3): the owner's artifact files are blobs; a
+        # session's evaluation keys (public keys only) are a blob until it expires.
+        """
+        CREATE TABLE ensembles (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id),
+            name TEXT NOT NULL, spec TEXT NOT NULL,
+            json_digest TEXT NOT NULL REFERENCES blobs(digest),
+            tensors_digest TEXT NOT NULL REFERENCES blobs(digest),
+            size INTEGER NOT NULL, created_at TEXT NOT NULL);
+        CREATE INDEX ensembles_tenant ON ensembles(tenant_id, created_at);
+        CREATE TABLE inference_sessions (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id),
+            ensemble_id TEXT NOT NULL REFERENCES ensembles(id),
+            keys_digest TEXT REFERENCES blobs(digest),
+            keys_size INTEGER NOT NULL, token_id TEXT,
+            queries INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL, expires_at REAL NOT NULL);
+        CREATE INDEX inference_sessions_tenant ON inference_sessions(tenant_id, created_at);
+        CREATE INDEX inference_sessions_expiry ON inference_sessions(expires_at);
+        """,
+    ),
+    (
+        4,
+        # confidential refinement (issue 5): owned by the model owner's tenant; the data
+        # owner's tenant is bound when it redeems the one-time invitation (stored hashed).
+        # Every *_digest is a content-addressed blob of ciphertext or wrapped/sealed bytes.
+        """
+        CREATE TABLE refinements (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id),
+            name TEXT, kind TEXT NOT NULL, terms TEXT NOT NULL,
+            model_digest TEXT NOT NULL REFERENCES blobs(digest),
+            invitation_hash TEXT NOT NULL UNIQUE, invitation_used_at TEXT,
+            data_tenant_id TEXT REFERENCES tenants(id),
+            train_digest TEXT REFERENCES blobs(digest),
+            val_digest TEXT REFERENCES blobs(digest),
+            context_digest TEXT REFERENCES blobs(digest),
+            secret_digest TEXT REFERENCES blobs(digest),
+            data_meta TEXT, provisioned_at TEXT,
+            checkpoint_digest TEXT REFERENCES blobs(digest), checkpoint_meta TEXT,
+            result_manifest TEXT,
+            created_at TEXT NOT NULL);
+        CREATE INDEX refinements_tenant ON refinements(tenant_id, created_at);
+        CREATE INDEX refinements_data_tenant ON refinements(data_tenant_id, created_at);
+        CREATE INDEX jobs_refinement ON jobs(json_extract(params, '$.refinement_id'))
+            WHERE kind = 'refinement';
+        """,
+    ),
 ]
 
 
@@ -134,7 +186,19 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None =
 
 
 def _split_sql(sql: str) -> list[str]:
-    return [part.strip() for part in sql.split(";") if part.strip()]
+    """Split a migration script into statements; a ';' inside a string literal, a comment
+    or a trigger body (BEGIN ... END) does not end a statement."""
+    statements: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            statements.append(current)
+            current = ""
+    rest = current[:-1]  # the last piece got a ';' the script did not have
+    if rest.strip():
+        statements.append(rest)
+    return [stmt.strip() for stmt in statements if stmt.strip(" \t\r\n;")]
 
 
 ALL_MIGRATIONS: list[tuple[int, str]] = list(MIGRATIONS)
@@ -243,19 +307,22 @@ class Store:
 
     # -- generic tenant-scoped access ------------------------------------------------------
     def get_owned(self, table: str, tenant_id: str, obj_id: str, what: str) -> dict[str, Any]:
-        if table not in {"models", "datasets", "jobs", "reports"}:
+        if table not in {"models", "datasets", "jobs", "reports", "ensembles",
+                         "inference_sessions", "refinements"}:
             raise ValueError(table)
         row = self.conn.execute(
             f"SELECT * FROM {table} WHERE id = ? AND tenant_id = ?", (obj_id, tenant_id)
         ).fetchone()
         if row is None:
-            raise NotFound(f"{what} {obj_id!r} not found")
+            shown = obj_id if len(obj_id) <= 80 else obj_id[:80] + "…"
+            raise NotFound(f"{what} {shown!r} not found")
         return dict(row)
 
     def list_owned(
         self, table: str, tenant_id: str, *, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
-        if table not in {"models", "datasets", "jobs", "reports"}:
+        if table not in {"models", "datasets", "jobs", "reports", "ensembles",
+                         "inference_sessions", "refinements"}:
             raise ValueError(table)
         rows = self.conn.execute(
             f"SELECT * FROM {table} WHERE tenant_id = ? ORDER BY created_at DESC, id "

@@ -158,9 +158,10 @@ def test_bad_inputs_are_problems(client: Any, token_a: str, tmp_path: Path,
 
 
 def test_oversized_upload_is_413(tmp_path: Path) -> None:
+    from support import make_token
+
     from appliance.app import create_app
     from appliance.config import Settings
-    from support import make_token
 
     settings = Settings(home=tmp_path / "small", max_upload_bytes=4096, log_level="WARNING")
     client = create_app(settings).test_client()

@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import auth, env_for, appliance_cmd, free_port, make_token, npz_bytes, \
-    trained_linear_onnx
+from support import (
+    appliance_cmd,
+    auth,
+    env_for,
+    free_port,
+    make_token,
+    npz_bytes,
+    trained_linear_onnx,
+)
 
 REDIS_URL = os.environ.get("APPLIANCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -18,7 +18,6 @@ from support import appliance_cmd, auth, env_for, make_token, npz_bytes
 
 
 def _slow_onnx(path: Path) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
