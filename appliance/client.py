@@ -280,6 +280,299 @@ class Client:
         """Verify offline: signature, inclusion in the log, signed checkpoint."""
         return verify_report(bundle, trusted_key_pem=trusted_key_pem, checkpoint=checkpoint)
 
+    # -- private ensemble inference (issue 3) -----------------------------------------------------
+    def create_ensemble(self, artifact: Any, *, name: str | None = None) -> Any:
+        """Register a private ensemble (owner roles): an ``EnsembleArtifact``, a folder holding
+        ``ensemble.json`` + ``ensemble.safetensors``, or a mapping of those file names to bytes.
+        Returns :class:`appliance.inference.EnsembleOut`."""
+        from crypto.ensemble import JSON_NAME, TENSORS_NAME, EnsembleArtifact
+
+        from .inference import EnsembleOut
+
+        if isinstance(artifact, EnsembleArtifact):
+            files = artifact.dumps()
+        elif isinstance(artifact, Mapping):
+            files = {str(k): bytes(v) for k, v in artifact.items()}
+        else:
+            folder = Path(artifact)
+            files = {n: (folder / n).read_bytes() for n in (JSON_NAME, TENSORS_NAME)}
+        data = {"name": name} if name else {}
+        body = self._json("POST", "/v1/ensembles", data=data, files={
+            "ensemble_json": (JSON_NAME, io.BytesIO(files[JSON_NAME]), "application/json"),
+            "ensemble_safetensors": (TENSORS_NAME, io.BytesIO(files[TENSORS_NAME]),
+                                     "application/octet-stream"),
+        })
+        return EnsembleOut.model_validate(body)
+
+    def list_ensembles(self) -> list[Any]:
+        """This tenant's ensembles (:class:`appliance.inference.EnsembleOut`)."""
+        from .inference import EnsembleList
+
+        return EnsembleList.model_validate(self._json("GET", "/v1/ensembles")).items
+
+    def ensemble_spec(self, ensemble_id: str) -> dict[str, Any]:
+        """The public spec a client needs (templates, classes, encoder, preset, layout)."""
+        from .inference import EnsembleSpec
+
+        body = self._json("GET", f"/v1/ensembles/{ensemble_id}")
+        return EnsembleSpec.model_validate(body).model_dump()
+
+    def open_inference_session(self, ensemble_id: str, *,
+                               ttl_seconds: int | None = None) -> Any:
+        """Generate CKKS keys locally and upload only the evaluation keys; returns an
+        :class:`appliance.inference.InferenceSession` holding the secret key in this process."""
+        from crypto.private_inference import PrivateClient
+
+        from .inference import InferenceSession
+
+        spec = self.ensemble_spec(ensemble_id)
+        private = PrivateClient(spec=spec)
+        params: dict[str, Any] = {"ensemble_id": ensemble_id}
+        if ttl_seconds is not None:
+            params["ttl_seconds"] = ttl_seconds
+        body = self._json("POST", "/v1/inference/sessions", params=params,
+                          content=private.evaluation_keys(),
+                          headers={"Content-Type": "application/octet-stream"})
+        return InferenceSession(sdk=self, ensemble_id=ensemble_id, spec=spec,
+                                private_client=private, session=body)
+
+    def private_predict(self, ensemble_id: str, texts: list[str] | tuple[str, ...], *,
+                        encode: Any = None, batch: bool = True, session: Any = None) -> Any:
+        """Embed locally (MiniLM by default, once per template) -> encrypt -> send -> decrypt.
+
+        Returns :class:`appliance.inference.PrivatePrediction` (labels, indices, win counts).
+        The server sees only ciphertexts; a session is opened once per ensemble and reused
+        until it nears expiry (pass ``session`` to use your own).
+        """
+        from .inference import (
+            PrivatePrediction,
+            default_text_encoder,
+            embed_texts,
+        )
+
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise ClientError("private_predict needs at least one text")
+        sessions: dict[str, Any] = self.__dict__.setdefault("_inference_sessions", {})
+        if session is None:
+            session = sessions.get(ensemble_id)
+            if session is None or session.expired:
+                session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
+        if encode is None:
+            if "MiniLM-L6" not in str(session.spec["encoder"]):
+                raise ClientError(f"ensemble {ensemble_id} uses encoder "
+                                  f"{session.spec['encoder']!r}; pass encode=")
+            encode = self.__dict__.get("_text_encoder")
+            if encode is None:
+                encode = self.__dict__["_text_encoder"] = default_text_encoder()
+        emb = embed_texts(session.spec, texts, encode)
+        try:
+            scores = session.predict_embeddings(emb, batch=batch)
+        except ApiError as exc:
+            if exc.status != 410 or sessions.get(ensemble_id) is not session:
+                raise
+            session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
+            scores = session.predict_embeddings(emb, batch=batch)
+        return PrivatePrediction(labels=list(scores.predicted_classes),
+                                 indices=list(scores.labels), win_counts=scores.win_counts)
+
+    # -- confidential refinement (issue 5) --------------------------------------------------------
+    def enclave_attestation(self, nonce: bytes) -> dict[str, Any]:
+        """The raw attestation answer for ``nonce`` (quote base64, platform key, measurement)."""
+        return dict(self._json("GET", "/v1/enclave/attestation", params={"nonce": nonce.hex()}))
+
+    def verify_enclave(self, expected_measurements: Any, platform_key: Any, *,
+                       allow_simulated: bool = False, allow_debug: bool = False) -> Any:
+        """Fetch a quote over a fresh random nonce and verify it against the pinned platform
+        key (32 raw bytes, their hex, or PEM) and the MRENCLAVE allow-list
+        (``expected_measurements``: one hex string or several). Returns the
+        :class:`crypto.provisioning.VerifiedQuote` to wrap secrets to.
+
+        Raises a :class:`crypto.provisioning.ProvisioningError` subclass naming what did not
+        match: ``QuoteSignatureError`` (other platform key), ``SimulatedQuoteError``,
+        ``DebugEnclaveError``, ``MeasurementNotAllowedError``, ``ReportDataMismatchError``
+        (replayed quote / substituted key), ``QuoteFormatError``.
+        """
+        import base64
+
+        from crypto.provisioning import QuoteFormatError, verify_quote
+
+        allowed = [expected_measurements] if isinstance(expected_measurements, str) \
+            else list(expected_measurements)
+        key = platform_key
+        if isinstance(key, str) and len(key) == 64:
+            try:
+                key = bytes.fromhex(key)
+            except ValueError:
+                pass
+        nonce = os.urandom(32)
+        answer = self.enclave_attestation(nonce)
+        try:
+            quote = base64.b64decode(str(answer["quote"]), validate=True)
+        except (KeyError, ValueError):
+            raise QuoteFormatError("the attestation answer carries no base64 quote") from None
+        return verify_quote(quote, platform_key=key, allowed_measurements=allowed, nonce=nonce,
+                            allow_simulated=allow_simulated, allow_debug=allow_debug)
+
+    def create_refinement(self, model: Mapping[str, Any], *, kind: str,
+                          expected_measurements: Any, platform_key: Any,
+                          allow_simulated: bool = False, epochs: int = 1, lr: float = 0.5,
+                          seed: int = 0, batch_size: int = 64, reduction: str = "host",
+                          name: str | None = None) -> Any:
+        """Model owner: verify the enclave, wrap the model to it, create the refinement.
+
+        ``model``: ``{"W": (d, k), "b": (k,)}`` for ``kind="softmax"``; plus ``"W1": (d, h)``,
+        ``"b1": (h,)`` (frozen ReLU layer) for ``kind="mlp_last_layer"``. Nothing is sent unless
+        the quote verifies. Returns :class:`appliance.refinement_jobs.ModelOwnerRefinement`
+        (id, one-time invitation for the data owner, and the result key that stays here).
+        """
+        import numpy as np
+
+        from appliance.confidential import pack_mlp_model, pack_softmax_model, wrap_model
+
+        from .refinement_jobs import ModelOwnerRefinement, RefinementCreated
+
+        if kind not in ("softmax", "mlp_last_layer"):
+            raise ClientError("kind must be 'softmax' or 'mlp_last_layer'")
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in model.items()}
+        result_key = os.urandom(32)
+        try:
+            if kind == "softmax":
+                packed = pack_softmax_model(arrays["W"], arrays["b"], result_key=result_key)
+                input_dim = arrays["W"].shape[0]
+            else:
+                packed = pack_mlp_model(arrays["W1"], arrays["b1"], arrays["W"], arrays["b"],
+                                        result_key=result_key)
+                input_dim = arrays["W1"].shape[0]
+        except KeyError as exc:
+            raise ClientError(f"model lacks the array {exc.args[0]!r} for kind {kind!r}") from None
+        verified = self.verify_enclave(expected_measurements, platform_key,
+                                       allow_simulated=allow_simulated)
+        blob = wrap_model(verified, packed)
+        fields = {"kind": kind, "input_dim": str(input_dim),
+                  "num_classes": str(arrays["W"].shape[1]), "epochs": str(epochs),
+                  "lr": repr(float(lr)), "seed": str(seed), "batch_size": str(batch_size),
+                  "reduction": reduction}
+        if name:
+            fields["name"] = name
+        body = self._json("POST", "/v1/refinements", data=fields, files={
+            "model": ("model.wrapped", io.BytesIO(blob), "application/octet-stream")})
+        created = RefinementCreated.model_validate(body)
+        return ModelOwnerRefinement(id=created.refinement.id, invitation=created.invitation,
+                                    result_key=result_key, refinement=created.refinement)
+
+    def get_refinement(self, refinement_id: str, *, invitation: str | None = None) -> Any:
+        """A refinement (:class:`appliance.refinement_jobs.RefinementOut`); a data owner who
+        has not provisioned yet passes the ``invitation`` to read the terms."""
+        from .refinement_jobs import RefinementOut
+
+        headers = {"X-Invitation-Code": invitation} if invitation else None
+        return RefinementOut.model_validate(
+            self._json("GET", f"/v1/refinements/{refinement_id}", headers=headers))
+
+    def list_refinements(self) -> list[Any]:
+        """Refinements where this tenant is the model owner or the data owner."""
+        from .refinement_jobs import RefinementList
+
+        return RefinementList.model_validate(self._json("GET", "/v1/refinements")).items
+
+    def provision_refinement(self, refinement_id: str, invitation: str, *, X: Any, y: Any,
+                             X_val: Any, y_val: Any, expected_measurements: Any,
+                             platform_key: Any, allow_simulated: bool = False,
+                             ckks_context: Any = None) -> Any:
+        """Data owner: read the terms, verify the enclave, CKKS-encrypt the features (the
+        secret key stays here, and reaches only the verified enclave, wrapped to it), wrap the
+        labels to the enclave, and upload. Starts the refinement job. Nothing is sent if the
+        quote does not verify."""
+        import numpy as np
+
+        from appliance.confidential import (
+            create_ckks_context,
+            encrypt_dataset,
+            public_context,
+            wrap_ckks_secret,
+        )
+
+        terms = self.get_refinement(refinement_id, invitation=invitation).terms
+        arrays = []
+        for features, labels, what in ((X, y, "training"), (X_val, y_val, "validation")):
+            features, labels = np.asarray(features, np.float64), np.asarray(labels)
+            if features.ndim != 2 or features.shape[1] != terms.input_dim:
+                raise ClientError(f"{what} features must be (n, {terms.input_dim})")
+            if labels.shape != (features.shape[0],) or labels.min() < 0 \
+                    or labels.max() >= terms.num_classes:
+                raise ClientError(f"{what} labels must be (n,) in [0, {terms.num_classes})")
+            arrays.append((features, labels))
+        verified = self.verify_enclave(expected_measurements, platform_key,
+                                       allow_simulated=allow_simulated)
+        ctx = ckks_context if ckks_context is not None else create_ckks_context()
+        (Xt, yt), (Xv, yv) = arrays
+        train = encrypt_dataset(ctx, verified, Xt, yt, num_classes=terms.num_classes,
+                                batch_size=terms.batch_size, split="train")
+        val = encrypt_dataset(ctx, verified, Xv, yv, num_classes=terms.num_classes,
+                              batch_size=terms.batch_size, split="val")
+        parts = {
+            "train": train.to_bytes(), "validation": val.to_bytes(),
+            "public_context": public_context(ctx), "ckks_secret": wrap_ckks_secret(ctx, verified),
+        }
+        from .refinement_jobs import RefinementOut
+
+        body = self._json("POST", f"/v1/refinements/{refinement_id}/data",
+                          data={"invitation": invitation},
+                          files={k: (k, io.BytesIO(v), "application/octet-stream")
+                                 for k, v in parts.items()})
+        return RefinementOut.model_validate(body)
+
+    def wait_refinement(self, refinement_id: str, *, timeout: float = 3600.0,
+                        poll: float = 0.2) -> Any:
+        """Poll until the refinement's job ends (either party)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.get_refinement(refinement_id)
+            if current.state in TERMINAL:
+                return current
+            if time.monotonic() > deadline:
+                raise JobTimeout(f"refinement {refinement_id} still {current.state}")
+            time.sleep(poll)
+            poll = min(poll * 1.3, 2.0)
+
+    def retry_refinement(self, refinement_id: str, *, resume: bool = True) -> JobOut:
+        """Model owner: a new job for a failed refinement (resumes from its sealed checkpoint)."""
+        return JobOut.model_validate(self._json(
+            "POST", f"/v1/refinements/{refinement_id}/retry",
+            params={"resume": "true" if resume else "false"}))
+
+    def refinement_result(self, refinement_id: str, result_key: bytes, *,
+                          trusted_key_pem: str | bytes | None = None) -> Any:
+        """Model owner: fetch the refined model, check its signed manifest (against
+        ``trusted_key_pem`` if given, else the key the server names) and its digest, and open it
+        with ``result_key``. Returns :class:`appliance.refinement_jobs.RefinedModel`."""
+        import base64
+        import hashlib
+
+        from appliance.confidential import open_refined_model
+        from crypto.dsse import verify_envelope
+        from crypto.errors import SignatureError
+        from crypto.keys import load_public_key_pem
+        from models.manifest import PAYLOAD_TYPE
+
+        from .refinement_jobs import RefinedModel, RefinementResultOut
+
+        out = RefinementResultOut.model_validate(
+            self._json("GET", f"/v1/refinements/{refinement_id}/result"))
+        blob = base64.b64decode(out.model, validate=True)
+        digest = hashlib.sha256(blob).hexdigest()
+        key = load_public_key_pem(trusted_key_pem or out.manifest["public_key"])
+        statement = json.loads(verify_envelope(out.manifest["envelope"], key,
+                                               payload_type=PAYLOAD_TYPE))
+        listed = [r.get("digest") for r in statement.get("predicate", {}).get("resources", [])]
+        if digest != out.sha256 or listed != [digest]:
+            raise SignatureError("the refined model's bytes do not match its signed manifest")
+        meta, arrays = open_refined_model(blob, result_key=result_key, job_id=refinement_id)
+        return RefinedModel(refinement_id=refinement_id, job_id=out.job_id,
+                            report_id=out.report_id, sha256=digest, meta=meta, arrays=arrays,
+                            statement=statement)
+
 
 def verify_report(bundle: Mapping[str, Any], *, trusted_key_pem: str | bytes | None = None,
                   checkpoint: Mapping[str, Any] | None = None) -> Any:

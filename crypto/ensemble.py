@@ -60,8 +60,10 @@ class EnsembleArtifact:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        w = np.asarray(self.weights, dtype=np.float64)
-        b = np.asarray(self.biases, dtype=np.float64)
+        # C order: safetensors writes the raw buffer, so a strided (e.g. Fortran-ordered
+        # scikit-learn coef_) array would otherwise be saved scrambled.
+        w = np.ascontiguousarray(self.weights, dtype=np.float64)
+        b = np.ascontiguousarray(self.biases, dtype=np.float64)
         object.__setattr__(self, "weights", w)
         object.__setattr__(self, "biases", b)
         object.__setattr__(self, "templates", tuple(str(t) for t in self.templates))
