@@ -1,0 +1,92 @@
+"""Confidential refinement on a live `appliance serve` (gunicorn workers answer attestation,
+the separate job worker process runs the enclave steps: they share the platform and the sealed
+enclave key of the home). Canaries never reach the server's log or any file under its home."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_digits
+from support import appliance_cmd, env_for, free_port, wait_http
+
+from appliance.client import Client
+from appliance.confidential import plaintext_refinement
+
+CANARY = 0.3183098861
+
+
+def _token(env: dict[str, str], tenant: str) -> str:
+    out = subprocess.run(appliance_cmd("tokens", "create", "--tenant", tenant, "--role",
+                                       "client", "--json"), env=env, capture_output=True,
+                         text=True, check=True)
+    return str(json.loads(out.stdout)["token"])
+
+
+def test_live_server_refinement_across_processes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = env_for(home, APPLIANCE_LOG_LEVEL="DEBUG")
+    owner_token, data_token = _token(env, "owner"), _token(env, "lab")
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(appliance_cmd("serve", "--port", str(port), "--workers", "2"),
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    X, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(1).permutation(len(y))
+    X, y = X[order] / 16.0, y[order]
+    Xt, yt, Xv, yv = X[:128].copy(), y[:128], X[300:364], y[300:364]
+    Xt[7, 20] = CANARY
+    model = {"W": np.zeros((64, 10)), "b": np.zeros(10)}
+    try:
+        wait_http(url + "/healthz", proc=proc)
+        owner, data = Client(url, token=owner_token), Client(url, token=data_token)
+        # pins published out of band: the platform key file of the home and the build's MRENCLAVE
+        from enclave.host import default_config
+        from enclave.measurement import measure_enclave, package_dir
+        from enclave.platform import platform_public_key
+
+        answer = Client(url).enclave_attestation(os.urandom(16))  # anonymous: starts it
+        pins = {"expected_measurements": [measure_enclave(package_dir(),
+                                                          default_config(home / "platform"))],
+                "platform_key": platform_public_key(home / "platform"), "allow_simulated": True}
+        assert answer["measurement"]["mrenclave"] == pins["expected_measurements"][0]
+        created = owner.create_refinement(model, kind="softmax", epochs=1, lr=0.5, seed=2,
+                                          **pins)
+        data.provision_refinement(created.id, created.invitation, X=Xt, y=yt, X_val=Xv,
+                                  y_val=yv, **pins)
+        done = data.wait_refinement(created.id, timeout=180)
+        assert done.state == "succeeded", done.job
+        refined = owner.refinement_result(created.id, created.result_key)
+        plain = plaintext_refinement(model=model, X=Xt, y=yt, X_val=Xv, y_val=yv, batch_size=64,
+                                     epochs=1, lr=0.5, seed=2)
+        assert np.abs(refined.arrays["W"] - plain.W).max() < 1e-3
+        stats = done.report["report"]["statistics"]
+        assert abs(stats["final_accuracy"] - plain.accuracy_history[-1]) <= 0.01
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    needles = [struct.pack("<d", CANARY), struct.pack("<f", CANARY), repr(CANARY).encode(),
+               yt[:24].astype("<i8").tobytes(), yt[:24].astype("<i4").tobytes(),
+               " ".join(map(str, yt[:24])).encode(), ", ".join(map(str, yt[:24])).encode(),
+               refined.arrays["W"][:, 2].astype("<f8").tobytes()[:32]]
+    server_log = log_path.read_bytes()
+    assert b"refinement" in server_log  # the log is really written (DEBUG level)
+    files = [p for p in home.rglob("*") if p.is_file()]
+    for needle in needles:
+        assert needle not in server_log
+        for path in files:
+            assert needle not in path.read_bytes(), path
+    for token in (owner_token, data_token, created.invitation):
+        assert token.encode() not in server_log
+
