@@ -109,6 +109,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        3,
+        # dataset-ownership verification (issue 4): a watermark's secret key is sealed with
+        # the appliance's key-encryption key (AES-GCM, ids as associated data), never returned.
+        """
+        CREATE TABLE watermarks (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id),
+            source_dataset_id TEXT NOT NULL REFERENCES datasets(id),
+            marked_dataset_id TEXT NOT NULL REFERENCES datasets(id),
+            sealed_key BLOB NOT NULL, params TEXT NOT NULL, n_marked INTEGER NOT NULL,
+            created_at TEXT NOT NULL);
+        CREATE INDEX watermarks_tenant ON watermarks(tenant_id, created_at);
+        """,
+    ),
+    (
         4,
         # confidential refinement (issue 5): owned by the model owner's tenant; the data
         # owner's tenant is bound when it redeems the one-time invitation (stored hashed).
@@ -308,7 +323,7 @@ class Store:
     # -- generic tenant-scoped access ------------------------------------------------------
     def get_owned(self, table: str, tenant_id: str, obj_id: str, what: str) -> dict[str, Any]:
         if table not in {"models", "datasets", "jobs", "reports", "ensembles",
-                         "inference_sessions", "refinements"}:
+                         "inference_sessions", "refinements", "watermarks"}:
             raise ValueError(table)
         row = self.conn.execute(
             f"SELECT * FROM {table} WHERE id = ? AND tenant_id = ?", (obj_id, tenant_id)
@@ -322,7 +337,7 @@ class Store:
         self, table: str, tenant_id: str, *, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
         if table not in {"models", "datasets", "jobs", "reports", "ensembles",
-                         "inference_sessions", "refinements"}:
+                         "inference_sessions", "refinements", "watermarks"}:
             raise ValueError(table)
         rows = self.conn.execute(
             f"SELECT * FROM {table} WHERE tenant_id = ? ORDER BY created_at DESC, id "

@@ -1,0 +1,293 @@
+"""The ``ownership`` job: "was this suspect model trained on my dataset?"
+
+Two methods from ``appliance.audits``: DOV4CL for self-supervised encoders (black-box
+``embed``) and the keyed backdoor watermark for classifiers (``predict`` or labels only).
+The suspect is a registered model or a remote HTTP endpoint with timeouts, retries and a
+query budget; the report records the queries spent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .auth import Principal
+from .errors import JobFailed, UnprocessableInput, ValidationFailed
+from .evaluation import load_job_model, model_digests
+from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
+from .registry import dataset_input, model_input
+from .store import Store, loads
+
+VERSION = "1.0.0"
+PRIVATE_ENDPOINTS_ENV = "APPLIANCE_ALLOW_PRIVATE_ENDPOINTS"
+
+
+class SuspectEndpoint(BaseModel):
+    """A suspect behind an HTTP URL answering ``{"inputs": [...]}`` with ``{"outputs": [...]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    retries: int = Field(default=2, ge=0, le=10)
+    query_budget: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_batch: int = Field(default=256, ge=1, le=4096)
+
+
+class ShadowTraining(BaseModel):
+    """Train the shadow encoder here, with the suspect's recipe family, on data without D_pub."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    architecture: Literal["conv_encoder", "pool_encoder"] = "conv_encoder"
+    config: dict[str, int] = Field(default_factory=dict)
+    objective: Literal["simclr", "simsiam"] = "simclr"
+    epochs: int = Field(default=100, ge=1, le=5000)
+    batch_size: int = Field(default=128, ge=8, le=4096)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class OwnershipParams(BaseModel):
+    """Parameters of an ownership audit; see ``GET /v1/job-kinds`` for the schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["dov4cl", "watermark_dvbw"]
+    suspect_model_id: str | None = Field(default=None, max_length=64)
+    suspect_endpoint: SuspectEndpoint | None = None
+    public_dataset_id: str | None = Field(default=None, max_length=64)
+    private_dataset_id: str | None = Field(default=None, max_length=64)
+    shadow_model_id: str | None = Field(default=None, max_length=64)
+    shadow_training: ShadowTraining | None = None
+    watermark_id: str | None = Field(default=None, max_length=64)
+    benign_dataset_id: str | None = Field(default=None, max_length=64)
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> OwnershipParams:
+        if (self.suspect_model_id is None) == (self.suspect_endpoint is None):
+            raise ValueError("give exactly one of suspect_model_id and suspect_endpoint")
+        if self.method == "dov4cl":
+            if not self.public_dataset_id or not self.private_dataset_id:
+                raise ValueError("dov4cl needs public_dataset_id and private_dataset_id")
+            if (self.shadow_model_id is None) == (self.shadow_training is None):
+                raise ValueError("dov4cl needs exactly one of shadow_model_id and shadow_training")
+        else:
+            if not self.watermark_id or not self.benign_dataset_id:
+                raise ValueError("watermark_dvbw needs watermark_id and benign_dataset_id")
+        return self
+
+
+def check_endpoint_url(url: str) -> None:
+    """Refuse URLs that would let a tenant reach the appliance's own network (SSRF) unless
+    the operator allows private addresses (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed("suspect_endpoint.url must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ValidationFailed("suspect_endpoint.url must not carry credentials")
+    if os.environ.get(PRIVATE_ENDPOINTS_ENV) == "1":
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise UnprocessableInput(f"cannot resolve {parts.hostname!r}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if address.is_private or address.is_loopback or address.is_link_local \
+                or address.is_reserved or address.is_multicast or address.is_unspecified:
+            raise UnprocessableInput(
+                f"{parts.hostname} resolves to a non-public address",
+                hint=f"the operator can allow private endpoints with {PRIVATE_ENDPOINTS_ENV}=1",
+            )
+
+
+def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dict[str, Any]:
+    tenant = principal.tenant_id
+    inputs: dict[str, Any] = {}
+    if params.suspect_model_id:
+        inputs["suspect"] = model_input(store.get_owned("models", tenant, params.suspect_model_id,
+                                                        "model"))
+    else:
+        assert params.suspect_endpoint is not None
+        check_endpoint_url(params.suspect_endpoint.url)
+    if params.method == "dov4cl":
+        for key in ("public_dataset_id", "private_dataset_id"):
+            inputs[key.removesuffix("_id")] = dataset_input(
+                store.get_owned("datasets", tenant, getattr(params, key), "dataset"))
+        if params.shadow_model_id:
+            inputs["shadow"] = model_input(store.get_owned("models", tenant,
+                                                           params.shadow_model_id, "model"))
+        else:
+            assert params.shadow_training is not None
+            inputs["shadow_data"] = dataset_input(store.get_owned(
+                "datasets", tenant, params.shadow_training.dataset_id, "dataset"))
+    else:
+        mark = store.get_owned("watermarks", tenant, params.watermark_id or "", "watermark")
+        inputs["watermark"] = {"id": mark["id"], "sealed_key": bytes(mark["sealed_key"]).hex(),
+                               "params": loads(mark["params"]),
+                               "marked_dataset_id": mark["marked_dataset_id"]}
+        inputs["benign"] = dataset_input(store.get_owned("datasets", tenant,
+                                                         params.benign_dataset_id or "", "dataset"))
+    return inputs
+
+
+def _images(ctx: JobContext, dataset: dict[str, Any], what: str, *,
+            labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    from models.datasets import load_npz_dataset
+
+    data = load_npz_dataset(ctx.blob_path(dataset["sha256"]), require_labels=labels)
+    if data.x.ndim != 4 or data.x.dtype.kind != "f":
+        raise JobFailed(f"{what} dataset must hold float images x of shape [n, C, H, W], got "
+                        f"{data.x.dtype} {tuple(data.x.shape)}")
+    return data.x.astype(np.float32, copy=False), data.y
+
+
+def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any],
+                kind: str) -> tuple[Any, str, Any]:
+    """A query function for the suspect, the device it runs on, and a closer."""
+    if params.suspect_endpoint is not None:
+        from appliance.audits.remote import RemoteEndpoint
+
+        ep = params.suspect_endpoint
+        endpoint = RemoteEndpoint(ep.url, kind=kind,  # type: ignore[arg-type]
+                                  timeout_s=ep.timeout_s, retries=ep.retries,
+                                  query_budget=ep.query_budget, max_batch=ep.max_batch)
+        return endpoint, "remote", endpoint.close
+    model = load_job_model(ctx, inputs["suspect"], params.device)
+    if kind == "embed":
+        return (lambda x: model.embed(x)), model.device, None
+    if kind == "proba":
+        return (lambda x: model.predict(x)), model.device, None
+    return (lambda x: np.argmax(model.predict(x), axis=1)), model.device, None
+
+
+def _train_shadow(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> Any:
+    import torch
+
+    from models.vision import ENCODERS, build_model, embed_fn, train_contrastive
+
+    ctx.log(f"training a {spec.objective} shadow {spec.architecture} for {spec.epochs} epochs "
+            f"on {len(data)} images")
+    config = {"in_channels": int(data.shape[1]), "image_size": int(data.shape[2]), **spec.config}
+    try:
+        encoder = build_model(ENCODERS[spec.architecture], seed=spec.seed, **config)
+    except TypeError as exc:
+        raise JobFailed(f"bad shadow architecture config: {exc}") from None
+    with torch.random.fork_rng(devices=[]):
+        encoder = train_contrastive(encoder, data, objective=spec.objective, seed=spec.seed,
+                                    epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
+    return embed_fn(encoder)
+
+
+def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> JobOutcome:
+    from appliance.audits.registry import create_method
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    method = create_method(params.method)
+    digests: dict[str, Any] = {}
+    if "suspect" in inputs:
+        digests["suspect"] = model_digests(inputs["suspect"])
+    else:
+        assert params.suspect_endpoint is not None
+        digests["suspect"] = {"endpoint": params.suspect_endpoint.url}
+
+    def progress(fraction: float) -> None:
+        ctx.progress(0.1 + 0.9 * fraction)
+
+    closer = None
+    try:
+        if params.method == "dov4cl":
+            from appliance.audits.dov4cl import DOV4CLInputs
+
+            public, _ = _images(ctx, inputs["public_dataset"], "public")
+            private, _ = _images(ctx, inputs["private_dataset"], "private")
+            if public.shape[1:] != private.shape[1:]:
+                raise JobFailed(f"public images {public.shape[1:]} and private images "
+                                f"{private.shape[1:]} differ in shape")
+            suspect, device, closer = _suspect_fn(ctx, params, inputs, "embed")
+            t0 = time.perf_counter()
+            if "shadow" in inputs:
+                shadow_model = load_job_model(ctx, inputs["shadow"], params.device)
+                shadow: Any = lambda x: shadow_model.embed(x)  # noqa: E731
+                digests["shadow"] = model_digests(inputs["shadow"])
+            else:
+                assert params.shadow_training is not None
+                shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
+                shadow = _train_shadow(ctx, params.shadow_training, shadow_data)
+                digests["shadow"] = {"trained_on": inputs["shadow_data"],
+                                     "recipe": params.shadow_training.model_dump()}
+            timings["shadow_seconds"] = time.perf_counter() - t0
+            ctx.progress(0.1)
+            digests["public_dataset"] = inputs["public_dataset"]
+            digests["private_dataset"] = inputs["private_dataset"]
+            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
+            result = method.run(
+                DOV4CLInputs(public=public, private=private, suspect=suspect, shadow=shadow,
+                             query_budget=budget),
+                params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
+        else:
+            from appliance.audits.watermark import WatermarkInputs
+
+            from .secrets import unseal_secret
+
+            mark = inputs["watermark"]
+            key = unseal_secret(ctx.settings, bytes.fromhex(mark["sealed_key"]),
+                                context=_seal_context(mark["id"], ctx.tenant_id))
+            benign, labels = _images(ctx, inputs["benign"], "benign", labels=True)
+            mode = params.method_params.get("mode", "proba")
+            suspect, device, closer = _suspect_fn(ctx, params, inputs,
+                                                  "label" if mode == "label" else "proba")
+            digests["watermark"] = {"id": mark["id"], "marked_dataset_id": mark["marked_dataset_id"],
+                                    "params": mark["params"]}
+            digests["benign_dataset"] = inputs["benign"]
+            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
+            ctx.progress(0.1)
+            result = method.run(
+                WatermarkInputs(benign=benign, benign_labels=labels, suspect=suspect, key=key,
+                                target_class=int(mark["params"]["target_class"]),
+                                strength=float(mark["params"]["strength"]), query_budget=budget),
+                params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
+    finally:
+        if closer is not None:
+            closer()
+    timings.update({k: float(v) for k, v in result.timings.items()})
+    timings["audit_seconds"] = time.perf_counter() - started
+    statistics = dict(result.statistics)
+    statistics["queries"] = result.queries
+    ctx.log(f"{result.method}: p = {result.p_value:.4g}, verdict {result.verdict} "
+            f"({result.queries} queries)")
+    return JobOutcome(
+        method=f"ownership/{result.method}", version=f"{VERSION}+{result.version}",
+        parameters={**params.model_dump(mode="json"), "effective": result.parameters},
+        inputs=digests, statistics=statistics, p_value=float(result.p_value),
+        verdict=result.verdict, alpha=float(result.alpha), seed=params.seed, device=device,
+        timings=timings,
+    )
+
+
+def _seal_context(watermark_id: str, tenant_id: str) -> bytes:
+    return f"watermark:{watermark_id}:{tenant_id}".encode()
+
+
+register_job_kind(
+    JobKind(
+        name="ownership",
+        params_model=OwnershipParams,
+        resolve=_resolve,
+        run=_run,
+        description="Dataset-ownership verification: DOV4CL for encoders, keyed watermark for "
+        "classifiers; a p-value and a verdict at alpha.",
+    )
+)

@@ -1,0 +1,202 @@
+"""Ownership audits through the service: the keyed watermark on real classifiers trained by
+the test on marked vs. clean digits, DOV4CL against a remote HTTP suspect, bad inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from support import auth, free_port, npz_bytes, wait_job
+
+
+def _upload_dataset(client: Any, token: str, name: str, **arrays: np.ndarray) -> dict:
+    resp = client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": name, "file": (io.BytesIO(npz_bytes(**arrays)), "d.npz")})
+    assert resp.status_code == 201, resp.get_json()
+    return dict(resp.get_json())
+
+
+def _upload_torch(client: Any, token: str, module: torch.nn.Module, arch: str,
+                  config: dict, tmp: Path, name: str) -> dict:
+    from safetensors.torch import save_file
+
+    path = tmp / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    resp = client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": name, "architecture": arch, "config": json.dumps(config),
+                             "file": (io.BytesIO(path.read_bytes()), path.name)})
+    assert resp.status_code == 201, resp.get_json()
+    return dict(resp.get_json())
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    from models.vision import digits_splits
+
+    torch.set_num_threads(1)
+    return digits_splits(seed=0, size=8, fractions=(0.6, 0.2))
+
+
+def test_watermark_marks_and_verifies_real_classifiers(client: Any, token_a: str, token_b: str,
+                                                       digits: Any, tmp_path: Path) -> None:
+    from models.vision import ConvClassifier, build_model, train_classifier
+
+    x_pub, y_pub = digits.public
+    x_val, y_val = digits.private
+    source = _upload_dataset(client, token_a, "digits-public", x=x_pub, y=y_pub)
+    resp = client.post(f"/v1/datasets/{source['id']}/watermark", headers=auth(token_a),
+                       json={"fraction": 0.1, "target_class": 0, "strength": 0.3})
+    assert resp.status_code == 201, resp.get_json()
+    mark = resp.get_json()
+    assert mark["n_marked"] == round(0.1 * len(x_pub)) and "key" not in json.dumps(mark).lower()
+    # the owner downloads the marked copy to release it
+    blob = client.get(f"/v1/datasets/{mark['marked_dataset']['id']}/download", headers=auth(token_a))
+    assert blob.status_code == 200
+    with np.load(io.BytesIO(blob.data), allow_pickle=False) as arrays:
+        x_marked, y_marked = arrays["x"], arrays["y"]
+    assert (x_marked != x_pub).any(axis=(1, 2, 3)).sum() == mark["n_marked"]
+    # another tenant sees nothing of it
+    assert client.get(f"/v1/watermarks/{mark['id']}", headers=auth(token_b)).status_code == 404
+    assert client.get("/v1/watermarks", headers=auth(token_b)).get_json()["items"] == []
+
+    config = {"in_channels": 1, "image_size": 8, "num_classes": 10, "width": 16}
+
+    def train(x: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
+        model = build_model(lambda **c: ConvClassifier(**c), seed=seed, **config)
+        return train_classifier(model, x, y, seed=seed, epochs=25)
+
+    suspect_marked = _upload_torch(client, token_a, train(x_marked, y_marked, 1),
+                                   "conv_classifier", config, tmp_path, "marked")
+    suspect_clean = _upload_torch(client, token_a, train(x_pub, y_pub, 2), "conv_classifier",
+                                  config, tmp_path, "clean")
+    benign = _upload_dataset(client, token_a, "held-out", x=x_val, y=y_val)
+    verdicts = {}
+    for name, model in (("marked", suspect_marked), ("clean", suspect_clean)):
+        for mode in ("proba", "label"):
+            job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+                "method": "watermark_dvbw", "suspect_model_id": model["id"],
+                "watermark_id": mark["id"], "benign_dataset_id": benign["id"],
+                "method_params": {"mode": mode, "m": 100}, "seed": 3}})
+            assert job.status_code == 202, job.get_json()
+            final = wait_job(client, token_a, job.get_json()["id"], timeout=180)
+            assert final["state"] == "succeeded", final
+            report = client.get(f"/v1/reports/{final['report_id']}", headers=auth(token_a)).get_json()
+            body = report["report"]
+            assert body["statistics"]["queries"] == 200 and body["alpha"] == 0.05
+            assert 0.0 <= body["p_value"] <= 1.0
+            verdicts[name, mode] = body["verdict"]
+    assert verdicts["marked", "proba"] == "trained_on_dataset", verdicts
+    assert verdicts["clean", "proba"] == "not_detected", verdicts
+    assert verdicts["clean", "label"] == "not_detected", verdicts
+
+
+def _embedding_server(model: torch.nn.Module, delay: float = 0.0,
+                      junk: bool = False) -> tuple[Any, str, list[int]]:
+    from flask import Flask, request
+    from werkzeug.serving import make_server
+
+    app = Flask("suspect")
+    counted: list[int] = []
+
+    @app.post("/embed")
+    def embed() -> Any:
+        inputs = np.asarray(request.get_json()["inputs"], dtype=np.float32)
+        counted.append(len(inputs))
+        time.sleep(delay)
+        if junk:
+            return {"outputs": "not embeddings"}
+        with torch.no_grad():
+            return {"outputs": model(torch.from_numpy(inputs)).numpy().tolist()}
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{port}/embed", counted
+
+
+def test_dov4cl_against_remote_endpoint_counts_queries(client: Any, token_a: str, digits: Any,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.vision import ENCODERS, build_model
+
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    suspect = build_model(ENCODERS["conv_encoder"], seed=1, **config).eval()
+    shadow = build_model(ENCODERS["conv_encoder"], seed=2, **config).eval()
+    shadow_row = _upload_torch(client, token_a, shadow, "conv_encoder", config, tmp_path, "shadow")
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:64])
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:64])
+    server, url, counted = _embedding_server(suspect)
+    params = {"method": "dov4cl", "suspect_endpoint": {"url": url, "timeout_s": 10},
+              "public_dataset_id": pub["id"], "private_dataset_id": pvt["id"],
+              "shadow_model_id": shadow_row["id"],
+              "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 3}, "seed": 5}
+    try:
+        # loopback is a private address: refused unless the operator allows it (SSRF)
+        monkeypatch.delenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", raising=False)
+        refused = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership",
+                                                                      "params": params})
+        assert refused.status_code == 422 and "non-public" in refused.get_json()["detail"]
+        monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
+        job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership",
+                                                                  "params": params})
+        assert job.status_code == 202, job.get_json()
+        final = wait_job(client, token_a, job.get_json()["id"], timeout=180)
+        assert final["state"] == "succeeded", final
+        body = client.get(f"/v1/reports/{final['report_id']}", headers=auth(token_a)).get_json()[
+            "report"]
+        assert body["statistics"]["queries"] == sum(counted) > 0
+        assert body["inputs"]["suspect"] == {"endpoint": url}
+        assert body["method"]["name"] == "ownership/dov4cl" and body["verdict"] in (
+            "trained_on_dataset", "not_detected")
+        # a budget smaller than the audit needs fails the job with a reason
+        small = {**params, "suspect_endpoint": {"url": url, "query_budget": 10}}
+        job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership",
+                                                                  "params": small})
+        final = wait_job(client, token_a, job.get_json()["id"], timeout=60)
+        assert final["state"] == "failed" and "budget" in final["error"].lower(), final
+    finally:
+        server.shutdown()
+
+    for kwargs, needle in (({"delay": 3.0}, "time"), ({"junk": True}, "")):
+        server, url, _ = _embedding_server(suspect, **kwargs)
+        try:
+            bad = {**params, "suspect_endpoint": {"url": url, "timeout_s": 0.5, "retries": 0}}
+            job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership",
+                                                                      "params": bad})
+            final = wait_job(client, token_a, job.get_json()["id"], timeout=60)
+            assert final["state"] == "failed", final
+            assert "internal error" not in final["error"] and needle in final["error"].lower()
+        finally:
+            server.shutdown()
+
+
+def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
+    flat = _upload_dataset(client, token_a, "flat", x=np.zeros((10, 64), np.float32),
+                           y=np.zeros(10, np.int64))
+    resp = client.post(f"/v1/datasets/{flat['id']}/watermark", headers=auth(token_a), json={})
+    assert resp.status_code == 422 and "[n, C, H, W]" in resp.get_json()["detail"]
+    # exactly one suspect, method-specific inputs
+    for params in ({"method": "dov4cl"},
+                   {"method": "dov4cl", "suspect_model_id": "m", "suspect_endpoint": {
+                       "url": "http://example.com/x"}},
+                   {"method": "watermark_dvbw", "suspect_model_id": "m"},
+                   {"method": "nope", "suspect_model_id": "m"}):
+        resp = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership",
+                                                                   "params": params})
+        assert resp.status_code == 422, (params, resp.get_json())
+    resp = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+        "method": "watermark_dvbw", "suspect_model_id": "mdl_x", "watermark_id": "wm_x",
+        "benign_dataset_id": flat["id"]}})
+    assert resp.status_code == 404
+    # an empty dataset never gets in
+    resp = client.post("/v1/datasets", headers=auth(token_a), content_type="multipart/form-data",
+                       data={"name": "empty", "file": (io.BytesIO(npz_bytes(
+                           x=np.zeros((0, 1, 8, 8), np.float32))), "e.npz")})
+    assert resp.status_code == 422
