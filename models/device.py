@@ -34,7 +34,16 @@ def choose_device(preference: str | None = None) -> str:
     if wanted == "cpu":
         return "cpu"
     if not torch.cuda.is_available():
-        raise DeviceError(f"device {preference!r} requested but CUDA is not available here")
+        build = torch.version.cuda
+        why = (
+            f"this torch {torch.__version__} is a CPU-only build"
+            if build is None
+            else f"torch {torch.__version__} (CUDA {build}) finds no usable CUDA device"
+        )
+        raise DeviceError(
+            f"device {preference!r} requested but CUDA is not available here: {why}",
+            hint="use device 'cpu' or 'auto' (auto picks CUDA only where it is available)",
+        )
     if match.group(2) is not None:
         index = int(match.group(2))
         if index >= torch.cuda.device_count():

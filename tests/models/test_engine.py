@@ -179,8 +179,10 @@ def test_device_choice() -> None:
     with pytest.raises(DeviceError):
         choose_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="CUDA"):
-            choose_device("cuda:0")
+        for wanted in ("cuda", "cuda:0", " CUDA:1 "):
+            with pytest.raises(DeviceError, match="CUDA is not available") as caught:
+                choose_device(wanted)
+            assert "'cpu'" in caught.value.diagnostics()
 
 
 def test_logprobs_refused_for_classifier(trained) -> None:
