@@ -48,8 +48,11 @@ def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
     blob = ctx.blob_path(model["blob"])
     if model["format"] != "transformers":
         return blob
-    root = ctx.cache_dir("modeldirs")
-    target = root / model["blob"]
+    # the API node extracted it at upload; embedded workers share that folder
+    target = ctx.settings.home / "modeldirs" / model["blob"]
+    if not target.is_dir():
+        root = ctx.cache_dir("modeldirs")
+        target = root / model["blob"]
     if not target.is_dir():
         tmp = root / f".tmp-{uuid.uuid4().hex}"
         try:
