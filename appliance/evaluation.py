@@ -4,10 +4,7 @@ classifier on a labelled dataset, or embedding export for an encoder."""
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .auth import Principal
 from .errors import JobFailed
 from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from .registry import dataset_input, model_input
+from .registry import dataset_input, extract_once, model_input
 from .store import Store
 
 VERSION = "1.0.0"
@@ -43,32 +40,13 @@ def _resolve(store: Store, principal: Principal, params: EvaluationParams) -> di
 
 def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
     """A local path a backend can load: the blob, or the extracted transformers folder."""
-    from models.formats import extract_transformers_tar
-
     blob = ctx.blob_path(model["blob"])
     if model["format"] != "transformers":
         return blob
     # the API node extracted it at upload; embedded workers share that folder
-    target = ctx.settings.home / "modeldirs" / model["blob"]
-    if not target.is_dir():
-        root = ctx.cache_dir("modeldirs")
-        target = root / model["blob"]
-    if not target.is_dir():
-        tmp = root / f".tmp-{uuid.uuid4().hex}"
-        try:
-            extract_transformers_tar(blob, tmp, max_total_bytes=ctx.settings.max_upload_bytes * 4)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not target.is_dir():  # else a concurrent extraction won the race
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    if (target / "config.json").is_file():
-        return target
-    children = [p for p in target.iterdir() if p.is_dir()]
-    return children[0] if len(children) == 1 else target
+    shared = ctx.settings.home / "modeldirs" / model["blob"]
+    target = shared if shared.is_dir() else ctx.cache_dir("modeldirs") / model["blob"]
+    return extract_once(blob, target, max_total_bytes=ctx.settings.max_upload_bytes * 4)
 
 
 def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -> Any:

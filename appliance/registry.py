@@ -55,26 +55,28 @@ def _drop_unreferenced(store: Store, digest: str) -> None:
 
 def transformers_dir(store: Store, tar_digest: str) -> Path:
     """Extracted transformers model folder for a tar blob (extracted once, atomically)."""
+    return extract_once(store.blobs.path(tar_digest), store.settings.home / "modeldirs" / tar_digest,
+                        max_total_bytes=store.settings.max_upload_bytes * 4)
+
+
+def extract_once(tar_path: Path, target: Path, *, max_total_bytes: int) -> Path:
+    """Extract a transformers tar into ``target`` unless a previous extraction is there; safe
+    against concurrent extractions (the first rename wins). Returns the model folder."""
     from models.formats import extract_transformers_tar
 
-    root = store.settings.home / "modeldirs"
-    target = root / tar_digest
-    if target.is_dir():
-        return _single_child(target)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{uuid.uuid4().hex}"
-    try:
-        extract_transformers_tar(
-            store.blobs.path(tar_digest), tmp, max_total_bytes=store.settings.max_upload_bytes * 4
-        )
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
         try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.is_dir():  # else a concurrent extraction won the race
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            extract_transformers_tar(tar_path, tmp, max_total_bytes=max_total_bytes)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.is_dir():  # else a concurrent extraction won the race
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return _single_child(target)
 
 
