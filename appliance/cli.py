@@ -55,7 +55,11 @@ def serve(host: str, port: int, workers: int | None, threads: int, consumer: boo
             if child.poll() is None:
                 child.terminate()
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop_children(), sys.exit(0)))
+    def on_term(*_: Any) -> None:
+        stop_children()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         run_server(settings, host=host, port=port, workers=workers, threads=threads)
     finally:

@@ -184,7 +184,8 @@ class Client:
             import numpy as np
 
             buf = io.BytesIO()
-            np.savez(buf, **{k: np.asarray(v) for k, v in path_or_arrays.items()})
+            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in path_or_arrays.items()}
+            np.savez(buf, **arrays)
             handle: Any = io.BytesIO(buf.getvalue())
             filename = f"{name}.npz"
         else:
@@ -337,12 +338,16 @@ class Client:
                                 private_client=private, session=body)
 
     def private_predict(self, ensemble_id: str, texts: list[str] | tuple[str, ...], *,
-                        encode: Any = None, batch: bool = True, session: Any = None) -> Any:
+                        encode: Any = None, batch: bool = True, session: Any = None,
+                        layout: str | None = None) -> Any:
         """Embed locally (MiniLM by default, once per template) -> encrypt -> send -> decrypt.
 
         Returns :class:`appliance.inference.PrivatePrediction` (labels, indices, win counts).
         The server sees only ciphertexts; a session is opened once per ensemble and reused
-        until it nears expiry (pass ``session`` to use your own).
+        until it nears expiry (pass ``session`` to use your own). With ``batch`` and enough
+        texts (:meth:`crypto.private_inference.PrivateClient.prefers_wide`, 12+ at K=8 x
+        384-d) the wide layout is used: slots index queries, one request per up to
+        ``wide_capacity`` texts. ``layout="single"``/``"wide"`` forces a layout.
         """
         from .inference import (
             PrivatePrediction,
@@ -367,12 +372,12 @@ class Client:
                 encode = self.__dict__["_text_encoder"] = default_text_encoder()
         emb = embed_texts(session.spec, texts, encode)
         try:
-            scores = session.predict_embeddings(emb, batch=batch)
+            scores = session.predict_embeddings(emb, batch=batch, layout=layout)
         except ApiError as exc:
             if exc.status != 410 or sessions.get(ensemble_id) is not session:
                 raise
             session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
-            scores = session.predict_embeddings(emb, batch=batch)
+            scores = session.predict_embeddings(emb, batch=batch, layout=layout)
         return PrivatePrediction(labels=list(scores.predicted_classes),
                                  indices=list(scores.labels), win_counts=scores.win_counts)
 

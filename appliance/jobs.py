@@ -207,7 +207,7 @@ def apply_event(store: Store, settings: Settings, event: dict[str, Any]) -> bool
                 (run, utcnow(), now, job_id),
             )
             if cur.rowcount == 1:
-                store.add_job_log(job_id, f"started on {run.rsplit(':', 1)[0]}")
+                store.add_job_log(job_id, f"started on {str(run).rsplit(':', 1)[0]}")
         return cur.rowcount == 1
     row = store.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None or row["state"] != "running" or row["worker"] != run:

@@ -246,6 +246,8 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
             key = unseal_secret(ctx.settings, bytes.fromhex(mark["sealed_key"]),
                                 context=_seal_context(mark["id"], ctx.tenant_id))
             benign, labels = _images(ctx, inputs["benign"], "benign", labels=True)
+            if labels is None:
+                raise JobFailed("the benign dataset needs labels 'y'")
             mode = params.method_params.get("mode", "proba")
             suspect, device, closer = _suspect_fn(ctx, params, inputs,
                                                   "label" if mode == "label" else "proba")

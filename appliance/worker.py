@@ -44,11 +44,9 @@ def queue_for(settings: Settings) -> Queue:
     state: dict[str, Any] = {}
 
     def run_job(message: dict[str, Any]) -> str:
-        sink, blobs = state.get("sink"), state.get("blobs")
-        if sink is None:
-            sink, blobs = worker_endpoints(settings)
-            state["sink"], state["blobs"] = sink, blobs
-        return execute_job(settings, message, sink=sink, blobs=blobs)
+        if "sink" not in state:
+            state["sink"], state["blobs"] = worker_endpoints(settings)
+        return execute_job(settings, message, sink=state["sink"], blobs=state["blobs"])
 
     task = huey.task()(run_job)
     serializer = huey.serializer
