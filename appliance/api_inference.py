@@ -6,6 +6,8 @@
     POST   /v1/inference/sessions?ensemble_id=... evaluation keys in (octet-stream), session out
     DELETE /v1/inference/sessions/{id}            close a session, delete its keys
     POST   /v1/ensembles/{id}/predict?session=... ciphertext in, ciphertext out (octet-stream)
+           ...&batch=true   PEB1-framed ciphertexts (single layout, up to 32)
+           ...&layout=wide  PEW1 wide batch (slots index queries; up to 64 MB)
 
 Binary bodies are read with a hard bound and are never logged.
 """
@@ -25,6 +27,7 @@ from .inference import (
     MAX_QUERY_BYTES,
     MAX_SESSION_TTL_SECONDS,
     MAX_SPEC_BYTES,
+    MAX_WIDE_BYTES,
     EnsembleList,
     EnsembleOut,
     EnsembleSpec,
@@ -146,14 +149,17 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             errors=(409, 410))
     def predict_encrypted(ensemble_id: str, query: PredictQuery) -> Response:
         store = _store()
-        limit = MAX_BATCH_BYTES if query.batch else MAX_QUERY_BYTES
-        what = "the batch body" if query.batch else "a query ciphertext"
+        if query.layout == "wide":
+            limit, what = MAX_WIDE_BYTES, "a wide batch body"
+        else:
+            limit = MAX_BATCH_BYTES if query.batch else MAX_QUERY_BYTES
+            what = "the batch body" if query.batch else "a query ciphertext"
         if request.mimetype != OCTET:
             raise UnsupportedMediaType(f"{what} is sent as {OCTET}, got "
                                        f"{request.mimetype or 'nothing'}")
         reply = predict(store, _cache(), g.principal, ensemble_id=ensemble_id,
                         session_id=query.session, body=lambda: _binary_body(limit, what),
-                        batch=query.batch)
+                        batch=query.batch, layout=query.layout)
         return Response(reply, status=200, mimetype=OCTET)
 
     app.register_blueprint(v1)

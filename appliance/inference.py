@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,8 @@ MAX_QUERY_BYTES = 4 << 20
 #: Most ciphertexts in one batch request, and the batch body limit.
 MAX_BATCH_ITEMS = 32
 MAX_BATCH_BYTES = 64 << 20
+#: Largest wide-layout body (one ciphertext per feature block; ~19.5 MB at K=8 x 384-d).
+MAX_WIDE_BYTES = 64 << 20
 #: Longest session a client may ask for (the configured TTL is the default).
 MAX_SESSION_TTL_SECONDS = 7 * 24 * 3600
 #: Evaluators (one per session) kept per process; each holds its session's keys (~25 MB).
@@ -102,6 +104,16 @@ class EnsembleLayoutOut(BaseModel):
     galois_steps: list[int]
 
 
+class EnsembleWideLayoutOut(BaseModel):
+    """Wide batch layout (slots index queries): ``chunks`` ciphertexts carry up to
+    ``capacity`` queries, ``block`` features of each per ciphertext."""
+
+    block: int
+    chunks: int
+    capacity: int
+    galois_steps: list[int]
+
+
 class EnsembleSpec(BaseModel):
     """What a client needs to embed, encrypt and decrypt: never the heads' weights."""
 
@@ -115,6 +127,7 @@ class EnsembleSpec(BaseModel):
     encoder: str
     preset: str
     layout: EnsembleLayoutOut
+    wide_layout: EnsembleWideLayoutOut | None = None
 
 
 class EnsembleUpload(BaseModel):
@@ -147,6 +160,9 @@ class PredictQuery(BaseModel):
 
     session: str = Field(min_length=1, max_length=64)
     batch: bool = Field(default=False, description="body framed with encode_blobs (PEB1)")
+    layout: Literal["single", "wide"] = Field(
+        default="single",
+        description="'wide': body from PrivateClient.encrypt_wide_batch (PEW1, slots index queries)")
 
 
 # -- ensembles ---------------------------------------------------------------------------------
@@ -173,6 +189,17 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
         "giant": layout.giant, "queries_per_ciphertext": layout.queries_per_ciphertext,
         "galois_steps": list(layout.galois_steps),
     }
+
+
+def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any]:
+    from crypto import packing
+    from crypto.ckks import get_preset
+
+    wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
+                                    classes=len(spec["classes"]),
+                                    slots=get_preset(str(spec["preset"])).slot_count)
+    return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
+            "galois_steps": list(wide.galois_steps)}
 
 
 def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
@@ -232,7 +259,8 @@ def ensemble_view(row: dict[str, Any]) -> dict[str, Any]:
 def ensemble_spec(row: dict[str, Any]) -> dict[str, Any]:
     """The client-facing public spec of an ensemble row, with its slot layout; no weights."""
     spec = loads(row["spec"])
-    return {"id": row["id"], **spec, "layout": _layout_info(spec)}
+    return {"id": row["id"], **spec, "layout": _layout_info(spec),
+            "wide_layout": _wide_layout_info(spec)}
 
 
 def get_ensemble(store: Store, principal: Principal, ensemble_id: str) -> dict[str, Any]:
@@ -322,11 +350,13 @@ class EvaluatorCache:
             if sibling is not None:
                 evaluator = EnsembleEvaluator(artifact=artifact, public_context=keys,
                                               max_context_bytes=MAX_CONTEXT_BYTES,
-                                              max_query_bytes=MAX_QUERY_BYTES, shared=sibling)
+                                              max_query_bytes=MAX_QUERY_BYTES,
+                                              max_wide_bytes=MAX_WIDE_BYTES, shared=sibling)
             else:
                 evaluator = EnsembleEvaluator(artifact=artifact, public_context=keys,
                                               max_context_bytes=MAX_CONTEXT_BYTES,
-                                              max_query_bytes=MAX_QUERY_BYTES)
+                                              max_query_bytes=MAX_QUERY_BYTES,
+                                              max_wide_bytes=MAX_WIDE_BYTES)
         except ContextError as exc:
             raise UnprocessableInput(f"evaluation keys refused: {exc}", hint=exc.hint) from None
         except (ValueError, RuntimeError, TypeError):  # SEAL on corrupt inner blobs
@@ -463,12 +493,16 @@ def close_session(store: Store, cache: EvaluatorCache, principal: Principal,
 
 
 def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemble_id: str,
-            session_id: str, body: bytes | Callable[[], bytes], batch: bool) -> bytes:
+            session_id: str, body: bytes | Callable[[], bytes], batch: bool,
+            layout: str = "single") -> bytes:
     """Evaluate the ensemble and the encrypted argmax on the body's ciphertext(s).
 
     ``body`` may be a callable, read only once the ensemble and session are known to be
     usable. ``batch`` bodies are framed with :func:`crypto.private_inference.encode_blobs`
-    and so is the reply. Errors: 404 (unknown ensemble or session, or another tenant's), 409
+    and so is the reply. ``layout="wide"`` bodies come from
+    :meth:`~crypto.private_inference.PrivateClient.encrypt_wide_batch` (many queries, slots
+    index queries) and the reply is one ciphertext per class, framed the same way; a body of
+    the other layout is refused (422). Errors: 404 (unknown ensemble or session, or another tenant's), 409
     (session of another ensemble), 410 (expired session), 413 (oversize), 422 (malformed,
     truncated or foreign-parameter ciphertexts).
     """
@@ -485,8 +519,14 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
         raise Gone(f"inference session {session['id']!r} expired at "
                    f"{_iso(float(session['expires_at']))}; open a new one",
                    hint="POST /v1/inference/sessions again with fresh evaluation keys")
+    if layout not in ("single", "wide"):
+        raise ValidationFailed("layout is 'single' or 'wide'")
+    if layout == "wide" and batch:
+        raise ValidationFailed("a wide body frames its own ciphertexts; drop batch=true")
     if callable(body):
         body = body()
+    if layout == "wide":
+        return _predict_wide(store, cache, ensemble, session, body)
     if batch:
         try:
             queries = decode_blobs(body, max_items=MAX_BATCH_ITEMS, max_bytes=MAX_BATCH_BYTES)
@@ -509,6 +549,41 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (len(queries), session["id"]))
     return encode_blobs(replies) if batch else replies[0]
+
+
+def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
+                  session: dict[str, Any], body: bytes) -> bytes:
+    from crypto.ckks import CiphertextError, ContextError, get_preset
+    from crypto.packing import LayoutError
+    from crypto.private_inference import wide_query_count
+
+    if not body:
+        raise UnprocessableInput("the body must hold a wide batch")
+    spec = loads(ensemble["spec"])
+    wide = _wide_layout_info(spec)
+    preset = get_preset(str(spec["preset"]))
+    encoded = (len(spec["classes"]) * wide["chunks"] * preset.poly_modulus_degree
+               * (len(preset.coeff_mod_bit_sizes) - 1) * 8)
+    if encoded > MAX_ENCODED_WEIGHT_BYTES:
+        raise UnprocessableInput(
+            f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
+            f"the limit is {MAX_ENCODED_WEIGHT_BYTES >> 20} MiB", hint="use layout=single")
+    entry = cache.get_or_load(store, ensemble, session)
+    try:
+        with entry.lock:
+            reply = entry.evaluator.evaluate_wide_batch(body)
+    except ContextError as exc:
+        raise UnprocessableInput(f"wide batch refused: {exc}",
+                                 hint="open a new session with keys from this SDK version") from None
+    except (CiphertextError, LayoutError) as exc:
+        raise UnprocessableInput(f"wide batch refused: {exc}",
+                                 hint=CiphertextError.default_hint) from None
+    except (ValueError, RuntimeError, TypeError):  # SEAL's own checks on hostile inner blobs
+        raise UnprocessableInput("wide batch refused: it does not fit the session parameters",
+                                 hint=CiphertextError.default_hint) from None
+    store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
+                       (wide_query_count(body), session["id"]))
+    return reply
 
 
 # -- client side (SDK) -------------------------------------------------------------------------
@@ -550,26 +625,41 @@ class InferenceSession:
         return self.closed or end.timestamp() - 30.0 <= time.time()
 
     def predict_embeddings(self, embeddings: npt.ArrayLike, *, batch: bool = True,
-                           per_request: int = 16) -> PrivateScores:
+                           per_request: int = 16, layout: str | None = None) -> PrivateScores:
         """Encrypt ``(Q, K, d)`` embeddings, evaluate them remotely and decrypt the labels.
 
         With ``batch`` ciphertexts travel ``per_request`` at a time in the framed batch form;
-        otherwise one request per query.
+        otherwise one request per query. ``layout`` is ``"single"``, ``"wide"`` (slots index
+        queries: one request per :attr:`PrivateClient.wide_capacity` queries) or ``None``:
+        wide when ``batch`` and :meth:`PrivateClient.prefers_wide` say so.
         """
-        from crypto.private_inference import decode_blobs, encode_blobs
+        from crypto.private_inference import PrivateScores, decode_blobs, encode_blobs
 
         emb = np.asarray(embeddings, dtype=np.float64)
         pc = self.private_client
         path = f"/v1/ensembles/{self.ensemble_id}/predict"
         headers = {"Content-Type": "application/octet-stream"}
+        if layout is None:
+            layout = "wide" if batch and pc.prefers_wide(len(emb)) else "single"
+        if layout not in ("single", "wide"):
+            raise ValueError("layout is 'single', 'wide' or None")
+        if layout == "wide":
+            cap = pc.wide_capacity
+            parts = []
+            for start in range(0, len(emb), cap):
+                part = emb[start:start + cap]
+                resp = self._sdk.request("POST", path, params={"session": self.id, "layout": "wide"},
+                                         content=pc.encrypt_wide_batch(part), headers=headers)
+                parts.append(pc.decrypt_wide_batch(resp.content, count=len(part)))
+            return PrivateScores(win_counts=np.concatenate([p.win_counts for p in parts]),
+                                 labels=tuple(lb for p in parts for lb in p.labels),
+                                 class_names=parts[0].class_names)
         if not batch:
             replies = [
                 self._sdk.request("POST", path, params={"session": self.id},
                                   content=pc.encrypt(query), headers=headers).content
                 for query in emb
             ]
-            from crypto.private_inference import PrivateScores
-
             parts = [pc.decrypt_result(r) for r in replies]
             return PrivateScores(win_counts=np.concatenate([p.win_counts for p in parts]),
                                  labels=tuple(p.labels[0] for p in parts),

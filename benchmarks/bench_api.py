@@ -82,8 +82,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--port", type=int, default=18089)
     args = parser.parse_args()
-    from appliance.client import Client
     from support import npz_bytes, trained_linear_onnx
+
+    from appliance.client import Client
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"

@@ -33,10 +33,14 @@ from crypto.errors import CryptoError
 __all__ = [
     "EnsembleLayout",
     "LayoutError",
+    "WideLayout",
     "difference_matrix",
     "make_layout",
+    "make_wide_layout",
     "pack_queries",
+    "pack_wide",
     "score_slots",
+    "wide_weights",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -230,4 +234,145 @@ def score_slots(values: FloatArray, layout: EnsembleLayout, count: int) -> Float
     vals = np.asarray(values, dtype=np.float64)
     idx = np.array([[q * layout.lane + i * layout.pad_classes for i in range(layout.classes)] for q in range(count)])
     out: FloatArray = vals[idx]
+    return out
+
+
+# -- wide batch layout: slots index queries ------------------------------------------------
+#
+# The K*d features of a query are cut into ``chunks`` pieces of ``block`` consecutive
+# features. Ciphertext ``t`` of a batch holds piece ``t`` of every query: query ``b`` occupies
+# slots ``b * block .. b * block + block - 1``. Class ``c``'s averaged, scaled logit is then
+#
+#     sum_t  ct_t * W[c, t]          (W[c, t]: piece t of class c's weights, tiled per query)
+#
+# followed by a rotate-and-sum over strides 1, 2, ..., block/2, which leaves the logit of query
+# ``b`` in slot ``b * block``. The linear stage needs ``classes * chunks`` plaintext products
+# and ``classes * log2(block)`` rotations for a whole batch of ``slots / block`` queries;
+# pairwise differences and the sign polynomial then run on all queries of the batch at once.
+# With ``block == 1`` the layout is pure SIMD across queries (no rotations, one ciphertext per
+# feature); a larger block trades rotations for fewer uploaded ciphertexts per batch.
+
+#: Features per query block in the wide layout (power of two); see :func:`make_wide_layout`.
+WIDE_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class WideLayout:
+    """Geometry of the wide batch layout (slots index queries) for one CKKS slot count."""
+
+    members: int
+    dim: int
+    classes: int
+    slots: int
+    block: int  # features of one query per ciphertext (power of two)
+    chunks: int  # ciphertexts per batch: ceil(members * dim / block)
+
+    @property
+    def features(self) -> int:
+        """Length of one query's concatenated embeddings (K * d)."""
+        return self.members * self.dim
+
+    @property
+    def capacity(self) -> int:
+        """Most queries one wide batch carries (one block of slots each)."""
+        return self.slots // self.block
+
+    @property
+    def sum_strides(self) -> tuple[int, ...]:
+        """Rotate-and-sum strides that finish each logit (1, 2, ..., block/2)."""
+        return tuple(1 << k for k in range(self.block.bit_length() - 1))
+
+    @property
+    def galois_steps(self) -> tuple[int, ...]:
+        """Rotation steps the wide circuit performs."""
+        return tuple(s for s in self.sum_strides if 0 < s < self.slots)
+
+
+def make_wide_layout(*, members: int, dim: int, classes: int, slots: int, block: int | None = None) -> WideLayout:
+    """Wide layout for the ensemble shape; ``block`` defaults to :data:`WIDE_BLOCK` (capped by K*d)."""
+    if members < 1 or dim < 1 or classes < 2:
+        raise LayoutError(f"need members >= 1, dim >= 1, classes >= 2 (got {members}, {dim}, {classes})")
+    features = members * dim
+    if block is None:
+        block = min(WIDE_BLOCK, _pow2_at_least(features))
+    if block < 1 or block & (block - 1) or block > slots:
+        raise LayoutError(f"block must be a power of two in [1, {slots}], got {block}")
+    return WideLayout(
+        members=members,
+        dim=dim,
+        classes=classes,
+        slots=slots,
+        block=block,
+        chunks=-(-features // block),
+    )
+
+
+def wide_weights(
+    weights: FloatArray, biases: FloatArray, *, norm_bound: float, layout: WideLayout
+) -> tuple[FloatArray, FloatArray, float]:
+    """Averaged class weights and biases, scaled so every pairwise difference lies in [-1, 1].
+
+    Returns ``(W, bias, bound)``: ``W`` is ``(C, chunks, block)`` (piece ``t`` of class ``c``'s
+    weights over the concatenated, zero-padded embeddings, divided by ``K * bound``), ``bias``
+    ``(C,)`` the mean bias over ``bound``. ``bound`` is the same Cauchy-Schwarz bound as
+    :func:`difference_matrix`: ``max_ij ||w_i - w_j|| * norm_bound * sqrt(K) + |b_i - b_j|``,
+    so ``(L_i - L_j) / bound`` is in [-1, 1] for clipped embeddings (and, in the slots the
+    client never reads, partial sums mixing two neighbouring queries stay within sqrt(2)).
+    """
+    k, c, d = weights.shape
+    if (k, c, d) != (layout.members, layout.classes, layout.dim) or biases.shape != (k, c):
+        raise LayoutError(f"weights {weights.shape} / biases {biases.shape} do not fit the layout")
+    if not np.all(np.isfinite(weights)) or not np.all(np.isfinite(biases)):
+        raise LayoutError("weights and biases must be finite")
+    full = np.zeros((c, layout.chunks * layout.block))
+    full[:, : k * d] = np.transpose(weights, (1, 0, 2)).reshape(c, k * d) / k
+    mean_bias = biases.mean(axis=0)
+    diff_norm = np.linalg.norm(full[:, None, :] - full[None, :, :], axis=2)
+    diff_bias = np.abs(mean_bias[:, None] - mean_bias[None, :])
+    bound = float(np.max(diff_norm * float(norm_bound) * np.sqrt(k) + diff_bias))
+    if bound <= 0.0:
+        bound = 1.0
+    return (full / bound).reshape(c, layout.chunks, layout.block), mean_bias / bound, bound
+
+
+def wide_weight_slots(piece: FloatArray, layout: WideLayout) -> FloatArray:
+    """One weight piece ``(block,)`` tiled over every query block of the slots."""
+    return np.tile(np.asarray(piece, dtype=np.float64), layout.capacity)
+
+
+def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float) -> FloatArray:
+    """Pack ``(Q, K, d)`` embeddings into ``(chunks, slots)`` slot vectors, clipping norms.
+
+    Row ``t`` holds features ``t * block .. (t + 1) * block - 1`` of every query's concatenated
+    (member-major) embeddings, query ``b`` in slots ``b * block ..``; unused slots are zero.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 3 or emb.shape[1:] != (layout.members, layout.dim):
+        raise LayoutError(f"embeddings must be shaped (queries, {layout.members}, {layout.dim}), got {emb.shape}")
+    q = emb.shape[0]
+    if q < 1 or q > layout.capacity:
+        raise LayoutError(f"{q} queries do not fit one wide batch (capacity {layout.capacity})")
+    if not np.all(np.isfinite(emb)):
+        raise LayoutError("embeddings must be finite")
+    norms = np.linalg.norm(emb, axis=2, keepdims=True)
+    emb = emb * np.minimum(1.0, norm_bound / np.maximum(norms, 1e-300))
+    flat = np.zeros((q, layout.chunks * layout.block))
+    flat[:, : layout.features] = emb.reshape(q, layout.features)
+    pieces = flat.reshape(q, layout.chunks, layout.block).transpose(1, 0, 2)  # (chunks, q, block)
+    out = np.zeros((layout.chunks, layout.slots))
+    out[:, : q * layout.block] = pieces.reshape(layout.chunks, q * layout.block)
+    return out
+
+
+def wide_output_mask(layout: WideLayout, count: int) -> npt.NDArray[np.bool_]:
+    """Slots that carry a result in a wide reply (slot ``b * block`` for query ``b < count``)."""
+    mask = np.zeros(layout.slots, dtype=bool)
+    mask[: count * layout.block : layout.block] = True
+    return mask
+
+
+def wide_score_slots(per_class: FloatArray, layout: WideLayout, count: int) -> FloatArray:
+    """``(count, C)`` raw comparison sums from ``(C, slots)`` decrypted wide replies."""
+    vals = np.asarray(per_class, dtype=np.float64)
+    out: FloatArray = vals[:, : count * layout.block : layout.block].T.copy()
     return out

@@ -9,6 +9,15 @@ Three roles, as in Concrete-ML's deployment split::
     reply = evaluator.evaluate(client.encrypt(embeddings))   # embeddings: (K, d)
     scores = client.decrypt_result(reply)                    # scores.labels[0], scores.win_counts
 
+Throughput mode, the wide batch layout (slots index queries, see :mod:`crypto.packing`)::
+
+    body = client.encrypt_wide_batch(embeddings)             # (Q, K, d), Q <= wide_capacity
+    reply = evaluator.evaluate_wide_batch(body)              # one ciphertext per class
+    scores = client.decrypt_wide_batch(reply, count=Q)
+
+Each layout refuses the other's bodies (the wide frame names its block size and chunk count).
+One set of evaluation keys serves both layouts.
+
 The server sees only ciphertexts and public keys; the client learns per-class win counts
 (score mode) but neither the heads' weights nor per-member logits. Unused result slots are
 flooded with fresh uniform noise so they reveal no partial sums.
@@ -55,13 +64,21 @@ __all__ = [
     "PrivateClient",
     "PrivateScores",
     "decode_blobs",
+    "decode_wide",
     "embed_with_templates",
     "encode_blobs",
+    "encode_wide",
+    "wide_query_count",
     "render_templates",
 ]
 
 DEFAULT_MAX_CONTEXT_BYTES = 64 << 20
 DEFAULT_MAX_QUERY_BYTES = 4 << 20
+#: Largest wide-batch body (``chunks`` ciphertexts; ~19.5 MB for K=8 x 384-d at n8192-d3).
+DEFAULT_MAX_WIDE_BYTES = 64 << 20
+#: The SDK's automatic choice of the wide layout (see :meth:`PrivateClient.prefers_wide`).
+WIDE_MIN_QUERIES = 8
+WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
 #: Flooding noise stays this many bits below the headroom of the last level (base prime).
 FLOOD_MARGIN_BITS = 3
 
@@ -90,6 +107,16 @@ def _layout_for(spec: dict[str, Any]) -> packing.EnsembleLayout:
     )
 
 
+def _wide_layout_for(spec: dict[str, Any]) -> packing.WideLayout:
+    preset = get_preset(str(spec["preset"]))
+    return packing.make_wide_layout(
+        members=int(spec["members"]),
+        dim=int(spec["dim"]),
+        classes=len(spec["classes"]),
+        slots=preset.slot_count,
+    )
+
+
 class PrivateClient:
     """Client role: holds the secret key; exports only public evaluation keys and ciphertexts.
 
@@ -103,7 +130,10 @@ class PrivateClient:
         self._preset = str(self._spec["preset"])
         self._norm_bound = float(self._spec["norm_bound"])
         self._classes = tuple(str(c) for c in self._spec["classes"])
-        self._ctx = make_context(self._preset, galois_steps=self._layout.galois_steps)
+        self._wide = _wide_layout_for(self._spec)
+        # One session serves both layouts: keys for the union of their rotation steps.
+        self._steps = tuple(sorted(set(self._layout.galois_steps) | set(self._wide.galois_steps)))
+        self._ctx = make_context(self._preset, galois_steps=self._steps)
         self._public: bytes | None = None
 
     @property
@@ -119,7 +149,7 @@ class PrivateClient:
     def evaluation_keys(self) -> bytes:
         """Public context (public key, relin keys, only the circuit's Galois keys); no secret."""
         if self._public is None:
-            self._public = public_context_bytes(self._ctx, galois_steps=self._layout.galois_steps)
+            self._public = public_context_bytes(self._ctx, galois_steps=self._steps)
         return self._public
 
     def _encrypt_packed(self, embeddings: npt.NDArray[np.float64]) -> bytes:
@@ -163,6 +193,61 @@ class PrivateClient:
             labels=tuple(lb for p in parts for lb in p.labels),
             class_names=self._classes,
         )
+
+    # -- wide batch layout (slots index queries; throughput mode) ------------------------
+
+    @property
+    def wide_layout(self) -> packing.WideLayout:
+        """Wide batch layout shared with the server (see :mod:`crypto.packing`)."""
+        return self._wide
+
+    @property
+    def wide_capacity(self) -> int:
+        """Most queries one :meth:`encrypt_wide_batch` body carries."""
+        return self._wide.capacity
+
+    def prefers_wide(self, count: int) -> bool:
+        """Whether ``count`` queries are better sent in the wide layout than the single one.
+
+        True from :data:`WIDE_MIN_QUERIES` queries on, as long as the wide bodies upload at
+        most :data:`WIDE_MAX_CIPHERTEXTS_PER_QUERY` ciphertexts per query (about 1.6 MB at
+        n8192-d3, within the 2 MB per-query budget). At K=8 x 384-d this means 12 or more.
+        """
+        if count < WIDE_MIN_QUERIES:
+            return False
+        wide_cts = -(-count // self._wide.capacity) * self._wide.chunks
+        return wide_cts <= WIDE_MAX_CIPHERTEXTS_PER_QUERY * count
+
+    def encrypt_wide_batch(self, embeddings: npt.ArrayLike) -> bytes:
+        """Encrypt ``(Q, K, d)`` embeddings (``1 <= Q <= wide_capacity``) in the wide layout.
+
+        Returns one framed body (:func:`encode_wide`) of ``wide_layout.chunks`` ciphertexts,
+        for :meth:`EnsembleEvaluator.evaluate_wide_batch`; its size does not depend on ``Q``.
+        """
+        emb = np.asarray(embeddings, dtype=np.float64)
+        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound)
+        blobs = [bytes(ts.ckks_vector(self._ctx, row.tolist()).serialize()) for row in rows]
+        return encode_wide(blobs, layout=self._wide, count=int(emb.shape[0]))
+
+    def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
+        """Decrypt the reply to a wide batch of ``count`` queries into win counts and labels."""
+        lay = self._wide
+        if not 1 <= count <= lay.capacity:
+            raise CiphertextError(f"count must lie in [1, {lay.capacity}]")
+        got, blobs = decode_wide(reply, layout=lay, items=lay.classes, max_bytes=DEFAULT_MAX_WIDE_BYTES)
+        if got != count:
+            raise CiphertextError(f"the reply is for {got} queries, expected {count}")
+        per_class = np.stack(
+            [
+                np.asarray(
+                    load_ckks_vector(self._ctx, b, expected_size=lay.slots, max_bytes=DEFAULT_MAX_QUERY_BYTES).decrypt()
+                )
+                for b in blobs
+            ]
+        )
+        counts = argmax.win_counts(packing.wide_score_slots(per_class, lay, count), lay.classes)
+        labels = tuple(int(v) for v in argmax.winner(counts))
+        return PrivateScores(win_counts=counts, labels=labels, class_names=self._classes)
 
     def __repr__(self) -> str:
         return f"PrivateClient(preset={self._preset!r}, classes={len(self._classes)})"
@@ -235,6 +320,62 @@ def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
     return out
 
 
+_WIDE_MAGIC = b"PEW1"
+_WIDE_HEADER = struct.Struct(">4sIIII")  # magic, block, chunks, query count, item count
+
+
+def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int) -> bytes:
+    """Frame a wide-layout body: magic ``PEW1``, block, chunks, query count, then blobs.
+
+    The header names the layout so a server refuses bodies built for another layout.
+    """
+    out = bytearray(_WIDE_HEADER.pack(_WIDE_MAGIC, layout.block, layout.chunks, count, len(blobs)))
+    for blob in blobs:
+        out += struct.pack(">I", len(blob)) + bytes(blob)
+    return bytes(out)
+
+
+def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_bytes: int) -> tuple[int, list[bytes]]:
+    """Inverse of :func:`encode_wide`: ``(query count, blobs)``, checked against ``layout``.
+
+    Raises :class:`CiphertextError` unless the header matches the layout, the query count
+    fits its capacity, exactly ``items`` blobs follow and nothing trails them.
+    """
+    if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
+        raise CiphertextError(f"wide body must be bytes of at most {max_bytes} bytes")
+    if len(data) < _WIDE_HEADER.size or bytes(data[:4]) != _WIDE_MAGIC:
+        raise CiphertextError("body is not in the wide layout (no PEW1 header)")
+    _, block, chunks, count, n = _WIDE_HEADER.unpack(bytes(data[: _WIDE_HEADER.size]))
+    if (block, chunks) != (layout.block, layout.chunks):
+        raise CiphertextError(
+            f"wide body has block {block} x {chunks} chunks; this ensemble uses {layout.block} x {layout.chunks}"
+        )
+    if not 1 <= count <= layout.capacity:
+        raise CiphertextError(f"wide body declares {count} queries; allowed 1..{layout.capacity}")
+    if n != items:
+        raise CiphertextError(f"wide body holds {n} ciphertexts, expected {items}")
+    pos, out = _WIDE_HEADER.size, []
+    for _ in range(n):
+        if pos + 4 > len(data):
+            raise CiphertextError("truncated wide body")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        pos += 4
+        if pos + length > len(data):
+            raise CiphertextError("truncated wide body")
+        out.append(bytes(data[pos : pos + length]))
+        pos += length
+    if pos != len(data):
+        raise CiphertextError("trailing bytes after the wide body")
+    return count, out
+
+
+def wide_query_count(data: bytes) -> int:
+    """Query count declared in a wide body's header (0 if it is not a wide body)."""
+    if len(data) < _WIDE_HEADER.size or bytes(data[:4]) != _WIDE_MAGIC:
+        return 0
+    return int(_WIDE_HEADER.unpack(bytes(data[: _WIDE_HEADER.size]))[3])
+
+
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
@@ -257,6 +398,7 @@ class EnsembleEvaluator:
         public_context: bytes,
         max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
         max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
+        max_wide_bytes: int = DEFAULT_MAX_WIDE_BYTES,
         shared: EnsembleEvaluator | None = None,
     ) -> None:
         if isinstance(public_context, ts.Context):
@@ -267,6 +409,8 @@ class EnsembleEvaluator:
         self._artifact = artifact
         self._preset = get_preset(artifact.preset)
         self._max_query_bytes = max_query_bytes
+        self._max_wide_bytes = max_wide_bytes
+        self._wide = _wide_layout_for(artifact.public_spec())
         self._ts_ctx = load_public_context(bytes(public_context), preset=artifact.preset, max_bytes=max_context_bytes)
         self._layout = _layout_for(artifact.public_spec())
         self._rounds = argmax.compositions_for_depth(self._preset.depth)
@@ -282,6 +426,7 @@ class EnsembleEvaluator:
             self._diagonals = shared._diagonals
             self._bias_values = shared._bias_values
             self._keep = shared._keep
+            self._wide_state = shared._wide_state
             return
         matrix, bias, self._bound = packing.difference_matrix(
             artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._layout
@@ -299,6 +444,11 @@ class EnsembleEvaluator:
             self._diagonals.append(pt)
         self._bias_values = packing.bias_slots(bias, self._layout)
         self._keep = packing.output_mask(self._layout)
+        wide_w, wide_b, wide_bound = packing.wide_weights(
+            artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._wide
+        )
+        # Encoded lazily on the first wide batch, then shared with sibling sessions.
+        self._wide_state = {"weights": wide_w, "bias": wide_b, "bound": wide_bound, "plain": None}
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -306,6 +456,7 @@ class EnsembleEvaluator:
     _bound: float
     _bias_values: npt.NDArray[np.float64]
     _keep: npt.NDArray[np.bool_]
+    _wide_state: dict[str, Any]
 
     def with_session(self, public_context: bytes) -> EnsembleEvaluator:
         """Evaluator for another session's evaluation keys, sharing the encoded weights."""
@@ -313,6 +464,7 @@ class EnsembleEvaluator:
             artifact=self._artifact,
             public_context=public_context,
             max_query_bytes=self._max_query_bytes,
+            max_wide_bytes=self._max_wide_bytes,
             shared=self,
         )
 
@@ -356,6 +508,11 @@ class EnsembleEvaluator:
     def layout(self) -> packing.EnsembleLayout:
         """Slot layout (public)."""
         return self._layout
+
+    @property
+    def wide_layout(self) -> packing.WideLayout:
+        """Wide batch layout (public)."""
+        return self._wide
 
     @property
     def sign_rounds(self) -> int:
@@ -488,6 +645,120 @@ class EnsembleEvaluator:
     def evaluate_batch(self, queries: Sequence[bytes]) -> list[bytes]:
         """Evaluate every ciphertext of :meth:`PrivateClient.encrypt_batch`, in order."""
         return [self.evaluate(q) for q in queries]
+
+    # -- wide batch layout -------------------------------------------------------------------
+
+    def _wide_plains(self) -> list[list[Any]]:
+        """Plaintext weight pieces ``[class][chunk]`` (``None`` where all zero), encoded once."""
+        state = self._wide_state
+        if state["plain"] is None:
+            first = self._seal_ctx.first_context_data()
+            drop_prime = float(first.parms().coeff_modulus()[-1].value())
+            plains: list[list[Any]] = []
+            for cls_pieces in state["weights"]:
+                row: list[Any] = []
+                for piece in cls_pieces:
+                    if not np.any(piece):
+                        row.append(None)
+                        continue
+                    pt = sealapi.Plaintext()
+                    values = packing.wide_weight_slots(piece, self._wide).tolist()
+                    self._encoder.encode(values, first.parms_id(), drop_prime, pt)
+                    row.append(pt)
+                plains.append(row)
+            state["plain"] = plains
+        return state["plain"]  # type: ignore[no-any-return]
+
+    def _wide_logits(self, cts: Sequence[Any]) -> list[Any]:
+        """Scaled averaged logit of every class, query ``b`` in slot ``b * block``."""
+        ev, lay = self._evaluator, self._wide
+        out: list[Any] = []
+        tmp = sealapi.Ciphertext()
+        for row in self._wide_plains():
+            acc: Any = None
+            for ct, plain in zip(cts, row, strict=True):
+                if plain is None:
+                    continue
+                if acc is None:
+                    acc = sealapi.Ciphertext()
+                    ev.multiply_plain(ct, plain, acc)
+                else:
+                    ev.multiply_plain(ct, plain, tmp)
+                    ev.add_inplace(acc, tmp)
+            if acc is not None:
+                ev.rescale_to_next_inplace(acc)
+                for stride in lay.sum_strides:
+                    ev.add_inplace(acc, self._rotate(acc, stride))
+            out.append(acc)
+        return out
+
+    def _evaluate_wide(self, cts: Sequence[Any], count: int) -> list[Any]:
+        ev, lay = self._evaluator, self._wide
+        logits = self._wide_logits(cts)
+        bias = self._wide_state["bias"]
+        c = lay.classes
+        signs: dict[tuple[int, int], Any] = {}
+        for i in range(c):
+            for j in range(i + 1, c):
+                a, b = logits[i], logits[j]
+                if a is None and b is None:
+                    raise ContextError("two classes have all-zero weights; the wide circuit cannot compare them")
+                diff = sealapi.Ciphertext()
+                if a is None:
+                    ev.negate(b, diff)
+                elif b is None:
+                    ev.negate(a, diff)  # a copy: SEAL's Python binding has no copy constructor
+                    ev.negate_inplace(diff)
+                else:
+                    ev.sub(a, b, diff)
+                ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
+                for _ in range(self._rounds):
+                    diff = self._sign_step(diff)
+                signs[(i, j)] = diff
+        keep = packing.wide_output_mask(lay, count)
+        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
+        rng = np.random.default_rng(secrets.randbits(128))
+        replies = []
+        for i in range(c):
+            acc: Any = None
+            for j in range(c):
+                if j == i:
+                    continue
+                term = signs[(min(i, j), max(i, j))]
+                if acc is None:
+                    acc = sealapi.Ciphertext()
+                    ev.negate(term, acc)  # -s_ji = s_ij for j < i; negated twice (a copy) for j > i
+                    if j > i:
+                        ev.negate_inplace(acc)
+                elif j > i:
+                    ev.add_inplace(acc, term)
+                else:
+                    ev.sub_inplace(acc, term)
+            noise = rng.uniform(-amplitude, amplitude, lay.slots)
+            noise[keep] = 0.0
+            ev.add_plain_inplace(acc, self._encode_like(noise.tolist(), acc))
+            replies.append(acc)
+        return replies
+
+    def evaluate_wide_batch(self, body: bytes) -> bytes:
+        """Evaluate a wide batch body from :meth:`PrivateClient.encrypt_wide_batch`.
+
+        Returns a framed reply of one ciphertext per class (win-count sums, query ``b`` in
+        slot ``b * block``; every other slot flooded with noise). Raises
+        :class:`~crypto.ckks.CiphertextError` for bodies of another layout (a single-layout
+        ciphertext or PEB1 batch, another block size or chunk count), malformed, truncated,
+        oversize or foreign ciphertexts, and :class:`~crypto.ckks.ContextError` when the
+        session's keys lack the wide layout's rotations.
+        """
+        lay = self._wide
+        count, blobs = decode_wide(body, layout=lay, items=lay.chunks, max_bytes=self._max_wide_bytes)
+        n = self._preset.poly_modulus_degree
+        missing = [s for s in lay.galois_steps if not self._galois.has_key(galois_element(s, n))]
+        if missing:
+            raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
+        cts = [self._load_query(b) for b in blobs]
+        replies = [self._dump_reply(ct) for ct in self._evaluate_wide(cts, count)]
+        return encode_wide(replies, layout=lay, count=count)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("EnsembleEvaluator holds the owner's weights; rebuild it from the artifact")

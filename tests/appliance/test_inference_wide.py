@@ -1,0 +1,75 @@
+"""Wide batch layout through the Flask app: ``layout=wide`` predictions and layout refusals."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from support import auth, make_token
+
+from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference import PrivateClient, encode_blobs
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def _post(client: Any, token: str, path: str, body: bytes) -> Any:
+    return client.post(path, headers={**auth(token), **OCTET}, data=body)
+
+
+def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_a: str) -> None:
+    rng = np.random.default_rng(21)
+    k, c, d = 2, 4, 40  # 80 features: block 64, 2 ciphertexts per wide batch of <= 64 queries
+    art = EnsembleArtifact(
+        templates=("a {}", "b {}"),
+        weights=rng.normal(size=(k, c, d)),
+        biases=rng.normal(size=(k, c)) * 0.1,
+        classes=tuple(f"class-{i}" for i in range(c)),
+    )
+    files = art.dumps()
+    resp = client.post(
+        "/v1/ensembles",
+        headers=auth(token_a),
+        content_type="multipart/form-data",
+        data={
+            "ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
+            "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]), "ensemble.safetensors"),
+        },
+    )
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    ens = resp.get_json()["id"]
+    user = make_token(settings, "tenant-a", role="client")
+    spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
+    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": [1, 2, 4, 8, 16, 32]}
+    private = PrivateClient(spec=spec)
+    resp = _post(client, user, f"/v1/inference/sessions?ensemble_id={ens}", private.evaluation_keys())
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    ses = resp.get_json()["id"]
+    path = f"/v1/ensembles/{ens}/predict?session={ses}"
+
+    emb = rng.normal(size=(50, k, d))
+    emb /= np.linalg.norm(emb, axis=2, keepdims=True)
+    truth = art.plaintext_logits(emb).argmax(axis=1)
+    assert private.prefers_wide(50) and not private.prefers_wide(3)
+    wide = private.encrypt_wide_batch(emb)
+    resp = _post(client, user, path + "&layout=wide", wide)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/octet-stream"
+    assert list(private.decrypt_wide_batch(resp.get_data(), count=50).labels) == truth.tolist()
+
+    single = private.encrypt(emb[0])
+    for body, url in [
+        (single, path + "&layout=wide"),  # single-layout ciphertext sent as wide
+        (encode_blobs([single]), path + "&layout=wide"),  # PEB1 batch sent as wide
+        (wide, path),  # wide body sent as one single-layout query
+        (wide, path + "&batch=true"),  # wide body sent as a PEB1 batch
+        (wide[: len(wide) // 2], path + "&layout=wide"),  # truncated
+    ]:
+        bad = _post(client, user, url, body)
+        assert bad.status_code == 422, (url, bad.status_code, bad.get_data(as_text=True)[:200])
+        assert bad.mimetype == "application/problem+json"
+    both = _post(client, user, path + "&layout=wide&batch=true", wide)
+    assert both.status_code in (400, 422)
+    unknown = _post(client, user, path + "&layout=diagonal", wide)
+    assert unknown.status_code in (400, 422)

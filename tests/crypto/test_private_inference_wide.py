@@ -1,0 +1,166 @@
+"""Wide batch layout (slots index queries): encrypted logits and argmax, layout refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from crypto import argmax, packing
+from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
+from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference import (
+    EnsembleEvaluator,
+    PrivateClient,
+    decode_wide,
+    encode_blobs,
+    encode_wide,
+)
+
+
+def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def multi() -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
+    """3 members x 50-d = 150 features: block 64, 3 ciphertexts per batch, a padded last piece."""
+    rng = np.random.default_rng(11)
+    art = EnsembleArtifact(
+        templates=[f"t{i}: {{}}" for i in range(3)],
+        weights=rng.normal(size=(3, 6, 50)) * 0.2,
+        biases=rng.normal(size=(3, 6)) * 0.1,
+        classes=[f"c{i}" for i in range(6)],
+    )
+    client = PrivateClient(spec=art.public_spec())
+    return art, client, EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+
+
+def test_wide_layout_geometry_and_packing() -> None:
+    lay = packing.make_wide_layout(members=8, dim=384, classes=10, slots=4096)
+    assert (lay.block, lay.chunks, lay.capacity) == (64, 48, 64)
+    assert lay.galois_steps == (1, 2, 4, 8, 16, 32)
+    pure = packing.make_wide_layout(members=8, dim=384, classes=10, slots=4096, block=1)
+    assert (pure.chunks, pure.capacity, pure.galois_steps) == (3072, 4096, ())
+    rng = np.random.default_rng(0)
+    emb = _unit(rng, (5, 3, 50)) * 0.5
+    small = packing.make_wide_layout(members=3, dim=50, classes=4, slots=4096)
+    rows = packing.pack_wide(emb, small, norm_bound=1.0)
+    assert rows.shape == (3, 4096)
+    # query b's feature f sits in row f // block, slot b * block + f % block
+    flat = emb.reshape(5, 150)
+    for b, f in [(0, 0), (4, 149), (2, 64), (3, 127)]:
+        assert rows[f // 64, b * 64 + f % 64] == flat[b, f]
+    assert not rows[:, 5 * 64 :].any() and not rows[2, 22:64].any()
+    with pytest.raises(packing.LayoutError):
+        packing.pack_wide(_unit(rng, (65, 3, 50)), small, norm_bound=1.0)
+    with pytest.raises(packing.LayoutError):
+        packing.make_wide_layout(members=1, dim=4, classes=2, slots=4096, block=3)
+
+
+def test_wide_logits_match_numpy(multi) -> None:
+    art, client, evaluator = multi
+    assert client.wide_layout.chunks == 3
+    rng = np.random.default_rng(12)
+    emb = _unit(rng, (40, art.members, art.dim))
+    _, blobs = decode_wide(client.encrypt_wide_batch(emb), layout=client.wide_layout, items=3, max_bytes=1 << 26)
+    cts = [evaluator._load_query(b) for b in blobs]
+    logits_ct = evaluator._wide_logits(cts)  # test-only look inside, decrypted with the client key
+    bound, bias = evaluator._wide_state["bound"], evaluator._wide_state["bias"]
+    got = np.stack(
+        [
+            np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(ct)).decrypt())[: 40 * 64 : 64]
+            for ct in logits_ct
+        ]
+    ).T
+    got = (got + bias) * bound
+    assert np.max(np.abs(got - art.plaintext_logits(emb))) < 1e-4
+
+
+def test_wide_win_counts_match_reference(multi) -> None:
+    art, client, evaluator = multi
+    emb = _unit(np.random.default_rng(13), (64, art.members, art.dim))
+    scores = client.decrypt_wide_batch(evaluator.evaluate_wide_batch(client.encrypt_wide_batch(emb)), count=64)
+    logits = art.plaintext_logits(emb)
+    ref = argmax.reference_win_counts(logits, evaluator._wide_state["bound"], evaluator.sign_rounds)
+    assert np.max(np.abs(scores.win_counts - ref)) < 1e-4
+    assert list(scores.labels) == list(logits.argmax(axis=1))
+
+
+def test_wide_encrypted_argmax_on_random_logits() -> None:
+    rng = np.random.default_rng(3)
+    c, count = 10, 208
+    art = EnsembleArtifact(
+        templates=["{}"],
+        weights=np.eye(c)[None],
+        biases=np.zeros((1, c)),
+        classes=[str(i) for i in range(c)],
+        norm_bound=float(np.sqrt(c)),
+    )
+    client = PrivateClient(spec=art.public_spec())
+    assert client.wide_capacity >= count
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    logits = rng.uniform(-1.0, 1.0, size=(count, c))
+    reply = evaluator.evaluate_wide_batch(client.encrypt_wide_batch(logits[:, None, :]))
+    predicted = np.array(client.decrypt_wide_batch(reply, count=count).labels)
+    truth = logits.argmax(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0] >= 0.01
+    assert gap.sum() > 150
+    assert np.mean(predicted == truth) >= 0.995
+    assert np.all(predicted[gap] == truth[gap])
+
+
+def test_wide_reply_floods_unread_slots(multi) -> None:
+    art, client, evaluator = multi
+    emb = _unit(np.random.default_rng(14), (3, art.members, art.dim))
+    _, blobs = decode_wide(
+        evaluator.evaluate_wide_batch(client.encrypt_wide_batch(emb)),
+        layout=client.wide_layout,
+        items=len(art.classes),
+        max_bytes=1 << 26,
+    )
+    values = np.array(ts.ckks_vector_from(client._ctx, blobs[0]).decrypt())
+    keep = packing.wide_output_mask(client.wide_layout, 3)
+    assert np.all(np.abs(values[keep]) <= len(art.classes))
+    assert np.median(np.abs(values[~keep])) > 100.0  # noise, not partial sums or other queries
+
+
+def test_layouts_refuse_each_other(multi) -> None:
+    art, client, evaluator = multi
+    rng = np.random.default_rng(15)
+    single = client.encrypt(_unit(rng, (art.members, art.dim)))
+    wide = client.encrypt_wide_batch(_unit(rng, (2, art.members, art.dim)))
+    with pytest.raises(CiphertextError, match="wide layout"):
+        evaluator.evaluate_wide_batch(single)  # single-layout ciphertext sent as wide
+    with pytest.raises(CiphertextError, match="wide layout"):
+        evaluator.evaluate_wide_batch(encode_blobs([single]))  # PEB1 batch sent as wide
+    with pytest.raises(CiphertextError):
+        evaluator.evaluate(wide)  # wide body sent as a single query
+    lay = client.wide_layout
+    _, blobs = decode_wide(wide, layout=lay, items=lay.chunks, max_bytes=1 << 26)
+    with pytest.raises(CiphertextError, match="ciphertexts, expected"):
+        evaluator.evaluate_wide_batch(encode_wide(blobs[:-1], layout=lay, count=2))
+    with pytest.raises(CiphertextError, match="queries"):
+        evaluator.evaluate_wide_batch(encode_wide(blobs, layout=lay, count=lay.capacity + 1))
+    other = packing.make_wide_layout(members=3, dim=50, classes=6, slots=lay.slots, block=32)
+    with pytest.raises(CiphertextError, match="block"):
+        evaluator.evaluate_wide_batch(encode_wide(blobs, layout=other, count=2))
+    with pytest.raises(CiphertextError):
+        evaluator.evaluate_wide_batch(wide[:-100])  # truncated
+    # a wide piece that is not a ciphertext of the session (other size) is refused too
+    small_vec = bytes(ts.ckks_vector(client._ctx, [1.0, 2.0]).serialize())
+    with pytest.raises(CiphertextError):
+        evaluator.evaluate_wide_batch(encode_wide([small_vec] * lay.chunks, layout=lay, count=1))
+
+
+def test_wide_needs_its_rotation_keys(multi) -> None:
+    art, client, _ = multi
+    ctx = make_context(art.preset, galois_steps=client.layout.galois_steps)
+    missing = set(client.wide_layout.galois_steps) - set(client.layout.galois_steps)
+    assert missing  # block-sum strides beyond the single layout's
+    evaluator = EnsembleEvaluator(artifact=art, public_context=public_context_bytes(ctx))
+    body = encode_wide([bytes(ts.ckks_vector(ctx, [0.1] * 4096).serialize())] * 3, layout=client.wide_layout, count=1)
+    with pytest.raises(ContextError, match="wide layout"):
+        evaluator.evaluate_wide_batch(body)
