@@ -513,9 +513,9 @@ class Client:
         ctx = ckks_context if ckks_context is not None else create_ckks_context()
         (Xt, yt), (Xv, yv) = arrays
         train = encrypt_dataset(ctx, verified, Xt, yt, num_classes=terms.num_classes,
-                                batch_size=terms.batch_size, split="train")
+                                batch_size=terms.batch_size, split="train", layout="coeff")
         val = encrypt_dataset(ctx, verified, Xv, yv, num_classes=terms.num_classes,
-                              batch_size=terms.batch_size, split="val")
+                              batch_size=terms.batch_size, split="val", layout="coeff")
         parts = {
             "train": train.to_bytes(), "validation": val.to_bytes(),
             "public_context": public_context(ctx), "ckks_secret": wrap_ckks_secret(ctx, verified),

@@ -13,14 +13,20 @@ Models (array container, see :mod:`enclave.codec`):
 meta: ``{"kind": ..., "result_key": hex 32 bytes}`` — the model owner's key under which the
 refined model is returned (AES-256-GCM, associated data ``b"refined-model|" + job_id``).
 
+Layouts (``plan.layout``): ``"rows"`` (slot packing, one ciphertext per class; see
+:class:`enclave.he.RowLayout`) or ``"coeff"`` (coefficient packing, :class:`enclave.he.CoeffLayout`:
+per step F weight and S error ciphertexts out, S pre-activation and F gradient products in).
+
 The epoch's batch order is ``batch_order(seed, epoch, n_batches)``; the enclave enforces it, so a
 host cannot replay, skip or reorder steps without the refinement failing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.codec import CodecError, decode_arrays, encode_arrays
 from enclave.errors import RefinementError
-from enclave.he import KeyHolderCkks, RowLayout
+from enclave.he import CoeffLayout, KeyHolderCkks, RowLayout, pack_blobs
 
 __all__ = [
     "RefinementPlan",
@@ -43,6 +49,17 @@ __all__ = [
 
 _RESULT_MAGIC = b"RMOD1\x00"
 MAX_SECRET_CONTEXT_BYTES = 64 * 1024 * 1024
+
+
+def _busy(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a session step with the key holder marked busy (its zero pool waits)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RefinementSession, *args: Any, **kwargs: Any) -> Any:
+        with self._ckks.working():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def batch_order(seed: int, epoch: int, n_batches: int) -> list[int]:
@@ -70,6 +87,11 @@ class RefinementPlan:
     lr: float
     seed: int
     reduction: str = "host"
+    layout: str = "rows"
+    coeff_batch: int = 0
+    coeff_rows: int = 0
+    coeff_cols: int = 0
+    coeff_outputs: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefinementPlan:
@@ -84,9 +106,16 @@ class RefinementPlan:
                 lr=float(data["lr"]),
                 seed=int(data["seed"]),
                 reduction=str(data.get("reduction", "host")),
+                layout=str(data.get("layout", "rows")),
+                coeff_batch=int(data.get("coeff_batch", 0)),
+                coeff_rows=int(data.get("coeff_rows", 0)),
+                coeff_cols=int(data.get("coeff_cols", 0)),
+                coeff_outputs=int(data.get("coeff_outputs", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RefinementError(f"malformed refinement plan: {exc}") from None
+        if plan.layout not in ("rows", "coeff"):
+            raise RefinementError("layout must be 'rows' or 'coeff'")
         if plan.reduction not in ("host", "enclave"):
             raise RefinementError("reduction must be 'host' or 'enclave'")
         if not plan.train_batches or not plan.val_batches:
@@ -148,8 +177,8 @@ class RefinementSession:
         self._model_bytes, self._labels_bytes, self._val_labels_bytes = model, labels, val_labels
         try:
             meta, arrays = decode_arrays(model)
-            _, lab = decode_arrays(labels)
-            _, vlab = decode_arrays(val_labels)
+            lab_meta, lab = decode_arrays(labels)
+            vlab_meta, vlab = decode_arrays(val_labels)
         except CodecError as exc:
             raise RefinementError(f"provisioned model or labels are malformed: {exc}") from None
         self.kind = str(meta.get("kind"))
@@ -173,13 +202,35 @@ class RefinementSession:
                 raise RefinementError("mlp model needs W1 (d, h) matching W (h, k)")
             if self.b1.shape != (self.W1.shape[1],):
                 raise RefinementError("mlp model needs b1 (h,)")
-            self.input_layout = RowLayout.for_dim(plan.dim, slots=self._ckks.slots)
-            self.train_layout = RowLayout.for_dim(self.W1.shape[1], slots=self._ckks.slots)
-        else:
-            if self.W.shape[0] != plan.dim:
-                raise RefinementError(f"W has {self.W.shape[0]} rows, features have {plan.dim}")
-            self.input_layout = self.train_layout = RowLayout.for_dim(plan.dim, slots=self._ckks.slots)
-        if max(plan.train_batches + plan.val_batches) > self.input_layout.capacity:
+        elif self.W.shape[0] != plan.dim:
+            raise RefinementError(f"W has {self.W.shape[0]} rows, features have {plan.dim}")
+        train_dim = self.W.shape[0]
+        self.coeff = plan.layout == "coeff"
+        self.input_layout = RowLayout.for_dim(plan.dim, slots=self._ckks.slots)
+        self.train_layout = RowLayout.for_dim(train_dim, slots=self._ckks.slots)
+        if self.coeff:
+            degree = 2 * self._ckks.slots
+            try:
+                self.input_coeff = CoeffLayout(
+                    batch=plan.coeff_batch,
+                    dim=plan.dim,
+                    outputs=plan.coeff_outputs,
+                    degree=degree,
+                    rows=plan.coeff_rows,
+                    cols=plan.coeff_cols,
+                )
+                self.train_coeff = (
+                    CoeffLayout.plan(batch=plan.coeff_batch, dim=train_dim, outputs=self.num_classes, degree=degree)
+                    if self.kind == "mlp"
+                    else self.input_coeff
+                )
+            except ValueError as exc:
+                raise RefinementError(f"bad coefficient layout: {exc}") from None
+            if self.input_coeff.outputs < self.num_classes:
+                raise RefinementError("the coefficient layout has room for fewer outputs than classes")
+            if max(plan.train_batches + plan.val_batches) > plan.coeff_batch:
+                raise RefinementError(f"a batch holds at most {plan.coeff_batch} samples in this layout")
+        elif max(plan.train_batches + plan.val_batches) > self.input_layout.capacity:
             raise RefinementError(f"a batch holds at most {self.input_layout.capacity} samples in this layout")
         self.labels = np.asarray(lab.get("labels"), dtype=np.int64).reshape(-1)
         self.val_labels = np.asarray(vlab.get("labels"), dtype=np.int64).reshape(-1)
@@ -188,6 +239,19 @@ class RefinementSession:
         for y in (self.labels, self.val_labels):
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
                 raise RefinementError("labels out of range for the model's classes")
+        # Coefficient layout: |features| bound from the data owner (inside the wrapped labels),
+        # used to scale operands so that no product leaves the last level's range.
+        try:
+            bounds = [float(m.get("feature_bound", 0.0)) for m in (lab_meta, vlab_meta)]
+        except (TypeError, ValueError):
+            raise RefinementError("feature_bound must be a number") from None
+        if self.coeff and not all(0 < b <= 256 for b in bounds):
+            raise RefinementError("the coefficient layout needs a feature bound in (0, 256] from the data owner")
+        self.input_bound = max(bounds)
+        if self.coeff:
+            self._ckks.start_zero_pool()
+        self.train_bound: float | None = self.input_bound if self.kind == "softmax" else None
+        self._w_scale = 1.0
         self._offsets = np.concatenate([[0], np.cumsum(plan.train_batches)])
         self._val_offsets = np.concatenate([[0], np.cumsum(plan.val_batches)])
         self.epoch = 0
@@ -210,7 +274,35 @@ class RefinementSession:
 
     def _encrypt(self, values: np.ndarray) -> bytes:
         self.stats.enclave_encrypt += 1
+        if self.coeff:
+            return self._ckks.encrypt_coeffs_bytes(values)
         return self._ckks.encrypt_bytes(values)
+
+    def _operand_scale(self, bound: float, column_l1: float, largest: float) -> float:
+        """Factor for an operand so that bound * column_l1 * factor stays within a quarter of the
+        range of a product (no wrap-around), and the operand itself stays below 2^8."""
+        limit = 0.25 * self._ckks.coeff_bound
+        factor = limit / max(bound * column_l1, 1e-30)
+        return float(min(factor, 256.0 / max(largest, 1e-30)))
+
+    def _in_range(self, values: np.ndarray) -> np.ndarray:
+        if not np.isfinite(values).all() or np.abs(values).max(initial=0.0) > 0.5 * self._ckks.coeff_bound:
+            raise RefinementError("a homomorphic result is out of range (corrupted or wrong ciphertext)")
+        return values
+
+    def _decrypt_coeffs(self, parts: list[bytes], expected: int, what: str) -> list[np.ndarray]:
+        if len(parts) != expected:
+            raise RefinementError(f"{what}: expected {expected} ciphertexts, got {len(parts)}")
+        out = []
+        for data in parts:
+            values = self._ckks.decrypt_coeffs_bytes(data)
+            self.stats.enclave_decrypt += 1
+            self.stats.bytes_decrypted += len(data)
+            self.stats.values_decrypted += values.size
+            key = str(self.epoch)
+            self.stats.bytes_decrypted_per_epoch[key] = self.stats.bytes_decrypted_per_epoch.get(key, 0) + len(data)
+            out.append(values)
+        return out
 
     def _rows(self, layout: RowLayout, data: bytes, count: int) -> np.ndarray:
         """Per-sample dot products: summed by the host (block heads) or here."""
@@ -229,6 +321,12 @@ class RefinementSession:
         return self.train_layout.sample_sums(values)
 
     def _logits(self, parts: list[bytes], count: int) -> np.ndarray:
+        if self.coeff:
+            geo = self.train_coeff
+            vectors = self._decrypt_coeffs(parts, geo.row_blocks, "pre-activations")
+            z = self._in_range(geo.unpack_z(vectors, count, self.num_classes)) / self._w_scale
+            self.stats.plain_flops += z.size
+            return z + self.b[None, :]
         if len(parts) != self.num_classes:
             raise RefinementError(f"expected {self.num_classes} ciphertexts, got {len(parts)}")
         z = np.stack([self._rows(self.train_layout, p, count) for p in parts], axis=1)
@@ -252,16 +350,40 @@ class RefinementSession:
             "input_dim": self.input_layout.dim,
             "hidden": self.train_layout.dim if self.kind == "mlp" else 0,
             "reduction": self.plan.reduction,
+            "layout": self.plan.layout,
+            **(
+                {
+                    "input_grid": [self.input_coeff.row_blocks, self.input_coeff.col_blocks],
+                    "train_grid": [self.train_coeff.row_blocks, self.train_coeff.col_blocks],
+                    "frozen_groups": len(self._frozen_groups()) if self.kind == "mlp" else 0,
+                }
+                if self.coeff
+                else {}
+            ),
             "history": list(self.history),
         }
 
+    def _frozen_groups(self) -> list[tuple[int, int]]:
+        """Column ranges of W1 computed per product in the coefficient layout."""
+        h, k = self.W1.shape[1], self.input_coeff.outputs
+        return [(g, min(g + k, h)) for g in range(0, h, k)]
+
     # -- frozen layer (mlp only) ---------------------------------------------------------
+    @_busy
     def frozen_weights(self) -> list[bytes]:
         """Encrypted, tiled columns of the frozen layer W1 (input layout)."""
         if self.kind != "mlp":
             raise RefinementError("only an mlp model has a frozen layer")
+        if self.coeff:
+            geo = self.input_coeff
+            self._w1_scale = self._operand_scale(
+                self.input_bound, float(np.abs(self.W1).sum(axis=0).max()), float(np.abs(self.W1).max())
+            )
+            w1 = self.W1 * self._w1_scale
+            return [self._encrypt(v) for g0, g1 in self._frozen_groups() for v in geo.pack_w(w1[:, g0:g1])]
         return [self._encrypt(self.input_layout.tile_column(self.W1[:, m])) for m in range(self.W1.shape[1])]
 
+    @_busy
     def frozen(self, *, split: str, index: int, parts: list[bytes]) -> bytes:
         """Hidden features of one batch: decrypt pre-activations, add b1, ReLU, re-encrypt."""
         if self.kind != "mlp":
@@ -269,17 +391,43 @@ class RefinementSession:
         sizes = self.plan.train_batches if split == "train" else self.plan.val_batches
         if split not in ("train", "val") or not 0 <= index < len(sizes):
             raise RefinementError("frozen: unknown split or batch index")
+        count = sizes[index]
+        if self.coeff:
+            geo, groups = self.input_coeff, self._frozen_groups()
+            vectors = self._decrypt_coeffs(parts, geo.row_blocks * len(groups), "frozen")
+            S = geo.row_blocks
+            if not hasattr(self, "_w1_scale"):
+                raise RefinementError("frozen: the frozen weights were not issued")
+            pre = np.concatenate(
+                [geo.unpack_z(vectors[n * S : (n + 1) * S], count, g1 - g0) for n, (g0, g1) in enumerate(groups)],
+                axis=1,
+            )
+            hidden = np.maximum(self._in_range(pre) / self._w1_scale + self.b1[None, :], 0.0)
+            peak = float(hidden.max(initial=0.0))
+            if peak > 256:
+                raise RefinementError("hidden features exceed the coefficient layout's range")
+            self.train_bound = max(self.train_bound or 1e-6, peak)
+            self.stats.plain_flops += 2 * hidden.size
+            return pack_blobs([self._encrypt(v) for v in self.train_coeff.pack_x(hidden)])
         if len(parts) != self.W1.shape[1]:
             raise RefinementError(f"frozen: expected {self.W1.shape[1]} ciphertexts")
-        count = sizes[index]
         pre = np.stack([self._rows(self.input_layout, p, count) for p in parts], axis=1)
         hidden = np.maximum(pre + self.b1[None, :], 0.0)
         self.stats.plain_flops += 2 * hidden.size
         return self._encrypt(self.train_layout.pack_rows(hidden))
 
     # -- training ------------------------------------------------------------------------
+    @_busy
     def weights(self) -> list[bytes]:
-        """The current trainable weights, refreshed: one tiled ciphertext per class."""
+        """The current trainable weights, refreshed: one tiled ciphertext per class (rows) or
+        one per feature block (coeff)."""
+        if self.coeff:
+            if self.train_bound is None:
+                raise RefinementError("weights: the frozen layer must be computed first")
+            self._w_scale = self._operand_scale(
+                self.train_bound, float(np.abs(self.W).sum(axis=0).max()), float(np.abs(self.W).max())
+            )
+            return [self._encrypt(v) for v in self.train_coeff.pack_w(self.W * self._w_scale)]
         return [self._encrypt(self.train_layout.tile_column(self.W[:, c])) for c in range(self.num_classes)]
 
     def expected_batch(self) -> int:
@@ -288,6 +436,7 @@ class RefinementSession:
             raise RefinementError("all epochs are done; call finish")
         return batch_order(self.plan.seed, self.epoch, len(self.plan.train_batches))[self.pos]
 
+    @_busy
     def forward(self, *, index: int, parts: list[bytes]) -> list[bytes]:
         """Softmax and error for one batch; returns err (scaled by 1/B) encrypted per class."""
         if self._pending is not None:
@@ -304,16 +453,30 @@ class RefinementSession:
         err = (p - onehot) / count
         self.stats.plain_flops += 6 * p.size
         self._pending = (index, err)
+        if self.coeff:
+            assert self.train_bound is not None
+            e_scale = self._operand_scale(
+                self.train_bound, float(np.abs(err).max(axis=1).sum()), float(np.abs(err).max())
+            )
+            self._e_scale = e_scale
+            return [self._encrypt(v) for v in self.train_coeff.pack_e(err * e_scale)]
         return [self._encrypt(self.train_layout.expand_per_sample(err[:, c])) for c in range(self.num_classes)]
 
+    @_busy
     def update(self, *, index: int, parts: list[bytes]) -> list[bytes]:
         """Apply the gradient X^T·err (decrypted) and the bias gradient; return new weights."""
         if self._pending is None or self._pending[0] != index:
             raise RefinementError("update without a matching forward step")
-        if len(parts) != self.num_classes:
-            raise RefinementError(f"expected {self.num_classes} gradient ciphertexts")
         _, err = self._pending
-        grad = np.stack([self._columns(p) for p in parts], axis=1)
+        if self.coeff:
+            geo = self.train_coeff
+            grad = geo.unpack_g(self._decrypt_coeffs(parts, geo.col_blocks, "gradients"), self.num_classes)
+            grad = self._in_range(grad) / self._e_scale
+            self.stats.plain_flops += grad.size
+        else:
+            if len(parts) != self.num_classes:
+                raise RefinementError(f"expected {self.num_classes} gradient ciphertexts")
+            grad = np.stack([self._columns(p) for p in parts], axis=1)
         self.W -= self.plan.lr * grad
         self.b -= self.plan.lr * err.sum(axis=0)
         self.stats.plain_flops += 2 * self.W.size + err.size + 2 * self.b.size
@@ -325,6 +488,7 @@ class RefinementSession:
         return self.weights()
 
     # -- evaluation ----------------------------------------------------------------------
+    @_busy
     def evaluate(self, *, index: int, parts: list[bytes]) -> None:
         """Tally correct predictions of one validation batch under the current weights."""
         if not 0 <= index < len(self.plan.val_batches) or index in self._eval_seen:

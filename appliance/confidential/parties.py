@@ -14,8 +14,11 @@ Model owner::
     model_blob = wrap_model(vq, pack_softmax_model(W, b, result_key=key))
     meta, arrays = open_refined_model(result.refined_model, result_key=key, job_id=job_id)
 
-Features are CKKS-encrypted row-major (``enclave.he.RowLayout``), ``batch_size`` samples per
-ciphertext; labels are wrapped to the attested enclave, never CKKS-encrypted for the host.
+Features are CKKS-encrypted either row-major in slots (``layout="rows"``, ``enclave.he.RowLayout``,
+``batch_size`` samples per ciphertext) or in polynomial coefficients (``layout="coeff"``,
+``enclave.he.CoeffLayout``: a few block ciphertexts per batch, bundled; about 5x fewer
+ciphertexts through the enclave per step, no rotations). Labels are wrapped to the attested
+enclave, never CKKS-encrypted for the host.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import tenseal as ts
 from crypto.ckks import make_context, public_context_bytes
 from crypto.provisioning import VerifiedQuote, wrap_key_for_enclave
 from enclave.codec import decode_arrays, encode_arrays
-from enclave.he import KeyHolderCkks, RowLayout
+from enclave.he import CoeffLayout, KeyHolderCkks, RowLayout, pack_blobs
 from enclave.refine import open_refined_model as _open_refined_model
 from enclave.runtime import (
     LABEL_CKKS_SECRET,
@@ -84,18 +87,29 @@ def wrap_ckks_secret(ctx: ts.Context, verified_quote: VerifiedQuote) -> bytes:
 
 @dataclass(frozen=True, kw_only=True)
 class EncryptedDataset:
-    """Encrypted features (one ciphertext per batch) plus labels wrapped to the enclave."""
+    """Encrypted features (one ciphertext, or one bundle of block ciphertexts, per batch) plus
+    labels wrapped to the enclave.
+
+    ``layout`` is ``"rows"`` or ``"coeff"``; for ``"coeff"``, ``geometry`` is
+    ``(batch, rows, cols, outputs)`` of the :class:`enclave.he.CoeffLayout` used.
+    """
 
     features: list[bytes]
     batch_sizes: list[int]
     dim: int
     labels_blob: bytes
+    layout: str = "rows"
+    geometry: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.batch_sizes) or not self.features:
             raise ConfidentialError("one ciphertext per batch is needed")
         if self.dim < 1 or any(n < 1 for n in self.batch_sizes):
             raise ConfidentialError("dimension and batch sizes must be positive")
+        if self.layout not in ("rows", "coeff"):
+            raise ConfidentialError("layout must be 'rows' or 'coeff'")
+        if self.layout == "coeff" and (len(self.geometry) != 4 or min(self.geometry) < 1):
+            raise ConfidentialError("a coefficient-layout dataset needs its geometry")
 
     @property
     def num_samples(self) -> int:
@@ -115,6 +129,7 @@ class EncryptedDataset:
                 "dim": self.dim,
                 "lengths": [len(f) for f in self.features],
                 "labels": len(self.labels_blob),
+                **({"layout": self.layout, "geometry": list(self.geometry)} if self.layout != "rows" else {}),
             }
         ).encode()
         return _DATASET_MAGIC + struct.pack(">I", len(head)) + head + b"".join(self.features) + self.labels_blob
@@ -131,6 +146,10 @@ class EncryptedDataset:
             lengths = [int(n) for n in head["lengths"]]
             batch_sizes = [int(n) for n in head["batch_sizes"]]
             dim, nlab = int(head["dim"]), int(head["labels"])
+            layout = str(head.get("layout", "rows"))
+            geometry = tuple(int(g) for g in head.get("geometry", (0, 0, 0, 0)))
+            if len(geometry) != 4:
+                raise ValueError("geometry")
         except (ValueError, KeyError, TypeError):
             raise ConfidentialError("encrypted dataset header is malformed") from None
         pos += 4 + hlen
@@ -140,7 +159,14 @@ class EncryptedDataset:
         for n in lengths:
             features.append(data[pos : pos + n])
             pos += n
-        return cls(features=features, batch_sizes=batch_sizes, dim=dim, labels_blob=data[pos:])
+        return cls(
+            features=features,
+            batch_sizes=batch_sizes,
+            dim=dim,
+            labels_blob=data[pos:],
+            layout=layout,
+            geometry=geometry,  # type: ignore[arg-type]
+        )
 
 
 def encrypt_dataset(
@@ -152,11 +178,15 @@ def encrypt_dataset(
     num_classes: int,
     batch_size: int,
     split: str,
+    layout: str = "rows",
 ) -> EncryptedDataset:
     """Data owner: CKKS-encrypt features in batches and wrap the labels to the enclave.
 
     ``split`` is ``"train"`` or ``"val"``; consecutive samples form a batch (shuffle the
     data before if needed: the epoch order of batches is shuffled by the job's seed).
+    ``layout="coeff"`` packs each batch in polynomial coefficients (``enclave.he.CoeffLayout``
+    planned for ``batch_size``, the dimension and ``num_classes``; batch_size up to 4096);
+    training and validation sets must use the same ``batch_size``.
     """
     X = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64)
@@ -169,19 +199,52 @@ def encrypt_dataset(
     if split not in ("train", "val"):
         raise ConfidentialError("split must be 'train' or 'val'")
     holder = KeyHolderCkks(context=ctx)
-    layout = RowLayout.for_dim(X.shape[1], slots=holder.slots)
-    if not 1 <= batch_size <= layout.capacity:
-        raise ConfidentialError(f"batch_size must be in [1, {layout.capacity}] for {X.shape[1]} features")
+    if layout == "coeff":
+        if not 1 <= batch_size <= 4096:
+            raise ConfidentialError("batch_size must be in [1, 4096]")
+        # the bound travels inside the labels (to the enclave only), not in the host's header
+        bound = max(float(np.abs(X).max()), 1e-6)
+        if bound > 256:
+            raise ConfidentialError("the coefficient layout needs |features| <= 256: rescale the features")
+        try:
+            geo = CoeffLayout.plan(batch=batch_size, dim=X.shape[1], outputs=num_classes, degree=2 * holder.slots)
+        except ValueError as exc:
+            raise ConfidentialError(str(exc)) from None
+        bundles, sizes = [], []
+        for start in range(0, X.shape[0], batch_size):
+            rows = X[start : start + batch_size]
+            bundles.append(pack_blobs([holder.encrypt_coeffs_bytes(v) for v in geo.pack_x(rows)]))
+            sizes.append(rows.shape[0])
+        return EncryptedDataset(
+            features=bundles,
+            batch_sizes=sizes,
+            dim=X.shape[1],
+            labels_blob=_wrap_labels(verified_quote, y, num_classes=num_classes, split=split, bound=bound),
+            layout="coeff",
+            geometry=(geo.batch, geo.rows, geo.cols, geo.outputs),
+        )
+    if layout != "rows":
+        raise ConfidentialError("layout must be 'rows' or 'coeff'")
+    row_layout = RowLayout.for_dim(X.shape[1], slots=holder.slots)
+    if not 1 <= batch_size <= row_layout.capacity:
+        raise ConfidentialError(f"batch_size must be in [1, {row_layout.capacity}] for {X.shape[1]} features")
     cts, sizes = [], []
     for start in range(0, X.shape[0], batch_size):
         rows = X[start : start + batch_size]
-        cts.append(holder.encrypt_bytes(layout.pack_rows(rows)))
+        cts.append(holder.encrypt_bytes(row_layout.pack_rows(rows)))
         sizes.append(rows.shape[0])
-    label = LABEL_TRAIN_LABELS if split == "train" else LABEL_VAL_LABELS
-    labels_blob = wrap_key_for_enclave(
-        verified_quote, encode_arrays({"num_classes": num_classes}, {"labels": y}), label=label
-    )
+    labels_blob = _wrap_labels(verified_quote, y, num_classes=num_classes, split=split)
     return EncryptedDataset(features=cts, batch_sizes=sizes, dim=X.shape[1], labels_blob=labels_blob)
+
+
+def _wrap_labels(
+    verified_quote: VerifiedQuote, y: np.ndarray, *, num_classes: int, split: str, bound: float | None = None
+) -> bytes:
+    label = LABEL_TRAIN_LABELS if split == "train" else LABEL_VAL_LABELS
+    meta: dict[str, Any] = {"num_classes": num_classes}
+    if bound is not None:
+        meta["feature_bound"] = bound
+    return wrap_key_for_enclave(verified_quote, encode_arrays(meta, {"labels": y}), label=label)
 
 
 def _key(result_key: bytes) -> str:

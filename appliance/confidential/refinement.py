@@ -29,7 +29,7 @@ import numpy as np
 
 from crypto.ckks import load_public_context
 from enclave.errors import EnclaveCrashedError, EnclaveRemoteError
-from enclave.he import HostEvaluator, ciphertext_to_bytes
+from enclave.he import HostEvaluator, ciphertext_to_bytes, unpack_blobs
 from enclave.host import EnclaveClient
 from enclave.refine import batch_order, softmax
 
@@ -152,6 +152,22 @@ class _Host:
         self.seconds += time.perf_counter() - start
         return out
 
+    def dots(self, groups: list[list[tuple[Any, Any]]], *, useful: int) -> list[bytes]:
+        """Coefficient layout: one Σ a·b ciphertext per group (no relinearization, no rotation)."""
+        start = time.perf_counter()
+        out = [ciphertext_to_bytes(self.ev.dot(pairs)) for pairs in groups]
+        self.useful += useful
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def load_bundle(self, blob: bytes) -> list[Any]:
+        """Load a bundle of block ciphertexts (coefficient layout)."""
+        try:
+            parts = unpack_blobs(blob)
+        except ValueError as exc:
+            raise ConfidentialError(f"malformed ciphertext bundle: {exc}") from None
+        return self.load_all(parts)
+
     def load_all(self, blobs: list[bytes]) -> list[Any]:
         start = time.perf_counter()
         cts = [self.ev.load(b) for b in blobs]
@@ -193,7 +209,10 @@ def run_refinement(
     ``reduction="host"`` (default) sums the products under HE on the host (rotations), so the
     enclave decrypts one value per sample and class; ``"enclave"`` leaves only the ciphertext
     products to the host (no relinearization or rotation) and the enclave sums the decrypted
-    products — about 3-4x faster, with the additions moved into the enclave.
+    products — about 3-4x faster, with the additions moved into the enclave. Both apply to
+    datasets in the ``"rows"`` layout; datasets encrypted with ``layout="coeff"`` use the
+    coefficient protocol (:class:`enclave.he.CoeffLayout`: per step F weight and S error
+    ciphertexts from the enclave, S + F products back, no rotations) and ignore ``reduction``.
 
     Raises:
         RefinementInterrupted: the enclave died or refused a step (reason + last checkpoint).
@@ -201,6 +220,9 @@ def run_refinement(
     """
     if train.dim != validation.dim:
         raise ConfidentialError("training and validation features have different dimensions")
+    if (train.layout, train.geometry) != (validation.layout, validation.geometry):
+        raise ConfidentialError("training and validation sets use different layouts (same batch_size needed)")
+    coeff = train.layout == "coeff"
     if checkpoint is None and (model_blob is None or ckks_secret_blob is None):
         raise ConfidentialError("model_blob and ckks_secret_blob are needed unless resuming")
     ctx = load_public_context(public_context, preset=CKKS_PRESET, max_bytes=MAX_PUBLIC_CONTEXT_BYTES)
@@ -253,6 +275,15 @@ def run_refinement(
             "seed": seed,
             "reduction": reduction,
         }
+        if coeff:
+            batch, rows, cols, outputs = train.geometry
+            plan.update(
+                layout="coeff",
+                coeff_batch=batch,
+                coeff_rows=rows,
+                coeff_cols=cols,
+                coeff_outputs=outputs,
+            )
         assert model_blob is not None and ckks_secret_blob is not None
         status = call(
             "refine.start",
@@ -267,8 +298,14 @@ def run_refinement(
         state["epoch"], state["pos"] = int(status["epoch"]), int(status["pos"])
         history = list(status["history"])
 
-        train_x = host.load_all(train.features)
-        val_x = host.load_all(validation.features)
+        if (status.get("layout", "rows") == "coeff") != coeff:
+            raise ConfidentialError("the sealed plan and the datasets use different layouts")
+        if coeff:
+            train_x: list[Any] = [host.load_bundle(b) for b in train.features]
+            val_x: list[Any] = [host.load_bundle(b) for b in validation.features]
+        else:
+            train_x = host.load_all(train.features)
+            val_x = host.load_all(validation.features)
         input_pad = _pad(train.dim)
         if kind == "mlp":
             hidden = int(status["hidden"])
@@ -278,23 +315,52 @@ def run_refinement(
                 ("val", val_x, validation.batch_sizes),
             ):
                 for i, x in enumerate(xs):
+                    if coeff:
+                        S, F = status["input_grid"]
+                        groups = int(status["frozen_groups"])
+                        pre = host.dots(
+                            [
+                                [(x[s * F + f], w1[g * F + f]) for f in range(F)]
+                                for g in range(groups)
+                                for s in range(S)
+                            ],
+                            useful=sizes[i] * train.dim * hidden,
+                        )
+                        xs[i] = host.load_bundle(call("refine.frozen", {"split": split, "index": i}, pre).parts[0])
+                        continue
                     pre = host.products(x, w1, dim_pad=input_pad, stride=False, useful=sizes[i] * train.dim)
                     xs[i] = host.load_all(call("refine.frozen", {"split": split, "index": i}, pre).parts)[0]
             train_pad, train_dim = _pad(hidden), hidden
         else:
             train_pad, train_dim = input_pad, train.dim
         weights = host.load_all(call("refine.weights").parts)
+        num_classes = int(status["num_classes"])
+        grid_s, grid_f = status["train_grid"] if coeff else (0, 0)
+
+        def forward_products(x: Any, count: int) -> list[bytes]:
+            """Pre-activations of one batch under HE (what the enclave's softmax needs)."""
+            if coeff:
+                return host.dots(
+                    [[(x[s * grid_f + f], weights[f]) for f in range(grid_f)] for s in range(grid_s)],
+                    useful=count * train_dim * num_classes,
+                )
+            return host.products(x, weights, dim_pad=train_pad, stride=False, useful=count * train_dim)
+
+        def gradient_products(x: Any, errors: list[Any], count: int) -> list[bytes]:
+            """X^T·err of one batch under HE."""
+            if coeff:
+                return host.dots(
+                    [[(x[s * grid_f + f], errors[s]) for s in range(grid_s)] for f in range(grid_f)],
+                    useful=count * train_dim * num_classes,
+                )
+            grads = []
+            for e in errors:
+                grads += host.products(x, [e], dim_pad=train_pad, stride=True, useful=count * train_dim)
+            return grads
 
         def evaluate() -> float:
             for i, x in enumerate(val_x):
-                z = host.products(
-                    x,
-                    weights,
-                    dim_pad=train_pad,
-                    stride=False,
-                    useful=validation.batch_sizes[i] * train_dim,
-                )
-                call("refine.evaluate", {"index": i}, z)
+                call("refine.evaluate", {"index": i}, forward_products(x, validation.batch_sizes[i]))
             accuracy = float(call("refine.evaluate_done").header["accuracy"])
             return accuracy
 
@@ -318,11 +384,8 @@ def run_refinement(
             while state["pos"] < n_batches:
                 index = order[state["pos"]]
                 x, b = train_x[index], train.batch_sizes[index]
-                z = host.products(x, weights, dim_pad=train_pad, stride=False, useful=b * train_dim)
-                err = host.load_all(call("refine.forward", {"index": index}, z).parts)
-                grads = []
-                for e in err:
-                    grads += host.products(x, [e], dim_pad=train_pad, stride=True, useful=b * train_dim)
+                err = host.load_all(call("refine.forward", {"index": index}, forward_products(x, b)).parts)
+                grads = gradient_products(x, err, b)
                 reply = call("refine.update", {"index": index}, grads)
                 weights = host.load_all(reply.parts)
                 state["epoch"], state["pos"] = int(reply.header["epoch"]), int(reply.header["pos"])

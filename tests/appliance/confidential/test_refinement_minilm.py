@@ -88,20 +88,23 @@ def test_minilm_docstrings_refinement_matches_plaintext(tmp_path: Path) -> None:
             allow_simulated=True,
         )
         ctx = create_ckks_context()
-        train = encrypt_dataset(ctx, vq, X_tr, y_tr, num_classes=k, batch_size=8, split="train")
-        val = encrypt_dataset(ctx, vq, X_val, y_val, num_classes=k, batch_size=8, split="val")
-        result = run_refinement(
-            enclave=client,
-            job_id="minilm",
-            public_context=public_context(ctx),
-            train=train,
-            validation=val,
-            model_blob=wrap_model(vq, pack_softmax_model(pre.W, pre.b, result_key=key)),
-            ckks_secret_blob=wrap_ckks_secret(ctx, vq),
-            epochs=2,
-            lr=1.0,
-            seed=4,
-        )
+        pub = public_context(ctx)
+        results = {}
+        for layout in ("rows", "coeff"):  # slot packing and coefficient packing
+            train = encrypt_dataset(ctx, vq, X_tr, y_tr, num_classes=k, batch_size=8, split="train", layout=layout)
+            val = encrypt_dataset(ctx, vq, X_val, y_val, num_classes=k, batch_size=8, split="val", layout=layout)
+            results[layout] = run_refinement(
+                enclave=client,
+                job_id=f"minilm-{layout}",
+                public_context=pub,
+                train=train,
+                validation=val,
+                model_blob=wrap_model(vq, pack_softmax_model(pre.W, pre.b, result_key=key)),
+                ckks_secret_blob=wrap_ckks_secret(ctx, vq),
+                epochs=2,
+                lr=1.0,
+                seed=4,
+            )
     finally:
         client.close()
     plain = plaintext_refinement(
@@ -115,8 +118,9 @@ def test_minilm_docstrings_refinement_matches_plaintext(tmp_path: Path) -> None:
         lr=1.0,
         seed=4,
     )
-    assert abs(result.final_accuracy - plain.accuracy_history[-1]) <= 0.01
-    # the embeddings carry the module signal, and refinement improves on the owner's model
-    assert result.final_accuracy > max(0.5, result.accuracy_history[0] + 0.1)
-    _, arrays = open_refined_model(result.refined_model, result_key=key, job_id="minilm")
-    assert np.abs(arrays["W"] - plain.W).max() < 1e-3
+    for layout, result in results.items():
+        assert abs(result.final_accuracy - plain.accuracy_history[-1]) <= 0.01
+        # the embeddings carry the module signal, and refinement improves on the owner's model
+        assert result.final_accuracy > max(0.5, result.accuracy_history[0] + 0.1)
+        _, arrays = open_refined_model(result.refined_model, result_key=key, job_id=f"minilm-{layout}")
+        assert np.abs(arrays["W"] - plain.W).max() < 1e-3
