@@ -53,6 +53,9 @@ class ShadowTraining(BaseModel):
     epochs: int = Field(default=100, ge=1, le=5000)
     batch_size: int = Field(default=128, ge=8, le=4096)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
+                       "seed+1, ...; their relations are averaged (one unlucky shadow shifts "
+                       "every audit that uses it)")
 
 
 class OwnershipParams(BaseModel):
@@ -65,7 +68,7 @@ class OwnershipParams(BaseModel):
     suspect_endpoint: SuspectEndpoint | None = None
     public_dataset_id: str | None = Field(default=None, max_length=64)
     private_dataset_id: str | None = Field(default=None, max_length=64)
-    shadow_model_id: str | None = Field(default=None, max_length=64)
+    shadow_model_ids: list[str] | None = Field(default=None, min_length=1, max_length=8)
     shadow_training: ShadowTraining | None = None
     watermark_id: str | None = Field(default=None, max_length=64)
     benign_dataset_id: str | None = Field(default=None, max_length=64)
@@ -80,8 +83,8 @@ class OwnershipParams(BaseModel):
         if self.method == "dov4cl":
             if not self.public_dataset_id or not self.private_dataset_id:
                 raise ValueError("dov4cl needs public_dataset_id and private_dataset_id")
-            if (self.shadow_model_id is None) == (self.shadow_training is None):
-                raise ValueError("dov4cl needs exactly one of shadow_model_id and shadow_training")
+            if (self.shadow_model_ids is None) == (self.shadow_training is None):
+                raise ValueError("dov4cl needs exactly one of shadow_model_ids and shadow_training")
         else:
             if not self.watermark_id or not self.benign_dataset_id:
                 raise ValueError("watermark_dvbw needs watermark_id and benign_dataset_id")
@@ -125,9 +128,9 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dic
         for key in ("public_dataset_id", "private_dataset_id"):
             inputs[key.removesuffix("_id")] = dataset_input(
                 store.get_owned("datasets", tenant, getattr(params, key), "dataset"))
-        if params.shadow_model_id:
-            inputs["shadow"] = model_input(store.get_owned("models", tenant,
-                                                           params.shadow_model_id, "model"))
+        if params.shadow_model_ids:
+            inputs["shadows"] = [model_input(store.get_owned("models", tenant, shadow_id, "model"))
+                                 for shadow_id in params.shadow_model_ids]
         else:
             assert params.shadow_training is not None
             inputs["shadow_data"] = dataset_input(store.get_owned(
@@ -172,22 +175,28 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
     return (lambda x: np.argmax(model.predict(x), axis=1)), model.device, None
 
 
-def _train_shadow(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> Any:
+def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> list[Any]:
     import torch
 
     from models.vision import ENCODERS, build_model, embed_fn, train_contrastive
 
-    ctx.log(f"training a {spec.objective} shadow {spec.architecture} for {spec.epochs} epochs "
-            f"on {len(data)} images")
     config = {"in_channels": int(data.shape[1]), "image_size": int(data.shape[2]), **spec.config}
-    try:
-        encoder = build_model(ENCODERS[spec.architecture], seed=spec.seed, **config)
-    except TypeError as exc:
-        raise JobFailed(f"bad shadow architecture config: {exc}") from None
-    with torch.random.fork_rng(devices=[]):
-        encoder = train_contrastive(encoder, data, objective=spec.objective, seed=spec.seed,
-                                    epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
-    return embed_fn(encoder)
+    shadows = []
+    for i in range(spec.count):
+        seed = spec.seed + i
+        ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
+                f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
+        try:
+            encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
+        except TypeError as exc:
+            raise JobFailed(f"bad shadow architecture config: {exc}") from None
+        with torch.random.fork_rng(devices=[]):
+            encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
+                                        epochs=spec.epochs,
+                                        batch_size=min(spec.batch_size, len(data)))
+        shadows.append(embed_fn(encoder))
+        ctx.progress(0.1 * (i + 1) / spec.count)
+    return shadows
 
 
 def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> JobOutcome:
@@ -218,23 +227,25 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
                                 f"{private.shape[1:]} differ in shape")
             suspect, device, closer = _suspect_fn(ctx, params, inputs, "embed")
             t0 = time.perf_counter()
-            if "shadow" in inputs:
-                shadow_model = load_job_model(ctx, inputs["shadow"], params.device)
-                shadow: Any = lambda x: shadow_model.embed(x)  # noqa: E731
-                digests["shadow"] = model_digests(inputs["shadow"])
+            shadow: list[Any]
+            if "shadows" in inputs:
+                loaded = [load_job_model(ctx, m, params.device) for m in inputs["shadows"]]
+                shadow = [m.embed for m in loaded]
+                digests["shadows"] = [model_digests(m) for m in inputs["shadows"]]
             else:
                 assert params.shadow_training is not None
                 shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
-                shadow = _train_shadow(ctx, params.shadow_training, shadow_data)
-                digests["shadow"] = {"trained_on": inputs["shadow_data"],
-                                     "recipe": params.shadow_training.model_dump()}
+                shadow = _train_shadows(ctx, params.shadow_training, shadow_data)
+                digests["shadows"] = {"trained_on": inputs["shadow_data"],
+                                      "recipe": params.shadow_training.model_dump()}
             timings["shadow_seconds"] = time.perf_counter() - t0
             ctx.progress(0.1)
             digests["public_dataset"] = inputs["public_dataset"]
             digests["private_dataset"] = inputs["private_dataset"]
             budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
             result = method.run(
-                DOV4CLInputs(public=public, private=private, suspect=suspect, shadow=shadow,
+                DOV4CLInputs(public=public, private=private, suspect=suspect,
+                             shadow=shadow if len(shadow) > 1 else shadow[0],
                              query_budget=budget),
                 params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
         else:

@@ -135,7 +135,7 @@ def test_dov4cl_against_remote_endpoint_counts_queries(client: Any, token_a: str
     server, url, counted = _embedding_server(suspect)
     params = {"method": "dov4cl", "suspect_endpoint": {"url": url, "timeout_s": 10},
               "public_dataset_id": pub["id"], "private_dataset_id": pvt["id"],
-              "shadow_model_id": shadow_row["id"],
+              "shadow_model_ids": [shadow_row["id"]],
               "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 3}, "seed": 5}
     try:
         # loopback is a private address: refused unless the operator allows it (SSRF)
@@ -175,6 +175,37 @@ def test_dov4cl_against_remote_endpoint_counts_queries(client: Any, token_a: str
             assert "internal error" not in final["error"] and needle in final["error"].lower()
         finally:
             server.shutdown()
+
+
+def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, digits: Any,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.vision import ENCODERS, build_model
+
+    monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    suspect = build_model(ENCODERS["conv_encoder"], seed=1, **config).eval()
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
+    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    server, url, _ = _embedding_server(suspect)
+    try:
+        job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+            "method": "dov4cl", "suspect_endpoint": {"url": url},
+            "public_dataset_id": pub["id"], "private_dataset_id": pvt["id"],
+            "shadow_training": {"dataset_id": alt["id"], "epochs": 2, "count": 2,
+                                "config": {"width": 8, "embed_dim": 16}},
+            "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 2}}})
+        assert job.status_code == 202, job.get_json()
+        final = wait_job(client, token_a, job.get_json()["id"], timeout=180)
+        assert final["state"] == "succeeded", final
+        logs = client.get(f"/v1/jobs/{final['id']}/logs", headers=auth(token_a)).get_json()
+        assert sum("training simclr shadow" in line["message"] for line in logs["items"]) == 2
+        body = client.get(f"/v1/reports/{final['report_id']}", headers=auth(token_a)).get_json()[
+            "report"]
+        assert body["inputs"]["shadows"]["recipe"]["count"] == 2
+        assert body["statistics"]["shadows"] == 2
+    finally:
+        server.shutdown()
 
 
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:

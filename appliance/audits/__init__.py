@@ -1,0 +1,1 @@
+"""Audit methods: pure statistical libraries behind a registry (see :mod:`.registry`)."""

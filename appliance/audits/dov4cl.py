@@ -1,0 +1,368 @@
+"""DOV4CL: was a self-supervised encoder trained on a released dataset? (black-box)
+
+Maths after "Dataset Ownership Verification for Contrastive Pre-trained Models"
+(ICLR 2025). The verifier only calls ``embed(x)`` on augmented views of images from the
+released set D_pub and a same-distribution private set D_pvt that was never released.
+Each round samples ``k`` images from each set and draws ``M`` global and ``N`` local views
+of each (random-resized crops at two scales, flips, brightness/contrast jitter).
+
+* Unary relationship: mean cosine between views of one image, for global-global,
+  local-local and global-local view pairs.
+* Binary relationship: distance between the image-by-image cosine matrices of two view
+  slots (again gg / ll / gl slot pairs). Memorised images keep their relationships.
+
+Gaps are public-minus-private (unary) and private-minus-public (binary): an encoder
+trained on D_pub has larger gaps than a shadow encoder trained without it.
+
+Two tests are computed and both reported:
+
+``reference`` (the paper's): per round and model, the 3 unary + 3 binary set-level gaps
+are pooled over ``K`` rounds and compared with an unpaired one-sided Welch t-test
+(suspect > shadow). Suspect and shadow see the same images, rounds re-use images and the
+six gaps are on different scales, so the t-test's independence assumption fails.
+
+``permutation`` (default, calibrated): per image and model, a score from the same
+relationships (unary cosines; binary as the mean absolute change of the image's
+similarity row across view slots, over all ``2k`` round-mates), each type standardised
+over all images, binary negated and averaged; the paired difference suspect - shadow is
+averaged per distinct image; the statistic is mean(D_pub) - mean(D_pvt) and its null
+distribution comes from re-labelling which distinct images are public. When D_pub and
+D_pvt are exchangeable samples and the suspect is independent of D_pub the test is exact.
+
+    result = create_method("dov4cl").run(
+        DOV4CLInputs(public=x_pub, private=x_pvt, suspect=embed_s, shadow=embed_0),
+        params={"rounds": 50}, seed=7)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from appliance.audits.errors import AuditInputError, AuditParameterError, QueryBudgetExceeded
+from appliance.audits.registry import (
+    VERDICT_NEGATIVE,
+    VERDICT_POSITIVE,
+    AuditMethod,
+    AuditResult,
+    LogFn,
+    ProgressFn,
+    register_method,
+)
+from appliance.audits.remote import CountedQuery, EmbedFn, check_images
+from appliance.audits.stats import permutation_mean_diff, welch_greater
+
+TYPES = ("gg", "ll", "gl")
+
+
+@dataclass
+class DOV4CLInputs:
+    """Inputs of a DOV4CL audit.
+
+    ``public`` / ``private``: float arrays ``[n, C, H, W]`` in the suspect's input scale
+    (same C, H, W). ``suspect``: black-box ``embed(x [n, C, H, W]) -> [n, d]`` (a
+    :class:`~appliance.audits.remote.RemoteEndpoint` works). ``shadow``: one such function
+    or a list of them (encoders trained without D_pub; several are averaged, which
+    lowers the false-positive rate due to one unlucky shadow).
+    ``query_budget``: optional cap on suspect queries.
+    """
+
+    public: np.ndarray
+    private: np.ndarray
+    suspect: EmbedFn
+    shadow: EmbedFn | Sequence[EmbedFn]
+    query_budget: int | None = None
+
+
+def _slot_pairs(n_global: int, n_views: int) -> dict[str, list[tuple[int, int]]]:
+    pairs: dict[str, list[tuple[int, int]]] = {t: [] for t in TYPES}
+    for a in range(n_views):
+        for b in range(a + 1, n_views):
+            kind = "gg" if b < n_global else "ll" if a >= n_global else "gl"
+            pairs[kind].append((a, b))
+    return {t: p for t, p in pairs.items() if p}
+
+
+def _normalise(e: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(e, axis=-1, keepdims=True)
+    return e / np.maximum(norm, 1e-12)
+
+
+def _set_binary(sim: np.ndarray, a: np.ndarray, b: np.ndarray, part: slice, k: int) -> float:
+    # Frobenius distance between the k x k similarity matrices of slots a and b, per k.
+    block = sim[a][:, part, part] - sim[b][:, part, part]
+    return float(np.sqrt((block**2).sum(axis=(1, 2))).mean() / k)
+
+
+def round_relations(
+    emb: np.ndarray, *, k: int, n_global: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    """Relations of one round for one model.
+
+    ``emb`` is ``[2k, V, d]`` (first ``k`` public images, then ``k`` private). Returns
+    per-image unary ``{type: [2k]}``, per-image binary ``{type: [2k]}`` (over all 2k
+    round-mates) and the reference set-level gaps ``{type: (unary_gap, binary_gap)}``.
+    """
+    e = _normalise(emb.astype(np.float64))
+    n, n_views, _ = e.shape
+    pairs = _slot_pairs(n_global, n_views)
+    # Within-image cosines between view slots: [n, V, V].
+    view_cos = np.einsum("ivd,iwd->ivw", e, e)
+    # Image-by-image cosine matrix per view slot: [V, n, n].
+    sim = np.einsum("ivd,jvd->vij", e, e)
+    off = ~np.eye(n, dtype=bool)
+    pub, pvt = slice(0, k), slice(k, n)
+    unary: dict[str, np.ndarray] = {}
+    binary: dict[str, np.ndarray] = {}
+    gaps: dict[str, tuple[float, float]] = {}
+    for kind, plist in pairs.items():
+        a = np.array([p[0] for p in plist])
+        b = np.array([p[1] for p in plist])
+        u = view_cos[:, a, b].mean(axis=1)
+        diff = np.abs(sim[a] - sim[b])  # [P, n, n]
+        bin_img = (diff * off).sum(axis=2).mean(axis=0) / (n - 1)
+        unary[kind] = u
+        binary[kind] = bin_img
+        gaps[kind] = (
+            float(u[pub].mean() - u[pvt].mean()),
+            _set_binary(sim, a, b, pvt, k) - _set_binary(sim, a, b, pub, k),
+        )
+    return unary, binary, gaps
+
+
+def image_scores(unary: dict[str, np.ndarray], binary: dict[str, np.ndarray]) -> np.ndarray:
+    """Label-free per-instance score: mean of standardised unary minus standardised binary."""
+    parts = []
+    for kind in unary:
+        for values, sign in ((unary[kind], 1.0), (binary[kind], -1.0)):
+            sd = values.std()
+            parts.append(sign * (values - values.mean()) / (sd if sd > 0 else 1.0))
+    return np.mean(parts, axis=0)
+
+
+class DOV4CL(AuditMethod):
+    """Dataset-ownership verification for contrastive encoders (see module docstring)."""
+
+    name = "dov4cl"
+    version = "1.0"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {
+            "k": 32,
+            "n_global": 2,
+            "n_local": 6,
+            "rounds": 50,
+            "alpha": 0.05,
+            "test": "permutation",
+            "permutations": 5000,
+            "max_batch": 4096,
+        }
+
+    def _check(self, p: dict[str, Any]) -> None:
+        for key in ("k", "rounds", "permutations", "max_batch"):
+            if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
+                raise AuditParameterError(f"{key} must be a positive integer, got {p[key]!r}")
+        if p["k"] < 3:
+            raise AuditParameterError("k must be at least 3")
+        if not isinstance(p["n_global"], int) or not isinstance(p["n_local"], int):
+            raise AuditParameterError("n_global and n_local must be integers")
+        if p["n_global"] < 0 or p["n_local"] < 0 or p["n_global"] + p["n_local"] < 2:
+            raise AuditParameterError("need n_global, n_local >= 0 and at least two views")
+        if not 0.0 < float(p["alpha"]) < 1.0:
+            raise AuditParameterError(f"alpha must be in (0, 1), got {p['alpha']!r}")
+        if p["test"] not in ("permutation", "reference"):
+            raise AuditParameterError("test must be 'permutation' or 'reference'")
+
+    def build_queries(
+        self, public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Sample the rounds and draw their views.
+
+        Returns ``ids [K, 2k]`` (indices into ``concat(pool_pub, pool_pvt)``, public first),
+        ``views [K, 2k, V, C, S, S]`` and the pool size (ids below it are public). Both
+        sets contribute pools of equal size so the two groups are sampled symmetrically.
+        """
+        from models.augment import multi_view
+
+        k, rounds = int(p["k"]), int(p["rounds"])
+        rng = np.random.default_rng([seed, 0x0D0F])
+        n_pool = min(len(public), len(private))
+        if k > n_pool:
+            raise AuditInputError(
+                f"k={k} images per set but the smaller of public ({len(public)}) and "
+                f"private ({len(private)}) has only {n_pool}"
+            )
+        pool_pub = rng.choice(len(public), n_pool, replace=False)
+        pool_pvt = rng.choice(len(private), n_pool, replace=False)
+        images = np.concatenate([public[pool_pub], private[pool_pvt]])
+        ids = np.empty((rounds, 2 * k), dtype=np.int64)
+        views = []
+        for r in range(rounds):
+            ids[r, :k] = rng.choice(n_pool, k, replace=False)
+            ids[r, k:] = n_pool + rng.choice(n_pool, k, replace=False)
+            view_seed = int(rng.integers(2**31 - 1))
+            views.append(
+                multi_view(
+                    images[ids[r]],
+                    n_global=int(p["n_global"]),
+                    n_local=int(p["n_local"]),
+                    seed=view_seed,
+                )
+            )
+        return ids, np.stack(views), n_pool
+
+    def run(
+        self,
+        inputs: DOV4CLInputs,
+        *,
+        params: Mapping[str, Any] | None = None,
+        seed: int,
+        progress: ProgressFn | None = None,
+        log: LogFn | None = None,
+    ) -> AuditResult:
+        t_start = time.perf_counter()
+        p = self.resolve_params(params)
+        self._check(p)
+        if not isinstance(inputs, DOV4CLInputs):
+            raise AuditInputError("dov4cl expects a DOV4CLInputs instance")
+        public = check_images("public dataset", inputs.public, min_count=3)
+        private = check_images("private dataset", inputs.private, min_count=3)
+        if public.shape[1:] != private.shape[1:]:
+            raise AuditInputError(
+                f"public images {public.shape[1:]} and private images {private.shape[1:]} must have the same [C, H, W]"
+            )
+        suspect = CountedQuery(
+            inputs.suspect,
+            kind="embed",
+            name="suspect",
+            budget=inputs.query_budget,
+            max_batch=int(p["max_batch"]),
+        )
+        shadow_fns: list[EmbedFn] = (
+            list(inputs.shadow) if isinstance(inputs.shadow, list | tuple) else [cast(EmbedFn, inputs.shadow)]
+        )
+        if not shadow_fns:
+            raise AuditInputError("dov4cl needs at least one shadow encoder")
+        shadows = [
+            CountedQuery(fn, kind="embed", name=f"shadow {i}", max_batch=int(p["max_batch"]))
+            for i, fn in enumerate(shadow_fns)
+        ]
+        k, rounds, n_global = int(p["k"]), int(p["rounds"]), int(p["n_global"])
+        n_views = n_global + int(p["n_local"])
+
+        t0 = time.perf_counter()
+        ids, views, n_pool = self.build_queries(public, private, p, seed)
+        flat = views.reshape(-1, *views.shape[3:])
+        t_aug = time.perf_counter() - t0
+        if log:
+            log(f"dov4cl: {rounds} rounds x {2 * k} images x {n_views} views = {len(flat)} queries")
+        if suspect.budget is not None and len(flat) > suspect.budget:
+            raise QueryBudgetExceeded(
+                f"dov4cl needs {len(flat)} suspect queries but the budget is {suspect.budget}; "
+                "lower rounds, k or the number of views"
+            )
+        emb_s = suspect(flat).reshape(rounds, 2 * k, n_views, -1)
+        if progress:
+            progress(0.45)
+        emb_0 = [shadow(flat).reshape(rounds, 2 * k, n_views, -1) for shadow in shadows]
+        if progress:
+            progress(0.9)
+
+        t0 = time.perf_counter()
+        stats = self._statistics(emb_s, emb_0, ids, n_pool=n_pool, k=k, n_global=n_global, p=p, seed=seed)
+        t_stats = time.perf_counter() - t0
+        alpha = float(p["alpha"])
+        p_value = stats["calibrated_p"] if p["test"] == "permutation" else stats["reference_p"]
+        if progress:
+            progress(1.0)
+        return AuditResult(
+            method=self.name,
+            version=self.version,
+            statistics=stats,
+            p_value=float(p_value),
+            verdict=VERDICT_POSITIVE if p_value < alpha else VERDICT_NEGATIVE,
+            alpha=alpha,
+            queries=suspect.queries,
+            parameters={**p, "seed": seed},
+            timings={
+                "augment_s": t_aug,
+                "suspect_query_s": suspect.seconds,
+                "shadow_query_s": sum(shadow.seconds for shadow in shadows),
+                "statistics_s": t_stats,
+                "total_s": time.perf_counter() - t_start,
+            },
+        )
+
+    @staticmethod
+    def _statistics(
+        emb_s: np.ndarray,
+        emb_0: list[np.ndarray],
+        ids: np.ndarray,
+        *,
+        n_pool: int,
+        k: int,
+        n_global: int,
+        p: Mapping[str, Any],
+        seed: int,
+    ) -> dict[str, Any]:
+        rounds = len(ids)
+
+        def relations(emb: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]], np.ndarray]:
+            ref_gaps: list[np.ndarray] = []
+            named: dict[str, list[float]] = {}
+            inst: dict[str, list[np.ndarray]] = {}
+            for r in range(rounds):
+                unary, binary, gaps = round_relations(emb[r], k=k, n_global=n_global)
+                ref_gaps.append(np.array([g for kind in gaps for g in gaps[kind]]))
+                for kind, (ug, bg) in gaps.items():
+                    named.setdefault(f"unary_{kind}", []).append(ug)
+                    named.setdefault(f"binary_{kind}", []).append(bg)
+                for kind in unary:
+                    inst.setdefault(f"u_{kind}", []).append(unary[kind])
+                    inst.setdefault(f"b_{kind}", []).append(binary[kind])
+            u = {key[2:]: np.concatenate(v) for key, v in inst.items() if key[0] == "u"}
+            b = {key[2:]: np.concatenate(v) for key, v in inst.items() if key[0] == "b"}
+            return np.stack(ref_gaps), named, image_scores(u, b)
+
+        ref_s, named_s, score_s = relations(emb_s)
+        shadow_rel = [relations(e) for e in emb_0]
+        # Several shadows are averaged: gaps per round for the reference test, per-instance
+        # scores for the calibrated one (averaging shrinks one shadow's idiosyncrasies).
+        ref_0 = np.mean([r[0] for r in shadow_rel], axis=0)
+        score_0 = np.mean([r[2] for r in shadow_rel], axis=0)
+        named_0 = {key: list(np.mean([r[1][key] for r in shadow_rel], axis=0)) for key in named_s}
+        t_ref, p_ref = welch_greater(ref_s.ravel(), ref_0.ravel())
+        type_gaps = {"suspect": named_s, "shadow": named_0}
+
+        flat_ids = ids.ravel()
+        n_distinct = 2 * n_pool
+        diff = score_s - score_0
+        sums = np.bincount(flat_ids, weights=diff, minlength=n_distinct)
+        counts = np.bincount(flat_ids, minlength=n_distinct)
+        seen = counts > 0
+        per_image = sums[seen] / counts[seen]
+        is_public = (np.arange(n_distinct) < n_pool)[seen]
+        rng = np.random.default_rng([seed, 0x9E47])
+        t_perm, p_perm = permutation_mean_diff(per_image, is_public, permutations=int(p["permutations"]), rng=rng)
+        summary = {label: {key: float(np.mean(v)) for key, v in gaps.items()} for label, gaps in type_gaps.items()}
+        return {
+            "reference_t": t_ref,
+            "reference_p": p_ref,
+            "calibrated_statistic": t_perm,
+            "calibrated_p": p_perm,
+            "test": p["test"],
+            "mean_gaps": summary,
+            "distinct_public_images": int(is_public.sum()),
+            "distinct_private_images": int((~is_public).sum()),
+            "shadows": len(emb_0),
+        }
+
+
+register_method(DOV4CL.name, DOV4CL)
+
+__all__ = ["DOV4CL", "DOV4CLInputs", "image_scores", "round_relations"]

@@ -1,0 +1,77 @@
+"""Errors raised by the audit methods.
+
+Every failure a caller can cause has a named subclass of :class:`AuditError`;
+``diagnostics()`` gives a one-line hint on how to fix it. A job that catches an
+``AuditError`` can fail with ``str(exc)`` as its reason and ``exc.diagnostics()`` as hint.
+"""
+
+from __future__ import annotations
+
+
+class AuditError(Exception):
+    """Base class of every error raised by :mod:`appliance.audits`."""
+
+    hint: str = "check the audit inputs and parameters"
+
+    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def diagnostics(self) -> str:
+        """Return a human hint on how to fix the failure."""
+        return self.hint
+
+
+class AuditInputError(AuditError, ValueError):
+    """An input is missing, empty, of the wrong type or shape, or not finite."""
+
+    hint = "pass non-empty, finite float arrays [n, C, H, W] of one shape for every dataset"
+
+
+class AuditParameterError(AuditError, ValueError):
+    """A parameter is unknown or out of range."""
+
+    hint = "see the method's `defaults()` for accepted parameters and ranges"
+
+
+class QueryError(AuditError):
+    """A query function (local or remote suspect) returned something unusable."""
+
+    hint = "the suspect must return one finite row per input, of a fixed width"
+
+
+class QueryBudgetExceeded(QueryError):
+    """The audit would spend more queries than the endpoint's budget allows."""
+
+    hint = "raise the endpoint's query_budget or lower the audit's rounds / sample sizes"
+
+
+class RemoteEndpointError(QueryError):
+    """A remote suspect endpoint failed: unreachable, HTTP error, or junk answer."""
+
+    hint = "check that the URL answers POST {'inputs': [...]} with JSON {'outputs': [...]}"
+
+
+class RemoteTimeoutError(RemoteEndpointError):
+    """A remote suspect endpoint did not answer within the timeout after all retries."""
+
+    hint = "raise timeout_s, lower max_batch, or check the endpoint's health"
+
+
+class WatermarkKeyError(AuditError, ValueError):
+    """The watermark key is missing or too short."""
+
+    hint = "use the 32-byte key the appliance generated and sealed when marking the dataset"
+
+
+__all__ = [
+    "AuditError",
+    "AuditInputError",
+    "AuditParameterError",
+    "QueryBudgetExceeded",
+    "QueryError",
+    "RemoteEndpointError",
+    "RemoteTimeoutError",
+    "WatermarkKeyError",
+]

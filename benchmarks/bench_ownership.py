@@ -1,0 +1,296 @@
+"""Benchmark of the ownership audits on independently trained small models (digits).
+
+    python benchmarks/bench_ownership.py [--quick] [--workers 2]
+
+Prints one table per method: true-positive rate over independently trained positives,
+false-positive rate over negatives (other data, other seeds, other architectures), the
+rate of p < alpha over null suspect/shadow pairs (both independent of D_pub) for the
+reference and the calibrated test, audit wall time over the bare forward time of the same
+queries (measured in the same run), and queries per verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ALPHA = 0.05
+N_PUB = 128
+KEY = bytes(range(100, 132))
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "encoder" | "classifier"
+    arch: str
+    data: str  # "public" | "alt" | "marked" | "clean_label" | "half"
+    seed: int
+
+
+def _train(job: Job) -> tuple[Job, dict[str, np.ndarray], float]:
+    import torch
+
+    torch.set_num_threads(1)
+    from models.architectures import SmallCNN
+    from models.vision import (
+        ENCODERS,
+        ConvClassifier,
+        build_model,
+        digits_splits,
+        train_classifier,
+        train_contrastive,
+    )
+
+    s = digits_splits(seed=0)
+    t0 = time.perf_counter()
+    if job.kind == "encoder":
+        pub = s.public[0][:N_PUB]
+        alt = s.alternative[0]
+        if job.data == "public":
+            data = pub
+        else:
+            idx = np.random.default_rng(job.seed).choice(len(alt), N_PUB, replace=False)
+            data = alt[idx]
+        model = build_model(ENCODERS[job.arch], seed=job.seed, width=16)
+        objective = "simsiam" if job.arch.endswith("simsiam") else "simclr"
+        train_contrastive(model, data, objective=objective, seed=job.seed, epochs=400, batch_size=N_PUB)
+    else:
+        from appliance.audits.watermark import mark_dataset
+
+        x, y = s.alternative if job.data == "alt" else s.public
+        if job.data == "marked":
+            marked = mark_dataset(x, y, KEY, fraction=0.05, target_class=0)
+            x, y = marked.x, marked.y
+        if job.arch == "small_cnn":
+            model = build_model(SmallCNN, seed=job.seed, in_channels=1, image_size=16, num_classes=10)
+        else:
+            model = build_model(ConvClassifier, seed=job.seed, width=16)
+        train_classifier(model, x, y, seed=job.seed, epochs=40)
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return job, state, time.perf_counter() - t0
+
+
+def _load(job: Job, state: dict[str, np.ndarray]) -> Any:
+    import torch
+
+    from models.architectures import SmallCNN
+    from models.vision import ENCODERS, ConvClassifier, build_model
+
+    if job.kind == "encoder":
+        model = build_model(ENCODERS[job.arch], seed=0, width=16)
+    elif job.arch == "small_cnn":
+        model = build_model(SmallCNN, seed=0, in_channels=1, image_size=16, num_classes=10)
+    else:
+        model = build_model(ConvClassifier, seed=0, width=16)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return model.eval()
+
+
+CACHE = os.environ.get("BENCH_OWNERSHIP_CACHE", "/tmp/bench_ownership_cache")
+
+
+def _cache_path(job: Job) -> str:
+    return os.path.join(CACHE, f"{job.kind}-{job.arch}-{job.data}-{job.seed}.npz")
+
+
+def _train_all(jobs: list[Job], workers: int) -> dict[Job, Any]:
+    """Train (or load from the cache folder, weights only, no pickle) every model."""
+    t0 = time.perf_counter()
+    out: dict[Job, Any] = {}
+    os.makedirs(CACHE, exist_ok=True)
+    todo = []
+    for job in jobs:
+        if os.path.exists(_cache_path(job)):
+            with np.load(_cache_path(job), allow_pickle=False) as f:
+                out[job] = _load(job, {k: f[k] for k in f.files})
+        else:
+            todo.append(job)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for job, state, _ in pool.map(_train, todo):
+            np.savez(_cache_path(job), **state)
+            out[job] = _load(job, state)
+    print(
+        f"  trained {len(todo)} models ({len(jobs) - len(todo)} cached) in {time.perf_counter() - t0:.0f} s", flush=True
+    )
+    return out
+
+
+def _rate(flags: list[bool]) -> str:
+    return f"{np.mean(flags) * 100:5.1f}% ({sum(flags)}/{len(flags)})"
+
+
+def _row(name: str, value: str, goal: str) -> None:
+    print(f"| {name:<52} | {value:>22} | {goal:>8} |")
+
+
+def _header(title: str) -> None:
+    print(f"\n### {title}\n")
+    print(f"| {'figure':<52} | {'measured':>22} | {'goal':>8} |")
+    print(f"|{'-' * 54}|{'-' * 24}|{'-' * 10}|")
+
+
+def bench_dov4cl(quick: bool, workers: int) -> None:
+    import torch
+
+    from appliance.audits.dov4cl import DOV4CLInputs
+    from appliance.audits.registry import create_method
+    from models.vision import digits_splits, embed_fn
+
+    torch.set_num_threads(1)
+    n_pos = 10
+    n_shadows = 3
+    n_null = 13 if quick else 16  # null models: 3 shadows + >= 10 negatives
+    rounds = 50
+    pos_jobs = [Job("encoder", "conv_encoder", "public", 1000 + i) for i in range(n_pos)]
+    null_jobs = [
+        Job("encoder", "pool_encoder" if i % 4 == 3 else "conv_encoder", "alt", 2000 + i) for i in range(n_null)
+    ]
+    print(f"DOV4CL: training {n_pos} positives and {n_null} null encoders ...", flush=True)
+    models = _train_all(pos_jobs + null_jobs, workers)
+    s = digits_splits(seed=0)
+    public, private = s.public[0][:N_PUB], s.private[0]
+    method = create_method("dov4cl")
+    shadows = [models[j] for j in null_jobs[:n_shadows]]
+
+    ratios: list[float] = []
+    queries: list[int] = []
+
+    def audit(suspect: Any, shadow_models: list[Any], seed: int) -> dict[str, Any]:
+        inputs = DOV4CLInputs(
+            public=public,
+            private=private,
+            suspect=embed_fn(suspect),
+            shadow=[embed_fn(m) for m in shadow_models],
+        )
+        res = method.run(inputs, params={"rounds": rounds}, seed=seed)
+        # Bare forward time of exactly the same queries, same batching, same run.
+        p = method.resolve_params({"rounds": rounds})
+        _, views, _ = method.build_queries(public, private, p, seed)
+        flat = views.reshape(-1, *views.shape[3:])
+        t0 = time.perf_counter()
+        for fn in [embed_fn(suspect)] + [embed_fn(m) for m in shadow_models]:
+            for start in range(0, len(flat), p["max_batch"]):
+                fn(flat[start : start + p["max_batch"]])
+        bare = time.perf_counter() - t0
+        ratios.append(res.timings["total_s"] / bare)
+        queries.append(res.queries)
+        return {"cal": res.statistics["calibrated_p"], "ref": res.statistics["reference_p"]}
+
+    pos = [audit(models[j], shadows, seed=i) for i, j in enumerate(pos_jobs)]
+    neg = [audit(models[j], shadows, seed=100 + i) for i, j in enumerate(null_jobs[n_shadows:])]
+    # Null pairs: each null encoder as suspect against 3 other null encoders as shadows.
+    pairs = [(a, [(a + d + o) % n_null for o in range(n_shadows)]) for d in (1, 1 + n_shadows) for a in range(n_null)]
+    null = [
+        audit(models[null_jobs[a]], [models[null_jobs[b]] for b in bs], seed=200 + i) for i, (a, bs) in enumerate(pairs)
+    ]
+    _header(f"DOV4CL (method dov4cl, SimCLR-style conv encoders, |D_pub| = 128, K = 50, {n_shadows} shadows)")
+    _row("TPR, calibrated (permutation) test", _rate([r["cal"] < ALPHA for r in pos]), ">= 95%")
+    _row("TPR, reference (pooled unpaired t) test", _rate([r["ref"] < ALPHA for r in pos]), ">= 95%")
+    _row("FPR, calibrated test (negatives vs fixed shadows)", _rate([r["cal"] < ALPHA for r in neg]), "<= 5%")
+    _row("FPR, reference test", _rate([r["ref"] < ALPHA for r in neg]), "<= 5%")
+    _row(f"null p<.05, calibrated ({len(null)} null sets)", _rate([r["cal"] < ALPHA for r in null]), "<= 7%")
+    _row(f"null p<.05, reference ({len(null)} null sets)", _rate([r["ref"] < ALPHA for r in null]), "<= 7%")
+    _row("audit wall / bare forward (median, max)", f"{np.median(ratios):.2f}x, {np.max(ratios):.2f}x", "<= 1.3x")
+    _row("suspect queries per verdict", f"{int(np.median(queries))}", "report")
+    print(
+        f"\n(negatives: {n_null - n_shadows} encoders on alternative-data subsets, other seeds; every "
+        f"4th null encoder is the other architecture pool_encoder; null sets: each of the {n_null} "
+        f"null encoders as suspect against 3 other null encoders as shadows, twice)"
+    )
+
+
+def bench_watermark(quick: bool, workers: int) -> None:
+    import torch
+
+    from appliance.audits.registry import create_method
+    from appliance.audits.watermark import WatermarkInputs
+    from models.vision import accuracy, digits_splits, label_fn, proba_fn
+
+    torch.set_num_threads(1)
+    n = 10
+    archs = ["conv_classifier", "small_cnn"]
+    pos_jobs = [Job("classifier", "conv_classifier", "marked", 3000 + i) for i in range(n)]
+    clean_jobs = [Job("classifier", "conv_classifier", "public", 3000 + i) for i in range(n)]
+    alt_jobs = [Job("classifier", archs[i % 2], "alt", 4000 + i) for i in range(n)]
+    print(f"Watermark: training {3 * n} classifiers ...", flush=True)
+    models = _train_all(pos_jobs + clean_jobs + alt_jobs, workers)
+    s = digits_splits(seed=0)
+    x_val, y_val = s.private
+    method = create_method("watermark_dvbw")
+    results: dict[str, dict[str, list[float]]] = {}
+    ratios: list[float] = []
+    queries: list[int] = []
+    for mode in ("proba", "label"):
+        for group, jobs in (("pos", pos_jobs), ("clean", clean_jobs), ("alt", alt_jobs)):
+            for i, job in enumerate(jobs):
+                model = models[job]
+                fn = proba_fn(model) if mode == "proba" else label_fn(model)
+                inputs = WatermarkInputs(benign=x_val, benign_labels=y_val, suspect=fn, key=KEY, target_class=0)
+                res = method.run(inputs, params={"mode": mode}, seed=i)
+                results.setdefault(mode, {}).setdefault(group, []).append(res.p_value)
+                if mode == "proba":
+                    from appliance.audits.watermark import apply_trigger, make_trigger
+
+                    # Audits take milliseconds here: best of 5 for both sides of the ratio.
+                    audit_s = min(
+                        method.run(inputs, params={"mode": mode}, seed=i).timings["total_s"] for _ in range(5)
+                    )
+                    cand = np.flatnonzero(y_val != 0)
+                    rng = np.random.default_rng([i, 0xD7B3])
+                    chosen = np.sort(rng.choice(cand, 100, replace=False))
+                    xb = x_val[chosen]
+                    pattern, mask = make_trigger(KEY, xb.shape[1:])
+                    queries_x = np.concatenate([xb, apply_trigger(xb, pattern, mask)])
+                    bare = np.inf
+                    for _ in range(5):
+                        t0 = time.perf_counter()
+                        fn(queries_x)
+                        bare = min(bare, time.perf_counter() - t0)
+                    ratios.append(audit_s / bare)
+                    queries.append(res.queries)
+    acc_cost = [
+        (accuracy(models[c], x_val, y_val) - accuracy(models[p], x_val, y_val)) * 100
+        for c, p in zip(clean_jobs, pos_jobs, strict=True)
+    ]
+    _header("Watermark (method watermark_dvbw, dirty-label, 5% marked, m = 100, tau = 0.2)")
+    for mode in ("proba", "label"):
+        r = results[mode]
+        _row(f"TPR ({mode} mode)", _rate([p < ALPHA for p in r["pos"]]), ">= 95%")
+        _row(
+            f"FPR ({mode}; clean public + alt-data models)", _rate([p < ALPHA for p in r["clean"] + r["alt"]]), "<= 5%"
+        )
+    _row("clean accuracy cost, points (mean, max)", f"{np.mean(acc_cost):+.2f}, {np.max(acc_cost):+.2f}", "<= 1")
+    _row("audit wall / bare forward (median, max)", f"{np.median(ratios):.2f}x, {np.max(ratios):.2f}x", "<= 1.3x")
+    _row("suspect queries per verdict", f"{int(np.median(queries))}", "report")
+    print(
+        "\n(null calibration: the 20 clean/alt models are the null models of this test; "
+        "positives and their clean twins (same seed) are conv_classifier;\n the alt-data "
+        "models alternate conv_classifier / small_cnn)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer null encoders")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["dov4cl", "watermark"], default=None)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    if args.only in (None, "watermark"):
+        bench_watermark(args.quick, args.workers)
+    if args.only in (None, "dov4cl"):
+        bench_dov4cl(args.quick, args.workers)
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

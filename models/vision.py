@@ -1,0 +1,373 @@
+"""Tiny vision models and seeded training loops for the ownership audits' reference runs.
+
+Encoders (task ``encoder``) map ``[n, C, H, W]`` images to embeddings; classifiers (task
+``classifier``) map them to logits. All are registered with
+:func:`models.architectures.register_architecture` on import, so safetensors weights of
+them can be loaded by name::
+
+    enc = create_architecture("conv_encoder", {"in_channels": 1, "image_size": 16})
+    train_contrastive(enc, x_public, objective="simclr", seed=0, epochs=40)
+
+Training is deterministic for a seed on one machine (one thread, fixed generators).
+:func:`digits_splits` gives scikit-learn's digits upsampled to 16x16 and split into
+public / private / alternative parts, the data the tests and benchmarks use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.architectures import register_architecture
+from models.augment import ViewSpec, augment
+
+
+def _positive_int(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+class ConvEncoder(nn.Module):
+    """Three conv-BN-ReLU stages (the last two strided), global average pool, linear map."""
+
+    def __init__(self, *, in_channels: int = 1, image_size: int = 16, width: int = 32, embed_dim: int = 64) -> None:
+        super().__init__()
+        c = _positive_int(in_channels, "in_channels")
+        _positive_int(image_size, "image_size")
+        w = _positive_int(width, "width")
+        d = _positive_int(embed_dim, "embed_dim")
+        self.in_channels, self.image_size, self.embed_dim = c, image_size, d
+        self.features = nn.Sequential(
+            nn.Conv2d(c, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.out = nn.Linear(2 * w, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.reshape(x.shape[0], self.in_channels, self.image_size, self.image_size)
+        return self.out(self.features(x))
+
+
+class PoolEncoder(nn.Module):
+    """A different family: 5x5 conv-GELU-maxpool stages with GroupNorm, then an MLP."""
+
+    def __init__(self, *, in_channels: int = 1, image_size: int = 16, width: int = 24, embed_dim: int = 64) -> None:
+        super().__init__()
+        c = _positive_int(in_channels, "in_channels")
+        size = _positive_int(image_size, "image_size")
+        w = _positive_int(width, "width")
+        d = _positive_int(embed_dim, "embed_dim")
+        if size % 4 != 0:
+            raise ValueError(f"image_size must be a multiple of 4, got {size}")
+        self.in_channels, self.image_size, self.embed_dim = c, size, d
+        self.features = nn.Sequential(
+            nn.Conv2d(c, w, 5, padding=2),
+            nn.GroupNorm(4, w),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 5, padding=2),
+            nn.GroupNorm(4, 2 * w),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.out = nn.Sequential(nn.Linear(2 * w * (size // 4) ** 2, 128), nn.GELU(), nn.Linear(128, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.reshape(x.shape[0], self.in_channels, self.image_size, self.image_size)
+        return self.out(self.features(x))
+
+
+class ConvClassifier(nn.Module):
+    """A :class:`ConvEncoder` backbone with a linear classification head (logits)."""
+
+    def __init__(self, *, in_channels: int = 1, image_size: int = 16, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        k = _positive_int(num_classes, "num_classes")
+        self.backbone = ConvEncoder(in_channels=in_channels, image_size=image_size, width=width, embed_dim=64)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(64, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _conv_encoder(*, in_channels: int = 1, image_size: int = 16, width: int = 32, embed_dim: int = 64) -> nn.Module:
+    return ConvEncoder(in_channels=in_channels, image_size=image_size, width=width, embed_dim=embed_dim)
+
+
+def _pool_encoder(*, in_channels: int = 1, image_size: int = 16, width: int = 24, embed_dim: int = 64) -> nn.Module:
+    return PoolEncoder(in_channels=in_channels, image_size=image_size, width=width, embed_dim=embed_dim)
+
+
+def _conv_classifier(
+    *, in_channels: int = 1, image_size: int = 16, num_classes: int = 10, width: int = 32
+) -> nn.Module:
+    return ConvClassifier(in_channels=in_channels, image_size=image_size, num_classes=num_classes, width=width)
+
+
+register_architecture("conv_encoder", _conv_encoder, task="encoder")
+register_architecture("pool_encoder", _pool_encoder, task="encoder")
+register_architecture("conv_classifier", _conv_classifier, task="classifier")
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "conv_encoder": _conv_encoder,
+    "pool_encoder": _pool_encoder,
+}
+
+
+def build_model(factory: Callable[..., nn.Module], *, seed: int, **config: object) -> nn.Module:
+    """Build ``factory(**config)`` with weights initialised from ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return factory(**config)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DigitsSplits:
+    """Digits images ``[n, 1, S, S]`` in ``[0, 1]`` with labels, in three disjoint parts."""
+
+    public: tuple[np.ndarray, np.ndarray]
+    private: tuple[np.ndarray, np.ndarray]
+    alternative: tuple[np.ndarray, np.ndarray]
+
+
+def load_digits_images(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as float32 ``[n, 1, size, size]`` in [0, 1], int64 labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).numpy(), bunch.target.astype(np.int64)
+
+
+def digits_splits(*, seed: int = 0, size: int = 16, fractions: tuple[float, float] = (0.4, 0.2)) -> DigitsSplits:
+    """Shuffle digits with ``seed`` and cut them into public / private / alternative parts.
+
+    ``fractions`` are the public and private shares; the alternative part is the rest.
+    """
+    x, y = load_digits_images(size)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_pub = int(round(fractions[0] * len(x)))
+    n_pvt = int(round(fractions[1] * len(x)))
+    parts = np.split(order, [n_pub, n_pub + n_pvt])
+    pub, pvt, alt = ((x[p], y[p]) for p in parts)
+    return DigitsSplits(public=pub, private=pvt, alternative=alt)
+
+
+# ----------------------------------------------------------------------- training
+
+#: Training crops span both audit scales (global and local), as in multi-crop SSL recipes.
+TRAIN_VIEW = ViewSpec(scale=(0.2, 1.0))
+
+
+def _mlp_head(in_dim: int, hidden: int, out_dim: int, *, last_bn: bool) -> nn.Module:
+    layers: list[nn.Module] = [
+        nn.Linear(in_dim, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out_dim),
+    ]
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(logits, targets)
+
+
+def _embed_dim(encoder: nn.Module, images: torch.Tensor) -> int:
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        dim = int(encoder(images[:2]).shape[1])
+    encoder.train(was_training)
+    return dim
+
+
+def train_contrastive(
+    encoder: nn.Module,
+    images: np.ndarray,
+    *,
+    objective: Literal["simclr", "simsiam"] = "simclr",
+    seed: int,
+    epochs: int = 40,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    temperature: float = 0.2,
+    view: ViewSpec = TRAIN_VIEW,
+    projection_head: bool = False,
+) -> nn.Module:
+    """Train ``encoder`` self-supervised on ``images`` ``[n, C, H, W]``; return it in eval mode.
+
+    ``simclr``: NT-Xent over two augmented views with a projection head.
+    ``simsiam``: negative cosine between a predictor output and the stop-gradient projection
+    of the other view (SimSiam/BYOL-style, no negatives). Deterministic for ``seed``.
+    With ``projection_head=False`` (default) the loss sees the encoder's own output, so the
+    released embedding is the trained one (the small-model analogue of releasing the
+    projection output); ``True`` adds a discarded MLP projector as in SimCLR.
+    """
+    if images.ndim != 4 or len(images) < 2:
+        raise ValueError(f"images must be [n>=2, C, H, W], got shape {images.shape}")
+    data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    gen = torch.Generator().manual_seed(int(seed))
+    dim = _embed_dim(encoder, data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) + 1)
+        projector: nn.Module = (
+            _mlp_head(dim, 128, 64, last_bn=objective == "simsiam") if projection_head else nn.Identity()
+        )
+        out_dim = 64 if projection_head else dim
+        predictor = _mlp_head(out_dim, 32, out_dim, last_bn=False) if objective == "simsiam" else None
+    params = list(encoder.parameters()) + list(projector.parameters())
+    if predictor is not None:
+        params += list(predictor.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
+    encoder.train()
+    projector.train()
+    if predictor is not None:
+        predictor.train()
+    n = len(data)
+    bs = min(batch_size, n)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n - bs + 1, bs):
+            batch = data[order[start : start + bs]]
+            v1 = augment(batch, view, generator=gen)
+            v2 = augment(batch, view, generator=gen)
+            p1, p2 = projector(encoder(v1)), projector(encoder(v2))
+            if predictor is None:
+                loss = _nt_xent(p1, p2, temperature)
+            else:
+                q1, q2 = predictor(p1), predictor(p2)
+                loss = -0.5 * (
+                    F.cosine_similarity(q1, p2.detach()).mean() + F.cosine_similarity(q2, p1.detach()).mean()
+                )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return encoder.eval()
+
+
+def train_classifier(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+) -> nn.Module:
+    """Supervised cross-entropy training (Adam, cosine learning-rate decay), seeded shuffling.
+
+    Returns ``model`` in eval mode."""
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"need x [n, C, H, W] and y [n] with n > 0, got {x.shape}, {y.shape}")
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(data)
+    # Cosine decay to zero: the final weights do not depend on where Adam's last steps land.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-n // batch_size))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = F.cross_entropy(model(data[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def embed_fn(model: nn.Module, *, batch_size: int = 4096) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap an eval-mode module as a black-box ``embed(x) -> np.ndarray`` query function."""
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(t), batch_size):
+                outs.append(model(t[start : start + batch_size]))
+        return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+    return embed
+
+
+def proba_fn(model: nn.Module, *, batch_size: int = 4096) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a classifier as a black-box ``predict(x) -> probabilities`` query function."""
+    logits = embed_fn(model, batch_size=batch_size)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        z = torch.from_numpy(logits(x))
+        return torch.softmax(z, dim=1).numpy()
+
+    return predict
+
+
+def label_fn(model: nn.Module, *, batch_size: int = 4096) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a classifier as a black-box ``label(x) -> int labels`` query function."""
+    logits = embed_fn(model, batch_size=batch_size)
+
+    def label(x: np.ndarray) -> np.ndarray:
+        return np.asarray(logits(x)).argmax(axis=1).astype(np.int64)
+
+    return label
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of a classifier on ``(x, y)``."""
+    return float((label_fn(model)(x) == np.asarray(y)).mean())
+
+
+__all__ = [
+    "ENCODERS",
+    "TRAIN_VIEW",
+    "ConvClassifier",
+    "ConvEncoder",
+    "DigitsSplits",
+    "PoolEncoder",
+    "accuracy",
+    "build_model",
+    "digits_splits",
+    "embed_fn",
+    "label_fn",
+    "load_digits_images",
+    "proba_fn",
+    "train_classifier",
+    "train_contrastive",
+]

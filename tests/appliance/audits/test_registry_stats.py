@@ -1,0 +1,205 @@
+"""Registry, statistical tests and input validation of the audit methods (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from appliance.audits.dov4cl import DOV4CLInputs, round_relations
+from appliance.audits.errors import (
+    AuditInputError,
+    AuditParameterError,
+    QueryBudgetExceeded,
+    QueryError,
+    WatermarkKeyError,
+)
+from appliance.audits.registry import (
+    AuditMethod,
+    AuditResult,
+    create_method,
+    list_methods,
+    register_method,
+)
+from appliance.audits.stats import (
+    binomial_greater,
+    paired_margin_greater,
+    permutation_mean_diff,
+    welch_greater,
+)
+from appliance.audits.watermark import (
+    WatermarkInputs,
+    apply_trigger,
+    make_trigger,
+    mark_dataset,
+)
+
+
+def test_registry_lists_and_creates_methods():
+    assert {"dov4cl", "watermark_dvbw"} <= set(list_methods())
+    assert create_method("dov4cl").name == "dov4cl"
+    with pytest.raises(ValueError, match="known methods: .*dov4cl"):
+        create_method("nope")
+
+
+def test_register_rejects_conflicts_and_non_methods():
+    class Dummy(AuditMethod):
+        name = "dummy_test"
+
+        @classmethod
+        def defaults(cls):
+            return {"a": 1}
+
+        def run(self, inputs, *, params=None, seed, progress=None, log=None):
+            p = self.resolve_params(params)
+            return AuditResult(
+                method=self.name,
+                version="0",
+                statistics={},
+                p_value=1.0,
+                verdict="not_detected",
+                alpha=0.05,
+                queries=0,
+                parameters=p,
+            )
+
+    register_method("dummy_test", Dummy)
+    register_method("dummy_test", Dummy)
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("dummy_test", type("Other", (Dummy,), {}))
+    with pytest.raises(TypeError):
+        register_method("x", int)  # type: ignore[arg-type]
+    with pytest.raises(AuditParameterError, match="unknown parameter 'b'"):
+        create_method("dummy_test").run(None, params={"b": 2}, seed=0)
+
+
+def test_permutation_test_is_calibrated_and_powerful():
+    rng = np.random.default_rng(0)
+    groups = np.arange(60) < 30
+    null_p = [permutation_mean_diff(rng.normal(size=60), groups, permutations=400, rng=rng)[1] for _ in range(200)]
+    rate = np.mean(np.array(null_p) < 0.05)
+    assert rate <= 0.09
+    shifted = rng.normal(size=60) + groups * 1.0
+    assert permutation_mean_diff(shifted, groups, permutations=400, rng=rng)[1] < 0.01
+
+
+def test_parametric_tests_directions():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(1, 1, 50), rng.normal(0, 1, 50)
+    assert welch_greater(a, b)[1] < 0.01 and welch_greater(b, a)[1] > 0.5
+    base = rng.uniform(0, 0.1, 40)
+    assert paired_margin_greater(base + 0.6, base, margin=0.2)[1] < 1e-6
+    assert paired_margin_greater(base + 0.1, base, margin=0.2)[1] == 1.0
+    assert binomial_greater(90, 100, 0.3) < 1e-10
+    assert binomial_greater(25, 100, 0.3) > 0.5
+
+
+def test_round_relations_detects_stable_views():
+    rng = np.random.default_rng(2)
+    k, views, dim = 8, 5, 16
+    base = rng.normal(size=(2 * k, 1, dim))
+    noise = rng.normal(size=(2 * k, views, dim))
+    scale = np.r_[np.full(k, 0.1), np.full(k, 1.0)][:, None, None]
+    unary, binary, gaps = round_relations(base + scale * noise, k=k, n_global=2)
+    for kind in ("gg", "ll", "gl"):
+        assert unary[kind][:k].mean() > unary[kind][k:].mean()
+        assert binary[kind][:k].mean() < binary[kind][k:].mean()
+        assert gaps[kind][0] > 0 and gaps[kind][1] > 0
+
+
+def _embed(x):
+    flat = x.reshape(len(x), -1)
+    return np.stack([flat.mean(1), flat.std(1), flat[:, 0]], axis=1)
+
+
+def _images(n, seed=0, shape=(1, 8, 8)):
+    return np.random.default_rng(seed).uniform(0, 1, (n, *shape)).astype(np.float32)
+
+
+def test_dov4cl_bad_inputs_raise_named_errors():
+    method = create_method("dov4cl")
+    ok = dict(public=_images(40), private=_images(40, 1), suspect=_embed, shadow=_embed)
+    with pytest.raises(AuditInputError, match="same"):
+        method.run(DOV4CLInputs(**{**ok, "private": _images(40, 1, (1, 6, 6))}), seed=0)
+    with pytest.raises(AuditInputError, match="0 samples"):
+        method.run(DOV4CLInputs(**{**ok, "public": _images(0)}), seed=0)
+    with pytest.raises(AuditInputError, match="NaN"):
+        bad = _images(40)
+        bad[0, 0, 0, 0] = np.nan
+        method.run(DOV4CLInputs(**{**ok, "public": bad}), seed=0)
+    with pytest.raises(AuditInputError, match="k=32"):
+        method.run(DOV4CLInputs(**{**ok, "public": _images(10)}), seed=0)
+    with pytest.raises(AuditParameterError):
+        method.run(DOV4CLInputs(**ok), params={"rounds": 0}, seed=0)
+    with pytest.raises(QueryBudgetExceeded, match="budget"):
+        method.run(DOV4CLInputs(**ok, query_budget=100), params={"rounds": 2}, seed=0)
+    with pytest.raises(QueryError, match="shape"):
+        junk = DOV4CLInputs(**{**ok, "suspect": lambda x: np.zeros((len(x) - 1, 3))})
+        method.run(junk, params={"rounds": 2}, seed=0)
+    with pytest.raises(QueryError, match="NaN"):
+        junk = DOV4CLInputs(**{**ok, "suspect": lambda x: np.full((len(x), 3), np.nan)})
+        method.run(junk, params={"rounds": 2}, seed=0)
+
+
+def test_dov4cl_runs_on_synthetic_embeddings():
+    inputs = DOV4CLInputs(public=_images(40), private=_images(40, 1), suspect=_embed, shadow=_embed)
+    progress: list[float] = []
+    result = create_method("dov4cl").run(
+        inputs,
+        params={"rounds": 3, "k": 8, "permutations": 200},
+        seed=0,
+        progress=progress.append,
+    )
+    assert result.queries == 3 * 16 * 8
+    assert progress[-1] == 1.0
+    # The suspect is the shadow: identical scores give a zero statistic, p = 1.
+    assert result.statistics["calibrated_statistic"] == pytest.approx(0.0, abs=1e-12)
+    assert result.verdict == "not_detected"
+    assert result.to_dict()["parameters"]["seed"] == 0
+
+
+def test_trigger_is_keyed_faint_and_deterministic():
+    p1, m1 = make_trigger(b"a" * 32, (1, 16, 16), strength=0.1)
+    p2, _ = make_trigger(b"a" * 32, (1, 16, 16), strength=0.1)
+    p3, _ = make_trigger(b"b" * 32, (1, 16, 16), strength=0.1)
+    assert np.array_equal(p1, p2) and not np.array_equal(p1, p3)
+    x = _images(4, shape=(1, 16, 16))
+    assert np.abs(apply_trigger(x, p1, m1) - x).max() <= 0.1 + 1e-6
+    with pytest.raises(WatermarkKeyError):
+        make_trigger(b"short", (1, 4, 4))
+
+
+def test_mark_dataset_variants():
+    x = _images(100, shape=(1, 8, 8))
+    y = np.arange(100) % 10
+    dirty = mark_dataset(x, y, b"k" * 32, fraction=0.1, target_class=3)
+    assert len(dirty.indices) == 10 and (y[dirty.indices] != 3).all()
+    assert (dirty.y[dirty.indices] == 3).all()
+    assert np.array_equal(np.delete(dirty.x, dirty.indices, 0), np.delete(x, dirty.indices, 0))
+    clean = mark_dataset(x, y, b"k" * 32, fraction=0.05, target_class=3, clean_label=True)
+    assert (y[clean.indices] == 3).all() and np.array_equal(clean.y, y)
+    with pytest.raises(AuditInputError):
+        mark_dataset(x, y[:-1], b"k" * 32)
+    with pytest.raises(AuditInputError):
+        mark_dataset(x[:0], y[:0], b"k" * 32)
+
+
+def test_watermark_bad_inputs():
+    method = create_method("watermark_dvbw")
+    x = _images(300, shape=(1, 8, 8))
+    y = np.arange(300) % 10
+
+    def uniform(batch):
+        return np.full((len(batch), 10), 0.1)
+
+    ok = dict(benign=x, benign_labels=y, suspect=uniform, key=b"k" * 32, target_class=0)
+    assert method.run(WatermarkInputs(**ok), seed=0).verdict == "not_detected"
+    with pytest.raises(AuditInputError, match="benign_labels"):
+        method.run(WatermarkInputs(**{**ok, "benign_labels": y[:5]}), seed=0)
+    with pytest.raises(AuditInputError, match="m=100"):
+        method.run(WatermarkInputs(**{**ok, "benign": x[:50], "benign_labels": y[:50]}), seed=0)
+    with pytest.raises(QueryError, match="sum to 1"):
+        method.run(WatermarkInputs(**{**ok, "suspect": lambda b: np.ones((len(b), 10))}), seed=0)
+    with pytest.raises(QueryBudgetExceeded):
+        method.run(WatermarkInputs(**ok, query_budget=150), seed=0)
+    with pytest.raises(AuditParameterError):
+        method.run(WatermarkInputs(**ok), params={"mode": "logits"}, seed=0)

@@ -1,0 +1,90 @@
+"""Augmentations, vision architectures and seeded training loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.architectures import architecture_task, create_architecture, list_architectures
+from models.augment import GLOBAL_VIEW, LOCAL_VIEW, ViewSpec, augment, multi_view
+from models.vision import (
+    ENCODERS,
+    ConvClassifier,
+    accuracy,
+    build_model,
+    digits_splits,
+    embed_fn,
+    train_classifier,
+    train_contrastive,
+)
+
+
+def test_architectures_registered():
+    names = list_architectures()
+    assert names["conv_encoder"] == "encoder" and names["pool_encoder"] == "encoder"
+    assert architecture_task("conv_classifier") == "classifier"
+    enc = create_architecture("conv_encoder", {"in_channels": 1, "image_size": 16, "embed_dim": 24})
+    assert enc.eval()(torch.zeros(2, 1, 16, 16)).shape == (2, 24)
+    pool = create_architecture("pool_encoder", {"image_size": 16})
+    assert pool.eval()(torch.zeros(3, 256)).shape == (3, 64)
+
+
+def test_digits_splits_are_disjoint_and_scaled():
+    s = digits_splits(seed=0)
+    sizes = [len(s.public[0]), len(s.private[0]), len(s.alternative[0])]
+    assert sum(sizes) == 1797 and s.public[0].shape[1:] == (1, 16, 16)
+    assert 0.0 <= s.public[0].min() and s.public[0].max() <= 1.0
+    keys = [{a.tobytes() for a in part[0]} for part in (s.public, s.private, s.alternative)]
+    assert not (keys[0] & keys[1]) and len(keys[0] & keys[2]) < 5  # digits has few dups
+
+
+def test_augment_deterministic_shapes_and_range():
+    x = torch.rand(6, 1, 16, 16)
+    a = augment(x, GLOBAL_VIEW, generator=torch.Generator().manual_seed(1))
+    b = augment(x, GLOBAL_VIEW, generator=torch.Generator().manual_seed(1))
+    c = augment(x, GLOBAL_VIEW, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    digits = digits_splits(seed=0).public[0][:50]
+    views = multi_view(digits, n_global=2, n_local=3, seed=0)
+    assert views.shape == (50, 5, 1, 16, 16)
+    # Local crops zoom in more: they differ more from the image than global ones.
+    g_err = np.abs(views[:, :2] - digits[:, None]).mean()
+    l_err = np.abs(views[:, 2:] - digits[:, None]).mean()
+    assert l_err > g_err
+
+
+def test_identity_view_is_identity():
+    x = torch.rand(3, 1, 8, 8)
+    spec = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, brightness=0, contrast=0)
+    out = augment(x, spec, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x, atol=1e-5)
+    flip = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, brightness=0, contrast=0)
+    out = augment(x, flip, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x.flip(-1), atol=1e-5)
+    with pytest.raises(ValueError):
+        ViewSpec(scale=(0.0, 1.0))
+    assert LOCAL_VIEW.scale[1] < GLOBAL_VIEW.scale[1]
+
+
+def test_contrastive_training_is_seeded_and_learns():
+    torch.set_num_threads(1)
+    x = digits_splits(seed=0).public[0][:64]
+    encs = []
+    for objective in ("simclr", "simclr", "simsiam"):
+        enc = build_model(ENCODERS["conv_encoder"], seed=0, width=8)
+        encs.append(train_contrastive(enc, x, objective=objective, seed=3, epochs=3, batch_size=32))
+    e = [embed_fn(m)(x[:8]) for m in encs]
+    assert np.array_equal(e[0], e[1]) and not np.allclose(e[0], e[2])
+    assert np.isfinite(e[2]).all()
+
+
+def test_classifier_training_reaches_useful_accuracy():
+    torch.set_num_threads(1)
+    s = digits_splits(seed=0)
+    model = build_model(ConvClassifier, seed=0, width=16)
+    train_classifier(model, *s.public, seed=0, epochs=15)
+    assert accuracy(model, *s.private) > 0.85
+    with pytest.raises(ValueError):
+        train_classifier(model, s.public[0][:0], s.public[1][:0], seed=0)
