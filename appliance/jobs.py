@@ -102,22 +102,28 @@ def job_kinds() -> dict[str, JobKind]:
     return dict(_KINDS)
 
 
+_builtin_lock = threading.Lock()
 _builtin_loaded = False
 
 
 def load_builtin_kinds() -> None:
+    """Import the modules that register the built-in job kinds (once, thread-safe: worker
+    threads may ask for a kind at the same moment)."""
     global _builtin_loaded
     if _builtin_loaded:
         return
-    _builtin_loaded = True
-    from . import evaluation  # noqa: F401  (registers itself)
+    with _builtin_lock:
+        if _builtin_loaded:
+            return
+        from . import evaluation  # noqa: F401  (registers itself)
 
-    for optional in ("appliance.ownership_jobs", "appliance.refinement_jobs"):
-        try:
-            __import__(optional)
-        except ImportError as exc:
-            if exc.name != optional:
-                raise
+        for optional in ("appliance.ownership_jobs", "appliance.refinement_jobs"):
+            try:
+                __import__(optional)
+            except ImportError as exc:
+                if exc.name != optional:
+                    raise
+        _builtin_loaded = True
 
 
 # -- where workers read blobs ------------------------------------------------------------------

@@ -263,3 +263,32 @@ def test_queue_down_is_503_and_the_job_is_failed_not_lost(app: Any, client: Any,
     jobs = client.get("/v1/jobs", headers=auth(token_a)).get_json()["items"]
     assert len(jobs) == 1 and jobs[0]["state"] == "failed"
     assert "could not enqueue" in jobs[0]["error"] and "redis" not in jobs[0]["error"]
+
+
+def test_job_kinds_load_once_under_concurrent_first_use() -> None:
+    """Worker threads asking for a kind at the same moment in a fresh process all find it
+    (the built-in kinds used to be marked loaded before their modules were imported)."""
+    import subprocess
+    import sys
+
+    code = """
+import threading
+from appliance.jobs import get_job_kind
+barrier = threading.Barrier(8)
+errors = []
+def ask():
+    barrier.wait()
+    try:
+        get_job_kind("evaluation")
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("ERRORS", errors)
+assert not errors, errors
+"""
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
