@@ -37,7 +37,7 @@ from .errors import (
     ValidationFailed,
 )
 from .identity import identity_for
-from .reports import build_report, new_report_id, publish_report
+from .reports import build_report, new_report_id, publish_report, sign_and_log
 from .store import Store, dumps, loads, new_id, utcnow
 
 logger = logging.getLogger("appliance.jobs")
@@ -285,6 +285,14 @@ def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[s
         extra=outcome.extra,
     )
     identity = identity_for(settings)
+    before = store.conn.execute("SELECT state, worker, cancel_requested FROM jobs WHERE id=?",
+                                (job["id"],)).fetchone()
+    signed = None
+    if before is not None and before["state"] == "running" and before["worker"] == event["run"] \
+            and not before["cancel_requested"]:
+        # sign and log before taking the store's write lock; if a cancel lands in between,
+        # the log keeps a true but unpublished entry (as after a crash at this point)
+        signed = sign_and_log(identity, body)
     with store.transaction():
         current = store.conn.execute(
             "SELECT state, worker, cancel_requested FROM jobs WHERE id=?", (job["id"],)
@@ -299,7 +307,8 @@ def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[s
             store.add_job_log(job["id"], "cancelled before its report was published")
             return True
         report_id = publish_report(
-            store, identity, tenant_id=job["tenant_id"], job_id=job["id"], body=body
+            store, identity, tenant_id=job["tenant_id"], job_id=job["id"], body=body,
+            signed=signed,
         )
         store.conn.execute(
             "UPDATE jobs SET state='succeeded', progress=1, report_id=?, finished_at=? "
@@ -542,12 +551,13 @@ def submit_job(store: Store, principal: Principal, kind_name: str, raw_params: A
     inputs = kind.resolve(store, principal, params)
     job_id = new_id("job")
     params_json = params.model_dump(mode="json")
-    store.conn.execute(
-        "INSERT INTO jobs (id, tenant_id, kind, params, inputs, state, created_at) "
-        "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-        (job_id, principal.tenant_id, kind_name, dumps(params_json), dumps(inputs), utcnow()),
-    )
-    store.add_job_log(job_id, f"queued ({kind_name})")
+    with store.transaction():
+        store.conn.execute(
+            "INSERT INTO jobs (id, tenant_id, kind, params, inputs, state, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
+            (job_id, principal.tenant_id, kind_name, dumps(params_json), dumps(inputs), utcnow()),
+        )
+        store.add_job_log(job_id, f"queued ({kind_name})")
     job = store.get_owned("jobs", principal.tenant_id, job_id, "job")
     try:
         enqueue(job_message(job))

@@ -65,13 +65,20 @@ def build_report(
     return body
 
 
+def sign_and_log(identity: Identity, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Sign a report as DSSE and append it to the transparency log: (envelope, log index).
+    Done outside the store's write transaction: the log has its own file and fsyncs."""
+    envelope = sign_envelope(canonical_json(body), REPORT_PAYLOAD_TYPE, identity.signing_key)
+    return envelope, identity.log.append(canonical_json(envelope))
+
+
 def publish_report(
-    store: Store, identity: Identity, *, tenant_id: str, job_id: str | None, body: dict[str, Any]
+    store: Store, identity: Identity, *, tenant_id: str, job_id: str | None, body: dict[str, Any],
+    signed: tuple[dict[str, Any], int] | None = None,
 ) -> str:
     """Sign, log and store a report; returns its id. The log append happens first so a stored
-    report always has an index."""
-    envelope = sign_envelope(canonical_json(body), REPORT_PAYLOAD_TYPE, identity.signing_key)
-    index = identity.log.append(canonical_json(envelope))
+    report always has an index (``signed`` passes one made earlier by :func:`sign_and_log`)."""
+    envelope, index = signed if signed is not None else sign_and_log(identity, body)
     verdict = body.get("verdict")
     store.conn.execute(
         "INSERT INTO reports (id, tenant_id, job_id, method, verdict, log_index, envelope, "
