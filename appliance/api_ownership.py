@@ -25,10 +25,14 @@ class WatermarkCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fraction: float = Field(default=0.05, gt=0, lt=1)
+    fraction: float = Field(default=0.01, gt=0, lt=1)
     target_class: int = Field(default=0, ge=0, le=100_000)
     clean_label: bool = False
     strength: float = Field(default=0.15, gt=0, le=1)
+    decoy_fraction: float = Field(
+        default=0.03, ge=0, lt=1,
+        description="share of unmarked images given other keyed noise with their labels kept, "
+        "so that only this key's trigger points to the target class")
     name: str | None = Field(default=None, min_length=1, max_length=128)
 
 
@@ -81,7 +85,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
         try:
             marked = mark_dataset(data.x, data.y, key, fraction=body.fraction,
                                   target_class=body.target_class, clean_label=body.clean_label,
-                                  strength=body.strength)
+                                  strength=body.strength, decoy_fraction=body.decoy_fraction)
         except AuditError as exc:
             raise UnprocessableInput(str(exc)) from None
         buf = io.BytesIO()
@@ -93,7 +97,8 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
         sealed = seal_secret(current_app.config["APPLIANCE_SETTINGS"], key,
                              context=_seal_context(watermark_id, g.principal.tenant_id))
         params = {"fraction": body.fraction, "target_class": body.target_class,
-                  "clean_label": body.clean_label, "strength": body.strength}
+                  "clean_label": body.clean_label, "strength": body.strength,
+                  "decoy_fraction": body.decoy_fraction, "n_decoys": int(len(marked.decoy_indices))}
         store.conn.execute(
             "INSERT INTO watermarks (id, tenant_id, source_dataset_id, marked_dataset_id, "
             "sealed_key, params, n_marked, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -26,6 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALPHA = 0.05
 N_PUB = 128
 KEY = bytes(range(100, 132))
+#: Keys that did not mark the data (key-specificity check: positives must not fire on them).
+OTHER_KEYS = [bytes((7 * b + j) % 256 for b in range(32)) for j in (1, 2, 3)]
+#: Marking recipe of the positives (the library defaults); part of the cache name.
+MARK_FRACTION, MARK_DECOYS = 0.01, 0.03
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def _train(job: Job) -> tuple[Job, dict[str, np.ndarray], float]:
 
         x, y = s.alternative if job.data == "alt" else s.public
         if job.data == "marked":
-            marked = mark_dataset(x, y, KEY, fraction=0.05, target_class=0)
+            marked = mark_dataset(x, y, KEY, fraction=MARK_FRACTION, decoy_fraction=MARK_DECOYS, target_class=0)
             x, y = marked.x, marked.y
         if job.arch == "small_cnn":
             model = build_model(SmallCNN, seed=job.seed, in_channels=1, image_size=16, num_classes=10)
@@ -99,7 +103,8 @@ CACHE = os.environ.get("BENCH_OWNERSHIP_CACHE", "/tmp/bench_ownership_cache")
 
 
 def _cache_path(job: Job) -> str:
-    return os.path.join(CACHE, f"{job.kind}-{job.arch}-{job.data}-{job.seed}.npz")
+    data = f"{job.data}-f{MARK_FRACTION}-d{MARK_DECOYS}" if job.data == "marked" else job.data
+    return os.path.join(CACHE, f"{job.kind}-{job.arch}-{data}-{job.seed}.npz")
 
 
 def _train_all(jobs: list[Job], workers: int) -> dict[Job, Any]:
@@ -237,6 +242,13 @@ def bench_watermark(quick: bool, workers: int) -> None:
                 inputs = WatermarkInputs(benign=x_val, benign_labels=y_val, suspect=fn, key=KEY, target_class=0)
                 res = method.run(inputs, params={"mode": mode}, seed=i)
                 results.setdefault(mode, {}).setdefault(group, []).append(res.p_value)
+                if group == "pos":
+                    for other in OTHER_KEYS:
+                        wrong = WatermarkInputs(
+                            benign=x_val, benign_labels=y_val, suspect=fn, key=other, target_class=0
+                        )
+                        p_wrong = method.run(wrong, params={"mode": mode}, seed=i).p_value
+                        results[mode].setdefault("wrong_key", []).append(p_wrong)
                 if mode == "proba":
                     from appliance.audits.watermark import apply_trigger, make_trigger
 
@@ -261,20 +273,41 @@ def bench_watermark(quick: bool, workers: int) -> None:
         (accuracy(models[c], x_val, y_val) - accuracy(models[p], x_val, y_val)) * 100
         for c, p in zip(clean_jobs, pos_jobs, strict=True)
     ]
-    _header("Watermark (method watermark_dvbw, dirty-label, 5% marked, m = 100, tau = 0.2)")
+    # All held-out digits (private + alternative, used by neither twin): 3x finer resolution.
+    x_all = np.concatenate([x_val, s.alternative[0]])
+    y_all = np.concatenate([y_val, s.alternative[1]])
+    acc_cost_all = [
+        (accuracy(models[c], x_all, y_all) - accuracy(models[p], x_all, y_all)) * 100
+        for c, p in zip(clean_jobs, pos_jobs, strict=True)
+    ]
+    _header(
+        f"Watermark (method watermark_dvbw, dirty-label, {MARK_FRACTION:.0%} marked + "
+        f"{MARK_DECOYS:.0%} decoys, m = 100, tau = 0.2)"
+    )
     for mode in ("proba", "label"):
         r = results[mode]
         _row(f"TPR ({mode} mode)", _rate([p < ALPHA for p in r["pos"]]), ">= 95%")
         _row(
             f"FPR ({mode}; clean public + alt-data models)", _rate([p < ALPHA for p in r["clean"] + r["alt"]]), "<= 5%"
         )
-    _row("clean accuracy cost, points (mean, max)", f"{np.mean(acc_cost):+.2f}, {np.max(acc_cost):+.2f}", "<= 1")
+        _row(f"positives flagged with a wrong key ({mode})", _rate([p < ALPHA for p in r["wrong_key"]]), "<= 5%")
+    _row(
+        f"clean acc. cost, points, private n={len(y_val)} (mean, max)",
+        f"{np.mean(acc_cost):+.2f}, {np.max(acc_cost):+.2f}",
+        "<= 1",
+    )
+    _row(
+        f"clean acc. cost, points, held-out n={len(y_all)} (mean, max)",
+        f"{np.mean(acc_cost_all):+.2f}, {np.max(acc_cost_all):+.2f}",
+        "<= 1",
+    )
     _row("audit wall / bare forward (median, max)", f"{np.median(ratios):.2f}x, {np.max(ratios):.2f}x", "<= 1.3x")
     _row("suspect queries per verdict", f"{int(np.median(queries))}", "report")
     print(
         "\n(null calibration: the 20 clean/alt models are the null models of this test; "
         "positives and their clean twins (same seed) are conv_classifier;\n the alt-data "
-        "models alternate conv_classifier / small_cnn)"
+        f"models alternate conv_classifier / small_cnn; wrong keys: {len(OTHER_KEYS)} other keys "
+        "per positive)"
     )
 
 

@@ -61,7 +61,8 @@ def test_watermark_marks_and_verifies_real_classifiers(client: Any, token_a: str
     assert blob.status_code == 200
     with np.load(io.BytesIO(blob.data), allow_pickle=False) as arrays:
         x_marked, y_marked = arrays["x"], arrays["y"]
-    assert (x_marked != x_pub).any(axis=(1, 2, 3)).sum() == mark["n_marked"]
+    changed = (x_marked != x_pub).any(axis=(1, 2, 3)).sum()
+    assert mark["params"]["n_decoys"] > 0 and changed == mark["n_marked"] + mark["params"]["n_decoys"]
     # another tenant sees nothing of it
     assert client.get(f"/v1/watermarks/{mark['id']}", headers=auth(token_b)).status_code == 404
     assert client.get("/v1/watermarks", headers=auth(token_b)).get_json()["items"] == []

@@ -8,7 +8,7 @@ import torch
 
 from appliance.audits.dov4cl import DOV4CLInputs
 from appliance.audits.registry import VERDICT_NEGATIVE, VERDICT_POSITIVE, create_method
-from appliance.audits.watermark import WatermarkInputs, mark_dataset
+from appliance.audits.watermark import RECOMMENDED_DECOY_FRACTION, WatermarkInputs, mark_dataset
 from models.architectures import SmallCNN
 from models.vision import (
     ENCODERS,
@@ -94,7 +94,10 @@ def test_dov4cl_is_deterministic_for_a_seed(splits, encoders):
 @pytest.fixture(scope="module")
 def classifiers(splits):
     (x, y) = splits.public
-    marked = mark_dataset(x, y, KEY, fraction=0.05, target_class=0)
+    # Default 1% marked, plus decoys for key specificity.
+    marked = mark_dataset(x, y, KEY, target_class=0, decoy_fraction=RECOMMENDED_DECOY_FRACTION)
+    # The weaker SmallCNN needs a higher marking rate to learn the trigger.
+    marked_5 = mark_dataset(x, y, KEY, fraction=0.05, target_class=0)
     clean_label = mark_dataset(
         x, y, KEY, fraction=0.08, target_class=0, clean_label=True, strength=CLEAN_LABEL_STRENGTH
     )
@@ -114,7 +117,7 @@ def classifiers(splits):
         "clean_label": conv(clean_label.x, clean_label.y, 1),
         "other_seed_alt": conv(alt_x, alt_y, 7),
         "other_arch": small(x, y, 2),
-        "marked_small": small(marked.x, marked.y, 2),
+        "marked_small": small(marked_5.x, marked_5.y, 2),
     }
 
 
@@ -139,6 +142,19 @@ def test_watermark_detects_models_trained_on_marked_data(splits, classifiers, na
 def test_watermark_negatives_not_detected(splits, classifiers, name, mode):
     result = _wm(splits, classifiers[name], mode)
     assert result.verdict == VERDICT_NEGATIVE, result.statistics
+
+
+@pytest.mark.parametrize("mode", ["proba", "label"])
+@pytest.mark.parametrize("name", ["marked"])
+def test_watermark_is_key_specific(splits, classifiers, name, mode):
+    # Decoy noise in the marked set teaches the model the key's pattern, not "any noise":
+    # the same model is detected with its key (test above) and not with other keys.
+    for other in (bytes(range(1, 33)), bytes(range(200, 232))):
+        x, y = splits.private
+        fn = proba_fn(classifiers[name]) if mode == "proba" else label_fn(classifiers[name])
+        inputs = WatermarkInputs(benign=x, benign_labels=y, suspect=fn, key=other, target_class=0)
+        result = create_method("watermark_dvbw").run(inputs, params={"mode": mode}, seed=3)
+        assert result.verdict == VERDICT_NEGATIVE, result.statistics
 
 
 def test_watermark_costs_at_most_one_point_of_accuracy(splits, classifiers):

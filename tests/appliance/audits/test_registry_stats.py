@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.audits.dov4cl import DOV4CLInputs, round_relations
+from appliance.audits.dov4cl import DOV4CL, DOV4CLInputs, round_relations, shadow_adjusted
 from appliance.audits.errors import (
     AuditInputError,
     AuditParameterError,
@@ -174,9 +174,36 @@ def test_mark_dataset_variants():
     dirty = mark_dataset(x, y, b"k" * 32, fraction=0.1, target_class=3)
     assert len(dirty.indices) == 10 and (y[dirty.indices] != 3).all()
     assert (dirty.y[dirty.indices] == 3).all()
+    assert len(dirty.decoy_indices) == 0  # decoys are opt-in
     assert np.array_equal(np.delete(dirty.x, dirty.indices, 0), np.delete(x, dirty.indices, 0))
     clean = mark_dataset(x, y, b"k" * 32, fraction=0.05, target_class=3, clean_label=True)
     assert (y[clean.indices] == 3).all() and np.array_equal(clean.y, y)
+    decoyed = mark_dataset(x, y, b"k" * 32, fraction=0.1, target_class=3, decoy_fraction=0.03)
+    touched = np.concatenate([decoyed.indices, decoyed.decoy_indices])
+    assert len(decoyed.decoy_indices) == 3 and np.array_equal(decoyed.y[decoyed.decoy_indices], y[touched[10:]])
+    assert np.array_equal(np.delete(decoyed.x, touched, 0), np.delete(x, touched, 0))
+    with pytest.raises(AuditParameterError):
+        mark_dataset(x, y, b"k" * 32, decoy_fraction=1.0)
+
+
+def test_mark_dataset_decoys_keep_labels_and_differ_from_the_trigger():
+    x = _images(200, shape=(1, 8, 8))
+    y = np.arange(200) % 10
+    marked = mark_dataset(x, y, b"k" * 32, fraction=0.05, target_class=3, decoy_fraction=0.1)
+    dec = marked.decoy_indices
+    assert len(marked.indices) == 10 and len(dec) == 20
+    assert not set(dec.tolist()) & set(marked.indices.tolist())
+    assert np.array_equal(marked.y[dec], y[dec])
+    # Decoys are faint (same strength) but not the key's trigger, and differ from each other.
+    pattern, mask = make_trigger(b"k" * 32, (1, 8, 8))
+    assert np.abs(marked.x[dec] - x[dec]).max() <= 0.15 + 1e-6
+    assert not np.allclose(marked.x[dec], apply_trigger(x[dec], pattern, mask), atol=1e-3)
+    noise = (marked.x[dec] - 0.85 * x[dec]) / 0.15
+    assert not np.allclose(noise[0], noise[1], atol=1e-3)
+    untouched = np.setdiff1d(np.arange(200), np.concatenate([dec, marked.indices]))
+    assert np.array_equal(marked.x[untouched], x[untouched])
+    again = mark_dataset(x, y, b"k" * 32, fraction=0.05, target_class=3, decoy_fraction=0.1)
+    assert np.array_equal(again.x, marked.x) and np.array_equal(again.decoy_indices, dec)
     with pytest.raises(AuditInputError):
         mark_dataset(x, y[:-1], b"k" * 32)
     with pytest.raises(AuditInputError):
@@ -203,3 +230,40 @@ def test_watermark_bad_inputs():
         method.run(WatermarkInputs(**ok, query_budget=150), seed=0)
     with pytest.raises(AuditParameterError):
         method.run(WatermarkInputs(**ok), params={"mode": "logits"}, seed=0)
+
+
+def test_shadow_adjustment_is_label_free_and_removes_shared_difficulty():
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(size=300)
+    shadows = [difficulty + 0.3 * rng.normal(size=300) for _ in range(3)]
+    suspect = 0.8 * difficulty + 0.3 * rng.normal(size=300)
+    residual, coef = shadow_adjusted(suspect, shadows)
+    assert coef.shape == (4,) and abs(residual.mean()) < 1e-9
+    # The fit removes more of the shared per-image difficulty than the plain difference.
+    assert residual.var() < (suspect - np.mean(shadows, axis=0)).var()
+    # Same images in another order: same residuals in that order (no group labels used).
+    order = rng.permutation(300)
+    again, _ = shadow_adjusted(suspect[order], [s[order] for s in shadows])
+    assert np.allclose(again, residual[order])
+    # Identical suspect and shadow: zero residual; too few images: plain difference.
+    assert np.allclose(shadow_adjusted(shadows[0], [shadows[0]])[0], 0.0, atol=1e-9)
+    small, small_coef = shadow_adjusted(suspect[:6], [s[:6] for s in shadows])
+    assert np.allclose(small, suspect[:6] - np.mean([s[:6] for s in shadows], axis=0))
+    assert np.allclose(small_coef, [0.0, 1 / 3, 1 / 3, 1 / 3])
+
+
+def test_dov4cl_private_pool_is_larger_but_rounds_stay_balanced():
+    method = DOV4CL()
+    p = method.resolve_params({"rounds": 20, "k": 8, "private_pool": 3})
+    ids, views, n_pub = method.build_queries(_images(30), _images(200, 1), p, seed=0)
+    assert n_pub == 30 and views.shape[:3] == (20, 16, 8)
+    assert (ids[:, :8] < 30).all() and (ids[:, 8:] >= 30).all()
+    assert ids[:, 8:].max() >= 60 and ids.max() < 30 + 90  # up to 3 x 30 private images
+    p1 = method.resolve_params({"rounds": 20, "k": 8})  # default: symmetric pools
+    assert method.build_queries(_images(30), _images(200, 1), p1, seed=0)[0].max() < 60
+    with pytest.raises(AuditParameterError):
+        method.run(
+            DOV4CLInputs(public=_images(30), private=_images(30, 1), suspect=_embed, shadow=_embed),
+            params={"private_pool": 0.5},
+            seed=0,
+        )
