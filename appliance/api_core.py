@@ -9,10 +9,8 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_limiter import Limiter
 
-from crypto.dsse import canonical_json
-
 from . import __version__
-from .errors import BadRequest, NotFound, UnprocessableInput, ValidationFailed
+from .errors import BadRequest, NotFound, ValidationFailed
 from .http import Api, parse_json_text
 from .identity import LOG_ORIGIN, identity_for
 from .jobs import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
@@ -296,4 +294,3 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
 
     app.register_blueprint(root)
     app.register_blueprint(v1)
-    _ = (canonical_json, UnprocessableInput)

@@ -17,6 +17,7 @@ __all__ = [
     "BundleError",
     "CryptoError",
     "EncodingError",
+    "HintedError",
     "KeyFormatError",
     "LogError",
     "LogRangeError",
@@ -25,10 +26,14 @@ __all__ = [
 ]
 
 
-class CryptoError(Exception):
-    """Base class of every error raised by ``crypto``; ``diagnostics()`` explains the fix."""
+class HintedError(Exception):
+    """A message plus a hint on the fix (``default_hint`` per class, or given per raise).
 
-    default_hint: ClassVar[str] = "See the message above; this is an error of the crypto layer."
+    The shared base of the error families of ``crypto``, ``enclave`` and
+    ``appliance.confidential``; each family keeps its own base class so that catching one
+    never catches another."""
+
+    default_hint: ClassVar[str] = "See the message above."
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -38,6 +43,12 @@ class CryptoError(Exception):
     def diagnostics(self) -> str:
         """Return a human-readable explanation: the message, then a hint on what to do."""
         return f"{type(self).__name__}: {self.message}\nHint: {self.hint}"
+
+
+class CryptoError(HintedError):
+    """Base class of every error raised by ``crypto``; ``diagnostics()`` explains the fix."""
+
+    default_hint: ClassVar[str] = "See the message above; this is an error of the crypto layer."
 
 
 class SignatureError(CryptoError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from crypto.errors import HintedError
+
 __all__ = [
     "EnclaveCrashedError",
     "EnclaveError",
@@ -21,19 +23,10 @@ __all__ = [
 ]
 
 
-class EnclaveError(Exception):
+class EnclaveError(HintedError):
     """Base class of every error raised by ``enclave``; ``diagnostics()`` explains the fix."""
 
     default_hint: ClassVar[str] = "See the message above; this is an error of the enclave layer."
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint if hint is not None else type(self).default_hint
-
-    def diagnostics(self) -> str:
-        """Return the message and a hint on what to do."""
-        return f"{type(self).__name__}: {self.message}\nHint: {self.hint}"
 
 
 class PlatformError(EnclaveError):

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from crypto.errors import HintedError
+
 __all__ = ["ConfidentialError", "RefinementInterrupted"]
 
 
-class ConfidentialError(Exception):
+class ConfidentialError(HintedError):
     """Base class; ``diagnostics()`` says what to do."""
 
     default_hint: ClassVar[str] = "Check the inputs of the confidential refinement."
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint if hint is not None else type(self).default_hint
-
-    def diagnostics(self) -> str:
-        """Return the message and a hint."""
-        return f"{type(self).__name__}: {self.message}\nHint: {self.hint}"
 
 
 class RefinementInterrupted(ConfidentialError):
