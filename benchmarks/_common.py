@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -45,25 +41,13 @@ def percentile(values: list[float], q: float) -> float:
 @contextmanager
 def live_appliance(home: Path, *, port: int, workers: int = 2, threads: int = 8,
                    extra_env: dict[str, str] | None = None) -> Any:
-    from support import appliance_cmd, env_for, wait_http
+    from support import cli_token, env_for, serve_appliance
 
     env = env_for(home, APPLIANCE_RATE_LIMIT="1000000 per minute", **(extra_env or {}))
-    token = json.loads(subprocess.run(
-        appliance_cmd("tokens", "create", "--tenant", "bench", "--role", "admin", "--json"),
-        env=env, capture_output=True, text=True, check=True).stdout)["token"]
-    proc = subprocess.Popen(
-        appliance_cmd("serve", "--port", str(port), "--workers", str(workers), "--threads",
-                      str(threads)),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    token = cli_token(env, "bench")
+    with serve_appliance(env, "--workers", str(workers), "--threads", str(threads),
+                         port=port) as url:
+        yield url, token
 
 
 def stopwatch() -> Any:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +100,40 @@ def wait_job(client: Any, token: str, job_id: str, timeout: float = 120.0) -> di
             return dict(body)
         time.sleep(0.05)
     raise TimeoutError(job_id)
+
+
+def cli_token(env: dict[str, str], tenant: str, role: str = "admin") -> str:
+    """Create a token with the real CLI (`appliance tokens create --json`); it is printed on
+    stdout only."""
+    out = subprocess.run(appliance_cmd("tokens", "create", "--tenant", tenant, "--role", role,
+                                       "--json"), env=env, capture_output=True, text=True,
+                         check=True)
+    token = str(json.loads(out.stdout)["token"])
+    assert token not in out.stderr
+    return token
+
+
+@contextmanager
+def serve_appliance(env: dict[str, str], *args: str, port: int | None = None,
+                    log_path: Path | None = None) -> Iterator[str]:
+    """Run `appliance serve` on loopback until the block ends; yields its base URL. Output
+    goes to ``log_path`` when given (to check what the server logs)."""
+    port = port or free_port()
+    cmd = appliance_cmd("serve", "--port", str(port), *args)
+    if log_path is not None:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    else:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", proc=proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support import appliance_cmd, env_for, free_port, wait_http
+from support import appliance_cmd, cli_token, env_for, serve_appliance
 
 MODULES = ("math", "pathlib", "threading", "socket", "calendar")
 PER_MODULE = 45
@@ -80,33 +78,13 @@ def stdlib_docstrings() -> tuple[list[str], np.ndarray]:
 def live(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     home = tmp_path_factory.mktemp("inference-live") / "home"
     env = env_for(home, APPLIANCE_LOG_LEVEL="INFO")
-
-    def token(tenant: str, role: str) -> str:
-        out = subprocess.run(appliance_cmd("tokens", "create", "--tenant", tenant, "--role", role,
-                                           "--json"), env=env, capture_output=True, text=True,
-                             check=True)
-        return str(json.loads(out.stdout)["token"])
-
-    tokens = {"owner": token("acme", "admin"), "user": token("acme", "client"),
-              "other": token("globex", "admin")}
-    port = free_port()
+    tokens = {"owner": cli_token(env, "acme", "admin"), "user": cli_token(env, "acme", "client"),
+              "other": cli_token(env, "globex", "admin")}
     log_path = home.parent / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(appliance_cmd("serve", "--port", str(port), "--workers", "2",
-                                              "--threads", "4", "--no-consumer"),
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/healthz", proc=proc)
+    with serve_appliance(env, "--workers", "2", "--threads", "4", "--no-consumer",
+                         log_path=log_path) as url:
         yield {"url": url, "tokens": tokens, "env": env, "home": home, "log": log_path,
                "state": {}}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class CachingEncoder:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import appliance_cmd, env_for, free_port, npz_bytes, trained_linear_onnx, wait_http
+from support import appliance_cmd, cli_token, env_for, npz_bytes, serve_appliance, trained_linear_onnx
 
 TEXTS = [
     "Return the absolute value of the argument.",
@@ -28,27 +26,10 @@ TEXTS = [
 def live(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     home = tmp_path_factory.mktemp("live") / "home"
     env = env_for(home)
-    out = subprocess.run(appliance_cmd("tokens", "create", "--tenant", "acme", "--role", "admin",
-                                       "--json"), env=env, capture_output=True, text=True,
-                         check=True)
-    token = json.loads(out.stdout)["token"]
-    assert token not in out.stderr
-    port = free_port()
+    token = cli_token(env, "acme")
     log_path = home.parent / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(appliance_cmd("serve", "--port", str(port), "--workers", "2"),
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/healthz", proc=proc)
+    with serve_appliance(env, "--workers", "2", log_path=log_path) as url:
         yield {"url": url, "token": token, "env": env, "home": home, "log": log_path}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
     # secrets never reach the logs
     assert token not in log_path.read_text(errors="replace")
 
