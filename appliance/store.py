@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import sqlite_utils
 
+from crypto.translog import enable_wal
+
 from .config import Settings
 from .errors import NotFound, PayloadTooLarge
 
@@ -162,28 +164,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
 
-def _enable_wal(conn: sqlite3.Connection, *, deadline_s: float = 30.0) -> None:
-    """Switch a database to WAL. SQLite answers "database is locked" at once, without its
-    busy handler, when several processes switch a fresh file at the same moment (first start
-    of serve + worker), so wait and retry; once in WAL the switch is a no-op."""
-    give_up = time.monotonic() + deadline_s
-    delay = 0.005
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > give_up:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
 def connect(path: Path) -> sqlite3.Connection:
     """Open SQLite the way every process of the appliance must: WAL, busy timeout, FKs."""
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
-    _enable_wal(conn)
+    enable_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.row_factory = sqlite3.Row

@@ -21,6 +21,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class TransparencyLog:
                 self._db_path, timeout=5.0, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(conn)
             self._conn = conn
             self._pid = os.getpid()
         return self._conn
@@ -307,6 +308,23 @@ class TransparencyLog:
             "timestamp": _utc_now(),
         }
         return sign_envelope(canonical_json(body), CHECKPOINT_PAYLOAD_TYPE, self._signing_key)
+
+
+def enable_wal(conn: sqlite3.Connection, *, deadline_s: float = 30.0) -> None:
+    """Switch a database to WAL. SQLite answers "database is locked" at once, without its
+    busy handler, when several processes switch a fresh file at the same moment (first start
+    of serve + worker), so wait and retry; once in WAL the switch is a no-op."""
+    give_up = time.monotonic() + deadline_s
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > give_up:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 @dataclass(frozen=True)
