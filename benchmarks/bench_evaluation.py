@@ -167,10 +167,12 @@ def tar_folder(folder: Path) -> bytes:
 
 
 # -- bare forward passes --------------------------------------------------------------------------
-def bare_onnx(model_bytes: bytes) -> Callable[[np.ndarray, int], np.ndarray]:
+def bare_onnx(model_bytes: bytes, device: str) -> Callable[[np.ndarray, int], np.ndarray]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    from models.device import onnx_providers
+
+    session = ort.InferenceSession(model_bytes, providers=onnx_providers(device))
 
     def forward(x: np.ndarray, batch_size: int) -> np.ndarray:
         return np.concatenate([session.run(None, {"x": x[s:s + batch_size]})[0]
@@ -179,25 +181,25 @@ def bare_onnx(model_bytes: bytes) -> Callable[[np.ndarray, int], np.ndarray]:
     return forward
 
 
-def bare_torch(weights: bytes) -> Callable[[np.ndarray, int], np.ndarray]:
+def bare_torch(weights: bytes, device: str) -> Callable[[np.ndarray, int], np.ndarray]:
     from safetensors.torch import load
 
     from models.architectures import create_architecture
 
     net = create_architecture("small_cnn", CNN_CONFIG)
     net.load_state_dict(load(weights))
-    net.eval()
+    net.eval().to(device)
 
     def forward(x: np.ndarray, batch_size: int) -> np.ndarray:
         host = torch.from_numpy(x)
         with torch.inference_mode():
-            return torch.cat([net(host[s:s + batch_size])
+            return torch.cat([net(host[s:s + batch_size].to(device)).cpu()
                               for s in range(0, len(x), batch_size)]).numpy()
 
     return forward
 
 
-def bare_minilm() -> Callable[[np.ndarray, int], np.ndarray]:
+def bare_minilm(device: str) -> Callable[[np.ndarray, int], np.ndarray]:
     """Tokenizer + encoder + mean pooling + L2 norm, longest texts first (as
     sentence-transformers batches them)."""
     from transformers import AutoModel, AutoTokenizer
@@ -209,7 +211,7 @@ def bare_minilm() -> Callable[[np.ndarray, int], np.ndarray]:
 
     folder = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(device)
 
     def forward(x: np.ndarray, batch_size: int) -> np.ndarray:
         texts = x.tolist()
@@ -218,11 +220,11 @@ def bare_minilm() -> Callable[[np.ndarray, int], np.ndarray]:
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
                 enc = tokenizer([texts[j] for j in order[s:s + batch_size]], padding=True,
-                                truncation=True, max_length=256, return_tensors="pt")
+                                truncation=True, max_length=256, return_tensors="pt").to(device)
                 hidden = model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=1))
+                out.append(torch.nn.functional.normalize(pooled, dim=1).cpu())
         result = np.empty((len(texts), out[0].shape[1]), np.float32)
         result[order] = torch.cat(out).numpy()
         return result
@@ -335,13 +337,13 @@ class Case:
     upload: Callable[[Appliance], str]
 
 
-def measure(case: Case, reps: int, workdir: Path) -> list[Any]:
+def measure(case: Case, reps: int, workdir: Path, device: str) -> list[Any]:
     appliance = Appliance(workdir / case.name)
     model_id = case.upload(appliance)
     arrays = {"x": case.x} if case.y is None else {"x": case.x, "y": case.y}
     dataset_id = appliance.upload_dataset(npz_bytes(**arrays))
     params = {"model_id": model_id, "dataset_id": dataset_id, "batch_size": case.batch_size,
-              "device": "cpu"}
+              "device": device}
     cold = appliance.run_job(params)["wall"]
     case.bare(case.x, case.batch_size)  # warm-up
     bare_times: list[float] = []
@@ -361,27 +363,33 @@ def measure(case: Case, reps: int, workdir: Path) -> list[Any]:
             med["rest of evaluate"], med["sign"], med["other"], med["events"], cold]
 
 
-def build_cases(quick: bool) -> list[Case]:
+def build_cases(quick: bool, device: str, only: str | None) -> list[Case]:
+    """The benchmark cases (only ``only`` when given: the others' models are not built)."""
     rows = 40_000 if quick else 200_000
     x, y = replicated_digits(rows)
-    onnx_bytes = mlp_onnx_bytes()
-    cnn_bytes = small_cnn_safetensors()
-    texts = stdlib_docstrings(128 if quick else 512)
-    import json
+    cases: list[Case] = []
+    if only in (None, "digits-mlp"):
+        onnx_bytes = mlp_onnx_bytes()
+        cases.append(Case("digits-mlp", "onnx", x, y, 1024, bare_onnx(onnx_bytes, device),
+                          lambda a: a.upload_model(onnx_bytes, "mlp.onnx", name="digits-mlp")))
+    if only in (None, "digits-small_cnn"):
+        import json
 
-    from models.hub import minilm_dir
+        cnn_bytes = small_cnn_safetensors()
+        cases.append(Case("digits-small_cnn", "torch", x, y, 1024, bare_torch(cnn_bytes, device),
+                          lambda a: a.upload_model(cnn_bytes, "cnn.safetensors", name="digits-cnn",
+                                                   format="safetensors", architecture="small_cnn",
+                                                   config=json.dumps(CNN_CONFIG))))
+    if only in (None, "all-MiniLM-L6-v2"):
+        from models.hub import minilm_dir
 
-    return [
-        Case("digits-mlp", "onnx", x, y, 1024, bare_onnx(onnx_bytes),
-             lambda a: a.upload_model(onnx_bytes, "mlp.onnx", name="digits-mlp")),
-        Case("digits-small_cnn", "torch", x, y, 1024, bare_torch(cnn_bytes),
-             lambda a: a.upload_model(cnn_bytes, "cnn.safetensors", name="digits-cnn",
-                                      format="safetensors", architecture="small_cnn",
-                                      config=json.dumps(CNN_CONFIG))),
-        Case("all-MiniLM-L6-v2", "transformers", texts, None, 64, bare_minilm(),
-             lambda a: a.upload_model(tar_folder(minilm_dir()), "minilm.tar", name="minilm",
-                                      format="transformers")),
-    ]
+        texts = stdlib_docstrings(128 if quick else 512)
+        cases.append(Case("all-MiniLM-L6-v2", "transformers", texts, None, 64, bare_minilm(device),
+                          lambda a: a.upload_model(tar_folder(minilm_dir()), "minilm.tar", name="minilm",
+                                                   format="transformers")))
+    if not cases:
+        raise SystemExit(f"no case named {only!r}")
+    return cases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,17 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rows and texts")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--only", default=None, help="run only the case with this name")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto: the job's device and the bare pass's")
     args = parser.parse_args(argv)
+    from models.device import choose_device
+
+    device = choose_device(args.device)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-        for case in build_cases(args.quick):
-            if args.only and case.name != args.only:
-                continue
-            rows.append(measure(case, args.reps, Path(tmp)))
+        for case in build_cases(args.quick, device, args.only):
+            rows.append(measure(case, args.reps, Path(tmp), device))
     print(table(
-        f"Evaluation job vs. bare forward (medians of {args.reps} interleaved pairs; torch "
+        f"Evaluation job vs. bare forward on {device} (medians of {args.reps} interleaved pairs; torch "
         f"threads 1; goal <= {GOAL}x)",
         ["model", "backend", "rows", "batch", "bare fwd s", "job wall s", "ratio", "submit s",
          "load s", "job fwd s", "metrics s", "sign s", "other s", "events s", "cold job s"],

@@ -46,8 +46,9 @@ def trained(digits: tuple[np.ndarray, np.ndarray]) -> torch.nn.Module:
 
 
 def _export(module: torch.nn.Module, path: Path, example: torch.Tensor) -> Path:
+    # A copy on the CPU: on a GPU machine an earlier TorchModel(device=auto) moved the shared fixture.
     torch.onnx.export(
-        module,
+        copy.deepcopy(module).cpu(),
         (example,),
         str(path),
         dynamo=False,
