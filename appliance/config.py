@@ -34,6 +34,11 @@ class Settings(BaseModel):
     device: str | None = None
     cluster_token: str | None = None
     api_url: str | None = Field(default=None, description="API node URL for cluster workers")
+    kek_file: Path | None = Field(
+        default=None,
+        description="32-byte key-encryption key for sealed secrets (watermark keys); default "
+        "<home>/keys/secrets.kek. Cluster workers need the API node's file mounted here.",
+    )
 
     @field_validator("queue_url")
     @classmethod

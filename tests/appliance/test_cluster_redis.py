@@ -5,6 +5,7 @@ and sends events back; the API node's collector applies them and signs the repor
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import signal
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from support import (
     appliance_cmd,
@@ -73,7 +75,9 @@ def test_redis_queue_end_to_end(tmp_path: Path, redis_prefix: str) -> None:
         appliance_cmd("worker", "--workers", "1"),
         env=env_for(tmp_path / "worker-home", APPLIANCE_QUEUE_URL=REDIS_URL,
                     APPLIANCE_QUEUE_PREFIX=redis_prefix, APPLIANCE_CLUSTER_TOKEN=cluster_token,
-                    APPLIANCE_API_URL=f"http://127.0.0.1:{port}"),
+                    APPLIANCE_API_URL=f"http://127.0.0.1:{port}",
+                    # the API node seals watermark keys; its worker unseals them with this file
+                    APPLIANCE_KEK_FILE=str(tmp_path / "api" / "keys" / "secrets.kek")),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         client = app.test_client()
@@ -89,13 +93,7 @@ def test_redis_queue_end_to_end(tmp_path: Path, redis_prefix: str) -> None:
         job = client.post("/v1/jobs", headers=auth(token), json={
             "kind": "evaluation",
             "params": {"model_id": model["id"], "dataset_id": dataset["id"]}}).get_json()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            state = client.get(f"/v1/jobs/{job['id']}", headers=auth(token)).get_json()
-            if state["state"] in ("succeeded", "failed", "cancelled"):
-                break
-            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
-            time.sleep(0.1)
+        state = _wait(client, token, job["id"], worker)
         assert state["state"] == "succeeded", state
         bundle = client.get(f"/v1/reports/{state['report_id']}", headers=auth(token)).get_json()
         assert bundle["report"]["statistics"]["accuracy"] > 0.9
@@ -105,9 +103,64 @@ def test_redis_queue_end_to_end(tmp_path: Path, redis_prefix: str) -> None:
         assert not (tmp_path / "worker-home" / "keys" / "signing-key.pem").exists()
         # the internal blob route refuses callers without the cluster token
         assert client.get(f"/v1/internal/blobs/{dataset['sha256']}").status_code == 404
+        _watermark_audit_on_worker(client, token, worker, tmp_path)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=20)
         stop.set()
         collector.join(timeout=10)
         server.shutdown()
+
+
+def _wait(client: Any, token: str, job_id: str, worker: subprocess.Popen) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=auth(token)).get_json()
+        if state["state"] in ("succeeded", "failed", "cancelled"):
+            return state
+        assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {state}")
+
+
+def _watermark_audit_on_worker(client: Any, token: str, worker: subprocess.Popen, tmp_path: Path) -> None:
+    """The API node marks a dataset (sealing the key); the Redis worker unseals it and audits."""
+    import torch
+    from safetensors.torch import save_file
+
+    from models.vision import ConvClassifier, build_model, digits_splits, train_classifier
+
+    torch.set_num_threads(1)
+    splits = digits_splits(seed=0, size=8, fractions=(0.6, 0.2))
+    (x_pub, y_pub), (x_val, y_val) = splits.public, splits.private
+
+    def upload(name: str, **arrays: Any) -> dict[str, Any]:
+        resp = client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
+                           data={"name": name, "file": (io.BytesIO(npz_bytes(**arrays)), "d.npz")})
+        assert resp.status_code == 201, resp.get_json()
+        return dict(resp.get_json())
+
+    source = upload("public", x=x_pub, y=y_pub)
+    mark = client.post(f"/v1/datasets/{source['id']}/watermark", headers=auth(token),
+                       json={"fraction": 0.1, "target_class": 0, "strength": 0.3}).get_json()
+    with np.load(io.BytesIO(client.get(f"/v1/datasets/{mark['marked_dataset']['id']}/download",
+                                       headers=auth(token)).data), allow_pickle=False) as arrays:
+        x_marked, y_marked = arrays["x"], arrays["y"]
+    config = {"in_channels": 1, "image_size": 8, "num_classes": 10, "width": 16}
+    model = train_classifier(build_model(lambda **c: ConvClassifier(**c), seed=1, **config),
+                             x_marked, y_marked, seed=1, epochs=25)
+    weights = tmp_path / "marked.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    suspect = client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                          data={"name": "marked", "architecture": "conv_classifier", "config": json.dumps(config),
+                                "file": (io.BytesIO(weights.read_bytes()), weights.name)}).get_json()
+    benign = upload("held-out", x=x_val, y=y_val)
+    job = client.post("/v1/jobs", headers=auth(token), json={"kind": "ownership", "params": {
+        "method": "watermark_dvbw", "suspect_model_id": suspect["id"], "watermark_id": mark["id"],
+        "benign_dataset_id": benign["id"], "seed": 3}}).get_json()
+    state = _wait(client, token, job["id"], worker)
+    assert state["state"] == "succeeded", state
+    report = client.get(f"/v1/reports/{state['report_id']}", headers=auth(token)).get_json()["report"]
+    assert report["verdict"] == "trained_on_dataset", report
+    # the worker used the API node's key file and made no key of its own
+    assert not (tmp_path / "worker-home" / "keys" / "secrets.kek").exists()
