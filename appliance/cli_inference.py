@@ -33,7 +33,10 @@ def ensembles() -> None:
 @_http_options
 def ensembles_create(folder: str | None, json_path: str | None, tensors_path: str | None,
                      name: str | None, id_only: bool, url: str, token: str) -> None:
-    """Register a private ensemble from its artifact files (owner: admin or auditor)."""
+    """Register a private ensemble from its artifact files (owner: admin or auditor).
+
+    Linear heads (format v1) and hidden-layer heads (format v2, ``head: quadratic_mlp``) alike.
+    """
     from crypto.ensemble import JSON_NAME, TENSORS_NAME
 
     if folder is not None and (json_path or tensors_path):

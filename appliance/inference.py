@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 MAX_SPEC_BYTES = 1 << 20
 #: Largest evaluation-key upload (a session's public context); ~11 MB at n8192-d3.
 MAX_CONTEXT_BYTES = 64 << 20
-#: Largest single query ciphertext (~0.4 MB at n8192-d3).
+#: Largest single query ciphertext (~0.23 MB at n8192-d3 and n8192-d5: seeded, secret-key encrypted).
 MAX_QUERY_BYTES = 4 << 20
 #: Most ciphertexts in one batch request, and the batch body limit.
 MAX_BATCH_ITEMS = 32
@@ -102,6 +102,10 @@ class EnsembleLayoutOut(BaseModel):
     giant: int
     queries_per_ciphertext: int
     galois_steps: list[int]
+    hidden: int = Field(default=0, description="hidden units per member (0: linear heads)")
+    hidden_rows: int = Field(default=0, description="stage-1 rows m1 (K * hidden, power of two)")
+    hidden_baby: int = 0
+    hidden_giant: int = 0
 
 
 class EnsembleWideLayoutOut(BaseModel):
@@ -126,8 +130,12 @@ class EnsembleSpec(BaseModel):
     norm_bound: float
     encoder: str
     preset: str
+    head: Literal["linear", "quadratic_mlp"] = Field(
+        default="linear", description="'quadratic_mlp': one hidden layer, degree-2 activation")
+    hidden: int | None = Field(default=None, description="hidden units per member (hidden heads)")
     layout: EnsembleLayoutOut
-    wide_layout: EnsembleWideLayoutOut | None = None
+    wide_layout: EnsembleWideLayoutOut | None = Field(
+        default=None, description="absent for hidden-layer heads (single layout only)")
 
 
 class EnsembleUpload(BaseModel):
@@ -177,24 +185,26 @@ def _load_artifact(files: dict[str, bytes]) -> EnsembleArtifact:
 
 
 def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
-    from crypto import packing
-    from crypto.ckks import get_preset
+    from crypto.private_inference import _layout_for
 
-    layout = packing.make_layout(members=int(spec["members"]), dim=int(spec["dim"]),
-                                 classes=len(spec["classes"]),
-                                 slots=get_preset(str(spec["preset"])).slot_count)
+    layout = _layout_for(spec)
     return {
         "slots": layout.slots, "block": layout.block, "n": layout.n, "lane": layout.lane,
         "pad_classes": layout.pad_classes, "rows": layout.rows, "baby": layout.baby,
         "giant": layout.giant, "queries_per_ciphertext": layout.queries_per_ciphertext,
-        "galois_steps": list(layout.galois_steps),
+        "galois_steps": list(layout.galois_steps), "hidden": layout.hidden,
+        "hidden_rows": layout.hidden_rows, "hidden_baby": layout.hidden_baby,
+        "hidden_giant": layout.hidden_giant,
     }
 
 
-def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any]:
+def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The wide layout's geometry, or ``None`` for hidden-layer heads (single layout only)."""
     from crypto import packing
     from crypto.ckks import get_preset
 
+    if spec.get("head", "linear") != "linear":
+        return None
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]),
                                     slots=get_preset(str(spec["preset"])).slot_count)
@@ -218,18 +228,18 @@ def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
     art = _load_artifact({JSON_NAME: json_bytes, TENSORS_NAME: tensors_bytes})
     spec = art.public_spec()
     try:
-        layout = _layout_info(spec)
+        _layout_info(spec)
     except CryptoError as exc:
         raise UnprocessableInput(f"the ensemble does not fit preset {art.preset!r}: {exc}") from None
-    from crypto.ckks import get_preset
+    from crypto.private_inference import encoded_weight_bytes
 
-    preset = get_preset(art.preset)
-    encoded = layout["rows"] * preset.poly_modulus_degree * (len(preset.coeff_mod_bit_sizes) - 1) * 8
+    encoded = encoded_weight_bytes(spec)
     if encoded > MAX_ENCODED_WEIGHT_BYTES:
         raise UnprocessableInput(
-            f"{len(art.classes)} classes need {encoded >> 20} MiB of encoded weights per "
-            f"process at preset {art.preset!r}; the limit is {MAX_ENCODED_WEIGHT_BYTES >> 20} MiB",
-            hint="use fewer classes or a smaller preset")
+            f"{len(art.classes)} classes ({art.head} heads) need {encoded >> 20} MiB of encoded "
+            f"weights per process at preset {art.preset!r}; the limit is "
+            f"{MAX_ENCODED_WEIGHT_BYTES >> 20} MiB",
+            hint="use fewer classes or hidden units, or a smaller preset")
     label = (name or art.metadata.get("name") or "ensemble").strip()[:128] or "ensemble"
     json_digest, json_size = store.blobs.put_bytes(json_bytes)
     tensors_digest, tensors_size = store.blobs.put_bytes(tensors_bytes)
@@ -561,6 +571,10 @@ def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
         raise UnprocessableInput("the body must hold a wide batch")
     spec = loads(ensemble["spec"])
     wide = _wide_layout_info(spec)
+    if wide is None:
+        raise UnprocessableInput(
+            f"the wide layout serves linear heads only; ensemble {ensemble['id']!r} has "
+            f"{spec.get('head')} heads", hint="send single-layout ciphertexts (layout=single)")
     preset = get_preset(str(spec["preset"]))
     encoded = (len(spec["classes"]) * wide["chunks"] * preset.poly_modulus_degree
                * (len(preset.coeff_mod_bit_sizes) - 1) * 8)

@@ -10,6 +10,10 @@ throughput and the FHE / plaintext time ratio. Then the wide batch layout (slots
 ``--wide-blocks`` features per query block) in the same run: throughput at a full batch and at
 the smallest batch that still reaches 20 q/s, amortised query/reply bytes, key size, and
 whether two threads speed it up (they do not where SEAL's Python binding holds the GIL).
+Then hidden-layer heads (one hidden layer of ``--hidden`` units per member, degree-2 activation,
+preset n8192-d5; single layout) in the same run: server time per query, keys, query/response
+sizes, the numpy baseline and the logit error of the encrypted comparison stage. ``--skip-linear``
+prints only those rows.
 """
 
 from __future__ import annotations
@@ -53,6 +57,65 @@ def _artifact(rng: np.random.Generator, k: int, c: int, d: int, preset: str) -> 
 def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     x = rng.normal(size=shape)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _hidden_rows(
+    rng: np.random.Generator, k: int, c: int, d: int, hidden: int, reps: int
+) -> list[tuple[str, str, str]]:
+    """Rows for K hidden-layer heads (``hidden`` units each, GELU-like quadratic activation)."""
+    art = EnsembleArtifact(
+        templates=[f"template {i}: {{}}" for i in range(k)],
+        hidden_weights=rng.normal(size=(k, hidden, d)) * 2.0 / np.sqrt(d),
+        hidden_biases=rng.normal(size=(k, hidden)) * 0.1,
+        activation=(0.2277, 0.5, 0.1359),
+        weights=rng.normal(size=(k, c, hidden)) / np.sqrt(hidden),
+        biases=rng.normal(size=(k, c)) * 0.1,
+        classes=[f"class{i}" for i in range(c)],
+    )
+    t0 = time.perf_counter()
+    client = PrivateClient(spec=art.public_spec())
+    keys = client.evaluation_keys()
+    keygen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluator = EnsembleEvaluator(artifact=art, public_context=keys)
+    setup_s = time.perf_counter() - t0
+    emb = _unit(rng, (k, d))
+    query = client.encrypt(emb)
+    reply = evaluator.evaluate(query)
+    logits = art.plaintext_logits(emb)[0]
+    assert client.decrypt_result(reply).labels[0] == int(np.argmax(logits)), "wrong hidden-head label"
+    server_s = _timed(lambda: evaluator.evaluate(query), reps)
+    plain_s = _timed(lambda: art.plaintext_logits(emb).argmax(), 200)
+    # Logit error of the comparison stage (decrypted with the client's key; a look inside).
+    errors = []
+    agree = 0
+    queries = _unit(rng, (reps, k, d))
+    for q in queries:
+        diffs = evaluator._differences(evaluator._load_query(client.encrypt(q)))
+        values = np.asarray(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs)).decrypt())
+        p = evaluator.layout.pad_classes
+        got = values[: p * p].reshape(p, p)[:c, :c] * evaluator._bound
+        lg = art.plaintext_logits(q)[0]
+        errors.append(float(np.max(np.abs(got - (lg[:, None] - lg[None, :])))))
+        agree += client.decrypt_result(evaluator.evaluate(client.encrypt(q))).labels[0] == int(np.argmax(lg))
+    spread = float(np.mean(art.plaintext_logits(queries).std(axis=1)))
+    lay = evaluator.layout
+    tag = f"hidden H={hidden}"
+    return [
+        (f"{tag}: preset", f"{art.preset} ({evaluator.sign_rounds} sign step)", "stage 1, square, stage 2, sign"),
+        (f"{tag}: server time / query", f"{server_s:.3f} s", "goal <= 0.5 s"),
+        (f"{tag}: evaluation keys per session", f"{len(keys) / 1e6:.1f} MB", f"{len(lay.galois_steps)} Galois keys"),
+        (f"{tag}: query / response size", f"{len(query) / 1e6:.3f} / {len(reply) / 1e6:.3f} MB", "goals 2 / 0.5 MB"),
+        (f"{tag}: plaintext time / query (numpy)", f"{plain_s * 1e6:.1f} us", ""),
+        (f"{tag}: FHE / plaintext time ratio", f"{server_s / plain_s:.2e}", ""),
+        (
+            f"{tag}: max |logit diff error| (bound)",
+            f"{max(errors):.1e} ({evaluator._bound:.1f})",
+            f"logit std {spread:.2f}",
+        ),
+        (f"{tag}: encrypted label == plaintext", f"{agree}/{len(queries)}", "random unit embeddings"),
+        (f"{tag}: client keygen / server setup", f"{keygen_s:.2f} / {setup_s:.2f} s", ""),
+    ]
 
 
 def _wide_rows(
@@ -124,6 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--preset", default="n8192-d3")
+    parser.add_argument("--hidden", default="16,32", help="comma-separated hidden widths to measure")
+    parser.add_argument("--skip-linear", action="store_true", help="only the hidden-layer rows")
     parser.add_argument(
         "--wide-blocks", default=str(packing.WIDE_BLOCK), help="comma-separated wide-layout block sizes to measure"
     )
@@ -132,6 +197,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k, c, d = 8, 10, 384
     preset = get_preset(args.preset)
+    hidden_rows = []
+    for width in (int(h) for h in args.hidden.split(",") if h):
+        hidden_rows += _hidden_rows(rng, k, c, d, width, reps)
+    if args.skip_linear:
+        _print(hidden_rows, reps)
+        return
 
     art = _artifact(rng, k, c, d, args.preset)
     t0 = time.perf_counter()
@@ -228,7 +299,12 @@ def main() -> None:
         ("client keygen + key export / server setup", f"{keygen_s:.2f} / {setup_s:.2f} s", ""),
         ("sign polynomial compositions", str(evaluator.sign_rounds), "f(x)=(3x-x^3)/2"),
         *wide_rows,
+        *hidden_rows,
     ]
+    _print(rows, reps)
+
+
+def _print(rows: list[tuple[str, str, str]], reps: int) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'measured':<28}  note")
     print("-" * (width + 46))

@@ -29,13 +29,15 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Levels the linear (plaintext-weight) stage consumes before the comparisons.
 LINEAR_LEVELS = 1
+#: Levels hidden-layer heads consume: stage 1, the square, stage 2.
+HIDDEN_LEVELS = 3
 #: Levels one composition of f consumes.
 LEVELS_PER_COMPOSITION = 2
 
 
-def compositions_for_depth(depth: int) -> int:
-    """How many compositions of ``f`` fit after the linear stage in ``depth`` levels."""
-    return max(0, (depth - LINEAR_LEVELS) // LEVELS_PER_COMPOSITION)
+def compositions_for_depth(depth: int, stage_levels: int = LINEAR_LEVELS) -> int:
+    """How many compositions of ``f`` fit after the heads (``stage_levels`` levels) in ``depth``."""
+    return max(0, (depth - stage_levels) // LEVELS_PER_COMPOSITION)
 
 
 def sign_composite(x: FloatArray, rounds: int) -> FloatArray:

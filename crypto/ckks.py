@@ -143,6 +143,17 @@ PRESETS: dict[str, CkksPreset] = {
             coeff_mod_bit_sizes=(52, 37, 37, 37, 55),
             global_scale_bits=37,
         ),
+        # Depth 5 at N=8192 (hidden-layer heads): stage 1, square, stage 2 and one sign step
+        # fill the whole 218-bit budget, so the scale drops to 2^27. Key switching then adds
+        # ~1.5e-5 (std) per rotation at the working scale (measured), so the special prime is
+        # 9 bits above the base prime (a smaller gap multiplies that noise) and the base keeps
+        # 2^10 of headroom above the scale for the win counts and the slot flooding.
+        CkksPreset(
+            name="n8192-d5",
+            poly_modulus_degree=8192,
+            coeff_mod_bit_sizes=(37, 27, 27, 27, 27, 27, 46),
+            global_scale_bits=27,
+        ),
         # Depth 8: room for composite sign polynomials and the one-hot stage.
         CkksPreset(
             name="n16384-d8",

@@ -1,12 +1,19 @@
-"""The model owner's private ensemble artifact: templates, linear heads, classes (no pickle).
+"""The model owner's private ensemble artifact: templates, heads, classes (no pickle).
 
     art = EnsembleArtifact(templates=["{}", "a photo of {}"], weights=w, biases=b,
                            classes=["cat", "dog"], norm_bound=1.0)
     files = art.dumps()          # {"ensemble.json": ..., "ensemble.safetensors": ...}
     same = EnsembleArtifact.loads(files)
 
+Heads are linear (``weights`` ``(K, C, d)``) or have one hidden layer with a degree-2
+activation (``head="quadratic_mlp"``): ``hidden_weights`` ``(K, H, d)``, ``hidden_biases``
+``(K, H)``, ``activation`` ``(c2, c1, c0)`` for ``c2 u^2 + c1 u + c0`` and ``weights``
+``(K, C, H)``. Linear artifacts are written in format v1 exactly as before; hidden-layer ones
+in v2, which older readers refuse as an unknown format instead of misreading it.
+
 Weights are the owner's secret: the artifact is server-side only; clients receive
-:meth:`EnsembleArtifact.public_spec` (templates, classes, shapes, preset), never the heads.
+:meth:`EnsembleArtifact.public_spec` (templates, classes, shapes, head kind, preset), never
+the heads or the activation's coefficients.
 """
 
 from __future__ import annotations
@@ -24,30 +31,59 @@ from safetensors.numpy import save as st_save
 from crypto.ckks import get_preset
 from crypto.errors import CryptoError
 
-__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "EnsembleArtifact"]
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "HEADS",
+    "HIDDEN_ARTIFACT_FORMAT",
+    "ArtifactError",
+    "EnsembleArtifact",
+    "HIDDEN_MIN_DEPTH",
+]
 
 ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v1"
+HIDDEN_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v2"
 JSON_NAME = "ensemble.json"
 TENSORS_NAME = "ensemble.safetensors"
 MAX_ARTIFACT_BYTES = 256 << 20
+#: Head kinds: linear, or one hidden layer with a degree-2 polynomial activation.
+HEADS = ("linear", "quadratic_mlp")
+#: Default CKKS preset per head kind (hidden layers need depth 5: stage 1, square, stage 2, sign).
+DEFAULT_PRESETS = {"linear": "n8192-d3", "quadratic_mlp": "n8192-d5"}
+HIDDEN_MIN_DEPTH = 5
+_TENSORS = {
+    "linear": {"weights", "biases"},
+    "quadratic_mlp": {"hidden_weights", "hidden_biases", "weights", "biases"},
+}
 
 
 class ArtifactError(CryptoError, ValueError):
     """An ensemble artifact is malformed, inconsistent, or unsafe to load."""
 
     default_hint = (
-        "Build the artifact with EnsembleArtifact(...) and save it with dumps()/save(); "
-        "weights must be (members, classes, dim), biases (members, classes), all finite."
+        "Build the artifact with EnsembleArtifact(...) and save it with dumps()/save(); linear "
+        "weights are (members, classes, dim), biases (members, classes); hidden-layer heads add "
+        "hidden_weights (members, hidden, dim), hidden_biases (members, hidden) and an activation "
+        "(c2, c1, c0) with c2 != 0, weights then being (members, classes, hidden); all finite."
     )
+
+
+def _array(value: Any) -> npt.NDArray[np.float64]:
+    # C order: safetensors writes the raw buffer, so a strided (e.g. Fortran-ordered
+    # scikit-learn coef_) array would otherwise be saved scrambled.
+    return np.ascontiguousarray(value, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
 class EnsembleArtifact:
-    """K prompt templates with one linear head each over a public encoder's embedding.
+    """K prompt templates with one head each over a public encoder's embedding.
 
-    ``weights[k] @ embedding_k + biases[k]`` are member ``k``'s logits; the ensemble predicts
-    the argmax of their average. ``norm_bound`` bounds each embedding's Euclidean norm (1.0
-    for unit-normalised encoders such as MiniLM); clients clip to it before encrypting.
+    Linear heads: ``weights[k] @ embedding_k + biases[k]`` are member ``k``'s logits.
+    Hidden-layer heads (``hidden_weights`` given): ``u = hidden_weights[k] @ embedding_k +
+    hidden_biases[k]``, ``h = c2 u^2 + c1 u + c0`` with ``activation = (c2, c1, c0)``, and
+    logits ``weights[k] @ h + biases[k]``. The ensemble predicts the argmax of the members'
+    average. ``norm_bound`` bounds each embedding's Euclidean norm (1.0 for unit-normalised
+    encoders such as MiniLM); clients clip to it before encrypting. ``preset`` defaults to
+    ``n8192-d3`` for linear heads and ``n8192-d5`` for hidden-layer heads.
     """
 
     templates: tuple[str, ...]
@@ -56,21 +92,26 @@ class EnsembleArtifact:
     classes: tuple[str, ...]
     norm_bound: float = 1.0
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
-    preset: str = "n8192-d3"
+    preset: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    hidden_weights: npt.NDArray[np.float64] | None = None
+    hidden_biases: npt.NDArray[np.float64] | None = None
+    activation: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        # C order: safetensors writes the raw buffer, so a strided (e.g. Fortran-ordered
-        # scikit-learn coef_) array would otherwise be saved scrambled.
-        w = np.ascontiguousarray(self.weights, dtype=np.float64)
-        b = np.ascontiguousarray(self.biases, dtype=np.float64)
+        w, b = _array(self.weights), _array(self.biases)
         object.__setattr__(self, "weights", w)
         object.__setattr__(self, "biases", b)
         object.__setattr__(self, "templates", tuple(str(t) for t in self.templates))
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        hidden = (self.hidden_weights, self.hidden_biases, self.activation)
+        if any(v is not None for v in hidden) and any(v is None for v in hidden):
+            raise ArtifactError("hidden-layer heads need hidden_weights, hidden_biases and activation together")
+        if not self.preset:
+            object.__setattr__(self, "preset", DEFAULT_PRESETS[self.head])
         if w.ndim != 3:
-            raise ArtifactError(f"weights must be (members, classes, dim), got {w.shape}")
-        k, c, _ = w.shape
+            raise ArtifactError(f"weights must be (members, classes, {self._inner_name}), got {w.shape}")
+        k, c, inner = w.shape
         if b.shape != (k, c):
             raise ArtifactError(f"biases must be {(k, c)}, got {b.shape}")
         if len(self.templates) != k:
@@ -84,9 +125,48 @@ class EnsembleArtifact:
         if not (np.isfinite(self.norm_bound) and self.norm_bound > 0):
             raise ArtifactError("norm_bound must be a positive finite number")
         try:
-            get_preset(self.preset)
+            preset = get_preset(self.preset)
         except CryptoError as exc:
             raise ArtifactError(str(exc)) from None
+        if self.head == "quadratic_mlp":
+            self._check_hidden(k, inner, preset.depth)
+
+    def _check_hidden(self, members: int, hidden: int, depth: int) -> None:
+        hw, hb = _array(self.hidden_weights), _array(self.hidden_biases)
+        object.__setattr__(self, "hidden_weights", hw)
+        object.__setattr__(self, "hidden_biases", hb)
+        if hw.ndim != 3 or hw.shape[:2] != (members, hidden) or hw.shape[2] < 1 or hidden < 1:
+            raise ArtifactError(
+                f"hidden_weights must be (members, hidden, dim) = ({members}, {hidden}, dim) to match "
+                f"weights (members, classes, hidden), got {hw.shape}"
+            )
+        if hb.shape != (members, hidden):
+            raise ArtifactError(f"hidden_biases must be {(members, hidden)}, got {hb.shape}")
+        if not (np.all(np.isfinite(hw)) and np.all(np.isfinite(hb))):
+            raise ArtifactError("hidden weights and biases must be finite")
+        try:
+            coeffs = tuple(float(v) for v in self.activation)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ArtifactError("activation must be three numbers (c2, c1, c0)") from None
+        if len(coeffs) != 3 or not all(np.isfinite(coeffs)):
+            raise ArtifactError("activation must be three finite numbers (c2, c1, c0)")
+        if coeffs[0] == 0.0:
+            raise ArtifactError("the activation's square coefficient c2 must be nonzero (use linear heads otherwise)")
+        object.__setattr__(self, "activation", coeffs)
+        if depth < HIDDEN_MIN_DEPTH:
+            raise ArtifactError(
+                f"hidden-layer heads need a preset of depth >= {HIDDEN_MIN_DEPTH}; {self.preset!r} has {depth}",
+                hint="use preset 'n8192-d5' (the default for hidden-layer heads)",
+            )
+
+    @property
+    def _inner_name(self) -> str:
+        return "hidden" if self.head == "quadratic_mlp" else "dim"
+
+    @property
+    def head(self) -> str:
+        """``"linear"`` or ``"quadratic_mlp"`` (one hidden layer, degree-2 activation)."""
+        return "linear" if self.hidden_weights is None else "quadratic_mlp"
 
     @property
     def members(self) -> int:
@@ -94,9 +174,15 @@ class EnsembleArtifact:
         return int(self.weights.shape[0])
 
     @property
+    def hidden(self) -> int:
+        """Hidden units per member H (0 for linear heads)."""
+        return 0 if self.hidden_weights is None else int(self.weights.shape[2])
+
+    @property
     def dim(self) -> int:
         """Embedding dimension d."""
-        return int(self.weights.shape[2])
+        source = self.weights if self.hidden_weights is None else self.hidden_weights
+        return int(source.shape[2])
 
     def plaintext_logits(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Averaged logits ``(Q, C)`` of embeddings ``(Q, K, d)``, clipped as the client does."""
@@ -105,14 +191,22 @@ class EnsembleArtifact:
             emb = emb[None]
         norms = np.linalg.norm(emb, axis=2, keepdims=True)
         emb = emb * np.minimum(1.0, self.norm_bound / np.maximum(norms, 1e-300))
-        logits: npt.NDArray[np.float64] = np.einsum("qkd,kcd->qc", emb, self.weights)
+        if self.hidden_weights is None:
+            features = emb
+        else:
+            assert self.hidden_biases is not None and self.activation is not None
+            c2, c1, c0 = self.activation
+            u = np.einsum("qkd,khd->qkh", emb, self.hidden_weights) + self.hidden_biases
+            features = c2 * u**2 + c1 * u + c0
+        logits: npt.NDArray[np.float64] = np.einsum("qkd,kcd->qc", features, self.weights)
         mean: npt.NDArray[np.float64] = logits / self.members + self.biases.mean(axis=0)
         return mean
 
     def public_spec(self) -> dict[str, Any]:
-        """What a client needs (no weights): templates, classes, shapes, bound, encoder, preset."""
-        return {
-            "format": ARTIFACT_FORMAT,
+        """What a client needs (no weights): templates, classes, shapes, head kind, bound, preset."""
+        spec = {
+            "format": ARTIFACT_FORMAT if self.head == "linear" else HIDDEN_ARTIFACT_FORMAT,
+            "head": self.head,
             "templates": list(self.templates),
             "classes": list(self.classes),
             "members": self.members,
@@ -121,16 +215,27 @@ class EnsembleArtifact:
             "encoder": self.encoder,
             "preset": self.preset,
         }
+        if self.head != "linear":
+            spec["hidden"] = self.hidden
+        return spec
+
+    def _tensors(self) -> dict[str, npt.NDArray[np.float64]]:
+        out = {"weights": self.weights, "biases": self.biases}
+        if self.hidden_weights is not None and self.hidden_biases is not None:
+            out.update(hidden_weights=self.hidden_weights, hidden_biases=self.hidden_biases)
+        return out
 
     def dumps(self) -> dict[str, bytes]:
         """Serialize to ``{"ensemble.json": ..., "ensemble.safetensors": ...}``."""
-        meta = {**self.public_spec(), "metadata": dict(self.metadata)}
-        tensors = st_save({"weights": self.weights, "biases": self.biases})
+        meta: dict[str, Any] = {**self.public_spec(), "metadata": dict(self.metadata)}
+        if self.activation is not None:
+            meta["activation"] = list(self.activation)
+        tensors = st_save(self._tensors())
         return {JSON_NAME: json.dumps(meta, sort_keys=True).encode(), TENSORS_NAME: tensors}
 
     @classmethod
     def loads(cls, files: dict[str, bytes]) -> EnsembleArtifact:
-        """Inverse of :meth:`dumps`; validates formats and shapes, never unpickles."""
+        """Inverse of :meth:`dumps`; validates formats, tensor names and shapes, never unpickles."""
         try:
             meta_raw, tensor_raw = files[JSON_NAME], files[TENSORS_NAME]
         except KeyError as exc:
@@ -142,11 +247,27 @@ class EnsembleArtifact:
             tensors = st_load(tensor_raw)
         except Exception:
             raise ArtifactError("artifact JSON or safetensors is malformed") from None
-        if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        if not isinstance(meta, dict):
             raise ArtifactError("unknown artifact format")
-        if set(tensors) != {"weights", "biases"}:
-            raise ArtifactError("artifact tensors must be exactly 'weights' and 'biases'")
+        head = {ARTIFACT_FORMAT: "linear", HIDDEN_ARTIFACT_FORMAT: "quadratic_mlp"}.get(str(meta.get("format")))
+        if head is None:
+            raise ArtifactError("unknown artifact format")
+        if meta.get("head", head) != head:
+            raise ArtifactError(f"format {meta['format']!r} carries {head!r} heads, not {meta.get('head')!r}")
+        if set(tensors) != _TENSORS[head]:
+            names = ", ".join(repr(n) for n in sorted(_TENSORS[head]))
+            raise ArtifactError(f"artifact tensors must be exactly {names} for {head} heads")
+        hidden: dict[str, Any] = {}
         try:
+            if head == "quadratic_mlp":
+                activation = meta["activation"]
+                if not isinstance(activation, list) or len(activation) != 3:
+                    raise ArtifactError("activation must be a list [c2, c1, c0]")
+                hidden = {
+                    "hidden_weights": tensors["hidden_weights"],
+                    "hidden_biases": tensors["hidden_biases"],
+                    "activation": tuple(float(v) for v in activation),
+                }
             art = cls(
                 templates=tuple(meta["templates"]),
                 weights=tensors["weights"],
@@ -156,6 +277,7 @@ class EnsembleArtifact:
                 encoder=str(meta["encoder"]),
                 preset=str(meta["preset"]),
                 metadata={str(k): str(v) for k, v in dict(meta.get("metadata", {})).items()},
+                **hidden,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ArtifactError):
@@ -163,6 +285,8 @@ class EnsembleArtifact:
             raise ArtifactError(f"artifact metadata is invalid: {exc}") from None
         if art.members != meta.get("members") or art.dim != meta.get("dim"):
             raise ArtifactError("artifact metadata disagrees with tensor shapes")
+        if head != "linear" and art.hidden != meta.get("hidden"):
+            raise ArtifactError("artifact metadata disagrees with the hidden layer's width")
         return art
 
     def save(self, directory: str | Path) -> None:

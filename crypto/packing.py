@@ -1,11 +1,14 @@
-"""Slot layout of the private ensemble: one plaintext-weighted diagonal product, no per-row matmul.
+"""Slot layout of the private ensemble: plaintext-weighted diagonal products, no per-row matmul.
 
 The K member embeddings of one query are concatenated into a vector ``x`` of length ``n``
-(each member in a power-of-two block of ``block`` slots, zero padded). The ensemble average
-and the pairwise-difference matrix are folded into one ``m x n`` plaintext matrix ``M`` whose
-row ``r = i * P + j`` (``P`` = classes rounded up to a power of two, ``m = P * P``) computes the
-scaled difference ``(L_i - L_j) / bound`` of the averaged logits. The server evaluates
-``M x`` with the Halevi-Shoup diagonal method in baby-step/giant-step form:
+(each member in a power-of-two block of ``block`` slots, zero padded). Heads are linear or
+have one hidden layer with a degree-2 activation.
+
+Linear heads: the ensemble average and the pairwise-difference matrix are folded into one
+``m x n`` plaintext matrix ``M`` whose row ``r = i * P + j`` (``P`` = classes rounded up to a
+power of two, ``m = P * P``) computes the scaled difference ``(L_i - L_j) / bound`` of the
+averaged logits. The server evaluates ``M x`` with the Halevi-Shoup diagonal method in
+baby-step/giant-step form:
 
     sum_b rot( sum_a rot(x, a) * rot(diag_{a + g b}, -g b), g b ),  then rotate-and-sum
     with strides m, 2m, ..., n/2,
@@ -16,9 +19,27 @@ needed. Each query sits in a lane of ``2n`` slots holding ``x`` twice (so rotati
 the lane) unless ``n`` fills the whole ciphertext, in which case rotations are cyclic. Several
 lanes in one ciphertext give the batch form.
 
+Hidden-layer heads (``H`` units per member, activation ``p(u) = c2 u^2 + c1 u + c0``) run two
+such products with a ciphertext square between them. With ``p(u) = c2 (u + t)^2 + c0'`` and
+``t = c1 / (2 c2)``, stage 1 is an ``m1 x n`` matrix (``m1`` = ``K * H`` rounded up to a
+power of two, row ``k * H + u``) computing ``s = (u + t) / S`` per unit, each unit scaled by
+its own bound ``S = ||A_u|| * norm_bound + |a_u + t|`` so ``s`` lies in [-1, 1]. Its diagonals
+are defined periodically over the whole lane (the duplicated ``x`` makes ``rot(x, d)`` right
+at lane positions below ``2n - d``), so after the rotate-and-sum (strides ``m1 .. n/2``) the
+vector ``s`` is replicated with period ``m1`` over lane slots ``[0, n]``. The server squares it
+(1 level, no mask), and stage 2, an ``m x m1`` matrix folding ``c2 S^2``, the average over K,
+the pairwise differences and every constant, reads that replicated vector with the same
+diagonal method (``min(m, m1)`` diagonals; rotate-and-sum strides ``m .. m1/2`` when
+``m < m1``). Its reads stay below lane slot ``m + m1 - 1 <= n``, which :func:`make_layout`
+guarantees. The comparisons land in slots ``r`` exactly as for linear heads.
+
 Domain bound: with every member embedding clipped to Euclidean norm ``<= norm_bound`` the
-concatenation has norm ``<= norm_bound * sqrt(K)``; by Cauchy-Schwarz each scaled difference,
-and every partial sum the layout produces in unused slots, lies in ``[-1, 1]``.
+concatenation has norm ``<= norm_bound * sqrt(K)``; by Cauchy-Schwarz each scaled difference
+of a linear head, and every partial sum the layout produces in unused slots, lies in
+``[-1, 1]``. For hidden heads ``s^2`` lies in [0, 1] and the stage-2 bound is
+``max_r max(|pos_r + c_r|, |neg_r + c_r|)`` (sums of the row's positive and negative weights,
+plus its constant), so every comparison lies in [-1, 1]; unused slots mix two queries' data
+and stay within a small constant (``|s| <= 1 + sqrt(2)``), far inside the modulus.
 """
 
 from __future__ import annotations
@@ -35,6 +56,7 @@ __all__ = [
     "LayoutError",
     "WideLayout",
     "difference_matrix",
+    "hidden_matrices",
     "make_layout",
     "make_wide_layout",
     "pack_queries",
@@ -72,8 +94,12 @@ class EnsembleLayout:
     lane: int  # slots one query occupies (2n, or n when n == slots)
     pad_classes: int  # P: classes rounded up to a power of two
     rows: int  # m = P * P comparison rows
-    baby: int  # g
-    giant: int  # h, with g * h == m
+    baby: int  # g, comparison stage
+    giant: int  # h, with g * h == min(m, width)
+    hidden: int = 0  # H hidden units per member (0: linear heads)
+    hidden_rows: int = 0  # m1: K * H rounded up to a power of two (0: linear heads)
+    hidden_baby: int = 0  # g1, stage 1
+    hidden_giant: int = 0  # h1, with g1 * h1 == m1
 
     @property
     def queries_per_ciphertext(self) -> int:
@@ -81,14 +107,19 @@ class EnsembleLayout:
         return self.slots // self.lane
 
     @property
+    def width(self) -> int:
+        """Length of the vector the comparison matrix reads: ``n`` (linear) or ``m1`` (hidden)."""
+        return self.hidden_rows or self.n
+
+    @property
     def sum_strides(self) -> tuple[int, ...]:
-        """Rotate-and-sum strides that finish the matrix product (m, 2m, ..., n/2)."""
-        out = []
-        stride = self.rows
-        while stride < self.n:
-            out.append(stride)
-            stride *= 2
-        return tuple(out)
+        """Rotate-and-sum strides that finish the comparison product (m, 2m, ..., width/2)."""
+        return _doublings(self.rows, self.width)
+
+    @property
+    def hidden_sum_strides(self) -> tuple[int, ...]:
+        """Rotate-and-sum strides that finish stage 1 (m1, 2 m1, ..., n/2; none if linear)."""
+        return _doublings(self.hidden_rows, self.n) if self.hidden_rows else ()
 
     @property
     def block_strides(self) -> tuple[int, ...]:
@@ -98,26 +129,57 @@ class EnsembleLayout:
     @property
     def galois_steps(self) -> tuple[int, ...]:
         """Every rotation step the server circuit performs: the only keys a client sends."""
-        steps = {1, *self.sum_strides, *self.block_strides}
+        # Baby steps are built from power-of-two rotations (see EnsembleEvaluator._babies).
+        babies = _doublings(1, max(self.baby, self.hidden_baby))
+        steps = {1, *babies, *self.sum_strides, *self.block_strides, *self.hidden_sum_strides}
         if self.giant > 1:
             steps.add(self.baby)
+        if self.hidden_giant > 1:
+            steps.add(self.hidden_baby)
         return tuple(sorted(s for s in steps if 0 < s < self.slots))
 
 
-def make_layout(*, members: int, dim: int, classes: int, slots: int) -> EnsembleLayout:
-    """Compute the packed layout, or raise :class:`LayoutError` if it does not fit ``slots``."""
-    if members < 1 or dim < 1 or classes < 2:
-        raise LayoutError(f"need members >= 1, dim >= 1, classes >= 2 (got {members}, {dim}, {classes})")
+def _doublings(start: int, stop: int) -> tuple[int, ...]:
+    out = []
+    while start < stop:
+        out.append(start)
+        start *= 2
+    return tuple(out)
+
+
+def _split(count: int) -> tuple[int, int]:
+    """Baby/giant split of ``count`` (a power of two) diagonals: ``g = 2^ceil(log/2)``."""
+    log = count.bit_length() - 1
+    baby = 1 << ((log + 1) // 2)
+    return baby, count // baby
+
+
+def make_layout(*, members: int, dim: int, classes: int, slots: int, hidden: int = 0) -> EnsembleLayout:
+    """Compute the packed layout, or raise :class:`LayoutError` if it does not fit ``slots``.
+
+    ``hidden`` is the number of hidden units per member (0 for linear heads).
+    """
+    if members < 1 or dim < 1 or classes < 2 or hidden < 0:
+        raise LayoutError(
+            f"need members >= 1, dim >= 1, classes >= 2, hidden >= 0 (got {members}, {dim}, {classes}, {hidden})"
+        )
     block = _pow2_at_least(dim)
     pad_classes = _pow2_at_least(classes)
     rows = pad_classes * pad_classes
-    n = max(_pow2_at_least(members * block), rows)
+    hidden_rows = _pow2_at_least(members * hidden) if hidden else 0
+    n = max(_pow2_at_least(members * block), rows, hidden_rows)
     if n > slots:
-        raise LayoutError(f"{members} members x {block} slots (or {rows} comparison rows) exceed {slots} slots")
+        raise LayoutError(
+            f"{members} members x {block} slots ({rows} comparison rows, {hidden_rows} hidden rows) "
+            f"exceed {slots} slots"
+        )
+    if hidden_rows:
+        # Stage 2 reads the replicated hidden vector up to lane slot m + m1 - 2, valid while
+        # <= n; a ciphertext-wide n (cyclic rotations) is valid everywhere.
+        n = min(slots, max(n, _pow2_at_least(rows + hidden_rows - 1)))
     lane = 2 * n if 2 * n <= slots else n
-    log_rows = rows.bit_length() - 1
-    baby = 1 << ((log_rows + 1) // 2)
-    giant = rows // baby
+    baby, giant = _split(min(rows, hidden_rows or n))
+    hidden_baby, hidden_giant = _split(hidden_rows) if hidden_rows else (0, 0)
     return EnsembleLayout(
         members=members,
         dim=dim,
@@ -130,7 +192,28 @@ def make_layout(*, members: int, dim: int, classes: int, slots: int) -> Ensemble
         rows=rows,
         baby=baby,
         giant=giant,
+        hidden=hidden,
+        hidden_rows=hidden_rows,
+        hidden_baby=hidden_baby,
+        hidden_giant=hidden_giant,
     )
+
+
+def _check_finite(*arrays: FloatArray) -> None:
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise LayoutError("weights and biases must be finite")
+
+
+def _pairwise(full: FloatArray, mean_bias: FloatArray, layout: EnsembleLayout) -> tuple[FloatArray, FloatArray]:
+    """Rows ``i * P + j`` of ``full[i] - full[j]`` and of the bias differences (zero padded)."""
+    p, c = layout.pad_classes, full.shape[0]
+    diff = np.zeros((layout.rows, full.shape[1]))
+    diff_bias = np.zeros(layout.rows)
+    for i in range(c):
+        for j in range(c):
+            diff[i * p + j] = full[i] - full[j]
+            diff_bias[i * p + j] = mean_bias[i] - mean_bias[j]
+    return diff, diff_bias
 
 
 def difference_matrix(
@@ -144,22 +227,14 @@ def difference_matrix(
     logits, and ``|M @ x + bias| <= 1`` whenever each embedding has norm ``<= norm_bound``.
     """
     k, c, d = weights.shape
-    if (k, c, d) != (layout.members, layout.classes, layout.dim) or biases.shape != (k, c):
+    if (k, c, d) != (layout.members, layout.classes, layout.dim) or biases.shape != (k, c) or layout.hidden:
         raise LayoutError(f"weights {weights.shape} / biases {biases.shape} do not fit the layout")
-    if not np.all(np.isfinite(weights)) or not np.all(np.isfinite(biases)):
-        raise LayoutError("weights and biases must be finite")
-    p = layout.pad_classes
+    _check_finite(weights, biases)
     full = np.zeros((c, layout.n))
     for member in range(k):
         start = member * layout.block
         full[:, start : start + d] = weights[member] / k
-    mean_bias = biases.mean(axis=0)
-    diff = np.zeros((layout.rows, layout.n))
-    diff_bias = np.zeros(layout.rows)
-    for i in range(c):
-        for j in range(c):
-            diff[i * p + j] = full[i] - full[j]
-            diff_bias[i * p + j] = mean_bias[i] - mean_bias[j]
+    diff, diff_bias = _pairwise(full, biases.mean(axis=0), layout)
     x_norm = float(norm_bound) * np.sqrt(k)
     bound = float(np.max(np.linalg.norm(diff, axis=1) * x_norm + np.abs(diff_bias)))
     if bound <= 0.0:
@@ -167,21 +242,118 @@ def difference_matrix(
     return diff / bound, diff_bias / bound, bound
 
 
-def diagonals(matrix: FloatArray, layout: EnsembleLayout) -> list[FloatArray]:
-    """Pre-rotated generalized diagonals, one slot vector per (baby a, giant b) pair.
+def hidden_matrices(
+    hidden_weights: FloatArray,
+    hidden_biases: FloatArray,
+    weights: FloatArray,
+    biases: FloatArray,
+    activation: tuple[float, float, float],
+    *,
+    norm_bound: float,
+    layout: EnsembleLayout,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
+    """Both plaintext stages of hidden-layer heads, scaled so the circuit stays in [-1, 1].
 
-    Entry ``a + g * b`` multiplies ``rot(x, a)`` inside giant step ``b``.
+    ``hidden_weights`` ``(K, H, d)`` and ``hidden_biases`` ``(K, H)`` give ``u = A_k e_k + a_k``,
+    the activation ``(c2, c1, c0)`` gives ``h = c2 u^2 + c1 u + c0``, and ``weights``
+    ``(K, C, H)``, ``biases`` ``(K, C)`` give member logits ``B_k h + b_k``. Returns
+    ``(M1, bias1, M2, bias2, bound)``: ``M1 @ x + bias1`` (shape ``(m1,)``) is ``(u + t) / S``
+    per unit, within [-1, 1] for clipped embeddings, and ``M2 @ s**2 + bias2`` (``M2`` is
+    ``(m, m1)``) is ``(L_i - L_j) / bound`` in row ``i * P + j``, within [-1, 1].
     """
-    m, n, lane = layout.rows, layout.n, layout.lane
-    t = np.arange(layout.slots)
-    pos = t % lane
-    valid = pos < n
+    k, h, d = hidden_weights.shape
+    c = weights.shape[1]
+    lay = layout
+    if (
+        (k, h, d) != (lay.members, lay.hidden, lay.dim)
+        or hidden_biases.shape != (k, h)
+        or weights.shape != (k, lay.classes, h)
+        or biases.shape != (k, c)
+    ):
+        raise LayoutError(
+            f"hidden weights {hidden_weights.shape} / {hidden_biases.shape}, weights {weights.shape} / "
+            f"{biases.shape} do not fit the layout"
+        )
+    _check_finite(hidden_weights, hidden_biases, weights, biases, np.asarray(activation, dtype=np.float64))
+    c2, c1, c0 = (float(v) for v in activation)
+    if c2 == 0.0:
+        raise LayoutError("the activation's square coefficient c2 must be nonzero")
+    shift = c1 / (2.0 * c2)
+    centre = hidden_biases + shift  # u + t = A e + (a + t)
+    scale = np.linalg.norm(hidden_weights, axis=2) * float(norm_bound) + np.abs(centre)
+    scale = np.where(scale > 0.0, scale, 1.0)  # a unit that is identically zero
+    stage1 = np.zeros((lay.hidden_rows, lay.n))
+    bias1 = np.zeros(lay.hidden_rows)
+    for member in range(k):
+        rows = slice(member * h, (member + 1) * h)
+        start = member * lay.block
+        stage1[rows, start : start + d] = hidden_weights[member] / scale[member][:, None]
+        bias1[rows] = centre[member] / scale[member]
+    # L = 1/K sum_k B_k (c2 S^2 s^2 + c0') + b_k with c0' = c0 - c2 t^2.
+    full = np.zeros((c, lay.hidden_rows))
+    for member in range(k):
+        full[:, member * h : (member + 1) * h] = weights[member] * (c2 * scale[member] ** 2) / k
+    constant = (weights.sum(axis=2) * (c0 - c2 * shift**2) + biases).mean(axis=0)
+    diff, diff_bias = _pairwise(full, constant, lay)
+    # Row r is const_r + sum_k sum_u G[r, k, u] v_u^2 with v = u + t. Member k's part lies
+    # between the sums of its negative and of its positive weights on s^2 = (v / S)^2 in
+    # [0, 1] and, tighter when units share directions, between min G and max G times
+    # ||v_k||^2 <= (sigma_max(A_k) * norm_bound + ||a_k + t||)^2. Both also bound partial
+    # sums over any subset of units, which is what unused slots hold.
+    used = diff[:, : k * h].reshape(lay.rows, k, h)
+    coef = used / (scale**2)[None]
+    sigma = np.linalg.norm(hidden_weights, ord=2, axis=(1, 2))
+    radius = (sigma * float(norm_bound) + np.linalg.norm(centre, axis=1)) ** 2
+    upper = np.minimum(np.clip(used, 0.0, None).sum(axis=2), np.clip(coef, 0.0, None).max(axis=2) * radius)
+    lower = np.maximum(np.clip(used, None, 0.0).sum(axis=2), np.clip(coef, None, 0.0).min(axis=2) * radius)
+    positive = upper.sum(axis=1) + diff_bias
+    negative = lower.sum(axis=1) + diff_bias
+    bound = float(np.max(np.maximum(np.abs(positive), np.abs(negative))))
+    if not np.isfinite(bound):
+        raise LayoutError("the hidden-layer weights overflow the comparison bound")
+    if bound <= 0.0:
+        bound = 1.0
+    return stage1, bias1, diff / bound, diff_bias / bound, bound
+
+
+def _diagonals(matrix: FloatArray, layout: EnsembleLayout, *, baby: int, giant: int, reach: int) -> list[FloatArray]:
+    """Diagonal ``c`` at lane position ``p`` is ``matrix[p mod rows, (p + c) mod width]`` where
+    ``p < layout.n`` and ``p + c < reach`` (the lane slots whose input is valid), else 0."""
+    rows, width = matrix.shape
+    pos = np.arange(layout.slots) % layout.lane
     out: list[FloatArray] = []
-    for b in range(layout.giant):
-        for a in range(layout.baby):
-            c = a + layout.baby * b
-            diag = np.where(valid, matrix[pos % m, (pos + c) % n], 0.0)
-            out.append(np.roll(diag, layout.baby * b))
+    for b in range(giant):
+        for a in range(baby):
+            c = a + baby * b
+            valid = (pos < layout.n) & (pos + c < reach)
+            diag = np.where(valid, matrix[pos % rows, (pos + c) % width], 0.0)
+            out.append(np.roll(diag, baby * b))
+    return out
+
+
+def diagonals(matrix: FloatArray, layout: EnsembleLayout) -> list[FloatArray]:
+    """Pre-rotated generalized diagonals of the comparison stage, one per (baby a, giant b).
+
+    Entry ``a + g * b`` multiplies ``rot(v, a)`` inside giant step ``b``, where ``v`` is the
+    packed query (linear heads) or the squared hidden vector (hidden heads). Products that
+    would read the hidden vector past lane slot ``n`` (where it is not replicated) are zero,
+    so every slot, used or not, holds a partial row sum inside [-1, 1].
+    """
+    # Cyclic lanes (lane == n) and linear heads (x is duplicated) read valid slots everywhere.
+    reach = layout.n + 1 if layout.hidden_rows and layout.lane > layout.n else 2 * layout.slots
+    return _diagonals(matrix, layout, baby=layout.baby, giant=layout.giant, reach=reach)
+
+
+def hidden_diagonals(matrix: FloatArray, layout: EnsembleLayout) -> list[FloatArray]:
+    """Stage-1 diagonals of hidden heads, periodic over the whole lane (see the module doc)."""
+    if not layout.hidden_rows:
+        raise LayoutError("the layout has no hidden layer")
+    pos = np.arange(layout.slots) % layout.lane
+    out: list[FloatArray] = []
+    for b in range(layout.hidden_giant):
+        for a in range(layout.hidden_baby):
+            c = a + layout.hidden_baby * b
+            out.append(np.roll(matrix[pos % layout.hidden_rows, (pos + c) % layout.n], layout.hidden_baby * b))
     return out
 
 
@@ -189,6 +361,13 @@ def bias_slots(bias: FloatArray, layout: EnsembleLayout) -> FloatArray:
     """Bias vector laid out so every partial row sum stays inside [-1, 1]."""
     pos = np.arange(layout.slots) % layout.lane
     return np.where(pos < layout.n, bias[pos % layout.rows], 0.0)
+
+
+def hidden_bias_slots(bias: FloatArray, layout: EnsembleLayout) -> FloatArray:
+    """Stage-1 bias, replicated with period ``m1`` like the hidden vector it shifts."""
+    pos = np.arange(layout.slots) % layout.lane
+    out: FloatArray = bias[pos % layout.hidden_rows]
+    return out
 
 
 def output_mask(layout: EnsembleLayout, count: int | None = None) -> npt.NDArray[np.bool_]:

@@ -18,14 +18,24 @@ Throughput mode, the wide batch layout (slots index queries, see :mod:`crypto.pa
 Each layout refuses the other's bodies (the wide frame names its block size and chunk count).
 One set of evaluation keys serves both layouts.
 
+Heads are linear (one plaintext diagonal product, preset ``n8192-d3``) or have one hidden
+layer with a degree-2 polynomial activation (``EnsembleArtifact(head="quadratic_mlp")``,
+preset ``n8192-d5``): stage 1, a ciphertext square and stage 2, each one level, then the
+same comparisons (see :mod:`crypto.packing`). Hidden-layer heads use the single layout
+only (its lane batching included); the wide layout refuses them and
+:meth:`PrivateClient.prefers_wide` never picks it for them.
+
 The server sees only ciphertexts and public keys; the client learns per-class win counts
 (score mode) but neither the heads' weights nor per-member logits. Unused result slots are
 flooded with fresh uniform noise so they reveal no partial sums.
 
-Limits: at the default preset ``n8192-d3`` one composition of the sign polynomial fits, so
-win counts are soft (monotone in the scaled logit differences, argmax exact up to ~1e-6 CKKS
-noise) and leak approximate differences; output slots carry no circuit-privacy noise flooding.
-Heads are linear; one-hot output needs a far deeper circuit (see ``crypto.argmax``).
+Limits: at the default presets (``n8192-d3``, ``n8192-d5``) one composition of the sign
+polynomial fits, so win counts are soft (monotone in the scaled logit differences, argmax
+exact up to ~1e-6 CKKS noise) and leak approximate differences; output slots carry no
+circuit-privacy noise flooding. Hidden-layer comparisons are scaled by a worst-case bound
+over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
+closer than about ``bound * 1e-5`` may tie. One-hot output needs a far deeper circuit (see
+``crypto.argmax``).
 """
 
 from __future__ import annotations
@@ -57,10 +67,11 @@ from crypto.ckks import (
     make_context,
     public_context_bytes,
 )
-from crypto.ensemble import EnsembleArtifact
+from crypto.ensemble import HEADS, EnsembleArtifact
 
 __all__ = [
     "EnsembleEvaluator",
+    "encoded_weight_bytes",
     "PrivateClient",
     "PrivateScores",
     "decode_blobs",
@@ -97,14 +108,47 @@ class PrivateScores:
         return tuple(self.class_names[i] for i in self.labels)
 
 
+def _head(spec: dict[str, Any]) -> str:
+    head = str(spec.get("head", "linear"))
+    if head not in HEADS:
+        raise packing.LayoutError(f"unknown head kind {head!r}; expected one of {list(HEADS)}")
+    return head
+
+
 def _layout_for(spec: dict[str, Any]) -> packing.EnsembleLayout:
     preset = get_preset(str(spec["preset"]))
+    hidden = int(spec["hidden"]) if _head(spec) == "quadratic_mlp" else 0
+    if _head(spec) == "quadratic_mlp" and hidden < 1:
+        raise packing.LayoutError("hidden-layer heads need hidden >= 1 units")
     return packing.make_layout(
         members=int(spec["members"]),
         dim=int(spec["dim"]),
         classes=len(spec["classes"]),
         slots=preset.slot_count,
+        hidden=hidden,
     )
+
+
+def encoded_weight_bytes(spec: dict[str, Any]) -> int:
+    """Memory of the plaintext-encoded weights one evaluator holds for ``spec`` (single layout).
+
+    Each diagonal is an NTT-form plaintext of ``N`` coefficients per prime of its level.
+    """
+    preset = get_preset(str(spec["preset"]))
+    lay = _layout_for(spec)
+    primes = len(preset.coeff_mod_bit_sizes) - 1  # data primes of the top level
+    if not lay.hidden_rows:
+        return lay.rows * preset.poly_modulus_degree * primes * 8
+    stage2 = lay.baby * lay.giant * (primes - 2)
+    return (lay.hidden_rows * primes + stage2) * preset.poly_modulus_degree * 8
+
+
+def _refuse_wide(head: str) -> None:
+    if head != "linear":
+        raise packing.LayoutError(
+            f"the wide layout serves linear heads only; this ensemble has {head} heads",
+            hint="send single-layout ciphertexts (PrivateClient.encrypt / encrypt_batch, layout=single)",
+        )
 
 
 def _wide_layout_for(spec: dict[str, Any]) -> packing.WideLayout:
@@ -130,11 +174,57 @@ class PrivateClient:
         self._preset = str(self._spec["preset"])
         self._norm_bound = float(self._spec["norm_bound"])
         self._classes = tuple(str(c) for c in self._spec["classes"])
+        self._head = _head(self._spec)
         self._wide = _wide_layout_for(self._spec)
-        # One session serves both layouts: keys for the union of their rotation steps.
-        self._steps = tuple(sorted(set(self._layout.galois_steps) | set(self._wide.galois_steps)))
+        # One session serves both layouts: keys for the union of their rotation steps (the
+        # single layout's only for hidden-layer heads, which the wide layout does not serve).
+        wide_steps = self._wide.galois_steps if self._head == "linear" else ()
+        self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
         self._ctx = make_context(self._preset, galois_steps=self._steps)
         self._public: bytes | None = None
+        self._sym: tuple[Any, Any, Any] | None = None  # SEAL context, encryptor, encoder
+
+    def _secret_encryptor(self) -> tuple[Any, Any, Any]:
+        """SEAL's secret-key encryptor for this client's key (built once).
+
+        Secret-key encryption has about a tenth of public-key encryption's noise (which
+        matters at n8192-d5's 2^28 scale) and is sent seeded: half the query bytes. TenSEAL
+        does not expose it, so the key crosses into ``sealapi`` through a private RAM-backed
+        scratch file that is deleted at once (as for the seeded Galois keys in crypto.ckks).
+        """
+        if self._sym is None:
+            raw = self._ctx.serialize(
+                save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+            )
+            params_blob = next(v for f, w, v in _parse_fields(raw) if f == 1 and w == 2)
+            with _scratch_dir() as tmp:
+                parms_path, sk_path = os.path.join(tmp, "parms"), os.path.join(tmp, "sk")
+                with open(parms_path, "wb") as fh:
+                    fh.write(params_blob)  # type: ignore[arg-type]
+                parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+                parms.load(parms_path)
+                seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+                secret = sealapi.SecretKey()
+                try:
+                    self._ctx.data.secret_key().save(sk_path)
+                    secret.load(seal_ctx, sk_path)
+                finally:
+                    if os.path.exists(sk_path):
+                        os.remove(sk_path)
+            self._sym = (seal_ctx, sealapi.Encryptor(seal_ctx, secret), sealapi.CKKSEncoder(seal_ctx))
+        return self._sym
+
+    def _encrypt_values(self, values: npt.NDArray[np.float64]) -> bytes:
+        """One CKKS vector of ``values`` (all slots) in TenSEAL's wire form, secret-key encrypted."""
+        seal_ctx, encryptor, encoder = self._secret_encryptor()
+        pt = sealapi.Plaintext()
+        scale = 2.0 ** get_preset(self._preset).global_scale_bits
+        encoder.encode(np.asarray(values, dtype=np.float64).tolist(), seal_ctx.first_parms_id(), scale, pt)
+        with _scratch_dir() as tmp:
+            path = os.path.join(tmp, "query")
+            encryptor.encrypt_symmetric(pt).save(path)
+            blob = _read_file(path)
+        return _encode_fields([(1, 2, _encode_varint(len(values))), (2, 2, blob), (3, 1, struct.pack("<d", scale))])
 
     @property
     def layout(self) -> packing.EnsembleLayout:
@@ -154,7 +244,7 @@ class PrivateClient:
 
     def _encrypt_packed(self, embeddings: npt.NDArray[np.float64]) -> bytes:
         packed = packing.pack_queries(embeddings, self._layout, norm_bound=self._norm_bound)
-        return bytes(ts.ckks_vector(self._ctx, packed.tolist()).serialize())
+        return self._encrypt_values(packed)
 
     def encrypt(self, embeddings: npt.ArrayLike) -> bytes:
         """Encrypt one query's ``(K, d)`` embeddings (one per template) into one ciphertext."""
@@ -212,8 +302,9 @@ class PrivateClient:
         True from :data:`WIDE_MIN_QUERIES` queries on, as long as the wide bodies upload at
         most :data:`WIDE_MAX_CIPHERTEXTS_PER_QUERY` ciphertexts per query (about 1.6 MB at
         n8192-d3, within the 2 MB per-query budget). At K=8 x 384-d this means 12 or more.
+        Always false for hidden-layer heads (the wide layout serves linear heads only).
         """
-        if count < WIDE_MIN_QUERIES:
+        if count < WIDE_MIN_QUERIES or self._head != "linear":
             return False
         wide_cts = -(-count // self._wide.capacity) * self._wide.chunks
         return wide_cts <= WIDE_MAX_CIPHERTEXTS_PER_QUERY * count
@@ -223,14 +314,17 @@ class PrivateClient:
 
         Returns one framed body (:func:`encode_wide`) of ``wide_layout.chunks`` ciphertexts,
         for :meth:`EnsembleEvaluator.evaluate_wide_batch`; its size does not depend on ``Q``.
+        Raises :class:`~crypto.packing.LayoutError` for hidden-layer heads.
         """
+        _refuse_wide(self._head)
         emb = np.asarray(embeddings, dtype=np.float64)
         rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound)
-        blobs = [bytes(ts.ckks_vector(self._ctx, row.tolist()).serialize()) for row in rows]
+        blobs = [self._encrypt_values(row) for row in rows]
         return encode_wide(blobs, layout=self._wide, count=int(emb.shape[0]))
 
     def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
         """Decrypt the reply to a wide batch of ``count`` queries into win counts and labels."""
+        _refuse_wide(self._head)
         lay = self._wide
         if not 1 <= count <= lay.capacity:
             raise CiphertextError(f"count must lie in [1, {lay.capacity}]")
@@ -386,9 +480,10 @@ class EnsembleEvaluator:
 
     ``public_context`` must be the bytes of :meth:`PrivateClient.evaluation_keys`; anything
     holding a secret key, of other parameters, or lacking a needed Galois key raises
-    :class:`~crypto.ckks.ContextError`. Plaintext weights are encoded once here (about
-    ``rows * N * levels * 8`` bytes, 67 MB at n8192-d3 with 10 classes); pass ``shared`` (an
-    evaluator of the same artifact) to reuse them for another session's keys.
+    :class:`~crypto.ckks.ContextError`. Plaintext weights are encoded once here
+    (:func:`encoded_weight_bytes`: 67 MB at n8192-d3 with 10 classes, 59 / 84 MB at n8192-d5
+    for K=8 hidden heads of 16 / 32 units); pass ``shared`` (an evaluator of the same
+    artifact) to reuse them for another session's keys.
     """
 
     def __init__(
@@ -413,7 +508,9 @@ class EnsembleEvaluator:
         self._wide = _wide_layout_for(artifact.public_spec())
         self._ts_ctx = load_public_context(bytes(public_context), preset=artifact.preset, max_bytes=max_context_bytes)
         self._layout = _layout_for(artifact.public_spec())
-        self._rounds = argmax.compositions_for_depth(self._preset.depth)
+        self._hidden = artifact.head == "quadratic_mlp"
+        levels = argmax.HIDDEN_LEVELS if self._hidden else argmax.LINEAR_LEVELS
+        self._rounds = argmax.compositions_for_depth(self._preset.depth, levels)
         if self._rounds < 1:
             raise ContextError(f"preset {artifact.preset!r} has no depth left for comparisons")
         self._load_seal(bytes(public_context))
@@ -425,36 +522,71 @@ class EnsembleEvaluator:
             self._bound = shared._bound
             self._diagonals = shared._diagonals
             self._bias_values = shared._bias_values
+            self._hidden_diagonals = shared._hidden_diagonals
+            self._hidden_bias_values = shared._hidden_bias_values
             self._keep = shared._keep
             self._wide_state = shared._wide_state
             return
-        matrix, bias, self._bound = packing.difference_matrix(
-            artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._layout
-        )
+        lay = self._layout
         first = self._seal_ctx.first_context_data()
-        drop_prime = float(first.parms().coeff_modulus()[-1].value())
-        self._diagonals = []
-        for diag in packing.diagonals(matrix, self._layout):
+        if self._hidden:
+            assert artifact.hidden_weights is not None and artifact.hidden_biases is not None
+            assert artifact.activation is not None
+            stage1, bias1, matrix, bias, self._bound = packing.hidden_matrices(
+                artifact.hidden_weights,
+                artifact.hidden_biases,
+                artifact.weights,
+                artifact.biases,
+                artifact.activation,
+                norm_bound=artifact.norm_bound,
+                layout=lay,
+            )
+            self._hidden_diagonals = self._encode_diagonals(packing.hidden_diagonals(stage1, lay), first)
+            self._hidden_bias_values = packing.hidden_bias_slots(bias1, lay)
+            # Stage 2 runs two levels down (after stage 1 and the square).
+            self._diagonals = self._encode_diagonals(
+                packing.diagonals(matrix, lay), first.next_context_data().next_context_data()
+            )
+        else:
+            matrix, bias, self._bound = packing.difference_matrix(
+                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=lay
+            )
+            self._diagonals = self._encode_diagonals(packing.diagonals(matrix, lay), first)
+            self._hidden_diagonals, self._hidden_bias_values = [], np.zeros(0)
+        self._bias_values = packing.bias_slots(bias, lay)
+        self._keep = packing.output_mask(lay)
+        self._wide_state = {"plain": None}
+        if not self._hidden:
+            wide_w, wide_b, wide_bound = packing.wide_weights(
+                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._wide
+            )
+            # Encoded lazily on the first wide batch, then shared with sibling sessions.
+            self._wide_state = {"weights": wide_w, "bias": wide_b, "bound": wide_bound, "plain": None}
+
+    def _encode_diagonals(self, diags: list[npt.NDArray[np.float64]], level: Any) -> list[Any]:
+        """NTT plaintexts at ``level`` (SEAL context data), ``None`` for all-zero diagonals.
+
+        The scale is the prime the next rescale drops, so each product comes back to the
+        ciphertext's own scale exactly.
+        """
+        drop_prime = float(level.parms().coeff_modulus()[-1].value())
+        out: list[Any] = []
+        for diag in diags:
             if not np.any(diag):
-                self._diagonals.append(None)  # SEAL refuses products that are exactly zero
+                out.append(None)  # SEAL refuses products that are exactly zero
                 continue
             pt = sealapi.Plaintext()
-            # Scale = the prime the first rescale drops: the product comes back to exactly 2^scale.
-            self._encoder.encode(diag.tolist(), first.parms_id(), drop_prime, pt)
-            self._diagonals.append(pt)
-        self._bias_values = packing.bias_slots(bias, self._layout)
-        self._keep = packing.output_mask(self._layout)
-        wide_w, wide_b, wide_bound = packing.wide_weights(
-            artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._wide
-        )
-        # Encoded lazily on the first wide batch, then shared with sibling sessions.
-        self._wide_state = {"weights": wide_w, "bias": wide_b, "bound": wide_bound, "plain": None}
+            self._encoder.encode(diag.tolist(), level.parms_id(), drop_prime, pt)
+            out.append(pt)
+        return out
 
     # -- setup ---------------------------------------------------------------------------
 
     _diagonals: list[Any]
+    _hidden_diagonals: list[Any]
     _bound: float
     _bias_values: npt.NDArray[np.float64]
+    _hidden_bias_values: npt.NDArray[np.float64]
     _keep: npt.NDArray[np.bool_]
     _wide_state: dict[str, Any]
 
@@ -531,11 +663,12 @@ class EnsembleEvaluator:
         self._encoder.encode(values, ct.parms_id(), ct.scale, pt)
         return pt
 
-    def _mul_rescale(self, a: Any, b: Any) -> Any:
+    def _mul_rescale(self, a: Any, b: Any, *, rescale: bool = True) -> Any:
         out = sealapi.Ciphertext()
         self._evaluator.multiply(a, b, out)
         self._evaluator.relinearize_inplace(out, self._relin)
-        self._evaluator.rescale_to_next_inplace(out)
+        if rescale:
+            self._evaluator.rescale_to_next_inplace(out)
         return out
 
     def _half(self, ct: Any) -> Any:
@@ -548,23 +681,44 @@ class EnsembleEvaluator:
         self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _sign_step(self, z: Any) -> Any:
-        """One composition of f(z) = z (3 - z^2) / 2, depth 2."""
+    def _sign_step(self, z: Any, *, rescale: bool = True) -> Any:
+        """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional)."""
         square = self._mul_rescale(z, z)
         self._evaluator.negate_inplace(square)
         self._evaluator.add_plain_inplace(square, self._encode_like(3.0, square))
-        return self._mul_rescale(self._half(z), square)
+        return self._mul_rescale(self._half(z), square, rescale=rescale)
 
-    def _differences(self, x: Any) -> Any:
-        lay, ev = self._layout, self._evaluator
+    def _babies(self, x: Any, count: int) -> list[Any]:
+        """``rot(x, a)`` for ``a < count``, each built from power-of-two rotations (at most
+        ``log2(count)`` deep instead of ``a``: key-switching noise adds up along the chain)."""
         babies = [x]
-        for _ in range(1, lay.baby):
-            babies.append(self._rotate(babies[-1], 1))
+        for a in range(1, count):
+            low = a & -a
+            babies.append(self._rotate(babies[a - low], low))
+        return babies
+
+    def _matvec(
+        self,
+        x: Any,
+        plains: Sequence[Any],
+        *,
+        baby: int,
+        giant: int,
+        strides: Sequence[int],
+        bias: npt.NDArray[np.float64],
+    ) -> Any:
+        """Diagonal method in baby-step/giant-step form, rotate-and-sum, one rescale, bias.
+
+        Giant steps and the rotate-and-sum act before the rescale, where the ciphertext's
+        scale is a prime larger, so their key-switching noise is negligible.
+        """
+        ev = self._evaluator
+        babies = self._babies(x, baby)
         acc: Any = None
-        for b in reversed(range(lay.giant)):
+        for b in reversed(range(giant)):
             inner: Any = None
-            for a in range(lay.baby):
-                plain = self._diagonals[a + lay.baby * b]
+            for a in range(baby):
+                plain = plains[a + baby * b]
                 if plain is None:
                     continue
                 prod = sealapi.Ciphertext()
@@ -574,25 +728,44 @@ class EnsembleEvaluator:
                 else:
                     ev.add_inplace(inner, prod)
             if acc is not None:
-                acc = self._rotate(acc, lay.baby)
+                acc = self._rotate(acc, baby)
                 if inner is not None:
                     ev.add_inplace(acc, inner)
             else:
                 acc = inner
         if acc is None:
             raise ContextError("the ensemble's difference matrix is identically zero")
-        ev.rescale_to_next_inplace(acc)
-        for stride in lay.sum_strides:
+        for stride in strides:
             ev.add_inplace(acc, self._rotate(acc, stride))
-        ev.add_plain_inplace(acc, self._encode_like(self._bias_values.tolist(), acc))
+        ev.rescale_to_next_inplace(acc)
+        ev.add_plain_inplace(acc, self._encode_like(bias.tolist(), acc))
         return acc
+
+    def _differences(self, x: Any) -> Any:
+        """Scaled pairwise differences ``(L_i - L_j) / bound`` in slots ``i * P + j``."""
+        lay = self._layout
+        if self._hidden:
+            s = self._matvec(
+                x,
+                self._hidden_diagonals,
+                baby=lay.hidden_baby,
+                giant=lay.hidden_giant,
+                strides=lay.hidden_sum_strides,
+                bias=self._hidden_bias_values,
+            )
+            x = self._mul_rescale(s, s)  # s^2, replicated with period m1 over lane slots [0, n]
+        return self._matvec(
+            x, self._diagonals, baby=lay.baby, giant=lay.giant, strides=lay.sum_strides, bias=self._bias_values
+        )
 
     def _evaluate_ct(self, ct: Any) -> Any:
         z = self._differences(ct)
-        for _ in range(self._rounds):
-            z = self._sign_step(z)
+        for r in range(self._rounds):
+            # The block sums rotate before the last rescale (less key-switching noise).
+            z = self._sign_step(z, rescale=r < self._rounds - 1)
         for stride in self._layout.block_strides:
             self._evaluator.add_inplace(z, self._rotate(z, stride))
+        self._evaluator.rescale_to_next_inplace(z)
         rng = np.random.default_rng(secrets.randbits(128))
         amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
         noise = rng.uniform(-amplitude, amplitude, self._layout.slots)
@@ -747,9 +920,11 @@ class EnsembleEvaluator:
         slot ``b * block``; every other slot flooded with noise). Raises
         :class:`~crypto.ckks.CiphertextError` for bodies of another layout (a single-layout
         ciphertext or PEB1 batch, another block size or chunk count), malformed, truncated,
-        oversize or foreign ciphertexts, and :class:`~crypto.ckks.ContextError` when the
-        session's keys lack the wide layout's rotations.
+        oversize or foreign ciphertexts, :class:`~crypto.ckks.ContextError` when the
+        session's keys lack the wide layout's rotations, and
+        :class:`~crypto.packing.LayoutError` for hidden-layer heads (single layout only).
         """
+        _refuse_wide(self._artifact.head)
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=lay.chunks, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree

@@ -287,3 +287,47 @@ def test_fortran_ordered_heads_survive_registration() -> None:
     again = EnsembleArtifact.loads(strided.dumps())
     assert np.array_equal(again.weights, base.weights)
     assert np.array_equal(again.biases, base.biases)
+
+
+def test_hidden_layer_ensemble_registered_and_predicted(client: Any, settings: Any,
+                                                        token_a: str) -> None:
+    rng = np.random.default_rng(17)
+    k, c, d, h = 2, 3, 16, 6
+    art = EnsembleArtifact(
+        templates=("view a: {}", "view b: {}"), hidden_weights=rng.normal(size=(k, h, d)) * 0.5,
+        hidden_biases=rng.normal(size=(k, h)) * 0.1, activation=(0.25, 0.5, 0.0),
+        weights=rng.normal(size=(k, c, h)), biases=rng.normal(size=(k, c)) * 0.1,
+        classes=("red", "green", "blue"))
+    resp = _register(client, token_a, art)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    ens = resp.get_json()["id"]
+    user = make_token(settings, "tenant-a", role="client")
+    spec_resp = client.get(f"/v1/ensembles/{ens}", headers=auth(user))
+    spec = spec_resp.get_json()
+    assert spec["head"] == "quadratic_mlp" and spec["hidden"] == h and spec["preset"] == "n8192-d5"
+    assert spec["wide_layout"] is None and spec["layout"]["hidden_rows"] == 16
+    text = spec_resp.get_data(as_text=True)
+    assert "activation" not in text and "hidden_weights" not in text
+    private = PrivateClient(spec=spec)  # the SDK's path: the served spec, not the artifact
+    resp = _open(client, user, ens, private.evaluation_keys())
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    ses = resp.get_json()["id"]
+    emb = _unit(rng, (art.members, art.dim))
+    reply = _predict(client, user, ens, ses, private.encrypt(emb))
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert private.decrypt_result(reply.get_data()).labels[0] == int(art.plaintext_logits(emb).argmax())
+    wide = client.post(f"/v1/ensembles/{ens}/predict?session={ses}&layout=wide",
+                       headers={**auth(user), **OCTET}, data=b"PEW1" + b"\0" * 16)
+    _is_problem(wide, 422)
+    assert "linear heads only" in wide.get_json()["detail"]
+    # a hidden artifact with an extra tensor is a 422, not a 500
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
+
+    files = art.dumps()
+    tensors = {**st_load(files["ensemble.safetensors"]), "extra": np.zeros(2)}
+    bad = client.post("/v1/ensembles", headers=auth(token_a), content_type="multipart/form-data",
+                      data={"ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
+                            "ensemble_safetensors": (io.BytesIO(st_save(tensors)),
+                                                     "ensemble.safetensors")})
+    _is_problem(bad, 422)

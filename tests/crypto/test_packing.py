@@ -8,18 +8,30 @@ import pytest
 from crypto import packing
 
 
-def _simulate(layout: packing.EnsembleLayout, diags: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+def _simulate(
+    layout: packing.EnsembleLayout,
+    diags: list[np.ndarray],
+    x: np.ndarray,
+    *,
+    baby: int | None = None,
+    giant: int | None = None,
+    sum_strides: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """The evaluator's baby-step/giant-step product (comparison stage unless told otherwise)."""
+
     def rot(v: np.ndarray, k: int) -> np.ndarray:
         return np.roll(v, -k)
 
+    baby = layout.baby if baby is None else baby
+    giant = layout.giant if giant is None else giant
     babies = [x]
-    for _ in range(1, layout.baby):
+    for _ in range(1, baby):
         babies.append(rot(babies[-1], 1))
     acc = None
-    for b in reversed(range(layout.giant)):
-        inner = sum(babies[a] * diags[a + layout.baby * b] for a in range(layout.baby))
-        acc = inner if acc is None else rot(acc, layout.baby) + inner
-    for stride in layout.sum_strides:
+    for b in reversed(range(giant)):
+        inner = sum(babies[a] * diags[a + baby * b] for a in range(baby))
+        acc = inner if acc is None else rot(acc, baby) + inner
+    for stride in layout.sum_strides if sum_strides is None else sum_strides:
         acc = acc + rot(acc, stride)
     return acc
 
@@ -61,3 +73,53 @@ def test_layout_refusals():
         packing.pack_queries(np.full((1, 2, 8), np.nan), layout, norm_bound=1.0)
     with pytest.raises(packing.LayoutError):
         packing.pack_queries(np.zeros((layout.queries_per_ciphertext + 1, 2, 8)), layout, norm_bound=1.0)
+
+
+@pytest.mark.parametrize(
+    ("members", "dim", "classes", "hidden", "queries"),
+    [
+        (8, 384, 10, 16, 1),
+        (8, 384, 10, 32, 1),
+        (4, 32, 10, 8, 4),
+        (3, 20, 5, 10, 16),
+        (2, 7, 3, 5, 64),
+        (1, 4, 2, 1, 8),
+    ],
+)
+def test_hidden_circuit_computes_scaled_pairwise_differences(members, dim, classes, hidden, queries):
+    rng = np.random.default_rng(members * 100 + hidden)
+    layout = packing.make_layout(members=members, dim=dim, classes=classes, slots=4096, hidden=hidden)
+    hw, hb = rng.normal(size=(members, hidden, dim)), rng.normal(size=(members, hidden))
+    weights, biases = rng.normal(size=(members, classes, hidden)), rng.normal(size=(members, classes))
+    activation = (0.3, 0.7, -0.2)
+    m1, b1, m2, b2, bound = packing.hidden_matrices(hw, hb, weights, biases, activation, norm_bound=2.0, layout=layout)
+    emb = rng.normal(size=(queries, members, dim)) * 3.0  # norms above the bound get clipped
+    packed = packing.pack_queries(emb, layout, norm_bound=2.0)
+    stage1 = dict(baby=layout.hidden_baby, giant=layout.hidden_giant, sum_strides=layout.hidden_sum_strides)
+    s = _simulate(layout, packing.hidden_diagonals(m1, layout), packed, **stage1)
+    s = s + packing.hidden_bias_slots(b1, layout)
+    out = _simulate(layout, packing.diagonals(m2, layout), s * s) + packing.bias_slots(b2, layout)
+    assert np.max(np.abs(out)) <= 1.0 + 1e-9  # every slot, used or not, stays in the domain
+    clipped = emb * np.minimum(1.0, 2.0 / np.linalg.norm(emb, axis=2, keepdims=True))
+    u = np.einsum("qkd,khd->qkh", clipped, hw) + hb
+    h = activation[0] * u**2 + activation[1] * u + activation[2]
+    logits = np.einsum("qkh,kch->qc", h, weights) / members + biases.mean(axis=0)
+    p = layout.pad_classes
+    for q in range(queries):
+        got = out[q * layout.lane : q * layout.lane + p * p].reshape(p, p)[:classes, :classes]
+        np.testing.assert_allclose(got, (logits[q][:, None] - logits[q][None, :]) / bound, atol=1e-12)
+    assert layout.queries_per_ciphertext >= queries
+    assert len(layout.galois_steps) <= 12
+
+
+def test_hidden_layout_refusals():
+    layout = packing.make_layout(members=2, dim=8, classes=3, slots=4096, hidden=4)
+    zeros = (np.zeros((2, 4, 8)), np.zeros((2, 4)), np.zeros((2, 3, 4)), np.zeros((2, 3)))
+    with pytest.raises(packing.LayoutError, match="c2"):
+        packing.hidden_matrices(*zeros, (0.0, 1.0, 0.0), norm_bound=1.0, layout=layout)
+    with pytest.raises(packing.LayoutError):
+        packing.hidden_matrices(np.zeros((2, 5, 8)), *zeros[1:], (1.0, 0.0, 0.0), norm_bound=1.0, layout=layout)
+    with pytest.raises(packing.LayoutError):
+        packing.difference_matrix(np.zeros((2, 3, 8)), np.zeros((2, 3)), norm_bound=1.0, layout=layout)
+    with pytest.raises(packing.LayoutError):
+        packing.make_layout(members=8, dim=384, classes=10, slots=4096, hidden=1024)
