@@ -22,8 +22,8 @@ from flask_limiter import Limiter
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from .http import Api, read_bounded
 from .inference import (
+    KEYS_HINT,
     MAX_BATCH_BYTES,
-    MAX_CONTEXT_BYTES,
     MAX_QUERY_BYTES,
     MAX_SESSION_TTL_SECONDS,
     MAX_SPEC_BYTES,
@@ -37,6 +37,7 @@ from .inference import (
     SessionCreateQuery,
     SessionOut,
     close_session,
+    context_limit,
     ensemble_spec,
     ensemble_view,
     get_ensemble,
@@ -46,6 +47,7 @@ from .inference import (
     session_view,
 )
 from .schemas import ListQuery
+from .store import loads
 
 OCTET = "application/octet-stream"
 
@@ -63,15 +65,15 @@ def _cache() -> EvaluatorCache:
     return cache  # type: ignore[no-any-return]
 
 
-def _binary_body(limit: int, what: str) -> bytes:
+def _binary_body(limit: int, what: str, *, hint: str | None = None) -> bytes:
     """The request body as bytes (application/octet-stream), at most ``limit`` bytes."""
     if request.mimetype != OCTET:
         raise UnsupportedMediaType(f"{what} is sent as {OCTET}, got {request.mimetype or 'nothing'}")
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"{what} is limited to {limit} bytes")
+        raise PayloadTooLarge(f"{what} is limited to {limit} bytes", hint=hint)
     raw = read_bounded(request.stream, limit + 1)
     if len(raw) > limit:
-        raise PayloadTooLarge(f"{what} is limited to {limit} bytes")
+        raise PayloadTooLarge(f"{what} is limited to {limit} bytes", hint=hint)
     return raw
 
 
@@ -126,8 +128,9 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             status=201)
     def create_session(query: SessionCreateQuery) -> dict[str, Any]:
         store = _store()
-        get_ensemble(store, g.principal, query.ensemble_id)  # 404 before reading megabytes
-        keys = _binary_body(MAX_CONTEXT_BYTES, "evaluation keys")
+        ensemble = get_ensemble(store, g.principal, query.ensemble_id)  # 404 before reading megabytes
+        keys = _binary_body(context_limit(str(loads(ensemble["spec"])["preset"])), "evaluation keys",
+                            hint=KEYS_HINT)
         ttl = min(current_app.config["APPLIANCE_SETTINGS"].inference_session_ttl_seconds,
                   MAX_SESSION_TTL_SECONDS)
         if query.ttl_seconds is not None:

@@ -35,7 +35,10 @@ def ensembles_create(folder: str | None, json_path: str | None, tensors_path: st
                      name: str | None, id_only: bool, url: str, token: str) -> None:
     """Register a private ensemble from its artifact files (owner: admin or auditor).
 
-    Linear heads (format v1) and hidden-layer heads (format v2, ``head: quadratic_mlp``) alike.
+    Linear heads (format v1) and hidden-layer heads (format v2, ``head: quadratic_mlp``) alike,
+    and one-hot ensembles (format v3, ``output: onehot``, built with
+    ``EnsembleArtifact(output="onehot")``; the output mode is the owner's choice, so it lives in
+    the artifact, not in a flag here).
     """
     from crypto.ensemble import JSON_NAME, TENSORS_NAME
 
@@ -76,7 +79,7 @@ def ensembles_show(ensemble_id: str, url: str, token: str) -> None:
 @main.command("predict")
 @click.argument("ensemble_id")
 @click.argument("texts", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="labels and win counts as JSON")
+@click.option("--json", "as_json", is_flag=True, help="labels and win counts (or one-hot values) as JSON")
 @click.option("--no-batch", is_flag=True, help="one request per text instead of the batch form")
 @_http_options
 def predict(ensemble_id: str, texts: tuple[str, ...], as_json: bool, no_batch: bool, url: str,
@@ -94,9 +97,10 @@ def predict(ensemble_id: str, texts: tuple[str, ...], as_json: bool, no_batch: b
 
     result = _run_sdk(run)
     if as_json:
+        key, values = ("one_hot", result.one_hot) if result.win_counts is None else ("win_counts", result.win_counts)
         click.echo(json.dumps([
-            {"text_index": i, "label": lb, "win_counts": [round(float(v), 4) for v in row]}
-            for i, (lb, row) in enumerate(zip(result.labels, result.win_counts, strict=True))
+            {"text_index": i, "label": lb, key: [round(float(v), 4) for v in row]}
+            for i, (lb, row) in enumerate(zip(result.labels, values, strict=True))
         ], indent=2))
     else:
         for label in result.labels:

@@ -342,7 +342,8 @@ class Client:
                         layout: str | None = None) -> Any:
         """Embed locally (MiniLM by default, once per template) -> encrypt -> send -> decrypt.
 
-        Returns :class:`appliance.inference.PrivatePrediction` (labels, indices, win counts).
+        Returns :class:`appliance.inference.PrivatePrediction` (labels, indices, and win counts
+        or, for an ensemble registered with ``output: "onehot"``, one-hot values).
         The server sees only ciphertexts; a session is opened once per ensemble and reused
         until it nears expiry (pass ``session`` to use your own). With ``batch`` and enough
         texts (:meth:`crypto.private_inference.PrivateClient.prefers_wide`, 12+ at K=8 x
@@ -379,7 +380,8 @@ class Client:
             session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
             scores = session.predict_embeddings(emb, batch=batch, layout=layout)
         return PrivatePrediction(labels=list(scores.predicted_classes),
-                                 indices=list(scores.labels), win_counts=scores.win_counts)
+                                 indices=list(scores.labels), win_counts=scores.win_counts,
+                                 one_hot=scores.one_hot)
 
     # -- confidential refinement (issue 5) --------------------------------------------------------
     def enclave_attestation(self, nonce: bytes) -> dict[str, Any]:

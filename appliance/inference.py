@@ -54,6 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 MAX_SPEC_BYTES = 1 << 20
 #: Largest evaluation-key upload (a session's public context); ~11 MB at n8192-d3.
 MAX_CONTEXT_BYTES = 64 << 20
+#: The same for presets of ring degree 16384 (one-hot output: ~104 MB at n16384-d8 for K=8 x
+#: 384-d, 10 classes). n32768-d18 keys (~0.9 GB) exceed it: such sessions are refused (413).
+MAX_DEEP_CONTEXT_BYTES = 192 << 20
 #: Largest single query ciphertext (~0.23 MB at n8192-d3 and n8192-d5: seeded, secret-key encrypted).
 MAX_QUERY_BYTES = 4 << 20
 #: Most ciphertexts in one batch request, and the batch body limit.
@@ -67,6 +70,8 @@ MAX_SESSION_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_CACHE_SIZE = 8
 #: Bound on the plaintext-encoded weights an evaluator holds (rows x N x primes x 8 bytes).
 MAX_ENCODED_WEIGHT_BYTES = 256 << 20
+#: The same for presets of ring degree 16384 (288 MiB at n16384-d8 for K=8 x 384-d, 10 classes).
+MAX_DEEP_ENCODED_WEIGHT_BYTES = 512 << 20
 OWNER_ROLES = ("admin", "auditor")
 
 
@@ -81,6 +86,7 @@ class EnsembleOut(BaseModel):
     classes: list[str]
     encoder: str
     preset: str
+    output: Literal["scores", "onehot"] = "scores"
     size: int
     created_at: str
 
@@ -133,6 +139,10 @@ class EnsembleSpec(BaseModel):
     head: Literal["linear", "quadratic_mlp"] = Field(
         default="linear", description="'quadratic_mlp': one hidden layer, degree-2 activation")
     hidden: int | None = Field(default=None, description="hidden units per member (hidden heads)")
+    output: Literal["scores", "onehot"] = Field(
+        default="scores",
+        description="'scores': per-class win counts; 'onehot': products of comparisons in [0, 1] "
+                    "(the label's near 1), no win counts")
     layout: EnsembleLayoutOut
     wide_layout: EnsembleWideLayoutOut | None = Field(
         default=None, description="absent for hidden-layer heads (single layout only)")
@@ -226,6 +236,13 @@ def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
     from crypto.errors import CryptoError
 
     art = _load_artifact({JSON_NAME: json_bytes, TENSORS_NAME: tensors_bytes})
+    from crypto.ckks import get_preset
+
+    if get_preset(art.preset).poly_modulus_degree > 16384:
+        # Its evaluation keys could never be uploaded (see MAX_DEEP_CONTEXT_BYTES).
+        raise UnprocessableInput(f"preset {art.preset!r} cannot be served: its evaluation keys "
+                                 f"exceed the {MAX_DEEP_CONTEXT_BYTES >> 20} MiB session limit",
+                                 hint=KEYS_HINT)
     spec = art.public_spec()
     try:
         _layout_info(spec)
@@ -233,12 +250,11 @@ def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
         raise UnprocessableInput(f"the ensemble does not fit preset {art.preset!r}: {exc}") from None
     from crypto.private_inference import encoded_weight_bytes
 
-    encoded = encoded_weight_bytes(spec)
-    if encoded > MAX_ENCODED_WEIGHT_BYTES:
+    encoded, limit = encoded_weight_bytes(spec), _weight_limit(art.preset)
+    if encoded > limit:
         raise UnprocessableInput(
             f"{len(art.classes)} classes ({art.head} heads) need {encoded >> 20} MiB of encoded "
-            f"weights per process at preset {art.preset!r}; the limit is "
-            f"{MAX_ENCODED_WEIGHT_BYTES >> 20} MiB",
+            f"weights per process at preset {art.preset!r}; the limit is {limit >> 20} MiB",
             hint="use fewer classes or hidden units, or a smaller preset")
     label = (name or art.metadata.get("name") or "ensemble").strip()[:128] or "ensemble"
     json_digest, json_size = store.blobs.put_bytes(json_bytes)
@@ -263,14 +279,34 @@ def ensemble_view(row: dict[str, Any]) -> dict[str, Any]:
     spec = loads(row["spec"])
     return {"id": row["id"], "name": row["name"], "members": spec["members"], "dim": spec["dim"],
             "classes": spec["classes"], "encoder": spec["encoder"], "preset": spec["preset"],
-            "size": row["size"], "created_at": row["created_at"]}
+            "output": spec.get("output", "scores"), "size": row["size"],
+            "created_at": row["created_at"]}
 
 
 def ensemble_spec(row: dict[str, Any]) -> dict[str, Any]:
     """The client-facing public spec of an ensemble row, with its slot layout; no weights."""
     spec = loads(row["spec"])
-    return {"id": row["id"], **spec, "layout": _layout_info(spec),
+    return {"id": row["id"], "output": "scores", **spec, "layout": _layout_info(spec),
             "wide_layout": _wide_layout_info(spec)}
+
+
+KEYS_HINT = ("n32768-d18 keys (~0.9 GB) are too large for a session; register the ensemble with "
+             "preset n16384-d8 (one-hot output up to 32 classes with linear heads)")
+
+
+def _deep(preset: str) -> bool:
+    from crypto.ckks import get_preset
+
+    return get_preset(preset).poly_modulus_degree > 8192
+
+
+def context_limit(preset: str) -> int:
+    """Largest evaluation-key upload for an ensemble of ``preset``."""
+    return MAX_DEEP_CONTEXT_BYTES if _deep(preset) else MAX_CONTEXT_BYTES
+
+
+def _weight_limit(preset: str) -> int:
+    return MAX_DEEP_ENCODED_WEIGHT_BYTES if _deep(preset) else MAX_ENCODED_WEIGHT_BYTES
 
 
 def get_ensemble(store: Store, principal: Principal, ensemble_id: str) -> dict[str, Any]:
@@ -357,16 +393,10 @@ class EvaluatorCache:
                     sibling = entry.evaluator
                     break
         try:
-            if sibling is not None:
-                evaluator = EnsembleEvaluator(artifact=artifact, public_context=keys,
-                                              max_context_bytes=MAX_CONTEXT_BYTES,
-                                              max_query_bytes=MAX_QUERY_BYTES,
-                                              max_wide_bytes=MAX_WIDE_BYTES, shared=sibling)
-            else:
-                evaluator = EnsembleEvaluator(artifact=artifact, public_context=keys,
-                                              max_context_bytes=MAX_CONTEXT_BYTES,
-                                              max_query_bytes=MAX_QUERY_BYTES,
-                                              max_wide_bytes=MAX_WIDE_BYTES)
+            evaluator = EnsembleEvaluator(artifact=artifact, public_context=keys,
+                                          max_context_bytes=context_limit(artifact.preset),
+                                          max_query_bytes=MAX_QUERY_BYTES,
+                                          max_wide_bytes=MAX_WIDE_BYTES, shared=sibling)
         except ContextError as exc:
             raise UnprocessableInput(f"evaluation keys refused: {exc}", hint=exc.hint) from None
         except (ValueError, RuntimeError, TypeError):  # SEAL on corrupt inner blobs
@@ -464,8 +494,10 @@ def open_session(store: Store, cache: EvaluatorCache, principal: Principal, *, e
     if not 1 <= ttl_seconds <= MAX_SESSION_TTL_SECONDS:
         raise ValidationFailed(f"ttl_seconds must lie in [1, {MAX_SESSION_TTL_SECONDS}]")
     ensemble = get_ensemble(store, principal, ensemble_id)
-    if len(keys) > MAX_CONTEXT_BYTES:
-        raise PayloadTooLarge(f"evaluation keys are limited to {MAX_CONTEXT_BYTES} bytes")
+    limit = context_limit(str(loads(ensemble["spec"])["preset"]))
+    if len(keys) > limit:
+        raise PayloadTooLarge(f"evaluation keys are limited to {limit} bytes for this ensemble's preset",
+                              hint=KEYS_HINT)
     if not keys:
         raise UnprocessableInput("the body must hold the evaluation keys (public context)")
     artifact = cache.artifact(store, ensemble)
@@ -578,10 +610,10 @@ def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
     preset = get_preset(str(spec["preset"]))
     encoded = (len(spec["classes"]) * wide["chunks"] * preset.poly_modulus_degree
                * (len(preset.coeff_mod_bit_sizes) - 1) * 8)
-    if encoded > MAX_ENCODED_WEIGHT_BYTES:
+    if encoded > _weight_limit(preset.name):
         raise UnprocessableInput(
             f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
-            f"the limit is {MAX_ENCODED_WEIGHT_BYTES >> 20} MiB", hint="use layout=single")
+            f"the limit is {_weight_limit(preset.name) >> 20} MiB", hint="use layout=single")
     entry = cache.get_or_load(store, ensemble, session)
     try:
         with entry.lock:
@@ -603,11 +635,13 @@ def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
 # -- client side (SDK) -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PrivatePrediction:
-    """Labels decrypted by the client: class names, indices and per-class win counts."""
+    """Labels decrypted by the client: class names, indices and, by the ensemble's output
+    mode, per-class win counts (``"scores"``) or one-hot values in [0, 1] (``"onehot"``)."""
 
     labels: list[str]
     indices: list[int]
-    win_counts: npt.NDArray[np.float64]
+    win_counts: npt.NDArray[np.float64] | None
+    one_hot: npt.NDArray[np.float64] | None = None
 
 
 class InferenceSession:
@@ -665,19 +699,14 @@ class InferenceSession:
                 resp = self._sdk.request("POST", path, params={"session": self.id, "layout": "wide"},
                                          content=pc.encrypt_wide_batch(part), headers=headers)
                 parts.append(pc.decrypt_wide_batch(resp.content, count=len(part)))
-            return PrivateScores(win_counts=np.concatenate([p.win_counts for p in parts]),
-                                 labels=tuple(lb for p in parts for lb in p.labels),
-                                 class_names=parts[0].class_names)
+            return PrivateScores.concat(parts)
         if not batch:
             replies = [
                 self._sdk.request("POST", path, params={"session": self.id},
                                   content=pc.encrypt(query), headers=headers).content
                 for query in emb
             ]
-            parts = [pc.decrypt_result(r) for r in replies]
-            return PrivateScores(win_counts=np.concatenate([p.win_counts for p in parts]),
-                                 labels=tuple(p.labels[0] for p in parts),
-                                 class_names=parts[0].class_names)
+            return PrivateScores.concat([pc.decrypt_result(r) for r in replies])
         cts = pc.encrypt_batch(emb)
         per_request = max(1, min(int(per_request), MAX_BATCH_ITEMS))
         out: list[bytes] = []

@@ -14,11 +14,18 @@ Then hidden-layer heads (one hidden layer of ``--hidden`` units per member, degr
 preset n8192-d5; single layout) in the same run: server time per query, keys, query/response
 sizes, the numpy baseline and the logit error of the encrypted comparison stage. ``--skip-linear``
 prints only those rows.
+
+``--onehot`` prints only the one-hot output mode's rows instead (products of comparisons, see
+crypto.argmax): for K=8, 384-d, 10 classes, linear heads on each of ``--onehot-presets``
+(default n16384-d8) and a small shape where the depth allows 3 sign compositions: server time,
+keys, sizes, label agreement with the plaintext argmax, error against the plaintext reference
+and sharpness (mean winner value, mean and max of the largest loser).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import threading
@@ -28,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 import tenseal as ts
 
-from crypto import packing
+from crypto import argmax, packing
 from crypto.ckks import get_preset, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference import EnsembleEvaluator, PrivateClient
@@ -118,6 +125,55 @@ def _hidden_rows(
     ]
 
 
+def _onehot_rows(
+    art: EnsembleArtifact, rng: np.random.Generator, reps: int, queries: int
+) -> list[tuple[str, str, str]]:
+    """One-hot output rows for ``art`` (output="onehot"): cost, agreement, sharpness."""
+    t0 = time.perf_counter()
+    client = PrivateClient(spec=art.public_spec())
+    keys = client.evaluation_keys()
+    keygen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluator = EnsembleEvaluator(artifact=art, public_context=keys)
+    setup_s = time.perf_counter() - t0
+    k, c, d = art.members, len(art.classes), art.dim
+    emb = _unit(rng, (queries, k, d))
+    cts = client.encrypt_batch(emb)
+    t0 = time.perf_counter()
+    replies = evaluator.evaluate_batch(cts)
+    batch_s = time.perf_counter() - t0
+    scores = client.decrypt_batch(replies, total=queries)
+    assert scores.one_hot is not None
+    logits = art.plaintext_logits(emb)
+    agree = int(np.sum(np.array(scores.labels) == logits.argmax(axis=1)))
+    reference = argmax.reference_one_hot(logits, evaluator._bound, evaluator.sign_rounds)
+    error = float(np.max(np.abs(scores.one_hot - reference)))
+    ordered = np.sort(scores.one_hot, axis=1)
+    server_s = _timed(lambda: evaluator.evaluate(cts[0]), reps)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    gap = float(np.median((top2[:, 1] - top2[:, 0]) / evaluator._bound))
+    tag = f"one-hot K={k} d={d} C={c}"
+    return [
+        (
+            f"{tag}: preset",
+            f"{art.preset} (r={evaluator.sign_rounds})",
+            f"{len(client.layout.galois_steps)} Galois keys",
+        ),
+        (f"{tag}: server time / ciphertext", f"{server_s:.2f} s", f"{client.batch_capacity} q/ciphertext"),
+        (f"{tag}: {queries} queries, batch", f"{batch_s:.1f} s", f"{len(cts)} ciphertexts"),
+        (f"{tag}: evaluation keys per session", f"{len(keys) / 1e6:.1f} MB", "both layouts"),
+        (f"{tag}: query / response size", f"{len(cts[0]) / 1e6:.3f} / {len(replies[0]) / 1e6:.3f} MB", ""),
+        (f"{tag}: client keygen + export / server setup", f"{keygen_s:.1f} / {setup_s:.1f} s", ""),
+        (f"{tag}: encrypted label == plaintext", f"{agree}/{queries}", "random unit embeddings"),
+        (f"{tag}: max |one-hot - reference|", f"{error:.1e}", "prod (1 + f^r(d)) / 2"),
+        (
+            f"{tag}: winner mean / largest loser mean, max",
+            f"{ordered[:, -1].mean():.3f} / {ordered[:, -2].mean():.3f}, {ordered[:, -2].max():.3f}",
+            f"median top-2 gap / bound {gap:.3f}",
+        ),
+    ]
+
+
 def _wide_rows(
     art: EnsembleArtifact, rng: np.random.Generator, reps: int, plain_s: float, thr_single: float
 ) -> list[tuple[str, str, str]]:
@@ -189,6 +245,9 @@ def main() -> None:
     parser.add_argument("--preset", default="n8192-d3")
     parser.add_argument("--hidden", default="16,32", help="comma-separated hidden widths to measure")
     parser.add_argument("--skip-linear", action="store_true", help="only the hidden-layer rows")
+    parser.add_argument("--onehot", action="store_true", help="only the one-hot output rows")
+    parser.add_argument("--onehot-presets", default="n16384-d8", help="comma-separated presets for --onehot")
+    parser.add_argument("--onehot-queries", type=int, default=24, help="random queries per one-hot shape")
     parser.add_argument(
         "--wide-blocks", default=str(packing.WIDE_BLOCK), help="comma-separated wide-layout block sizes to measure"
     )
@@ -197,6 +256,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k, c, d = 8, 10, 384
     preset = get_preset(args.preset)
+    if args.onehot:
+        rows = []
+        for name in args.onehot_presets.split(","):
+            art = _artifact(rng, k, c, d, name)
+            rows += _onehot_rows(dataclasses.replace(art, output="onehot"), rng, reps, args.onehot_queries)
+        # Two classes: one product level, so n16384-d8 fits three sign compositions.
+        small = dataclasses.replace(_artifact(rng, 2, 2, 16, "n16384-d8"), output="onehot")
+        rows += _onehot_rows(small, rng, reps, max(args.onehot_queries, 64))
+        _print(rows, reps)
+        return
     hidden_rows = []
     for width in (int(h) for h in args.hidden.split(",") if h):
         hidden_rows += _hidden_rows(rng, k, c, d, width, reps)

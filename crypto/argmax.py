@@ -1,15 +1,32 @@
 """Encrypted argmax from pairwise comparisons with a composite odd sign polynomial.
 
-The comparison ``sign(L_i - L_j)`` is approximated by ``f^(r)``, ``r`` compositions of the
-Cheon-Kim-Kim base polynomial ``f(x) = (3x - x^3) / 2`` (each costs 2 levels). ``f`` is odd,
-strictly increasing on [-1, 1] and maps [-1, 1] onto itself, so the soft win count
+The comparison ``sign(L_i - L_j)`` is approximated by ``s_ij = f^(r)((L_i - L_j) / bound)``,
+``r`` compositions of the Cheon-Kim-Kim base polynomial ``f(x) = (3x - x^3) / 2`` (each costs
+2 levels). ``f`` is odd, strictly increasing on [-1, 1] and maps [-1, 1] onto itself. Two
+output modes read the comparisons (the owner picks one per ensemble):
 
-    W_i = (C - 1) / 2 + 1/2 * sum_j f^(r)(L_i - L_j)   (the j = i term is f(0) = 0)
+``scores``: the soft win count
 
-satisfies ``W_a - W_b >= f^(r)(L_a - L_b) > 0`` whenever ``L_a > L_b``: the argmax of the
-win counts is the argmax of the logits for any ``r >= 1``, up to CKKS noise (about 1e-6 here).
-With enough depth ``f^(r)`` approaches the true sign and the counts approach integers
-(label = class with ``C - 1`` wins); with one composition they are soft.
+    W_i = (C - 1) / 2 + 1/2 * sum_j s_ij   (the j = i term is f(0) = 0)
+
+satisfies ``W_a - W_b >= s_ab > 0`` whenever ``L_a > L_b``: the argmax of the win counts is
+the argmax of the logits for any ``r >= 1``, up to CKKS noise (about 1e-6 here). With enough
+depth ``s`` approaches the true sign and the counts approach integers (label = class with
+``C - 1`` wins); with one composition they are soft.
+
+``onehot``: the product of comparisons
+
+    o_i = prod_{j != i} (1 + s_ij) / 2
+
+is exactly one-hot when the signs are exact and lies in [0, 1] always (so it needs no
+headroom above the scale, whatever ``C``). With soft signs the argmax is still exact: for the
+winner ``a`` and any ``b``, ``s_aj > s_bj`` for every ``j`` (``f^(r)`` is increasing) and
+``1 + s_ab > 1 > 1 + s_ba``, so ``o_a > o_b`` (CKKS noise aside). The product costs
+``ceil(log2 C)`` more levels (a rotate-and-multiply tree over a block of ``P`` slots, or a
+balanced product of the ``C - 1`` pairwise factors in the wide layout), so it needs a deeper
+preset (``n16384-d8``: ``r = 1`` up to 32 classes with linear heads, ``r = 2`` up to 4; ``n32768-d18``). As
+the comparisons sharpen it tends to the label alone, where win counts tend to the whole
+ranking of the classes; with soft comparisons both leak approximate margins.
 """
 
 from __future__ import annotations
@@ -18,8 +35,13 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "OUTPUTS",
     "compositions_for_depth",
+    "min_depth",
+    "onehot_levels",
+    "reference_one_hot",
     "reference_win_counts",
+    "rounds_for",
     "sign_composite",
     "win_counts",
     "winner",
@@ -27,6 +49,8 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Output modes: soft win counts, or a (soft) one-hot vector from products of comparisons.
+OUTPUTS = ("scores", "onehot")
 #: Levels the linear (plaintext-weight) stage consumes before the comparisons.
 LINEAR_LEVELS = 1
 #: Levels hidden-layer heads consume: stage 1, the square, stage 2.
@@ -38,6 +62,29 @@ LEVELS_PER_COMPOSITION = 2
 def compositions_for_depth(depth: int, stage_levels: int = LINEAR_LEVELS) -> int:
     """How many compositions of ``f`` fit after the heads (``stage_levels`` levels) in ``depth``."""
     return max(0, (depth - stage_levels) // LEVELS_PER_COMPOSITION)
+
+
+def onehot_levels(classes: int) -> int:
+    """Levels of the one-hot product: ``log2 P`` (``P`` = classes rounded up to a power of two).
+
+    The wide layout's balanced product of ``C - 1`` factors needs ``ceil(log2(C - 1))``, never
+    more, so one sign depth serves both layouts.
+    """
+    return max(1, (int(classes) - 1).bit_length())
+
+
+def rounds_for(depth: int, stage_levels: int, output: str, classes: int) -> int:
+    """Compositions of ``f`` that fit ``depth`` for an output mode (0: the mode does not fit)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    tree = onehot_levels(classes) if output == "onehot" else 0
+    return compositions_for_depth(depth - tree, stage_levels)
+
+
+def min_depth(stage_levels: int, output: str, classes: int) -> int:
+    """Smallest preset depth that runs the heads, one composition and the output mode."""
+    tree = onehot_levels(classes) if output == "onehot" else 0
+    return stage_levels + LEVELS_PER_COMPOSITION + tree
 
 
 def sign_composite(x: FloatArray, rounds: int) -> FloatArray:
@@ -54,12 +101,25 @@ def win_counts(raw_sums: FloatArray, classes: int) -> FloatArray:
 
 
 def winner(counts: FloatArray) -> npt.NDArray[np.int64]:
-    """Predicted label per row of ``counts`` (the class with the most wins)."""
+    """Predicted label per row of ``counts`` (win counts or one-hot values: the largest)."""
     return np.asarray(np.argmax(np.asarray(counts), axis=-1), dtype=np.int64)
+
+
+def _scaled_signs(logits: FloatArray, bound: float, rounds: int) -> FloatArray:
+    lg = np.asarray(logits, dtype=np.float64)
+    return sign_composite((lg[:, :, None] - lg[:, None, :]) / bound, rounds)
 
 
 def reference_win_counts(logits: FloatArray, bound: float, rounds: int) -> FloatArray:
     """Plaintext win counts the circuit computes for ``(Q, C)`` logits and scale ``bound``."""
-    lg = np.asarray(logits, dtype=np.float64)
-    diffs = (lg[:, :, None] - lg[:, None, :]) / bound
-    return win_counts(sign_composite(diffs, rounds).sum(axis=2), lg.shape[1])
+    signs = _scaled_signs(logits, bound, rounds)
+    return win_counts(signs.sum(axis=2), signs.shape[1])
+
+
+def reference_one_hot(logits: FloatArray, bound: float, rounds: int) -> FloatArray:
+    """Plaintext one-hot values ``prod_{j != i} (1 + s_ij) / 2`` of ``(Q, C)`` logits."""
+    factors = (1.0 + _scaled_signs(logits, bound, rounds)) / 2.0
+    idx = np.arange(factors.shape[1])
+    factors[:, idx, idx] = 1.0
+    out: FloatArray = factors.prod(axis=2)
+    return out

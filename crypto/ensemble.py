@@ -11,6 +11,11 @@ activation (``head="quadratic_mlp"``): ``hidden_weights`` ``(K, H, d)``, ``hidde
 ``(K, C, H)``. Linear artifacts are written in format v1 exactly as before; hidden-layer ones
 in v2, which older readers refuse as an unknown format instead of misreading it.
 
+``output`` is the owner's disclosure choice: ``"scores"`` (default, per-class win counts) or
+``"onehot"`` (products of comparisons, see :mod:`crypto.argmax`; needs a deeper preset).
+One-hot artifacts, of either head kind, are written in format v3 (``head`` and ``output``
+named), so a reader that predates the mode refuses them instead of serving win counts.
+
 Weights are the owner's secret: the artifact is server-side only; clients receive
 :meth:`EnsembleArtifact.public_spec` (templates, classes, shapes, head kind, preset), never
 the heads or the activation's coefficients.
@@ -28,13 +33,15 @@ import numpy.typing as npt
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from crypto.ckks import get_preset
+from crypto.argmax import HIDDEN_LEVELS, LINEAR_LEVELS, OUTPUTS, min_depth, onehot_levels
+from crypto.ckks import PRESETS, CkksPreset, get_preset
 from crypto.errors import CryptoError
 
 __all__ = [
     "ARTIFACT_FORMAT",
     "HEADS",
     "HIDDEN_ARTIFACT_FORMAT",
+    "ONEHOT_ARTIFACT_FORMAT",
     "ArtifactError",
     "EnsembleArtifact",
     "HIDDEN_MIN_DEPTH",
@@ -42,6 +49,7 @@ __all__ = [
 
 ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v1"
 HIDDEN_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v2"
+ONEHOT_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v3"
 JSON_NAME = "ensemble.json"
 TENSORS_NAME = "ensemble.safetensors"
 MAX_ARTIFACT_BYTES = 256 << 20
@@ -50,6 +58,12 @@ HEADS = ("linear", "quadratic_mlp")
 #: Default CKKS preset per head kind (hidden layers need depth 5: stage 1, square, stage 2, sign).
 DEFAULT_PRESETS = {"linear": "n8192-d3", "quadratic_mlp": "n8192-d5"}
 HIDDEN_MIN_DEPTH = 5
+
+
+def _cost(preset: CkksPreset) -> tuple[int, int]:
+    return preset.poly_modulus_degree, preset.depth
+
+
 _TENSORS = {
     "linear": {"weights", "biases"},
     "quadratic_mlp": {"hidden_weights", "hidden_biases", "weights", "biases"},
@@ -83,7 +97,9 @@ class EnsembleArtifact:
     logits ``weights[k] @ h + biases[k]``. The ensemble predicts the argmax of the members'
     average. ``norm_bound`` bounds each embedding's Euclidean norm (1.0 for unit-normalised
     encoders such as MiniLM); clients clip to it before encrypting. ``preset`` defaults to
-    ``n8192-d3`` for linear heads and ``n8192-d5`` for hidden-layer heads.
+    ``n8192-d3`` for linear heads and ``n8192-d5`` for hidden-layer heads; with
+    ``output="onehot"`` to the smallest preset deep enough (:func:`crypto.argmax.min_depth`).
+    An explicit preset too shallow for the output mode raises :class:`ArtifactError`.
     """
 
     templates: tuple[str, ...]
@@ -97,6 +113,7 @@ class EnsembleArtifact:
     hidden_weights: npt.NDArray[np.float64] | None = None
     hidden_biases: npt.NDArray[np.float64] | None = None
     activation: tuple[float, float, float] | None = None
+    output: str = "scores"
 
     def __post_init__(self) -> None:
         w, b = _array(self.weights), _array(self.biases)
@@ -107,8 +124,8 @@ class EnsembleArtifact:
         hidden = (self.hidden_weights, self.hidden_biases, self.activation)
         if any(v is not None for v in hidden) and any(v is None for v in hidden):
             raise ArtifactError("hidden-layer heads need hidden_weights, hidden_biases and activation together")
-        if not self.preset:
-            object.__setattr__(self, "preset", DEFAULT_PRESETS[self.head])
+        if self.output not in OUTPUTS:
+            raise ArtifactError(f"output must be one of {list(OUTPUTS)}, got {self.output!r}")
         if w.ndim != 3:
             raise ArtifactError(f"weights must be (members, classes, {self._inner_name}), got {w.shape}")
         k, c, inner = w.shape
@@ -118,6 +135,8 @@ class EnsembleArtifact:
             raise ArtifactError(f"{len(self.templates)} templates for {k} members")
         if len(self.classes) != c or c < 2:
             raise ArtifactError(f"{len(self.classes)} class names for {c} classes (need >= 2)")
+        if not self.preset:
+            object.__setattr__(self, "preset", self._default_preset(c))
         if len(set(self.classes)) != c:
             raise ArtifactError("class names must be distinct")
         if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
@@ -130,6 +149,26 @@ class EnsembleArtifact:
             raise ArtifactError(str(exc)) from None
         if self.head == "quadratic_mlp":
             self._check_hidden(k, inner, preset.depth)
+        needed = min_depth(self._stage_levels, self.output, c)
+        if self.output == "onehot" and preset.depth < needed:
+            deeper = [p.name for p in sorted(PRESETS.values(), key=_cost) if p.depth >= needed]
+            raise ArtifactError(
+                f"one-hot output for {c} classes with {self.head} heads needs a preset of depth >= {needed} "
+                f"(heads, one sign composition, {onehot_levels(c)} product levels); {self.preset!r} has "
+                f"{preset.depth}",
+                hint=f"use preset {deeper[0]!r}" if deeper else "use output='scores' or fewer classes",
+            )
+
+    @property
+    def _stage_levels(self) -> int:
+        return HIDDEN_LEVELS if self.head == "quadratic_mlp" else LINEAR_LEVELS
+
+    def _default_preset(self, classes: int) -> str:
+        if self.output == "scores":
+            return DEFAULT_PRESETS[self.head]
+        needed = min_depth(self._stage_levels, self.output, classes)
+        fits = [p for p in sorted(PRESETS.values(), key=_cost) if p.depth >= needed]
+        return fits[0].name if fits else DEFAULT_PRESETS[self.head]  # refused below, with a hint
 
     def _check_hidden(self, members: int, hidden: int, depth: int) -> None:
         hw, hb = _array(self.hidden_weights), _array(self.hidden_biases)
@@ -203,9 +242,14 @@ class EnsembleArtifact:
         return mean
 
     def public_spec(self) -> dict[str, Any]:
-        """What a client needs (no weights): templates, classes, shapes, head kind, bound, preset."""
+        """What a client needs (no weights): templates, classes, shapes, head kind, bound, preset,
+        and (one-hot artifacts) the output mode; a spec without ``output`` means scores."""
+        if self.output == "onehot":
+            fmt = ONEHOT_ARTIFACT_FORMAT
+        else:
+            fmt = ARTIFACT_FORMAT if self.head == "linear" else HIDDEN_ARTIFACT_FORMAT
         spec = {
-            "format": ARTIFACT_FORMAT if self.head == "linear" else HIDDEN_ARTIFACT_FORMAT,
+            "format": fmt,
             "head": self.head,
             "templates": list(self.templates),
             "classes": list(self.classes),
@@ -217,6 +261,8 @@ class EnsembleArtifact:
         }
         if self.head != "linear":
             spec["hidden"] = self.hidden
+        if self.output != "scores":
+            spec["output"] = self.output
         return spec
 
     def _tensors(self) -> dict[str, npt.NDArray[np.float64]]:
@@ -249,9 +295,16 @@ class EnsembleArtifact:
             raise ArtifactError("artifact JSON or safetensors is malformed") from None
         if not isinstance(meta, dict):
             raise ArtifactError("unknown artifact format")
-        head = {ARTIFACT_FORMAT: "linear", HIDDEN_ARTIFACT_FORMAT: "quadratic_mlp"}.get(str(meta.get("format")))
-        if head is None:
+        fmt = str(meta.get("format"))
+        head = {ARTIFACT_FORMAT: "linear", HIDDEN_ARTIFACT_FORMAT: "quadratic_mlp"}.get(fmt)
+        if fmt == ONEHOT_ARTIFACT_FORMAT:
+            head = meta.get("head")
+            if head not in HEADS or meta.get("output") != "onehot":
+                raise ArtifactError(f"format v3 names a head in {list(HEADS)} and output 'onehot'")
+        elif head is None:
             raise ArtifactError("unknown artifact format")
+        elif meta.get("output", "scores") != "scores":
+            raise ArtifactError(f"format {fmt!r} carries win-count outputs only; one-hot artifacts are v3")
         if meta.get("head", head) != head:
             raise ArtifactError(f"format {meta['format']!r} carries {head!r} heads, not {meta.get('head')!r}")
         if set(tensors) != _TENSORS[head]:
@@ -277,6 +330,7 @@ class EnsembleArtifact:
                 encoder=str(meta["encoder"]),
                 preset=str(meta["preset"]),
                 metadata={str(k): str(v) for k, v in dict(meta.get("metadata", {})).items()},
+                output=str(meta.get("output", "scores")),
                 **hidden,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -59,6 +59,7 @@ __all__ = [
     "hidden_matrices",
     "make_layout",
     "make_wide_layout",
+    "onehot_constants",
     "pack_queries",
     "pack_wide",
     "score_slots",
@@ -378,6 +379,17 @@ def output_mask(layout: EnsembleLayout, count: int | None = None) -> npt.NDArray
         for i in range(layout.classes):
             mask[q * layout.lane + i * layout.pad_classes] = True
     return mask
+
+
+def onehot_constants(layout: EnsembleLayout) -> FloatArray:
+    """What one-hot mode adds to ``s / 2`` per slot: 1/2 where slot ``i * P + j`` compares two
+    real classes ``i != j``, else 1 (there ``s = 0``), so the product over a block of ``P``
+    slots is ``prod_{j != i} (1 + s_ij) / 2`` and every slot stays within [0, 1]."""
+    pos = np.arange(layout.slots) % layout.lane
+    row = pos % layout.rows
+    i, j = row // layout.pad_classes, row % layout.pad_classes
+    compares = (pos < layout.n) & (i < layout.classes) & (j < layout.classes) & (i != j)
+    return np.where(compares, 0.5, 1.0)
 
 
 def pack_queries(embeddings: FloatArray, layout: EnsembleLayout, *, norm_bound: float) -> FloatArray:

@@ -8,6 +8,7 @@ Three roles, as in Concrete-ML's deployment split::
                                   public_context=client.evaluation_keys())
     reply = evaluator.evaluate(client.encrypt(embeddings))   # embeddings: (K, d)
     scores = client.decrypt_result(reply)                    # scores.labels[0], scores.win_counts
+                                                             # (or scores.one_hot, by spec output)
 
 Throughput mode, the wide batch layout (slots index queries, see :mod:`crypto.packing`)::
 
@@ -26,16 +27,25 @@ only (its lane batching included); the wide layout refuses them and
 :meth:`PrivateClient.prefers_wide` never picks it for them.
 
 The server sees only ciphertexts and public keys; the client learns per-class win counts
-(score mode) but neither the heads' weights nor per-member logits. Unused result slots are
-flooded with fresh uniform noise so they reveal no partial sums.
+(score mode) or one-hot values (``output: "onehot"`` in the artifact and public spec, the
+owner's choice: ``prod_{j != i} (1 + s_ij) / 2``, see :mod:`crypto.argmax`) but neither the
+heads' weights nor per-member logits. Unused result slots are flooded with fresh uniform
+noise so they reveal no partial sums or products.
 
 Limits: at the default presets (``n8192-d3``, ``n8192-d5``) one composition of the sign
 polynomial fits, so win counts are soft (monotone in the scaled logit differences, argmax
 exact up to ~1e-6 CKKS noise) and leak approximate differences; output slots carry no
 circuit-privacy noise flooding. Hidden-layer comparisons are scaled by a worst-case bound
 over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
-closer than about ``bound * 1e-5`` may tie. One-hot output needs a far deeper circuit (see
-``crypto.argmax``).
+closer than about ``bound * 1e-5`` may tie. One-hot mode adds ``log2 P`` levels (a
+rotate-and-multiply tree over strides 1 .. P/2 in the single layout, the same rotation keys as
+the block sums; a balanced product of the ``C - 1`` factors in the wide layout), so it needs
+``n8192-d5`` (linear heads, up to 4 classes), ``n16384-d8`` (linear heads up to 32 classes,
+hidden heads up to 8; ~104 MB of keys and ~1.1 s per query at K=8 x 384-d, 10 classes) or
+``n32768-d18`` (keys ~0.9 GB: local use only, the service refuses such sessions); the
+depth left sets the sign compositions ``r`` (:func:`sign_rounds`), and with ``r = 1`` the
+values stay soft (argmax exact, winner often far below 1). Every slot stays within [0, 1], so
+no class count overflows the headroom.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ import tenseal.sealapi as sealapi
 
 from crypto import argmax, packing
 from crypto.ckks import (
+    PRESETS,
     CiphertextError,
     ContextError,
     _encode_fields,
@@ -81,8 +92,10 @@ __all__ = [
     "encode_wide",
     "wide_query_count",
     "render_templates",
+    "sign_rounds",
 ]
 
+#: Default size limits at n8192-d3; deeper presets scale them by :func:`_size_factor`.
 DEFAULT_MAX_CONTEXT_BYTES = 64 << 20
 DEFAULT_MAX_QUERY_BYTES = 4 << 20
 #: Largest wide-batch body (``chunks`` ciphertexts; ~19.5 MB for K=8 x 384-d at n8192-d3).
@@ -90,22 +103,65 @@ DEFAULT_MAX_WIDE_BYTES = 64 << 20
 #: The SDK's automatic choice of the wide layout (see :meth:`PrivateClient.prefers_wide`).
 WIDE_MIN_QUERIES = 8
 WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
+WIDE_MAX_SLOTS = 4096
 #: Flooding noise stays this many bits below the headroom of the last level (base prime).
 FLOOD_MARGIN_BITS = 3
 
 
 @dataclass(frozen=True)
 class PrivateScores:
-    """Decrypted result: ``win_counts`` ``(Q, C)`` and the predicted class per query."""
+    """Decrypted result: the predicted class per query and, by the ensemble's output mode,
+    ``win_counts`` ``(Q, C)`` (``"scores"``) or ``one_hot`` ``(Q, C)`` (``"onehot"``: values in
+    [0, 1], the winner's the largest; see :mod:`crypto.argmax`). The other one is ``None``."""
 
-    win_counts: npt.NDArray[np.float64]
+    win_counts: npt.NDArray[np.float64] | None
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
+    one_hot: npt.NDArray[np.float64] | None = None
 
     @property
     def predicted_classes(self) -> tuple[str, ...]:
         """Class names of :attr:`labels`."""
         return tuple(self.class_names[i] for i in self.labels)
+
+    @classmethod
+    def decode(cls, raw: npt.NDArray[np.float64], *, output: str, class_names: tuple[str, ...]) -> PrivateScores:
+        """Scores of ``(Q, C)`` decrypted result slots: comparison sums or one-hot products."""
+        values = np.asarray(raw, dtype=np.float64)
+        if output == "onehot":
+            return cls(None, tuple(int(v) for v in argmax.winner(values)), class_names, one_hot=values)
+        counts = argmax.win_counts(values, len(class_names))
+        return cls(counts, tuple(int(v) for v in argmax.winner(counts)), class_names)
+
+    @classmethod
+    def concat(cls, parts: Sequence[PrivateScores]) -> PrivateScores:
+        """The scores of several replies, in order (all of one ensemble)."""
+
+        def stack(arrays: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float64] | None:
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)  # type: ignore[arg-type]
+
+        return cls(
+            win_counts=stack([p.win_counts for p in parts]),
+            labels=tuple(lb for p in parts for lb in p.labels),
+            class_names=parts[0].class_names,
+            one_hot=stack([p.one_hot for p in parts]),
+        )
+
+
+def _size_factor(preset: str) -> int:
+    """How many n8192-d3 ciphertexts (or key sets) one of ``preset``'s weighs: ring degree
+    times primes, rounded up (16 at n32768-d18, whose keys are ~0.9 GB at K=8 x 384-d)."""
+    p, base = get_preset(preset), get_preset("n8192-d3")
+    size, base_size = (x.poly_modulus_degree * len(x.coeff_mod_bit_sizes) for x in (p, base))
+    return -(-size // base_size)
+
+
+def _max_query_bytes(preset: str) -> int:
+    return DEFAULT_MAX_QUERY_BYTES * _size_factor(preset)
+
+
+def _max_wide_bytes(preset: str) -> int:
+    return DEFAULT_MAX_WIDE_BYTES * _size_factor(preset)
 
 
 def _head(spec: dict[str, Any]) -> str:
@@ -113,6 +169,32 @@ def _head(spec: dict[str, Any]) -> str:
     if head not in HEADS:
         raise packing.LayoutError(f"unknown head kind {head!r}; expected one of {list(HEADS)}")
     return head
+
+
+def _output(spec: dict[str, Any]) -> str:
+    output = str(spec.get("output", "scores"))
+    if output not in argmax.OUTPUTS:
+        raise packing.LayoutError(f"unknown output mode {output!r}; expected one of {list(argmax.OUTPUTS)}")
+    return output
+
+
+def sign_rounds(spec: dict[str, Any]) -> int:
+    """Compositions of the sign polynomial that fit the spec's preset after its heads and the
+    output mode's product (see :mod:`crypto.argmax`); raises :class:`ContextError` if none does."""
+    preset = get_preset(str(spec["preset"]))
+    levels = argmax.HIDDEN_LEVELS if _head(spec) == "quadratic_mlp" else argmax.LINEAR_LEVELS
+    output, classes = _output(spec), len(spec["classes"])
+    rounds = argmax.rounds_for(preset.depth, levels, output, classes)
+    if rounds < 1:
+        need = argmax.min_depth(levels, output, classes)
+        deeper = sorted((p.poly_modulus_degree, p.depth, p.name) for p in PRESETS.values() if p.depth >= need)
+        product = f" and the {argmax.onehot_levels(classes)}-level one-hot product" if output == "onehot" else ""
+        raise ContextError(
+            f"preset {preset.name!r} (depth {preset.depth}) has no depth left for the comparisons{product}; "
+            f"{need} levels are needed",
+            hint=f"register the ensemble with preset {deeper[0][2]!r}" if deeper else "use output 'scores'",
+        )
+    return rounds
 
 
 def _layout_for(spec: dict[str, Any]) -> packing.EnsembleLayout:
@@ -175,6 +257,8 @@ class PrivateClient:
         self._norm_bound = float(self._spec["norm_bound"])
         self._classes = tuple(str(c) for c in self._spec["classes"])
         self._head = _head(self._spec)
+        self._output = _output(self._spec)
+        sign_rounds(self._spec)  # refuse a spec whose preset cannot run its output mode
         self._wide = _wide_layout_for(self._spec)
         # One session serves both layouts: keys for the union of their rotation steps (the
         # single layout's only for hidden-layer heads, which the wide layout does not serve).
@@ -261,27 +345,29 @@ class PrivateClient:
         cap = self.batch_capacity
         return [self._encrypt_packed(emb[i : i + cap]) for i in range(0, emb.shape[0], cap)]
 
+    @property
+    def output(self) -> str:
+        """The ensemble's output mode, ``"scores"`` or ``"onehot"`` (from the public spec)."""
+        return self._output
+
     def decrypt_result(self, data: bytes, *, count: int = 1) -> PrivateScores:
-        """Decrypt one evaluator reply holding ``count`` queries into win counts and labels."""
+        """Decrypt one evaluator reply holding ``count`` queries into labels and win counts
+        (or one-hot values, by the ensemble's :attr:`output`)."""
         if not 1 <= count <= self.batch_capacity:
             raise CiphertextError(f"count must lie in [1, {self.batch_capacity}]")
-        vec = load_ckks_vector(self._ctx, data, expected_size=self._layout.slots, max_bytes=DEFAULT_MAX_QUERY_BYTES)
+        vec = load_ckks_vector(
+            self._ctx, data, expected_size=self._layout.slots, max_bytes=_max_query_bytes(self._preset)
+        )
         raw = packing.score_slots(np.asarray(vec.decrypt()), self._layout, count)
-        counts = argmax.win_counts(raw, self._layout.classes)
-        labels = tuple(int(v) for v in argmax.winner(counts))
-        return PrivateScores(win_counts=counts, labels=labels, class_names=self._classes)
+        return PrivateScores.decode(raw, output=self._output, class_names=self._classes)
 
     def decrypt_batch(self, replies: Sequence[bytes], *, total: int) -> PrivateScores:
         """Decrypt the replies to :meth:`encrypt_batch` of ``total`` queries, in order."""
         cap = self.batch_capacity
         if len(replies) != -(-total // cap):
             raise CiphertextError(f"{len(replies)} replies for {total} queries (capacity {cap})")
-        parts = [self.decrypt_result(r, count=min(cap, total - i * cap)) for i, r in enumerate(replies)]
-        counts = np.concatenate([p.win_counts for p in parts])
-        return PrivateScores(
-            win_counts=counts,
-            labels=tuple(lb for p in parts for lb in p.labels),
-            class_names=self._classes,
+        return PrivateScores.concat(
+            [self.decrypt_result(r, count=min(cap, total - i * cap)) for i, r in enumerate(replies)]
         )
 
     # -- wide batch layout (slots index queries; throughput mode) ------------------------
@@ -302,9 +388,11 @@ class PrivateClient:
         True from :data:`WIDE_MIN_QUERIES` queries on, as long as the wide bodies upload at
         most :data:`WIDE_MAX_CIPHERTEXTS_PER_QUERY` ciphertexts per query (about 1.6 MB at
         n8192-d3, within the 2 MB per-query budget). At K=8 x 384-d this means 12 or more.
-        Always false for hidden-layer heads (the wide layout serves linear heads only).
+        Always false for hidden-layer heads (the wide layout serves linear heads only) and for
+        presets beyond N=8192 (one-hot ensembles: at n16384-d8 the wide layout's encoded
+        weights, ~570 MB at K=8 x 384-d and 10 classes, exceed the service's limit).
         """
-        if count < WIDE_MIN_QUERIES or self._head != "linear":
+        if count < WIDE_MIN_QUERIES or self._head != "linear" or self._wide.slots > WIDE_MAX_SLOTS:
             return False
         wide_cts = -(-count // self._wide.capacity) * self._wide.chunks
         return wide_cts <= WIDE_MAX_CIPHERTEXTS_PER_QUERY * count
@@ -323,25 +411,26 @@ class PrivateClient:
         return encode_wide(blobs, layout=self._wide, count=int(emb.shape[0]))
 
     def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
-        """Decrypt the reply to a wide batch of ``count`` queries into win counts and labels."""
+        """Decrypt the reply to a wide batch of ``count`` queries (as :meth:`decrypt_result`)."""
         _refuse_wide(self._head)
         lay = self._wide
         if not 1 <= count <= lay.capacity:
             raise CiphertextError(f"count must lie in [1, {lay.capacity}]")
-        got, blobs = decode_wide(reply, layout=lay, items=lay.classes, max_bytes=DEFAULT_MAX_WIDE_BYTES)
+        got, blobs = decode_wide(reply, layout=lay, items=lay.classes, max_bytes=_max_wide_bytes(self._preset))
         if got != count:
             raise CiphertextError(f"the reply is for {got} queries, expected {count}")
         per_class = np.stack(
             [
                 np.asarray(
-                    load_ckks_vector(self._ctx, b, expected_size=lay.slots, max_bytes=DEFAULT_MAX_QUERY_BYTES).decrypt()
+                    load_ckks_vector(
+                        self._ctx, b, expected_size=lay.slots, max_bytes=_max_query_bytes(self._preset)
+                    ).decrypt()
                 )
                 for b in blobs
             ]
         )
-        counts = argmax.win_counts(packing.wide_score_slots(per_class, lay, count), lay.classes)
-        labels = tuple(int(v) for v in argmax.winner(counts))
-        return PrivateScores(win_counts=counts, labels=labels, class_names=self._classes)
+        raw = packing.wide_score_slots(per_class, lay, count)
+        return PrivateScores.decode(raw, output=self._output, class_names=self._classes)
 
     def __repr__(self) -> str:
         return f"PrivateClient(preset={self._preset!r}, classes={len(self._classes)})"
@@ -491,9 +580,9 @@ class EnsembleEvaluator:
         *,
         artifact: EnsembleArtifact,
         public_context: bytes,
-        max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
-        max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
-        max_wide_bytes: int = DEFAULT_MAX_WIDE_BYTES,
+        max_context_bytes: int | None = None,
+        max_query_bytes: int | None = None,
+        max_wide_bytes: int | None = None,
         shared: EnsembleEvaluator | None = None,
     ) -> None:
         if isinstance(public_context, ts.Context):
@@ -503,16 +592,20 @@ class EnsembleEvaluator:
             raise ContextError("public_context must be bytes")
         self._artifact = artifact
         self._preset = get_preset(artifact.preset)
-        self._max_query_bytes = max_query_bytes
-        self._max_wide_bytes = max_wide_bytes
-        self._wide = _wide_layout_for(artifact.public_spec())
-        self._ts_ctx = load_public_context(bytes(public_context), preset=artifact.preset, max_bytes=max_context_bytes)
-        self._layout = _layout_for(artifact.public_spec())
+        factor = _size_factor(artifact.preset)
+        self._max_query_bytes = max_query_bytes or DEFAULT_MAX_QUERY_BYTES * factor
+        self._max_wide_bytes = max_wide_bytes or DEFAULT_MAX_WIDE_BYTES * factor
+        spec = artifact.public_spec()
+        self._wide = _wide_layout_for(spec)
+        self._layout = _layout_for(spec)
         self._hidden = artifact.head == "quadratic_mlp"
-        levels = argmax.HIDDEN_LEVELS if self._hidden else argmax.LINEAR_LEVELS
-        self._rounds = argmax.compositions_for_depth(self._preset.depth, levels)
-        if self._rounds < 1:
-            raise ContextError(f"preset {artifact.preset!r} has no depth left for comparisons")
+        self._onehot = _output(spec) == "onehot"
+        self._rounds = sign_rounds(spec)
+        self._ts_ctx = load_public_context(
+            bytes(public_context),
+            preset=artifact.preset,
+            max_bytes=max_context_bytes or DEFAULT_MAX_CONTEXT_BYTES * factor,
+        )
         self._load_seal(bytes(public_context))
         if (
             shared is not None
@@ -525,6 +618,7 @@ class EnsembleEvaluator:
             self._hidden_diagonals = shared._hidden_diagonals
             self._hidden_bias_values = shared._hidden_bias_values
             self._keep = shared._keep
+            self._onehot_constants = shared._onehot_constants
             self._wide_state = shared._wide_state
             return
         lay = self._layout
@@ -555,6 +649,7 @@ class EnsembleEvaluator:
             self._hidden_diagonals, self._hidden_bias_values = [], np.zeros(0)
         self._bias_values = packing.bias_slots(bias, lay)
         self._keep = packing.output_mask(lay)
+        self._onehot_constants = packing.onehot_constants(lay).tolist()
         self._wide_state = {"plain": None}
         if not self._hidden:
             wide_w, wide_b, wide_bound = packing.wide_weights(
@@ -588,6 +683,7 @@ class EnsembleEvaluator:
     _bias_values: npt.NDArray[np.float64]
     _hidden_bias_values: npt.NDArray[np.float64]
     _keep: npt.NDArray[np.bool_]
+    _onehot_constants: list[float]
     _wide_state: dict[str, Any]
 
     def with_session(self, public_context: bytes) -> EnsembleEvaluator:
@@ -648,7 +744,8 @@ class EnsembleEvaluator:
 
     @property
     def sign_rounds(self) -> int:
-        """Compositions of the sign polynomial this preset's depth allows."""
+        """Compositions of the sign polynomial this preset's depth allows (after the one-hot
+        product in one-hot mode)."""
         return self._rounds
 
     # -- circuit -------------------------------------------------------------------------
@@ -671,22 +768,65 @@ class EnsembleEvaluator:
             self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _half(self, ct: Any) -> Any:
+    def _half(self, ct: Any, value: float = 0.5) -> Any:
         data = self._seal_ctx.get_context_data(ct.parms_id())
         prime = float(data.parms().coeff_modulus()[-1].value())
         pt = sealapi.Plaintext()
-        self._encoder.encode(0.5, ct.parms_id(), prime, pt)
+        self._encoder.encode(value, ct.parms_id(), prime, pt)
         out = sealapi.Ciphertext()
         self._evaluator.multiply_plain(ct, pt, out)
         self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _sign_step(self, z: Any, *, rescale: bool = True) -> Any:
-        """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional)."""
+    def _sign_step(self, z: Any, *, rescale: bool = True, half: float = 0.5) -> Any:
+        """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional);
+        ``half=0.25`` gives f(z) / 2 at no extra level (the one-hot factors' slope)."""
         square = self._mul_rescale(z, z)
         self._evaluator.negate_inplace(square)
         self._evaluator.add_plain_inplace(square, self._encode_like(3.0, square))
-        return self._mul_rescale(self._half(z), square, rescale=rescale)
+        return self._mul_rescale(self._half(z, half), square, rescale=rescale)
+
+    def _signs(self, z: Any, *, rescale: bool) -> Any:
+        """``f^(r)(z)``, or ``f^(r)(z) / 2`` in one-hot mode; the last rescale optional."""
+        for r in range(self._rounds):
+            last = r == self._rounds - 1
+            z = self._sign_step(z, rescale=rescale or not last, half=0.25 if last and self._onehot else 0.5)
+        return z
+
+    def _product_tree(self, y: Any, strides: Sequence[int]) -> Any:
+        """``prod_{t < 2 * strides[-1]} rot(y, t)`` in every slot: one level per stride.
+
+        ``y`` comes unrescaled; each rotation acts on a product before its rescale, where the
+        scale is a prime larger, so key-switching noise stays negligible (as in the block sums).
+        """
+        ev = self._evaluator
+        rot = self._rotate(y, strides[0])
+        for k in range(len(strides)):
+            ev.rescale_to_next_inplace(y)
+            ev.rescale_to_next_inplace(rot)
+            y = self._mul_rescale(y, rot, rescale=False)
+            if k + 1 < len(strides):
+                rot = self._rotate(y, strides[k + 1])
+        ev.rescale_to_next_inplace(y)
+        return y
+
+    def _balanced_product(self, factors: list[Any]) -> Any:
+        """Product of rescaled ciphertexts in ``ceil(log2 len)`` levels (an odd one waits a level)."""
+        while len(factors) > 1:
+            paired = [self._mul_rescale(a, b) for a, b in zip(factors[0::2], factors[1::2], strict=False)]
+            if len(factors) % 2:
+                waiting = sealapi.Ciphertext()
+                self._evaluator.mod_switch_to_next(factors[-1], waiting)
+                paired.append(waiting)
+            factors = paired
+        return factors[0]
+
+    def _flood(self, ct: Any, keep: npt.NDArray[np.bool_], rng: np.random.Generator) -> None:
+        """Add fresh uniform noise to every slot outside ``keep`` (no partial results leak)."""
+        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
+        noise = rng.uniform(-amplitude, amplitude, keep.size)
+        noise[keep] = 0.0
+        self._evaluator.add_plain_inplace(ct, self._encode_like(noise.tolist(), ct))
 
     def _babies(self, x: Any, count: int) -> list[Any]:
         """``rot(x, a)`` for ``a < count``, each built from power-of-two rotations (at most
@@ -759,18 +899,17 @@ class EnsembleEvaluator:
         )
 
     def _evaluate_ct(self, ct: Any) -> Any:
-        z = self._differences(ct)
-        for r in range(self._rounds):
-            # The block sums rotate before the last rescale (less key-switching noise).
-            z = self._sign_step(z, rescale=r < self._rounds - 1)
-        for stride in self._layout.block_strides:
-            self._evaluator.add_inplace(z, self._rotate(z, stride))
-        self._evaluator.rescale_to_next_inplace(z)
-        rng = np.random.default_rng(secrets.randbits(128))
-        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
-        noise = rng.uniform(-amplitude, amplitude, self._layout.slots)
-        noise[self._keep] = 0.0
-        self._evaluator.add_plain_inplace(z, self._encode_like(noise.tolist(), z))
+        # The block sums and the product tree rotate before the last rescale (less noise).
+        z = self._signs(self._differences(ct), rescale=False)
+        if self._onehot:
+            # (1 + s) / 2 in comparison slots, 1 in padded and diagonal ones (s = 0 there).
+            self._evaluator.add_plain_inplace(z, self._encode_like(self._onehot_constants, z))
+            z = self._product_tree(z, self._layout.block_strides)
+        else:
+            for stride in self._layout.block_strides:
+                self._evaluator.add_inplace(z, self._rotate(z, stride))
+            self._evaluator.rescale_to_next_inplace(z)
+        self._flood(z, self._keep, np.random.default_rng(secrets.randbits(128)))
         return z
 
     # -- wire ----------------------------------------------------------------------------
@@ -885,33 +1024,51 @@ class EnsembleEvaluator:
                 else:
                     ev.sub(a, b, diff)
                 ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
-                for _ in range(self._rounds):
-                    diff = self._sign_step(diff)
-                signs[(i, j)] = diff
+                signs[(i, j)] = self._signs(diff, rescale=True)
         keep = packing.wide_output_mask(lay, count)
-        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
         rng = np.random.default_rng(secrets.randbits(128))
         replies = []
         for i in range(c):
-            acc: Any = None
-            for j in range(c):
-                if j == i:
-                    continue
-                term = signs[(min(i, j), max(i, j))]
-                if acc is None:
-                    acc = sealapi.Ciphertext()
-                    ev.negate(term, acc)  # -s_ji = s_ij for j < i; negated twice (a copy) for j > i
-                    if j > i:
-                        ev.negate_inplace(acc)
-                elif j > i:
-                    ev.add_inplace(acc, term)
-                else:
-                    ev.sub_inplace(acc, term)
-            noise = rng.uniform(-amplitude, amplitude, lay.slots)
-            noise[keep] = 0.0
-            ev.add_plain_inplace(acc, self._encode_like(noise.tolist(), acc))
+            acc = self._onehot_wide(signs, i) if self._onehot else self._wins_wide(signs, i)
+            self._flood(acc, keep, rng)
             replies.append(acc)
         return replies
+
+    def _wins_wide(self, signs: dict[tuple[int, int], Any], i: int) -> Any:
+        """``sum_{j != i} s_ij`` from the signs of the pairs ``i < j`` (``s_ji = -s_ij``)."""
+        ev = self._evaluator
+        acc: Any = None
+        for j in range(self._wide.classes):
+            if j == i:
+                continue
+            term = signs[(min(i, j), max(i, j))]
+            if acc is None:
+                acc = sealapi.Ciphertext()
+                ev.negate(term, acc)  # -s_ji = s_ij for j < i; negated twice (a copy) for j > i
+                if j > i:
+                    ev.negate_inplace(acc)
+            elif j > i:
+                ev.add_inplace(acc, term)
+            else:
+                ev.sub_inplace(acc, term)
+        return acc
+
+    def _onehot_wide(self, halves: dict[tuple[int, int], Any], i: int) -> Any:
+        """``prod_{j != i} (1 + s_ij) / 2`` from ``s_ij / 2`` of the pairs ``i < j``."""
+        ev = self._evaluator
+        factors = []
+        for j in range(self._wide.classes):
+            if j == i:
+                continue
+            factor = sealapi.Ciphertext()
+            if j > i:
+                ev.negate(halves[(i, j)], factor)
+                ev.negate_inplace(factor)  # a copy: SEAL's Python binding has no copy constructor
+            else:
+                ev.negate(halves[(j, i)], factor)  # s_ij / 2 = -s_ji / 2
+            ev.add_plain_inplace(factor, self._encode_like(0.5, factor))
+            factors.append(factor)
+        return self._balanced_product(factors)
 
     def evaluate_wide_batch(self, body: bytes) -> bytes:
         """Evaluate a wide batch body from :meth:`PrivateClient.encrypt_wide_batch`.

@@ -1,0 +1,109 @@
+"""One-hot ensembles through the Flask app: registration, spec, one HTTP prediction, the SDK."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import httpx
+import numpy as np
+from support import auth, make_token
+
+from appliance.client import Client
+from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference import PrivateClient, embed_with_templates
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    """A deterministic stand-in text encoder (16-d, seeded by each text's hash)."""
+    return np.stack(
+        [
+            np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big")).normal(size=16)
+            for t in texts
+        ]
+    )
+
+
+def _register(client: Any, token: str, art: EnsembleArtifact) -> Any:
+    files = art.dumps()
+    return client.post(
+        "/v1/ensembles",
+        headers=auth(token),
+        content_type="multipart/form-data",
+        data={
+            "ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
+            "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]), "ensemble.safetensors"),
+        },
+    )
+
+
+def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any, token_a: str) -> None:
+    rng = np.random.default_rng(41)
+    k, c, d = 2, 4, 16
+    art = EnsembleArtifact(
+        templates=("a {}", "b {}"),
+        weights=rng.normal(size=(k, c, d)),
+        biases=rng.normal(size=(k, c)) * 0.1,
+        classes=tuple(f"class-{i}" for i in range(c)),
+        output="onehot",
+    )
+    # The benchmark shape (K=8 x 384-d, 10 classes) defaults to n16384-d8 and fits the service.
+    big = EnsembleArtifact(
+        templates=[f"t{i} {{}}" for i in range(8)],
+        weights=rng.normal(size=(8, 10, 384)),
+        biases=np.zeros((8, 10)),
+        classes=[str(i) for i in range(10)],
+        output="onehot",
+    )
+    assert _register(client, token_a, big).get_json()["preset"] == "n16384-d8"
+    resp = _register(client, token_a, art)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert resp.get_json()["output"] == "onehot"
+    ens = resp.get_json()["id"]
+    user = make_token(settings, "tenant-a", role="client")
+    spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
+    assert spec["output"] == "onehot" and spec["preset"] == "n8192-d5" and spec["format"].endswith("/v3")
+
+    private = PrivateClient(spec=spec)
+    resp = client.post(
+        f"/v1/inference/sessions?ensemble_id={ens}", headers={**auth(user), **OCTET}, data=private.evaluation_keys()
+    )
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    emb = rng.normal(size=(k, d))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    resp = client.post(
+        f"/v1/ensembles/{ens}/predict?session={resp.get_json()['id']}",
+        headers={**auth(user), **OCTET},
+        data=private.encrypt(emb),
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    scores = private.decrypt_result(resp.get_data())
+    assert scores.win_counts is None and scores.one_hot is not None
+    assert scores.labels[0] == int(art.plaintext_logits(emb).argmax())
+
+    sdk = Client("http://appliance.test", token=user, transport=httpx.WSGITransport(app=app), retries=0)
+    texts = ["first text", "second text", "third"]
+    result = sdk.private_predict(ens, texts, encode=_encode)
+    expected = art.plaintext_logits(embed_with_templates(texts, art.templates, _encode)).argmax(axis=1)
+    assert result.indices == expected.tolist() and result.labels == [art.classes[i] for i in expected]
+    assert result.win_counts is None and result.one_hot is not None and result.one_hot.shape == (3, c)
+    assert np.all(result.one_hot.argmax(axis=1) == expected)
+
+
+def test_preset_whose_keys_cannot_be_uploaded_is_refused_at_registration(client: Any, token_a: str) -> None:
+    art = EnsembleArtifact(
+        templates=("{}",),
+        weights=np.eye(4)[None],
+        biases=np.zeros((1, 4)),
+        classes=("a", "b", "c", "d"),
+        output="onehot",
+        preset="n32768-d18",
+    )
+    resp = _register(client, token_a, art)
+    assert resp.status_code == 422, resp.get_json()
+    body = resp.get_json()
+    assert resp.mimetype == "application/problem+json" and "cannot be served" in body["detail"]
+    assert "n16384-d8" in body["hint"]

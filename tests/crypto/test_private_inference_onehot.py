@@ -1,0 +1,167 @@
+"""One-hot output mode: products of encrypted comparisons, both layouts, refusals, artifact format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from crypto import argmax, packing
+from crypto.ckks import ContextError
+from crypto.ensemble import ArtifactError, EnsembleArtifact
+from crypto.private_inference import EnsembleEvaluator, PrivateClient, sign_rounds
+
+C = 4  # P = 4: a two-level product tree; n8192-d5 fits it with one sign composition
+
+
+def _identity_artifact(classes: int, **kwargs: object) -> EnsembleArtifact:
+    """One member whose logits are its (clipped) embedding: the test chooses the logits."""
+    return EnsembleArtifact(
+        templates=["{}"],
+        weights=np.eye(classes)[None],
+        biases=np.zeros((1, classes)),
+        classes=[f"c{i}" for i in range(classes)],
+        norm_bound=float(np.sqrt(classes)),
+        output="onehot",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def onehot() -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
+    art = _identity_artifact(C)
+    client = PrivateClient(spec=art.public_spec())
+    return art, client, EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+
+
+def _check_labels(predicted: np.ndarray, logits: np.ndarray) -> None:
+    truth = logits.argmax(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    wide = top2[:, 1] - top2[:, 0] >= 0.01
+    assert wide.sum() > 150
+    assert np.mean(predicted == truth) >= 0.995
+    assert np.all(predicted[wide] == truth[wide])
+
+
+def test_onehot_labels_and_values_match_plaintext(onehot) -> None:
+    art, client, evaluator = onehot
+    assert art.preset == "n8192-d5" and evaluator.sign_rounds == 1 and client.output == "onehot"
+    logits = np.random.default_rng(31).uniform(-1.0, 1.0, size=(240, C))
+    replies = evaluator.evaluate_batch(client.encrypt_batch(logits[:, None, :]))
+    scores = client.decrypt_batch(replies, total=len(logits))
+    assert scores.win_counts is None and scores.one_hot is not None and scores.one_hot.shape == (240, C)
+    _check_labels(np.array(scores.labels), logits)
+    reference = argmax.reference_one_hot(logits, evaluator._bound, evaluator.sign_rounds)
+    assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
+    assert np.all(scores.one_hot > -1e-3) and np.all(scores.one_hot < 1.0 + 1e-3)
+
+
+def test_onehot_wide_layout_matches_reference(onehot) -> None:
+    _, client, evaluator = onehot
+    logits = np.random.default_rng(32).uniform(-1.0, 1.0, size=(client.wide_capacity, C))
+    scores = client.decrypt_wide_batch(
+        evaluator.evaluate_wide_batch(client.encrypt_wide_batch(logits[:, None, :])), count=len(logits)
+    )
+    assert scores.win_counts is None and scores.one_hot is not None
+    _check_labels(np.array(scores.labels), logits)
+    reference = argmax.reference_one_hot(logits, evaluator._wide_state["bound"], evaluator.sign_rounds)
+    assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
+
+
+def test_unused_slots_flooded_and_no_secret_needed(onehot) -> None:
+    art, client, evaluator = onehot
+    with pytest.raises(ContextError, match="private"):
+        EnsembleEvaluator(artifact=art, public_context=client._ctx.serialize(save_secret_key=True))
+    reply = evaluator.evaluate(client.encrypt(np.array([[0.9, -0.2, 0.1, -0.5]])))
+    values = np.array(ts.ckks_vector_from(client._ctx, reply).decrypt())
+    keep = packing.output_mask(evaluator.layout, 1)
+    assert np.all((values[keep] > -1e-3) & (values[keep] < 1.0 + 1e-3))
+    # n8192-d5 floods with uniform noise of amplitude 2^(37 - 27 - 3) = 128 (std 74).
+    assert np.std(values[~keep]) > 40.0
+
+
+def test_deeper_preset_sharpens_towards_one_hot() -> None:
+    # Two classes cost one product level, so n16384-d8 fits three sign compositions.
+    art = _identity_artifact(2, preset="n16384-d8")
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    assert evaluator.sign_rounds == 3
+    rng = np.random.default_rng(33)
+    winner = rng.integers(0, 2, size=64)
+    logits = np.where(np.arange(2)[None] == winner[:, None], 1.0, -1.0) * rng.uniform(0.5, 1.0, size=(64, 1))
+    scores = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(logits[:, None, :])), total=64)
+    assert scores.one_hot is not None and list(scores.labels) == winner.tolist()
+    ordered = np.sort(scores.one_hot, axis=1)
+    assert ordered[:, -1].min() > 0.97 and ordered[:, 0].max() < 0.03
+    reference = argmax.reference_one_hot(logits, evaluator._bound, 3)
+    assert np.max(np.abs(scores.one_hot - reference)) < 1e-4
+
+
+def test_shallow_presets_refused_with_a_deeper_hint() -> None:
+    with pytest.raises(ArtifactError, match="depth >= 5") as linear:
+        _identity_artifact(C, preset="n8192-d3")
+    assert "n8192-d5" in str(linear.value.hint)
+    with pytest.raises(ArtifactError) as ten:
+        _identity_artifact(10, preset="n8192-d5")
+    assert "n16384-d8" in str(ten.value.hint)
+    assert _identity_artifact(10).preset == "n16384-d8"  # the smallest preset deep enough
+    rng = np.random.default_rng(34)
+    with pytest.raises(ArtifactError) as hidden:  # 3 head levels + 2 + 4 > 8
+        EnsembleArtifact(
+            templates=["{}"],
+            hidden_weights=rng.normal(size=(1, 4, 8)),
+            hidden_biases=np.zeros((1, 4)),
+            activation=(0.25, 0.5, 0.0),
+            weights=rng.normal(size=(1, 10, 4)),
+            biases=np.zeros((1, 10)),
+            classes=[str(i) for i in range(10)],
+            preset="n16384-d8",
+            output="onehot",
+        )
+    assert "n32768-d18" in str(hidden.value.hint)
+    with pytest.raises(ArtifactError, match="output"):
+        EnsembleArtifact(templates=["{}"], weights=np.eye(2)[None], biases=np.zeros((1, 2)), classes="ab", output="x")
+    # A hand-made spec (e.g. an older server's) is refused by the client and the evaluator alike.
+    spec = {**_identity_artifact(C).public_spec(), "preset": "n8192-d3"}
+    with pytest.raises(ContextError, match="no depth left") as ctx:
+        PrivateClient(spec=spec)
+    assert "n8192-d5" in str(ctx.value.hint)
+    assert sign_rounds({**spec, "output": "scores"}) == 1
+
+
+def test_artifact_format_v3_round_trip_and_v1_unchanged(onehot) -> None:
+    art = onehot[0]
+    files = art.dumps()
+    meta = json.loads(files["ensemble.json"])
+    assert meta["format"].endswith("/v3") and meta["output"] == "onehot" and meta["head"] == "linear"
+    same = EnsembleArtifact.loads(files)
+    assert same.output == "onehot" and same.preset == art.preset
+    scores = EnsembleArtifact(
+        templates=["{}"], weights=np.eye(2)[None], biases=np.zeros((1, 2)), classes=["a", "b"]
+    ).dumps()
+    v1 = json.loads(scores["ensemble.json"])
+    assert v1["format"].endswith("/v1") and "output" not in v1
+    assert EnsembleArtifact.loads(scores).output == "scores"
+    for bad in (
+        {**v1, "output": "onehot"},
+        {**meta, "output": "scores"},
+        {k: v for k, v in meta.items() if k != "output"},
+    ):
+        tensors = (
+            files["ensemble.safetensors"] if bad.get("format") == meta["format"] else scores["ensemble.safetensors"]
+        )
+        with pytest.raises(ArtifactError):
+            EnsembleArtifact.loads({"ensemble.json": json.dumps(bad).encode(), "ensemble.safetensors": tensors})
+
+
+def test_reference_one_hot_is_exact_with_hard_signs() -> None:
+    logits = np.array([[0.9, -0.9, 0.0, 0.3]])
+    sharp = argmax.reference_one_hot(logits, bound=2.0, rounds=12)
+    assert np.allclose(sharp, [[1.0, 0.0, 0.0, 0.0]], atol=1e-6)
+    soft = argmax.reference_one_hot(logits, bound=2.0, rounds=1)
+    assert soft.argmax() == 0 and 0.0 < soft.min() and soft.max() < 1.0
+    assert argmax.onehot_levels(2) == 1 and argmax.onehot_levels(4) == 2 and argmax.onehot_levels(10) == 4
+    assert argmax.rounds_for(8, argmax.LINEAR_LEVELS, "onehot", 10) == 1
+    assert argmax.rounds_for(18, argmax.LINEAR_LEVELS, "onehot", 10) == 6
