@@ -1,12 +1,14 @@
 """Benchmark of the ownership audits on independently trained small models (digits).
 
-    python benchmarks/bench_ownership.py [--quick] [--workers 2]
+    python benchmarks/bench_ownership.py [--quick] [--workers 2] [--only dov4cl|watermark]
+        [--objective simclr|simsiam|both]
 
 Prints one table per method: true-positive rate over independently trained positives,
 false-positive rate over negatives (other data, other seeds, other architectures), the
 rate of p < alpha over null suspect/shadow pairs (both independent of D_pub) for the
-reference and the calibrated test, audit wall time over the bare forward time of the same
-queries (measured in the same run), and queries per verdict.
+reference and the calibrated test (DOV4CL: one table per self-supervised objective, the
+shadows trained with the suspects' objective), audit wall time over the bare forward time
+of the same queries (measured in the same run), and queries per verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -32,12 +34,17 @@ OTHER_KEYS = [bytes((7 * b + j) % 256 for b in range(32)) for j in (1, 2, 3)]
 MARK_FRACTION, MARK_DECOYS = 0.01, 0.03
 
 
+#: Epochs per self-supervised objective: SimSiam (no negatives) learns slower than SimCLR.
+EPOCHS = {"simclr": 400, "simsiam": 1000}
+
+
 @dataclass(frozen=True)
 class Job:
     kind: str  # "encoder" | "classifier"
     arch: str
     data: str  # "public" | "alt" | "marked" | "clean_label" | "half"
     seed: int
+    objective: Literal["simclr", "simsiam"] = "simclr"  # encoders only
 
 
 def _train(job: Job) -> tuple[Job, dict[str, np.ndarray], float]:
@@ -65,8 +72,9 @@ def _train(job: Job) -> tuple[Job, dict[str, np.ndarray], float]:
             idx = np.random.default_rng(job.seed).choice(len(alt), N_PUB, replace=False)
             data = alt[idx]
         model = build_model(ENCODERS[job.arch], seed=job.seed, width=16)
-        objective = "simsiam" if job.arch.endswith("simsiam") else "simclr"
-        train_contrastive(model, data, objective=objective, seed=job.seed, epochs=400, batch_size=N_PUB)
+        train_contrastive(
+            model, data, objective=job.objective, seed=job.seed, epochs=EPOCHS[job.objective], batch_size=N_PUB
+        )
     else:
         from appliance.audits.watermark import mark_dataset
 
@@ -104,7 +112,9 @@ CACHE = os.environ.get("BENCH_OWNERSHIP_CACHE", "/tmp/bench_ownership_cache")
 
 def _cache_path(job: Job) -> str:
     data = f"{job.data}-f{MARK_FRACTION}-d{MARK_DECOYS}" if job.data == "marked" else job.data
-    return os.path.join(CACHE, f"{job.kind}-{job.arch}-{data}-{job.seed}.npz")
+    # SimCLR keeps its old cache names; other objectives carry their recipe in the name.
+    recipe = "" if job.kind != "encoder" or job.objective == "simclr" else f"-{job.objective}{EPOCHS[job.objective]}"
+    return os.path.join(CACHE, f"{job.kind}-{job.arch}{recipe}-{data}-{job.seed}.npz")
 
 
 def _train_all(jobs: list[Job], workers: int) -> dict[Job, Any]:
@@ -115,8 +125,7 @@ def _train_all(jobs: list[Job], workers: int) -> dict[Job, Any]:
     todo = []
     for job in jobs:
         if os.path.exists(_cache_path(job)):
-            with np.load(_cache_path(job), allow_pickle=False) as f:
-                out[job] = _load(job, {k: f[k] for k in f.files})
+            out[job] = _load_cached(job)
         else:
             todo.append(job)
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -143,73 +152,110 @@ def _header(title: str) -> None:
     print(f"|{'-' * 54}|{'-' * 24}|{'-' * 10}|")
 
 
-def bench_dov4cl(quick: bool, workers: int) -> None:
+def _load_cached(job: Job) -> Any:
+    with np.load(_cache_path(job), allow_pickle=False) as f:
+        return _load(job, {k: f[k] for k in f.files})
+
+
+def _dov4cl_audit(task: tuple[Job, list[Job], int, int | None]) -> dict[str, Any]:
+    """One DOV4CL audit in a worker process: p-values, wall/bare ratio, queries.
+
+    ``resplit``: None audits the owner's fixed split (D_pub = the positives' training set);
+    an integer re-draws which of the pooled public + private images are "public" (valid only
+    for suspects and shadows that saw none of them: the null models).
+    """
     import torch
 
+    torch.set_num_threads(1)
     from appliance.audits.dov4cl import DOV4CLInputs
     from appliance.audits.registry import create_method
     from models.vision import digits_splits, embed_fn
 
-    torch.set_num_threads(1)
+    suspect_job, shadow_jobs, seed, resplit = task
+    s = digits_splits(seed=0)
+    public, private = s.public[0][:N_PUB], s.private[0]
+    if resplit is not None:
+        pool = np.concatenate([public, private])
+        order = np.random.default_rng([resplit, 0x5E11]).permutation(len(pool))
+        public, private = pool[order[:N_PUB]], pool[order[N_PUB:]]
+    suspect = _load_cached(suspect_job)
+    shadows = [_load_cached(j) for j in shadow_jobs]
+    method = create_method("dov4cl")
+    params = {"rounds": DOV4CL_ROUNDS}
+    inputs = DOV4CLInputs(
+        public=public, private=private, suspect=embed_fn(suspect), shadow=[embed_fn(m) for m in shadows]
+    )
+    res = method.run(inputs, params=params, seed=seed)
+    # Bare forward time of exactly the same queries, same batching, same process.
+    p = method.resolve_params(params)
+    _, views, _ = method.build_queries(public, private, p, seed)
+    flat = views.reshape(-1, *views.shape[3:])
+    t0 = time.perf_counter()
+    for fn in [embed_fn(suspect)] + [embed_fn(m) for m in shadows]:
+        for start in range(0, len(flat), p["max_batch"]):
+            fn(flat[start : start + p["max_batch"]])
+    bare = time.perf_counter() - t0
+    return {
+        "cal": res.statistics["calibrated_p"],
+        "ref": res.statistics["reference_p"],
+        "ratio": res.timings["total_s"] / bare,
+        "queries": res.queries,
+    }
+
+
+DOV4CL_ROUNDS = 50
+
+
+def bench_dov4cl(quick: bool, workers: int, objective: Literal["simclr", "simsiam"] = "simclr") -> None:
+    """One DOV4CL table for suspects and shadows trained with ``objective``."""
     n_pos = 10
     n_shadows = 3
     n_null = 13 if quick else 16  # null models: 3 shadows + >= 10 negatives
-    rounds = 50
-    pos_jobs = [Job("encoder", "conv_encoder", "public", 1000 + i) for i in range(n_pos)]
+    pos_jobs = [Job("encoder", "conv_encoder", "public", 1000 + i, objective) for i in range(n_pos)]
     null_jobs = [
-        Job("encoder", "pool_encoder" if i % 4 == 3 else "conv_encoder", "alt", 2000 + i) for i in range(n_null)
+        Job("encoder", "pool_encoder" if i % 4 == 3 else "conv_encoder", "alt", 2000 + i, objective)
+        for i in range(n_null)
     ]
-    print(f"DOV4CL: training {n_pos} positives and {n_null} null encoders ...", flush=True)
-    models = _train_all(pos_jobs + null_jobs, workers)
-    s = digits_splits(seed=0)
-    public, private = s.public[0][:N_PUB], s.private[0]
-    method = create_method("dov4cl")
-    shadows = [models[j] for j in null_jobs[:n_shadows]]
-
-    ratios: list[float] = []
-    queries: list[int] = []
-
-    def audit(suspect: Any, shadow_models: list[Any], seed: int) -> dict[str, Any]:
-        inputs = DOV4CLInputs(
-            public=public,
-            private=private,
-            suspect=embed_fn(suspect),
-            shadow=[embed_fn(m) for m in shadow_models],
-        )
-        res = method.run(inputs, params={"rounds": rounds}, seed=seed)
-        # Bare forward time of exactly the same queries, same batching, same run.
-        p = method.resolve_params({"rounds": rounds})
-        _, views, _ = method.build_queries(public, private, p, seed)
-        flat = views.reshape(-1, *views.shape[3:])
-        t0 = time.perf_counter()
-        for fn in [embed_fn(suspect)] + [embed_fn(m) for m in shadow_models]:
-            for start in range(0, len(flat), p["max_batch"]):
-                fn(flat[start : start + p["max_batch"]])
-        bare = time.perf_counter() - t0
-        ratios.append(res.timings["total_s"] / bare)
-        queries.append(res.queries)
-        return {"cal": res.statistics["calibrated_p"], "ref": res.statistics["reference_p"]}
-
-    pos = [audit(models[j], shadows, seed=i) for i, j in enumerate(pos_jobs)]
-    neg = [audit(models[j], shadows, seed=100 + i) for i, j in enumerate(null_jobs[n_shadows:])]
-    # Null pairs: each null encoder as suspect against 3 other null encoders as shadows.
+    print(f"DOV4CL ({objective}): training {n_pos} positives and {n_null} null encoders ...", flush=True)
+    _train_all(pos_jobs + null_jobs, workers)
+    shadows = null_jobs[:n_shadows]
+    # Null sets: each null encoder as suspect against 3 other null encoders as shadows, twice.
     pairs = [(a, [(a + d + o) % n_null for o in range(n_shadows)]) for d in (1, 1 + n_shadows) for a in range(n_null)]
-    null = [
-        audit(models[null_jobs[a]], [models[null_jobs[b]] for b in bs], seed=200 + i) for i, (a, bs) in enumerate(pairs)
-    ]
-    _header(f"DOV4CL (method dov4cl, SimCLR-style conv encoders, |D_pub| = 128, K = 50, {n_shadows} shadows)")
+    tasks: dict[str, list[tuple[Job, list[Job], int, int | None]]] = {
+        "pos": [(j, shadows, i, None) for i, j in enumerate(pos_jobs)],
+        "neg": [(j, shadows, 100 + i, None) for i, j in enumerate(null_jobs[n_shadows:])],
+        "null": [(null_jobs[a], [null_jobs[b] for b in bs], 200 + i, None) for i, (a, bs) in enumerate(pairs)],
+        "null_resplit": [
+            (null_jobs[a], [null_jobs[b] for b in bs], 200 + i, 900 + i) for i, (a, bs) in enumerate(pairs)
+        ],
+    }
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        out = {name: list(pool.map(_dov4cl_audit, group)) for name, group in tasks.items()}
+    print(f"  {sum(len(v) for v in out.values())} audits in {time.perf_counter() - t0:.0f} s", flush=True)
+    pos, neg, null, resplit = out["pos"], out["neg"], out["null"], out["null_resplit"]
+    every = [r for group in out.values() for r in group]
+    ratios = [r["ratio"] for r in every]
+    style = {"simclr": "SimCLR", "simsiam": "SimSiam"}[objective]
+    _header(
+        f"DOV4CL (method dov4cl, {style}-style conv encoders, {EPOCHS[objective]} epochs, |D_pub| = 128, "
+        f"K = {DOV4CL_ROUNDS}, {n_shadows} {style} shadows)"
+    )
     _row("TPR, calibrated (permutation) test", _rate([r["cal"] < ALPHA for r in pos]), ">= 95%")
     _row("TPR, reference (pooled unpaired t) test", _rate([r["ref"] < ALPHA for r in pos]), ">= 95%")
     _row("FPR, calibrated test (negatives vs fixed shadows)", _rate([r["cal"] < ALPHA for r in neg]), "<= 5%")
     _row("FPR, reference test", _rate([r["ref"] < ALPHA for r in neg]), "<= 5%")
-    _row(f"null p<.05, calibrated ({len(null)} null sets)", _rate([r["cal"] < ALPHA for r in null]), "<= 7%")
-    _row(f"null p<.05, reference ({len(null)} null sets)", _rate([r["ref"] < ALPHA for r in null]), "<= 7%")
+    for label, group in (("random split per set", resplit), ("owner's fixed split", null)):
+        _row(f"null p<.05, calibrated, {label}", _rate([r["cal"] < ALPHA for r in group]), "<= 7%")
+        _row(f"null p<.05, reference, {label}", _rate([r["ref"] < ALPHA for r in group]), "<= 7%")
     _row("audit wall / bare forward (median, max)", f"{np.median(ratios):.2f}x, {np.max(ratios):.2f}x", "<= 1.3x")
-    _row("suspect queries per verdict", f"{int(np.median(queries))}", "report")
+    _row("suspect queries per verdict", f"{int(np.median([r['queries'] for r in every]))}", "report")
     print(
         f"\n(negatives: {n_null - n_shadows} encoders on alternative-data subsets, other seeds; every "
         f"4th null encoder is the other architecture pool_encoder; null sets: each of the {n_null} "
-        f"null encoders as suspect against 3 other null encoders as shadows, twice)"
+        f"null encoders as suspect against 3 other null encoders as shadows, twice ({len(pairs)} sets), "
+        "audited on the owner's split and on a fresh random split of the same public + private pool "
+        "(the randomness the permutation test's guarantee is over; the null models saw none of it))"
     )
 
 
@@ -316,12 +362,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer null encoders")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["dov4cl", "watermark"], default=None)
+    parser.add_argument(
+        "--objective", choices=["simclr", "simsiam", "both"], default="both", help="DOV4CL encoders' training objective"
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "watermark"):
         bench_watermark(args.quick, args.workers)
     if args.only in (None, "dov4cl"):
-        bench_dov4cl(args.quick, args.workers)
+        objectives: tuple[Literal["simclr", "simsiam"], ...] = (
+            ("simclr", "simsiam") if args.objective == "both" else (args.objective,)
+        )
+        for objective in objectives:
+            bench_dov4cl(args.quick, args.workers, objective)
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s")
 
 

@@ -11,6 +11,13 @@ of each (random-resized crops at two scales, flips, brightness/contrast jitter).
 * Binary relationship: distance between the image-by-image cosine matrices of two view
   slots (again gg / ll / gl slot pairs). Memorised images keep their relationships.
 
+Before any cosine, each model's embeddings are centred on their mean over all of the
+audit's queries (public and private alike, so no label is used): encoders trained without
+negatives (SimSiam/BYOL) keep a large common offset that otherwise dominates every cosine
+and hides the relations (on the digits benchmark it raises the calibrated test's SimSiam
+detection rate from 1/10 to 10/10 and keeps SimCLR's at 10/10 with smaller p-values).
+``center=False`` gives the raw cosines of the paper.
+
 Gaps are public-minus-private (unary) and private-minus-public (binary): an encoder
 trained on D_pub has larger gaps than a shadow encoder trained without it.
 
@@ -155,6 +162,12 @@ def image_scores(unary: dict[str, np.ndarray], binary: dict[str, np.ndarray]) ->
     return np.mean(parts, axis=0)
 
 
+def centred(emb: np.ndarray) -> np.ndarray:
+    """``emb`` ``[..., d]`` minus its mean over every leading axis (all queries of one model)."""
+    e = np.asarray(emb, np.float64)
+    return e - e.reshape(-1, e.shape[-1]).mean(axis=0)
+
+
 def shadow_adjusted(suspect: np.ndarray, shadows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Residual of the suspect's per-image scores after a least-squares fit on the shadows'.
 
@@ -190,6 +203,7 @@ class DOV4CL(AuditMethod):
             "test": "permutation",
             "permutations": 5000,
             "private_pool": 1.0,
+            "center": True,
             "max_batch": 4096,
         }
 
@@ -208,6 +222,8 @@ class DOV4CL(AuditMethod):
         ratio = p["private_pool"]
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 1.0 <= float(ratio) <= 100.0:
             raise AuditParameterError(f"private_pool must be a number in [1, 100], got {ratio!r}")
+        if not isinstance(p["center"], bool):
+            raise AuditParameterError(f"center must be true or false, got {p['center']!r}")
         if p["test"] not in ("permutation", "reference"):
             raise AuditParameterError("test must be 'permutation' or 'reference'")
 
@@ -346,6 +362,8 @@ class DOV4CL(AuditMethod):
         seed: int,
     ) -> dict[str, Any]:
         rounds = len(ids)
+        if p.get("center", True):
+            emb_s, emb_0 = centred(emb_s), [centred(e) for e in emb_0]
 
         def relations(emb: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]], np.ndarray]:
             ref_gaps: list[np.ndarray] = []
@@ -403,4 +421,4 @@ class DOV4CL(AuditMethod):
 
 register_method(DOV4CL.name, DOV4CL)
 
-__all__ = ["DOV4CL", "DOV4CLInputs", "image_scores", "round_relations", "shadow_adjusted"]
+__all__ = ["DOV4CL", "DOV4CLInputs", "centred", "image_scores", "round_relations", "shadow_adjusted"]

@@ -25,6 +25,8 @@ from models.vision import (
 
 N_PUB = 128
 EPOCHS = 400
+#: SimSiam (no negatives) needs more steps than SimCLR to leave a per-image trace.
+SIMSIAM_EPOCHS = 1000
 KEY = bytes(range(32))
 # Clean-label marks need a stronger blend to be learnt without relabelling.
 CLEAN_LABEL_STRENGTH = 0.3
@@ -36,9 +38,10 @@ def splits():
     return digits_splits(seed=0)
 
 
-def _encoder(data: np.ndarray, seed: int, arch: str = "conv_encoder"):
+def _encoder(data: np.ndarray, seed: int, arch: str = "conv_encoder", objective: str = "simclr"):
     enc = build_model(ENCODERS[arch], seed=seed, width=16)
-    return train_contrastive(enc, data, objective="simclr", seed=seed, epochs=EPOCHS, batch_size=N_PUB)
+    epochs = SIMSIAM_EPOCHS if objective == "simsiam" else EPOCHS
+    return train_contrastive(enc, data, objective=objective, seed=seed, epochs=epochs, batch_size=N_PUB)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,17 @@ def encoders(splits):
         "half": _encoder(half, seed=2),
         "none": _encoder(alt[N_PUB : 2 * N_PUB], seed=3),
         "other_arch": _encoder(alt[2 * N_PUB : 3 * N_PUB], seed=4, arch="pool_encoder"),
+    }
+
+
+@pytest.fixture(scope="module")
+def simsiam_encoders(splits):
+    pub = splits.public[0][:N_PUB]
+    alt = splits.alternative[0]
+    return {
+        "shadow": _encoder(alt[:N_PUB], seed=100, objective="simsiam"),
+        "full": _encoder(pub, seed=1, objective="simsiam"),
+        "none": _encoder(alt[N_PUB : 2 * N_PUB], seed=3, objective="simsiam"),
     }
 
 
@@ -83,6 +97,23 @@ def test_dov4cl_negatives_not_detected(splits, encoders, suspect):
 def test_dov4cl_statistic_grows_with_share_of_public_data(splits, encoders):
     stats = [_dov(splits, encoders, name).statistics["calibrated_statistic"] for name in ("none", "half", "full")]
     assert stats[0] < stats[1] < stats[2]
+
+
+def test_dov4cl_detects_simsiam_encoder_against_simsiam_shadow(splits, simsiam_encoders):
+    result = _dov(splits, simsiam_encoders, "full")
+    assert result.verdict == VERDICT_POSITIVE, result.statistics
+    negative = _dov(splits, simsiam_encoders, "none")
+    assert negative.verdict == VERDICT_NEGATIVE, negative.statistics
+    assert result.statistics["calibrated_statistic"] > negative.statistics["calibrated_statistic"]
+
+
+def test_dov4cl_simsiam_recipe_does_not_collapse(splits, simsiam_encoders):
+    # The projector's BatchNorm keeps the embedding spread over many directions; without
+    # it these encoders collapse to 2-4 effective dimensions and DOV4CL sees nothing.
+    emb = embed_fn(simsiam_encoders["none"])(splits.private[0])
+    sv = np.linalg.svd(emb - emb.mean(axis=0), compute_uv=False)
+    share = sv**2 / np.sum(sv**2)
+    assert np.exp(-np.sum(share * np.log(share + 1e-12))) > 6.0
 
 
 def test_dov4cl_is_deterministic_for_a_seed(splits, encoders):
