@@ -66,6 +66,17 @@ def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _session(art: EnsembleArtifact) -> tuple[PrivateClient, bytes, EnsembleEvaluator, float, float]:
+    """Client keygen + key export, then the server's evaluator setup, both timed."""
+    t0 = time.perf_counter()
+    client = PrivateClient(spec=art.public_spec())
+    keys = client.evaluation_keys()
+    keygen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluator = EnsembleEvaluator(artifact=art, public_context=keys)
+    return client, keys, evaluator, keygen_s, time.perf_counter() - t0
+
+
 def _hidden_rows(
     rng: np.random.Generator, k: int, c: int, d: int, hidden: int, reps: int
 ) -> list[tuple[str, str, str]]:
@@ -79,13 +90,7 @@ def _hidden_rows(
         biases=rng.normal(size=(k, c)) * 0.1,
         classes=[f"class{i}" for i in range(c)],
     )
-    t0 = time.perf_counter()
-    client = PrivateClient(spec=art.public_spec())
-    keys = client.evaluation_keys()
-    keygen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluator = EnsembleEvaluator(artifact=art, public_context=keys)
-    setup_s = time.perf_counter() - t0
+    client, keys, evaluator, keygen_s, setup_s = _session(art)
     emb = _unit(rng, (k, d))
     query = client.encrypt(emb)
     reply = evaluator.evaluate(query)
@@ -129,13 +134,7 @@ def _onehot_rows(
     art: EnsembleArtifact, rng: np.random.Generator, reps: int, queries: int
 ) -> list[tuple[str, str, str]]:
     """One-hot output rows for ``art`` (output="onehot"): cost, agreement, sharpness."""
-    t0 = time.perf_counter()
-    client = PrivateClient(spec=art.public_spec())
-    keys = client.evaluation_keys()
-    keygen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluator = EnsembleEvaluator(artifact=art, public_context=keys)
-    setup_s = time.perf_counter() - t0
+    client, keys, evaluator, keygen_s, setup_s = _session(art)
     k, c, d = art.members, len(art.classes), art.dim
     emb = _unit(rng, (queries, k, d))
     cts = client.encrypt_batch(emb)
@@ -274,13 +273,7 @@ def main() -> None:
         return
 
     art = _artifact(rng, k, c, d, args.preset)
-    t0 = time.perf_counter()
-    client = PrivateClient(spec=art.public_spec())
-    eval_keys = client.evaluation_keys()
-    keygen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluator = EnsembleEvaluator(artifact=art, public_context=eval_keys)
-    setup_s = time.perf_counter() - t0
+    client, eval_keys, evaluator, keygen_s, setup_s = _session(art)
 
     emb = _unit(rng, (k, d))
     query = client.encrypt(emb)
