@@ -64,8 +64,11 @@ def test_worker_killed_mid_job(tmp_path: Path, attempts: int, expected: str) -> 
                         data={"name": "slow", "file": (io.BytesIO(
                             _slow_onnx(tmp_path / "slow.onnx").read_bytes()), "slow.onnx")})
     rng = np.random.default_rng(1)
-    data = npz_bytes(x=rng.random((6000, 64), dtype=np.float32),
-                     y=rng.integers(0, 10, 6000).astype(np.int64))
+    # One row per batch: long enough (seconds, not a fraction of one) that the poll below
+    # sees the job under way before it ends, even on a quiet, fast machine.
+    rows = 30000
+    data = npz_bytes(x=rng.random((rows, 64), dtype=np.float32),
+                     y=rng.integers(0, 10, rows).astype(np.int64))
     dataset = client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
                           data={"name": "d", "file": (io.BytesIO(data), "d.npz")})
     job = client.post("/v1/jobs", headers=auth(token), json={"kind": "evaluation", "params": {
