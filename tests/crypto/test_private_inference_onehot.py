@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import tenseal as ts
+from support import assert_argmax_agrees
 
 from crypto import argmax, packing
 from crypto.ckks import ContextError
@@ -36,15 +37,6 @@ def onehot() -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
     return art, client, EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
 
 
-def _check_labels(predicted: np.ndarray, logits: np.ndarray) -> None:
-    truth = logits.argmax(axis=1)
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    wide = top2[:, 1] - top2[:, 0] >= 0.01
-    assert wide.sum() > 150
-    assert np.mean(predicted == truth) >= 0.995
-    assert np.all(predicted[wide] == truth[wide])
-
-
 def test_onehot_labels_and_values_match_plaintext(onehot) -> None:
     art, client, evaluator = onehot
     assert art.preset == "n8192-d5" and evaluator.sign_rounds == 1 and client.output == "onehot"
@@ -52,7 +44,7 @@ def test_onehot_labels_and_values_match_plaintext(onehot) -> None:
     replies = evaluator.evaluate_batch(client.encrypt_batch(logits[:, None, :]))
     scores = client.decrypt_batch(replies, total=len(logits))
     assert scores.win_counts is None and scores.one_hot is not None and scores.one_hot.shape == (240, C)
-    _check_labels(np.array(scores.labels), logits)
+    assert_argmax_agrees(np.array(scores.labels), logits)
     reference = argmax.reference_one_hot(logits, evaluator._bound, evaluator.sign_rounds)
     assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
     assert np.all(scores.one_hot > -1e-3) and np.all(scores.one_hot < 1.0 + 1e-3)
@@ -65,7 +57,7 @@ def test_onehot_wide_layout_matches_reference(onehot) -> None:
         evaluator.evaluate_wide_batch(client.encrypt_wide_batch(logits[:, None, :])), count=len(logits)
     )
     assert scores.win_counts is None and scores.one_hot is not None
-    _check_labels(np.array(scores.labels), logits)
+    assert_argmax_agrees(np.array(scores.labels), logits)
     reference = argmax.reference_one_hot(logits, evaluator._wide_state["bound"], evaluator.sign_rounds)
     assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
 
