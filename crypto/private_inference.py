@@ -471,12 +471,37 @@ def embed_with_templates(
 _FRAME_MAGIC = b"PEB1"
 
 
-def encode_blobs(blobs: Sequence[bytes]) -> bytes:
-    """Frame several ciphertexts into one body: magic, count, then (u32 length, bytes) each."""
-    out = bytearray(_FRAME_MAGIC + struct.pack(">I", len(blobs)))
+def _length_prefixed(header: bytes, blobs: Sequence[bytes]) -> bytes:
+    """``header`` then each blob as (u32 big-endian length, bytes)."""
+    out = bytearray(header)
     for blob in blobs:
         out += struct.pack(">I", len(blob)) + bytes(blob)
     return bytes(out)
+
+
+def _read_length_prefixed(data: bytes, pos: int, count: int, *, body: str, trailing: str) -> list[bytes]:
+    """Inverse of :func:`_length_prefixed` from offset ``pos``: exactly ``count`` blobs, nothing after.
+
+    ``body`` and ``trailing`` name the frame in the :class:`CiphertextError` messages.
+    """
+    out = []
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise CiphertextError(f"truncated {body}")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        pos += 4
+        if pos + length > len(data):
+            raise CiphertextError(f"truncated {body}")
+        out.append(bytes(data[pos : pos + length]))
+        pos += length
+    if pos != len(data):
+        raise CiphertextError(f"trailing bytes after {trailing}")
+    return out
+
+
+def encode_blobs(blobs: Sequence[bytes]) -> bytes:
+    """Frame several ciphertexts into one body: magic, count, then (u32 length, bytes) each."""
+    return _length_prefixed(_FRAME_MAGIC + struct.pack(">I", len(blobs)), blobs)
 
 
 def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
@@ -488,19 +513,7 @@ def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
     (count,) = struct.unpack(">I", data[4:8])
     if not 1 <= count <= max_items:
         raise CiphertextError(f"batch holds {count} ciphertexts; allowed 1..{max_items}")
-    pos, out = 8, []
-    for _ in range(count):
-        if pos + 4 > len(data):
-            raise CiphertextError("truncated batch body")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        pos += 4
-        if pos + length > len(data):
-            raise CiphertextError("truncated batch body")
-        out.append(bytes(data[pos : pos + length]))
-        pos += length
-    if pos != len(data):
-        raise CiphertextError("trailing bytes after the batch")
-    return out
+    return _read_length_prefixed(data, 8, count, body="batch body", trailing="the batch")
 
 
 _WIDE_MAGIC = b"PEW1"
@@ -512,10 +525,7 @@ def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: in
 
     The header names the layout so a server refuses bodies built for another layout.
     """
-    out = bytearray(_WIDE_HEADER.pack(_WIDE_MAGIC, layout.block, layout.chunks, count, len(blobs)))
-    for blob in blobs:
-        out += struct.pack(">I", len(blob)) + bytes(blob)
-    return bytes(out)
+    return _length_prefixed(_WIDE_HEADER.pack(_WIDE_MAGIC, layout.block, layout.chunks, count, len(blobs)), blobs)
 
 
 def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_bytes: int) -> tuple[int, list[bytes]]:
@@ -537,19 +547,7 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
         raise CiphertextError(f"wide body declares {count} queries; allowed 1..{layout.capacity}")
     if n != items:
         raise CiphertextError(f"wide body holds {n} ciphertexts, expected {items}")
-    pos, out = _WIDE_HEADER.size, []
-    for _ in range(n):
-        if pos + 4 > len(data):
-            raise CiphertextError("truncated wide body")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        pos += 4
-        if pos + length > len(data):
-            raise CiphertextError("truncated wide body")
-        out.append(bytes(data[pos : pos + length]))
-        pos += length
-    if pos != len(data):
-        raise CiphertextError("trailing bytes after the wide body")
-    return count, out
+    return count, _read_length_prefixed(data, _WIDE_HEADER.size, n, body="wide body", trailing="the wide body")
 
 
 def wide_query_count(data: bytes) -> int:
