@@ -26,7 +26,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -549,7 +550,6 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     truncated or foreign-parameter ciphertexts).
     """
     from crypto.ckks import CiphertextError
-    from crypto.packing import LayoutError
     from crypto.private_inference import decode_blobs, encode_blobs
 
     ensemble = get_ensemble(store, principal, ensemble_id)
@@ -579,24 +579,39 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     if not any(queries) and not body:
         raise UnprocessableInput("the body must hold a ciphertext")
     entry = cache.get_or_load(store, ensemble, session)
-    try:
-        with entry.lock:
-            replies = [entry.evaluator.evaluate(q) for q in queries]
-    except (CiphertextError, LayoutError) as exc:
-        raise UnprocessableInput(f"ciphertext refused: {exc}",
-                                 hint=CiphertextError.default_hint) from None
-    except (ValueError, RuntimeError, TypeError):  # SEAL's own checks on hostile inner blobs
-        raise UnprocessableInput("ciphertext refused: it does not fit the session parameters",
-                                 hint=CiphertextError.default_hint) from None
+    with _refused("ciphertext"), entry.lock:
+        replies = [entry.evaluator.evaluate(q) for q in queries]
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (len(queries), session["id"]))
     return encode_blobs(replies) if batch else replies[0]
 
 
+@contextmanager
+def _refused(what: str, *, context_hint: str | None = None) -> Iterator[None]:
+    """Turn the evaluator's refusals of a client's ciphertexts into 422 problems.
+
+    A :class:`~crypto.ckks.ContextError` (the session's keys do not serve the circuit) becomes
+    a 422 only where ``context_hint`` says how to fix it; otherwise it propagates.
+    """
+    from crypto.ckks import CiphertextError, ContextError
+    from crypto.packing import LayoutError
+
+    try:
+        yield
+    except ContextError as exc:
+        if context_hint is None:
+            raise
+        raise UnprocessableInput(f"{what} refused: {exc}", hint=context_hint) from None
+    except (CiphertextError, LayoutError) as exc:
+        raise UnprocessableInput(f"{what} refused: {exc}", hint=CiphertextError.default_hint) from None
+    except (ValueError, RuntimeError, TypeError):  # SEAL's own checks on hostile inner blobs
+        raise UnprocessableInput(f"{what} refused: it does not fit the session parameters",
+                                 hint=CiphertextError.default_hint) from None
+
+
 def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
                   session: dict[str, Any], body: bytes) -> bytes:
-    from crypto.ckks import CiphertextError, ContextError, get_preset
-    from crypto.packing import LayoutError
+    from crypto.ckks import get_preset
     from crypto.private_inference import wide_query_count
 
     if not body:
@@ -615,18 +630,8 @@ def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
             f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
             f"the limit is {_weight_limit(preset.name) >> 20} MiB", hint="use layout=single")
     entry = cache.get_or_load(store, ensemble, session)
-    try:
-        with entry.lock:
-            reply = entry.evaluator.evaluate_wide_batch(body)
-    except ContextError as exc:
-        raise UnprocessableInput(f"wide batch refused: {exc}",
-                                 hint="open a new session with keys from this SDK version") from None
-    except (CiphertextError, LayoutError) as exc:
-        raise UnprocessableInput(f"wide batch refused: {exc}",
-                                 hint=CiphertextError.default_hint) from None
-    except (ValueError, RuntimeError, TypeError):  # SEAL's own checks on hostile inner blobs
-        raise UnprocessableInput("wide batch refused: it does not fit the session parameters",
-                                 hint=CiphertextError.default_hint) from None
+    with _refused("wide batch", context_hint="open a new session with keys from this SDK version"), entry.lock:
+        reply = entry.evaluator.evaluate_wide_batch(body)
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (wide_query_count(body), session["id"]))
     return reply
