@@ -143,6 +143,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
                 raise
             continue
         module.register(app, api, limiter)
+    from .capabilities import register_routes
+
+    register_routes(app, api, limiter)
 
     @app.before_request
     def _begin() -> None:

@@ -433,3 +433,13 @@ if os.environ.get("APPLIANCE_CLI_EXTENSIONS", "1") == "1":
         except ImportError as _exc:
             if _exc.name != _ext:
                 raise
+
+
+def _add_capability_groups() -> None:
+    from .capabilities import cli_groups
+
+    for group in cli_groups():
+        main.add_command(group)
+
+
+_add_capability_groups()

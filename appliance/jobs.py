@@ -123,6 +123,9 @@ def load_builtin_kinds() -> None:
             except ImportError as exc:
                 if exc.name != optional:
                     raise
+        from .capabilities import register_jobs
+
+        register_jobs()
         _builtin_loaded = True
 
 

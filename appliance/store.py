@@ -181,7 +181,7 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None =
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)"
     )
     done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    for version, sql in sorted(migrations if migrations is not None else ALL_MIGRATIONS):
+    for version, sql in sorted(migrations if migrations is not None else all_migrations()):
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -220,6 +220,17 @@ def _split_sql(sql: str) -> list[str]:
 
 
 ALL_MIGRATIONS: list[tuple[int, str]] = list(MIGRATIONS)
+
+
+def all_migrations() -> list[tuple[int, str]]:
+    """The core's migrations and every capability's, checked for clashing versions."""
+    from .capabilities import migrations as capability_migrations
+
+    combined = ALL_MIGRATIONS + capability_migrations()
+    versions = [version for version, _ in combined]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"migration versions registered twice: {sorted(versions)}")
+    return combined
 
 
 def register_migration(version: int, sql: str) -> None:
@@ -302,7 +313,7 @@ class Store:
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
-        key = (str(settings.db_path), len(ALL_MIGRATIONS))
+        key = (str(settings.db_path), len(all_migrations()))
         if key not in _MIGRATED:
             settings.ensure_dirs()
         conn = connect(settings.db_path)

@@ -18,14 +18,14 @@ from support import ROOT
 
 
 def test_migrations_are_versioned_and_idempotent(settings: Any) -> None:
-    from appliance.store import ALL_MIGRATIONS, Store, connect, migrate
+    from appliance.store import Store, all_migrations, connect, migrate
 
     first = Store.open(settings)
     second = Store.open(settings)
     try:
-        expected = max(v for v, _ in ALL_MIGRATIONS)
+        expected = max(v for v, _ in all_migrations())
         rows = first.conn.execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r[0] for r in rows] == sorted(v for v, _ in ALL_MIGRATIONS)
+        assert [r[0] for r in rows] == sorted(v for v, _ in all_migrations())
         # running them again, bypassing the per-process cache, changes nothing
         before = first.conn.execute("SELECT * FROM schema_migrations").fetchall()
         conn = connect(settings.db_path)
@@ -83,7 +83,7 @@ print("ok")
 
 def test_concurrent_first_open_from_several_processes(tmp_path: Path) -> None:
     from appliance.config import Settings
-    from appliance.store import ALL_MIGRATIONS, Store
+    from appliance.store import Store, all_migrations
 
     home, go = tmp_path / "fresh", tmp_path / "go"
     script = _CHILD.format(root=str(ROOT))
@@ -100,7 +100,7 @@ def test_concurrent_first_open_from_several_processes(tmp_path: Path) -> None:
     store = Store.open(Settings(home=home))
     try:
         versions = [r[0] for r in store.conn.execute("SELECT version FROM schema_migrations")]
-        assert versions == sorted(v for v, _ in ALL_MIGRATIONS)
+        assert versions == sorted(v for v, _ in all_migrations())
         assert store.conn.execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 8
         # ensure_tenant raced four times on "shared": one tenant row
         assert store.conn.execute(
