@@ -27,6 +27,7 @@ __all__ = [
     "load_or_create_ed25519",
     "load_public_key_pem",
     "public_key_pem",
+    "write_new_key_file",
 ]
 
 _MAX_KEY_FILE_BYTES = 64 * 1024
@@ -46,16 +47,21 @@ def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
-        _create_key_file(path)
+        write_new_key_file(path, _private_pem(Ed25519PrivateKey.generate()))
     return _load_private_key(path)
 
 
-def _create_key_file(path: Path) -> None:
-    pem = Ed25519PrivateKey.generate().private_bytes(
+def _private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
         encryption_algorithm=serialization.NoEncryption(),
     )
+
+
+def write_new_key_file(path: Path, pem: bytes) -> None:
+    """Write ``pem`` to ``path`` (mode 0600) unless a key is already there; the first of
+    concurrent writers wins, and no reader ever sees a partial file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
