@@ -75,6 +75,24 @@ def _upload_file() -> Any:
     return upload
 
 
+def _signature_check(store: Any) -> Any:
+    """The model.sig part of an upload, bound to the capability that verifies it (or None)."""
+    from .capabilities import model_signature_verifier
+
+    part = request.files.get("signature")
+    if part is None:
+        return None
+    verifier = model_signature_verifier()
+    if verifier is None:
+        raise ValidationFailed("this appliance does not verify model signatures")
+    limit = _settings().max_json_bytes
+    data = part.stream.read(limit + 1)
+    if len(data) > limit:
+        raise ValidationFailed(f"the 'signature' part is larger than {limit} bytes")
+    principal = g.principal
+    return lambda model_path: verifier(store, principal, model_path, data)
+
+
 def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     root = Blueprint("root", __name__)
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
@@ -114,11 +132,12 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
             config = parse_json_text(form["config"], "'config' (a JSON object)")
             if not isinstance(config, dict):
                 raise BadRequest("'config' must be a JSON object")
+        store = _store()
         row = register_model(
-            _store(), g.principal, stream=upload.stream, filename=upload.filename,
+            store, g.principal, stream=upload.stream, filename=upload.filename,
             name=form.get("name", ""), declared_format=form.get("format") or None,
             kind=form.get("kind") or None, architecture=form.get("architecture") or None,
-            config=config,
+            config=config, check_signature=_signature_check(store),
         )
         return model_view(row)
 

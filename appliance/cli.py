@@ -196,32 +196,67 @@ def models() -> None:
 
 @models.command("verify")
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--manifest", "--signature", "manifest", required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="the appliance's manifest JSON, or a Sigstore bundle model.sig "
+              "(from model_signing or `appliance models signature`)")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
-              help="the appliance's public key (PEM); default: the one in the manifest file")
-def models_verify(path: str, manifest: str, key: str | None) -> None:
-    """Check a model folder or file against its signed manifest, offline."""
+              help="the signer's public key (PEM) you pin: the appliance's Ed25519 key for a "
+              "manifest, an ECDSA key for a model.sig")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
+              help="PEM roots you trust, for a certificate-based model.sig")
+def models_verify(path: str, manifest: str, key: str | None, ca_bundle: str | None) -> None:
+    """Check a model folder or file against its signed manifest or model.sig, offline."""
     from crypto.dsse import verify_envelope
     from crypto.keys import load_public_key_pem
+    from crypto.sigstore import (
+        BUNDLE_MEDIA_TYPE,
+        load_ca_bundle,
+        load_ec_public_key_pem,
+        parse_bundle_bytes,
+        verify_bundle,
+    )
     from models.manifest import verify_manifest
 
     from .registry import MANIFEST_PAYLOAD_TYPE
 
+    self_signed = False
     try:
-        doc = json.loads(Path(manifest).read_text())
-        envelope = doc.get("envelope", doc)
-        pem = Path(key).read_text() if key else doc.get("public_key")
-        if not pem:
-            raise ValueError("no public key: pass --key")
-        payload = verify_envelope(envelope, load_public_key_pem(pem),
-                                  payload_type=MANIFEST_PAYLOAD_TYPE)
-        verify_manifest(Path(path), json.loads(payload))
+        raw = Path(manifest).read_bytes()
+        doc = parse_bundle_bytes(raw)
+        if isinstance(doc, dict) and doc.get("mediaType") == BUNDLE_MEDIA_TYPE:
+            if not key and not ca_bundle:
+                raise ValueError("a model.sig names no trusted key: pin the signer's public key "
+                                 "with --key (or its CA with --ca-bundle)")
+            verified = verify_bundle(
+                doc, trusted_keys=[load_ec_public_key_pem(Path(key).read_bytes())] if key else [],
+                trusted_roots=load_ca_bundle(Path(ca_bundle).read_bytes()) if ca_bundle else [])
+            statement = verified.statement
+            signer = verified.signer.subject or f"key {verified.signer.fingerprint[:16]}"
+        else:
+            envelope = doc.get("envelope", doc) if isinstance(doc, dict) else doc
+            embedded = doc.get("public_key") if isinstance(doc, dict) else None
+            pem = Path(key).read_text() if key else embedded
+            if not pem:
+                raise ValueError("no public key: pass --key")
+            self_signed = not key
+            payload = verify_envelope(envelope, load_public_key_pem(pem),
+                                      payload_type=MANIFEST_PAYLOAD_TYPE)
+            statement = json.loads(payload)
+            signer = "the key in the manifest file" if self_signed else "the pinned key"
+        verify_manifest(Path(path), statement)
     except Exception as exc:
         hint = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
         _fail(f"VERIFICATION FAILED: {type(exc).__name__}: {hint}")
         return
+    if self_signed:
+        click.secho(
+            "WARNING: SELF-SIGNED CHECK. No --key was given, so the public key was taken from "
+            "the file being verified: this proves the files match the manifest, NOT who "
+            "signed it. Pin the appliance's key: appliance log public-key --out appliance.pem, "
+            "then --key appliance.pem.", fg="yellow", err=True)
     click.secho("OK", fg="green", nl=False)
-    click.echo(f": {path} matches its signed manifest")
+    click.echo(f": {path} matches its signed manifest (signed by {signer})")
 
 
 # -- over HTTP ----------------------------------------------------------------------------------
@@ -255,15 +290,19 @@ def _run_sdk(fn: Any) -> Any:
 @click.option("--kind", type=click.Choice(["classifier", "encoder", "causal_lm"]))
 @click.option("--architecture")
 @click.option("--config", "config_json", help="JSON architecture config")
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False),
+              help="model.sig from model_signing sign; refused unless a registered signer "
+              "(appliance signatures add-signer) or the operator's CA signed these files")
 @click.option("--id-only", is_flag=True, help="print only the new model's id")
 @_http_options
 def models_upload(path: str, name: str, fmt: str | None, kind: str | None,
-                  architecture: str | None, config_json: str | None, id_only: bool, url: str,
-                  token: str) -> None:
+                  architecture: str | None, config_json: str | None, signature: str | None,
+                  id_only: bool, url: str, token: str) -> None:
     """Upload a model file or transformers folder."""
     config = json.loads(config_json) if config_json else None
     model = _run_sdk(lambda: _client(url, token).upload_model(
-        path, name=name, format=fmt, kind=kind, architecture=architecture, config=config))
+        path, name=name, format=fmt, kind=kind, architecture=architecture, config=config,
+        signature=signature))
     click.echo(model.id if id_only else model.model_dump_json(indent=2))
 
 
@@ -275,6 +314,17 @@ def models_manifest(model_id: str, out: str, url: str, token: str) -> None:
     """Save a model's signed manifest for offline verification."""
     doc = _run_sdk(lambda: _client(url, token).model_manifest(model_id))
     Path(out).write_text(json.dumps(doc, indent=2))
+    click.echo(f"saved {out}")
+
+
+@models.command("signature")
+@click.argument("model_id")
+@click.option("--out", type=click.Path(dir_okay=False), default="model.sig", show_default=True)
+@_http_options
+def models_signature(model_id: str, out: str, url: str, token: str) -> None:
+    """Save the model's manifest as a Sigstore bundle signed by the appliance (check it with
+    model_signing verify key --public_key appliance.pub, after appliance signatures public-key)."""
+    _run_sdk(lambda: _client(url, token).signatures.save_model_signature(model_id, out))
     click.echo(f"saved {out}")
 
 

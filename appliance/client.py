@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from .capabilities.signatures.client import SignaturesClient
 from .schemas import (
     DatasetList,
     DatasetOut,
@@ -85,6 +86,7 @@ class Client:
         self.backoff = backoff
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                  transport=transport)
+        self.signatures = SignaturesClient(self)
 
     def close(self) -> None:
         self.http.close()
@@ -146,8 +148,10 @@ class Client:
         kind: str | None = None,
         architecture: str | None = None,
         config: Mapping[str, Any] | None = None,
+        signature: str | Path | None = None,
     ) -> ModelOut:
-        """Upload an ONNX or safetensors file, or a transformers folder (sent as a tar)."""
+        """Upload an ONNX or safetensors file, or a transformers folder (sent as a tar);
+        ``signature`` is a model.sig from ``model_signing sign``, verified before storing."""
         path = Path(path)
         data: dict[str, str] = {"name": name}
         for key, value in (("format", format), ("kind", kind), ("architecture", architecture)):
@@ -162,8 +166,11 @@ class Client:
         else:
             handle = open(path, "rb")  # noqa: SIM115 - closed below
             filename = path.name
+        files: dict[str, Any] = {"file": (filename, handle)}
+        if signature is not None:
+            files["signature"] = ("model.sig", Path(signature).read_bytes())
         try:
-            body = self._json("POST", "/v1/models", data=data, files={"file": (filename, handle)})
+            body = self._json("POST", "/v1/models", data=data, files=files)
         finally:
             handle.close()
         return ModelOut.model_validate(body)

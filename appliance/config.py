@@ -34,6 +34,11 @@ class Settings(BaseModel):
     device: str | None = None
     cluster_token: str | None = None
     api_url: str | None = Field(default=None, description="API node URL for cluster workers")
+    signing_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of CA roots trusted for certificate-based model.sig uploads "
+        "(checked offline; unset: only registered signer keys are trusted)",
+    )
     kek_file: Path | None = Field(
         default=None,
         description="32-byte key-encryption key for sealed secrets (watermark keys); default "

@@ -68,7 +68,8 @@ def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -
 
 def model_digests(model: dict[str, Any]) -> dict[str, Any]:
     return {"id": model["id"], "name": model["name"], "format": model["format"],
-            "files": model["files"], "blob_sha256": model["blob"]}
+            "files": model["files"], "blob_sha256": model["blob"],
+            "signer": model.get("signer")}
 
 
 def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> JobOutcome:

@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,8 +114,13 @@ def register_model(
     kind: str | None = None,
     architecture: str | None = None,
     config: dict[str, Any] | None = None,
+    check_signature: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Store, validate and sign a model upload; returns the model row."""
+    """Store, validate and sign a model upload; returns the model row.
+
+    ``check_signature`` (given when the upload carries a model.sig) is called with the model
+    file or folder before anything is recorded; it returns the verified signer, recorded on
+    the model, or raises, and then nothing is stored."""
     from models.formats import sniff_and_validate
     from models.manifest import build_manifest
 
@@ -160,13 +166,18 @@ def register_model(
                 _check_onnx_options(config, kind)
             manifest_target = None
         model_id = new_id("mdl")
+        signer: dict[str, Any] | None = None
         if manifest_target is None:
             with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as tmp:
                 link = Path(tmp) / safe_name
                 os.link(store.blobs.path(digest), link)
                 statement = build_manifest(link, model_name=name)
+                if check_signature is not None:
+                    signer = check_signature(link)
         else:
             statement = build_manifest(manifest_target, model_name=name)
+            if check_signature is not None:
+                signer = check_signature(manifest_target)
     except (ModelError, ValueError) as exc:
         _drop_unreferenced(store, digest)
         if isinstance(exc, ValidationFailed | UnprocessableInput):
@@ -195,6 +206,9 @@ def register_model(
                 dumps(envelope), utcnow(),
             ),
         )
+        if signer is not None:  # the column comes with the signatures capability's migration
+            store.conn.execute("UPDATE models SET signer = ? WHERE id = ?",
+                               (dumps(signer), model_id))
     return store.get_owned("models", principal.tenant_id, model_id, "model")
 
 
@@ -257,7 +271,7 @@ def model_view(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"], "name": row["name"], "format": row["format"], "kind": row["kind"],
         "architecture": row["architecture"], "config": loads(row["config"]),
         "files": loads(row["files"]), "size": storage.get("size"),
-        "created_at": row["created_at"],
+        "signer": loads(row.get("signer")), "created_at": row["created_at"],
     }
 
 
@@ -267,6 +281,7 @@ def model_input(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"], "name": row["name"], "format": row["format"], "kind": row["kind"],
         "architecture": row["architecture"], "config": loads(row["config"]),
         "blob": loads(row["storage"])["blob"], "files": loads(row["files"]),
+        "signer": loads(row.get("signer")),
     }
 
 

@@ -45,6 +45,8 @@ class ModelOut(BaseModel):
     config: dict[str, Any] | None = None
     files: list[ModelFile]
     size: int | None = None
+    signer: dict[str, Any] | None = Field(
+        default=None, description="who signed the uploaded model.sig, when one was verified")
     created_at: str
 
 
@@ -61,6 +63,9 @@ class ModelUpload(BaseModel):
     kind: Literal["classifier", "encoder", "causal_lm"] | None = None
     architecture: str | None = None
     config: str | None = Field(default=None, description="JSON object: architecture config")
+    signature: bytes | None = Field(
+        default=None, json_schema_extra={"format": "binary"},
+        description="model.sig: a Sigstore bundle from model_signing, verified before storing")
 
 
 class DatasetUpload(BaseModel):

@@ -39,7 +39,20 @@ class Capability:
     extra: dict[str, Any] | None = None
 
 
-BUILTIN: tuple[Capability, ...] = ()
+# each capability's package imports Capability from here, so it is imported after the class
+from appliance.capabilities.signatures import CAPABILITY as SIGNATURES  # noqa: E402
+
+BUILTIN: tuple[Capability, ...] = (SIGNATURES,)
+
+
+def model_signature_verifier() -> Callable[..., dict[str, Any]] | None:
+    """The hook that checks a model.sig uploaded with a model (``extra`` of a capability),
+    or None when no capability verifies model signatures."""
+    for capability in BUILTIN:
+        hook = (capability.extra or {}).get("verify_model_signature")
+        if hook is not None:
+            return hook  # type: ignore[no-any-return]
+    return None
 
 
 def migrations() -> list[tuple[int, str]]:
