@@ -22,6 +22,8 @@ from models.errors import ManifestError
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+# model-signing names the one resource of a single-file model "." (its path relative to itself)
+SINGLE_FILE_RESOURCE = "."
 _CHUNK = 1 << 20
 
 
@@ -137,6 +139,16 @@ def _parse_statement(statement: Any) -> tuple[dict[str, str], list[str]]:
     return expected, ignore
 
 
+def as_single_file_statement(statement: dict[str, Any]) -> dict[str, Any]:
+    """The statement of a one-file model renamed as model-signing names it (resource ``.``),
+    so that ``model_signing verify`` accepts it for the file under any name."""
+    resources = statement["predicate"]["resources"]
+    if len(resources) != 1:
+        raise ManifestError("a single-file statement has exactly one resource")
+    renamed = dict(resources[0], name=SINGLE_FILE_RESOURCE)
+    return {**statement, "predicate": {**statement["predicate"], "resources": [renamed]}}
+
+
 def _ignored(name: str, ignore: list[str]) -> bool:
     return any(name == p or name.startswith(p.rstrip("/") + "/") for p in ignore)
 
@@ -150,6 +162,12 @@ def verify_manifest(model_dir_or_file: Path, statement: dict[str, Any]) -> None:
         for name, path in _model_files(Path(model_dir_or_file)).items()
         if not _ignored(name, ignore)
     }
+    if Path(model_dir_or_file).is_file() and set(expected) == {SINGLE_FILE_RESOURCE}:
+        # a model-signing signature of one file binds its bytes, not its name
+        if hash_file(Path(model_dir_or_file)) != expected[SINGLE_FILE_RESOURCE]:
+            raise ManifestError("model does not match its manifest: changed files "
+                                f"[{Path(model_dir_or_file).name!r}]")
+        return
     missing = sorted(set(expected) - set(files))
     extra = sorted(set(files) - set(expected))
     changed = sorted(
@@ -169,7 +187,9 @@ def verify_manifest(model_dir_or_file: Path, statement: dict[str, Any]) -> None:
 __all__ = [
     "PAYLOAD_TYPE",
     "PREDICATE_TYPE",
+    "SINGLE_FILE_RESOURCE",
     "STATEMENT_TYPE",
+    "as_single_file_statement",
     "build_manifest",
     "hash_file",
     "verify_manifest",

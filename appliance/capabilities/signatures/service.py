@@ -16,7 +16,7 @@ from appliance.auth import Principal
 from appliance.config import Settings
 from appliance.errors import Conflict, NotFound, UnprocessableInput, ValidationFailed
 from appliance.store import Store, loads, new_id, utcnow
-from crypto.dsse import b64decode_strict
+from crypto.dsse import b64decode_strict, canonical_json
 from crypto.errors import CryptoError, KeyFormatError
 from crypto.sigstore import (
     ec_key_fingerprint,
@@ -29,7 +29,7 @@ from crypto.sigstore import (
     verify_bundle,
 )
 from models.errors import ManifestError
-from models.manifest import verify_manifest
+from models.manifest import as_single_file_statement, verify_manifest
 
 from .schemas import SignerKeyCreate
 
@@ -162,6 +162,7 @@ def model_signature(store: Store, principal: Principal, model_id: str) -> dict[s
     envelope = loads(row["manifest"])
     if not isinstance(envelope, dict):
         raise NotFound(f"model {model_id!r} has no manifest")
-    payload = b64decode_strict(envelope.get("payload"), what="manifest payload")
-    json.loads(payload)  # the stored manifest is ours; a corrupt one must not be signed
-    return sign_bundle(payload, signing_key(store.settings))
+    statement = json.loads(b64decode_strict(envelope.get("payload"), what="manifest payload"))
+    if row["format"] != "transformers":
+        statement = as_single_file_statement(statement)
+    return sign_bundle(canonical_json(statement), signing_key(store.settings))
