@@ -247,6 +247,8 @@ def models_verify(path: str, manifest: str, key: str | None, ca_bundle: str | No
         verify_manifest(Path(path), statement)
     except Exception as exc:
         hint = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
+        if str(exc) not in hint:  # models' diagnostics() is the hint alone: name the files
+            hint = f"{exc}\nHint: {hint}"
         _fail(f"VERIFICATION FAILED: {type(exc).__name__}: {hint}")
         return
     if self_signed:
