@@ -399,8 +399,8 @@ def verify_bundle(
             raise SignatureError(
                 f"unknown signer: the bundle is signed by the key with fingerprint {hint}, "
                 "which is not a registered signer key",
-                hint="Register the signer's public key (appliance signers add), or check that "
-                "the model was signed with the key you registered.")
+                hint="Register the signer's public key (appliance signatures add-signer), or "
+                "check that the model was signed with the key you registered.")
         key = candidates[0]
         if not _verifies(key, signatures, message):
             raise SignatureError(
