@@ -197,3 +197,36 @@ def test_certificate_signatures_verify_against_the_operator_ca_bundle(tmp_path: 
     assert "does not chain to a trusted root" in refused.get_json()["detail"]
     assert json.loads(client.get("/v1/models", headers=auth(token)).data)["items"][0]["id"] == \
         accepted.get_json()["id"]
+
+
+def test_signed_folder_upload_binds_every_file(client: Any, token_a: str, settings: Any,
+                                               tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from appliance.client import _tar_folder
+
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    save_file({"w": np.arange(8, dtype=np.float32)}, str(folder / "model.safetensors"))
+    private, public = write_ec_key(tmp_path, "release")
+    signature = ms_sign_key(folder, private, tmp_path / "model.sig").read_bytes()
+    assert _add_signer(client, token_a, public).status_code == 201
+
+    def upload(name: str) -> Any:
+        return client.post("/v1/models", headers=auth(token_a),
+                           content_type="multipart/form-data",
+                           data={"name": name, "file": (io.BytesIO(_tar_folder(folder)),
+                                                        "encoder.tar"),
+                                 "signature": (io.BytesIO(signature), "model.sig")})
+
+    accepted = upload("encoder")
+    assert accepted.status_code == 201, accepted.get_json()
+    assert accepted.get_json()["signer"]["signer_name"] == "release"
+    before = _stored(settings)
+    (folder / "tokenizer.json").write_text("{}")  # a file the publisher never signed
+    refused = upload("encoder-plus")
+    assert refused.status_code == 422
+    assert "extra files ['tokenizer.json']" in refused.get_json()["detail"]
+    assert _stored(settings) == before
+    assert not any((settings.home / "modeldirs").glob("*/tokenizer.json"))
