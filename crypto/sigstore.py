@@ -391,23 +391,29 @@ def verify_bundle(
     message = pae(IN_TOTO_PAYLOAD_TYPE, payload)
     public_key = material.get("publicKey")
     if public_key is not None:
-        hint = public_key.get("hint") if isinstance(public_key, dict) else None
-        if not isinstance(hint, str) or not hint:
-            raise SignatureError("malformed bundle: publicKey carries no hint")
-        candidates = [k for k in trusted_keys if ec_key_fingerprint(k) == hint]
+        if not isinstance(public_key, dict):
+            raise SignatureError("malformed bundle: publicKey must be an object")
+        hint = public_key.get("hint")
+        if hint is not None and not isinstance(hint, str):
+            raise SignatureError("malformed bundle: publicKey hint must be a string")
+        # bundles of model-signing before 1.0 carry no hint: every pinned key is a candidate
+        candidates = [k for k in trusted_keys if not hint or ec_key_fingerprint(k) == hint]
         if not candidates:
             raise SignatureError(
                 f"unknown signer: the bundle is signed by the key with fingerprint {hint}, "
-                "which is not a registered signer key",
+                "which is not a registered signer key" if hint else
+                "unknown signer: no signer key is registered",
                 hint="Register the signer's public key (appliance signatures add-signer), or "
                 "check that the model was signed with the key you registered.")
-        key = candidates[0]
-        if not _verifies(key, signatures, message):
+        key = next((k for k in candidates if _verifies(k, signatures, message)), None)
+        if key is None:
             raise SignatureError(
                 "bad signature: the bundle's signature does not verify with the registered key "
-                f"{hint}",
-                hint="The manifest inside model.sig was altered after signing.")
-        signer = BundleSigner(kind="key", fingerprint=hint, curve=key.curve.name)
+                f"{hint}" if hint else "bad signature: no registered key verifies the bundle",
+                hint="The manifest inside model.sig was altered after signing, or it was "
+                "signed by a key that is not registered.")
+        signer = BundleSigner(kind="key", fingerprint=ec_key_fingerprint(key),
+                              curve=key.curve.name)
         return VerifiedBundle(payload=payload, statement=_statement(payload), signer=signer)
 
     chain = _certificates(material)

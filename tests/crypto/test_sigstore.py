@@ -103,6 +103,13 @@ def test_wrong_key_and_altered_bundle_are_refused(tmp_path: Path) -> None:
     forged["verificationMaterial"]["publicKey"]["hint"] = ec_key_fingerprint(other)
     with pytest.raises(SignatureError, match="bad signature"):
         verify_bundle(forged, trusted_keys=[other])
+    # a pre-1.0 bundle without a hint is checked against every pinned key
+    unhinted = json.loads(json.dumps(bundle))
+    unhinted["verificationMaterial"]["publicKey"] = {}
+    assert verify_bundle(unhinted, trusted_keys=[other, _pub(tmp_path / "signer.pub")]) \
+        .signer.fingerprint == ec_key_fingerprint(_pub(tmp_path / "signer.pub"))
+    with pytest.raises(SignatureError, match="bad signature"):
+        verify_bundle(unhinted, trusted_keys=[other])
 
     # a statement edited to match tampered files breaks the signature
     public = tmp_path / "signer.pub"

@@ -25,8 +25,9 @@ def _store() -> Store:
 
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     bp = Blueprint("signatures", __name__, url_prefix="/v1")
-    # created on first start, like the report-signing key
-    service.signing_key(app.config["APPLIANCE_SETTINGS"])
+    settings = app.config["APPLIANCE_SETTINGS"]
+    service.signing_key(settings)  # created on first start, like the report-signing key
+    service.trusted_roots(settings)  # a misconfigured CA bundle fails start, not an upload
 
     @api.op(bp, "/signers", "POST", summary="Register a signer public key (ECDSA P-256/P-384)",
             tag="signatures", body=SignerKeyCreate, response=SignerKeyOut, status=201,

@@ -59,7 +59,13 @@ def trusted_roots(settings: Settings) -> list[x509.Certificate]:
     """The operator's CA bundle for certificate-based model.sig (empty when none is set)."""
     if settings.signing_ca_bundle is None:
         return []
-    return load_ca_bundle(Path(settings.signing_ca_bundle).read_bytes())
+    try:
+        data = Path(settings.signing_ca_bundle).read_bytes()
+    except OSError as exc:
+        raise KeyFormatError(f"the operator's CA bundle cannot be read ({exc.strerror})",
+                             hint="set APPLIANCE_SIGNING_CA_BUNDLE to a readable PEM file") \
+            from None
+    return load_ca_bundle(data)
 
 
 def signer_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -198,6 +198,17 @@ def test_certificate_signatures_verify_against_the_operator_ca_bundle(tmp_path: 
     assert json.loads(client.get("/v1/models", headers=auth(token)).data)["items"][0]["id"] == \
         accepted.get_json()["id"]
 
+    # a CA bundle the operator mistyped stops the appliance at start, not at the first upload
+    from crypto.errors import KeyFormatError
+
+    for broken in (tmp_path / "missing.pem", chain["leaf_key"]):
+        try:
+            create_app(settings.model_copy(update={"signing_ca_bundle": broken}))
+        except KeyFormatError as exc:
+            assert "CA bundle" in str(exc)
+        else:
+            raise AssertionError(f"started with the CA bundle {broken}")
+
 
 def test_signed_folder_upload_binds_every_file(client: Any, token_a: str, settings: Any,
                                                tmp_path: Path) -> None:
