@@ -209,7 +209,7 @@ def test_key_creation_never_replaces_an_existing_key(tmp_path: Path) -> None:
     first = load_or_create_ed25519(path).public_key()
     before = path.read_bytes()
     # A creator that lost the race (the file appeared after its existence check).
-    keys._create_key_file(path)
+    keys.write_new_key_file(path, keys._private_pem(Ed25519PrivateKey.generate()))
     assert path.read_bytes() == before
     assert key_id(load_or_create_ed25519(path).public_key()) == key_id(first)
     assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]
