@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_limiter import Limiter
 
 from . import __version__
-from .errors import BadRequest, NotFound, ValidationFailed
+from .errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
 from .http import Api, parse_json_text
 from .identity import LOG_ORIGIN, identity_for
 from .jobs import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
@@ -62,7 +62,11 @@ def _enqueue() -> Any:
     return fn
 
 
-def _upload_file() -> Any:
+def _upload_file(*roles: str) -> Any:
+    """The upload's 'file' part, once the caller's role may upload (checked first: a refused
+    caller never makes the server read its body) and every text field is within the form
+    limit."""
+    g.principal.require(*roles)
     if request.mimetype != "multipart/form-data":
         from .errors import UnsupportedMediaType
 
@@ -72,6 +76,12 @@ def _upload_file() -> Any:
     upload = request.files.get("file")
     if upload is None:
         raise ValidationFailed("missing the 'file' part")
+    limit = _settings().max_json_bytes
+    for field_name, value in request.form.items():
+        if len(value.encode("utf-8")) > limit:
+            raise PayloadTooLarge(
+                f"form field {field_name!r} exceeds the limit of {limit} bytes "
+                "(APPLIANCE_MAX_JSON_BYTES)")
     return upload
 
 
@@ -107,7 +117,7 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/models", "POST", summary="Register a model (ONNX, safetensors, transformers tar)",
             tag="models", form=ModelUpload, response=ModelOut, status=201)
     def create_model() -> dict[str, Any]:
-        upload = _upload_file()
+        upload = _upload_file("admin", "auditor")
         form = request.form
         config: dict[str, Any] | None = None
         if form.get("config"):
@@ -144,7 +154,7 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/datasets", "POST", summary="Register a dataset (.npz: x, optional y)",
             tag="datasets", form=DatasetUpload, response=DatasetOut, status=201)
     def create_dataset() -> dict[str, Any]:
-        upload = _upload_file()
+        upload = _upload_file("admin", "auditor")
         row = register_dataset(_store(), g.principal, stream=upload.stream,
                                name=request.form.get("name", ""))
         return dataset_view(row)

@@ -41,6 +41,8 @@ from .store import Store
 
 log = logging.getLogger("appliance.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# werkzeug's multipart parser reads 64 KiB at a time and keeps a tail of the previous read
+FORM_BUFFER_FLOOR = 256 * 1024
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -88,7 +90,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.config.update(
         APPLIANCE_SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 64 * 1024,
-        MAX_FORM_MEMORY_SIZE=settings.max_json_bytes,
+        # werkzeug applies this to its read buffer, which also carries file parts through in
+        # 64 KiB reads; text fields are held to max_json_bytes by the upload views themselves
+        MAX_FORM_MEMORY_SIZE=max(settings.max_json_bytes, FORM_BUFFER_FLOOR),
         JSON_SORT_KEYS=False,
     )
     if test_config:
@@ -207,9 +211,15 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         elif code == 405:
             error = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         elif code == 413:
-            error = PayloadTooLarge(
-                f"request body exceeds the limit of {settings.max_upload_bytes} bytes"
-            )
+            length = request.content_length
+            if length is not None and length > app.config["MAX_CONTENT_LENGTH"]:
+                error = PayloadTooLarge(
+                    f"request body exceeds the limit of {settings.max_upload_bytes} bytes "
+                    "(APPLIANCE_MAX_UPLOAD_BYTES)")
+            else:
+                error = PayloadTooLarge(
+                    "a form field exceeds the limit of "
+                    f"{app.config['MAX_FORM_MEMORY_SIZE']} bytes (APPLIANCE_MAX_JSON_BYTES)")
         elif code == 401:
             error = Unauthorized(exc.description or "")
         else:

@@ -1,0 +1,98 @@
+"""Service hygiene (issue 9, findings 7-11): form limits, role checks before bodies, rate-limit
+keys and their shared store, bounded reports, token expiry, /metrics, session ownership,
+gunicorn's control socket and safe blob deletion."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from support import auth, make_token, npz_bytes
+
+
+class CountingStream(io.BytesIO):
+    """A request body that remembers how many bytes the server read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        self.bytes_read += len(line)
+        return line
+
+
+def _multipart(fields: dict[str, str], file_bytes: bytes, filename: str) -> tuple[bytes, str]:
+    boundary = "hygieneboundary7f3a"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode() + file_bytes + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _digits_npz(n: int) -> bytes:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return npz_bytes(x=x[:n].astype(np.float32), y=y[:n].astype(np.int64))
+
+
+# -- finding 9: a small JSON limit must not cap uploads, and a 413 names its own limit --------
+
+def test_small_json_limit_still_accepts_uploads_and_names_the_right_limit(tmp_path: Path) -> None:
+    from appliance.app import create_app
+    from appliance.config import Settings
+
+    settings = Settings(home=tmp_path / "h", max_json_bytes=16 * 1024,
+                        max_upload_bytes=1_000_000, log_level="WARNING")
+    client = create_app(settings).test_client()
+    token = make_token(settings, "t")
+    dataset = _digits_npz(600)  # ~160 KB: far above the JSON limit, far below the upload limit
+    assert len(dataset) > 100_000
+    resp = client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": "digits", "file": (io.BytesIO(dataset), "d.npz")})
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["n"] == 600
+
+    # a text field over the JSON limit is refused, naming that limit (not the upload limit)
+    resp = client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": "m", "config": "{" + " " * 40_000 + "}",
+                             "file": (io.BytesIO(b"x" * 100), "m.onnx")})
+    assert resp.status_code == 413
+    detail = resp.get_json()["detail"]
+    assert "APPLIANCE_MAX_JSON_BYTES" in detail and str(settings.max_upload_bytes) not in detail
+
+    # a body over the upload limit names the upload limit
+    resp = client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": "big", "file": (io.BytesIO(b"x" * 1_200_000), "d.npz")})
+    assert resp.status_code == 413
+    assert "APPLIANCE_MAX_UPLOAD_BYTES" in resp.get_json()["detail"]
+
+
+# -- finding 10: the role check answers before the body is read ------------------------------
+
+def test_upload_by_a_client_token_is_refused_before_the_body_is_read(
+        client: Any, settings: Any) -> None:
+    client_token = make_token(settings, "tenant-c", role="client")
+    payload = b"\0" * (8 * 1024 * 1024)
+    for path in ("/v1/models", "/v1/datasets"):
+        body, content_type = _multipart({"name": "x"}, payload, "x.npz")
+        stream = CountingStream(body)
+        resp = client.post(path, headers=auth(client_token), input_stream=stream,
+                           content_type=content_type, content_length=len(body))
+        assert resp.status_code == 403, (path, resp.get_json())
+        assert resp.content_type == "application/problem+json"
+        assert stream.bytes_read < 64 * 1024, (path, stream.bytes_read)
