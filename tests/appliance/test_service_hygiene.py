@@ -24,6 +24,11 @@ class CountingStream(io.BytesIO):
         self.bytes_read += len(chunk)
         return chunk
 
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.bytes_read += count
+        return count
+
     def readline(self, size: int | None = -1) -> bytes:
         line = super().readline(size)
         self.bytes_read += len(line)
