@@ -10,6 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_limiter import Limiter
 
 from . import __version__
+from .auth import format_timestamp
 from .errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
 from .http import Api, parse_json_text
 from .identity import LOG_ORIGIN, identity_for
@@ -104,7 +105,8 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/whoami", summary="The caller's tenant and role", tag="meta", response=WhoAmI)
     def whoami() -> dict[str, Any]:
         p = g.principal
-        return {"tenant": p.tenant_name, "role": p.role, "token_id": p.token_id}
+        return {"tenant": p.tenant_name, "role": p.role, "token_id": p.token_id,
+                "expires_at": format_timestamp(p.expires_at)}
 
     @api.op(v1, "/architectures", summary="Registered architecture names", tag="models",
             response=ArchitectureList)

@@ -153,6 +153,14 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE kind = 'refinement';
         """,
     ),
+    (
+        5,
+        # optional token expiry (issue 9): seconds since the epoch, NULL for a token that
+        # lives until it is revoked
+        """
+        ALTER TABLE tokens ADD COLUMN expires_at REAL;
+        """,
+    ),
 ]
 
 

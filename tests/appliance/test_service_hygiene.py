@@ -101,3 +101,47 @@ def test_upload_by_a_client_token_is_refused_before_the_body_is_read(
         assert resp.status_code == 403, (path, resp.get_json())
         assert resp.content_type == "application/problem+json"
         assert stream.bytes_read < 64 * 1024, (path, stream.bytes_read)
+
+
+# -- finding 11: tokens may expire ------------------------------------------------------------
+
+def test_token_expiry_shown_in_whoami_and_refused_after(client: Any, settings: Any) -> None:
+    import json
+    import time
+    from datetime import datetime
+
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+    from appliance.store import Store
+
+    runner = CliRunner(env={"APPLIANCE_HOME": str(settings.home)})
+    result = runner.invoke(main, ["tokens", "create", "--tenant", "t", "--role", "auditor",
+                                  "--expires-in", "30d", "--json"])
+    assert result.exit_code == 0, result.output
+    issued = json.loads(result.output)
+    whoami = client.get("/v1/whoami", headers=auth(issued["token"]))
+    assert whoami.status_code == 200
+    assert whoami.get_json()["expires_at"] == issued["expires_at"]
+    expires = datetime.fromisoformat(issued["expires_at"]).timestamp()
+    assert abs(expires - (time.time() + 30 * 86400)) < 120
+
+    # a token without expiry says so
+    forever = make_token(settings, "t")
+    assert client.get("/v1/whoami", headers=auth(forever)).get_json()["expires_at"] is None
+
+    # time passes (the row's expiry moves into the past): 401 with a clear detail
+    store = Store.open(settings)
+    try:
+        store.conn.execute("UPDATE tokens SET expires_at = ? WHERE id = ?",
+                           (time.time() - 1, issued["token_id"]))
+    finally:
+        store.close()
+    resp = client.get("/v1/whoami", headers=auth(issued["token"]))
+    assert resp.status_code == 401 and resp.content_type == "application/problem+json"
+    assert "expired" in resp.get_json()["detail"]
+
+    for bad in ("30x", "0d", "-1d", "99999999w", "d"):
+        result = runner.invoke(main, ["tokens", "create", "--tenant", "t", "--role", "client",
+                                      "--expires-in", bad])
+        assert result.exit_code != 0, bad
