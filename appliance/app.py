@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .auth import authenticate, hash_token
+from .auth import authenticate
 from .config import Settings
 from .errors import (
     ApplianceError,
@@ -37,6 +37,7 @@ from .errors import (
     Unauthorized,
 )
 from .http import Api, problem_response
+from .ratelimit import rate_key, sqlite_storage_uri
 from .store import Store
 
 log = logging.getLogger("appliance.http")
@@ -116,18 +117,14 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     )
     app.extensions["appliance.metrics"] = metrics
 
-    def rate_key() -> str:
-        header = request.headers.get("Authorization", "")
-        if header:
-            return "tok:" + hash_token(header)[:32]
-        return "ip:" + (request.remote_addr or "unknown")
-
-    storage = settings.rate_limit_storage or (settings.queue_url if settings.cluster else None)
+    # one count for all of this appliance's processes: Redis in a cluster, else the home
+    storage = settings.rate_limit_storage or (
+        settings.queue_url if settings.cluster else sqlite_storage_uri(settings))
     limiter = Limiter(
         key_func=rate_key,
         app=app,
         default_limits=[settings.rate_limit],
-        storage_uri=storage or "memory://",
+        storage_uri=storage,
         key_prefix=f"{settings.queue_prefix}-rl",
         headers_enabled=True,
     )
@@ -159,7 +156,8 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         view = app.view_functions.get(request.endpoint or "")
         if view is None or getattr(view, "_public", False) or request.endpoint == "static":
             return
-        g.principal = authenticate(get_store(), request.headers.get("Authorization"))
+        if "principal" not in g:  # the rate limiter may have authenticated it already
+            g.principal = authenticate(get_store(), request.headers.get("Authorization"))
 
     @app.after_request
     def _finish(resp: Response) -> Response:

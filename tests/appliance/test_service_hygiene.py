@@ -145,3 +145,37 @@ def test_token_expiry_shown_in_whoami_and_refused_after(client: Any, settings: A
         result = runner.invoke(main, ["tokens", "create", "--tenant", "t", "--role", "client",
                                       "--expires-in", bad])
         assert result.exit_code != 0, bad
+
+
+# -- finding 7: the rate limit counts tokens, not header spellings, across processes ----------
+
+def test_rate_limit_keys_on_the_token_and_is_shared_by_processes(tmp_path: Path) -> None:
+    from appliance.app import create_app
+    from appliance.config import Settings
+
+    settings = Settings(home=tmp_path / "h", rate_limit="5 per minute", log_level="WARNING")
+    first = create_app(settings).test_client()
+    token = make_token(settings, "t")
+    # however the scheme is spelled, it is the same token and the same quota
+    spellings = [f"Bearer {token}", f"bearer {token}", f"BEARER {token}", f"Bearer  {token}",
+                 f"bEaReR {token} "]
+    codes = [first.get("/v1/whoami", headers={"Authorization": h}).status_code
+             for h in spellings]
+    assert codes == [200] * 5
+    assert first.get("/v1/whoami", headers={"Authorization": f"bearer  {token}"}).status_code \
+        == 429
+
+    # an anonymous caller gets one quota per address, whatever garbage it sends
+    garbage = [f"Bearer aat_{i}" for i in range(5)] + ["x", "Basic Zm9vOmJhcg=="]
+    codes = [first.get("/v1/whoami", headers={"Authorization": h}).status_code
+             for h in garbage]
+    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+
+    # a second app over the same home, as each gunicorn worker builds its own (own limiter,
+    # own connections), sees the same counts: the limit is not multiplied by the workers
+    other = make_token(settings, "u")
+    second = create_app(settings).test_client()
+    assert second.get("/v1/whoami", headers=auth(token)).status_code == 429
+    codes = [client.get("/v1/whoami", headers=auth(other)).status_code
+             for client in (first, second, first, second, first, second)]
+    assert codes == [200] * 5 + [429]
