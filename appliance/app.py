@@ -238,9 +238,11 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     @app.route("/metrics")
     @limiter.exempt
     def metrics_view() -> Response:
+        # request counts and latencies per endpoint describe every tenant's traffic: operators
+        # scrape them with an admin token (Prometheus: authorization.credentials)
+        g.principal.require("admin")
         return Response(generate_latest(metrics), mimetype=CONTENT_TYPE_LATEST)
 
-    metrics_view._public = True  # type: ignore[attr-defined]
     return app
 
 

@@ -179,3 +179,35 @@ def test_rate_limit_keys_on_the_token_and_is_shared_by_processes(tmp_path: Path)
     codes = [client.get("/v1/whoami", headers=auth(other)).status_code
              for client in (first, second, first, second, first, second)]
     assert codes == [200] * 5 + [429]
+
+
+# -- finding 11: /metrics needs an admin token ------------------------------------------------
+
+def test_metrics_require_an_admin_token(client: Any, settings: Any, token_a: str) -> None:
+    assert client.get("/metrics").status_code == 401
+    for role in ("auditor", "client"):
+        resp = client.get("/metrics", headers=auth(make_token(settings, "tenant-a", role=role)))
+        assert resp.status_code == 403 and resp.content_type == "application/problem+json"
+    resp = client.get("/metrics", headers=auth(token_a))
+    assert resp.status_code == 200 and "appliance_http_requests_total" in resp.get_data(as_text=True)
+
+
+# -- finding 11: no gunicorn control socket shared between instances --------------------------
+
+def test_gunicorn_control_socket_is_disabled(tmp_path: Path, monkeypatch: Any) -> None:
+    import runpy
+
+    from gunicorn.config import Config
+    from support import ROOT
+
+    from appliance.server import gunicorn_options
+
+    monkeypatch.setenv("APPLIANCE_HTTP_WORKERS", "2")
+    deployed = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
+    for options in (gunicorn_options(host="127.0.0.1", port=8080, workers=None, threads=4),
+                    {k: v for k, v in deployed.items() if not k.startswith("_")}):
+        cfg = Config()
+        for key, value in options.items():
+            if key in cfg.settings and value is not None:
+                cfg.set(key, value)
+        assert cfg.control_socket_disable is True
