@@ -211,3 +211,92 @@ def test_gunicorn_control_socket_is_disabled(tmp_path: Path, monkeypatch: Any) -
             if key in cfg.settings and value is not None:
                 cfg.set(key, value)
         assert cfg.control_socket_disable is True
+
+
+def _linear_onnx_bytes() -> bytes:
+    """A real (untrained) ONNX graph: logits = x @ w, four features, three classes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+# -- finding 11: a refused upload never deletes the blob of an identical accepted one ---------
+
+def test_refused_upload_racing_an_identical_accepted_one_keeps_its_blob(
+        app: Any, settings: Any, monkeypatch: Any) -> None:
+    import hashlib
+    import threading
+
+    from appliance import registry
+    from appliance.auth import authenticate
+    from appliance.errors import ValidationFailed
+    from appliance.store import Store
+
+    data = _linear_onnx_bytes()
+    token = make_token(settings, "t")
+    accepted_is_validating, release_accepted = threading.Event(), threading.Event()
+    original_check = registry._check_onnx_options
+
+    def held_check(config: Any, kind: str) -> None:
+        if config is None:  # the accepted upload: hold it between its blob write and its row
+            accepted_is_validating.set()
+            assert release_accepted.wait(60)
+        original_check(config, kind)
+
+    monkeypatch.setattr(registry, "_check_onnx_options", held_check)
+    outcome: dict[str, Any] = {}
+
+    def accepted_upload() -> None:
+        store = Store.open(settings)
+        try:
+            principal = authenticate(store, f"Bearer {token}")
+            outcome["row"] = registry.register_model(
+                store, principal, stream=io.BytesIO(data), filename="m.onnx", name="good",
+                kind="classifier")
+        except Exception as exc:  # reported below: the refusal broke the accepted upload
+            outcome["error"] = exc
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=accepted_upload)
+    thread.start()
+    try:
+        assert accepted_is_validating.wait(60)
+        store = Store.open(settings)
+        try:
+            principal = authenticate(store, f"Bearer {token}")
+            try:  # the same bytes, refused for contradictory options
+                registry.register_model(store, principal, stream=io.BytesIO(data),
+                                        filename="m.onnx", name="bad", kind="classifier",
+                                        config={"kind": "encoder"})
+            except ValidationFailed:
+                pass
+            else:
+                raise AssertionError("the contradictory upload was accepted")
+        finally:
+            store.close()
+    finally:
+        release_accepted.set()
+        thread.join(60)
+    assert "error" not in outcome, f"the accepted upload failed: {outcome.get('error')!r}"
+    digest = registry.loads(outcome["row"]["storage"])["blob"]
+    assert (settings.blob_dir / digest[:2] / digest[2:]).is_file()
+
+    # the accepted model still evaluates (its blob is there), and once nothing is in flight
+    # a refused twin of unrecorded content does delete its own blob
+    client = app.test_client()
+    model = client.get(f"/v1/models/{outcome['row']['id']}", headers=auth(token)).get_json()
+    assert model["size"] == len(data)
+    lone = data + b"\0"
+    resp = client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": "lone", "file": (io.BytesIO(lone), "m.onnx"),
+                             "kind": "classifier", "config": '{"kind": "encoder"}'})
+    assert resp.status_code in (400, 422)
+    lone_digest = hashlib.sha256(lone).hexdigest()
+    assert not (settings.blob_dir / lone_digest[:2] / lone_digest[2:]).exists()
