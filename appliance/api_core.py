@@ -45,6 +45,10 @@ from .schemas import (
 )
 from .store import loads
 
+# evaluation outputs a report names by digest; other methods' artifacts (a refined model)
+# have their own routes and access rules
+SERVED_ARTIFACTS = ("confusion_matrix.npy", "embeddings.npy")
+
 
 def _settings() -> Any:
     return current_app.config["APPLIANCE_SETTINGS"]
@@ -234,6 +238,21 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
             "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
             "frame-ancestors 'none'")
         return resp
+
+    @api.op(v1, "/reports/<report_id>/artifacts/<name>",
+            summary="A file an evaluation report binds by sha256 (confusion_matrix.npy, "
+            "embeddings.npy)", tag="reports", produces="application/octet-stream")
+    def get_report_artifact(report_id: str, name: str) -> Response:
+        row = _store().get_owned("reports", g.principal.tenant_id, report_id, "report")
+        body = report_body(row)
+        artifacts = (body.get("extra") or {}).get("artifacts") or {}
+        digest = artifacts.get(name) if name in SERVED_ARTIFACTS else None
+        if body.get("method", {}).get("name") != "evaluation" or not isinstance(digest, str):
+            raise NotFound(f"report {report_id!r} has no downloadable artifact {name[:80]!r}")
+        path = _store().blobs.path(digest)
+        if not path.is_file():
+            raise NotFound(f"artifact {name!r} of report {report_id!r} is no longer stored")
+        return send_file(path, mimetype="application/octet-stream", download_name=name)
 
     @api.op(v1, "/reports/<report_id>", summary="A signed report bundle (verify offline)",
             tag="reports", query=ReportQuery, response=ReportBundle)
