@@ -47,7 +47,7 @@ from .store import loads
 
 # evaluation outputs a report names by digest; other methods' artifacts (a refined model)
 # have their own routes and access rules
-SERVED_ARTIFACTS = ("confusion_matrix.npy", "embeddings.npy")
+SERVED_ARTIFACTS = ("confusion_matrix.npz", "embeddings.npy")
 
 
 def _settings() -> Any:
@@ -240,7 +240,7 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
         return resp
 
     @api.op(v1, "/reports/<report_id>/artifacts/<name>",
-            summary="A file an evaluation report binds by sha256 (confusion_matrix.npy, "
+            summary="A file an evaluation report binds by sha256 (confusion_matrix.npz, "
             "embeddings.npy)", tag="reports", produces="application/octet-stream")
     def get_report_artifact(report_id: str, name: str) -> Response:
         row = _store().get_owned("reports", g.principal.tenant_id, report_id, "report")

@@ -24,7 +24,7 @@ VERSION = "1.1.0"
 # as an artifact and keeps a bounded summary.
 DENSE_CONFUSION_MAX_CLASSES = 64
 TOP_CONFUSIONS = 20
-CONFUSION_ARTIFACT = "confusion_matrix.npy"
+CONFUSION_ARTIFACT = "confusion_matrix.npz"
 
 
 class EvaluationParams(BaseModel):
@@ -137,15 +137,17 @@ def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> J
 def bound_confusion_matrix(statistics: dict[str, Any],
                            save_artifact: Callable[[bytes], str]) -> str | None:
     """Keep ``statistics`` bounded in the class count: a confusion matrix of more than
-    :data:`DENSE_CONFUSION_MAX_CLASSES` classes is saved as an ``.npy`` artifact (int64, rows
-    true, columns predicted) and replaced by its digest, shape and a summary (nonzero cells,
-    the largest confusions). Returns the artifact's digest, or ``None`` when it stayed inline."""
+    :data:`DENSE_CONFUSION_MAX_CLASSES` classes is saved as a compressed ``.npz`` artifact
+    (key ``confusion_matrix``: int64, rows true, columns predicted) and replaced by its digest,
+    shape and a summary (nonzero cells, the largest confusions). Returns the artifact's
+    digest, or ``None`` when the matrix stayed inline."""
     matrix = np.asarray(statistics["confusion_matrix"], dtype=np.int64)
     classes = matrix.shape[0]
     if classes <= DENSE_CONFUSION_MAX_CLASSES:
         return None
     buf = io.BytesIO()
-    np.save(buf, matrix, allow_pickle=False)
+    # mostly zeros: compressed, 2000 classes take ~0.1 MB instead of 32 MB
+    np.savez_compressed(buf, confusion_matrix=matrix)
     digest = save_artifact(buf.getvalue())
     off_diagonal = matrix.copy()
     np.fill_diagonal(off_diagonal, 0)
