@@ -10,7 +10,8 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_limiter import Limiter
 
 from . import __version__
-from .errors import BadRequest, NotFound, ValidationFailed
+from .auth import format_timestamp
+from .errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
 from .http import Api, parse_json_text
 from .identity import LOG_ORIGIN, identity_for
 from .jobs import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
@@ -44,6 +45,10 @@ from .schemas import (
 )
 from .store import loads
 
+# evaluation outputs a report names by digest; other methods' artifacts (a refined model)
+# have their own routes and access rules
+SERVED_ARTIFACTS = ("confusion_matrix.npz", "embeddings.npy")
+
 
 def _settings() -> Any:
     return current_app.config["APPLIANCE_SETTINGS"]
@@ -62,7 +67,11 @@ def _enqueue() -> Any:
     return fn
 
 
-def _upload_file() -> Any:
+def _upload_file(*roles: str) -> Any:
+    """The upload's 'file' part, once the caller's role may upload (checked first: a refused
+    caller never makes the server read its body) and every text field is within the form
+    limit."""
+    g.principal.require(*roles)
     if request.mimetype != "multipart/form-data":
         from .errors import UnsupportedMediaType
 
@@ -72,6 +81,12 @@ def _upload_file() -> Any:
     upload = request.files.get("file")
     if upload is None:
         raise ValidationFailed("missing the 'file' part")
+    limit = _settings().max_json_bytes
+    for field_name, value in request.form.items():
+        if len(value.encode("utf-8")) > limit:
+            raise PayloadTooLarge(
+                f"form field {field_name!r} exceeds the limit of {limit} bytes "
+                "(APPLIANCE_MAX_JSON_BYTES)")
     return upload
 
 
@@ -112,7 +127,8 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/whoami", summary="The caller's tenant and role", tag="meta", response=WhoAmI)
     def whoami() -> dict[str, Any]:
         p = g.principal
-        return {"tenant": p.tenant_name, "role": p.role, "token_id": p.token_id}
+        return {"tenant": p.tenant_name, "role": p.role, "token_id": p.token_id,
+                "expires_at": format_timestamp(p.expires_at)}
 
     @api.op(v1, "/architectures", summary="Registered architecture names", tag="models",
             response=ArchitectureList)
@@ -125,7 +141,7 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/models", "POST", summary="Register a model (ONNX, safetensors, transformers tar)",
             tag="models", form=ModelUpload, response=ModelOut, status=201)
     def create_model() -> dict[str, Any]:
-        upload = _upload_file()
+        upload = _upload_file("admin", "auditor")
         form = request.form
         config: dict[str, Any] | None = None
         if form.get("config"):
@@ -163,7 +179,7 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/datasets", "POST", summary="Register a dataset (.npz: x, optional y)",
             tag="datasets", form=DatasetUpload, response=DatasetOut, status=201)
     def create_dataset() -> dict[str, Any]:
-        upload = _upload_file()
+        upload = _upload_file("admin", "auditor")
         row = register_dataset(_store(), g.principal, stream=upload.stream,
                                name=request.form.get("name", ""))
         return dataset_view(row)
@@ -241,6 +257,21 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
             "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
             "frame-ancestors 'none'")
         return resp
+
+    @api.op(v1, "/reports/<report_id>/artifacts/<name>",
+            summary="A file an evaluation report binds by sha256 (confusion_matrix.npz, "
+            "embeddings.npy)", tag="reports", produces="application/octet-stream")
+    def get_report_artifact(report_id: str, name: str) -> Response:
+        row = _store().get_owned("reports", g.principal.tenant_id, report_id, "report")
+        body = report_body(row)
+        artifacts = (body.get("extra") or {}).get("artifacts") or {}
+        digest = artifacts.get(name) if name in SERVED_ARTIFACTS else None
+        if body.get("method", {}).get("name") != "evaluation" or not isinstance(digest, str):
+            raise NotFound(f"report {report_id!r} has no downloadable artifact {name[:80]!r}")
+        path = _store().blobs.path(digest)
+        if not path.is_file():
+            raise NotFound(f"artifact {name!r} of report {report_id!r} is no longer stored")
+        return send_file(path, mimetype="application/octet-stream", download_name=name)
 
     @api.op(v1, "/reports/<report_id>", summary="A signed report bundle (verify offline)",
             tag="reports", query=ReportQuery, response=ReportBundle)

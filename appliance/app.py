@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .auth import authenticate, hash_token
+from .auth import authenticate
 from .config import Settings
 from .errors import (
     ApplianceError,
@@ -37,10 +37,13 @@ from .errors import (
     Unauthorized,
 )
 from .http import Api, problem_response
+from .ratelimit import rate_key, sqlite_storage_uri
 from .store import Store
 
 log = logging.getLogger("appliance.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# werkzeug's multipart parser reads 64 KiB at a time and keeps a tail of the previous read
+FORM_BUFFER_FLOOR = 256 * 1024
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -88,7 +91,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.config.update(
         APPLIANCE_SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 64 * 1024,
-        MAX_FORM_MEMORY_SIZE=settings.max_json_bytes,
+        # werkzeug applies this to its read buffer, which also carries file parts through in
+        # 64 KiB reads; text fields are held to max_json_bytes by the upload views themselves
+        MAX_FORM_MEMORY_SIZE=max(settings.max_json_bytes, FORM_BUFFER_FLOOR),
         JSON_SORT_KEYS=False,
     )
     if test_config:
@@ -112,18 +117,14 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     )
     app.extensions["appliance.metrics"] = metrics
 
-    def rate_key() -> str:
-        header = request.headers.get("Authorization", "")
-        if header:
-            return "tok:" + hash_token(header)[:32]
-        return "ip:" + (request.remote_addr or "unknown")
-
-    storage = settings.rate_limit_storage or (settings.queue_url if settings.cluster else None)
+    # one count for all of this appliance's processes: Redis in a cluster, else the home
+    storage = settings.rate_limit_storage or (
+        settings.queue_url if settings.cluster else sqlite_storage_uri(settings))
     limiter = Limiter(
         key_func=rate_key,
         app=app,
         default_limits=[settings.rate_limit],
-        storage_uri=storage or "memory://",
+        storage_uri=storage,
         key_prefix=f"{settings.queue_prefix}-rl",
         headers_enabled=True,
     )
@@ -155,7 +156,8 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         view = app.view_functions.get(request.endpoint or "")
         if view is None or getattr(view, "_public", False) or request.endpoint == "static":
             return
-        g.principal = authenticate(get_store(), request.headers.get("Authorization"))
+        if "principal" not in g:  # the rate limiter may have authenticated it already
+            g.principal = authenticate(get_store(), request.headers.get("Authorization"))
 
     @app.after_request
     def _finish(resp: Response) -> Response:
@@ -207,9 +209,15 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         elif code == 405:
             error = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         elif code == 413:
-            error = PayloadTooLarge(
-                f"request body exceeds the limit of {settings.max_upload_bytes} bytes"
-            )
+            length = request.content_length
+            if length is not None and length > app.config["MAX_CONTENT_LENGTH"]:
+                error = PayloadTooLarge(
+                    f"request body exceeds the limit of {settings.max_upload_bytes} bytes "
+                    "(APPLIANCE_MAX_UPLOAD_BYTES)")
+            else:
+                error = PayloadTooLarge(
+                    "a form field exceeds the limit of "
+                    f"{app.config['MAX_FORM_MEMORY_SIZE']} bytes (APPLIANCE_MAX_JSON_BYTES)")
         elif code == 401:
             error = Unauthorized(exc.description or "")
         else:
@@ -230,9 +238,11 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     @app.route("/metrics")
     @limiter.exempt
     def metrics_view() -> Response:
+        # request counts and latencies per endpoint describe every tenant's traffic: operators
+        # scrape them with an admin token (Prometheus: authorization.credentials)
+        g.principal.require("admin")
         return Response(generate_latest(metrics), mimetype=CONTENT_TYPE_LATEST)
 
-    metrics_view._public = True  # type: ignore[attr-defined]
     return app
 
 

@@ -120,16 +120,20 @@ def tokens() -> None:
 @click.option("--tenant", required=True)
 @click.option("--role", type=click.Choice(["admin", "auditor", "client"]), required=True)
 @click.option("--label", default=None)
+@click.option("--expires-in", default=None, metavar="DURATION",
+              help="refuse the token after this long: 90m, 12h, 30d, 2w (default: never)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def tokens_create(tenant: str, role: str, label: str | None, as_json: bool) -> None:
+def tokens_create(tenant: str, role: str, label: str | None, expires_in: str | None,
+                  as_json: bool) -> None:
     """Print a new token once; only its hash is stored."""
-    from .auth import create_token
+    from .auth import create_token, format_timestamp, parse_duration
     from .errors import ApplianceError
     from .store import Store
 
     store = Store.open(_settings())
     try:
-        issued = create_token(store, tenant=tenant, role=role, label=label)
+        lifetime = None if expires_in is None else parse_duration(expires_in)
+        issued = create_token(store, tenant=tenant, role=role, label=label, expires_in=lifetime)
     except ApplianceError as exc:
         _fail(exc.diagnostics())
         return
@@ -137,11 +141,13 @@ def tokens_create(tenant: str, role: str, label: str | None, as_json: bool) -> N
         store.close()
     if as_json:
         click.echo(json.dumps({"token": issued.token, "token_id": issued.token_id,
-                               "tenant": tenant, "role": role}))
+                               "tenant": tenant, "role": role,
+                               "expires_at": format_timestamp(issued.expires_at)}))
     else:
         click.echo(issued.token)
-        click.echo(f"# token id {issued.token_id}, tenant {tenant}, role {role}; "
-                   "shown once, store it now", err=True)
+        expiry = format_timestamp(issued.expires_at) or "never"
+        click.echo(f"# token id {issued.token_id}, tenant {tenant}, role {role}, expires "
+                   f"{expiry}; shown once, store it now", err=True)
 
 
 @tokens.command("revoke")

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import (
     Conflict,
     Gone,
+    NotFound,
     PayloadTooLarge,
     UnprocessableInput,
     ValidationFailed,
@@ -520,14 +521,19 @@ def open_session(store: Store, cache: EvaluatorCache, principal: Principal, *, e
 
 
 def get_session(store: Store, principal: Principal, session_id: str) -> dict[str, Any]:
-    """The caller's tenant's session row, or 404."""
-    return store.get_owned("inference_sessions", principal.tenant_id, session_id,
-                           "inference session")
+    """The session row if the caller's own token opened it, else 404: a session's evaluation
+    keys belong to one client, not to every token of its tenant."""
+    row = store.get_owned("inference_sessions", principal.tenant_id, session_id,
+                          "inference session")
+    if row["token_id"] != principal.token_id:
+        shown = session_id if len(session_id) <= 80 else session_id[:80] + "…"
+        raise NotFound(f"inference session {shown!r} not found")
+    return row
 
 
 def close_session(store: Store, cache: EvaluatorCache, principal: Principal,
                   session_id: str) -> None:
-    """Delete a session and its stored evaluation keys (404 for another tenant's)."""
+    """Delete a session and its stored evaluation keys (404 for another token's)."""
     row = get_session(store, principal, session_id)
     with store.transaction():
         store.conn.execute("DELETE FROM inference_sessions WHERE id = ?", (row["id"],))

@@ -43,15 +43,6 @@ def _safe_filename(filename: str | None, default: str) -> str:
     return base if base not in {".", ".."} else default
 
 
-def _drop_unreferenced(store: Store, digest: str) -> None:
-    """After a refused upload: remove its blob (and any folder extracted from it) unless an
-    earlier upload registered the same content."""
-    row = store.conn.execute("SELECT 1 FROM blobs WHERE digest=?", (digest,)).fetchone()
-    if row is None:
-        store.blobs.path(digest).unlink(missing_ok=True)
-        extracted = store.settings.home / "modeldirs" / digest
-        if extracted.is_dir():
-            shutil.rmtree(extracted, ignore_errors=True)
 
 
 def transformers_dir(store: Store, tar_digest: str) -> Path:
@@ -132,7 +123,7 @@ def register_model(
                                                               "transformers"):
         raise ValidationFailed("format must be onnx, safetensors or transformers")
     settings = store.settings
-    digest, size = store.blobs.put_stream(stream, max_bytes=settings.max_upload_bytes)
+    digest, size, pin = store.put_upload(stream, max_bytes=settings.max_upload_bytes)
     safe_name = _safe_filename(filename, "model")
     try:
         if declared_format == "transformers" or safe_name.endswith((".tar", ".tar.gz", ".tgz")):
@@ -179,13 +170,13 @@ def register_model(
             if check_signature is not None:
                 signer = check_signature(manifest_target)
     except (ModelError, ValueError) as exc:
-        _drop_unreferenced(store, digest)
+        store.drop_refused_upload(pin, digest)
         if isinstance(exc, ValidationFailed | UnprocessableInput):
             raise
         raise UnprocessableInput(str(exc), hint=getattr(exc, "diagnostics", lambda: "")()) \
             from None
     except BaseException:
-        _drop_unreferenced(store, digest)
+        store.drop_refused_upload(pin, digest)
         raise
     envelope = sign_envelope(
         canonical_json(statement), MANIFEST_PAYLOAD_TYPE, identity_for(settings).signing_key
@@ -196,6 +187,7 @@ def register_model(
     ]
     with store.transaction():
         store.record_blob(digest, size)
+        store.unpin(pin)
         store.conn.execute(
             "INSERT INTO models (id, tenant_id, name, format, kind, architecture, config, files, "
             "storage, manifest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -293,19 +285,20 @@ def register_dataset(
 
     principal.require("admin", "auditor")
     _check_name(name, "dataset")
-    digest, size = store.blobs.put_stream(stream, max_bytes=store.settings.max_upload_bytes)
+    digest, size, pin = store.put_upload(stream, max_bytes=store.settings.max_upload_bytes)
     try:
         data = load_npz_dataset(store.blobs.path(digest), max_bytes=store.settings.max_upload_bytes)
     except (DatasetError, ModelError, ValueError) as exc:
-        _drop_unreferenced(store, digest)
+        store.drop_refused_upload(pin, digest)
         raise UnprocessableInput(f"dataset refused: {exc}") from None
     except BaseException:
-        _drop_unreferenced(store, digest)
+        store.drop_refused_upload(pin, digest)
         raise
     num_classes = int(data.y.max()) + 1 if data.y is not None and len(data.y) else None
     dataset_id = new_id("dst")
     with store.transaction():
         store.record_blob(digest, size)
+        store.unpin(pin)
         store.conn.execute(
             "INSERT INTO datasets (id, tenant_id, name, digest, size, n, shape, has_labels, "
             "num_classes, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

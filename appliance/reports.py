@@ -117,6 +117,23 @@ def register_plotter(method: str, plotter: PlotFn) -> None:
     _PLOTTERS[method] = plotter
 
 
+MAX_PLOTTED_CLASSES = 256
+PREVIEW_CHARS = 600
+
+
+def _preview(value: Any) -> str:
+    """The first :data:`PREVIEW_CHARS` characters of ``value`` as indented JSON, encoding no
+    more of it than that (a value can be megabytes in an old report)."""
+    pieces: list[str] = []
+    length = 0
+    for piece in json.JSONEncoder(indent=1).iterencode(value):
+        pieces.append(piece)
+        length += len(piece)
+        if length > PREVIEW_CHARS:
+            return "".join(pieces)[:PREVIEW_CHARS] + " …"
+    return "".join(pieces)
+
+
 def _figure_png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -129,7 +146,8 @@ def _evaluation_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
     stats = report.get("statistics", {})
     figures: list[tuple[str, Any]] = []
     matrix = stats.get("confusion_matrix")
-    if matrix:
+    # reports signed before the cap can hold thousands of classes: no plot of those
+    if matrix and len(matrix) <= MAX_PLOTTED_CLASSES:
         fig = Figure(figsize=(4.5, 4))
         ax = fig.add_subplot()
         image = ax.imshow(matrix, cmap="Blues")
@@ -191,10 +209,7 @@ def render_html(report: dict[str, Any], *, log_index: int | None = None) -> str:
         rows = []
         for key, value in data.items():
             if isinstance(value, dict | list):
-                text = json.dumps(value, indent=1)
-                if len(text) > 600:
-                    text = text[:600] + " …"
-                cell = f"<pre>{html.escape(text)}</pre>"
+                cell = f"<pre>{html.escape(_preview(value))}</pre>"
             else:
                 cell = html.escape(str(value))
             rows.append(f"<tr><th>{html.escape(str(key))}</th><td>{cell}</td></tr>")

@@ -29,6 +29,8 @@ class WhoAmI(BaseModel):
     tenant: str
     role: str
     token_id: str
+    expires_at: str | None = Field(
+        default=None, description="When this token stops working (ISO 8601 UTC); null: never")
 
 
 class ModelFile(BaseModel):

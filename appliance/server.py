@@ -41,7 +41,12 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int | None,
 
     Store.open(settings).close()
     identity_for(settings)
-    options = {
+    _Gunicorn(gunicorn_options(host=host, port=port, workers=workers, threads=threads)).run()
+
+
+def gunicorn_options(*, host: str, port: int, workers: int | None, threads: int) -> dict[str, Any]:
+    """gunicorn's settings for ``appliance serve``."""
+    return {
         "bind": f"{host}:{port}",
         "workers": workers or int(os.environ.get("APPLIANCE_HTTP_WORKERS", "2")),
         "threads": threads,
@@ -52,5 +57,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int | None,
         "accesslog": None,
         "worker_tmp_dir": tempfile.gettempdir(),
         "preload_app": False,
+        # gunicorn's control socket sits at one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl):
+        # two appliances on a host would share it, and it can stop or rescale either one.
+        # Nothing here uses it.
+        "control_socket_disable": True,
     }
-    _Gunicorn(options).run()

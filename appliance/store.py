@@ -153,6 +153,24 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE kind = 'refinement';
         """,
     ),
+    (
+        5,
+        # optional token expiry (issue 9): seconds since the epoch, NULL for a token that
+        # lives until it is revoked
+        """
+        ALTER TABLE tokens ADD COLUMN expires_at REAL;
+        """,
+    ),
+    (
+        6,
+        # uploads being validated pin their blob (issue 9): a refused upload deletes the blob
+        # only when no other upload of the same content holds a pin and no row records it
+        """
+        CREATE TABLE blob_pins (
+            id TEXT PRIMARY KEY, digest TEXT NOT NULL, created_at TEXT NOT NULL);
+        CREATE INDEX blob_pins_digest ON blob_pins(digest);
+        """,
+    ),
 ]
 
 
@@ -257,6 +275,27 @@ class BlobStore:
 
     def put_stream(self, stream: IO[bytes], *, max_bytes: int | None = None) -> tuple[str, int]:
         """Copy a stream to a blob while hashing it; nothing held in memory beyond a chunk."""
+        digest, size, staged = self.stage_stream(stream, max_bytes=max_bytes)
+        try:
+            self.place(staged, digest)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return digest, size
+
+    def place(self, staged: Path, digest: str) -> None:
+        """Move a staged file to its content address (or drop it if that blob exists)."""
+        target = self.path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            staged.unlink()
+        else:
+            os.chmod(staged, 0o440)
+            os.replace(staged, target)
+
+    def stage_stream(self, stream: IO[bytes], *, max_bytes: int | None = None
+                     ) -> tuple[str, int, Path]:
+        """Copy a stream to a temporary file while hashing it: (digest, size, staged path)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256()
         size = 0
@@ -274,15 +313,7 @@ class BlobStore:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            digest = hasher.hexdigest()
-            target = self.path(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                os.unlink(tmp_name)
-            else:
-                os.chmod(tmp_name, 0o440)
-                os.replace(tmp_name, target)
-            return digest, size
+            return hasher.hexdigest(), size, Path(tmp_name)
         except BaseException:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
@@ -365,6 +396,43 @@ class Store:
             (tenant_id, limit, offset),
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # -- uploads: pinned while validated, so a refusal never deletes a twin's blob ----------
+    def put_upload(self, stream: IO[bytes], *, max_bytes: int | None = None
+                   ) -> tuple[str, int, str]:
+        """Store an upload's blob pinned: ``(digest, size, pin)``. The pin and the file's
+        placement happen in one write transaction (a lock shared by every process), so a
+        concurrent :meth:`drop_refused_upload` of the same content sees the pin."""
+        digest, size, staged = self.blobs.stage_stream(stream, max_bytes=max_bytes)
+        pin = new_id("pin")
+        try:
+            with self.transaction():
+                self.conn.execute(
+                    "INSERT INTO blob_pins (id, digest, created_at) VALUES (?, ?, ?)",
+                    (pin, digest, utcnow()))
+                self.blobs.place(staged, digest)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return digest, size, pin
+
+    def unpin(self, pin: str) -> None:
+        """Release an accepted upload's pin (inside the transaction that records its blob)."""
+        self.conn.execute("DELETE FROM blob_pins WHERE id = ?", (pin,))
+
+    def drop_refused_upload(self, pin: str, digest: str) -> None:
+        """Release a refused upload's pin and delete its blob (and any folder extracted from
+        it) unless a recorded object or another upload in flight still uses that content."""
+        with self.transaction():
+            self.unpin(pin)
+            used = self.conn.execute(
+                "SELECT 1 FROM blobs WHERE digest = ? UNION ALL "
+                "SELECT 1 FROM blob_pins WHERE digest = ? LIMIT 1", (digest, digest)).fetchone()
+            if used is None:
+                self.blobs.path(digest).unlink(missing_ok=True)
+                extracted = self.settings.home / "modeldirs" / digest
+                if extracted.is_dir():
+                    shutil.rmtree(extracted, ignore_errors=True)
 
     def record_blob(self, digest: str, size: int) -> None:
         self.conn.execute(

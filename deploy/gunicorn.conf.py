@@ -14,3 +14,6 @@ timeout = 120
 graceful_timeout = 20
 keepalive = 5
 accesslog = None  # the app writes structured request logs itself
+# gunicorn's control socket sits at one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl), shared
+# by every instance on the host and able to stop or rescale any of them; nothing uses it
+control_socket_disable = True

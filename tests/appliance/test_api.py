@@ -226,5 +226,5 @@ def test_openapi_document(client: Any) -> None:
 def test_metrics_and_request_id(client: Any, token_a: str) -> None:
     resp = client.get("/v1/whoami", headers={**auth(token_a), "X-Request-Id": "abc-123"})
     assert resp.headers["X-Request-Id"] == "abc-123"
-    metrics = client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics", headers=auth(token_a)).get_data(as_text=True)
     assert "appliance_http_requests_total" in metrics

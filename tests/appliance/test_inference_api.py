@@ -249,7 +249,7 @@ def test_other_tenant_gets_404_and_sessions_are_bound(client: Any, settings: Any
                                                       private: PrivateClient, token_a: str,
                                                       token_b: str,
                                                       setup: dict[str, Any]) -> None:
-    ens, ses = setup["ensemble"]["id"], setup["session"]["id"]
+    ens, ses, user = setup["ensemble"]["id"], setup["session"]["id"], setup["user"]
     query = private.encrypt(_unit(np.random.default_rng(6), (art.members, art.dim)))
     _is_problem(_predict(client, token_b, ens, ses, query), 404)
     _is_problem(_open(client, token_b, ens, private.evaluation_keys()), 404)
@@ -257,15 +257,22 @@ def test_other_tenant_gets_404_and_sessions_are_bound(client: Any, settings: Any
     # tenant b's own ensemble with tenant a's session id: still 404
     ens_b = _register(client, token_b, _artifact(8)).get_json()["id"]
     _is_problem(_predict(client, token_b, ens_b, ses, query), 404)
+    # a session belongs to the token that opened it: another token of the same tenant (even
+    # its admin) can neither query nor close it, and the session survives the attempt
+    _is_problem(_predict(client, token_a, ens, ses, query), 404)
+    _is_problem(client.delete(f"/v1/inference/sessions/{ses}", headers=auth(token_a)), 404)
+    colleague = make_token(settings, "tenant-a", role="client")
+    _is_problem(client.delete(f"/v1/inference/sessions/{ses}", headers=auth(colleague)), 404)
+    assert _predict(client, user, ens, ses, query).status_code == 200
     # a session of one ensemble cannot query another ensemble of the same tenant
     ens_a2 = _register(client, token_a, _artifact(9)).get_json()["id"]
-    _is_problem(_predict(client, token_a, ens_a2, ses, query), 409)
+    _is_problem(_predict(client, user, ens_a2, ses, query), 409)
     # closing deletes the stored keys; the session is then unknown
     store_keys = _home_files(settings)
-    resp = client.delete(f"/v1/inference/sessions/{ses}", headers=auth(token_a))
+    resp = client.delete(f"/v1/inference/sessions/{ses}", headers=auth(user))
     assert resp.status_code == 204
     assert len(_home_files(settings)) == len(store_keys) - 1
-    _is_problem(_predict(client, token_a, ens, ses, query), 404)
+    _is_problem(_predict(client, user, ens, ses, query), 404)
 
 
 def test_openapi_documents_binary_routes(client: Any) -> None:
