@@ -590,8 +590,10 @@ def _inside_file(root: Path, value: str, where: str) -> Path:
         elif target.is_symlink() or not target.is_file():
             problem = "is not a regular file inside the model folder"
     if problem is not None:
+        # an absolute value is not echoed: it may be a server path the error would confirm
+        shown = "an absolute path" if problem == "is an absolute path" else repr(value)
         raise ModelFormatError(
-            f"{where} names the file {value!r}, which {problem}",
+            f"{where} names the file {shown}, which {problem}",
             hint="files a model names must be regular files inside the uploaded folder, "
             "given relative to it; remove the key to let transformers find files by name",
         )
@@ -617,7 +619,7 @@ def _check_named_paths(node: Any, root: Path, source: str) -> None:
             # a hub name, overwritten by the loader; refuse only what reads as a host path
             problem = _path_problem(value)
             if problem is not None:
-                raise ModelFormatError(f"{where} holds {value!r}, which {problem}")
+                raise ModelFormatError(f"{where} holds a name that {problem}")
         elif isinstance(value, str) and _is_path_key(key):
             _inside_file(root, value, where)
         elif isinstance(value, list) and _is_path_key(key):
