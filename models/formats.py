@@ -25,7 +25,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, Protocol, get_args
 
@@ -376,7 +376,8 @@ def _decompressing(raw: IO[bytes]) -> _Readable:
 
 @dataclass
 class _TarBudget:
-    """What a tar walk may still spend: entries of any type, files and file bytes."""
+    """What a tar walk may still spend: entries (files and every folder, named or implied
+    by a member's path), files, and file bytes."""
 
     max_entries: int
     max_files: int | None = None
@@ -384,15 +385,20 @@ class _TarBudget:
     entries: int = 0
     files: int = 0
     file_bytes: int = 0
+    folders: set[PurePosixPath] = field(default_factory=set)
 
     def admit(self, member: tarfile.TarInfo) -> PurePosixPath:
         """Check one member header before any of its data is read; return its safe path."""
         self.entries += 1
-        if self.entries > self.max_entries:
+        rel = _safe_member_name(member.name)
+        # "a/b/c/file" creates three folders: count them, or one entry makes thousands
+        self.folders.update(p for p in rel.parents if p != PurePosixPath("."))
+        if member.isdir():
+            self.folders.add(rel)
+        if max(self.entries, len(self.folders) + self.files) > self.max_entries:
             raise LimitExceeded(
                 f"tar archive holds more than {self.max_entries} entries (folders included)"
             )
-        rel = _safe_member_name(member.name)
         if member.issym() or member.islnk():
             raise ModelFormatError(f"tar member {member.name!r} is a link; links are refused")
         if member.issparse():

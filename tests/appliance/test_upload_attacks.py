@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import auth
+from support import tar_of, upload_dataset, upload_model
 
 SMALL_LIMITS = {"max_extracted_bytes": 4 << 20, "max_archive_entries": 200,
                 "max_dataset_bytes": 1 << 20}
@@ -34,31 +34,6 @@ def _weights(seed: int) -> bytes:
 
     torch.manual_seed(seed)
     return save({"w": torch.randn(4, 4)})
-
-
-def tar_of(members: list[tuple[str, bytes | None]]) -> bytes:
-    """A tar of files (bytes) and folders (None)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def upload_model(client: Any, token: str, data: bytes, filename: str) -> Any:
-    return client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
-                       data={"name": "m", "file": (io.BytesIO(data), filename)})
-
-
-def upload_dataset(client: Any, token: str, data: bytes) -> Any:
-    return client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
-                       data={"name": "d", "file": (io.BytesIO(data), "d.npz")})
 
 
 def refused(resp: Any, status: int, settings: Any) -> str:

@@ -189,6 +189,13 @@ def test_tar_with_many_folders_is_refused_before_any_is_created(tmp_path: Path) 
     assert [name for name in created if name != "out"] == [] and list(dest.iterdir()) == []
     with pytest.raises(LimitExceeded, match="more than 1000 entries"):
         sniff_and_validate(path, max_entries=1000)
+    # 30 files each under its own 10 folders: 30 entries that would create 300 folders
+    implied = tmp_path / "implied.tar"
+    implied.write_bytes(_tar_bytes([("/".join([f"f{i}"] * 10) + "/x.json", b"{}")
+                                    for i in range(30)]))
+    with pytest.raises(LimitExceeded, match="more than 100 entries"):
+        extract_transformers_tar(implied, tmp_path / "imp", max_total_bytes=1 << 20,
+                                 max_entries=100)
     small = tmp_path / "ok.tar"
     small.write_bytes(_tar_bytes(members[2990:]))
     assert extract_transformers_tar(small, tmp_path / "ok", max_total_bytes=1 << 20,
