@@ -12,6 +12,7 @@ Keys: ``"x"`` (numeric, finite; or a 1-d string array of texts) and optional ``"
 from __future__ import annotations
 
 import math
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -74,6 +75,31 @@ def _validate(x: np.ndarray, y: np.ndarray | None) -> None:
         raise DatasetError("'y' holds negative labels; labels must be 0..C-1")
 
 
+#: Generous bytes per central-directory record (46 fixed, the name, extras) for the size bound.
+_ZIP_RECORD_BYTES = 400
+_EOCD = struct.Struct("<4s4H2LH")
+
+
+def check_zip_directory(path: Path, max_entries: int) -> None:
+    """Refuse a zip whose central directory lists more than ``max_entries`` entries, from
+    its end record alone: ``zipfile`` holds one object per entry in memory once opened.
+
+    The declared count and the directory's size are both bounded (the reader walks the
+    directory by size, whatever count the end record claims). Raises :class:`LimitExceeded`.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(max(0, size - _EOCD.size - 0xFFFF))
+        tail = handle.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise DatasetError("dataset is not an .npz archive (no zip end of central directory record)")
+    _, _, _, _, entries, directory_bytes, _, _ = _EOCD.unpack_from(tail, at)
+    # 0xFFFF and 0xFFFFFFFF mean "see the zip64 record": more than any limit below them
+    if entries > max_entries or directory_bytes > max_entries * _ZIP_RECORD_BYTES:
+        raise LimitExceeded(f"zip archive holds more than {max_entries} entries")
+
+
 def load_npz_dataset(
     path: Path,
     *,
@@ -97,6 +123,7 @@ def load_npz_dataset(
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise DatasetError(f"dataset file is {size} bytes, over the limit of {max_bytes}")
+    check_zip_directory(path, max_entries)
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()

@@ -142,7 +142,7 @@ def sniff_and_validate(
     if _looks_like_pickle(head):
         raise _refuse_pickle("file is a pickle stream")
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        raise _describe_zip(path)
+        raise _describe_zip(path, max_entries)
     if head.startswith(b"\x93NUMPY"):
         raise ModelFormatError(
             "file is a numpy .npy array, not a model; .npy may hold pickled objects"
@@ -175,7 +175,15 @@ def _match_declared(detected: ModelFormat, declared: str | None) -> ModelFormat:
     return detected
 
 
-def _describe_zip(path: Path) -> ModelFormatError:
+def _describe_zip(path: Path, max_entries: int) -> ModelFormatError:
+    from models.datasets import check_zip_directory
+
+    try:
+        check_zip_directory(path, max_entries)
+    except LimitExceeded as exc:
+        return exc
+    except ModelError:
+        return ModelFormatError("file is a corrupt zip archive")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

@@ -255,6 +255,17 @@ def test_npz_bombs_are_bounded(tmp_path: Path) -> None:
     with pytest.raises(LimitExceeded, match="more than 50 entries"):
         load_npz_dataset(many, max_entries=50)
     assert load_npz_dataset(many, max_entries=61).n == 2
+    # the bound is read from the end record, before zipfile builds one object per entry
+    crowded = tmp_path / "crowded.onnx"
+    with zipfile.ZipFile(crowded, "w") as archive:
+        for i in range(3000):
+            archive.writestr(f"e{i}", b"")
+    with pytest.raises(LimitExceeded, match="more than 1000 entries"):
+        sniff_and_validate(crowded)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zipfile.ZipFile, "infolist", lambda self: pytest.fail("opened the zip"))
+        with pytest.raises(LimitExceeded, match="more than 1000 entries"):
+            load_npz_dataset(crowded)
 
 
 # -- finding 6: nested JSON -------------------------------------------------------------------
