@@ -69,6 +69,8 @@ DEFAULT_MAX_ENTRIES = 1000
 #: Bounds on one tar member's name: characters, and folders deep.
 MAX_MEMBER_NAME = 512
 MAX_MEMBER_DEPTH = 16
+#: Bound on one JSON file of a transformers folder (large tokenizer.json files are ~30 MB).
+MAX_MODEL_JSON_BYTES = 64 * 1024 * 1024
 _CHUNK = 1 << 20
 # zlib, bzip2, xz, lz4 frame and joblib's legacy "ZF" headers: joblib's compressed dumps.
 _COMPRESSED_MAGIC = (
@@ -713,6 +715,8 @@ def validate_transformers_dir(model_dir: Path) -> None:
     for path in files:
         if path.suffix == ".json":
             name = path.relative_to(root).as_posix()
+            if path.stat().st_size > MAX_MODEL_JSON_BYTES:
+                raise LimitExceeded(f"{name} is larger than {MAX_MODEL_JSON_BYTES} bytes")
             documents[name] = load_bounded_json(path.read_bytes(), what=name)
             _check_named_paths(documents[name], root, name)
     if "config.json" not in documents:

@@ -295,3 +295,14 @@ def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path: Path) -> 
         tar.write_bytes(_tar_bytes(members))  # type: ignore[arg-type]
         with pytest.raises(ModelFormatError, match="deeper"):
             extract_transformers_tar(tar, tmp_path / "out", max_total_bytes=1 << 20)
+
+
+def test_json_files_of_a_model_folder_are_size_bounded(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.formats
+
+    folder = _folder(tmp_path / "m", _model_files(**{"tokenizer.json": {"model": {"v": 1}}}))
+    validate_transformers_dir(folder)
+    monkeypatch.setattr(models.formats, "MAX_MODEL_JSON_BYTES", 16)
+    with pytest.raises(LimitExceeded, match="tokenizer.json is larger than 16 bytes"):
+        validate_transformers_dir(folder)
