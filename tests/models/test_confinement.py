@@ -301,8 +301,8 @@ def test_json_files_of_a_model_folder_are_size_bounded(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import models.formats
 
-    folder = _folder(tmp_path / "m", _model_files(**{"tokenizer.json": {"model": {"v": 1}}}))
+    folder = _folder(tmp_path / "m", _model_files(**{"tokenizer.json": {"model": {"vocab": {"a": 1, "b": 2}}}}))
     validate_transformers_dir(folder)
-    monkeypatch.setattr(models.formats, "MAX_MODEL_JSON_BYTES", 24)  # config.json has 21
+    monkeypatch.setattr(models.formats, "MAX_MODEL_JSON_BYTES", 24)  # config.json has 22
     with pytest.raises(LimitExceeded, match="tokenizer.json is larger than 24 bytes"):
         validate_transformers_dir(folder)
