@@ -9,6 +9,10 @@ dumps, and any file named like one of them::
 
 Validation never executes code from the file: ONNX is parsed as protobuf and checked with
 ``onnx.checker``; safetensors headers are parsed as JSON and checked against the file size.
+Untrusted input is bounded before work is done: JSON nesting (:mod:`models.bounded_json`),
+the bytes a tar decompresses to and its entries (folders, and folders a path implies), the
+entries of a zip (from its end record). In a transformers folder, every file a loader can
+open is a regular file inside the folder (:func:`validate_transformers_dir`).
 """
 
 from __future__ import annotations
