@@ -147,7 +147,8 @@ def register_model(
                 fmt = sniff_and_validate(named, declared=declared_format,
                                          max_bytes=settings.max_upload_bytes,
                                          max_expanded_bytes=settings.max_extracted_bytes,
-                                         max_entries=settings.max_archive_entries)
+                                         max_entries=settings.max_archive_entries,
+                                         single_file=True)
             finally:
                 shutil.rmtree(named.parent, ignore_errors=True)
             if fmt == "transformers":

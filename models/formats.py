@@ -115,6 +115,7 @@ def sniff_and_validate(
     max_bytes: int | None = None,
     max_expanded_bytes: int = DEFAULT_MAX_EXPANDED_BYTES,
     max_entries: int = DEFAULT_MAX_ENTRIES,
+    single_file: bool = False,
 ) -> ModelFormat:
     """Detect the format of ``path`` from its bytes, validate it and return the format.
 
@@ -124,6 +125,7 @@ def sniff_and_validate(
     truncated or corrupt file, or a detected format that differs from ``declared``; and
     :class:`LimitExceeded` for a tar that decompresses past ``max_expanded_bytes`` or holds
     more than ``max_entries`` entries (checked while streaming, before more work is done).
+    With ``single_file`` a tar is refused as soon as it is recognised, before any scan.
     """
     path = Path(path)
     if declared is not None and declared not in MODEL_FORMATS:
@@ -154,6 +156,11 @@ def sniff_and_validate(
             "file is a numpy .npy array, not a model; .npy may hold pickled objects"
         )
     if _is_tar(path, head):
+        if single_file or declared not in (None, "transformers"):
+            raise ModelFormatError(
+                "file is a tar archive; transformers models are uploaded as a tar archive "
+                "(a .tar, .tar.gz or .tgz file name, or format 'transformers')"
+            )
         _scan_tar_members(path, max_expanded_bytes=max_expanded_bytes, max_entries=max_entries)
         return _match_declared("transformers", declared)
     if _looks_like_safetensors(head, size):

@@ -166,6 +166,11 @@ def test_gzip_tar_bomb_on_the_sniffing_path_stops_at_the_bound(tmp_path: Path) -
     with pytest.raises(LimitExceeded, match="expands to more than 4194304 bytes"):
         sniff_and_validate(bomb, max_expanded_bytes=4 << 20)
     assert time.process_time() - started < 1.0  # inflating the whole GiB takes seconds
+    with pytest.raises(ModelFormatError, match="is a tar archive"):
+        sniff_and_validate(bomb, single_file=True)
+    with pytest.raises(ModelFormatError, match="is a tar archive"):
+        sniff_and_validate(bomb, declared="onnx")
+    assert time.process_time() - started < 1.0
 
 
 def test_tar_with_many_folders_is_refused_before_any_is_created(tmp_path: Path) -> None:
