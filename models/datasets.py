@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -169,7 +170,8 @@ def _check_npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
                 shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
             else:
                 raise DatasetError(f"'{key}' has an unsupported .npy version {version}")
-        except (ValueError, SyntaxError, EOFError) as exc:
+        except (ValueError, SyntaxError, EOFError, TypeError, RecursionError,
+                tokenize.TokenError) as exc:  # numpy tokenizes the header before literal_eval
             raise DatasetError(f"'{key}' has a corrupt .npy header: {exc}") from None
         header_bytes = handle.tell()
     if dtype.hasobject:

@@ -246,6 +246,12 @@ def test_npy_headers_are_checked_before_reading(tmp_path: Path) -> None:
                                           "shape": (2,)}, bytes(16))
     with pytest.raises(DatasetError, match="object array"):
         load_npz_dataset(objects)
+    for raw in (b"(", b'{"descr": """', b"\x00"):  # found by the fuzzing below: TokenError
+        bad = tmp_path / "bad.npz"
+        with zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw)
+        with pytest.raises(DatasetError, match="corrupt .npy header"):
+            load_npz_dataset(bad)
 
 
 def test_npz_bombs_are_bounded(tmp_path: Path) -> None:
