@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import UnprocessableInput
 from .http import Api
 from .ownership_jobs import _seal_context
-from .registry import dataset_view, register_dataset
+from .registry import dataset_view, read_dataset, register_dataset
 from .schemas import DatasetOut, ListQuery
 from .secrets import seal_secret
 from .store import dumps, loads, new_id, utcnow
@@ -71,12 +71,15 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     def create_watermark(dataset_id: str, body: WatermarkCreate) -> dict[str, Any]:
         from appliance.audits.errors import AuditError
         from appliance.audits.watermark import mark_dataset, new_key
-        from models.datasets import load_npz_dataset
+        from models.errors import ModelError
 
         g.principal.require("admin", "auditor")
         store = _store()
         source = store.get_owned("datasets", g.principal.tenant_id, dataset_id, "dataset")
-        data = load_npz_dataset(store.blobs.path(source["digest"]))
+        try:  # stored under the limits of its upload; the operator may have lowered them since
+            data = read_dataset(store.settings, store.blobs.path(source["digest"]))
+        except ModelError as exc:
+            raise UnprocessableInput(f"dataset cannot be read: {exc}") from None
         if data.y is None or data.x.ndim != 4 or data.x.dtype.kind != "f":
             raise UnprocessableInput(
                 "watermarking needs float images x [n, C, H, W] and integer labels y",

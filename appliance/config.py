@@ -22,6 +22,14 @@ class Settings(BaseModel):
     home: Path = Field(default=DEFAULT_HOME, description="Folder holding database, blobs, keys, queue")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_json_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_extracted_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024, gt=0,
+        description="Bytes a model tar may decompress to (the sniffing path included)")
+    max_archive_entries: int = Field(
+        default=1000, gt=0, description="Entries (folders included) of a model tar or a .npz")
+    max_dataset_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0,
+        description="Bytes the arrays x and y of a dataset may decompress to, together")
     queue_url: str | None = Field(default=None, description="redis://... selects the cluster queue")
     queue_prefix: str = "appliance"
     rate_limit: str = "600 per minute"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .auth import Principal
 from .errors import JobFailed
 from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from .registry import dataset_input, extract_once, model_input
+from .registry import dataset_input, extract_once, model_input, read_dataset
 from .store import Store
 
 VERSION = "1.1.0"
@@ -53,7 +53,7 @@ def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
     # the API node extracted it at upload; embedded workers share that folder
     shared = ctx.settings.home / "modeldirs" / model["blob"]
     target = shared if shared.is_dir() else ctx.cache_dir("modeldirs") / model["blob"]
-    return extract_once(blob, target, max_total_bytes=ctx.settings.max_upload_bytes * 4)
+    return extract_once(blob, target, settings=ctx.settings)
 
 
 def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -> Any:
@@ -80,13 +80,12 @@ def model_digests(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> JobOutcome:
-    from models.datasets import load_npz_dataset
     from models.evaluation import evaluate_classifier, export_embeddings
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_job_model(ctx, inputs["model"], params.device)
-    data = load_npz_dataset(ctx.blob_path(inputs["dataset"]["sha256"]))
+    data = read_dataset(ctx.settings, ctx.blob_path(inputs["dataset"]["sha256"]))
     timings["load_seconds"] = time.perf_counter() - t0
     ctx.log(f"loaded {inputs['model']['name']} on {model.device}; {len(data.x)} samples")
     ctx.progress(0.02)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -500,7 +501,7 @@ def execute_job(settings: Settings, message: dict[str, Any], *, sink: EventSink,
         sink.emit({"event": "cancelled", "job_id": job_id, "run": run})
         return "cancelled"
     except Exception as exc:  # every failure ends the job with a reason, never a silent loss
-        reason = _failure_reason(exc)
+        reason = failure_reason(exc, settings)
         logger.warning("job %s failed: %s", job_id, reason)
         logger.debug("job %s traceback:\n%s", job_id, traceback.format_exc())
         sink.emit({"event": "failed", "job_id": job_id, "run": run, "reason": reason})
@@ -509,12 +510,28 @@ def execute_job(settings: Settings, message: dict[str, Any], *, sink: EventSink,
         stop.set()
 
 
-def _failure_reason(exc: Exception) -> str:
+# An absolute POSIX path of at least two components, not glued to a word ("0/1" stays).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/>])/(?:[^\s/'\"`:,;()\[\]{}<>]+/)+[^\s/'\"`:,;()\[\]{}<>]*")
+
+
+def scrub_paths(text: str, settings: Settings) -> str:
+    """``text`` with the appliance home shown as ``<home>`` and every other absolute path
+    cut to ``<path>/name``: a tenant reads job errors, and server paths are not theirs."""
+    homes = {str(settings.home), str(settings.home.resolve())}
+    for home in sorted(homes, key=len, reverse=True):
+        text = text.replace(home, "<home>")
+    return _ABSOLUTE_PATH.sub(lambda m: "<path>/" + m.group().rstrip("/").rsplit("/", 1)[-1],
+                              text)
+
+
+def failure_reason(exc: Exception, settings: Settings) -> str:
+    """The reason a tenant sees for a failed job: the error's own message for failures a
+    caller can cause (server paths scrubbed), a generic line for anything else."""
     if isinstance(exc, ApplianceError):
-        return exc.detail
+        return scrub_paths(exc.detail, settings)
     known = ("ModelError", "CryptoError", "AuditError", "EnclaveError", "DatasetError")
     if any(base.__name__ in known for base in type(exc).__mro__) or isinstance(exc, ValueError):
-        return f"{type(exc).__name__}: {exc}"
+        return scrub_paths(f"{type(exc).__name__}: {exc}", settings)
     return f"internal error ({type(exc).__name__}); see the appliance log"
 
 

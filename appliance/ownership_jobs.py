@@ -22,7 +22,7 @@ from .auth import Principal
 from .errors import JobFailed, UnprocessableInput, ValidationFailed
 from .evaluation import load_job_model, model_digests
 from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from .registry import dataset_input, model_input
+from .registry import dataset_input, model_input, read_dataset
 from .store import Store, loads
 
 VERSION = "1.0.0"
@@ -148,9 +148,7 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dic
 
 def _images(ctx: JobContext, dataset: dict[str, Any], what: str, *,
             labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    from models.datasets import load_npz_dataset
-
-    data = load_npz_dataset(ctx.blob_path(dataset["sha256"]), require_labels=labels)
+    data = read_dataset(ctx.settings, ctx.blob_path(dataset["sha256"]), require_labels=labels)
     if data.x.ndim != 4 or data.x.dtype.kind != "f":
         raise JobFailed(f"{what} dataset must hold float images x of shape [n, C, H, W], got "
                         f"{data.x.dtype} {tuple(data.x.shape)}")

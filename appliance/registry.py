@@ -6,7 +6,6 @@ Pure service functions (no Flask): the API, the CLI and notebooks call the same 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -14,15 +13,20 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from crypto.dsse import canonical_json, sign_envelope
-from models.errors import DatasetError, ModelError
+from models.bounded_json import load_bounded_json
+from models.errors import DatasetError, LimitExceeded, ModelError
 
 from .auth import Principal
-from .errors import UnprocessableInput, ValidationFailed
+from .config import Settings
+from .errors import PayloadTooLarge, UnprocessableInput, ValidationFailed
 from .identity import identity_for
 from .store import Store, dumps, loads, new_id, utcnow
+
+if TYPE_CHECKING:
+    from models.datasets import LabelledArray
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 MODEL_KINDS = ("classifier", "encoder", "causal_lm")
@@ -48,19 +52,21 @@ def _safe_filename(filename: str | None, default: str) -> str:
 def transformers_dir(store: Store, tar_digest: str) -> Path:
     """Extracted transformers model folder for a tar blob (extracted once, atomically)."""
     return extract_once(store.blobs.path(tar_digest), store.settings.home / "modeldirs" / tar_digest,
-                        max_total_bytes=store.settings.max_upload_bytes * 4)
+                        settings=store.settings)
 
 
-def extract_once(tar_path: Path, target: Path, *, max_total_bytes: int) -> Path:
+def extract_once(tar_path: Path, target: Path, *, settings: Settings) -> Path:
     """Extract a transformers tar into ``target`` unless a previous extraction is there; safe
-    against concurrent extractions (the first rename wins). Returns the model folder."""
+    against concurrent extractions (the first rename wins). Returns the model folder, which
+    holds only that tar's files (each folder is named by the tar's digest)."""
     from models.formats import extract_transformers_tar
 
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
         try:
-            extract_transformers_tar(tar_path, tmp, max_total_bytes=max_total_bytes)
+            extract_transformers_tar(tar_path, tmp, max_total_bytes=settings.max_extracted_bytes,
+                                     max_entries=settings.max_archive_entries)
             try:
                 os.replace(tmp, target)
             except OSError:
@@ -82,11 +88,11 @@ def _single_child(folder: Path) -> Path:
 
 
 def _infer_transformers_kind(model_dir: Path) -> str:
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UnprocessableInput(f"config.json unreadable: {exc}") from None
-    archs = config.get("architectures") or []
+    config = load_bounded_json((model_dir / "config.json").read_bytes(), what="config.json")
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(archs, list):
+        archs = []
+    archs = [a for a in archs if isinstance(a, str)]
     if any("CausalLM" in a or "LMHead" in a for a in archs):
         return "causal_lm"
     if any("SequenceClassification" in a for a in archs):
@@ -136,7 +142,10 @@ def register_model(
             named = _named_copy(store, blob_path, safe_name)
             try:
                 fmt = sniff_and_validate(named, declared=declared_format,
-                                         max_bytes=settings.max_upload_bytes)
+                                         max_bytes=settings.max_upload_bytes,
+                                         max_expanded_bytes=settings.max_extracted_bytes,
+                                         max_entries=settings.max_archive_entries,
+                                         single_file=True)
             finally:
                 shutil.rmtree(named.parent, ignore_errors=True)
             if fmt == "transformers":
@@ -173,6 +182,8 @@ def register_model(
         store.drop_refused_upload(pin, digest)
         if isinstance(exc, ValidationFailed | UnprocessableInput):
             raise
+        if isinstance(exc, LimitExceeded):
+            raise PayloadTooLarge(str(exc), hint=exc.diagnostics()) from None
         raise UnprocessableInput(str(exc), hint=getattr(exc, "diagnostics", lambda: "")()) \
             from None
     except BaseException:
@@ -277,17 +288,29 @@ def model_input(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def read_dataset(settings: Settings, path: Path, *, require_labels: bool = False) -> LabelledArray:
+    """Load a stored ``.npz`` within the appliance's bounds (upload size, decompressed bytes,
+    entries); the API and every worker read datasets through here."""
+    from models.datasets import load_npz_dataset
+
+    return load_npz_dataset(path, max_bytes=settings.max_upload_bytes,
+                            require_labels=require_labels,
+                            max_array_bytes=settings.max_dataset_bytes,
+                            max_entries=settings.max_archive_entries)
+
+
 def register_dataset(
     store: Store, principal: Principal, *, stream: IO[bytes], name: str
 ) -> dict[str, Any]:
     """Store and validate an ``.npz`` dataset (keys ``x`` and optional integer ``y``)."""
-    from models.datasets import load_npz_dataset
-
     principal.require("admin", "auditor")
     _check_name(name, "dataset")
     digest, size, pin = store.put_upload(stream, max_bytes=store.settings.max_upload_bytes)
     try:
-        data = load_npz_dataset(store.blobs.path(digest), max_bytes=store.settings.max_upload_bytes)
+        data = read_dataset(store.settings, store.blobs.path(digest))
+    except LimitExceeded as exc:
+        _drop_unreferenced(store, digest)
+        raise PayloadTooLarge(f"dataset refused: {exc}", hint=exc.diagnostics()) from None
     except (DatasetError, ModelError, ValueError) as exc:
         store.drop_refused_upload(pin, digest)
         raise UnprocessableInput(f"dataset refused: {exc}") from None

@@ -13,7 +13,6 @@ can state it.
 from __future__ import annotations
 
 import abc
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -349,6 +348,14 @@ class OnnxModel(LoadedModel):
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
+def _hide_dir(exc: Exception, model_dir: Path) -> str:
+    """The loader's message with the model folder's server path cut down to its name."""
+    text = str(exc)
+    for prefix in {str(model_dir.resolve()), str(model_dir)}:
+        text = text.replace(prefix, model_dir.name)
+    return text
+
+
 class TransformersModel(LoadedModel):
     """A local transformers directory (safetensors weights only, no remote code).
 
@@ -362,6 +369,18 @@ class TransformersModel(LoadedModel):
     backend = "transformers"
 
     def __init__(self, model_dir: Path, *, device: str | None = None) -> None:
+        from models.formats import tokenizer_file_arguments, validate_transformers_dir
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelFormatError(
+                f"transformers model {model_dir.name!r} is not a directory; extract an uploaded "
+                "tar with models.formats.extract_transformers_tar first"
+            )
+        # checked again here, at load time: a folder extracted earlier may predate a check
+        validate_transformers_dir(model_dir)
+        tokenizer_files = tokenizer_file_arguments(model_dir)
+
         from transformers import (
             AutoConfig,
             AutoModel,
@@ -371,16 +390,7 @@ class TransformersModel(LoadedModel):
         )
         from transformers.utils import logging as hf_logging
 
-        from models.formats import validate_transformers_dir
-
         hf_logging.disable_progress_bar()
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ModelFormatError(
-                f"transformers model {model_dir} is not a directory; extract an uploaded tar "
-                "with models.formats.extract_transformers_tar first"
-            )
-        validate_transformers_dir(model_dir)
         self.model_dir = model_dir
         self.device = choose_device(device)
         common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
@@ -388,7 +398,7 @@ class TransformersModel(LoadedModel):
             config = AutoConfig.from_pretrained(model_dir, **common)
         except Exception as exc:
             raise ModelFormatError(
-                f"config.json is not a usable transformers config: {exc}"
+                f"config.json is not a usable transformers config: {_hide_dir(exc, model_dir)}"
             ) from exc
         architectures = list(getattr(config, "architectures", None) or [])
         if any(a.endswith(_CAUSAL_SUFFIXES) for a in architectures):
@@ -402,10 +412,10 @@ class TransformersModel(LoadedModel):
             auto = AutoModel
         try:
             model = auto.from_pretrained(model_dir, use_safetensors=True, **common)
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, **common, **tokenizer_files)
         except Exception as exc:
             raise ModelFormatError(
-                f"cannot load transformers model from {model_dir}: {exc}"
+                f"cannot load transformers model {model_dir.name!r}: {_hide_dir(exc, model_dir)}"
             ) from exc
         if self.device == "cpu" and model.dtype in (torch.float16, torch.bfloat16):
             model = model.float()
@@ -414,13 +424,12 @@ class TransformersModel(LoadedModel):
         self.pooling, self.normalize = self._pooling_config()
 
     def _read_json(self, name: str) -> Any:
+        from models.bounded_json import load_bounded_json
+
         path = self.model_dir / name
         if not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFormatError(f"{name} is not valid JSON: {exc}") from exc
+        return load_bounded_json(path.read_bytes(), what=name)
 
     def _max_length(self, config: Any) -> int:
         st_config = self._read_json("sentence_bert_config.json")

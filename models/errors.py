@@ -31,6 +31,16 @@ class ModelFormatError(ModelError):
     )
 
 
+class LimitExceeded(ModelFormatError):
+    """An archive or array would expand past a configured bound (bytes or entries)."""
+
+    hint = (
+        "upload a smaller file, or ask the operator to raise the limit named in the message "
+        "(APPLIANCE_MAX_EXTRACTED_BYTES, APPLIANCE_MAX_ARCHIVE_ENTRIES, "
+        "APPLIANCE_MAX_DATASET_BYTES)"
+    )
+
+
 class UnknownArchitectureError(ModelError, ValueError):
     """The architecture name is not in the registry."""
 
@@ -67,6 +77,7 @@ class ManifestError(ModelError):
 __all__ = [
     "DatasetError",
     "DeviceError",
+    "LimitExceeded",
     "ManifestError",
     "ModelError",
     "ModelFormatError",

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,3 +149,30 @@ def serve_appliance(env: dict[str, str], *args: str, port: int | None = None,
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def tar_of(members: list[tuple[str, bytes | None]]) -> bytes:
+    """A tar of files (bytes) and folders (None), in the order given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def upload_model(client: Any, token: str, data: bytes, filename: str) -> Any:
+    """POST /v1/models with the Flask test client; the model is named 'm'."""
+    return client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": "m", "file": (io.BytesIO(data), filename)})
+
+
+def upload_dataset(client: Any, token: str, data: bytes) -> Any:
+    """POST /v1/datasets with the Flask test client; the dataset is named 'd'."""
+    return client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": "d", "file": (io.BytesIO(data), "d.npz")})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.datasets import load_npz_dataset
-from models.errors import DatasetError
+from models.errors import DatasetError, LimitExceeded
 
 
 def test_valid_dataset(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_limits_and_corrupt_files(tmp_path: Path) -> None:
     np.savez_compressed(path, x=np.zeros((1000, 100)))
     with pytest.raises(DatasetError, match="over the limit"):
         load_npz_dataset(path, max_bytes=100)
-    with pytest.raises(DatasetError, match="expands"):
+    with pytest.raises(LimitExceeded, match="expands"):
         load_npz_dataset(path, max_bytes=path.stat().st_size)  # zeros compress > 16x
     with pytest.raises(DatasetError, match="needs them"):
         load_npz_dataset(path, require_labels=True)
