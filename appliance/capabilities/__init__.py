@@ -39,7 +39,9 @@ class Capability:
     extra: dict[str, Any] | None = None
 
 
-BUILTIN: tuple[Capability, ...] = ()
+from .console import CAPABILITY as console  # noqa: E402  (each capability imports Capability)
+
+BUILTIN: tuple[Capability, ...] = (console,)
 
 
 def migrations() -> list[tuple[int, str]]:
