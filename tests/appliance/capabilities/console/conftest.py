@@ -26,6 +26,16 @@ def sign_in(client: Any, token: str) -> str:
     return csrf_of(client.get("/console/").text)
 
 
+@pytest.fixture(name="csrf_of")
+def csrf_of_fixture() -> Any:
+    return csrf_of
+
+
+@pytest.fixture(name="sign_in")
+def sign_in_fixture() -> Any:
+    return sign_in
+
+
 @pytest.fixture
 def console(client: Any, token_a: str) -> tuple[Any, str]:
     """A test client signed in as tenant-a's admin, and its CSRF token."""
