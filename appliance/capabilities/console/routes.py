@@ -26,6 +26,7 @@ from flask import (
     url_for,
 )
 from flask_limiter import Limiter
+from werkzeug.wrappers import Response as WebResponse
 
 from appliance.errors import ApplianceError, BadRequest, NotFound, Unauthorized, ValidationFailed
 from appliance.http import Api, parse_json_text, problem_response
@@ -82,7 +83,7 @@ def _safe_next(target: str | None) -> str:
     return url_for("console.overview")
 
 
-def _page(template: str, status: int = 200, **context: Any) -> Response:
+def _page(template: str, status: int = 200, **context: Any) -> WebResponse:
     return Response(render_template(template, **context), status=status, mimetype="text/html")
 
 
@@ -114,7 +115,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
         return {"principal": g.get("principal") if request.blueprint == "console" else None,
                 "csrf_token": g.get("csrf", ""), "version": __version__}
 
-    def _secure_headers(resp: Response) -> Response:
+    def _secure_headers(resp: Response) -> WebResponse:
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers["Referrer-Policy"] = "same-origin"
@@ -124,8 +125,11 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     bp.after_request(_secure_headers)
     root.after_request(_secure_headers)
 
-    def _error(exc: ApplianceError) -> Response:
-        if request.path.endswith(".json"):
+    def _error(exc: ApplianceError) -> WebResponse:
+        # a page for browsers (which ask for text/html by name); for any other client the
+        # same problem document as the API, so scripts and checkers see one error format
+        wants_page = "text/html" in request.accept_mimetypes.values()
+        if request.path.endswith(".json") or not wants_page:
             return problem_response(exc, request.path)
         return _page("error.html", status=exc.status, error=exc)
 
@@ -134,13 +138,13 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     # -- sign-in --------------------------------------------------------------------------------
     @root.route("/")
     @_public
-    def home() -> Response:
+    def home() -> WebResponse:
         return redirect(url_for("console.overview"))
 
     @bp.route("/login", methods=["GET", "POST"])
     @limiter.limit("30 per minute", methods=["POST"])
     @_public
-    def login() -> Response:
+    def login() -> WebResponse:
         import secrets
 
         target = _safe_next(request.values.get("next"))
@@ -167,13 +171,13 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
         _login_cookie(resp, csrf)
         return resp
 
-    def _login_cookie(resp: Response, csrf: str) -> None:
+    def _login_cookie(resp: WebResponse, csrf: str) -> None:
         resp.set_cookie(service.LOGIN_CSRF_COOKIE, csrf, max_age=3600, httponly=True,
                         samesite="Strict", secure=request.is_secure, path="/console/login")
 
     @bp.route("/logout", methods=["POST"])
     @signed_in
-    def logout() -> Response:
+    def logout() -> WebResponse:
         service.close_session(_store(), request.cookies.get(service.SESSION_COOKIE))
         resp = redirect(url_for("console.login"), code=303)
         resp.delete_cookie(service.SESSION_COOKIE, path="/")
@@ -195,7 +199,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/")
     @signed_in
-    def overview() -> Response:
+    def overview() -> WebResponse:
         store = _store()
         counts = store.conn.execute(
             "SELECT kind, COUNT(*) AS n, SUM(state='succeeded') AS ok, SUM(state='failed') AS bad,"
@@ -217,7 +221,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/models", methods=["GET", "POST"])
     @signed_in
-    def models() -> Response:
+    def models() -> WebResponse:
         error = None
         if request.method == "POST":
             upload = request.files.get("file")
@@ -249,7 +253,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/models/<model_id>")
     @signed_in
-    def model_detail(model_id: str) -> Response:
+    def model_detail(model_id: str) -> WebResponse:
         row = _store().get_owned("models", g.principal.tenant_id, model_id, "model")
         manifest = loads(row["manifest"])
         statement = json.loads(base64.b64decode(manifest["payload"])) if manifest else None
@@ -259,7 +263,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/datasets", methods=["GET", "POST"])
     @signed_in
-    def datasets() -> Response:
+    def datasets() -> WebResponse:
         error = None
         if request.method == "POST":
             upload = request.files.get("file")
@@ -280,7 +284,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/datasets/<dataset_id>")
     @signed_in
-    def dataset_detail(dataset_id: str) -> Response:
+    def dataset_detail(dataset_id: str) -> WebResponse:
         row = _store().get_owned("datasets", g.principal.tenant_id, dataset_id, "dataset")
         return _page("dataset.html", dataset=dataset_view(row), meta=loads(row["meta"]),
                      jobs=_jobs_using(dataset_id))
@@ -291,13 +295,13 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/audits/new")
     @signed_in
-    def new_audit() -> Response:
+    def new_audit() -> WebResponse:
         kinds = sorted(job_kinds().values(), key=lambda k: k.name)
         return _page("new_audit.html", kinds=[(k, _may_start(k)) for k in kinds])
 
     @bp.route("/audits/new/<kind_name>", methods=["GET", "POST"])
     @signed_in
-    def audit_form(kind_name: str) -> Response:
+    def audit_form(kind_name: str) -> WebResponse:
         kind = job_kinds().get(kind_name)
         if kind is None:
             raise NotFound(f"job kind {kind_name!r} not found")
@@ -329,12 +333,12 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     # -- jobs -----------------------------------------------------------------------------------
     @bp.route("/jobs")
     @signed_in
-    def jobs() -> Response:
+    def jobs() -> WebResponse:
         return _page("jobs.html", jobs=_jobs(PAGE_SIZE))
 
     @bp.route("/jobs/<job_id>")
     @signed_in
-    def job_detail(job_id: str) -> Response:
+    def job_detail(job_id: str) -> WebResponse:
         store = _store()
         job = job_view(store.get_owned("jobs", g.principal.tenant_id, job_id, "job"))
         logs = store.job_logs(job_id, limit=1000)
@@ -344,7 +348,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/jobs/<job_id>/status.json")
     @signed_in
-    def job_status(job_id: str) -> Response:
+    def job_status(job_id: str) -> WebResponse:
         store = _store()
         job = job_view(store.get_owned("jobs", g.principal.tenant_id, job_id, "job"))
         try:
@@ -360,14 +364,14 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
     @signed_in
-    def job_cancel(job_id: str) -> Response:
+    def job_cancel(job_id: str) -> WebResponse:
         cancel_job(_store(), _settings(), g.principal, job_id)
         return redirect(url_for("console.job_detail", job_id=job_id), code=303)
 
     # -- reports --------------------------------------------------------------------------------
     @bp.route("/reports/<report_id>")
     @signed_in
-    def report(report_id: str) -> Response:
+    def report(report_id: str) -> WebResponse:
         row = _store().get_owned("reports", g.principal.tenant_id, report_id, "report")
         body = report_body(row)
         stats = body.get("statistics", {})
@@ -391,7 +395,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
 
     @bp.route("/reports/<report_id>/bundle.json")
     @signed_in
-    def report_bundle_download(report_id: str) -> Response:
+    def report_bundle_download(report_id: str) -> WebResponse:
         row = _store().get_owned("reports", g.principal.tenant_id, report_id, "report")
         bundle = report_bundle(identity_for(_settings()), row)
         resp = Response(json.dumps(bundle, indent=1), mimetype="application/json")
@@ -403,7 +407,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     # -- transparency log -----------------------------------------------------------------------
     @bp.route("/log")
     @signed_in
-    def log_page() -> Response:
+    def log_page() -> WebResponse:
         from crypto.errors import ProofError
         from crypto.merkle import leaf_hash, verify_consistency
 
@@ -447,13 +451,13 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     @root.route("/docs")
     @limiter.exempt
     @_public
-    def docs() -> Response:
+    def docs() -> WebResponse:
         return _page("docs.html")
 
     @root.route("/docs/assets/<path:filename>")
     @limiter.exempt
     @_public
-    def docs_asset(filename: str) -> Response:
+    def docs_asset(filename: str) -> WebResponse:
         if filename not in ("swagger-ui.css", "swagger-ui-bundle.js",
                             "swagger-ui-standalone-preset.js", "favicon-32x32.png"):
             raise NotFound(f"no route for {request.path}")

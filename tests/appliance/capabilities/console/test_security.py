@@ -94,8 +94,9 @@ def test_tenants_see_404_pages_and_clients_cannot_start_audits(
     csrf = sign_in(other, token_b)
     for path in (f"/console/models/{ids['model']}", f"/console/datasets/{ids['dataset']}",
                  f"/console/jobs/{ids['job']}", f"/console/reports/{ids['report']}"):
-        resp = other.get(path)
+        resp = other.get(path, headers={"Accept": "text/html"})
         assert resp.status_code == 404 and "<h1>404" in resp.text, path
+        assert other.get(path).content_type == "application/problem+json"
     assert other.get(f"/console/jobs/{ids['job']}/status.json").status_code == 404
     assert other.get(f"/console/reports/{ids['report']}/bundle.json").status_code == 404
     assert other.post(f"/console/jobs/{ids['job']}/cancel",
