@@ -96,11 +96,14 @@ def browser() -> Iterator[Any]:
 
 
 class Watch:
-    """What a page did that it must not: dialogs (an XSS payload running), CSP violations."""
+    """What a page did that it must not: dialogs (an XSS payload running), CSP violations,
+    uncaught script errors."""
 
     def __init__(self, page: Any) -> None:
         self.dialogs: list[str] = []
         self.csp: list[str] = []
+        self.errors: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
         page.on("console", lambda m: self.csp.append(m.text)
                 if "Content Security Policy" in m.text else None)
@@ -183,8 +186,6 @@ def test_console_end_to_end(browser: Any, live: dict[str, str], material: dict[s
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     watch = Watch(page)
-    page.on("console", lambda m: print("CONSOLE", m.text))
-    page.on("pageerror", lambda e: print("PAGEERROR", e))
     _sign_in_with_keyboard(page, url, live["admin"])
     cookie = next(c for c in context.cookies() if c["name"] == "console_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -332,4 +333,5 @@ def test_console_end_to_end(browser: Any, live: dict[str, str], material: dict[s
     assert page.url.startswith(f"{url}/console/login")
     assert watch.dialogs == [], watch.dialogs
     assert watch.csp == [], watch.csp
+    assert watch.errors == [], watch.errors
     context.close()
