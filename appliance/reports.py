@@ -193,12 +193,18 @@ def _generic_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
     return [("Statistics", fig)]
 
 
+def report_figures(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The figures a report's method registered, as (title, base64 PNG) pairs."""
+    method = report.get("method", {}).get("name", "?")
+    plotter = _PLOTTERS.get(method, _generic_plots)
+    return [(title, _figure_png(fig)) for title, fig in plotter(report)]
+
+
 def render_html(report: dict[str, Any], *, log_index: int | None = None) -> str:
     """A self-contained page: summary, verdict, statistics, inputs, plots."""
     method = report.get("method", {}).get("name", "?")
-    plotter = _PLOTTERS.get(method, _generic_plots)
     try:
-        figures = plotter(report)
+        figures = report_figures(report)
     except Exception as exc:  # a plot must never hide the report itself
         figures = []
         plot_error = f"<p class='warn'>plots unavailable: {html.escape(str(exc))}</p>"
@@ -229,9 +235,9 @@ def render_html(report: dict[str, Any], *, log_index: int | None = None) -> str:
         "code digest": report.get("appliance", {}).get("code_digest"),
     }
     images = "".join(
-        f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{_figure_png(fig)}'>"
+        f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
         f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, fig in figures
+        for title, png in figures
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Report {html.escape(str(report.get('id')))}</title>
