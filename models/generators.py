@@ -354,9 +354,30 @@ __all__ = [
     "check_labels",
     "check_samples",
     "export_onnx",
+    "generator_config",
     "fit_linear_gaussian",
     "inspect_onnx_generator",
     "noise",
     "train_cvae",
     "train_moment_matching",
 ]
+
+
+def generator_config(path: Path, config: dict[str, object] | None) -> dict[str, object]:
+    """The stored config of a generator upload: the owner's ``num_classes`` (and optional
+    ``class_names``) checked, plus ``z_dim`` and ``sample_shape`` read from the graph; one probe
+    run on every class must give finite samples. Raises :class:`GeneratorContractError`."""
+    given = dict(config or {})
+    unknown = set(given) - {"num_classes", "class_names"}
+    if unknown:
+        raise GeneratorContractError(f"unknown generator option(s) {sorted(unknown)}; accepted: num_classes, class_names")
+    k = given.get("num_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 10_000:
+        raise GeneratorContractError("a generator needs 'num_classes' (an integer from 2 to 10000) in its config")
+    names = given.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != k
+                              or not all(isinstance(n, str) and 0 < len(n) <= 128 for n in names)):
+        raise GeneratorContractError(f"'class_names' must be a list of {k} non-empty strings")
+    loaded = OnnxGenerator.from_path(path, num_classes=k)
+    loaded.sample(np.arange(min(k, SAMPLE_CHUNK), dtype=np.int64), seed=0, temperature=1.0)
+    return {**given, "z_dim": loaded.z_dim, "sample_shape": list(loaded.sample_shape)}

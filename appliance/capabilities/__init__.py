@@ -39,7 +39,9 @@ class Capability:
     extra: dict[str, Any] | None = None
 
 
-BUILTIN: tuple[Capability, ...] = ()
+from appliance.capabilities.provenance import CAPABILITY as PROVENANCE  # noqa: E402 (needs Capability)
+
+BUILTIN: tuple[Capability, ...] = (PROVENANCE,)
 
 
 def migrations() -> list[tuple[int, str]]:

@@ -1,0 +1,76 @@
+"""``appliance provenance ...``: register generators and run provenance audits over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+def _options(fn: Any) -> Any:
+    fn = click.option("--url", envvar="APPLIANCE_URL", default="http://127.0.0.1:8080", show_default=True)(fn)
+    return click.option("--token", envvar="APPLIANCE_TOKEN", required=True, help="API token (or $APPLIANCE_TOKEN)")(fn)
+
+
+def group() -> click.Group:
+    """The ``provenance`` command group."""
+
+    @click.group("provenance")
+    def provenance() -> None:
+        """Training-data provenance: was a suspect trained on samples of my generator?"""
+
+    @provenance.command("register")
+    @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+    @click.option("--name", required=True)
+    @click.option("--num-classes", type=int, required=True)
+    @click.option("--class-names", default=None, help="comma-separated class names")
+    @_options
+    def register(path: str, name: str, num_classes: int, class_names: str | None, url: str, token: str) -> None:
+        """Register an ONNX generator; prints its model record as JSON."""
+        from appliance.client import Client
+
+        with Client(url, token=token) as client:
+            names = class_names.split(",") if class_names else None
+            model = client.provenance.register_generator(path, name=name, num_classes=num_classes,
+                                                         class_names=names)
+        click.echo(json.dumps(model.model_dump(mode="json"), indent=1))
+
+    @provenance.command("audit")
+    @click.option("--generator", "generators", multiple=True, required=True,
+                  help="generator model id (repeat for attribution)")
+    @click.option("--suspect", required=True, help="suspect model id")
+    @click.option("--param", "extra", multiple=True, help="key=value (JSON value), e.g. n_shadow=100")
+    @click.option("--wait/--no-wait", default=True)
+    @_options
+    def audit(generators: tuple[str, ...], suspect: str, extra: tuple[str, ...], wait: bool,
+              url: str, token: str) -> None:
+        """Start a provenance audit; with --wait print the verdict and the report id."""
+        from appliance.client import Client
+
+        params: dict[str, Any] = {}
+        for item in extra:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r} is not key=value", param_hint="--param")
+            try:
+                params[key] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key] = value
+        with Client(url, token=token) as client:
+            job = client.provenance.audit(generator_ids=list(generators), suspect_model_id=suspect, **params)
+            if not wait:
+                click.echo(job.id)
+                return
+            job = client.wait(job)
+            if job.state != "succeeded":
+                raise click.ClickException(f"job {job.id} {job.state}: {job.error}")
+            report = client.get_report(str(job.report_id))
+        body = report["report"]
+        stats = body.get("statistics", {})
+        click.echo(json.dumps({"job": job.id, "report": job.report_id, "verdict": body.get("verdict"),
+                               "G": stats.get("G"), "G_crit": stats.get("G_crit"), "n": stats.get("n"),
+                               "best_source": stats.get("best_source"), "queries": stats.get("queries")},
+                              indent=1))
+
+    return provenance
