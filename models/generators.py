@@ -370,7 +370,8 @@ def generator_config(path: Path, config: dict[str, object] | None) -> dict[str, 
     given = dict(config or {})
     unknown = set(given) - {"num_classes", "class_names"}
     if unknown:
-        raise GeneratorContractError(f"unknown generator option(s) {sorted(unknown)}; accepted: num_classes, class_names")
+        raise GeneratorContractError(
+            f"unknown generator option(s) {sorted(unknown)}; accepted: num_classes, class_names")
     k = given.get("num_classes")
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 10_000:
         raise GeneratorContractError("a generator needs 'num_classes' (an integer from 2 to 10000) in its config")
