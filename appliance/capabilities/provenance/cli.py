@@ -25,8 +25,10 @@ def group() -> click.Group:
     @click.option("--name", required=True)
     @click.option("--num-classes", type=int, required=True)
     @click.option("--class-names", default=None, help="comma-separated class names")
+    @click.option("--id-only", is_flag=True, help="print only the new generator's id")
     @_options
-    def register(path: str, name: str, num_classes: int, class_names: str | None, url: str, token: str) -> None:
+    def register(path: str, name: str, num_classes: int, class_names: str | None, id_only: bool,
+                 url: str, token: str) -> None:
         """Register an ONNX generator; prints its model record as JSON."""
         from appliance.client import Client
 
@@ -34,7 +36,7 @@ def group() -> click.Group:
             names = class_names.split(",") if class_names else None
             model = client.provenance.register_generator(path, name=name, num_classes=num_classes,
                                                          class_names=names)
-        click.echo(json.dumps(model.model_dump(mode="json"), indent=1))
+        click.echo(model.id if id_only else json.dumps(model.model_dump(mode="json"), indent=1))
 
     @provenance.command("audit")
     @click.option("--generator", "generators", multiple=True, required=True,
@@ -72,5 +74,36 @@ def group() -> click.Group:
                                "G": stats.get("G"), "G_crit": stats.get("G_crit"), "n": stats.get("n"),
                                "best_source": stats.get("best_source"), "queries": stats.get("queries")},
                               indent=1))
+
+    @provenance.command("demo-data")
+    @click.option("--out", type=click.Path(file_okay=False), required=True)
+    def demo_data(out: str) -> None:
+        """Write a reference generator (per-class PCA on a quarter of digits, ONNX) and two
+        suspects (safetensors MLPs, 64 -> 64 -> 10): one trained on its samples, one on real
+        digits it never saw."""
+        from pathlib import Path
+
+        import torch
+        from safetensors.torch import save_file
+
+        from models.generators import export_onnx, fit_linear_gaussian
+        from models.provenance import ShadowSpec, balanced_labels, digits_provenance_splits, train_shadow
+
+        torch.set_num_threads(1)
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = digits_provenance_splits(seed=0)
+        generator = fit_linear_gaussian(*parts[0])
+        export_onnx(generator, folder / "generator.onnx")
+        labels = balanced_labels(10, 200)
+        sources = {"suspect-own": (generator.sample(labels, seed=12345, temperature=1.0), labels),
+                   "suspect-real": parts[3]}
+        for name, (x, y) in sources.items():
+            model = train_shadow(x, y, ShadowSpec("mlp", {"hidden": 64}, epochs=20, lr=3e-3, seed=7),
+                                 num_classes=10)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                      str(folder / f"{name}.safetensors"))
+        click.echo(f"wrote {folder}/generator.onnx, suspect-own.safetensors, suspect-real.safetensors "
+                   "(architecture mlp, config {\"in_features\": 64, \"hidden\": 64, \"num_classes\": 10})")
 
     return provenance
