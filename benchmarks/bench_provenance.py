@@ -129,9 +129,10 @@ def main() -> None:
           f"{correct / total:.3f} [{lo:.3f}, {hi:.3f}]")
     print("\naudit wall time per generator (s): sampling / shadow training (3 shadows) / suspect queries")
     q = float(np.mean(query_seconds))
-    for name, t in timing.items():
-        print(f"  {name:5} uncached: {t['sampling']:.2f} / {t['shadow_training']:.2f} / {q:.3f}   "
-              f"cached shadow: 0 / 0 / {q:.3f}  (total {t['sampling'] + t['shadow_training'] + q:.2f} vs {q:.3f})")
+    for name, split in timing.items():
+        uncached = split["sampling"] + split["shadow_training"] + q
+        print(f"  {name:5} uncached: {split['sampling']:.2f} / {split['shadow_training']:.2f} / {q:.3f}   "
+              f"cached shadow: 0 / 0 / {q:.3f}  (total {uncached:.2f} vs {q:.3f})")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,8 @@ class LinearGaussianNet(nn.Module):
     def __init__(self, mean: torch.Tensor, basis: torch.Tensor, sample_shape: tuple[int, ...],
                  low: float, high: float) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.basis: torch.Tensor
         self.register_buffer("mean", mean)
         self.register_buffer("basis", basis)
         self.sample_shape, self.low, self.high = sample_shape, low, high
@@ -238,6 +240,7 @@ class ConditionalMLP(nn.Module):
     def __init__(self, *, z_dim: int, num_classes: int, sample_shape: tuple[int, ...],
                  hidden: int = 128, depth: int = 2) -> None:
         super().__init__()
+        self.onehot: torch.Tensor
         self.register_buffer("onehot", torch.eye(num_classes))
         layers: list[nn.Module] = []
         width = z_dim + num_classes

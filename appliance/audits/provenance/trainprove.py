@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from appliance.audits.errors import AuditInputError, AuditParameterError
-from appliance.audits.provenance.grubbs import Direction, GrubbsResult, grubbs_outlier
+from appliance.audits.provenance.grubbs import Direction, GrubbsMode, GrubbsResult, grubbs_outlier
 from appliance.audits.registry import AuditMethod, AuditResult, LogFn, ProgressFn, register_method
 from appliance.audits.remote import CountedQuery
 
@@ -126,7 +126,7 @@ def evaluate_source(
     variant: Variant,
     alpha: float,
     decision: Decision = "calibrated",
-    table: bool = True,
+    mode: GrubbsMode = "table",
 ) -> SourceTest:
     """Grubbs-test the suspect's answers on ``evidence.val_x`` against the shadows' batches.
 
@@ -153,9 +153,9 @@ def evaluate_source(
         suspect_value = float(_per_sample(variant, suspect_answers, evidence.val_y, anchor).mean())
     direction = _DIRECTION[variant]
     paper = None if variant == "similarity" else grubbs_outlier(
-        batch_values[0], suspect_value, direction=direction, alpha=alpha, table=table)
+        batch_values[0], suspect_value, direction=direction, alpha=alpha, mode=mode)
     pooled = [v for values in batch_values for v in values]
-    calibrated = grubbs_outlier(pooled, suspect_value, direction=direction, alpha=alpha, table=table)
+    calibrated = grubbs_outlier(pooled, suspect_value, direction=direction, alpha=alpha, mode=mode)
     return SourceTest(evidence.name, variant, suspect_value, paper, calibrated,
                       decision if variant != "similarity" else "calibrated", batch_values)
 
@@ -184,8 +184,8 @@ class TrainProVe(AuditMethod):
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """alpha, variant, which reference sample decides, and the Grubbs table convention."""
-        return {"alpha": 0.05, "variant": "accuracy", "decision": "calibrated", "grubbs_table": True}
+        """alpha, variant, which reference sample decides, and the Grubbs critical-value mode."""
+        return {"alpha": 0.05, "variant": "accuracy", "decision": "calibrated", "grubbs_mode": "table"}
 
     def run(
         self,
@@ -215,7 +215,7 @@ class TrainProVe(AuditMethod):
             source.check()
             answers = query_suspect(suspect, source.val_x)
             tests.append(evaluate_source(source, answers, variant=p["variant"], alpha=alpha,
-                                     decision=p["decision"], table=bool(p["grubbs_table"])))
+                                     decision=p["decision"], mode=p["grubbs_mode"]))
             if log:
                 t = tests[-1]
                 log(f"{source.name}: suspect {t.variant} {t.suspect_value:.4f}, G = {t.chosen.statistic:.3f}"
@@ -248,10 +248,12 @@ class TrainProVe(AuditMethod):
 
 
 def attribute(sources: Sequence[ProvenanceEvidence], suspect_answers: Sequence[np.ndarray], *,
-              alpha: float = 0.05, variant: Variant = "accuracy") -> tuple[str, list[SourceTest]]:
+              alpha: float = 0.05, variant: Variant = "accuracy",
+              mode: GrubbsMode = "table") -> tuple[str, list[SourceTest]]:
     """Best source for a suspect already queried on each source's validation set (benchmark
     helper): the smallest calibrated statistic; ``VERDICT_NO_SOURCE`` when every test rejects."""
-    tests = [evaluate_source(s, a, variant=variant, alpha=alpha) for s, a in zip(sources, suspect_answers, strict=True)]
+    tests = [evaluate_source(s, a, variant=variant, alpha=alpha, mode=mode)
+             for s, a in zip(sources, suspect_answers, strict=True)]
     best = min(tests, key=lambda t: t.chosen.statistic)
     return (best.source if not best.chosen.outlier else VERDICT_NO_SOURCE), tests
 

@@ -36,4 +36,4 @@ def _cli() -> click.Group:
     return group()
 
 
-CAPABILITY = Capability(name="provenance", routes=_routes, jobs=_jobs, cli=_cli)
+CAPABILITY: Capability = Capability(name="provenance", routes=_routes, jobs=_jobs, cli=_cli)

@@ -71,7 +71,8 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
 
     started = time.perf_counter()
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
-    cache_root = ctx.cache_dir("provenance-shadows")
+    # per tenant: "reused" must not tell one tenant that another audited the same generator
+    cache_root = ctx.cache_dir(f"provenance-shadows/{ctx.tenant_id}")
     built = []
     closers: list[Any] = []
     generator_digests: list[dict[str, Any]] = []
@@ -107,7 +108,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                     ProvenanceInputs([b.evidence for b in built], suspect, suspect_kind=params.suspect_output,
                                      query_budget=budget),
                     params={"alpha": params.alpha, "variant": params.variant, "decision": params.decision,
-                            "grubbs_table": params.grubbs_table},
+                            "grubbs_mode": params.grubbs_mode},
                     seed=params.seed, log=ctx.log)
             except AuditError as exc:
                 shape = tuple(built[0].evidence.val_x.shape[1:])

@@ -47,7 +47,9 @@ class ProvenanceParams(BaseModel):
     variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
     decision: Literal["calibrated", "paper"] = "calibrated"
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
-    grubbs_table: bool = True
+    grubbs_mode: Literal["table", "exact", "designated"] = Field(
+        default="table", description="Grubbs critical value: the published table (alpha/2n, the paper's), "
+        "exact most-extreme (alpha/n), or designated-value (alpha, exact level for the suspect)")
     n_shadow: int = Field(default=300, ge=5, le=5000, description="shadow samples per class")
     n_val: int = Field(default=200, ge=4, le=5000, description="validation samples per class")
     batches: int = Field(default=20, ge=2, le=200, description="validation batches (divides n_val)")

@@ -172,8 +172,9 @@ def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: l
 
     tmp = folder.with_name(folder.name + f".tmp{time.monotonic_ns()}")
     tmp.mkdir(parents=True)
-    np.savez(tmp / "sets.npz", val_x=val_x, val_y=val_y, n_batches=np.int64(len(batches)),
-             **{f"batch_{i}": b for i, b in enumerate(batches)})
+    arrays: dict[str, Any] = {"val_x": val_x, "val_y": val_y, "n_batches": np.int64(len(batches)),
+                              **{f"batch_{i}": b for i, b in enumerate(batches)}}
+    np.savez(tmp / "sets.npz", **arrays)
     for i, module in enumerate(models):
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"shadow-{i}.safetensors"))
     (tmp / "meta.json").write_text(json.dumps(meta))

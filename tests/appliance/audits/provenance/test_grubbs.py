@@ -14,11 +14,12 @@ def test_critical_values_match_the_table(n: int, expected: float) -> None:
 
 
 def test_one_sided_critical_value_is_smaller_and_p_inverts_it() -> None:
-    exact = grubbs_critical(20, 0.05, table=False)
+    exact = grubbs_critical(20, 0.05, mode="exact")
     assert exact == pytest.approx(2.557, abs=5e-4) and exact < grubbs_critical(20, 0.05)
-    for table in (True, False):
+    assert grubbs_critical(20, 0.05, mode="designated") < exact
+    for mode in ("table", "exact", "designated"):
         for n in (5, 21, 40):
-            assert grubbs_p_value(grubbs_critical(n, 0.05, table=table), n, table=table) \
+            assert grubbs_p_value(grubbs_critical(n, 0.05, mode=mode), n, mode=mode) \
                 == pytest.approx(0.05, rel=1e-6)
 
 
@@ -36,10 +37,14 @@ def test_low_and_high_outliers_are_told_apart() -> None:
 
 def test_size_under_the_null_is_at_most_alpha() -> None:
     rng = np.random.default_rng(1)
-    hits = [grubbs_outlier(rng.standard_normal(20), float(rng.standard_normal()), direction="low").outlier
-            for _ in range(4000)]
-    # the table convention gives size alpha/2 for a one-sided decision
-    assert np.mean(hits) < 0.035
+    samples = rng.standard_normal((20000, 21))  # 20 reference values + the tested one, all null
+    g = (samples.mean(axis=1) - samples[:, -1]) / samples.std(axis=1, ddof=1)
+    for i in range(5):  # the vectorised statistic is grubbs_outlier's
+        assert grubbs_outlier(samples[i, :-1], samples[i, -1], direction="low").statistic == pytest.approx(g[i])
+    size = {mode: float(np.mean(g > grubbs_critical(21, mode=mode))) for mode in ("table", "exact", "designated")}
+    # a designated value: exact level alpha; the Bonferroni modes are ~alpha/(2n) and ~alpha/n
+    assert 0.045 < size["designated"] < 0.055
+    assert size["table"] < 0.003 and size["exact"] < 0.005
 
 
 def test_degenerate_and_bad_inputs() -> None:
