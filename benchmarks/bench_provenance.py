@@ -91,31 +91,34 @@ def main() -> None:
             answers[source].append({o: fn(evidence[o].val_x).argmax(1) for o in gens})
             query_seconds.append((time.perf_counter() - q0) / len(gens))
     print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")
-    print(f"{'owner':6} {'source':6} | {'paper: not G_d':>16} | {'calibrated: not G_d':>20}")
-    totals = {"paper": [0, 0], "calibrated": [0, 0]}
-    false_neg = {"paper": [0, 0], "calibrated": [0, 0]}
+    tests = ("paper", "calibrated", "calibrated+designated")
+    print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t + ': not G_d':>30}" for t in tests))
+    totals = {t: [0, 0] for t in tests}
+    false_neg = {t: [0, 0] for t in tests}
     for owner in gens:
         for source in sources:
-            rejects = {"paper": 0, "calibrated": 0}
+            rejects = dict.fromkeys(tests, 0)
             for a in answers[source]:
                 t = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05)
+                d = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, mode="designated")
                 rejects["paper"] += int(t.paper is not None and t.paper.outlier)
                 rejects["calibrated"] += int(t.calibrated.outlier)
+                rejects["calibrated+designated"] += int(d.calibrated.outlier)
             n = len(answers[source])
-            for test in ("paper", "calibrated"):
+            for test in tests:
                 correct = rejects[test] if source != owner else n - rejects[test]
                 totals[test][0] += correct
                 totals[test][1] += n
                 if source == owner:
                     false_neg[test][0] += rejects[test]
                     false_neg[test][1] += n
-            print(f"{owner:6} {source:6} | {rejects['paper']:>3}/{n:<3}{'':9} | {rejects['calibrated']:>3}/{n:<3}")
-    for test in ("paper", "calibrated"):
+            print(f"{owner:6} {source:6} | " + " | ".join(f"{rejects[t]:>26}/{n:<3}" for t in tests))
+    for test in tests:
         k, n = totals[test]
         lo, hi = wilson(k, n)
         fk, fn_ = false_neg[test]
         flo, fhi = wilson(fk, fn_)
-        print(f"{test:10}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
+        print(f"{test:22}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
               f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
     correct = total = 0
     for source in sources:
