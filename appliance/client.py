@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from .capabilities.provenance.client import ProvenanceClient
 from .capabilities.signatures.client import SignaturesClient
 from .schemas import (
     DatasetList,
@@ -87,6 +88,7 @@ class Client:
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                  transport=transport)
         self.signatures = SignaturesClient(self)
+        self.provenance = ProvenanceClient(self)
 
     def close(self) -> None:
         self.http.close()

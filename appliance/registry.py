@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from models.datasets import LabelledArray
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-MODEL_KINDS = ("classifier", "encoder", "causal_lm")
+MODEL_KINDS = ("classifier", "encoder", "causal_lm", "generator")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
 
@@ -133,6 +133,8 @@ def register_model(
     safe_name = _safe_filename(filename, "model")
     try:
         if declared_format == "transformers" or safe_name.endswith((".tar", ".tar.gz", ".tgz")):
+            if kind == "generator":
+                raise ValidationFailed("generators are registered as ONNX graphs (noise, class) -> samples")
             fmt = "transformers"
             model_dir = transformers_dir(store, digest)
             kind = kind or _infer_transformers_kind(model_dir)
@@ -153,6 +155,8 @@ def register_model(
             if fmt == "onnx" and isinstance((config or {}).get("kind"), str):
                 kind = kind or str((config or {})["kind"])
             kind = kind or "classifier"
+            if kind == "generator" and fmt != "onnx":
+                raise ValidationFailed("generators are registered as ONNX graphs (noise, class) -> samples")
             if fmt == "safetensors":
                 if not architecture:
                     raise ValidationFailed(
@@ -162,6 +166,10 @@ def register_model(
                 _check_safetensors_loads(blob_path, architecture, config or {})
             elif architecture:
                 raise ValidationFailed("'architecture' only applies to safetensors uploads")
+            elif kind == "generator":
+                from models.generators import generator_config
+
+                config = generator_config(blob_path, config)
             else:
                 _check_onnx_options(config, kind)
             manifest_target = None

@@ -42,7 +42,7 @@ class ModelOut(BaseModel):
     id: str
     name: str
     format: Literal["onnx", "safetensors", "transformers"]
-    kind: Literal["classifier", "encoder", "causal_lm"]
+    kind: Literal["classifier", "encoder", "causal_lm", "generator"]
     architecture: str | None = None
     config: dict[str, Any] | None = None
     files: list[ModelFile]
@@ -62,7 +62,7 @@ class ModelUpload(BaseModel):
     file: bytes = Field(json_schema_extra={"format": "binary"})
     name: str = Field(min_length=1, max_length=128)
     format: Literal["onnx", "safetensors", "transformers"] | None = None
-    kind: Literal["classifier", "encoder", "causal_lm"] | None = None
+    kind: Literal["classifier", "encoder", "causal_lm", "generator"] | None = None
     architecture: str | None = None
     config: str | None = Field(default=None, description="JSON object: architecture config")
     signature: bytes | None = Field(

@@ -295,6 +295,7 @@ def train_classifier(
     epochs: int = 30,
     batch_size: int = 64,
     lr: float = 2e-3,
+    weight_decay: float = 0.0,
 ) -> nn.Module:
     """Supervised cross-entropy training (Adam, cosine learning-rate decay), seeded shuffling.
 
@@ -304,7 +305,7 @@ def train_classifier(
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(data)
     # Cosine decay to zero: the final weights do not depend on where Adam's last steps land.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-n // batch_size))

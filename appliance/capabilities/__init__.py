@@ -41,9 +41,10 @@ class Capability:
 
 # each capability's package imports Capability from here, so it is imported after the class
 from appliance.capabilities.console import CAPABILITY as CONSOLE  # noqa: E402
+from appliance.capabilities.provenance import CAPABILITY as PROVENANCE  # noqa: E402
 from appliance.capabilities.signatures import CAPABILITY as SIGNATURES  # noqa: E402
 
-BUILTIN: tuple[Capability, ...] = (SIGNATURES, CONSOLE)
+BUILTIN: tuple[Capability, ...] = (PROVENANCE, SIGNATURES, CONSOLE)
 
 
 def model_signature_verifier() -> Callable[..., dict[str, Any]] | None:

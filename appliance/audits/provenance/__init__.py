@@ -1,0 +1,1 @@
+"""Training-data provenance statistics: Grubbs' outlier test and TrainProVe (pure, no Flask)."""

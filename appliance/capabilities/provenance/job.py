@@ -1,0 +1,144 @@
+"""The ``provenance`` job kind: TrainProVe against one registered or remote generator, or
+source attribution over several registered generators; the suspect is a registered
+classifier or a remote endpoint."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from appliance.auth import Principal
+from appliance.errors import JobFailed, UnprocessableInput
+from appliance.jobs import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance.registry import model_input
+from appliance.store import Store
+
+from .schemas import ProvenanceParams
+
+VERSION = "1.0.0"
+
+
+def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> dict[str, Any]:
+    from appliance.ownership_jobs import check_endpoint_url
+
+    tenant = principal.tenant_id
+    inputs: dict[str, Any] = {"generators": []}
+    for generator_id in params.generator_model_ids or []:
+        row = store.get_owned("models", tenant, generator_id, "model")
+        if row["kind"] != "generator":
+            raise UnprocessableInput(f"model {generator_id} is a {row['kind']}, not a generator",
+                                     hint="register generators with kind 'generator'")
+        inputs["generators"].append(model_input(row))
+    if params.generator_endpoint is not None:
+        check_endpoint_url(params.generator_endpoint.url)
+    if params.suspect_model_id:
+        row = store.get_owned("models", tenant, params.suspect_model_id, "model")
+        if row["kind"] != "classifier":
+            raise UnprocessableInput(f"the suspect must be a classifier; model {row['id']} is a {row['kind']}")
+        inputs["suspect"] = model_input(row)
+    else:
+        assert params.suspect_endpoint is not None
+        check_endpoint_url(params.suspect_endpoint.url)
+    return inputs
+
+
+def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    from appliance.evaluation import load_job_model, model_digests
+
+    if params.suspect_endpoint is not None:
+        from appliance.audits.remote import RemoteEndpoint
+
+        ep = params.suspect_endpoint
+        endpoint = RemoteEndpoint(ep.url, kind=params.suspect_output, timeout_s=ep.timeout_s,
+                                  retries=ep.retries, query_budget=ep.query_budget, max_batch=ep.max_batch)
+        return endpoint, endpoint.close, {"endpoint": ep.url}
+    model = load_job_model(ctx, inputs["suspect"], "cpu")
+    if params.suspect_output == "proba":
+        return (lambda x: model.predict(x)), None, model_digests(inputs["suspect"])
+    return (lambda x: np.argmax(model.predict(x), axis=1)), None, model_digests(inputs["suspect"])
+
+
+def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
+    from appliance.audits.errors import AuditError
+    from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
+    from appliance.evaluation import model_digests
+    from models.errors import ModelError
+    from models.generators import OnnxGenerator
+
+    from .service import RemoteGenerator, build_evidence
+
+    started = time.perf_counter()
+    timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
+    # per tenant: "reused" must not tell one tenant that another audited the same generator
+    cache_root = ctx.cache_dir(f"provenance-shadows/{ctx.tenant_id}")
+    built = []
+    closers: list[Any] = []
+    generator_digests: list[dict[str, Any]] = []
+    try:
+        try:
+            for i, gen in enumerate(inputs["generators"]):
+                config = gen.get("config") or {}
+                loaded = OnnxGenerator.from_path(ctx.blob_path(gen["blob"]), num_classes=int(config["num_classes"]))
+                name = gen["name"] if len(inputs["generators"]) > 1 else "generator"
+                built.append(build_evidence(name, loaded, gen["blob"],
+                                            num_classes=int(config["num_classes"]), params=params,
+                                            cache_root=cache_root, log=ctx.log))
+                generator_digests.append({**model_digests(gen), "class_names": config.get("class_names")})
+                ctx.progress(0.8 * (i + 1) / max(1, len(inputs["generators"])))
+            if params.generator_endpoint is not None:
+                remote = RemoteGenerator(params.generator_endpoint)
+                closers.append(remote.close)
+                digest = "endpoint:" + params.generator_endpoint.url
+                built.append(build_evidence("generator", remote, digest,
+                                            num_classes=params.generator_endpoint.num_classes, params=params,
+                                            cache_root=cache_root, log=ctx.log))
+                generator_digests.append({"endpoint": params.generator_endpoint.url,
+                                          "samples_drawn": remote.samples})
+            for b in built:
+                for key, value in b.timings.items():
+                    timings[key] += value
+            suspect, closer, suspect_digest = _suspect(ctx, params, inputs)
+            if closer is not None:
+                closers.append(closer)
+            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
+            try:
+                result = TrainProVe().run(
+                    ProvenanceInputs([b.evidence for b in built], suspect, suspect_kind=params.suspect_output,
+                                     query_budget=budget),
+                    params={"alpha": params.alpha, "variant": params.variant, "decision": params.decision,
+                            "grubbs_mode": params.grubbs_mode},
+                    seed=params.seed, log=ctx.log)
+            except AuditError as exc:
+                shape = tuple(built[0].evidence.val_x.shape[1:])
+                raise JobFailed(f"querying the suspect on generator samples of shape {shape} failed: {exc}") from None
+        except (ModelError, AuditError) as exc:
+            raise JobFailed(str(exc)) from None
+    finally:
+        for close in closers:
+            close()
+    timings["suspect_queries_seconds"] = float(result.timings.get("suspect_queries_seconds", 0.0))
+    timings["audit_seconds"] = time.perf_counter() - started
+    statistics = dict(result.statistics)
+    statistics["queries"] = result.queries
+    statistics["shadow_provenance"] = [b.provenance for b in built]
+    ctx.progress(1.0)
+    return JobOutcome(
+        method="provenance/trainprove", version=f"{VERSION}+{result.version}",
+        parameters={**params.model_dump(mode="json"), "effective": result.parameters},
+        inputs={"generators": generator_digests, "suspect": suspect_digest},
+        statistics=statistics, p_value=float(result.p_value), verdict=result.verdict,
+        alpha=float(result.alpha), seed=params.seed, device="cpu", timings=timings,
+    )
+
+
+def register() -> None:
+    """Register the ``provenance`` job kind and its report plots."""
+    from .plots import register_plots
+
+    register_job_kind(JobKind(
+        name="provenance", params_model=ProvenanceParams, resolve=_resolve, run=_run,
+        description="Training-data provenance (TrainProVe): was the suspect trained on samples of this "
+                    "generator? Several generators: which one explains the suspect best."))
+    register_plots()

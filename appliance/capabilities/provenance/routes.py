@@ -1,0 +1,42 @@
+"""Routes of the provenance capability: start an audit, list this tenant's generators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, g
+from flask_limiter import Limiter
+
+from appliance.http import Api
+from appliance.schemas import JobOut, ModelList
+
+from .schemas import ProvenanceParams
+
+
+def register(app: Flask, api: Api, limiter: Limiter) -> None:
+    """Add ``/v1/provenance/...`` to the app."""
+    from appliance.app import get_store
+    from appliance.jobs import job_view, make_enqueuer, submit_job
+    from appliance.registry import model_view
+
+    bp = Blueprint("provenance", __name__, url_prefix="/v1/provenance")
+
+    @api.op(bp, "/audits", "POST", summary="Start a provenance audit (job kind 'provenance')",
+            tag="provenance", body=ProvenanceParams, response=JobOut, status=202)
+    def start_audit(body: ProvenanceParams) -> dict[str, Any]:
+        enqueue = current_app.extensions.get("appliance.enqueue")
+        if enqueue is None:
+            enqueue = current_app.extensions["appliance.enqueue"] = make_enqueuer(
+                current_app.config["APPLIANCE_SETTINGS"])
+        job = submit_job(get_store(), g.principal, "provenance", body.model_dump(mode="json"), enqueue)
+        return job_view(job)
+
+    @api.op(bp, "/generators", summary="This tenant's registered generators", tag="provenance",
+            response=ModelList)
+    def list_generators() -> dict[str, Any]:
+        rows = get_store().conn.execute(
+            "SELECT * FROM models WHERE tenant_id = ? AND kind = 'generator' ORDER BY created_at",
+            (g.principal.tenant_id,)).fetchall()
+        return {"items": [model_view(dict(r)) for r in rows]}
+
+    app.register_blueprint(bp)

@@ -1,0 +1,80 @@
+"""Request and answer shapes of the provenance capability (pydantic only: the SDK imports it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class GeneratorEndpoint(BaseModel):
+    """A generator behind an HTTP URL: ``POST {"labels", "seed", "temperature"}`` answers
+    ``{"outputs": [...]}`` with one sample per label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048)
+    num_classes: int = Field(ge=2, le=10_000)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    retries: int = Field(default=2, ge=0, le=10)
+    sample_budget: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_batch: int = Field(default=256, ge=1, le=4096)
+
+
+class SuspectEndpointSpec(BaseModel):
+    """A suspect behind an HTTP URL answering ``{"inputs": [...]}`` with ``{"outputs": [...]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    retries: int = Field(default=2, ge=0, le=10)
+    query_budget: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_batch: int = Field(default=256, ge=1, le=4096)
+
+
+class ProvenanceParams(BaseModel):
+    """Parameters of a provenance audit; one generator is the yes/no test, several (registered
+    ids) are source attribution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator_model_ids: list[str] | None = Field(default=None, min_length=1, max_length=6)
+    generator_endpoint: GeneratorEndpoint | None = None
+    suspect_model_id: str | None = Field(default=None, max_length=64)
+    suspect_endpoint: SuspectEndpointSpec | None = None
+    suspect_output: Literal["label", "proba"] = "label"
+    variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
+    decision: Literal["calibrated", "paper"] = "calibrated"
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    grubbs_mode: Literal["table", "exact", "designated"] = Field(
+        default="table", description="Grubbs critical value: the published table (alpha/2n, the paper's), "
+        "exact most-extreme (alpha/n), or designated-value (alpha, exact level for the suspect)")
+    n_shadow: int = Field(default=300, ge=5, le=5000, description="shadow samples per class")
+    n_val: int = Field(default=200, ge=4, le=5000, description="validation samples per class")
+    batches: int = Field(default=20, ge=2, le=200, description="validation batches (divides n_val)")
+    t_shadow: float = Field(default=1.0, gt=0, le=10)
+    t_val: float = Field(default=1.2, gt=0, le=10)
+    shadows: int = Field(default=3, ge=1, le=8, description="shadows alternating MLP / small CNN")
+    shadow_epochs: int = Field(default=20, ge=1, le=500)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    use_cache: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ProvenanceParams:
+        if (self.generator_model_ids is None) == (self.generator_endpoint is None):
+            raise ValueError("give exactly one of generator_model_ids and generator_endpoint")
+        if (self.suspect_model_id is None) == (self.suspect_endpoint is None):
+            raise ValueError("give exactly one of suspect_model_id and suspect_endpoint")
+        if self.n_val % self.batches:
+            raise ValueError("n_val must be a multiple of batches")
+        if self.variant == "similarity" and self.shadows < 2:
+            raise ValueError("the similarity variant needs shadows >= 2")
+        if self.variant != "accuracy" and self.suspect_output != "proba":
+            raise ValueError(f"the {self.variant} variant needs suspect_output 'proba'")
+        if self.generator_model_ids and len(set(self.generator_model_ids)) != len(self.generator_model_ids):
+            raise ValueError("generator_model_ids must be distinct")
+        return self
+
+
+__all__ = ["GeneratorEndpoint", "ProvenanceParams", "SuspectEndpointSpec"]

@@ -1,0 +1,227 @@
+"""The provenance audit without Flask: generators (registered ONNX or remote), the shadow
+cache, and the TrainProVe run over one or several candidate generators.
+
+Shadows and the samples they were trained on are cached per (generator digest, sampling and
+training parameters, seed) under the appliance's cache folder, so a second audit against the
+same generator queries only the suspect; the report says whether the shadow was trained or
+reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.audits.errors import AuditInputError, RemoteEndpointError, RemoteTimeoutError
+from appliance.audits.provenance.trainprove import ProvenanceEvidence
+
+from .schemas import GeneratorEndpoint, ProvenanceParams
+
+CACHE_VERSION = "1"
+LogFn = Callable[[str], None]
+
+
+class RemoteGenerator:
+    """A generator behind an HTTP URL, with the remote suspects' timeouts, retries and budget.
+
+    Each chunk of at most ``max_batch`` labels is one ``POST {"labels", "seed", "temperature"}``;
+    the answer must be ``{"outputs": [...]}`` with one finite sample per label, all of one shape.
+    """
+
+    def __init__(self, spec: GeneratorEndpoint, *, backoff_s: float = 0.2) -> None:
+        import httpx
+
+        self.spec, self.backoff_s = spec, backoff_s
+        self.num_classes = spec.num_classes
+        self.z_dim = 0
+        self.sample_shape: tuple[int, ...] = ()
+        self.samples = 0
+        self._client = httpx.Client(timeout=spec.timeout_s)
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
+
+    def sample(self, labels: np.ndarray, *, seed: int, temperature: float) -> np.ndarray:
+        """Samples for ``labels``; chunk ``i`` is asked with seed ``(seed * 7919 + i) mod 2^31``."""
+        from models.generators import check_labels, check_samples
+
+        lab = check_labels(labels, self.num_classes)
+        budget = self.spec.sample_budget
+        if budget is not None and self.samples + len(lab) > budget:
+            raise AuditInputError(f"generator endpoint: {self.samples} samples drawn, {len(lab)} more would "
+                                  f"exceed the sample budget of {budget}")
+        parts = []
+        for i, start in enumerate(range(0, len(lab), self.spec.max_batch)):
+            chunk = lab[start : start + self.spec.max_batch]
+            body = {"labels": chunk.tolist(), "seed": (seed * 7919 + i) % 2**31, "temperature": temperature}
+            out = self._post(body)
+            try:
+                arr = np.asarray(out, dtype=np.float32)
+            except (ValueError, TypeError) as exc:
+                raise RemoteEndpointError(f"generator endpoint answered outputs that are not a numeric array: "
+                                          f"{exc}") from None
+            shape = self.sample_shape or None
+            try:
+                arr = check_samples(arr, len(chunk), shape, f"generator endpoint {self.spec.url}")
+            except Exception as exc:
+                raise RemoteEndpointError(str(exc)) from None
+            self.sample_shape = tuple(arr.shape[1:])
+            self.samples += len(chunk)
+            parts.append(arr)
+        return np.concatenate(parts)
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        import httpx
+
+        timed_out = False
+        last: Exception | None = None
+        for attempt in range(self.spec.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = self._client.post(self.spec.url, json=body)
+            except httpx.TimeoutException as exc:
+                last, timed_out = exc, True
+                continue
+            except httpx.HTTPError as exc:
+                last, timed_out = exc, False
+                continue
+            if response.status_code >= 500:
+                last, timed_out = RuntimeError(f"HTTP {response.status_code}"), False
+                continue
+            if response.status_code >= 400:
+                raise RemoteEndpointError(f"generator endpoint {self.spec.url} refused: HTTP {response.status_code}")
+            try:
+                answer = response.json()
+            except ValueError:
+                raise RemoteEndpointError(f"generator endpoint {self.spec.url} answered with invalid JSON") from None
+            outputs = answer.get("outputs") if isinstance(answer, dict) else None
+            if not isinstance(outputs, list):
+                raise RemoteEndpointError(f"generator endpoint {self.spec.url} answered without an 'outputs' list")
+            return outputs
+        attempts = self.spec.retries + 1
+        if timed_out:
+            raise RemoteTimeoutError(f"generator endpoint {self.spec.url} timed out after {attempts} attempts "
+                                     f"({self.spec.timeout_s:g} s each)")
+        raise RemoteEndpointError(f"generator endpoint {self.spec.url} failed after {attempts} attempts: {last}")
+
+
+def shadow_specs(params: ProvenanceParams) -> list[Any]:
+    """The shadows the audit trains: MLP / small CNN alternating, seeds from the audit seed."""
+    from dataclasses import replace
+
+    from models.provenance import default_shadow_specs
+
+    return [replace(s, epochs=params.shadow_epochs) for s in default_shadow_specs(params.shadows, seed=params.seed)]
+
+
+def cache_key(generator_digest: str, params: ProvenanceParams) -> str:
+    """sha256 over the generator's digest and everything that decides the samples and shadows."""
+    recipe = {
+        "v": CACHE_VERSION, "generator": generator_digest, "seed": params.seed,
+        "n_shadow": params.n_shadow, "n_val": params.n_val, "batches": params.batches,
+        "t_shadow": params.t_shadow, "t_val": params.t_val,
+        "shadows": [s.to_dict() for s in shadow_specs(params)],
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class BuiltEvidence:
+    """A source's evidence with what the report records about it."""
+
+    evidence: ProvenanceEvidence
+    provenance: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _load_cached(folder: Path, specs: list[Any], num_classes: int) -> tuple[Any, list[Any]] | None:
+    import torch
+    from safetensors.torch import load_file
+
+    from models.architectures import create_architecture
+    from models.provenance import shadow_config
+
+    data_path = folder / "sets.npz"
+    if not data_path.is_file() or not all((folder / f"shadow-{i}.safetensors").is_file() for i in range(len(specs))):
+        return None
+    with np.load(data_path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    batches = [arrays[f"batch_{i}"] for i in range(int(arrays["n_batches"]))]
+    models = []
+    for i, spec in enumerate(specs):
+        config = shadow_config(spec.architecture, tuple(arrays["val_x"].shape[1:]), num_classes, spec.config)
+        with torch.device("cpu"):
+            module = create_architecture(spec.architecture, config)
+        module.load_state_dict(load_file(str(folder / f"shadow-{i}.safetensors")))
+        models.append(module.eval())
+    return (arrays["val_x"], arrays["val_y"], batches), models
+
+
+def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: list[np.ndarray],
+                  models: list[Any], meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + f".tmp{time.monotonic_ns()}")
+    tmp.mkdir(parents=True)
+    arrays: dict[str, Any] = {"val_x": val_x, "val_y": val_y, "n_batches": np.int64(len(batches)),
+                              **{f"batch_{i}": b for i, b in enumerate(batches)}}
+    np.savez(tmp / "sets.npz", **arrays)
+    for i, module in enumerate(models):
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"shadow-{i}.safetensors"))
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another audit cached the same shadows first: theirs are identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, params: ProvenanceParams,
+                   cache_root: Path | None, log: LogFn) -> BuiltEvidence:
+    """Sample, train (or reuse) the shadows for one generator and wrap them as evidence."""
+    from models.provenance import draw_sets, shadow_proba, train_shadows
+
+    specs = shadow_specs(params)
+    key = cache_key(digest, params)
+    folder = cache_root / key if cache_root is not None else None
+    timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
+    cached = _load_cached(folder, specs, num_classes) if folder is not None and params.use_cache else None
+    if cached is not None:
+        (val_x, val_y, batches), models = cached
+        status = "reused"
+        log(f"{name}: reusing {len(models)} cached shadow(s) {key[:12]}")
+    else:
+        t0 = time.perf_counter()
+        sets = draw_sets(generator, num_classes=num_classes, n_shadow=params.n_shadow, n_val=params.n_val,
+                         batches=params.batches, seed=params.seed, t_shadow=params.t_shadow, t_val=params.t_val)
+        timings["sampling_seconds"] = time.perf_counter() - t0
+        log(f"{name}: sampled {len(sets.shadow_y)} shadow and {len(sets.val_y)} validation samples "
+            f"of shape {tuple(sets.val_x.shape[1:])}; training {len(specs)} shadow(s)")
+        t0 = time.perf_counter()
+        models = train_shadows(sets.shadow_x, sets.shadow_y, specs, num_classes=num_classes)
+        timings["shadow_training_seconds"] = time.perf_counter() - t0
+        val_x, val_y, batches = sets.val_x, sets.val_y, sets.batches
+        status = "trained"
+        if folder is not None and params.use_cache:
+            _store_cached(folder, val_x, val_y, batches, models, {"generator": digest, "name": name})
+    provenance = {"status": status, "cache_key": key, "generator_digest": digest,
+                  "shadows": [s.to_dict() for s in specs], "n_shadow_per_class": params.n_shadow,
+                  "n_val_per_class": params.n_val, "batches": params.batches,
+                  "t_shadow": params.t_shadow, "t_val": params.t_val,
+                  "sample_shape": list(val_x.shape[1:])}
+    evidence = ProvenanceEvidence(name, val_x, val_y, list(batches), [shadow_proba(m) for m in models],
+                                  [s.to_dict() for s in specs])
+    return BuiltEvidence(evidence, provenance, timings)
+
+
+__all__ = ["BuiltEvidence", "RemoteGenerator", "build_evidence", "cache_key", "shadow_specs"]

@@ -1,0 +1,142 @@
+"""TrainProVe on digits: per (owner generator, suspect source) pair, the paper's test and the
+calibrated multi-shadow test over suspects of several architectures x learning rates x weight
+decay x epochs; attribution accuracy; audit wall time split with and without a cached shadow.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 16     # the issue's size
+    OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 4 --quick
+
+Sources: three generator families (cVAE, moment-matching net, per-class PCA) each trained on
+its own disjoint quarter of digits, and real data (the fourth quarter). Every suspect is
+trained on fresh samples of its source (or the real quarter) with its own recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import time
+
+import numpy as np
+import torch
+
+from appliance.audits.provenance.trainprove import ProvenanceEvidence, attribute, evaluate_source
+from models.generators import fit_linear_gaussian, train_cvae, train_moment_matching
+from models.provenance import (
+    ShadowSpec,
+    balanced_labels,
+    default_shadow_specs,
+    digits_provenance_splits,
+    draw_sets,
+    shadow_proba,
+    train_shadow,
+    train_shadows,
+)
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval for k successes out of n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    z, p = 1.96, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--suspects", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="fewer generator epochs and samples")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    parts = digits_provenance_splits(seed=0)
+    t0 = time.perf_counter()
+    gens = {
+        "cvae": train_cvae(*parts[0], seed=0, epochs=60 if args.quick else 300),
+        "gmmn": train_moment_matching(*parts[1], seed=0, steps=150 if args.quick else 600),
+        "pca": fit_linear_gaussian(*parts[2]),
+    }
+    print(f"generators trained in {time.perf_counter() - t0:.1f} s")
+    n_shadow, n_val, epochs = (100, 100, 15) if args.quick else (300, 200, 20)
+    evidence, timing = {}, {}
+    for name, gen in gens.items():
+        t0 = time.perf_counter()
+        sets = draw_sets(gen, num_classes=10, n_shadow=n_shadow, n_val=n_val, batches=20, seed=0)
+        t1 = time.perf_counter()
+        specs = [ShadowSpec(s.architecture, s.config, epochs=epochs, seed=s.seed) for s in default_shadow_specs(3)]
+        shadows = train_shadows(sets.shadow_x, sets.shadow_y, specs, num_classes=10)
+        t2 = time.perf_counter()
+        evidence[name] = ProvenanceEvidence(name, sets.val_x, sets.val_y, sets.batches,
+                                            [shadow_proba(m) for m in shadows])
+        timing[name] = {"sampling": t1 - t0, "shadow_training": t2 - t1}
+    grid = list(itertools.product([("mlp", {"hidden": 64}), ("mlp", {"hidden": 128}), ("small_cnn", {"width": 8}),
+                                   ("small_cnn", {"width": 16})], [1e-3, 3e-3], [0.0, 1e-3], [10, 25]))
+    rng = np.random.default_rng(0)
+    picks = [grid[i] for i in rng.permutation(len(grid))[: args.suspects]]
+    sources = [*gens, "real"]
+    answers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in sources}
+    query_seconds = []
+    for s_index, source in enumerate(sources):
+        for j, ((arch, config), lr, wd, ep) in enumerate(picks):
+            if source == "real":
+                x, y = parts[3]
+            else:
+                y = balanced_labels(10, n_shadow)
+                x = gens[source].sample(y, seed=1000 + 100 * s_index + j, temperature=1.0)
+            model = train_shadow(x, y, ShadowSpec(arch, config, epochs=ep, lr=lr, weight_decay=wd,
+                                                  seed=500 + j), num_classes=10)
+            fn = shadow_proba(model)
+            q0 = time.perf_counter()
+            answers[source].append({o: fn(evidence[o].val_x).argmax(1) for o in gens})
+            query_seconds.append((time.perf_counter() - q0) / len(gens))
+    print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")
+    tests = ("paper", "calibrated", "calibrated+designated")
+    print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t + ': not G_d':>30}" for t in tests))
+    totals = {t: [0, 0] for t in tests}
+    false_neg = {t: [0, 0] for t in tests}
+    for owner in gens:
+        for source in sources:
+            rejects = dict.fromkeys(tests, 0)
+            for a in answers[source]:
+                t = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05)
+                d = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, mode="designated")
+                rejects["paper"] += int(t.paper is not None and t.paper.outlier)
+                rejects["calibrated"] += int(t.calibrated.outlier)
+                rejects["calibrated+designated"] += int(d.calibrated.outlier)
+            n = len(answers[source])
+            for test in tests:
+                correct = rejects[test] if source != owner else n - rejects[test]
+                totals[test][0] += correct
+                totals[test][1] += n
+                if source == owner:
+                    false_neg[test][0] += rejects[test]
+                    false_neg[test][1] += n
+            print(f"{owner:6} {source:6} | " + " | ".join(f"{rejects[t]:>26}/{n:<3}" for t in tests))
+    for test in tests:
+        k, n = totals[test]
+        lo, hi = wilson(k, n)
+        fk, fn_ = false_neg[test]
+        flo, fhi = wilson(fk, fn_)
+        print(f"{test:22}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
+              f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
+    correct = total = 0
+    for source in sources:
+        for a in answers[source]:
+            best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens])
+            expected = source if source in gens else "no_candidate_explains_the_suspect"
+            correct += int(best == expected)
+            total += 1
+    lo, hi = wilson(correct, total)
+    print(f"attribution (3 generators; real-data suspects should get 'none'): {correct}/{total} = "
+          f"{correct / total:.3f} [{lo:.3f}, {hi:.3f}]")
+    print("\naudit wall time per generator (s): sampling / shadow training (3 shadows) / suspect queries")
+    q = float(np.mean(query_seconds))
+    for name, split in timing.items():
+        uncached = split["sampling"] + split["shadow_training"] + q
+        print(f"  {name:5} uncached: {split['sampling']:.2f} / {split['shadow_training']:.2f} / {q:.3f}   "
+              f"cached shadow: 0 / 0 / {q:.3f}  (total {uncached:.2f} vs {q:.3f})")
+
+
+if __name__ == "__main__":
+    main()

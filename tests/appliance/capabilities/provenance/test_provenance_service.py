@@ -1,0 +1,168 @@
+"""The provenance capability end to end through the Flask test client: generators registered
+as models, audits as jobs with signed reports, the shadow cache, and every bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from support import auth, trained_linear_onnx, wait_job
+
+from models.generators import export_onnx, fit_linear_gaussian
+from models.provenance import ShadowSpec, balanced_labels, digits_provenance_splits, train_shadow
+
+torch.set_num_threads(1)
+SMALL = {"n_shadow": 40, "n_val": 40, "batches": 10, "shadows": 2, "shadow_epochs": 12}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("prov")
+    parts = digits_provenance_splits(seed=0)
+    gen = fit_linear_gaussian(*parts[0])
+    export_onnx(gen, folder / "gen.onnx")
+    x = gen.sample(balanced_labels(10, 40), seed=99, temperature=1.0)
+    trained = train_shadow(x, balanced_labels(10, 40), ShadowSpec("mlp", {"hidden": 48}, epochs=15, seed=3),
+                           num_classes=10)
+    random_init = train_shadow(x[:2], np.array([0, 1]), ShadowSpec("mlp", {"hidden": 48}, epochs=0, seed=4),
+                               num_classes=10)
+    for name, module in (("trained", trained), ("random", random_init)):
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / f"{name}.safetensors"))
+    trained_linear_onnx(folder / "flat.onnx")
+    return {"gen": folder / "gen.onnx", "trained": folder / "trained.safetensors",
+            "random": folder / "random.safetensors", "flat": folder / "flat.onnx"}
+
+
+def _upload(client: Any, token: str, path: Path, **form: Any) -> Any:
+    data = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in form.items()}
+    return client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                       data={**data, "file": (io.BytesIO(path.read_bytes()), path.name)})
+
+
+def _suspect(client: Any, token: str, path: Path) -> str:
+    resp = _upload(client, token, path, name=path.stem, architecture="mlp",
+                   config={"in_features": 64, "hidden": 48, "num_classes": 10})
+    assert resp.status_code == 201, resp.get_json()
+    return str(resp.get_json()["id"])
+
+
+def _audit(client: Any, token: str, **params: Any) -> dict[str, Any]:
+    resp = client.post("/v1/provenance/audits", headers=auth(token), json={**SMALL, **params})
+    assert resp.status_code == 202, resp.get_json()
+    return wait_job(client, token, resp.get_json()["id"], timeout=180)
+
+
+def _report(client: Any, token: str, job: dict[str, Any]) -> dict[str, Any]:
+    assert job["state"] == "succeeded", job
+    return dict(client.get(f"/v1/reports/{job['report_id']}", headers=auth(token)).get_json()["report"])
+
+
+def test_audit_end_to_end(client: Any, token_a: str, token_b: str, assets: dict[str, Path]) -> None:
+    resp = _upload(client, token_a, assets["gen"], name="pca-gen", kind="generator",
+                   config={"num_classes": 10, "class_names": [str(i) for i in range(10)]})
+    assert resp.status_code == 201, resp.get_json()
+    gen = resp.get_json()
+    assert gen["kind"] == "generator" and gen["config"]["z_dim"] == 8 and gen["config"]["sample_shape"] == [1, 8, 8]
+    listed = client.get("/v1/provenance/generators", headers=auth(token_a)).get_json()["items"]
+    assert [g["id"] for g in listed] == [gen["id"]]
+    assert client.get("/v1/provenance/generators", headers=auth(token_b)).get_json()["items"] == []
+    trained = _suspect(client, token_a, assets["trained"])
+    random_init = _suspect(client, token_a, assets["random"])
+
+    first = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=trained))
+    stats = first["statistics"]
+    assert first["verdict"] == "consistent_with_generator_data"
+    assert stats["G"] < stats["G_crit"] and stats["n"] == 21 and stats["queries"] == 400
+    assert len(stats["sources"][0]["shadow_batch_values"]) == 2
+    assert stats["shadow_provenance"][0]["status"] == "trained"
+    assert first["inputs"]["suspect"]["id"] == trained and first["inputs"]["generators"][0]["id"] == gen["id"]
+    assert first["timings"]["shadow_training_seconds"] > 0
+
+    second = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]],
+                                             suspect_model_id=random_init))
+    assert second["verdict"] == "not_trained_on_generator_data"
+    assert second["statistics"]["shadow_provenance"][0]["status"] == "reused"
+    assert second["timings"]["shadow_training_seconds"] == 0
+    assert second["statistics"]["sources"][0]["shadow_batch_values"] == stats["sources"][0]["shadow_batch_values"]
+    assert second["statistics"]["G"] != stats["G"]
+
+    page = client.get(f"/v1/reports/{second['id']}/html", headers=auth(token_a))
+    if page.status_code == 200:
+        assert b"Shadow distribution" in page.data and b"data:image/png" in page.data
+    # tenant b cannot name tenant a's generator
+    resp = client.post("/v1/provenance/audits", headers=auth(token_b),
+                       json={**SMALL, "generator_model_ids": [gen["id"]], "suspect_model_id": trained})
+    assert resp.status_code == 404
+
+
+def test_bad_generators_are_refused_and_not_stored(client: Any, token_a: str, assets: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    resp = _upload(client, token_a, assets["flat"], name="not-a-gen", kind="generator", config={"num_classes": 10})
+    assert resp.status_code == 422 and "two inputs" in resp.get_json()["detail"]
+    resp = _upload(client, token_a, assets["gen"], name="no-classes", kind="generator")
+    assert resp.status_code == 422 and "num_classes" in resp.get_json()["detail"]
+    resp = _upload(client, token_a, assets["trained"], name="st-gen", kind="generator", architecture="mlp",
+                   config={"in_features": 64, "hidden": 48, "num_classes": 10})
+    assert resp.status_code in (400, 422)
+    assert client.get("/v1/models", headers=auth(token_a)).get_json()["items"] == []
+
+
+def test_suspect_that_does_not_take_the_samples_fails_with_the_reason(client: Any, token_a: str,
+                                                                     assets: dict[str, Path]) -> None:
+    gen = _upload(client, token_a, assets["gen"], name="g", kind="generator", config={"num_classes": 10}).get_json()
+    flat = _upload(client, token_a, assets["flat"], name="flat", kind="classifier").get_json()
+    job = _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=flat["id"])
+    assert job["state"] == "failed" and "(1, 8, 8)" in job["error"], job
+    resp = client.post("/v1/provenance/audits", headers=auth(token_a),
+                       json={**SMALL, "generator_model_ids": [flat["id"]], "suspect_model_id": flat["id"]})
+    assert resp.status_code == 422
+    resp = client.post("/v1/provenance/audits", headers=auth(token_a),
+                       json={**SMALL, "n_val": 41, "generator_model_ids": [gen["id"]], "suspect_model_id": flat["id"]})
+    assert resp.status_code in (400, 422)
+
+
+class _Generator(BaseHTTPRequestHandler):
+    mode = "junk"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.mode == "slow":
+            time.sleep(1.0)
+        n = len(body["labels"])
+        answer: Any = {"outputs": "junk"} if self.mode == "junk" else \
+            {"outputs": [[float("nan")] * 4] * n} if self.mode == "nan" else {"outputs": [[0.5] * 4] * n}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("junk", "'outputs' list"), ("slow", "timed out"), ("nan", "NaN")])
+def test_remote_generator_failures(client: Any, token_a: str, assets: dict[str, Path], mode: str, reason: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
+    suspect = _suspect(client, token_a, assets["trained"])
+    handler = type("H", (_Generator,), {"mode": mode})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/generate"
+        job = _audit(client, token_a, suspect_model_id=suspect,
+                     generator_endpoint={"url": url, "num_classes": 10, "timeout_s": 0.2, "retries": 1})
+        assert job["state"] == "failed" and reason in job["error"], job
+    finally:
+        server.shutdown()
