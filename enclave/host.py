@@ -90,9 +90,10 @@ class _StderrSink(threading.Thread):
     """Drains the enclave's stderr: the last characters stay in memory for error messages and,
     with a log file, the first ``max_bytes`` go to the file (then a count of what was dropped)."""
 
-    def __init__(self, stream: IO[bytes], log_path: Path | None, max_bytes: int) -> None:
+    def __init__(self, stream: IO[bytes], log: IO[bytes] | None, log_path: Path | None, max_bytes: int) -> None:
         super().__init__(name="enclave-stderr", daemon=True)
         self._stream = stream
+        self._log = log
         self.log_path = log_path
         self._max_bytes = max_bytes
         self._tail = bytearray()
@@ -101,12 +102,9 @@ class _StderrSink(threading.Thread):
 
     def run(self) -> None:
         """Copy until the enclave closes its stderr."""
-        log: IO[bytes] | None = None
+        log = self._log
         written = 0
         try:
-            if self.log_path is not None:
-                fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                log = os.fdopen(fd, "wb", buffering=0)
             while chunk := os.read(self._stream.fileno(), 65536):
                 self.bytes_seen += len(chunk)
                 with self._tail_lock:
@@ -195,34 +193,44 @@ class EnclaveClient:
         env = {name: value for name, value in os.environ.items() if not name.startswith("PYTHON")}
         env.setdefault("OMP_NUM_THREADS", "1")
         log_path: Path | None = None
+        log: IO[bytes] | None = None
         if log_dir is not None:
             folder = Path(log_dir).resolve()
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _rotate_logs(folder, LOG_FILES_KEPT - 1)
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             log_path = folder / f"enclave-{stamp}-{os.getpid()}-{os.urandom(4).hex()}.log"
-        process = subprocess.Popen(
-            [
-                python or sys.executable,
-                "-B",  # write no bytecode
-                "-I",  # ignore PYTHON* variables, the user site and the working directory
-                str(pkg / "__main__.py"),
-                "--platform-dir",
-                str(platform_dir),
-                "--config-json",
-                config.to_json(),
-                "--sigstruct",
-                sigstruct.hex(),
-                *(["--state-dir", str(Path(state_dir).resolve())] if state_dir else []),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=str(pkg.parent),
-            env=env,
-        )
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _rotate_logs(folder, LOG_FILES_KEPT - 1)
+                log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
+            except OSError as exc:
+                raise EnclaveLaunchError(f"cannot write the enclave log folder: {exc.strerror}") from None
+        try:
+            process = subprocess.Popen(
+                [
+                    python or sys.executable,
+                    "-B",  # write no bytecode
+                    "-I",  # ignore PYTHON* variables, the user site and the working directory
+                    str(pkg / "__main__.py"),
+                    "--platform-dir",
+                    str(platform_dir),
+                    "--config-json",
+                    config.to_json(),
+                    "--sigstruct",
+                    sigstruct.hex(),
+                    *(["--state-dir", str(Path(state_dir).resolve())] if state_dir else []),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(pkg.parent),
+                env=env,
+            )
+        except OSError as exc:
+            if log is not None:
+                log.close()
+            raise EnclaveLaunchError(f"cannot start the enclave process: {exc.strerror}") from None
         assert process.stderr is not None
-        sink = _StderrSink(process.stderr, log_path, LOG_MAX_BYTES)
+        sink = _StderrSink(process.stderr, log, log_path, LOG_MAX_BYTES)
         sink.start()
         client = cls(
             process=process,
