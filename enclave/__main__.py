@@ -22,6 +22,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,7 +78,7 @@ class _SealedRepository(importlib.abc.MetaPathFinder):
         return None
 
 
-def _quiet_excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+def _quiet_excepthook(kind: type[BaseException], exc: BaseException | None, tb: TracebackType | None) -> None:
     """Print where an uncaught exception happened and its type, never its message (values)."""
     frames = "".join(traceback.format_tb(tb))
     print(f"Traceback (most recent call last):\n{frames}{kind.__name__}", file=sys.stderr)
@@ -93,6 +94,8 @@ def _seal_imports(root: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Start the enclave: load and check the measured code, check the SIGSTRUCT (EINIT), serve."""
     sys.excepthook = _quiet_excepthook
+    threading.excepthook = lambda args: _quiet_excepthook(args.exc_type, args.exc_value, args.exc_traceback)
+    sys.unraisablehook = lambda args: _quiet_excepthook(args.exc_type, args.exc_value, args.exc_traceback)
     parser = argparse.ArgumentParser(prog="enclave")
     parser.add_argument("--platform-dir", required=True)
     parser.add_argument("--config-json", required=True)

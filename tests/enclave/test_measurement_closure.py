@@ -166,3 +166,27 @@ def test_the_enclave_refuses_to_start_outside_isolated_mode(platform: Path, tmp_
         capture_output=True, stdin=subprocess.DEVNULL, timeout=60, cwd=tmp_path,
     )
     assert done.returncode == 3 and b"python -B -I" in done.stderr
+
+
+def test_an_internal_error_reaches_stderr_without_its_message(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from enclave.protocol import encode_frame, read_frame
+    from enclave.runtime import serve
+
+    class Failing:
+        config = SimpleNamespace(max_message_bytes=1 << 20)
+
+        def handle(self, op: str, header: dict[str, object], parts: list[bytes]) -> None:
+            held = 0.1234 + float(len(parts))  # a value the enclave holds
+            raise RuntimeError(f"while holding {held}")  # the source line is public; the value is not
+
+    out = io.BytesIO()
+    serve(Failing(), io.BytesIO(encode_frame({"op": "refine.forward"}, [], max_body=1 << 20)), out)  # type: ignore[arg-type]
+    out.seek(0)
+    reply, _, _ = read_frame(out, max_body=1 << 20)
+    assert reply["ok"] is False and reply["message"] == "RuntimeError"
+    printed = capsys.readouterr().err
+    assert "RuntimeError" in printed and "'refine.forward'" in printed and "runtime.py" in printed
+    assert "0.1234" not in printed
