@@ -94,7 +94,11 @@ def check_endpoint_url(url: str) -> None:
     """Refuse URLs that would let a tenant reach the appliance's own network (SSRF): the host
     must resolve to public addresses only, unless the operator allows private addresses
     (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``). The job checks again when it runs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port: a malformed one raises here, not in the job
+    except ValueError:
+        raise ValidationFailed("suspect_endpoint.url is malformed") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationFailed("suspect_endpoint.url must be an http(s) URL with a host")
     if parts.username or parts.password:

@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from appliance.audits.egress import EgressGuard, refusal_reason
 from appliance.audits.errors import EgressRefusedError, RemoteEndpointError
 from appliance.audits.remote import RemoteEndpoint
-from appliance.errors import UnprocessableInput
+from appliance.errors import UnprocessableInput, ValidationFailed
 from appliance.ownership_jobs import OwnershipParams, _suspect_fn, check_endpoint_url
 
 SECRET = "internal-secret-7f3a"
@@ -100,6 +100,12 @@ def test_submission_refuses_what_passed_before(address: str, monkeypatch: pytest
     monkeypatch.setattr(socket, "getaddrinfo", _fake_getaddrinfo([address]))
     with pytest.raises(UnprocessableInput, match="non-public"):
         check_endpoint_url("http://suspect.test/embed")
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x", "http://h.test:99999/", "http://h.test:port/"])
+def test_malformed_urls_are_refused_at_submission_not_crashed_on(url: str) -> None:
+    with pytest.raises(ValidationFailed, match="malformed"):  # was a ValueError (a 500)
+        check_endpoint_url(url)
 
 
 def test_the_job_checks_again_when_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
