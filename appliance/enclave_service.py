@@ -8,7 +8,8 @@ All processes of one home (gunicorn workers answering attestation, job workers r
 refinements) use the same simulated platform folder (``home/platform``) and the same enclave
 state folder (``home/enclave-state``), where the enclave keeps its X25519 key sealed to its
 MRENCLAVE. A party that verified a quote from any of these processes therefore wraps its
-secrets to the key every enclave of this build holds. First creation of the platform and of
+secrets to the key every enclave of this build holds. Each enclave's stderr goes to
+``home/enclave/logs`` (rotated, size-capped). First creation of the platform and of
 the sealed key is serialized across processes with an ``fcntl`` lock on ``home/platform.lock``.
 """
 
@@ -66,6 +67,7 @@ class EnclaveService:
         self.settings = settings
         self.platform_dir = settings.home / "platform"
         self.state_dir = settings.home / "enclave-state"
+        self.log_dir = settings.home / "enclave" / "logs"
         self.lock_path = settings.home / "platform.lock"
         self._client: EnclaveClient | None = None
         self._lock = threading.Lock()
@@ -104,7 +106,7 @@ class EnclaveService:
                 # the first launch of a build creates its sealed key: one process at a time
                 with self._file_lock():
                     self._client = EnclaveClient.launch(
-                        platform_dir=self.platform_dir, state_dir=self.state_dir
+                        platform_dir=self.platform_dir, state_dir=self.state_dir, log_dir=self.log_dir
                     )
             except EnclaveError as exc:
                 log.error("enclave launch failed: %s", exc.message)

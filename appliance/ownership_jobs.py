@@ -8,9 +8,6 @@ query budget; the report records the queries spent.
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import socket
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +15,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .audits.egress import PRIVATE_ENDPOINTS_ENV, EgressGuard
+from .audits.errors import EgressRefusedError
 from .auth import Principal
 from .errors import JobFailed, UnprocessableInput, ValidationFailed
 from .evaluation import load_job_model, model_digests
@@ -26,7 +25,6 @@ from .registry import dataset_input, model_input, read_dataset
 from .store import Store, loads
 
 VERSION = "1.0.0"
-PRIVATE_ENDPOINTS_ENV = "APPLIANCE_ALLOW_PRIVATE_ENDPOINTS"
 
 
 class SuspectEndpoint(BaseModel):
@@ -93,27 +91,24 @@ class OwnershipParams(BaseModel):
 
 
 def check_endpoint_url(url: str) -> None:
-    """Refuse URLs that would let a tenant reach the appliance's own network (SSRF) unless
-    the operator allows private addresses (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``)."""
-    parts = urlsplit(url)
+    """Refuse URLs that would let a tenant reach the appliance's own network (SSRF): the host
+    must resolve to public addresses only, unless the operator allows private addresses
+    (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``). The job checks again when it runs."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port: a malformed one raises here, not in the job
+    except ValueError:
+        raise ValidationFailed("suspect_endpoint.url is malformed") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationFailed("suspect_endpoint.url must be an http(s) URL with a host")
     if parts.username or parts.password:
         raise ValidationFailed("suspect_endpoint.url must not carry credentials")
-    if os.environ.get(PRIVATE_ENDPOINTS_ENV) == "1":
-        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
-        raise UnprocessableInput(f"cannot resolve {parts.hostname!r}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_private or address.is_loopback or address.is_link_local \
-                or address.is_reserved or address.is_multicast or address.is_unspecified:
-            raise UnprocessableInput(
-                f"{parts.hostname} resolves to a non-public address",
-                hint=f"the operator can allow private endpoints with {PRIVATE_ENDPOINTS_ENV}=1",
-            )
+        EgressGuard.from_environment().resolve(url)
+    except EgressRefusedError as exc:
+        raise UnprocessableInput(
+            str(exc), hint=f"the operator can allow private endpoints with {PRIVATE_ENDPOINTS_ENV}=1"
+        ) from None
 
 
 def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dict[str, Any]:
@@ -162,9 +157,12 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
         from appliance.audits.remote import RemoteEndpoint
 
         ep = params.suspect_endpoint
+        # resolved and checked again now, on every run (a re-queue, a retry): the address
+        # may have changed since submission; the endpoint then connects only to what passed
         endpoint = RemoteEndpoint(ep.url, kind=kind,  # type: ignore[arg-type]
                                   timeout_s=ep.timeout_s, retries=ep.retries,
-                                  query_budget=ep.query_budget, max_batch=ep.max_batch)
+                                  query_budget=ep.query_budget, max_batch=ep.max_batch,
+                                  guard=EgressGuard.from_environment())
         return endpoint, "remote", endpoint.close
     model = load_job_model(ctx, inputs["suspect"], params.device)
     if kind == "embed":

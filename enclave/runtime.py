@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,9 +61,11 @@ class EnclaveRuntime:
         config: EnclaveConfig,
         sigstruct: bytes,
         state_dir: Path | None = None,
+        closure: Mapping[str, Path] | None = None,
+        digests: Mapping[Path, str] | None = None,
     ) -> None:
         self.config = config
-        self.mrenclave = measure_enclave(package_dir(), config)
+        self.mrenclave = measure_enclave(package_dir(), config, closure=closure, digests=digests)
         verify_sigstruct(self.mrenclave, config, sigstruct)
         secrets = load_platform_secrets(platform_dir)
         self._attestation_key = secrets.attestation_key
@@ -296,7 +298,9 @@ def serve(runtime: EnclaveRuntime, instream: IO[bytes], outstream: IO[bytes]) ->
             message = getattr(exc, "message", None) or str(exc)
             reply, out = {"ok": False, "code": type(exc).__name__, "message": message}, []
         except Exception as exc:  # never leak internals or values; type name only
-            traceback.print_exc(limit=0, file=sys.stderr)
+            # where it happened and the type, never the message: messages can carry values
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            print(f"enclave: {op!r} failed:\n{frames}{type(exc).__name__}", file=sys.stderr)
             reply, out = {"ok": False, "code": "InternalError", "message": type(exc).__name__}, []
         reply["enclave_s"] = time.perf_counter() - start
         try:

@@ -29,6 +29,12 @@ class AuditInputError(AuditError, ValueError):
     hint = "pass non-empty, finite float arrays [n, C, H, W] of one shape for every dataset"
 
 
+class EgressRefusedError(AuditInputError):
+    """An endpoint URL is malformed or its host resolves to a non-public address."""
+
+    hint = "use an http(s) URL whose host resolves to public addresses only"
+
+
 class AuditParameterError(AuditError, ValueError):
     """A parameter is unknown or out of range."""
 
@@ -69,6 +75,7 @@ __all__ = [
     "AuditError",
     "AuditInputError",
     "AuditParameterError",
+    "EgressRefusedError",
     "QueryBudgetExceeded",
     "QueryError",
     "RemoteEndpointError",

@@ -12,6 +12,11 @@ A suspect is only ever a function of a batch of inputs:
     emb = suspect(x)            # POST {"inputs": x.tolist()} -> {"outputs": [[...], ...]}
     suspect.queries             # inputs sent so far
 
+The endpoint's host is resolved and checked once, when the endpoint is built, by an
+:class:`~appliance.audits.egress.EgressGuard` (public addresses only by default); every
+request then goes to that checked address. Errors name the status code, never the body the
+endpoint sent.
+
 Audit methods wrap every query function in :class:`CountedQuery`, which splits batches,
 validates answers and counts queries, so local and remote suspects fail the same way.
 """
@@ -24,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import (
     AuditInputError,
     QueryBudgetExceeded,
@@ -152,7 +158,9 @@ class RemoteEndpoint:
     Each batch (at most ``max_batch`` inputs) is sent as ``POST url`` with JSON
     ``{"inputs": [...]}``; the answer must be JSON ``{"outputs": [...]}`` (or a bare list)
     with one row per input. Transport errors, timeouts and 5xx answers are retried
-    ``retries`` times with exponential backoff; 4xx and malformed answers are not.
+    ``retries`` times with exponential backoff; 4xx, redirects and malformed answers are not.
+    ``guard`` checks the URL and pins the address (default: public addresses only); building
+    the endpoint raises :class:`~appliance.audits.errors.EgressRefusedError` if it refuses.
     """
 
     def __init__(
@@ -166,9 +174,8 @@ class RemoteEndpoint:
         query_budget: int | None = None,
         max_batch: int = 512,
         headers: dict[str, str] | None = None,
+        guard: EgressGuard | None = None,
     ) -> None:
-        import httpx
-
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise AuditInputError(f"endpoint URL must be http(s), got {url!r}")
         if kind not in _KINDS:
@@ -183,7 +190,9 @@ class RemoteEndpoint:
         self.queries = 0
         self.requests = 0
         self._width: int | None = None
-        self._client = httpx.Client(timeout=timeout_s, headers=headers or {})
+        guard = guard or EgressGuard()
+        self.target = guard.resolve(url)
+        self._client = guard.client(self.target, timeout_s=timeout_s, headers=headers)
 
     def close(self) -> None:
         """Close the underlying HTTP connection pool."""
@@ -231,25 +240,28 @@ class RemoteEndpoint:
                 last, timed_out = RuntimeError(f"HTTP {response.status_code}"), False
                 continue
             self.queries += len(chunk)
-            if response.status_code >= 400:
+            # the status code only: the body is the endpoint's, and may be anything it chose
+            if 300 <= response.status_code < 400:
                 raise RemoteEndpointError(
-                    f"endpoint {self.url} refused the query: HTTP {response.status_code} {response.text[:200]!r}"
+                    f"endpoint {self.url} answered with a redirect (HTTP {response.status_code}); "
+                    "redirects are not followed"
                 )
+            if response.status_code >= 400:
+                raise RemoteEndpointError(f"endpoint {self.url} refused the query: HTTP {response.status_code}")
             return self._decode(response, len(chunk))
         attempts = self.retries + 1
         if timed_out:
             raise RemoteTimeoutError(
                 f"endpoint {self.url} timed out after {attempts} attempts ({self.timeout_s:g} s each)"
             )
-        raise RemoteEndpointError(f"endpoint {self.url} failed after {attempts} attempts: {last}")
+        reason = str(last) if isinstance(last, RuntimeError) else f"transport error {type(last).__name__}"
+        raise RemoteEndpointError(f"endpoint {self.url} failed after {attempts} attempts: {reason}")
 
     def _decode(self, response: Any, n: int) -> np.ndarray:
         try:
             body = response.json()
-        except ValueError as exc:
-            raise RemoteEndpointError(
-                f"endpoint {self.url} answered with invalid JSON: {response.text[:100]!r}"
-            ) from exc
+        except ValueError:
+            raise RemoteEndpointError(f"endpoint {self.url} answered with invalid JSON") from None
         outputs = body.get("outputs") if isinstance(body, dict) else body
         if not isinstance(outputs, list):
             raise RemoteEndpointError(
@@ -273,8 +285,8 @@ class RemoteEndpoint:
 def _to_array(outputs: list[Any]) -> np.ndarray:
     try:
         arr = np.asarray(outputs, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise QueryError(f"outputs are not a numeric array: {exc}") from exc
+    except (ValueError, TypeError):  # numpy's message quotes the offending values
+        raise QueryError("outputs are not a numeric array") from None
     if arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.ndim == 1:
         if (arr == np.round(arr)).all():
             return arr.astype(np.int64)

@@ -4,7 +4,6 @@ restarts and SVN bumps, and protocol errors."""
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -59,10 +58,9 @@ def test_identity_and_quote_verify(enclave: EnclaveClient, platform: Path) -> No
 
 
 def test_one_changed_byte_changes_measurement_and_provisioning_is_refused(
-    enclave: EnclaveClient, platform: Path, tmp_path: Path
+    enclave: EnclaveClient, platform: Path, repository_copy: Path
 ) -> None:
-    copy = tmp_path / "enclave"
-    shutil.copytree(package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = repository_copy / "enclave"
     source = (copy / "refine.py").read_bytes()
     at = source.index(b"Liu & Zhang")
     flipped = bytearray(source)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from appliance.audits.dov4cl import DOV4CLInputs
+from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import (
     AuditInputError,
     QueryBudgetExceeded,
@@ -85,10 +86,12 @@ def server() -> Iterator[str]:
 
 
 X = np.random.default_rng(0).uniform(0, 1, (5, 1, 4, 4)).astype(np.float32)
+#: the test server is on loopback, which the default guard refuses
+LOOPBACK = EgressGuard(allow_private=True)
 
 
 def test_embed_endpoint_batches_and_counts(server):
-    with RemoteEndpoint(f"{server}/embed", kind="embed", max_batch=2) as ep:
+    with RemoteEndpoint(f"{server}/embed", guard=LOOPBACK, kind="embed", max_batch=2) as ep:
         out = ep(X)
         assert out.shape == (5, 3)
         assert ep.queries == 5 and ep.requests == 3
@@ -96,15 +99,15 @@ def test_embed_endpoint_batches_and_counts(server):
 
 
 def test_proba_and_label_endpoints(server):
-    with RemoteEndpoint(f"{server}/proba", kind="proba") as ep:
+    with RemoteEndpoint(f"{server}/proba", guard=LOOPBACK, kind="proba") as ep:
         assert np.allclose(ep(X).sum(1), 1.0)
-    with RemoteEndpoint(f"{server}/label", kind="label") as ep:
+    with RemoteEndpoint(f"{server}/label", guard=LOOPBACK, kind="label") as ep:
         labels = ep(X)
         assert labels.dtype == np.int64 and labels.shape == (5,)
 
 
 def test_query_budget_is_enforced(server):
-    with RemoteEndpoint(f"{server}/embed", kind="embed", query_budget=7) as ep:
+    with RemoteEndpoint(f"{server}/embed", guard=LOOPBACK, kind="embed", query_budget=7) as ep:
         ep(X)
         with pytest.raises(QueryBudgetExceeded, match="budget of 7"):
             ep(X)
@@ -112,7 +115,7 @@ def test_query_budget_is_enforced(server):
 
 
 def test_timing_out_endpoint(server):
-    with RemoteEndpoint(f"{server}/slow", kind="embed", timeout_s=0.2, retries=1, backoff_s=0.01) as ep:
+    with RemoteEndpoint(f"{server}/slow", guard=LOOPBACK, kind="embed", timeout_s=0.2, retries=1, backoff_s=0.01) as ep:
         t0 = time.perf_counter()
         with pytest.raises(RemoteTimeoutError, match="timed out after 2 attempts"):
             ep(X)
@@ -124,19 +127,19 @@ def test_timing_out_endpoint(server):
     [("/junk", "invalid JSON"), ("/short", "shape"), ("/nan", "NaN"), ("/missing", "HTTP 404")],
 )
 def test_junk_answers_raise_named_error(server, route, message):
-    with RemoteEndpoint(f"{server}{route}", kind="embed", retries=0) as ep:
+    with RemoteEndpoint(f"{server}{route}", guard=LOOPBACK, kind="embed", retries=0) as ep:
         with pytest.raises(RemoteEndpointError, match=message):
             ep(X)
 
 
 def test_5xx_is_retried(server):
-    with RemoteEndpoint(f"{server}/flaky", kind="embed", retries=2, backoff_s=0.01) as ep:
+    with RemoteEndpoint(f"{server}/flaky", guard=LOOPBACK, kind="embed", retries=2, backoff_s=0.01) as ep:
         assert ep(X).shape == (5, 1)
         assert ep.requests == 2
 
 
 def test_unreachable_endpoint_and_bad_url():
-    with RemoteEndpoint("http://127.0.0.1:9/x", kind="embed", retries=0, timeout_s=1) as ep:
+    with RemoteEndpoint("http://127.0.0.1:9/x", guard=LOOPBACK, kind="embed", retries=0, timeout_s=1) as ep:
         with pytest.raises(RemoteEndpointError, match="failed after 1 attempts"):
             ep(X)
     with pytest.raises(AuditInputError):
@@ -146,7 +149,7 @@ def test_unreachable_endpoint_and_bad_url():
 
 
 def test_dov4cl_audit_through_remote_suspect(server):
-    local = RemoteEndpoint(f"{server}/embed", kind="embed")
+    local = RemoteEndpoint(f"{server}/embed", guard=LOOPBACK, kind="embed")
     images = np.random.default_rng(1).uniform(0, 1, (20, 1, 8, 8)).astype(np.float32)
 
     def shadow(x):
@@ -161,7 +164,7 @@ def test_dov4cl_audit_through_remote_suspect(server):
 
 
 def test_junk_remote_suspect_fails_the_audit_cleanly(server):
-    with RemoteEndpoint(f"{server}/junk", kind="embed", retries=0) as ep:
+    with RemoteEndpoint(f"{server}/junk", guard=LOOPBACK, kind="embed", retries=0) as ep:
         images = np.random.default_rng(1).uniform(0, 1, (20, 1, 8, 8)).astype(np.float32)
         inputs = DOV4CLInputs(public=images, private=images, suspect=ep, shadow=lambda x: x)
         with pytest.raises(RemoteEndpointError):
