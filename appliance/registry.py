@@ -317,7 +317,7 @@ def register_dataset(
     try:
         data = read_dataset(store.settings, store.blobs.path(digest))
     except LimitExceeded as exc:
-        _drop_unreferenced(store, digest)
+        store.drop_refused_upload(pin, digest)
         raise PayloadTooLarge(f"dataset refused: {exc}", hint=exc.diagnostics()) from None
     except (DatasetError, ModelError, ValueError) as exc:
         store.drop_refused_upload(pin, digest)

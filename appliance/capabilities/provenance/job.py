@@ -48,11 +48,13 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
     from appliance.evaluation import load_job_model, model_digests
 
     if params.suspect_endpoint is not None:
+        from appliance.audits.egress import EgressGuard
         from appliance.audits.remote import RemoteEndpoint
 
         ep = params.suspect_endpoint
         endpoint = RemoteEndpoint(ep.url, kind=params.suspect_output, timeout_s=ep.timeout_s,
-                                  retries=ep.retries, query_budget=ep.query_budget, max_batch=ep.max_batch)
+                                  retries=ep.retries, query_budget=ep.query_budget, max_batch=ep.max_batch,
+                                  guard=EgressGuard.from_environment())
         return endpoint, endpoint.close, {"endpoint": ep.url}
     model = load_job_model(ctx, inputs["suspect"], "cpu")
     if params.suspect_output == "proba":

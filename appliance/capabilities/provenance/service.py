@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import AuditInputError, RemoteEndpointError, RemoteTimeoutError
 from appliance.audits.provenance.trainprove import ProvenanceEvidence
 
@@ -35,15 +36,16 @@ class RemoteGenerator:
     the answer must be ``{"outputs": [...]}`` with one finite sample per label, all of one shape.
     """
 
-    def __init__(self, spec: GeneratorEndpoint, *, backoff_s: float = 0.2) -> None:
-        import httpx
-
+    def __init__(self, spec: GeneratorEndpoint, *, backoff_s: float = 0.2, guard: EgressGuard | None = None) -> None:
         self.spec, self.backoff_s = spec, backoff_s
         self.num_classes = spec.num_classes
         self.z_dim = 0
         self.sample_shape: tuple[int, ...] = ()
         self.samples = 0
-        self._client = httpx.Client(timeout=spec.timeout_s)
+        # checked now (at run time, on every attempt of the job) and pinned: the connection goes
+        # to the address that was checked, whatever the name resolves to later
+        guard = guard or EgressGuard.from_environment()
+        self._client = guard.client(guard.resolve(spec.url), timeout_s=spec.timeout_s)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -111,7 +113,9 @@ class RemoteGenerator:
         if timed_out:
             raise RemoteTimeoutError(f"generator endpoint {self.spec.url} timed out after {attempts} attempts "
                                      f"({self.spec.timeout_s:g} s each)")
-        raise RemoteEndpointError(f"generator endpoint {self.spec.url} failed after {attempts} attempts: {last}")
+        # the exception's type only: a remote body or address never reaches the tenant's job error
+        raise RemoteEndpointError(f"generator endpoint {self.spec.url} failed after {attempts} attempts: "
+                                  f"{type(last).__name__ if not isinstance(last, RuntimeError) else last}")
 
 
 def shadow_specs(params: ProvenanceParams) -> list[Any]:
