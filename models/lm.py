@@ -207,30 +207,43 @@ class CausalLM:
                         top1=top1[row, span].cpu().numpy()))
         return results
 
-    def greedy(self, prompts: Sequence[str], *, max_new_tokens: int,
-               stop: str = "\n") -> list[str]:
-        """Greedy continuations of each prompt, cut at ``stop`` or the end-of-text token."""
+    def greedy(self, prompts: Sequence[str], *, max_new_tokens: int, stop: str = "\n",
+               batch_size: int = 16) -> list[str]:
+        """Greedy continuations of each prompt, cut at ``stop`` or the end-of-text token.
+
+        Prompts are left-padded into batches with explicit positions, so each continuation is
+        what the prompt alone would give."""
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        outputs = []
+        pad = self.tokenizer.pad_token_id
+        pad = int(pad if pad is not None else (eos if eos is not None else 0))
+        outputs: list[str] = []
         with torch.inference_mode():
-            for prompt in prompts:
-                ids, _ = self._ids(prompt, "")
-                tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
-                past = None
-                generated: list[int] = []
-                step_input = tokens
-                for _ in range(max(0, min(max_new_tokens, self.max_length - len(ids)))):
-                    out = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
-                    past = out.past_key_values
-                    token = int(out.logits[0, -1].argmax())
-                    if eos is not None and token == eos:
-                        break
-                    generated.append(token)
-                    if stop and stop in self.tokenizer.decode(generated[-1:]):
-                        break
-                    step_input = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                outputs.append(text.split(stop)[0] if stop else text)
+            for start in range(0, len(prompts), batch_size):
+                encoded = [self._ids(p, "")[0] for p in prompts[start:start + batch_size]]
+                width = max(len(ids) for ids in encoded)
+                steps = max(0, min(max_new_tokens, self.max_length - width))
+                ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, seq in enumerate(encoded):
+                    ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+                    mask[row, width - len(seq):] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                generated = torch.empty((len(encoded), 0), dtype=torch.long, device=self.device)
+                # no key-value cache: answers are short, and full passes keep to the one
+                # forward signature every causal LM in transformers shares
+                for _ in range(steps):
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    logits = self.model(input_ids=ids, attention_mask=mask,
+                                        position_ids=positions).logits[:, -1]
+                    token = logits.argmax(-1, keepdim=True)
+                    generated = torch.cat([generated, token], dim=1)
+                    ids = torch.cat([ids, token], dim=1)
+                    mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+                for row in generated.tolist():
+                    if eos is not None and eos in row:
+                        row = row[: row.index(eos)]
+                    text = self.tokenizer.decode(row, skip_special_tokens=True)
+                    outputs.append(text.split(stop)[0] if stop else text)
         return outputs
 
     # -- white-box hooks ------------------------------------------------------------------------

@@ -9,16 +9,16 @@ given) in both directions. The audits differ only in how they score:
   decoding reproduces the rest, as a share of the answer);
 - ``knowledge_qa``: length-normalised answer probability on the direct and the paraphrased
   question, and ROUGE-L recall of the greedy answer;
-- ``membership_inference``: LOSS, zlib, Min-K% and Min-K%++ on the whole item, AUC and
-  PrivLeak against the reference;
+- ``membership_inference``: LOSS, zlib, Min-K% and Min-K%++ of the answer given its question,
+  AUC and PrivLeak against the reference;
 - ``truth_ratio``: TOFU's truth ratio (wrong answers' over the right answer's normalised
   probability) and its forget quality (KS test against the reference);
 - ``adversarial_prompting``: the best answer probability over in-context, jailbreak-style and
   paraphrased prompts;
-- ``relearning``: the answer probability gained on unseen forget items after a few seeded
+- ``relearning``: the answer probability on unseen forget items after a few seeded
   fine-tuning steps on the other half of the forget set;
-- ``activation_perturbation``: the answer probability gained under Gaussian noise scaled to
-  each block's activation spread, several amplitudes and draws;
+- ``activation_perturbation``: the best answer probability under Gaussian noise scaled to
+  each block's activation spread, over several amplitudes (mean over draws);
 - ``patching_depth``: the answer probability the original model keeps when a block's output is
   replaced by the audited model's (against the same patch from the reference).
 """
@@ -170,7 +170,7 @@ class KnowledgeQAAudit(UnlearningAudit):
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {"alpha": 0.05, "score": "answer_probability", "max_new_tokens": 24}
+        return {"alpha": 0.05, "score": "answer_probability", "max_new_tokens": 16}
 
     def score_items(self, inputs: UnlearningInputs, params: dict[str, Any], seed: int,
                     progress: ProgressFn, log: LogFn) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -238,9 +238,11 @@ class MembershipInferenceAudit(UnlearningAudit):
             raise AuditParameterError("k must lie in (0, 1]")
 
         def all_scores(model: Any, records: Sequence[Any]) -> list[dict[str, float]]:
-            texts = [r.full_text(inputs.template) for r in records]
-            scored = model.score([""] * len(texts), texts)
-            return [mia_scores(s, t, k=float(params["k"])) for s, t in zip(scored, texts,
+            # the answer given its question, as question-answer models are trained (a passage
+            # is scored from its first half on)
+            prompts, answers = inputs.pairs(records)
+            scored = model.score(prompts, answers)
+            return [mia_scores(s, a, k=float(params["k"])) for s, a in zip(scored, answers,
                                                                             strict=True)]
 
         raw = _both(all_scores, inputs)
@@ -266,15 +268,17 @@ class MembershipInferenceAudit(UnlearningAudit):
 
 
 # -- 4. truth ratio ------------------------------------------------------------------------------
-def truth_ratio_items(model: Any, inputs: UnlearningInputs,
-                      records: Sequence[Any]) -> list[float]:
+def truth_ratio_items(model: Any, inputs: UnlearningInputs, records: Sequence[Any], *,
+                      right: str = "answer") -> list[float]:
     """TOFU's truth ratio per item: mean normalised probability of the wrong answers over that
-    of the (paraphrased) right answer."""
+    of the right one (``right``: the ``answer`` or the ``paraphrased`` answer, whichever the
+    perturbed answers are worded like)."""
     prompts, rights, wrongs, owners = [], [], [], []
     for index, record in enumerate(records):
         prompt, _ = record.prompt_and_answer(inputs.template)
         prompts.append(prompt)
-        rights.append(" " + (record.paraphrased_answer or record.answer))
+        paraphrased = right == "paraphrased" and record.paraphrased_answer
+        rights.append(" " + (record.paraphrased_answer if paraphrased else record.answer))
         for wrong in record.perturbed_answers:
             wrongs.append((prompt, " " + wrong))
             owners.append(index)
@@ -293,6 +297,10 @@ class TruthRatioAudit(UnlearningAudit):
     name = "unlearning/truth_ratio"
     short = "truth_ratio"
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {"alpha": 0.05, "right_answer": "answer"}
+
     def score_items(self, inputs: UnlearningInputs, params: dict[str, Any], seed: int,
                     progress: ProgressFn, log: LogFn) -> tuple[dict[str, Any], dict[str, Any], int]:
         forget = [r for r in inputs.forget if r.perturbed_answers]
@@ -301,8 +309,11 @@ class TruthRatioAudit(UnlearningAudit):
             raise AuditInputError("the truth ratio needs items with 'perturbed_answers' "
                                   f"(found {len(forget)} forget, {len(holdout)} holdout)")
 
+        if params["right_answer"] not in ("answer", "paraphrased"):
+            raise AuditParameterError("right_answer must be 'answer' or 'paraphrased'")
+
         def ratios(model: Any, records: Sequence[Any]) -> list[float]:
-            return truth_ratio_items(model, inputs, records)
+            return truth_ratio_items(model, inputs, records, right=params["right_answer"])
 
         model_f, model_h = ratios(inputs.model, forget), ratios(inputs.model, holdout)
         # the score is -log(truth ratio): higher when the right answer beats the wrong ones
@@ -422,12 +433,16 @@ class RelearningAudit(UnlearningAudit):
             for records in (scored, inputs.holdout):
                 before = _scores(model, inputs, records)
                 after = _scores(tuned, inputs, records)
-                out.append([a.normalized_logp - b.normalized_logp
-                            for a, b in zip(after, before, strict=True)])
+                out.append(([a.normalized_logp for a in after],
+                            [a.normalized_logp - b.normalized_logp
+                             for a, b in zip(after, before, strict=True)]))
             return out[0], out[1], seconds
 
         log(f"relearning probe: {steps} steps at lr {lr} on {len(train)} forget items")
-        f, h, seconds = gains(inputs.model)
+        # the score is the answer log-probability after the probe: a model that hides what it
+        # knows regains it on the unseen forget half, one that never knew it does not (the gain
+        # alone would read a model that still knows everything as "nothing regained")
+        (f, gain_f), (h, gain_h), seconds = gains(inputs.model)
         progress(0.5)
         rf = rh = None
         extra: dict[str, Any] = {"probe_items": len(train), "scored_forget_items": len(scored),
@@ -435,12 +450,12 @@ class RelearningAudit(UnlearningAudit):
                                  "probe_cost": {"steps": steps, "lr": lr,
                                                 "batch_size": int(params["batch_size"])}}
         if inputs.reference is not None:
-            rf, rh, ref_seconds = gains(inputs.reference)
+            (rf, ref_gain_f), (rh, _), ref_seconds = gains(inputs.reference)
             extra["reference_probe_seconds"] = ref_seconds
-            extra["mean_reference_gain_forget"] = float(np.mean(rf))
+            extra["mean_reference_gain_forget"] = float(np.mean(ref_gain_f))
         progress(1.0)
-        extra["mean_gain_forget"] = float(np.mean(f))
-        extra["mean_gain_holdout"] = float(np.mean(h))
+        extra["mean_gain_forget"] = float(np.mean(gain_f))
+        extra["mean_gain_holdout"] = float(np.mean(gain_h))
         tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
         extra |= _with_scores(tested, f, h, rf, rh)
         n = 2 * (len(scored) + len(inputs.holdout))
@@ -487,10 +502,13 @@ class ActivationPerturbationAudit(UnlearningAudit):
                     curves[a] += (noisy - clean) / draws
                     done += 1
                     progress(done / total)
-            return curves, spreads
+            return curves, spreads, clean
 
-        curves, spreads = recovery(inputs.model)
-        best = curves.max(axis=0)
+        # the score is the best answer log-probability over the amplitudes (mean over draws):
+        # knowledge that resurfaces under noise lifts it, and a model that still knows the
+        # answers keeps it high where a gain from its clean level would read as nothing
+        curves, spreads, clean = recovery(inputs.model)
+        best = (curves + clean).max(axis=0)
         f, h = best[:n_forget].tolist(), best[n_forget:].tolist()
         rf = rh = None
         extra: dict[str, Any] = {
@@ -499,8 +517,8 @@ class ActivationPerturbationAudit(UnlearningAudit):
                                "forget": rounded(curves[:, :n_forget].mean(axis=1)),
                                "holdout": rounded(curves[:, n_forget:].mean(axis=1))}}
         if inputs.reference is not None:
-            ref_curves, _ = recovery(inputs.reference)
-            ref_best = ref_curves.max(axis=0)
+            ref_curves, _, ref_clean = recovery(inputs.reference)
+            ref_best = (ref_curves + ref_clean).max(axis=0)
             rf, rh = ref_best[:n_forget].tolist(), ref_best[n_forget:].tolist()
             extra["recovery_curve"]["reference_forget"] = rounded(
                 ref_curves[:, :n_forget].mean(axis=1))

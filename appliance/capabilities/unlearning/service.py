@@ -9,8 +9,6 @@ the job with the reason.
 
 from __future__ import annotations
 
-import io
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -163,23 +161,11 @@ def run_audit(ctx: JobContext, params: UnlearningAuditParams, inputs: dict[str, 
                  "audit_seconds": time.perf_counter() - started})
 
 
-def tar_model_dir(folder: Path) -> bytes:
-    """A deterministic tar of a saved model folder (sorted names, zeroed times and owners)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            info = tarfile.TarInfo(str(path.relative_to(folder)))
-            info.size = path.stat().st_size
-            info.mode = 0o644
-            with open(path, "rb") as handle:
-                tar.addfile(info, handle)
-    return buf.getvalue()
-
-
 def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: dict[str, Any]) -> JobOutcome:
     """Unlearn the forget set, save the model as an artifact, report what was done."""
     import tempfile
 
+    from appliance.client import _tar_folder
     from models.lm import CausalLM
     from models.unlearning.algorithms import unlearn
     from models.unlearning.corpus import QAItem
@@ -209,7 +195,7 @@ def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: dict[str, Any]) 
         folder = Path(tmp) / "model"
         model.save_pretrained(folder, safe_serialization=True)
         source.tokenizer.save_pretrained(folder)
-        digest = ctx.save_artifact(tar_model_dir(folder))
+        digest = ctx.save_artifact(_tar_folder(folder))
     name = params.name or f"unlearned-{params.algorithm}-{inputs['model']['name']}"[:128]
     return JobOutcome(
         method=UNLEARN_METHOD, version=VERSION, parameters=params.model_dump(mode="json"),
