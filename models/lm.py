@@ -279,7 +279,8 @@ class CausalLM:
         if len(stds) != self.n_layers:
             raise ShapeError(f"need {self.n_layers} noise levels, one per block")
         handles = []
-        width = int(getattr(self.model.config, "hidden_size", 0) or self.model.config.n_embd)
+        config: Any = self.model.config
+        width = int(getattr(config, "hidden_size", 0) or config.n_embd)
         # one draw per position up to the context, so a token's noise does not depend on how
         # long the padded batch around it is
         draws = {layer: torch.randn((self.max_length, width), generator=torch.Generator(

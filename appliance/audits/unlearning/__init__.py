@@ -88,7 +88,7 @@ def run_battery(inputs: UnlearningInputs, *, audits: Sequence[str] | None = None
         raise AuditParameterError("alpha must lie in (0, 1)")
     chosen = list(audits) if audits else list(DEFAULT_BATTERY)
     unknown = sorted(set(chosen) - set(AUDIT_NAMES))
-    unknown_params = sorted(set(params or {}) - set(chosen))
+    unknown_params = sorted(set(params or {}) - set(AUDIT_NAMES))
     if unknown or unknown_params:
         raise AuditParameterError(f"unknown audit(s) {unknown or unknown_params}; known: "
                                   f"{list(AUDIT_NAMES)}")

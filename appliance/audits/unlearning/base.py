@@ -67,12 +67,18 @@ class UnlearningInputs:
             check_template(self.template)
         except DatasetError as exc:
             raise AuditInputError(str(exc)) from None
+        from models.lm import ContextLengthError
+
         for model in (self.model, self.reference, self.original):
             if model is None:
                 continue
             for records in (self.forget, self.holdout):
-                pairs = [r.prompt_and_answer(self.template) for r in records]
-                model.check_lengths([p for p, _ in pairs], [a for _, a in pairs])
+                prompts, answers = self.pairs(records)
+                try:
+                    model.check_lengths(prompts, answers)
+                    model.check_lengths(self.pairs(records, paraphrased=True)[0], answers)
+                except ContextLengthError as exc:
+                    raise AuditInputError(str(exc), hint=exc.diagnostics()) from None
 
     def pairs(self, records: Sequence[TextRecord], *,
               paraphrased: bool = False) -> tuple[list[str], list[str]]:

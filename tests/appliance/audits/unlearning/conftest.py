@@ -1,5 +1,6 @@
-"""The unlearning subjects (trained once per seed and cached on disk by
-models.unlearning.subjects) wrapped for the audits."""
+"""The unlearning subjects wrapped for the audits. They are trained once per recipe and cached
+on disk by models.unlearning.subjects (``$APPLIANCE_UNLEARNING_CACHE``), so the audit and the
+service tests share one training."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+#: the sizes tests/models/unlearning trains with: 20 forget, 80 retain, 20 holdout items
+SUBJECT_SIZES = {"n_forget": 20, "n_retain": 80, "n_holdout": 20}
 
 from models.lm import CausalLM
 from models.textdata import TextRecord, parse_jsonl
@@ -28,7 +32,7 @@ class AuditSubjects:
 def load_audit_subjects(seed: int) -> AuditSubjects:
     from models.unlearning.subjects import make_subjects
 
-    subjects = make_subjects(seed=seed)
+    subjects = make_subjects(seed=seed, **SUBJECT_SIZES)
     splits = {split: parse_jsonl(subjects.dataset_path(split).read_bytes())
               for split in ("forget", "retain", "holdout")}
     models = {role: CausalLM.from_dir(subjects.model_dir(role), device="cpu")

@@ -110,7 +110,7 @@ def test_bad_inputs_are_refused(audit_subjects: Any) -> None:
 def test_item_tests_are_calibrated_under_exchangeability() -> None:
     rng = np.random.default_rng(0)
     p_know, p_unl = [], []
-    for _ in range(1000):
+    for _ in range(300):
         scores = rng.standard_t(3, size=80)  # heavy tails, as log-probabilities have
         ref = scores + rng.normal(size=80)
         out = compare_items(scores[:40], scores[40:], ref_forget=ref[:40], ref_holdout=ref[40:],
@@ -118,8 +118,8 @@ def test_item_tests_are_calibrated_under_exchangeability() -> None:
         p_know.append(out["p_knowledge"])
         p_unl.append(out["p_unlearned"])
     for p in (np.asarray(p_know), np.asarray(p_unl)):
-        assert np.mean(p < 0.05) <= 0.065
-        assert stats.kstest(p, "uniform").pvalue > 0.01
+        assert np.mean(p < 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / len(p))
+        assert stats.kstest(p, "uniform").pvalue > 0.001
     shifted = compare_items(rng.normal(1, 1, 40), rng.normal(0, 1, 40), alpha=0.05)
     assert shifted["p_knowledge"] < 0.05 and shifted["verdict"] == "knowledge_detected"
 

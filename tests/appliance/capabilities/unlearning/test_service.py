@@ -23,7 +23,8 @@ SUBSET = ["extraction", "membership_inference", "relearning"]
 def subjects() -> Any:
     from models.unlearning.subjects import make_subjects
 
-    return make_subjects(seed=0)
+    # the sizes and the on-disk cache the audit tests use: the subjects are trained once
+    return make_subjects(seed=0, n_forget=20, n_retain=80, n_holdout=20)
 
 
 def _upload_model(client: Any, token: str, folder: Path, name: str) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def test_an_audit_runs_end_to_end_and_its_report_is_signed(client: Any, token_a:
     from appliance.client import verify_report
 
     assert verify_report(bundle).report["id"] == report["id"]
-    page = client.get(f"/v1/reports/{job['report_id']}/html", headers=auth(token_a))
+    page = client.get(f"/v1/reports/{job['report_id']}.html", headers=auth(token_a))
     assert page.status_code == 200 and b"Item scores, forget vs holdout" in page.data
     listing = client.get("/v1/unlearning/audits", headers=auth(token_a)).get_json()
     assert {i["name"] for i in listing["items"]} >= set(SUBSET)
