@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from .capabilities.unlearning.client import UnlearningClient
 from .schemas import (
     DatasetList,
     DatasetOut,
@@ -85,6 +86,7 @@ class Client:
         self.backoff = backoff
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                  transport=transport)
+        self.unlearning = UnlearningClient(self)
 
     def close(self) -> None:
         self.http.close()

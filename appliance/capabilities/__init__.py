@@ -39,7 +39,13 @@ class Capability:
     extra: dict[str, Any] | None = None
 
 
-BUILTIN: tuple[Capability, ...] = ()
+def _builtin() -> tuple[Capability, ...]:
+    from appliance.capabilities.unlearning import CAPABILITY as UNLEARNING
+
+    return (UNLEARNING,)
+
+
+BUILTIN: tuple[Capability, ...] = _builtin()
 
 
 def migrations() -> list[tuple[int, str]]:
