@@ -187,7 +187,9 @@ def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: dict[str, Any]) 
     try:
         model, report = unlearn(source.model, source.tokenizer, forget, retain,
                                 algorithm=params.algorithm, steps=params.steps, lr=params.lr,
-                                seed=params.seed, **params.options)
+                                seed=params.seed, template=params.template,
+                                progress=lambda f: ctx.progress(0.05 + 0.85 * f),
+                                **params.options)
     except (TypeError, ValueError) as exc:
         raise JobFailed(f"unlearning refused: {exc}") from None
     ctx.progress(0.9)

@@ -174,3 +174,44 @@ def test_items_past_the_context_fail_the_job_with_the_reason(client: Any, token_
     assert resp.status_code == 202
     job = _finish(client, token_a, resp.get_json()["id"])
     assert job["state"] == "failed" and "past the model's context" in job["error"]
+
+
+def test_unlearn_produces_a_registered_model_and_a_signed_report(
+        client: Any, token_a: str, token_b: str, uploaded: dict[str, Any]) -> None:
+    params = {"model_id": uploaded["full"], "forget_dataset_id": uploaded["forget"],
+              "retain_dataset_id": uploaded["retain"], "algorithm": "grad_diff", "steps": 6,
+              "lr": 1e-3, "options": {"lr_factors": [1.0], "eval_every": 3}, "name": "forgetful"}
+    resp = _job(client, token_a, params, kind="unlearn")
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["id"]
+    early = client.post(f"/v1/unlearning/jobs/{job_id}/model", headers=auth(token_a))
+    assert early.status_code in (201, 409)  # 409 while the job runs
+    job = _finish(client, token_a, job_id)
+    assert job["state"] == "succeeded", job["error"]
+    report = client.get(f"/v1/reports/{job['report_id']}", headers=auth(token_a)).get_json()
+    body = report["report"]
+    assert body["method"]["name"] == "unlearning/unlearn"
+    assert body["statistics"]["algorithm"] == "grad_diff"
+    assert body["inputs"]["forget_dataset"]["sha256"] and body["extra"]["artifacts"]["model.tar"]
+    assert client.post(f"/v1/unlearning/jobs/{job_id}/model",
+                       headers=auth(token_b)).status_code == 404
+    first = client.post(f"/v1/unlearning/jobs/{job_id}/model", headers=auth(token_a))
+    again = client.post(f"/v1/unlearning/jobs/{job_id}/model", headers=auth(token_a))
+    assert first.status_code == 201 and again.get_json()["id"] == first.get_json()["id"]
+    model = first.get_json()
+    assert model["name"] == "forgetful" and model["kind"] == "causal_lm"
+    # the new model is a causal LM the audit accepts
+    resp = _job(client, token_a, {"model_id": model["id"], "forget_dataset_id": uploaded["forget"],
+                                  "holdout_dataset_id": uploaded["holdout"],
+                                  "audits": ["extraction"]})
+    assert resp.status_code == 202
+    assert _finish(client, token_a, resp.get_json()["id"])["state"] == "succeeded"
+    bad = _job(client, token_a, {**params, "algorithm": "amnesia"}, kind="unlearn")
+    assert bad.status_code == 422
+    audit_job = _job(client, token_a, {"model_id": uploaded["full"],
+                                       "forget_dataset_id": uploaded["forget"],
+                                       "holdout_dataset_id": uploaded["holdout"],
+                                       "audits": ["extraction"]}).get_json()["id"]
+    _finish(client, token_a, audit_job)
+    assert client.post(f"/v1/unlearning/jobs/{audit_job}/model",
+                       headers=auth(token_a)).status_code == 409
