@@ -102,9 +102,11 @@ def _verified_body(bundle: dict[str, Any]) -> dict[str, Any]:
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--name", help="name of the new model")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--id-only", is_flag=True, help="print only the new model's id")
 @_http_options
 def unlearn(model_id: str, forget_dataset_id: str, retain_dataset_id: str, algorithm: str,
-            steps: int, lr: float, name: str | None, seed: int, url: str, token: str) -> None:
+            steps: int, lr: float, name: str | None, seed: int, id_only: bool, url: str,
+            token: str) -> None:
     """Unlearn the forget set from MODEL; waits, registers the new model and prints its id."""
     params: dict[str, Any] = {"model_id": model_id, "forget_dataset_id": forget_dataset_id,
                               "retain_dataset_id": retain_dataset_id, "algorithm": algorithm,
@@ -116,4 +118,5 @@ def unlearn(model_id: str, forget_dataset_id: str, retain_dataset_id: str, algor
     if job.state != "succeeded":
         _fail(f"job {job.id} {job.state}: {job.error}")
     model = _run_sdk(lambda: client.unlearning.register_model(job))
-    click.echo(f"model: {model.id} ({model.name}); report: {job.report_id}")
+    click.echo(model.id if id_only else f"model: {model.id} ({model.name}); "
+               f"report: {job.report_id}")
