@@ -5,7 +5,9 @@
 
 Fields: ``question`` and ``answer`` (strings), optional ``paraphrased_question``,
 ``paraphrased_answer`` (strings) and ``perturbed_answers`` (a list of strings); or ``text``
-alone for a passage (its first half of words is the prompt, the rest the answer).
+alone for a passage (its first half of words is the prompt, the rest the answer). An optional
+``group`` names the unit items were drawn by (e.g. the person several facts are about): the
+audits then test and split by group, since items of one group are not independent.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ MAX_LINES = 100_000
 MAX_LINE_BYTES = 64 * 1024
 MAX_FIELD_CHARS = 8_192
 MAX_PERTURBED = 16
-_STRING_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer", "text")
+_STRING_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer", "text",
+                  "group")
 _FIELDS = (*_STRING_FIELDS, "perturbed_answers")
 
 
@@ -35,6 +38,7 @@ class TextRecord:
     paraphrased_answer: str = ""
     perturbed_answers: tuple[str, ...] = ()
     text: str = ""
+    group: str = ""
 
     def prompt_and_answer(self, template: str = DEFAULT_TEMPLATE, *,
                           paraphrased: bool = False) -> tuple[str, str]:
@@ -102,7 +106,8 @@ def _record(obj: Any, line: int) -> TextRecord:
     return TextRecord(question=question, answer=answer,
                       paraphrased_question=(obj.get("paraphrased_question") or "").strip(),
                       paraphrased_answer=(obj.get("paraphrased_answer") or "").strip(),
-                      perturbed_answers=tuple(p.strip() for p in perturbed), text=text)
+                      perturbed_answers=tuple(p.strip() for p in perturbed), text=text,
+                      group=(obj.get("group") or "").strip())
 
 
 def parse_jsonl(data: bytes, *, max_lines: int = MAX_LINES) -> list[TextRecord]:

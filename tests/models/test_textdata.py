@@ -18,13 +18,14 @@ def test_items_and_passages_parse_into_prompts_and_answers() -> None:
     records = parse_jsonl(_jsonl(
         {"question": "Where was Ana born?", "answer": "Telmora",
          "paraphrased_question": "Ana's birthplace?", "perturbed_answers": ["Brisk", "Galt"]},
-        {"text": "Ana Lor was born in Telmora in 1950"}) + b"\n\n")
+        {"text": "Ana Lor was born in Telmora in 1950", "group": "Ana Lor"}) + b"\n\n")
     assert len(records) == 2
     assert records[0].prompt_and_answer(DEFAULT_TEMPLATE) == (
         "Question: Where was Ana born?\nAnswer:", " Telmora")
     assert records[0].prompt_and_answer(DEFAULT_TEMPLATE, paraphrased=True)[0].endswith(
         "Ana's birthplace?\nAnswer:")
     assert records[0].perturbed_answers == ("Brisk", "Galt")
+    assert records[1].group == "Ana Lor" and records[0].group == ""
     prompt, answer = records[1].prompt_and_answer()
     assert prompt + answer == "Ana Lor was born in Telmora in 1950"
     assert looks_like_jsonl(b'\xef\xbb\xbf {"a": 1}') and not looks_like_jsonl(b"PK\x03\x04")

@@ -93,12 +93,35 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u) / (len(positive) * len(negative))
 
 
+def group_means(scores: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Mean score per group, in order of first appearance."""
+    order = list(dict.fromkeys(groups))
+    index = {g: i for i, g in enumerate(order)}
+    sums = np.zeros(len(order))
+    counts = np.zeros(len(order))
+    for score, group in zip(scores, groups, strict=True):
+        sums[index[group]] += score
+        counts[index[group]] += 1
+    return sums / counts
+
+
+def groups_of(records: Sequence[Any]) -> list[str] | None:
+    """The records' groups when every record names one, else None (items are the unit)."""
+    groups = [getattr(r, "group", "") for r in records]
+    return groups if groups and all(groups) else None
+
+
 def compare_items(forget: Sequence[float], holdout: Sequence[float], *,
                   ref_forget: Sequence[float] | None = None,
                   ref_holdout: Sequence[float] | None = None,
+                  forget_groups: Sequence[str] | None = None,
+                  holdout_groups: Sequence[str] | None = None,
                   alpha: float) -> dict[str, Any]:
     """Both one-sided Mann-Whitney tests of forget vs holdout item scores (gaps to the
-    reference where given): ``p_knowledge`` (forget higher), ``p_unlearned`` (forget lower)."""
+    reference where given): ``p_knowledge`` (forget higher), ``p_unlearned`` (forget lower).
+
+    With groups on both sides the tested unit is the group (its mean score), since items of one
+    group are exchangeable between the sets only together."""
     f = np.asarray(forget, np.float64)
     h = np.asarray(holdout, np.float64)
     if len(f) < MIN_ITEMS or len(h) < MIN_ITEMS:
@@ -118,6 +141,14 @@ def compare_items(forget: Sequence[float], holdout: Sequence[float], *,
         out["compared"] = "audited minus reference, forget vs holdout"
     else:
         out["compared"] = "audited, forget vs holdout"
+    if forget_groups is not None and holdout_groups is not None:
+        f, h = group_means(f, forget_groups), group_means(h, holdout_groups)
+        out["unit"] = "group"
+        out["n_forget_groups"], out["n_holdout_groups"] = int(len(f)), int(len(h))
+        if len(f) < 2 or len(h) < 2:
+            raise AuditInputError("testing by group needs at least 2 groups per set")
+    else:
+        out["unit"] = "item"
     out["statistic_auc"] = auc(f, h)
     out["p_knowledge"] = float(stats.mannwhitneyu(f, h, alternative="greater").pvalue)
     out["p_unlearned"] = float(stats.mannwhitneyu(f, h, alternative="less").pvalue)
@@ -181,6 +212,6 @@ def null_statement(has_reference: bool) -> str:
         ref=", beyond what the reference model knows of each" if has_reference else "")
 
 
-__all__ = ["MIN_ITEMS", "VERDICT_KNOWLEDGE", "VERDICT_NONE", "VERDICT_UNLEARNED",
+__all__ = ["group_means", "groups_of", "MIN_ITEMS", "VERDICT_KNOWLEDGE", "VERDICT_NONE", "VERDICT_UNLEARNED",
            "UnlearningInputs", "auc", "compare_items", "holm", "holm_adjusted",
            "make_result", "null_statement", "rounded", "verdict"]

@@ -37,7 +37,15 @@ from scipy import stats
 from appliance.audits.errors import AuditInputError, AuditParameterError
 from appliance.audits.registry import AuditMethod, AuditResult, LogFn, ProgressFn, register_method
 
-from .base import UnlearningInputs, auc, compare_items, make_result, null_statement, rounded
+from .base import (
+    UnlearningInputs,
+    auc,
+    compare_items,
+    groups_of,
+    make_result,
+    null_statement,
+    rounded,
+)
 
 T = TypeVar("T")
 VERSION = "1.0.0"
@@ -98,6 +106,14 @@ def _both(fn: Callable[[Any, Sequence[Any]], list[T]],
     return f, h, fn(inputs.reference, inputs.forget), fn(inputs.reference, inputs.holdout)
 
 
+def _groups(forget: Sequence[Any], holdout: Sequence[Any]) -> dict[str, list[str] | None]:
+    """Group labels for :func:`compare_items` when both sets carry them."""
+    fg, hg = groups_of(forget), groups_of(holdout)
+    if fg is None or hg is None:
+        return {"forget_groups": None, "holdout_groups": None}
+    return {"forget_groups": fg, "holdout_groups": hg}
+
+
 def _with_scores(tested: dict[str, Any], f: Sequence[float], h: Sequence[float],
                  rf: Sequence[float] | None, rh: Sequence[float] | None) -> dict[str, Any]:
     """Item scores for the report's distribution plot."""
@@ -142,7 +158,8 @@ class ExtractionAudit(UnlearningAudit):
             "extraction_strength": _both(scorer(lambda s: extraction_strength(s.top1)), inputs)}
         progress(1.0)
         f, h, rf, rh = per[params["score"]]
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
         extra = {f"mean_{k}_forget": float(np.mean(v[0])) for k, v in per.items()}
         extra |= {f"mean_{k}_holdout": float(np.mean(v[1])) for k, v in per.items()}
         extra["fully_extracted_forget"] = float(np.mean(np.asarray(per["extraction_strength"][0])
@@ -196,7 +213,8 @@ class KnowledgeQAAudit(UnlearningAudit):
         per["rouge_l"] = _both(rouge, inputs)
         progress(1.0)
         f, h, rf, rh = per[params["score"]]
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
         extra: dict[str, Any] = {
             "mean_answer_probability_forget": float(np.mean(np.exp(per["answer_probability"][0]))),
             "mean_answer_probability_holdout": float(np.mean(np.exp(per["answer_probability"][1]))),
@@ -257,7 +275,8 @@ class MembershipInferenceAudit(UnlearningAudit):
         per = {name: [column(part, name) for part in raw] for name in MIA_SCORES}
         f, h, rf, rh = per[params["score"]]
         assert f is not None and h is not None
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
         extra: dict[str, Any] = {}
         for name, (sf, sh, srf, srh) in per.items():
             model_auc = auc(np.asarray(sf), np.asarray(sh))
@@ -334,7 +353,8 @@ class TruthRatioAudit(UnlearningAudit):
             extra["forget_quality_ks_p"] = float(stats.ks_2samp(model_f, ref_f).pvalue)
             extra["forget_quality_ks_statistic"] = float(stats.ks_2samp(model_f, ref_f).statistic)
         progress(1.0)
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(forget, holdout))
         extra |= _with_scores(tested, f, h, rf, rh)
         n = sum(1 + len(r.perturbed_answers) for r in (*forget, *holdout))
         return tested, extra, n * (2 if inputs.reference is not None else 1)
@@ -408,7 +428,8 @@ class AdversarialPromptingAudit(UnlearningAudit):
 
         f, h, rf, rh = _both(best, inputs)
         progress(1.0)
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
         plain_f = [s.normalized_logp for s in _scores(inputs.model, inputs, inputs.forget)]
         extra: dict[str, Any] = {
             "variants": ["direct", "paraphrased", *[f"jailbreak_{i + 1}" for i in
@@ -435,11 +456,16 @@ class RelearningAudit(UnlearningAudit):
         steps, lr = int(params["steps"]), float(params["lr"])
         if not 1 <= steps <= 500 or not 0 < lr <= 1:
             raise AuditParameterError("steps must be 1..500 and lr in (0, 1]")
+        # split by group where items carry one: fine-tuning on some facts of a person would
+        # teach the person's name to the scored facts, which the holdout items lack
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(inputs.forget))
-        half = len(order) // 2
-        train = [inputs.forget[int(i)] for i in order[:half]]
-        scored = [inputs.forget[int(i)] for i in order[half:]]
+        units = groups_of(inputs.forget) or [str(i) for i in range(len(inputs.forget))]
+        distinct = list(dict.fromkeys(units))
+        chosen = {distinct[int(i)] for i in rng.permutation(len(distinct))[:len(distinct) // 2]}
+        train = [r for r, u in zip(inputs.forget, units, strict=True) if u in chosen]
+        scored = [r for r, u in zip(inputs.forget, units, strict=True) if u not in chosen]
+        if not train or len(scored) < 2:
+            raise AuditInputError("the relearning probe needs at least 3 forget items (groups)")
         prompts, answers = inputs.pairs(train)
 
         Levels = tuple[list[float], list[float]]
@@ -476,7 +502,8 @@ class RelearningAudit(UnlearningAudit):
         progress(1.0)
         extra["mean_gain_forget"] = float(np.mean(gain_f))
         extra["mean_gain_holdout"] = float(np.mean(gain_h))
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(scored, inputs.holdout))
         extra |= _with_scores(tested, f, h, rf, rh)
         n = 2 * (len(scored) + len(inputs.holdout))
         return tested, extra, n * (2 if inputs.reference is not None else 1)
@@ -542,7 +569,8 @@ class ActivationPerturbationAudit(UnlearningAudit):
             rf, rh = ref_best[:n_forget].tolist(), ref_best[n_forget:].tolist()
             extra["recovery_curve"]["reference_forget"] = rounded(
                 ref_curves[:, :n_forget].mean(axis=1))
-        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"])
+        tested = compare_items(f, h, ref_forget=rf, ref_holdout=rh, alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
         extra |= _with_scores(tested, f, h, rf, rh)
         return tested, extra, len(records) * (1 + len(amplitudes) * draws) * \
             (2 if inputs.reference is not None else 1)
@@ -588,7 +616,8 @@ class PatchingDepthAudit(UnlearningAudit):
         own = patched["audited"].mean(axis=0)
         ref = patched["reference"].mean(axis=0)
         tested = compare_items(own[:n_forget], own[n_forget:], ref_forget=ref[:n_forget],
-                               ref_holdout=ref[n_forget:], alpha=params["alpha"])
+                               ref_holdout=ref[n_forget:], alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
         lost = base[None, :n_forget] - patched["audited"][:, :n_forget]
         extra: dict[str, Any] = {"per_layer": {
             "original_forget": float(base[:n_forget].mean()),

@@ -180,12 +180,13 @@ def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: dict[str, Any]) 
 
     started = time.perf_counter()
     source: CausalLM = _load(ctx, inputs["model"], params.device)
+    network: Any = source.model
     forget, retain = items(_records(ctx, inputs["forget"])), items(_records(ctx, inputs["retain"]))
     ctx.log(f"unlearning {len(forget)} items with {params.algorithm} ({params.steps} steps, "
             f"lr {params.lr}) on {source.device}")
     ctx.progress(0.05)
     try:
-        model, report = unlearn(source.model, source.tokenizer, forget, retain,
+        model, report = unlearn(network, source.tokenizer, forget, retain,
                                 algorithm=params.algorithm, steps=params.steps, lr=params.lr,
                                 seed=params.seed, template=params.template,
                                 progress=lambda f: ctx.progress(0.05 + 0.85 * f),

@@ -122,6 +122,12 @@ def test_item_tests_are_calibrated_under_exchangeability() -> None:
         assert stats.kstest(p, "uniform").pvalue > 0.001
     shifted = compare_items(rng.normal(1, 1, 40), rng.normal(0, 1, 40), alpha=0.05)
     assert shifted["p_knowledge"] < 0.05 and shifted["verdict"] == "knowledge_detected"
+    # grouped items are tested by group: 8 groups of 5 per set, one shared offset per group
+    groups = [f"g{i // 5}" for i in range(40)]
+    offsets = np.repeat(rng.normal(0, 3, 16), 5)
+    by_group = compare_items(offsets[:40] + rng.normal(size=40), offsets[40:] + rng.normal(size=40),
+                             forget_groups=groups, holdout_groups=groups, alpha=0.05)
+    assert by_group["unit"] == "group" and by_group["n_forget_groups"] == 8
 
 
 def test_holm_and_the_scores_follow_their_definitions() -> None:

@@ -24,7 +24,7 @@ def subjects() -> Any:
     from models.unlearning.subjects import make_subjects
 
     # the sizes and the on-disk cache the audit tests use: the subjects are trained once
-    return make_subjects(seed=0, n_forget=20, n_retain=80, n_holdout=20)
+    return make_subjects(seed=0, n_forget=40, n_retain=160, n_holdout=40)
 
 
 def _upload_model(client: Any, token: str, folder: Path, name: str) -> dict[str, Any]:
