@@ -139,3 +139,27 @@ def test_holm_and_the_scores_follow_their_definitions() -> None:
     assert extraction_strength(np.array([True, True])) == 1.0
     assert rouge_l_recall("born in the city of Telmora", "in Telmora") == 1.0
     assert rouge_l_recall("Galt", "in Telmora") == 0.0
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_the_audits_run_on_cuda_with_the_cpu_verdicts(audit_subjects: Any,
+                                                      full_battery: Any) -> None:
+    import copy
+
+    from models.lm import CausalLM
+
+    s = audit_subjects
+
+    def on_cuda(lm: CausalLM) -> CausalLM:
+        return CausalLM(copy.deepcopy(lm.model), lm.tokenizer, device="cuda")
+
+    inputs = UnlearningInputs(model=on_cuda(s.full), forget=s.forget, holdout=s.holdout,
+                              retain=s.retain, reference=on_cuda(s.reference),
+                              original=on_cuda(s.full))
+    names = ["truth_ratio", "activation_perturbation", "patching_depth"]
+    battery = run_battery(inputs, audits=names, params={"activation_perturbation": {"draws": 2}},
+                          seed=0)
+    for name in names:
+        assert battery.results[name].verdict == full_battery.results[name].verdict, name
+        assert battery.results[name].statistics["statistic_auc"] == pytest.approx(
+            full_battery.results[name].statistics["statistic_auc"], abs=0.05)
