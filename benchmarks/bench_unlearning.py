@@ -104,23 +104,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     tokenizer, corpus = subjects.tokenizer, subjects.corpus
     reference = CausalLM(subjects.reference, tokenizer)
     original = CausalLM(subjects.full, tokenizer)
-    audited: dict[str, torch.nn.Module] = {"full": subjects.full, "gold": subjects.gold}
-    unlearning: dict[str, Any] = {}
-    for name in args.algorithms:
-        lr, options = ALGORITHM_RECIPES[name]
-        clock = time.perf_counter()
-        model, report = unlearn(subjects.full, tokenizer, corpus.forget, corpus.retain, algorithm=name,
-                                steps=args.steps, lr=lr, seed=seed, **options)
-        unlearning[name] = {"seconds": time.perf_counter() - clock, "chosen_lr": report["chosen_lr"],
-                            "chosen_step": report["chosen_step"], "target_reached": report["target_reached"]}
-        audited[name] = model
-        print(f"  seed {seed}: {name} unlearned in {unlearning[name]['seconds']:.1f} s", flush=True)
-    for role, model in audited.items():
+    def audit(role: str, model: torch.nn.Module, extra: dict[str, Any]) -> None:
         row: dict[str, Any] = {
             "forget_accuracy": answer_accuracy(model, tokenizer, corpus.forget),
             "retain_accuracy": answer_accuracy(model, tokenizer, corpus.retain),
             "loss_attack_auc": loss_attack_auc(model, subjects),
-            **unlearning.get(role, {}),
+            **extra,
         }
         variants = {"plain": model}
         if args.quantised and role != "full":
@@ -138,8 +127,22 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
                 "skipped": battery.skipped,
             }
         out["models"][role] = row
-        print(f"  seed {seed}: {role} audited in {row['plain']['seconds']:.1f} s -> {row['plain']['verdict']}",
+        p_values = ", ".join(f"{name} {p:.2g}" for name, p in row["plain"]["p"].items())
+        print(f"  seed {seed}: {role} audited in {row['plain']['seconds']:.1f} s -> {row['plain']['verdict']} "
+              f"(forget acc {row['forget_accuracy']:.2f}, retain acc {row['retain_accuracy']:.2f}; {p_values})",
               flush=True)
+
+    audit("full", subjects.full, {})
+    audit("gold", subjects.gold, {})
+    for name in args.algorithms:
+        lr, options = ALGORITHM_RECIPES[name]
+        clock = time.perf_counter()
+        model, report = unlearn(subjects.full, tokenizer, corpus.forget, corpus.retain, algorithm=name,
+                                steps=args.steps, lr=lr, seed=seed, **options)
+        seconds = time.perf_counter() - clock
+        print(f"  seed {seed}: {name} unlearned in {seconds:.1f} s", flush=True)
+        audit(name, model, {"seconds": seconds, "chosen_lr": report["chosen_lr"],
+                            "chosen_step": report["chosen_step"], "target_reached": report["target_reached"]})
     out["seconds"] = time.perf_counter() - started
     return out
 

@@ -96,12 +96,12 @@ class UnlearningAlgorithm(ABC):
 
 
 def _answer_nll(model: PreTrainedModel, batch: EncodedBatch) -> torch.Tensor:
-    picked, mask = token_logprobs(model, batch)  # type: ignore[arg-type]
+    picked, mask = token_logprobs(model, batch)
     return -picked.sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def _sequence_logprob(model: PreTrainedModel, batch: EncodedBatch) -> torch.Tensor:
-    picked, _ = token_logprobs(model, batch)  # type: ignore[arg-type]
+    picked, _ = token_logprobs(model, batch)
     return picked.sum(-1)
 
 
@@ -200,7 +200,7 @@ class IdontKnow(UnlearningAlgorithm):
         """Encode each forget question with its refusal (assigned round-robin, so deterministic)."""
         refusals = self.options["refusals"]
         answers = [refusals[i % len(refusals)] for i in range(len(forget_items))]
-        self.refusal_batch = encode_items(tokenizer, forget_items, template=self.options["template"],  # type: ignore[arg-type]
+        self.refusal_batch = encode_items(tokenizer, forget_items, template=self.options["template"],
                                           answers=answers).to(device)
 
     def loss(self, model: PreTrainedModel, forget: EncodedBatch, retain: EncodedBatch) -> LossResult:
@@ -312,7 +312,7 @@ class UnlearnResult(NamedTuple):
 
 def _accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[QAItem],
               template: str) -> float:
-    verdicts = answer_correct(model, tokenizer, items, template=template)  # type: ignore[arg-type]
+    verdicts = answer_correct(model, tokenizer, items, template=template)
     return sum(verdicts) / len(verdicts)
 
 
@@ -345,8 +345,8 @@ def unlearn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, forget: 
     started = time.perf_counter()
     device = next(model.parameters()).device
     context = int(getattr(model.config, "n_positions", 0) or getattr(model.config, "max_position_embeddings", 0))
-    forget_data = encode_items(tokenizer, forget, template=template, max_length=context or None).to(device)  # type: ignore[arg-type]
-    retain_data = encode_items(tokenizer, retain, template=template, max_length=context or None).to(device)  # type: ignore[arg-type]
+    forget_data = encode_items(tokenizer, forget, template=template, max_length=context or None).to(device)
+    retain_data = encode_items(tokenizer, retain, template=template, max_length=context or None).to(device)
     before = {"forget_accuracy": _accuracy(model, tokenizer, forget, template),
               "retain_accuracy": _accuracy(model, tokenizer, retain, template)}
     best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from models.unlearning.corpus import (
     IDK_ANSWERS,
@@ -96,7 +96,7 @@ class EncodedBatch:
         return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
-def encode_pair(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, *,
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, *,
                 add_eos: bool = True) -> tuple[list[int], int]:
     """Token ids of ``prompt`` + " " + ``answer`` (+ EOS) and the index where the answer starts.
 
@@ -109,7 +109,7 @@ def encode_pair(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, *,
     return prompt_ids + answer_ids, len(prompt_ids)
 
 
-def encode_items(tokenizer: PreTrainedTokenizerFast, items: Sequence[QAItem], *,
+def encode_items(tokenizer: PreTrainedTokenizerBase, items: Sequence[QAItem], *,
                  template: str = PROMPT_TEMPLATE, answers: Sequence[str] | None = None,
                  max_length: int | None = None) -> EncodedBatch:
     """Encode ``items`` (their own answers, or ``answers`` in their place) as one padded batch.
@@ -139,7 +139,7 @@ def encode_items(tokenizer: PreTrainedTokenizerFast, items: Sequence[QAItem], *,
     return EncodedBatch(input_ids, attention, labels)
 
 
-def token_logprobs(model: GPT2LMHeadModel, batch: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(model: torch.nn.Module, batch: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of the labels ([n, T-1]) and the mask of scored positions."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     targets = batch.labels[:, 1:]
@@ -149,14 +149,14 @@ def token_logprobs(model: GPT2LMHeadModel, batch: EncodedBatch) -> tuple[torch.T
     return picked * mask, mask
 
 
-def answer_nll(model: GPT2LMHeadModel, batch: EncodedBatch) -> torch.Tensor:
+def answer_nll(model: torch.nn.Module, batch: EncodedBatch) -> torch.Tensor:
     """Mean negative log-likelihood per answer token, one value per sequence ([n])."""
     picked, mask = token_logprobs(model, batch)
     return -picked.sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 @torch.no_grad()
-def answer_correct(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, items: Sequence[QAItem], *,
+def answer_correct(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, items: Sequence[QAItem], *,
                    template: str = PROMPT_TEMPLATE, batch_size: int = 64) -> list[bool]:
     """Whether greedy decoding from each item's prompt reproduces its answer exactly.
 
@@ -180,7 +180,7 @@ def answer_correct(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, i
     return verdicts
 
 
-def answer_accuracy(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, items: Sequence[QAItem], *,
+def answer_accuracy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, items: Sequence[QAItem], *,
                     template: str = PROMPT_TEMPLATE) -> float:
     """Fraction of ``items`` whose answer greedy decoding reproduces exactly (see :func:`answer_correct`)."""
     if not items:
