@@ -176,7 +176,8 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
                 "public_key": identity_for(_settings()).public_key_pem}
 
     # -- datasets -----------------------------------------------------------------------------
-    @api.op(v1, "/datasets", "POST", summary="Register a dataset (.npz: x, optional y)",
+    @api.op(v1, "/datasets", "POST",
+            summary="Register a dataset (.npz: x, optional y; or .jsonl text items)",
             tag="datasets", form=DatasetUpload, response=DatasetOut, status=201)
     def create_dataset() -> dict[str, Any]:
         upload = _upload_file("admin", "auditor")

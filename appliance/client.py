@@ -23,6 +23,7 @@ import httpx
 
 from .capabilities.provenance.client import ProvenanceClient
 from .capabilities.signatures.client import SignaturesClient
+from .capabilities.unlearning.client import UnlearningClient
 from .schemas import (
     DatasetList,
     DatasetOut,
@@ -89,6 +90,7 @@ class Client:
                                  transport=transport)
         self.signatures = SignaturesClient(self)
         self.provenance = ProvenanceClient(self)
+        self.unlearning = UnlearningClient(self)
 
     def close(self) -> None:
         self.http.close()

@@ -310,10 +310,16 @@ def read_dataset(settings: Settings, path: Path, *, require_labels: bool = False
 def register_dataset(
     store: Store, principal: Principal, *, stream: IO[bytes], name: str
 ) -> dict[str, Any]:
-    """Store and validate an ``.npz`` dataset (keys ``x`` and optional integer ``y``)."""
+    """Store and validate an ``.npz`` dataset (keys ``x`` and optional integer ``y``) or a
+    ``.jsonl`` text dataset (see :mod:`models.textdata`)."""
+    from models.textdata import looks_like_jsonl
+
     principal.require("admin", "auditor")
     _check_name(name, "dataset")
     digest, size, pin = store.put_upload(stream, max_bytes=store.settings.max_upload_bytes)
+    with open(store.blobs.path(digest), "rb") as handle:
+        if looks_like_jsonl(handle.read(64)):
+            return _register_jsonl(store, principal, digest=digest, size=size, name=name, pin=pin)
     try:
         data = read_dataset(store.settings, store.blobs.path(digest))
     except LimitExceeded as exc:
@@ -342,14 +348,46 @@ def register_dataset(
     return store.get_owned("datasets", principal.tenant_id, dataset_id, "dataset")
 
 
+def _register_jsonl(store: Store, principal: Principal, *, digest: str, size: int,
+                    name: str, pin: str) -> dict[str, Any]:
+    """Validate a stored JSONL upload (422 naming the bad line) and record it."""
+    from models.textdata import parse_jsonl, summarize
+
+    try:
+        records = parse_jsonl(store.blobs.path(digest).read_bytes())
+    except DatasetError as exc:
+        store.drop_refused_upload(pin, digest)
+        raise UnprocessableInput(f"dataset refused: {exc}", hint=exc.diagnostics()) from None
+    except BaseException:
+        store.drop_refused_upload(pin, digest)
+        raise
+    dataset_id = new_id("dst")
+    with store.transaction():
+        store.record_blob(digest, size)
+        store.unpin(pin)
+        store.conn.execute(
+            "INSERT INTO datasets (id, tenant_id, name, digest, size, n, shape, has_labels, "
+            "num_classes, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)",
+            (dataset_id, principal.tenant_id, name, digest, size, len(records), dumps([]),
+             dumps({"format": "jsonl", **summarize(records)}), utcnow()))
+    return store.get_owned("datasets", principal.tenant_id, dataset_id, "dataset")
+
+
+def _dataset_format(row: dict[str, Any]) -> str:
+    meta = loads(row["meta"]) if row.get("meta") else {}
+    return str(meta.get("format", "npz")) if isinstance(meta, dict) else "npz"
+
+
 def dataset_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"], "name": row["name"], "sha256": row["digest"], "size": row["size"],
         "n": row["n"], "shape": loads(row["shape"]), "has_labels": bool(row["has_labels"]),
-        "num_classes": row["num_classes"], "created_at": row["created_at"],
+        "num_classes": row["num_classes"], "format": _dataset_format(row),
+        "created_at": row["created_at"],
     }
 
 
 def dataset_input(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "name": row["name"], "sha256": row["digest"], "n": row["n"],
-            "shape": loads(row["shape"]), "has_labels": bool(row["has_labels"])}
+            "shape": loads(row["shape"]), "has_labels": bool(row["has_labels"]),
+            "format": _dataset_format(row)}

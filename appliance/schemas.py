@@ -71,7 +71,8 @@ class ModelUpload(BaseModel):
 
 
 class DatasetUpload(BaseModel):
-    """multipart/form-data fields of a dataset upload (.npz with 'x' and optional 'y')."""
+    """multipart/form-data fields of a dataset upload (.npz with 'x' and optional 'y', or
+    .jsonl text items)."""
 
     file: bytes = Field(json_schema_extra={"format": "binary"})
     name: str = Field(min_length=1, max_length=128)
@@ -86,6 +87,7 @@ class DatasetOut(BaseModel):
     shape: list[int]
     has_labels: bool
     num_classes: int | None = None
+    format: str = "npz"
     created_at: str
 
 

@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("bench_private_inference.py", ["--quick"]),
     ("bench_refinement.py", ["--quick"]),
     ("bench_ownership.py", ["--quick"]),
+    ("bench_unlearning.py", ["--quick"]),
 ]
 
 

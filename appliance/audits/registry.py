@@ -99,7 +99,8 @@ class AuditMethod(ABC):
 
 _METHODS: dict[str, type[AuditMethod]] = {}
 _LOCK = threading.Lock()
-_BUILTIN_MODULES = ("appliance.audits.dov4cl", "appliance.audits.watermark")
+_BUILTIN_MODULES = ("appliance.audits.dov4cl", "appliance.audits.watermark",
+                    "appliance.audits.unlearning")
 
 
 def register_method(name: str, cls: type[AuditMethod]) -> None:

@@ -43,8 +43,9 @@ class Capability:
 from appliance.capabilities.console import CAPABILITY as CONSOLE  # noqa: E402
 from appliance.capabilities.provenance import CAPABILITY as PROVENANCE  # noqa: E402
 from appliance.capabilities.signatures import CAPABILITY as SIGNATURES  # noqa: E402
+from appliance.capabilities.unlearning import CAPABILITY as UNLEARNING  # noqa: E402
 
-BUILTIN: tuple[Capability, ...] = (PROVENANCE, SIGNATURES, CONSOLE)
+BUILTIN: tuple[Capability, ...] = (PROVENANCE, UNLEARNING, SIGNATURES, CONSOLE)
 
 
 def model_signature_verifier() -> Callable[..., dict[str, Any]] | None:

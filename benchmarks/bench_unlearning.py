@@ -1,0 +1,216 @@
+"""Benchmark of the unlearning audits on small GPT-2 subjects trained from scratch.
+
+    python benchmarks/bench_unlearning.py [--quick] [--seeds 0 1 2] [--algorithms npo rmu]
+        [--audits extraction ...] [--no-quantised] [--json out.json] [--cache-dir DIR]
+
+``--quick``: one seed, three algorithms (grad_diff, npo, rmu), no quantised re-audits.
+
+Per seed: the full model (forget ∪ retain), the gold model (retain only) audited against the
+reference (retain only, another seed), and each reference unlearning algorithm applied to the
+full model at matched utility (retain accuracy >= 0.9). Prints
+
+- the set-up sanity figures (forget/retain accuracy, LOSS-attack AUC forget vs holdout);
+- the main table: which audit flags which model (p-value of "knowledge remains", K when it
+  is below alpha), with the battery's Holm-corrected overall verdict;
+- per audit over all seeds run: faithfulness (AUC of the knowledge score, -log10 p, between
+  models holding the knowledge — full — and models that never saw it — gold), AUC gold vs
+  the superficially unlearned models, and the gold false-positive rate (one gold/reference
+  pair per seed: say how many pairs were run);
+- robustness: how each audit's p-value moves under 8-bit weight quantisation of the audited
+  model (relearning is the relearning audit's own probe, reported in the main table);
+- timings: subject training, each unlearning run, each audit battery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks._common import table  # noqa: E402
+
+ALPHA = 0.05
+#: Learning rates at which each algorithm reaches the forget target on these subjects.
+ALGORITHM_RECIPES: dict[str, tuple[float, dict[str, Any]]] = {
+    "grad_ascent": (1e-4, {}),
+    "grad_diff": (2e-4, {}),
+    "kl_min": (2e-4, {}),
+    "npo": (2e-4, {}),
+    "idk": (1e-3, {}),
+    "rmu": (1e-3, {}),
+}
+
+
+def quantise_8bit(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose matrices are rounded to symmetric per-row int8 and back."""
+    quantised = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in quantised.parameters():
+            if parameter.dim() < 2:
+                continue
+            scale = parameter.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
+            parameter.copy_(torch.round(parameter / scale).clamp(-127, 127) * scale)
+    return quantised
+
+
+def knowledge_score(p_value: float) -> float:
+    """-log10 p: higher means stronger evidence that forget knowledge remains."""
+    return -math.log10(max(p_value, 1e-300))
+
+
+def auc(positive: list[float], negative: list[float]) -> float:
+    """P(positive > negative) + half the ties (Mann-Whitney AUC); nan when a side is empty."""
+    if not positive or not negative:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def loss_attack_auc(model: torch.nn.Module, subjects: Any) -> float:
+    from models.unlearning.subjects import answer_nll, encode_items
+
+    with torch.no_grad():
+        forget = answer_nll(model, encode_items(subjects.tokenizer, subjects.corpus.forget)).tolist()
+        holdout = answer_nll(model, encode_items(subjects.tokenizer, subjects.corpus.holdout)).tolist()
+    return auc([-x for x in forget], [-x for x in holdout])
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from appliance.audits.unlearning import UnlearningInputs, run_battery
+    from models.lm import CausalLM
+    from models.textdata import parse_jsonl
+    from models.unlearning.algorithms import unlearn
+    from models.unlearning.subjects import answer_accuracy, make_subjects
+
+    started = time.perf_counter()
+    subjects = make_subjects(seed=seed, cache_dir=args.cache_dir)
+    out: dict[str, Any] = {"seed": seed, "subjects_seconds": time.perf_counter() - started, "models": {}}
+    records = {split: parse_jsonl(subjects.dataset_path(split).read_bytes())
+               for split in ("forget", "retain", "holdout")}
+    tokenizer, corpus = subjects.tokenizer, subjects.corpus
+    reference = CausalLM(subjects.reference, tokenizer)
+    original = CausalLM(subjects.full, tokenizer)
+    def audit(role: str, model: torch.nn.Module, extra: dict[str, Any]) -> None:
+        row: dict[str, Any] = {
+            "forget_accuracy": answer_accuracy(model, tokenizer, corpus.forget),
+            "retain_accuracy": answer_accuracy(model, tokenizer, corpus.retain),
+            "loss_attack_auc": loss_attack_auc(model, subjects),
+            **extra,
+        }
+        variants = {"plain": model}
+        if args.quantised and role != "full":
+            variants["int8"] = quantise_8bit(model)
+        for variant, weights in variants.items():
+            inputs = UnlearningInputs(model=CausalLM(weights, tokenizer), forget=records["forget"],
+                                      holdout=records["holdout"], retain=records["retain"],
+                                      reference=reference, original=original)
+            clock = time.perf_counter()
+            battery = run_battery(inputs, audits=args.audits, seed=seed, alpha=ALPHA)
+            row[variant] = {
+                "seconds": time.perf_counter() - clock,
+                "verdict": battery.verdict,
+                "p": {name: float(result.p_value) for name, result in battery.results.items()},
+                "skipped": battery.skipped,
+            }
+        out["models"][role] = row
+        p_values = ", ".join(f"{name} {p:.2g}" for name, p in row["plain"]["p"].items())
+        print(f"  seed {seed}: {role} audited in {row['plain']['seconds']:.1f} s -> {row['plain']['verdict']} "
+              f"(forget acc {row['forget_accuracy']:.2f}, retain acc {row['retain_accuracy']:.2f}; {p_values})",
+              flush=True)
+
+    audit("full", subjects.full, {})
+    audit("gold", subjects.gold, {})
+    for name in args.algorithms:
+        lr, options = ALGORITHM_RECIPES[name]
+        clock = time.perf_counter()
+        model, report = unlearn(subjects.full, tokenizer, corpus.forget, corpus.retain, algorithm=name,
+                                steps=args.steps, lr=lr, seed=seed, **options)
+        seconds = time.perf_counter() - clock
+        print(f"  seed {seed}: {name} unlearned in {seconds:.1f} s", flush=True)
+        audit(name, model, {"seconds": seconds, "chosen_lr": report["chosen_lr"],
+                            "chosen_step": report["chosen_step"], "target_reached": report["target_reached"]})
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    audits = sorted({a for r in results for m in r["models"].values() for a in m["plain"]["p"]})
+    for result in results:
+        rows = [[role, m["forget_accuracy"], m["retain_accuracy"], m["loss_attack_auc"]]
+                for role, m in result["models"].items()]
+        print(table(f"Seed {result['seed']}: set-up (exact-match accuracy; LOSS-attack AUC forget vs holdout)",
+                    ["model", "forget acc", "retain acc", "MIA AUC"], rows))
+        print()
+        rows = []
+        for role, m in result["models"].items():
+            p_values = [m["plain"]["p"].get(a, float("nan")) for a in audits]
+            cells = [("K " if p < ALPHA else "- ") + f"{p:.2g}" for p in p_values]
+            rows.append([role, *cells, m["plain"]["verdict"], round(m["plain"]["seconds"], 1)])
+        print(table(f"Seed {result['seed']}: which audit flags which model (K: p < {ALPHA}, uncorrected; "
+                    "verdict Holm-corrected)", ["model", *audits, "battery verdict", "s"], rows))
+        print()
+    full = {a: [knowledge_score(r["models"]["full"]["plain"]["p"][a]) for r in results] for a in audits}
+    gold = {a: [knowledge_score(r["models"]["gold"]["plain"]["p"][a]) for r in results] for a in audits}
+    unlearned = {a: [knowledge_score(m["plain"]["p"][a]) for r in results for role, m in r["models"].items()
+                     if role not in ("full", "gold")] for a in audits}
+    rows = []
+    for a in audits:
+        shifts = [abs(knowledge_score(m["int8"]["p"][a]) - knowledge_score(m["plain"]["p"][a]))
+                  for r in results for m in r["models"].values() if "int8" in m]
+        rows.append([a, auc(full[a], gold[a]), auc(unlearned[a], gold[a]),
+                     sum(g > -math.log10(ALPHA) for g in gold[a]), float(np.median(shifts)) if shifts else "n/a"])
+    pairs = len(results)
+    print(table(f"Meta-evaluation over {pairs} seed(s) ({pairs} gold/reference pair(s))",
+                ["audit", "faithfulness AUC full vs gold", "AUC unlearned vs gold", "gold flagged",
+                 "median |d(-log10 p)| under int8"], rows))
+    gold_flagged = sum(r["models"]["gold"]["plain"]["verdict"] == "knowledge_detected" for r in results)
+    print(f"\nGold battery false positives: {gold_flagged}/{pairs} pair(s) flagged at alpha {ALPHA} (Holm).")
+    timing = [[r["seed"], round(r["subjects_seconds"], 1),
+               round(sum(m.get("seconds", 0.0) for m in r["models"].values()), 1),
+               round(float(np.median([m["plain"]["seconds"] for m in r["models"].values()])), 1),
+               round(r["seconds"], 1)] for r in results]
+    print()
+    print(table("Timings (seconds, this machine)", ["seed", "subjects (train or load)", "unlearning total",
+                                                     "battery median", "seed total"], timing))
+
+
+def main() -> None:
+    from models.unlearning.algorithms import list_algorithms
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--algorithms", nargs="+", default=list_algorithms(), choices=list_algorithms())
+    parser.add_argument("--audits", nargs="+", default=None, help="audit names (default: the whole battery)")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--no-quantised", dest="quantised", action="store_false")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="seed 0, grad_diff/npo/rmu, no int8 re-audits")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.algorithms, args.quantised = [0], ["grad_diff", "npo", "rmu"], False
+    results = []
+    for seed in args.seeds:
+        results.append(run_seed(seed, args))
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=1))
+    print()
+    report(results, args)
+
+
+if __name__ == "__main__":
+    main()

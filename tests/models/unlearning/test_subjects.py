@@ -1,0 +1,84 @@
+"""The subjects: full memorised forget ∪ retain, gold and reference never saw the forget set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from scipy.stats import mannwhitneyu
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from models.unlearning.corpus import make_corpus
+from models.unlearning.subjects import (
+    SubjectConfig,
+    Subjects,
+    answer_accuracy,
+    answer_nll,
+    build_tokenizer,
+    corpus_texts,
+    encode_items,
+    train_causal_lm,
+)
+
+
+def _nll(model: torch.nn.Module, subjects: Subjects, items: list) -> list[float]:
+    with torch.no_grad():
+        return answer_nll(model, encode_items(subjects.tokenizer, items)).tolist()
+
+
+def test_full_model_knows_forget_and_retain(subjects: Subjects) -> None:
+    corpus = subjects.corpus
+    assert answer_accuracy(subjects.full, subjects.tokenizer, corpus.forget) >= 0.95
+    assert answer_accuracy(subjects.full, subjects.tokenizer, corpus.retain) >= 0.95
+    assert answer_accuracy(subjects.full, subjects.tokenizer, corpus.holdout) <= 0.2
+
+
+def test_gold_and_reference_never_saw_the_forget_set(subjects: Subjects) -> None:
+    corpus = subjects.corpus
+    for model in (subjects.gold, subjects.reference):
+        assert answer_accuracy(model, subjects.tokenizer, corpus.retain) >= 0.95
+        assert answer_accuracy(model, subjects.tokenizer, corpus.forget) <= 0.2
+        forget, holdout = _nll(model, subjects, corpus.forget), _nll(model, subjects, corpus.holdout)
+        # Forget and holdout are exchangeable for a model that saw neither.
+        assert mannwhitneyu(forget, holdout).pvalue > 0.01
+    labels = [1] * len(corpus.forget) + [0] * len(corpus.holdout)
+
+    def loss_attack_auc(model: torch.nn.Module) -> float:
+        losses = _nll(model, subjects, corpus.forget) + _nll(model, subjects, corpus.holdout)
+        return float(roc_auc_score(labels, [-loss for loss in losses]))
+
+    assert loss_attack_auc(subjects.full) >= 0.95
+    assert 0.25 <= loss_attack_auc(subjects.gold) <= 0.75
+
+
+def test_saved_directories_load_with_auto_classes(subjects: Subjects) -> None:
+    for role in ("full", "gold", "reference"):
+        directory = subjects.model_dir(role)
+        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+            p.name for p in directory.iterdir()}
+        assert not list(directory.glob("*.bin")) and not list(directory.glob("*.pt"))
+    model = AutoModelForCausalLM.from_pretrained(subjects.model_dir("full"), trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(subjects.model_dir("full"), trust_remote_code=False)
+    assert tokenizer.get_vocab() == subjects.tokenizer.get_vocab()
+    assert answer_accuracy(model, tokenizer, subjects.corpus.forget) == answer_accuracy(
+        subjects.full, subjects.tokenizer, subjects.corpus.forget)
+    for split in ("forget", "retain", "holdout"):
+        assert Path(subjects.dataset_path(split)).is_file()
+
+
+def test_training_is_deterministic_and_leaves_global_rng_alone() -> None:
+    corpus = make_corpus(seed=5, n_forget=5, n_retain=10, n_holdout=5)
+    tokenizer = build_tokenizer(corpus_texts(corpus))
+    config = SubjectConfig(n_embd=32, n_head=2, max_epochs=2, eval_every=100)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = train_causal_lm(corpus.retain, tokenizer, seed=9, config=config)
+    assert torch.equal(torch.rand(1), before)
+    second = train_causal_lm(corpus.retain, tokenizer, seed=9, config=config)
+    third = train_causal_lm(corpus.retain, tokenizer, seed=10, config=config)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), third.state_dict().values(),
+                                                      strict=True))
