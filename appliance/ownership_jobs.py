@@ -177,8 +177,6 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
 
 
 def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> list[Any]:
-    import torch
-
     from models.vision import ENCODERS, build_model, embed_fn, train_contrastive
 
     config = {"in_channels": int(data.shape[1]), "image_size": int(data.shape[2]), **spec.config}
@@ -191,10 +189,8 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> l
             encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
         except TypeError as exc:
             raise JobFailed(f"bad shadow architecture config: {exc}") from None
-        with torch.random.fork_rng(devices=[]):
-            encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
-                                        epochs=spec.epochs,
-                                        batch_size=min(spec.batch_size, len(data)))
+        encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
+                                    epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
         shadows.append(embed_fn(encoder))
         ctx.progress(0.1 * (i + 1) / spec.count)
     return shadows

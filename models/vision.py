@@ -15,7 +15,9 @@ public / private / alternative parts, the data the tests and benchmarks use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,10 +135,26 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(factory: Callable[..., nn.Module], *, seed: int, **config: object) -> nn.Module:
-    """Build ``factory(**config)`` with weights initialised from ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
+# torch's layer initialisers draw from the process-wide generator. Seeding it is only
+# reproducible if nothing else draws between the seed and the last initialiser, so every
+# seeded construction holds this lock (two jobs training shadows at once in one worker got
+# different weights for the same seed without it).
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Run a block that draws from torch's global RNG as if it were alone, seeded with ``seed``;
+    the global state is restored afterwards and other threads wait meanwhile."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
+        yield
+
+
+def build_model(factory: Callable[..., nn.Module], *, seed: int, **config: object) -> nn.Module:
+    """Build ``factory(**config)`` with weights initialised from ``seed`` (global RNG untouched,
+    safe while other threads build or train models)."""
+    with seeded_global_rng(seed):
         return factory(**config)
 
 
@@ -247,8 +265,7 @@ def train_contrastive(
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     gen = torch.Generator().manual_seed(int(seed))
     dim = _embed_dim(encoder, data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed) + 1)
+    with seeded_global_rng(int(seed) + 1):
         projector: nn.Module
         if projection_head:
             projector = _mlp_head(dim, 128, 64, last_bn=objective == "simsiam")
