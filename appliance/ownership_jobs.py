@@ -8,9 +8,12 @@ query budget; the report records the queries spent.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import socket
+import threading
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -177,24 +180,56 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
     return (lambda x: np.argmax(model.predict(x), axis=1)), model.device, None
 
 
-def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> list[Any]:
+def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, seed: int,
+                      config: dict[str, int]) -> str:
+    """Names a trained shadow: the tenant (a cache hit must not tell one tenant what another
+    trained), the training data's digest, the recipe and the seed."""
+    import torch
+
+    recipe = {"tenant": ctx.tenant_id, "data": data_digest, "architecture": spec.architecture,
+              "config": config, "objective": spec.objective, "epochs": spec.epochs,
+              "batch_size": spec.batch_size, "seed": seed, "torch": torch.__version__,
+              "version": VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
+                   data_digest: str) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Train (or reuse from the home's shadow cache) ``spec.count`` shadow encoders; returns
+    their embed functions and, per shadow, its seed, weights digest and whether it was reused.
+    Kept shadows are safetensors files named by tenant, data digest, recipe and seed."""
+    from safetensors.torch import load_file, save_file
+
     from models.vision import ENCODERS, build_model, embed_fn, train_contrastive
 
     config = {"in_channels": int(data.shape[1]), "image_size": int(data.shape[2]), **spec.config}
-    shadows = []
+    cache = ctx.cache_dir("shadows")
+    shadows, provenance = [], []
     for i in range(spec.count):
         seed = spec.seed + i
-        ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
-                f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
         try:
             encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
         except TypeError as exc:
             raise JobFailed(f"bad shadow architecture config: {exc}") from None
-        encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
-                                    epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
+        path = cache / f"{_shadow_cache_key(ctx, spec, data_digest, seed, config)}.safetensors"
+        reused = path.is_file()
+        if reused:
+            ctx.log(f"reusing kept {spec.objective} shadow {i + 1}/{spec.count} (seed {seed})")
+            encoder.load_state_dict(load_file(str(path)))
+            encoder.eval()
+        else:
+            ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
+                    f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
+            encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
+                                        epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+            os.replace(tmp, path)  # atomic: a concurrent job sees the whole file or none
+        provenance.append({"seed": seed, "reused": reused,
+                           "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
         shadows.append(embed_fn(encoder))
         ctx.progress(0.1 * (i + 1) / spec.count)
-    return shadows
+    return shadows, provenance
 
 
 def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> JobOutcome:
@@ -233,9 +268,13 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
             else:
                 assert params.shadow_training is not None
                 shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
-                shadow = _train_shadows(ctx, params.shadow_training, shadow_data)
+                shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data,
+                                              inputs["shadow_data"]["sha256"])
                 digests["shadows"] = {"trained_on": inputs["shadow_data"],
-                                      "recipe": params.shadow_training.model_dump()}
+                                      "recipe": params.shadow_training.model_dump(),
+                                      "models": kept,
+                                      "trained": sum(not k["reused"] for k in kept),
+                                      "reused": sum(k["reused"] for k in kept)}
             timings["shadow_seconds"] = time.perf_counter() - t0
             ctx.progress(0.1)
             digests["public_dataset"] = inputs["public_dataset"]
