@@ -52,7 +52,10 @@ class ShadowTraining(BaseModel):
     dataset_id: str = Field(min_length=1, max_length=64)
     architecture: Literal["conv_encoder", "pool_encoder"] = "conv_encoder"
     config: dict[str, int] = Field(default_factory=dict)
-    objective: Literal["simclr", "simsiam"] = "simclr"
+    objective: Literal["simclr", "simsiam", "byol", "mocov3", "dino"] = Field(
+        default="simclr", description="the suspect's recipe family: SimCLR, SimSiam, BYOL, MoCo v3 or DINO")
+    input_size: int | None = Field(default=None, ge=4, le=512, description="resize inputs to this "
+                                   "side inside the shadow (for suspects trained at another resolution)")
     epochs: int = Field(default=400, ge=1, le=5000, description="match the suspect's recipe; 400 suits "
                         "SimCLR on digits-sized data, SimSiam learns slower (the digits benchmark uses "
                         "1000)")
@@ -188,7 +191,8 @@ def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, s
 
     recipe = {"tenant": ctx.tenant_id, "data": data_digest, "architecture": spec.architecture,
               "config": config, "objective": spec.objective, "epochs": spec.epochs,
-              "batch_size": spec.batch_size, "seed": seed, "torch": torch.__version__,
+              "batch_size": spec.batch_size, "input_size": spec.input_size, "seed": seed,
+              "torch": torch.__version__,
               "version": VERSION}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
@@ -200,17 +204,20 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
     Kept shadows are safetensors files named by tenant, data digest, recipe and seed."""
     from safetensors.torch import load_file, save_file
 
-    from models.vision import ENCODERS, build_model, embed_fn, train_contrastive
+    from models.vision import ENCODERS, Resized, build_model, embed_fn, train_contrastive
 
-    config = {"in_channels": int(data.shape[1]), "image_size": int(data.shape[2]), **spec.config}
+    config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
+              **spec.config}
     cache = ctx.cache_dir("shadows")
     shadows, provenance = [], []
     for i in range(spec.count):
         seed = spec.seed + i
         try:
             encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise JobFailed(f"bad shadow architecture config: {exc}") from None
+        if spec.input_size is not None:
+            encoder = Resized(encoder, spec.input_size)
         path = cache / f"{_shadow_cache_key(ctx, spec, data_digest, seed, config)}.safetensors"
         reused = path.is_file()
         if reused:
