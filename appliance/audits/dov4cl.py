@@ -482,6 +482,8 @@ class DOV4CL(AuditMethod):
         stats["views"] = {"value_range": list(value_range), "flip": flip, "flip_invariance": invariance,
                           "global": asdict(specs[0]), "local": asdict(specs[1])}
         stats["warnings"] = warnings
+        stats["cautions"] = self._mismatch_cautions(emb_s, emb_0, invariance, public, private, p, seed,
+                                                    shadows, value_range)
         stats["queries"] = suspect.queries
         t_stats = time.perf_counter() - t0
         alpha = float(p["alpha"])
@@ -518,6 +520,30 @@ class DOV4CL(AuditMethod):
         score = flip_invariance(np.concatenate([public, private]), suspect,
                                 probe=int(p["invariance_probe"]), seed=seed, value_range=value_range)
         return score >= float(p["flip_threshold"]), score
+
+    @staticmethod
+    def _mismatch_cautions(
+        emb_s: np.ndarray, emb_0: list[np.ndarray], invariance: float | None, public: np.ndarray,
+        private: np.ndarray, p: Mapping[str, Any], seed: int, shadows: Sequence[CountedQuery],
+        value_range: tuple[float, float],
+    ) -> list[str]:
+        """Signs that the shadows do not resemble the suspect (another embedding size, another
+        flip invariance): the test stays valid, but loses power and the shadows explain less."""
+        cautions = []
+        dims = sorted({int(e.shape[-1]) for e in emb_0})
+        if dims != [int(emb_s.shape[-1])]:
+            cautions.append(f"the suspect embeds in {emb_s.shape[-1]} dimensions, the shadows in "
+                            f"{', '.join(map(str, dims))}: shadows of the suspect's recipe explain its "
+                            "image difficulty better")
+        if invariance is not None:
+            pooled = np.concatenate([public, private])
+            theirs = [flip_invariance(pooled, shadow, probe=int(p["invariance_probe"]), seed=seed,
+                                      value_range=value_range) for shadow in shadows]
+            if abs(invariance - float(np.mean(theirs))) > 0.5:
+                cautions.append(f"the suspect's flip invariance ({invariance:.2f}) differs from the "
+                                f"shadows' ({np.mean(theirs):.2f}): they were likely trained with other "
+                                "augmentations")
+        return cautions
 
     @staticmethod
     def _statistics(

@@ -140,3 +140,19 @@ def test_null_sets_stay_calibrated_under_the_auto_policy(digits):
     p = np.array(p_values)
     assert (p < 0.05).sum() <= 5  # 2 expected; P(>5 | exact test) < 0.02
     assert 0.35 < p.mean() < 0.65
+
+
+def test_shadow_that_does_not_match_the_suspect_is_a_caution(digits):
+    public, private = digits
+    w = _projection(5)
+    matched = create_method("dov4cl").run(
+        DOV4CLInputs(public=public, private=private, suspect=_flip_symmetric(w),
+                     shadow=_flip_symmetric(_projection(6))),
+        params=PARAMS, seed=0)
+    assert matched.statistics["cautions"] == []
+    mismatched = create_method("dov4cl").run(
+        DOV4CLInputs(public=public, private=private, suspect=_flip_symmetric(w),
+                     shadow=_flip_antisymmetric(np.random.default_rng(6).standard_normal((256, 40)) / 16)),
+        params=PARAMS, seed=0)
+    cautions = " ".join(mismatched.statistics["cautions"])
+    assert "24 dimensions" in cautions and "flip invariance" in cautions
