@@ -184,7 +184,7 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
 
 
 def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, seed: int,
-                      config: dict[str, int]) -> str:
+                      config: dict[str, int], value_range: tuple[float, float]) -> str:
     """Names a trained shadow: the tenant (a cache hit must not tell one tenant what another
     trained), the training data's digest, the recipe and the seed."""
     import torch
@@ -192,19 +192,25 @@ def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, s
     recipe = {"tenant": ctx.tenant_id, "data": data_digest, "architecture": spec.architecture,
               "config": config, "objective": spec.objective, "epochs": spec.epochs,
               "batch_size": spec.batch_size, "input_size": spec.input_size, "seed": seed,
+              "value_range": list(value_range),
               "torch": torch.__version__,
               "version": VERSION}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
 def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
-                   data_digest: str) -> tuple[list[Any], list[dict[str, Any]]]:
+                   data_digest: str, value_range: tuple[float, float]) -> tuple[list[Any], list[dict[str, Any]]]:
     """Train (or reuse from the home's shadow cache) ``spec.count`` shadow encoders; returns
     their embed functions and, per shadow, its seed, weights digest and whether it was reused.
-    Kept shadows are safetensors files named by tenant, data digest, recipe and seed."""
+    Kept shadows are safetensors files named by tenant, data digest, recipe and seed. They
+    train on the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and
+    answer on the data's own scale."""
     from safetensors.torch import load_file, save_file
 
-    from models.vision import ENCODERS, Resized, build_model, embed_fn, train_contrastive
+    from models.augment import to_unit
+    from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
+
+    unit = to_unit(data, value_range)
 
     config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
               **spec.config}
@@ -218,7 +224,8 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
             raise JobFailed(f"bad shadow architecture config: {exc}") from None
         if spec.input_size is not None:
             encoder = Resized(encoder, spec.input_size)
-        path = cache / f"{_shadow_cache_key(ctx, spec, data_digest, seed, config)}.safetensors"
+        key = _shadow_cache_key(ctx, spec, data_digest, seed, config, value_range)
+        path = cache / f"{key}.safetensors"
         reused = path.is_file()
         if reused:
             ctx.log(f"reusing kept {spec.objective} shadow {i + 1}/{spec.count} (seed {seed})")
@@ -227,14 +234,14 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
         else:
             ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
                     f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
-            encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
+            encoder = train_contrastive(encoder, unit, objective=spec.objective, seed=seed,
                                         epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
             os.replace(tmp, path)  # atomic: a concurrent job sees the whole file or none
         provenance.append({"seed": seed, "reused": reused,
                            "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-        shadows.append(embed_fn(encoder))
+        shadows.append(embed_fn(Rescaled(encoder, *value_range)))
         ctx.progress(0.1 * (i + 1) / spec.count)
     return shadows, provenance
 
@@ -258,7 +265,8 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
     closer = None
     try:
         if params.method == "dov4cl":
-            from appliance.audits.dov4cl import DOV4CLInputs
+            from appliance.audits.dov4cl import DOV4CLInputs, data_range
+            from appliance.audits.errors import AuditError
 
             public, _ = _images(ctx, inputs["public_dataset"], "public")
             private, _ = _images(ctx, inputs["private_dataset"], "private")
@@ -275,8 +283,16 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
             else:
                 assert params.shadow_training is not None
                 shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
+                declared = params.method_params.get("value_range")
+                try:
+                    shadow_range = data_range(public, private, declared) if declared is None \
+                        else (float(declared[0]), float(declared[1]))
+                    shadow_range = (min(shadow_range[0], float(shadow_data.min())),
+                                    max(shadow_range[1], float(shadow_data.max())))
+                except (TypeError, ValueError, IndexError, AuditError) as exc:
+                    raise JobFailed(f"cannot tell the images' value range: {exc}") from None
                 shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data,
-                                              inputs["shadow_data"]["sha256"])
+                                              inputs["shadow_data"]["sha256"], shadow_range)
                 digests["shadows"] = {"trained_on": inputs["shadow_data"],
                                       "recipe": params.shadow_training.model_dump(),
                                       "models": kept,

@@ -392,6 +392,20 @@ def _dino_loss(student: torch.Tensor, teacher: torch.Tensor, centre: torch.Tenso
     return -(targets * F.log_softmax(student / 0.1, dim=1)).sum(dim=1).mean()
 
 
+class Rescaled(nn.Module):
+    """Runs ``encoder`` (trained on images in [0, 1]) on inputs in ``[lo, hi]``: a shadow trained
+    on data mapped to [0, 1] answers on the data's own scale, as the suspect does."""
+
+    def __init__(self, encoder: nn.Module, lo: float, hi: float) -> None:
+        super().__init__()
+        if not hi > lo:
+            raise ValueError(f"need lo < hi, got {lo}, {hi}")
+        self.encoder, self.lo, self.hi = encoder, float(lo), float(hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder((x - self.lo) / (self.hi - self.lo))
+
+
 class Resized(nn.Module):
     """Runs ``encoder`` on inputs resized (bilinear) to ``size`` x ``size`` inside the model, as
     encoders trained at another input resolution do."""
