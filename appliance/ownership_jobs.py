@@ -8,6 +8,10 @@ query budget; the report records the queries spent.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import threading
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -47,9 +51,13 @@ class ShadowTraining(BaseModel):
     dataset_id: str = Field(min_length=1, max_length=64)
     architecture: Literal["conv_encoder", "pool_encoder"] = "conv_encoder"
     config: dict[str, int] = Field(default_factory=dict)
-    objective: Literal["simclr", "simsiam"] = "simclr"
-    epochs: int = Field(default=100, ge=1, le=5000, description="match the suspect's recipe; SimSiam "
-                        "learns slower than SimCLR (the digits benchmark uses 400 SimCLR, 1000 SimSiam)")
+    objective: Literal["simclr", "simsiam", "byol", "mocov3", "dino"] = Field(
+        default="simclr", description="the suspect's recipe family: SimCLR, SimSiam, BYOL, MoCo v3 or DINO")
+    input_size: int | None = Field(default=None, ge=4, le=512, description="resize inputs to this "
+                                   "side inside the shadow (for suspects trained at another resolution)")
+    epochs: int = Field(default=400, ge=1, le=5000, description="match the suspect's recipe; 400 suits "
+                        "SimCLR on digits-sized data, SimSiam learns slower (the digits benchmark uses "
+                        "1000)")
     batch_size: int = Field(default=128, ge=8, le=4096)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
@@ -172,28 +180,67 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
     return (lambda x: np.argmax(model.predict(x), axis=1)), model.device, None
 
 
-def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray) -> list[Any]:
+def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, seed: int,
+                      config: dict[str, int], value_range: tuple[float, float]) -> str:
+    """Names a trained shadow: the tenant (a cache hit must not tell one tenant what another
+    trained), the training data's digest, the recipe and the seed."""
     import torch
 
-    from models.vision import ENCODERS, build_model, embed_fn, train_contrastive
+    recipe = {"tenant": ctx.tenant_id, "data": data_digest, "architecture": spec.architecture,
+              "config": config, "objective": spec.objective, "epochs": spec.epochs,
+              "batch_size": spec.batch_size, "input_size": spec.input_size, "seed": seed,
+              "value_range": list(value_range),
+              "torch": torch.__version__,
+              "version": VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
-    config = {"in_channels": int(data.shape[1]), "image_size": int(data.shape[2]), **spec.config}
-    shadows = []
+
+def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
+                   data_digest: str, value_range: tuple[float, float]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Train (or reuse from the home's shadow cache) ``spec.count`` shadow encoders; returns
+    their embed functions and, per shadow, its seed, weights digest and whether it was reused.
+    Kept shadows are safetensors files named by tenant, data digest, recipe and seed. They
+    train on the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and
+    answer on the data's own scale."""
+    from safetensors.torch import load_file, save_file
+
+    from models.augment import to_unit
+    from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
+
+    unit = to_unit(data, value_range)
+
+    config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
+              **spec.config}
+    cache = ctx.cache_dir("shadows")
+    shadows, provenance = [], []
     for i in range(spec.count):
         seed = spec.seed + i
-        ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
-                f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
         try:
             encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise JobFailed(f"bad shadow architecture config: {exc}") from None
-        with torch.random.fork_rng(devices=[]):
-            encoder = train_contrastive(encoder, data, objective=spec.objective, seed=seed,
-                                        epochs=spec.epochs,
-                                        batch_size=min(spec.batch_size, len(data)))
-        shadows.append(embed_fn(encoder))
+        if spec.input_size is not None:
+            encoder = Resized(encoder, spec.input_size)
+        key = _shadow_cache_key(ctx, spec, data_digest, seed, config, value_range)
+        path = cache / f"{key}.safetensors"
+        reused = path.is_file()
+        if reused:
+            ctx.log(f"reusing kept {spec.objective} shadow {i + 1}/{spec.count} (seed {seed})")
+            encoder.load_state_dict(load_file(str(path)))
+            encoder.eval()
+        else:
+            ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
+                    f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
+            encoder = train_contrastive(encoder, unit, objective=spec.objective, seed=seed,
+                                        epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+            os.replace(tmp, path)  # atomic: a concurrent job sees the whole file or none
+        provenance.append({"seed": seed, "reused": reused,
+                           "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        shadows.append(embed_fn(Rescaled(encoder, *value_range)))
         ctx.progress(0.1 * (i + 1) / spec.count)
-    return shadows
+    return shadows, provenance
 
 
 def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> JobOutcome:
@@ -215,7 +262,8 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
     closer = None
     try:
         if params.method == "dov4cl":
-            from appliance.audits.dov4cl import DOV4CLInputs
+            from appliance.audits.dov4cl import DOV4CLInputs, data_range
+            from appliance.audits.errors import AuditError
 
             public, _ = _images(ctx, inputs["public_dataset"], "public")
             private, _ = _images(ctx, inputs["private_dataset"], "private")
@@ -232,9 +280,21 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
             else:
                 assert params.shadow_training is not None
                 shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
-                shadow = _train_shadows(ctx, params.shadow_training, shadow_data)
+                declared = params.method_params.get("value_range")
+                try:
+                    shadow_range = data_range(public, private, declared) if declared is None \
+                        else (float(declared[0]), float(declared[1]))
+                    shadow_range = (min(shadow_range[0], float(shadow_data.min())),
+                                    max(shadow_range[1], float(shadow_data.max())))
+                except (TypeError, ValueError, IndexError, AuditError) as exc:
+                    raise JobFailed(f"cannot tell the images' value range: {exc}") from None
+                shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data,
+                                              inputs["shadow_data"]["sha256"], shadow_range)
                 digests["shadows"] = {"trained_on": inputs["shadow_data"],
-                                      "recipe": params.shadow_training.model_dump()}
+                                      "recipe": params.shadow_training.model_dump(),
+                                      "models": kept,
+                                      "trained": sum(not k["reused"] for k in kept),
+                                      "reused": sum(k["reused"] for k in kept)}
             timings["shadow_seconds"] = time.perf_counter() - t0
             ctx.progress(0.1)
             digests["public_dataset"] = inputs["public_dataset"]

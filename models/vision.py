@@ -15,7 +15,9 @@ public / private / alternative parts, the data the tests and benchmarks use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,10 +135,26 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(factory: Callable[..., nn.Module], *, seed: int, **config: object) -> nn.Module:
-    """Build ``factory(**config)`` with weights initialised from ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
+# torch's layer initialisers draw from the process-wide generator. Seeding it is only
+# reproducible if nothing else draws between the seed and the last initialiser, so every
+# seeded construction holds this lock (two jobs training shadows at once in one worker got
+# different weights for the same seed without it).
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Run a block that draws from torch's global RNG as if it were alone, seeded with ``seed``;
+    the global state is restored afterwards and other threads wait meanwhile."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
+        yield
+
+
+def build_model(factory: Callable[..., nn.Module], *, seed: int, **config: object) -> nn.Module:
+    """Build ``factory(**config)`` with weights initialised from ``seed`` (global RNG untouched,
+    safe while other threads build or train models)."""
+    with seeded_global_rng(seed):
         return factory(**config)
 
 
@@ -217,7 +235,7 @@ def train_contrastive(
     encoder: nn.Module,
     images: np.ndarray,
     *,
-    objective: Literal["simclr", "simsiam"] = "simclr",
+    objective: Objective = "simclr",
     seed: int,
     epochs: int = 40,
     batch_size: int = 128,
@@ -228,7 +246,8 @@ def train_contrastive(
 ) -> nn.Module:
     """Train ``encoder`` self-supervised on ``images`` ``[n, C, H, W]``; return it in eval mode.
 
-    ``simclr``: NT-Xent over two augmented views.
+    ``simclr``: NT-Xent over two augmented views. ``byol``, ``mocov3`` and ``dino`` train
+    against a momentum (EMA) target; see :func:`_train_momentum`.
     ``simsiam``: SimSiam (Chen & He 2021): negative cosine between a predictor output (MLP
     with a bottleneck and BN) and the stop-gradient projection of the other view, no
     negatives. The projection ends in a non-affine BatchNorm, as in the paper, whose ablation
@@ -242,13 +261,15 @@ def train_contrastive(
     """
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"images must be [n>=2, C, H, W], got shape {images.shape}")
+    if objective in MOMENTUM_OBJECTIVES:
+        return _train_momentum(encoder, images, objective=objective, seed=seed, epochs=epochs,
+                               batch_size=batch_size, lr=lr, view=view)
     if objective not in ("simclr", "simsiam"):
-        raise ValueError(f"objective must be 'simclr' or 'simsiam', got {objective!r}")
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     gen = torch.Generator().manual_seed(int(seed))
     dim = _embed_dim(encoder, data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed) + 1)
+    with seeded_global_rng(int(seed) + 1):
         projector: nn.Module
         if projection_head:
             projector = _mlp_head(dim, 128, 64, last_bn=objective == "simsiam")
@@ -284,6 +305,117 @@ def train_contrastive(
             loss.backward()
             opt.step()
     return encoder.eval()
+
+
+Objective = Literal["simclr", "simsiam", "byol", "mocov3", "dino"]
+MOMENTUM_OBJECTIVES = ("byol", "mocov3", "dino")
+OBJECTIVES = ("simclr", "simsiam", *MOMENTUM_OBJECTIVES)
+
+
+def _train_momentum(
+    encoder: nn.Module, images: np.ndarray, *, objective: str, seed: int, epochs: int,
+    batch_size: int, lr: float, view: ViewSpec, momentum: float = 0.99,
+) -> nn.Module:
+    """Self-supervised training against an exponential-moving-average target network.
+
+    ``byol`` (Grill et al. 2020): an online projector and predictor regress the target's
+    projection of the other view (``2 - 2 cos``). ``mocov3`` (Chen et al. 2021): the same
+    online/target pair, but an InfoNCE loss between the online prediction and the target
+    keys of the batch (temperature 0.2, scaled by ``2 t``). ``dino`` (Caron et al. 2021): a
+    student head over 256 prototypes matches the target's centred, sharpened distribution
+    (student temperature 0.1, teacher 0.04, centre momentum 0.9). The target starts as a copy
+    of the online network and is never trained by gradients. Heads are discarded; the encoder
+    is returned in eval mode. Deterministic for ``seed``.
+    """
+    import copy
+
+    data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    gen = torch.Generator().manual_seed(int(seed))
+    dim = _embed_dim(encoder, data)
+    with seeded_global_rng(int(seed) + 1):
+        if objective == "dino":
+            projector: nn.Module = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, 256))
+            predictor: nn.Module = nn.Identity()
+        else:
+            projector = _mlp_head(dim, 128, 64, last_bn=False)
+            predictor = _mlp_head(64, 32, 64, last_bn=False)
+    online = nn.ModuleList([encoder, projector])
+    target = copy.deepcopy(online)
+    for param in target.parameters():
+        param.requires_grad_(False)
+    opt = torch.optim.Adam(list(online.parameters()) + list(predictor.parameters()), lr=lr, weight_decay=1e-5)
+    centre = torch.zeros(256)
+    online.train()
+    predictor.train()
+    target.train()
+    n, bs = len(data), min(batch_size, len(data))
+
+    def embed_online(v: torch.Tensor) -> torch.Tensor:
+        return predictor(projector(encoder(v)))
+
+    def embed_target(v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return target[1](target[0](v))
+
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n - bs + 1, bs):
+            batch = data[order[start : start + bs]]
+            v1, v2 = augment(batch, view, generator=gen), augment(batch, view, generator=gen)
+            q1, q2 = embed_online(v1), embed_online(v2)
+            k1, k2 = embed_target(v1), embed_target(v2)
+            if objective == "byol":
+                loss = (4 - 2 * F.cosine_similarity(q1, k2).mean() - 2 * F.cosine_similarity(q2, k1).mean()) / 2
+            elif objective == "mocov3":
+                loss = _moco_loss(q1, k2) + _moco_loss(q2, k1)
+            else:
+                loss = 0.5 * (_dino_loss(q1, k2, centre) + _dino_loss(q2, k1, centre))
+                centre = 0.9 * centre + 0.1 * torch.cat([k1, k2]).mean(dim=0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for t_param, o_param in zip(target.parameters(), online.parameters(), strict=True):
+                    t_param.mul_(momentum).add_(o_param.detach(), alpha=1 - momentum)
+                for t_buf, o_buf in zip(target.buffers(), online.buffers(), strict=True):
+                    t_buf.copy_(o_buf)
+    return encoder.eval()
+
+
+def _moco_loss(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(q))) * 2 * temperature
+
+
+def _dino_loss(student: torch.Tensor, teacher: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    targets = F.softmax((teacher - centre) / 0.04, dim=1)
+    return -(targets * F.log_softmax(student / 0.1, dim=1)).sum(dim=1).mean()
+
+
+class Rescaled(nn.Module):
+    """Runs ``encoder`` (trained on images in [0, 1]) on inputs in ``[lo, hi]``: a shadow trained
+    on data mapped to [0, 1] answers on the data's own scale, as the suspect does."""
+
+    def __init__(self, encoder: nn.Module, lo: float, hi: float) -> None:
+        super().__init__()
+        if not hi > lo:
+            raise ValueError(f"need lo < hi, got {lo}, {hi}")
+        self.encoder, self.lo, self.hi = encoder, float(lo), float(hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder((x - self.lo) / (self.hi - self.lo))
+
+
+class Resized(nn.Module):
+    """Runs ``encoder`` on inputs resized (bilinear) to ``size`` x ``size`` inside the model, as
+    encoders trained at another input resolution do."""
+
+    def __init__(self, encoder: nn.Module, size: int) -> None:
+        super().__init__()
+        self.encoder, self.size = encoder, _positive_int(size, "size")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False))
 
 
 def train_classifier(

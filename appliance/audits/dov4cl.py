@@ -44,6 +44,17 @@ public one (default 1, the symmetric design): more private images shrink the var
 mean(D_pvt) at no query cost (their per-image averages are noisier, which only makes the
 test conservative); on the digits benchmark 3 did not raise the detection rate.
 
+Views fit the suspect and its data. Images are mapped from their ``value_range`` (declared,
+or the min/max of D_pub and D_pvt together) onto [0, 1], augmented there and mapped back, so
+the suspect is always queried on its own scale; views that saturate far more pixels than the
+images themselves raise a warning in the statistics. The view families (flips, crop scales,
+rotation, brightness/contrast jitter, noise) are parameters. With ``flip: "auto"`` (default)
+flips are used only if the suspect is flip-invariant, measured label-blind on a random sample
+of D_pub and D_pvt pooled: ``(cos(e(x), e(flip x)) - b) / (cos(e(x), e(view x)) - b)`` with
+``b`` the mean cosine between different images and ``view`` a flip-free global view. The
+choice depends on the pooled images only, never on which are public, so the permutation test
+stays exact under the chosen policy.
+
     result = create_method("dov4cl").run(
         DOV4CLInputs(public=x_pub, private=x_pvt, suspect=embed_s, shadow=embed_0),
         params={"rounds": 50}, seed=7)
@@ -51,9 +62,10 @@ test conservative); on the digits benchmark 3 did not raise the detection rate.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -70,8 +82,120 @@ from appliance.audits.registry import (
 )
 from appliance.audits.remote import CountedQuery, EmbedFn, check_images
 from appliance.audits.stats import permutation_mean_diff, welch_greater
+from models.augment import GLOBAL_VIEW, ViewSpec
+
+GLOBAL_SCALE = GLOBAL_VIEW.scale
 
 TYPES = ("gg", "ll", "gl")
+
+#: View families of the audit's queries; ``flip`` is ``"auto"``, true or false.
+VIEW_DEFAULTS: dict[str, Any] = {
+    "flip": "auto",
+    "global_scale": [0.5, 1.0],
+    "local_scale": [0.15, 0.45],
+    "rotation": 0.0,
+    "brightness": 0.4,
+    "contrast": 0.4,
+    "noise": 0.0,
+}
+#: Share of view pixels at the range's ends, beyond the images' own, that earns a warning.
+SATURATION_WARNING = 0.2
+
+
+def view_specs(views: Mapping[str, Any], *, flip: bool) -> tuple[ViewSpec, ViewSpec]:
+    """The global and local :class:`~models.augment.ViewSpec` for ``views`` (over the defaults)."""
+    if not isinstance(views, Mapping):
+        raise AuditParameterError(f"views must be an object, got {views!r}")
+    unknown = set(views) - set(VIEW_DEFAULTS)
+    if unknown:
+        raise AuditParameterError(f"unknown view parameters {sorted(unknown)}; accepted: {sorted(VIEW_DEFAULTS)}")
+    v = {**VIEW_DEFAULTS, **views}
+    if v["flip"] not in ("auto", True, False):
+        raise AuditParameterError(f"views.flip must be 'auto', true or false, got {v['flip']!r}")
+    try:
+        return tuple(  # type: ignore[return-value]
+            ViewSpec(scale=_pair(v[scale]), flip_p=0.5 if flip else 0.0, rotation=float(v["rotation"]),
+                     brightness=float(v["brightness"]), contrast=float(v["contrast"]),
+                     noise=float(v["noise"]))
+            for scale in ("global_scale", "local_scale"))
+    except (TypeError, ValueError) as exc:
+        raise AuditParameterError(f"bad view parameters: {exc}") from None
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"a scale must be [lo, hi], got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def data_range(public: np.ndarray, private: np.ndarray, declared: Sequence[float] | None) -> tuple[float, float]:
+    """The images' value range: ``declared`` (checked against the data) or the min/max of both
+    sets together (label-blind)."""
+    lo = float(min(public.min(), private.min()))
+    hi = float(max(public.max(), private.max()))
+    if declared is None:
+        if not hi > lo:
+            raise AuditInputError("the images are constant; there is nothing to audit")
+        return lo, hi
+    d_lo, d_hi = float(declared[0]), float(declared[1])
+    span = d_hi - d_lo
+    if lo < d_lo - 1e-6 * span or hi > d_hi + 1e-6 * span:
+        raise AuditInputError(
+            f"the images take values in [{lo:.4g}, {hi:.4g}], outside the declared value_range "
+            f"[{d_lo:.4g}, {d_hi:.4g}]", hint="declare the range of the data the suspect takes, or omit "
+            "value_range to use the data's own")
+    return d_lo, d_hi
+
+
+def saturation_warnings(images: np.ndarray, views: np.ndarray, value_range: tuple[float, float]) -> list[str]:
+    """Warn when views sit at the ends of the range far more often than the images do (the
+    jitter is too strong for this data, or the range is implausible)."""
+    lo, hi = value_range
+    tol = 1e-6 * (hi - lo)
+
+    def at_ends(x: np.ndarray) -> float:
+        return float(np.mean((x <= lo + tol) | (x >= hi - tol)))
+
+    base, seen = at_ends(images), at_ends(views)
+    if seen - base > SATURATION_WARNING:
+        return [f"{seen:.0%} of view pixels sit at the ends of the value range [{lo:.4g}, {hi:.4g}] "
+                f"against {base:.0%} of image pixels: lower brightness/contrast/noise or check value_range"]
+    return []
+
+
+def flip_invariance(images: np.ndarray, embed: EmbedFn, *, probe: int, seed: int,
+                    value_range: tuple[float, float]) -> float:
+    """How flip-invariant ``embed`` is on a random sample of ``images`` (label-blind):
+    ``(cos(x, flip x) - b) / (cos(x, view x) - b)``, 1 as invariant to flips as to a flip-free
+    global view, 0 no more similar than two different images (``b``)."""
+    from models.augment import multi_view
+
+    rng = np.random.default_rng([seed, 0xF11B])
+    # A canonical order (by content) makes the sample a function of the pooled set alone, not
+    # of which images came first: relabelling public and private cannot change the policy.
+    canonical = np.argsort([hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest() for x in images],
+                           kind="stable")
+    sample = images[canonical[rng.choice(len(images), min(probe, len(images)), replace=False)]]
+    plain = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, brightness=0.0, contrast=0.0)
+    mirror = ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, brightness=0.0, contrast=0.0)
+    view = ViewSpec(scale=GLOBAL_SCALE, flip_p=0.0)
+    seed_views = int(rng.integers(2**31 - 1))
+    original = multi_view(sample, n_global=1, n_local=0, seed=seed_views, global_spec=plain,
+                          value_range=value_range)[:, 0]
+    flipped = multi_view(sample, n_global=1, n_local=0, seed=seed_views, global_spec=mirror,
+                         value_range=value_range)[:, 0]
+    viewed = multi_view(sample, n_global=1, n_local=0, seed=seed_views, global_spec=view,
+                        value_range=value_range)[:, 0]
+    n = len(sample)
+    emb = centred(np.asarray(embed(np.concatenate([original, flipped, viewed])), np.float64))
+    e = _normalise(emb.reshape(3, n, -1))
+    cos_flip = float(np.mean(np.sum(e[0] * e[1], axis=1)))
+    cos_view = float(np.mean(np.sum(e[0] * e[2], axis=1)))
+    others = e[0][rng.permutation(n)]
+    base = float(np.mean(np.sum(e[0] * others, axis=1)))
+    if cos_view - base <= 1e-9:
+        return 0.0
+    return (cos_flip - base) / (cos_view - base)
 
 
 @dataclass
@@ -205,6 +329,10 @@ class DOV4CL(AuditMethod):
             "private_pool": 1.0,
             "center": True,
             "max_batch": 4096,
+            "value_range": None,
+            "views": dict(VIEW_DEFAULTS),
+            "invariance_probe": 256,
+            "flip_threshold": 0.9,
         }
 
     def _check(self, p: dict[str, Any]) -> None:
@@ -226,9 +354,22 @@ class DOV4CL(AuditMethod):
             raise AuditParameterError(f"center must be true or false, got {p['center']!r}")
         if p["test"] not in ("permutation", "reference"):
             raise AuditParameterError("test must be 'permutation' or 'reference'")
+        if isinstance(p["invariance_probe"], bool) or not isinstance(p["invariance_probe"], int) \
+                or not 8 <= p["invariance_probe"] <= 100_000:
+            raise AuditParameterError("invariance_probe must be an integer in [8, 100000]")
+        if isinstance(p["flip_threshold"], bool) or not isinstance(p["flip_threshold"], int | float):
+            raise AuditParameterError("flip_threshold must be a number")
+        if p["value_range"] is not None:
+            vr = p["value_range"]
+            if not isinstance(vr, list | tuple) or len(vr) != 2 \
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vr) \
+                    or not (np.isfinite(vr).all() and float(vr[0]) < float(vr[1])):
+                raise AuditParameterError(f"value_range must be [lo, hi] with lo < hi, got {vr!r}")
+        view_specs(p["views"], flip=False)  # raises on bad view parameters
 
     def build_queries(
-        self, public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int
+        self, public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int, *,
+        specs: tuple[ViewSpec, ViewSpec] | None = None, value_range: tuple[float, float] = (0.0, 1.0),
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Sample the rounds and draw their views.
 
@@ -239,6 +380,7 @@ class DOV4CL(AuditMethod):
         """
         from models.augment import multi_view
 
+        global_spec, local_spec = specs or view_specs(p.get("views", {}), flip=True)
         k, rounds = int(p["k"]), int(p["rounds"])
         rng = np.random.default_rng([seed, 0x0D0F])
         n_pool = min(len(public), len(private))
@@ -263,6 +405,9 @@ class DOV4CL(AuditMethod):
                     n_global=int(p["n_global"]),
                     n_local=int(p["n_local"]),
                     seed=view_seed,
+                    global_spec=global_spec,
+                    local_spec=local_spec,
+                    value_range=value_range,
                 )
             )
         return ids, np.stack(views), n_pool
@@ -306,10 +451,18 @@ class DOV4CL(AuditMethod):
         k, rounds, n_global = int(p["k"]), int(p["rounds"]), int(p["n_global"])
         n_views = n_global + int(p["n_local"])
 
+        value_range = data_range(public, private, p["value_range"])
         t0 = time.perf_counter()
-        ids, views, n_pool = self.build_queries(public, private, p, seed)
+        flip, invariance = self._flip_policy(public, private, p, seed, suspect, value_range)
+        specs = view_specs(p["views"], flip=flip)
+        ids, views, n_pool = self.build_queries(public, private, p, seed, specs=specs,
+                                                value_range=value_range)
         flat = views.reshape(-1, *views.shape[3:])
+        warnings = saturation_warnings(np.concatenate([public, private]), flat, value_range)
         t_aug = time.perf_counter() - t0
+        if log:
+            for warning in warnings:
+                log(f"dov4cl: warning: {warning}")
         if log:
             log(f"dov4cl: {rounds} rounds x {2 * k} images x {n_views} views = {len(flat)} queries")
         if suspect.budget is not None and len(flat) > suspect.budget:
@@ -326,6 +479,12 @@ class DOV4CL(AuditMethod):
 
         t0 = time.perf_counter()
         stats = self._statistics(emb_s, emb_0, ids, n_pool=n_pool, k=k, n_global=n_global, p=p, seed=seed)
+        stats["views"] = {"value_range": list(value_range), "flip": flip, "flip_invariance": invariance,
+                          "global": asdict(specs[0]), "local": asdict(specs[1])}
+        stats["warnings"] = warnings
+        stats["cautions"] = self._mismatch_cautions(emb_s, emb_0, invariance, public, private, p, seed,
+                                                    shadows, value_range)
+        stats["queries"] = suspect.queries
         t_stats = time.perf_counter() - t0
         alpha = float(p["alpha"])
         p_value = stats["calibrated_p"] if p["test"] == "permutation" else stats["reference_p"]
@@ -348,6 +507,43 @@ class DOV4CL(AuditMethod):
                 "total_s": time.perf_counter() - t_start,
             },
         )
+
+    @staticmethod
+    def _flip_policy(
+        public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int,
+        suspect: CountedQuery, value_range: tuple[float, float],
+    ) -> tuple[bool, float | None]:
+        """Whether views may flip, and the measured flip invariance (``None`` if not measured)."""
+        choice = p["views"].get("flip", VIEW_DEFAULTS["flip"])
+        if choice != "auto":
+            return bool(choice), None
+        score = flip_invariance(np.concatenate([public, private]), suspect,
+                                probe=int(p["invariance_probe"]), seed=seed, value_range=value_range)
+        return score >= float(p["flip_threshold"]), score
+
+    @staticmethod
+    def _mismatch_cautions(
+        emb_s: np.ndarray, emb_0: list[np.ndarray], invariance: float | None, public: np.ndarray,
+        private: np.ndarray, p: Mapping[str, Any], seed: int, shadows: Sequence[CountedQuery],
+        value_range: tuple[float, float],
+    ) -> list[str]:
+        """Signs that the shadows do not resemble the suspect (another embedding size, another
+        flip invariance): the test stays valid, but loses power and the shadows explain less."""
+        cautions = []
+        dims = sorted({int(e.shape[-1]) for e in emb_0})
+        if dims != [int(emb_s.shape[-1])]:
+            cautions.append(f"the suspect embeds in {emb_s.shape[-1]} dimensions, the shadows in "
+                            f"{', '.join(map(str, dims))}: shadows of the suspect's recipe explain its "
+                            "image difficulty better")
+        if invariance is not None:
+            pooled = np.concatenate([public, private])
+            theirs = [flip_invariance(pooled, shadow, probe=int(p["invariance_probe"]), seed=seed,
+                                      value_range=value_range) for shadow in shadows]
+            if abs(invariance - float(np.mean(theirs))) > 0.5:
+                cautions.append(f"the suspect's flip invariance ({invariance:.2f}) differs from the "
+                                f"shadows' ({np.mean(theirs):.2f}): they were likely trained with other "
+                                "augmentations")
+        return cautions
 
     @staticmethod
     def _statistics(
@@ -421,4 +617,16 @@ class DOV4CL(AuditMethod):
 
 register_method(DOV4CL.name, DOV4CL)
 
-__all__ = ["DOV4CL", "DOV4CLInputs", "centred", "image_scores", "round_relations", "shadow_adjusted"]
+__all__ = [
+    "DOV4CL",
+    "DOV4CLInputs",
+    "VIEW_DEFAULTS",
+    "centred",
+    "data_range",
+    "flip_invariance",
+    "image_scores",
+    "round_relations",
+    "saturation_warnings",
+    "shadow_adjusted",
+    "view_specs",
+]

@@ -190,12 +190,13 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, digits: Any,
     alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
     server, url, _ = _embedding_server(suspect)
     try:
-        job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+        params = {
             "method": "dov4cl", "suspect_endpoint": {"url": url},
             "public_dataset_id": pub["id"], "private_dataset_id": pvt["id"],
             "shadow_training": {"dataset_id": alt["id"], "epochs": 2, "count": 2,
                                 "config": {"width": 8, "embed_dim": 16}},
-            "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 2}}})
+            "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 2}}
+        job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": params})
         assert job.status_code == 202, job.get_json()
         final = wait_job(client, token_a, job.get_json()["id"], timeout=180)
         assert final["state"] == "succeeded", final
@@ -205,6 +206,24 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, digits: Any,
             "report"]
         assert body["inputs"]["shadows"]["recipe"]["count"] == 2
         assert body["statistics"]["shadows"] == 2
+        assert body["inputs"]["shadows"]["trained"] == 2 and body["inputs"]["shadows"]["reused"] == 0
+        # the same audit again reuses the kept shadows: same weights, same report figures
+        again = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": params})
+        second = wait_job(client, token_a, again.get_json()["id"], timeout=180)
+        assert second["state"] == "succeeded", second
+        logs = client.get(f"/v1/jobs/{second['id']}/logs", headers=auth(token_a)).get_json()
+        assert not any("training simclr shadow" in line["message"] for line in logs["items"])
+        body2 = client.get(f"/v1/reports/{second['report_id']}", headers=auth(token_a)).get_json()["report"]
+        assert body2["inputs"]["shadows"]["reused"] == 2
+        assert [m["weights_sha256"] for m in body2["inputs"]["shadows"]["models"]] == \
+            [m["weights_sha256"] for m in body["inputs"]["shadows"]["models"]]
+        assert body2["statistics"]["calibrated_p"] == body["statistics"]["calibrated_p"]
+        # another seed is another shadow
+        other = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+            **params, "shadow_training": {**params["shadow_training"], "seed": 5, "count": 1}}})
+        third = wait_job(client, token_a, other.get_json()["id"], timeout=180)
+        body3 = client.get(f"/v1/reports/{third['report_id']}", headers=auth(token_a)).get_json()["report"]
+        assert body3["inputs"]["shadows"]["trained"] == 1
     finally:
         server.shutdown()
 

@@ -149,7 +149,14 @@ def test_dov4cl_runs_on_synthetic_embeddings():
         seed=0,
         progress=progress.append,
     )
-    assert result.queries == 3 * 16 * 8
+    # 3 rounds x 16 images x 8 views, plus the flip-invariance probe: 3 views of all 80 images
+    assert result.queries == 3 * 16 * 8 + 3 * 80
+    assert result.statistics["queries"] == result.queries
+    assert result.statistics["views"]["flip_invariance"] is not None
+    fixed = create_method("dov4cl").run(
+        inputs, params={"rounds": 3, "k": 8, "permutations": 200, "views": {"flip": False}}, seed=0)
+    assert fixed.queries == 3 * 16 * 8
+    assert fixed.statistics["views"] == {**fixed.statistics["views"], "flip": False, "flip_invariance": None}
     assert progress[-1] == 1.0
     # The suspect is the shadow: identical scores give a zero statistic, p = 1.
     assert result.statistics["calibrated_statistic"] == pytest.approx(0.0, abs=1e-12)
