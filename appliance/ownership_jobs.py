@@ -26,21 +26,10 @@ from .errors import JobFailed, UnprocessableInput, ValidationFailed
 from .evaluation import load_job_model, model_digests
 from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
 from .registry import dataset_input, model_input, read_dataset
+from .schemas import SuspectEndpoint
 from .store import Store, loads
 
 VERSION = "1.0.0"
-
-
-class SuspectEndpoint(BaseModel):
-    """A suspect behind an HTTP URL answering ``{"inputs": [...]}`` with ``{"outputs": [...]}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(min_length=8, max_length=2048)
-    timeout_s: float = Field(default=10.0, gt=0, le=120)
-    retries: int = Field(default=2, ge=0, le=10)
-    query_budget: int | None = Field(default=None, ge=1, le=10_000_000)
-    max_batch: int = Field(default=256, ge=1, le=4096)
 
 
 class ShadowTraining(BaseModel):

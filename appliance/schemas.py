@@ -212,3 +212,15 @@ class ConsistencyQuery(BaseModel):
 
 class ArchitectureList(BaseModel):
     items: dict[str, str]
+
+
+class SuspectEndpoint(BaseModel):
+    """A suspect behind an HTTP URL answering ``{"inputs": [...]}`` with ``{"outputs": [...]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2048)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    retries: int = Field(default=2, ge=0, le=10)
+    query_budget: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_batch: int = Field(default=256, ge=1, le=4096)

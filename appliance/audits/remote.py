@@ -219,43 +219,14 @@ class RemoteEndpoint:
         return np.concatenate(parts)
 
     def _post(self, chunk: np.ndarray) -> np.ndarray:
-        import httpx
-
-        payload = {"inputs": chunk.tolist()}
-        last: Exception | None = None
-        timed_out = False
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        def attempted() -> None:
             self.requests += 1
-            try:
-                response = self._client.post(self.url, json=payload)
-            except httpx.TimeoutException as exc:
-                last, timed_out = exc, True
-                continue
-            except httpx.HTTPError as exc:
-                last, timed_out = exc, False
-                continue
-            if response.status_code >= 500:
-                last, timed_out = RuntimeError(f"HTTP {response.status_code}"), False
-                continue
-            self.queries += len(chunk)
-            # the status code only: the body is the endpoint's, and may be anything it chose
-            if 300 <= response.status_code < 400:
-                raise RemoteEndpointError(
-                    f"endpoint {self.url} answered with a redirect (HTTP {response.status_code}); "
-                    "redirects are not followed"
-                )
-            if response.status_code >= 400:
-                raise RemoteEndpointError(f"endpoint {self.url} refused the query: HTTP {response.status_code}")
-            return self._decode(response, len(chunk))
-        attempts = self.retries + 1
-        if timed_out:
-            raise RemoteTimeoutError(
-                f"endpoint {self.url} timed out after {attempts} attempts ({self.timeout_s:g} s each)"
-            )
-        reason = str(last) if isinstance(last, RuntimeError) else f"transport error {type(last).__name__}"
-        raise RemoteEndpointError(f"endpoint {self.url} failed after {attempts} attempts: {reason}")
+
+        response = post_with_retries(self._client, self.url, {"inputs": chunk.tolist()}, retries=self.retries,
+                                     backoff_s=self.backoff_s, timeout_s=self.timeout_s, on_attempt=attempted)
+        self.queries += len(chunk)
+        check_status(response, f"endpoint {self.url}", "the query")
+        return self._decode(response, len(chunk))
 
     def _decode(self, response: Any, n: int) -> np.ndarray:
         try:
@@ -293,6 +264,49 @@ def _to_array(outputs: list[Any]) -> np.ndarray:
     return arr
 
 
+
+def post_with_retries(client: Any, url: str, payload: Any, *, retries: int, backoff_s: float, timeout_s: float,
+                      what: str = "endpoint", on_attempt: Callable[[], None] | None = None) -> Any:
+    """POST ``payload`` as JSON, retrying timeouts, transport errors and 5xx answers with
+    exponential backoff; returns the first answer below 500. Errors name the URL, the status
+    code or the transport error's type, never what the remote sent."""
+    import httpx
+
+    last: Exception | None = None
+    timed_out = False
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        if on_attempt is not None:
+            on_attempt()
+        try:
+            response = client.post(url, json=payload)
+        except httpx.TimeoutException as exc:
+            last, timed_out = exc, True
+            continue
+        except httpx.HTTPError as exc:
+            last, timed_out = exc, False
+            continue
+        if response.status_code >= 500:
+            last, timed_out = RuntimeError(f"HTTP {response.status_code}"), False
+            continue
+        return response
+    attempts = retries + 1
+    if timed_out:
+        raise RemoteTimeoutError(f"{what} {url} timed out after {attempts} attempts ({timeout_s:g} s each)")
+    reason = str(last) if isinstance(last, RuntimeError) else f"transport error {type(last).__name__}"
+    raise RemoteEndpointError(f"{what} {url} failed after {attempts} attempts: {reason}")
+
+
+def check_status(response: Any, who: str, what: str) -> None:
+    """Refuse redirects and 4xx answers by status code only (the body is the remote's, and may
+    be anything it chose)."""
+    if 300 <= response.status_code < 400:
+        raise RemoteEndpointError(
+            f"{who} answered with a redirect (HTTP {response.status_code}); redirects are not followed")
+    if response.status_code >= 400:
+        raise RemoteEndpointError(f"{who} refused {what}: HTTP {response.status_code}")
+
 __all__ = [
     "CountedQuery",
     "EmbedFn",
@@ -301,5 +315,7 @@ __all__ = [
     "QueryKind",
     "RemoteEndpoint",
     "check_images",
+    "check_status",
+    "post_with_retries",
     "validate_outputs",
 ]

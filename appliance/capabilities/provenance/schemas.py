@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from appliance.schemas import SuspectEndpoint
+
 
 class GeneratorEndpoint(BaseModel):
     """A generator behind an HTTP URL: ``POST {"labels", "seed", "temperature"}`` answers
@@ -21,18 +23,6 @@ class GeneratorEndpoint(BaseModel):
     max_batch: int = Field(default=256, ge=1, le=4096)
 
 
-class SuspectEndpointSpec(BaseModel):
-    """A suspect behind an HTTP URL answering ``{"inputs": [...]}`` with ``{"outputs": [...]}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(min_length=8, max_length=2048)
-    timeout_s: float = Field(default=10.0, gt=0, le=120)
-    retries: int = Field(default=2, ge=0, le=10)
-    query_budget: int | None = Field(default=None, ge=1, le=10_000_000)
-    max_batch: int = Field(default=256, ge=1, le=4096)
-
-
 class ProvenanceParams(BaseModel):
     """Parameters of a provenance audit; one generator is the yes/no test, several (registered
     ids) are source attribution."""
@@ -42,7 +32,7 @@ class ProvenanceParams(BaseModel):
     generator_model_ids: list[str] | None = Field(default=None, min_length=1, max_length=6)
     generator_endpoint: GeneratorEndpoint | None = None
     suspect_model_id: str | None = Field(default=None, max_length=64)
-    suspect_endpoint: SuspectEndpointSpec | None = None
+    suspect_endpoint: SuspectEndpoint | None = None
     suspect_output: Literal["label", "proba"] = "label"
     variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
     decision: Literal["calibrated", "paper"] = "calibrated"
@@ -77,4 +67,4 @@ class ProvenanceParams(BaseModel):
         return self
 
 
-__all__ = ["GeneratorEndpoint", "ProvenanceParams", "SuspectEndpointSpec"]
+__all__ = ["GeneratorEndpoint", "ProvenanceParams", "SuspectEndpoint"]

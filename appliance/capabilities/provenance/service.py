@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audits.egress import EgressGuard
-from appliance.audits.errors import AuditInputError, RemoteEndpointError, RemoteTimeoutError
+from appliance.audits.errors import AuditInputError, RemoteEndpointError
 from appliance.audits.provenance.trainprove import ProvenanceEvidence
 
 from .schemas import GeneratorEndpoint, ProvenanceParams
@@ -81,41 +81,21 @@ class RemoteGenerator:
         return np.concatenate(parts)
 
     def _post(self, body: dict[str, Any]) -> Any:
-        import httpx
+        from appliance.audits.remote import check_status, post_with_retries
 
-        timed_out = False
-        last: Exception | None = None
-        for attempt in range(self.spec.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = self._client.post(self.spec.url, json=body)
-            except httpx.TimeoutException as exc:
-                last, timed_out = exc, True
-                continue
-            except httpx.HTTPError as exc:
-                last, timed_out = exc, False
-                continue
-            if response.status_code >= 500:
-                last, timed_out = RuntimeError(f"HTTP {response.status_code}"), False
-                continue
-            if response.status_code >= 400:
-                raise RemoteEndpointError(f"generator endpoint {self.spec.url} refused: HTTP {response.status_code}")
-            try:
-                answer = response.json()
-            except ValueError:
-                raise RemoteEndpointError(f"generator endpoint {self.spec.url} answered with invalid JSON") from None
-            outputs = answer.get("outputs") if isinstance(answer, dict) else None
-            if not isinstance(outputs, list):
-                raise RemoteEndpointError(f"generator endpoint {self.spec.url} answered without an 'outputs' list")
-            return outputs
-        attempts = self.spec.retries + 1
-        if timed_out:
-            raise RemoteTimeoutError(f"generator endpoint {self.spec.url} timed out after {attempts} attempts "
-                                     f"({self.spec.timeout_s:g} s each)")
-        # the exception's type only: a remote body or address never reaches the tenant's job error
-        raise RemoteEndpointError(f"generator endpoint {self.spec.url} failed after {attempts} attempts: "
-                                  f"{type(last).__name__ if not isinstance(last, RuntimeError) else last}")
+        who = f"generator endpoint {self.spec.url}"
+        response = post_with_retries(self._client, self.spec.url, body, retries=self.spec.retries,
+                                     backoff_s=self.backoff_s, timeout_s=self.spec.timeout_s,
+                                     what="generator endpoint")
+        check_status(response, who, "the request")
+        try:
+            answer = response.json()
+        except ValueError:
+            raise RemoteEndpointError(f"{who} answered with invalid JSON") from None
+        outputs = answer.get("outputs") if isinstance(answer, dict) else None
+        if not isinstance(outputs, list):
+            raise RemoteEndpointError(f"{who} answered without an 'outputs' list")
+        return outputs
 
 
 def shadow_specs(params: ProvenanceParams) -> list[Any]:
