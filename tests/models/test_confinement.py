@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import tar_of
 
 from models.bounded_json import MAX_JSON_DEPTH, load_bounded_json
 from models.datasets import load_npz_dataset
@@ -47,22 +48,6 @@ def _folder(path: Path, files: dict[str, bytes | dict[str, object]]) -> Path:
 
 def _model_files(**extra: bytes | dict[str, object]) -> dict[str, bytes | dict[str, object]]:
     return {"config.json": {"model_type": "bert"}, "dummy.safetensors": _weights(1), **extra}
-
-
-def _tar_bytes(members: list[tuple[str, bytes | None]], mode: str = "w") -> bytes:
-    """Members named with None as content are folders."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as archive:  # type: ignore[call-overload]
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
 
 # -- finding 1: a weight index that names another tenant's weights --------------------------
 
@@ -177,7 +162,7 @@ def test_tar_with_many_folders_is_refused_before_any_is_created(tmp_path: Path) 
     members: list[tuple[str, bytes | None]] = [(f"d{i}", None) for i in range(3000)]
     members += [("config.json", b"{}"), ("model.safetensors", _weights(0))]
     path = tmp_path / "dirs.tar"
-    path.write_bytes(_tar_bytes(members))
+    path.write_bytes(tar_of(members))
     dest = tmp_path / "out"
     dest.mkdir()
     created: list[str] = []
@@ -196,13 +181,13 @@ def test_tar_with_many_folders_is_refused_before_any_is_created(tmp_path: Path) 
         sniff_and_validate(path, max_entries=1000)
     # 30 files each under its own 10 folders: 30 entries that would create 300 folders
     implied = tmp_path / "implied.tar"
-    implied.write_bytes(_tar_bytes([("/".join([f"f{i}"] * 10) + "/x.json", b"{}")
+    implied.write_bytes(tar_of([("/".join([f"f{i}"] * 10) + "/x.json", b"{}")
                                     for i in range(30)]))
     with pytest.raises(LimitExceeded, match="more than 100 entries"):
         extract_transformers_tar(implied, tmp_path / "imp", max_total_bytes=1 << 20,
                                  max_entries=100)
     small = tmp_path / "ok.tar"
-    small.write_bytes(_tar_bytes(members[2990:]))
+    small.write_bytes(tar_of(members[2990:]))
     assert extract_transformers_tar(small, tmp_path / "ok", max_total_bytes=1 << 20,
                                     max_entries=1000).is_dir()
 
@@ -210,7 +195,7 @@ def test_tar_with_many_folders_is_refused_before_any_is_created(tmp_path: Path) 
 def test_sparse_and_overlong_members_are_refused(tmp_path: Path) -> None:
     deep = "/".join(["a"] * 40) + "/config.json"
     path = tmp_path / "deep.tar"
-    path.write_bytes(_tar_bytes([(deep, b"{}")]))
+    path.write_bytes(tar_of([(deep, b"{}")]))
     with pytest.raises(ModelFormatError, match="nests deeper"):
         extract_transformers_tar(path, tmp_path / "o1", max_total_bytes=1 << 20)
     sparse = tarfile.TarInfo("model.safetensors")
@@ -303,7 +288,7 @@ def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path: Path) -> 
     for members in ([("config.json", nested_config), ("model.safetensors", _weights(0))],
                     [("config.json", b"{}"), ("model.safetensors", _nested_safetensors(100_000))]):
         tar = tmp_path / "t.tar"
-        tar.write_bytes(_tar_bytes(members))  # type: ignore[arg-type]
+        tar.write_bytes(tar_of(members))  # type: ignore[arg-type]
         with pytest.raises(ModelFormatError, match="deeper"):
             extract_transformers_tar(tar, tmp_path / "out", max_total_bytes=1 << 20)
 
