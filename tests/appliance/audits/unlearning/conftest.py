@@ -36,7 +36,7 @@ def load_audit_subjects(seed: int) -> AuditSubjects:
     subjects = make_subjects(seed=seed, **SUBJECT_SIZES)
     splits = {split: parse_jsonl(subjects.dataset_path(split).read_bytes())
               for split in ("forget", "retain", "holdout")}
-    splits = {split: by_person(records) for split, records in splits.items()}
+    assert all(record.group for records in splits.values() for record in records)
     models = {role: CausalLM.from_dir(subjects.model_dir(role), device="cpu")
               for role in ("full", "gold", "reference")}
     return AuditSubjects(**splits, **models, source=subjects)
@@ -46,10 +46,3 @@ def load_audit_subjects(seed: int) -> AuditSubjects:
 def audit_subjects() -> AuditSubjects:
     return load_audit_subjects(0)
 
-
-def by_person(records: list[TextRecord]) -> list[TextRecord]:
-    """The records with their person as group (every answer of the corpus starts with the
-    person's two-word name), so that the tests' unit is the person the facts were drawn by."""
-    from dataclasses import replace
-
-    return [replace(r, group=" ".join(r.answer.split()[:2])) for r in records]
