@@ -50,7 +50,8 @@ def test_the_full_model_is_flagged(full_battery: Any) -> None:
     assert set(full_battery.knowledge_audits) == set(FULL_HERE)
     for name in FULL_HERE:
         result = full_battery.results[name]
-        assert result.p_value < 1e-4, name
+        # 8 against 8 people: 1/12870 is the smallest p there is; 1e-3 is far below Holm's 0.05/8
+        assert result.p_value < 1e-3, name
         assert result.statistics["statistic_auc"] > 0.9, name
         assert result.statistics["p_unlearned"] > 0.5, name
     qa = full_battery.results["knowledge_qa"].statistics
