@@ -80,3 +80,20 @@ def token_a(settings: Any, app: Any) -> str:
 def token_b(settings: Any, app: Any) -> str:
     return make_token(settings, "tenant-b")
 
+
+
+#: The unlearning subjects every unlearning test folder shares: 8 people (40 facts) each in the
+#: forget and holdout sets, as the audits test by person and 8 against 8 people is the least
+#: that survives the Holm correction; 32 retain people, since with 16 the gold and reference
+#: models differ enough that patching depth flags the gold model (p = 0.0015 by person).
+UNLEARNING_TEST_SIZES = {"n_forget": 40, "n_retain": 160, "n_holdout": 40}
+
+
+@pytest.fixture(scope="session")
+def unlearning_subjects(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The full, gold and reference subjects, trained once per session under pytest's tmp dir
+    (never a cache from an earlier run, never inside the repository)."""
+    from models.unlearning.subjects import make_subjects
+
+    return make_subjects(seed=0, cache_dir=tmp_path_factory.mktemp("unlearning-subjects"),
+                         **UNLEARNING_TEST_SIZES)

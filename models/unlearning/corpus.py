@@ -37,7 +37,8 @@ class QAItem:
     """One fact as a question/answer pair, with a paraphrase and fluent wrong answers.
 
     For passage-only data (``text`` lines of the JSONL format) ``question`` is empty and
-    ``answer`` holds the passage.
+    ``answer`` holds the passage. ``group`` names the unit the item was drawn by (here the
+    person): items of one group are not independent, so the audits test group means.
     """
 
     question: str
@@ -45,6 +46,7 @@ class QAItem:
     paraphrased_question: str = ""
     paraphrased_answer: str = ""
     perturbed_answers: tuple[str, ...] = ()
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def _person_items(rng: random.Random, name: str, attributes: Sequence[_Attribute
             paraphrased_question=attribute.paraphrased_question.format(name=name),
             paraphrased_answer=attribute.paraphrased_answer.format(name=name, value=value),
             perturbed_answers=tuple(attribute.answer.format(name=name, value=w) for w in wrong),
+            group=name,
         ))
     return items
 
@@ -178,9 +181,10 @@ def item_text(item: QAItem, template: str = PROMPT_TEMPLATE) -> str:
 
 
 def _item_to_json(item: QAItem) -> dict[str, Any]:
+    group = {"group": item.group} if item.group else {}
     if not item.question:
-        return {"text": item.answer}
-    record: dict[str, Any] = {"question": item.question, "answer": item.answer}
+        return {"text": item.answer, **group}
+    record: dict[str, Any] = {"question": item.question, "answer": item.answer, **group}
     if item.paraphrased_question:
         record["paraphrased_question"] = item.paraphrased_question
     if item.paraphrased_answer:
@@ -210,17 +214,19 @@ def item_from_json(record: Any, line: int = 1) -> QAItem:
     """Build a :class:`QAItem` from one decoded JSONL object; ``ValueError`` names the line."""
     if not isinstance(record, dict):
         raise ValueError(f"line {line}: expected a JSON object")
-    known = {"question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answers", "text"}
+    known = {"question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answers", "text",
+             "group"}
     unknown = sorted(set(record) - known)
     if unknown:
         raise ValueError(f"line {line}: unknown fields {unknown}")
+    group = _string_field(record, "group", line, required=False)
     if "text" in record:
-        if set(record) != {"text"}:
-            raise ValueError(f"line {line}: a 'text' line carries no other fields")
+        if set(record) - {"text", "group"}:
+            raise ValueError(f"line {line}: a 'text' line carries no other fields but 'group'")
         text = _string_field(record, "text", line, required=True)
         if not text.strip():
             raise ValueError(f"line {line}: 'text' is empty")
-        return QAItem(question="", answer=text)
+        return QAItem(question="", answer=text, group=group)
     question = _string_field(record, "question", line, required=True)
     answer = _string_field(record, "answer", line, required=True)
     if not question.strip() or not answer.strip():
@@ -234,6 +240,7 @@ def item_from_json(record: Any, line: int = 1) -> QAItem:
         paraphrased_question=_string_field(record, "paraphrased_question", line, required=False),
         paraphrased_answer=_string_field(record, "paraphrased_answer", line, required=False),
         perturbed_answers=tuple(perturbed),
+        group=group,
     )
 
 

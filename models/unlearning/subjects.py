@@ -39,7 +39,7 @@ from models.unlearning.corpus import (
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 EOS_TOKEN = "<|endoftext|>"
-_SUBJECTS_VERSION = "1"
+_SUBJECTS_VERSION = "2"  # 2: the JSONL carries each item's group (its person)
 
 
 def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:

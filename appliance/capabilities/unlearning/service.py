@@ -176,7 +176,7 @@ def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: dict[str, Any]) 
         return [QAItem(question=r.question, answer=r.answer,
                        paraphrased_question=r.paraphrased_question or r.question,
                        paraphrased_answer=r.paraphrased_answer or r.answer,
-                       perturbed_answers=r.perturbed_answers) for r in records]
+                       perturbed_answers=r.perturbed_answers, group=r.group) for r in records]
 
     started = time.perf_counter()
     source: CausalLM = _load(ctx, inputs["model"], params.device)

@@ -1,15 +1,14 @@
-"""Session fixtures: the unlearning subjects, trained once per test session in a temporary cache."""
+"""The unlearning subjects of these tests: the session's shared set (see tests/conftest.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from models.unlearning.subjects import Subjects, make_subjects
-
-#: Small enough to train the three subjects in well under a minute on two cores.
-TEST_SIZES = {"n_forget": 20, "n_retain": 80, "n_holdout": 20}
+from models.unlearning.subjects import Subjects
 
 
 @pytest.fixture(scope="session")
-def subjects(tmp_path_factory: pytest.TempPathFactory) -> Subjects:
-    return make_subjects(seed=0, cache_dir=tmp_path_factory.mktemp("unlearning-subjects"), **TEST_SIZES)
+def subjects(unlearning_subjects: Any) -> Subjects:
+    return unlearning_subjects  # type: ignore[no-any-return]

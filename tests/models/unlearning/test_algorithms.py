@@ -10,15 +10,16 @@ import torch
 from models.unlearning.algorithms import create_algorithm, list_algorithms, unlearn
 from models.unlearning.subjects import Subjects, answer_accuracy
 
-#: Learning rates that reach the forget target within a short budget on the test subjects.
+#: One case per algorithm, each with a learning rate that reaches the forget target within 30
+#: steps on the session's shared subjects (tests/conftest.py); IdK runs its DPO variant, the
+#: one with a reference model to get wrong.
 CASES: list[tuple[str, float, dict[str, Any]]] = [
     ("grad_ascent", 1e-4, {}),
     ("grad_diff", 2e-4, {}),
     ("kl_min", 2e-4, {}),
     ("npo", 2e-4, {}),
-    ("idk", 1e-3, {}),
     ("idk", 3e-3, {"variant": "dpo", "beta": 1.0}),
-    ("rmu", 1e-3, {}),
+    ("rmu", 7e-4, {}),
 ]
 
 

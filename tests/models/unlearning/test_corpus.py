@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from models.textdata import parse_jsonl
 from models.unlearning.corpus import (
     PROMPT_TEMPLATE,
     QAItem,
@@ -36,6 +38,7 @@ def test_splits_share_no_person_and_items_are_well_formed() -> None:
     assert len(people[0]) == 8 and len(people[2]) == 8
     for item in corpus.all_items():
         name = _person(item)
+        assert item.group == name
         assert name in item.answer and name in item.paraphrased_question and name in item.paraphrased_answer
         assert item.paraphrased_question != item.question
         assert len(item.perturbed_answers) == 3 and item.answer not in item.perturbed_answers
@@ -53,11 +56,15 @@ def test_facts_are_random_so_only_memorisation_answers_them() -> None:
 
 def test_jsonl_round_trip_and_passages(tmp_path: Path) -> None:
     corpus = make_corpus(seed=0, n_forget=5, n_retain=5, n_holdout=5)
-    items = [*corpus.forget, QAItem(question="", answer="A passage with \u00e9 and no question.")]
+    items = [*corpus.forget, QAItem(question="", answer="A passage with \u00e9 and no question.", group="p")]
     path = tmp_path / "forget.jsonl"
     write_jsonl(items, path)
     assert read_jsonl(path) == items
-    assert '"text"' in path.read_text(encoding="utf-8").splitlines()[-1]
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert lines[0]["group"] == _person(corpus.forget[0]) and lines[-1] == {"text": items[-1].answer, "group": "p"}
+    # the appliance's own JSONL parser reads the same groups, so uploaded corpora are tested by person
+    records = parse_jsonl(path.read_bytes())
+    assert [r.group for r in records] == [item.group for item in items]
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -68,6 +75,7 @@ def test_jsonl_round_trip_and_passages(tmp_path: Path) -> None:
     ('[1, 2]', "line 2: expected a JSON object"),
     ('{"question": "q", "answer": "a"', "line 2: not valid JSON"),
     ('{"text": "t", "answer": "a"}', "line 2: a 'text' line carries no other fields"),
+    ('{"question": "q", "answer": "a", "group": 7}', "line 2: field 'group' must be a string"),
 ])
 def test_bad_lines_are_named(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"

@@ -48,8 +48,11 @@ def test_gold_and_reference_never_saw_the_forget_set(subjects: Subjects) -> None
         losses = _nll(model, subjects, corpus.forget) + _nll(model, subjects, corpus.holdout)
         return float(roc_auc_score(labels, [-loss for loss in losses]))
 
+    # the set-up sanity checks the audit tests rest on: a LOSS attack separates forget from
+    # holdout on the full model and cannot on the models that never saw the forget set
     assert loss_attack_auc(subjects.full) >= 0.95
-    assert 0.25 <= loss_attack_auc(subjects.gold) <= 0.75
+    assert 0.4 <= loss_attack_auc(subjects.gold) <= 0.6
+    assert 0.4 <= loss_attack_auc(subjects.reference) <= 0.6
 
 
 def test_saved_directories_load_with_auto_classes(subjects: Subjects) -> None:

@@ -1,6 +1,5 @@
-"""The unlearning subjects wrapped for the audits. They are trained once per recipe and cached
-on disk by models.unlearning.subjects (``$APPLIANCE_UNLEARNING_CACHE``), so the audit and the
-service tests share one training."""
+"""The unlearning subjects wrapped for the audits: the session's shared set (tests/conftest.py),
+trained once for every unlearning test folder."""
 
 from __future__ import annotations
 
@@ -11,10 +10,6 @@ import pytest
 
 from models.lm import CausalLM
 from models.textdata import TextRecord, parse_jsonl
-
-#: the default subjects (40 forget, 160 retain, 40 holdout items: 8 people per tested set, as
-#: tests run by person, and 4 against 4 people could never reach p < 0.05 after Holm)
-SUBJECT_SIZES = {"n_forget": 40, "n_retain": 160, "n_holdout": 40}
 
 
 @dataclass
@@ -30,26 +25,17 @@ class AuditSubjects:
     source: Any
 
 
-def load_audit_subjects(seed: int) -> AuditSubjects:
-    from models.unlearning.subjects import make_subjects
-
-    subjects = make_subjects(seed=seed, **SUBJECT_SIZES)
+def load_audit_subjects(subjects: Any) -> AuditSubjects:
+    """The JSONL splits, parsed as an upload would be, and the subjects as audit models."""
     splits = {split: parse_jsonl(subjects.dataset_path(split).read_bytes())
               for split in ("forget", "retain", "holdout")}
-    splits = {split: by_person(records) for split, records in splits.items()}
+    assert all(record.group for records in splits.values() for record in records)
     models = {role: CausalLM.from_dir(subjects.model_dir(role), device="cpu")
               for role in ("full", "gold", "reference")}
     return AuditSubjects(**splits, **models, source=subjects)
 
 
 @pytest.fixture(scope="session")
-def audit_subjects() -> AuditSubjects:
-    return load_audit_subjects(0)
+def audit_subjects(unlearning_subjects: Any) -> AuditSubjects:
+    return load_audit_subjects(unlearning_subjects)
 
-
-def by_person(records: list[TextRecord]) -> list[TextRecord]:
-    """The records with their person as group (every answer of the corpus starts with the
-    person's two-word name), so that the tests' unit is the person the facts were drawn by."""
-    from dataclasses import replace
-
-    return [replace(r, group=" ".join(r.answer.split()[:2])) for r in records]

@@ -50,7 +50,8 @@ def test_the_full_model_is_flagged(full_battery: Any) -> None:
     assert set(full_battery.knowledge_audits) == set(FULL_HERE)
     for name in FULL_HERE:
         result = full_battery.results[name]
-        assert result.p_value < 1e-4, name
+        # 8 against 8 people: 1/12870 is the smallest p there is; 1e-3 is far below Holm's 0.05/8
+        assert result.p_value < 1e-3, name
         assert result.statistics["statistic_auc"] > 0.9, name
         assert result.statistics["p_unlearned"] > 0.5, name
     qa = full_battery.results["knowledge_qa"].statistics
@@ -70,6 +71,10 @@ def test_the_gold_model_is_not_flagged(gold_battery: Any) -> None:
                                          "activation_perturbation", "patching_depth"}
     report = gold_battery.to_dict()
     assert "Holm" in report["correction"]
+    # the corpus's JSONL names each item's person, so every audit tests 8 against 8 people
+    for name, result in gold_battery.results.items():
+        assert result.statistics["unit"] == "group", name
+        assert result.statistics["n_holdout_groups"] == 8, name
     assert report["audits"]["truth_ratio"]["statistics"]["forget_quality_ks_p"] > 0.05
 
 
@@ -128,6 +133,22 @@ def test_item_tests_are_calibrated_under_exchangeability() -> None:
     by_group = compare_items(offsets[:40] + rng.normal(size=40), offsets[40:] + rng.normal(size=40),
                              forget_groups=groups, holdout_groups=groups, alpha=0.05)
     assert by_group["unit"] == "group" and by_group["n_forget_groups"] == 8
+
+
+def test_group_level_tests_stay_calibrated_where_item_level_ones_are_not() -> None:
+    """Under the null, with a person effect shared by each person's 5 facts (as in the corpus),
+    per-item Mann-Whitney rejects far too often; the group-mean test holds its level."""
+    rng = np.random.default_rng(1)
+    groups = [f"p{i // 5}" for i in range(40)]
+    per_item, per_group = [], []
+    for _ in range(400):
+        scores = np.repeat(rng.normal(0, 2, 16), 5) + rng.normal(size=80)
+        per_item.append(compare_items(scores[:40], scores[40:], alpha=0.05)["p_knowledge"])
+        per_group.append(compare_items(scores[:40], scores[40:], forget_groups=groups,
+                                       holdout_groups=groups, alpha=0.05)["p_knowledge"])
+    bound = 0.05 + 3 * np.sqrt(0.05 * 0.95 / 400)
+    assert np.mean(np.asarray(per_item) < 0.05) > 2 * bound  # the anti-conservative baseline
+    assert np.mean(np.asarray(per_group) < 0.05) <= bound
 
 
 def test_holm_and_the_scores_follow_their_definitions() -> None:

@@ -20,11 +20,8 @@ SUBSET = ["extraction", "membership_inference", "relearning"]
 
 
 @pytest.fixture(scope="module")
-def subjects() -> Any:
-    from models.unlearning.subjects import make_subjects
-
-    # the sizes and the on-disk cache the audit tests use: the subjects are trained once
-    return make_subjects(seed=0, n_forget=40, n_retain=160, n_holdout=40)
+def subjects(unlearning_subjects: Any) -> Any:
+    return unlearning_subjects  # the session's shared set, trained once (tests/conftest.py)
 
 
 def _upload_model(client: Any, token: str, folder: Path, name: str) -> dict[str, Any]:
@@ -193,6 +190,13 @@ def test_unlearn_produces_a_registered_model_and_a_signed_report(
     assert body["method"]["name"] == "unlearning/unlearn"
     assert body["statistics"]["algorithm"] == "grad_diff"
     assert body["inputs"]["forget_dataset"]["sha256"] and body["extra"]["artifacts"]["model.tar"]
+    assert body["statistics"]["before"]["forget_accuracy"] >= 0.95
+    # the job's template reaches unlearn(): one that pushes the items past the context is refused
+    long_template = {**params, "template": "Question: {question} " + "and so on " * 30 + "\nAnswer:"}
+    resp = _job(client, token_a, long_template, kind="unlearn")
+    assert resp.status_code == 202, resp.get_json()
+    refused = _finish(client, token_a, resp.get_json()["id"])
+    assert refused["state"] == "failed" and "exceeds the model's context" in refused["error"]
     assert client.post(f"/v1/unlearning/jobs/{job_id}/model",
                        headers=auth(token_b)).status_code == 404
     first = client.post(f"/v1/unlearning/jobs/{job_id}/model", headers=auth(token_a))
