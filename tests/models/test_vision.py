@@ -79,7 +79,7 @@ def test_contrastive_training_is_seeded_and_learns():
     assert np.array_equal(e[0], e[1]) and not np.allclose(e[0], e[2])
     assert np.isfinite(e[2]).all()
     with pytest.raises(ValueError, match="objective"):
-        train_contrastive(encs[0], x, objective="byol", seed=0)  # type: ignore[arg-type]
+        train_contrastive(encs[0], x, objective="barlow", seed=0)  # type: ignore[arg-type]
 
 
 def test_classifier_training_reaches_useful_accuracy():
