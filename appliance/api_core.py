@@ -9,15 +9,15 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_limiter import Limiter
 
-from . import __version__
-from .auth import format_timestamp
-from .errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
-from .http import Api, parse_json_text
-from .identity import LOG_ORIGIN, identity_for
-from .jobs import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
-from .registry import dataset_view, model_view, register_dataset, register_model
-from .reports import render_html, report_body, report_bundle
-from .schemas import (
+from appliance import __version__
+from appliance.auth import format_timestamp
+from appliance.errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
+from appliance.http import Api, parse_json_text
+from appliance.identity import LOG_ORIGIN, identity_for
+from appliance.jobs import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
+from appliance.registry import dataset_view, model_view, register_dataset, register_model
+from appliance.reports import render_html, report_body, report_bundle
+from appliance.schemas import (
     ArchitectureList,
     Checkpoint,
     ConsistencyProof,
@@ -43,7 +43,7 @@ from .schemas import (
     ReportSummary,
     WhoAmI,
 )
-from .store import loads
+from appliance.store import loads
 
 # evaluation outputs a report names by digest; other methods' artifacts (a refined model)
 # have their own routes and access rules
@@ -55,7 +55,7 @@ def _settings() -> Any:
 
 
 def _store() -> Any:
-    from .app import get_store
+    from appliance.app import get_store
 
     return get_store()
 
@@ -73,7 +73,7 @@ def _upload_file(*roles: str) -> Any:
     limit."""
     g.principal.require(*roles)
     if request.mimetype != "multipart/form-data":
-        from .errors import UnsupportedMediaType
+        from appliance.errors import UnsupportedMediaType
 
         raise UnsupportedMediaType(
             f"uploads are multipart/form-data with a 'file' part, got {request.mimetype or 'nothing'}"
@@ -92,7 +92,7 @@ def _upload_file(*roles: str) -> Any:
 
 def _signature_check(store: Any) -> Any:
     """The model.sig part of an upload, bound to the capability that verifies it (or None)."""
-    from .capabilities import model_signature_verifier
+    from appliance.capabilities import model_signature_verifier
 
     part = request.files.get("signature")
     if part is None:

@@ -19,9 +19,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
-from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from .http import Api, read_bounded
-from .inference import (
+from appliance.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from appliance.http import Api, read_bounded
+from appliance.inference import (
     KEYS_HINT,
     MAX_BATCH_BYTES,
     MAX_QUERY_BYTES,
@@ -46,14 +46,14 @@ from .inference import (
     register_ensemble,
     session_view,
 )
-from .schemas import ListQuery
-from .store import loads
+from appliance.schemas import ListQuery
+from appliance.store import loads
 
 OCTET = "application/octet-stream"
 
 
 def _store() -> Any:
-    from .app import get_store
+    from appliance.app import get_store
 
     return get_store()
 

@@ -11,13 +11,13 @@ from flask import Blueprint, Flask, Response, current_app, g, send_file
 from flask_limiter import Limiter
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import UnprocessableInput
-from .http import Api
-from .ownership_jobs import _seal_context
-from .registry import dataset_view, read_dataset, register_dataset
-from .schemas import DatasetOut, ListQuery
-from .secrets import seal_secret
-from .store import dumps, loads, new_id, utcnow
+from appliance.errors import UnprocessableInput
+from appliance.http import Api
+from appliance.ownership_jobs import _seal_context
+from appliance.registry import dataset_view, read_dataset, register_dataset
+from appliance.schemas import DatasetOut, ListQuery
+from appliance.secrets import seal_secret
+from appliance.store import dumps, loads, new_id, utcnow
 
 
 class WatermarkCreate(BaseModel):
@@ -50,7 +50,7 @@ class WatermarkList(BaseModel):
 
 
 def _store() -> Any:
-    from .app import get_store
+    from appliance.app import get_store
 
     return get_store()
 

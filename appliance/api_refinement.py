@@ -21,9 +21,9 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_limiter import Limiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from .http import Api, read_bounded, validation_problem
-from .refinement_jobs import (
+from appliance.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from appliance.http import Api, read_bounded, validation_problem
+from appliance.refinement_jobs import (
     MAX_CONTEXT_BYTES,
     MAX_MODEL_BYTES,
     MAX_SECRET_BYTES,
@@ -42,7 +42,7 @@ from .refinement_jobs import (
     refinement_view,
     retry_refinement,
 )
-from .schemas import JobOut, ListQuery
+from appliance.schemas import JobOut, ListQuery
 
 INVITATION_HEADER = "X-Invitation-Code"
 
@@ -79,13 +79,13 @@ class RetryQuery(BaseModel):
 
 
 def _store() -> Any:
-    from .app import get_store
+    from appliance.app import get_store
 
     return get_store()
 
 
 def _enqueue() -> Any:
-    from .jobs import make_enqueuer
+    from appliance.jobs import make_enqueuer
 
     fn = current_app.extensions.get("appliance.enqueue")
     if fn is None:
@@ -115,7 +115,7 @@ def _file_part(name: str, limit: int) -> bytes:
 
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add the attestation and refinement routes to ``app`` and document them in ``api``."""
-    from . import refinement_jobs  # noqa: F401  (registers the job kind)
+    from appliance import refinement_jobs  # noqa: F401  (registers the job kind)
 
     v1 = Blueprint("refinement", __name__, url_prefix="/v1")
     settings = app.config["APPLIANCE_SETTINGS"]
@@ -125,7 +125,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             tag="refinement", query=AttestationQuery, response=AttestationOut, auth=False,
             errors=(503,))
     def enclave_attestation(query: AttestationQuery) -> dict[str, Any]:
-        from .enclave_service import enclave_service
+        from appliance.enclave_service import enclave_service
 
         return enclave_service(settings).attestation(bytes.fromhex(query.nonce)).to_json()
 
@@ -188,7 +188,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             summary="Model owner: run a failed refinement again (resumes from its checkpoint)",
             tag="refinement", query=RetryQuery, response=JobOut, status=202, errors=(409,))
     def retry(refinement_id: str, query: RetryQuery) -> dict[str, Any]:
-        from .jobs import job_view
+        from appliance.jobs import job_view
 
         job = retry_refinement(_store(), g.principal, refinement_id, resume=query.resume,
                                enqueue=_enqueue())

@@ -26,19 +26,12 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .auth import authenticate
-from .config import Settings
-from .errors import (
-    ApplianceError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    TooManyRequests,
-    Unauthorized,
-)
-from .http import Api, problem_response
-from .ratelimit import rate_key, sqlite_storage_uri
-from .store import Store
+from appliance.auth import authenticate
+from appliance.config import Settings
+from appliance.errors import ApplianceError, MethodNotAllowed, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized
+from appliance.http import Api, problem_response
+from appliance.ratelimit import rate_key, sqlite_storage_uri
+from appliance.store import Store
 
 log = logging.getLogger("appliance.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -102,7 +95,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     # migrations and keys at start-up, so the first request is not the one paying for them
     Store.open(settings).close()
-    from .identity import identity_for
+    from appliance.identity import identity_for
 
     identity_for(settings)
 
@@ -132,7 +125,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     api = Api()
     app.extensions["appliance.api"] = api
-    from .api_core import register_core
+    from appliance.api_core import register_core
 
     register_core(app, api, limiter)
     for optional in ("appliance.api_inference", "appliance.api_ownership",
@@ -144,7 +137,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
                 raise
             continue
         module.register(app, api, limiter)
-    from .capabilities import register_routes
+    from appliance.capabilities import register_routes
 
     register_routes(app, api, limiter)
 

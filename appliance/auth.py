@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from .errors import Forbidden, Unauthorized, ValidationFailed
-from .store import Store, new_id, utcnow
+from appliance.errors import Forbidden, Unauthorized, ValidationFailed
+from appliance.store import Store, new_id, utcnow
 
 Role = Literal["admin", "auditor", "client"]
 ROLES: tuple[str, ...] = ("admin", "auditor", "client")

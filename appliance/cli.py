@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .config import Settings
+from appliance.config import Settings
 
 
 def _settings(home: str | None = None) -> Settings:
@@ -41,7 +41,7 @@ def main() -> None:
               help="also start the embedded job consumer (or the cluster event collector)")
 def serve(host: str, port: int, workers: int | None, threads: int, consumer: bool) -> None:
     """Run the API with gunicorn (plus the job consumer in embedded mode)."""
-    from .server import run_server
+    from appliance.server import run_server
 
     settings = _settings()
     settings.ensure_dirs()
@@ -75,8 +75,8 @@ def serve(host: str, port: int, workers: int | None, threads: int, consumer: boo
 @click.option("--workers", default=None, type=int, help="worker threads")
 def worker(workers: int | None) -> None:
     """Run a job worker (Huey consumer) for this home folder or the cluster queue."""
-    from .app import configure_logging
-    from .worker import run_worker
+    from appliance.app import configure_logging
+    from appliance.worker import run_worker
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -88,8 +88,8 @@ def collector() -> None:
     """Cluster mode, API node: apply worker events from Redis to the store."""
     import threading
 
-    from .app import configure_logging
-    from .jobs import collect_events
+    from appliance.app import configure_logging
+    from appliance.jobs import collect_events
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -102,8 +102,8 @@ def collector() -> None:
 @main.command("init-db")
 def init_db() -> None:
     """Create the home folder, database, keys and log (idempotent)."""
-    from .identity import identity_for
-    from .store import Store
+    from appliance.identity import identity_for
+    from appliance.store import Store
 
     settings = _settings()
     Store.open(settings).close()
@@ -126,9 +126,9 @@ def tokens() -> None:
 def tokens_create(tenant: str, role: str, label: str | None, expires_in: str | None,
                   as_json: bool) -> None:
     """Print a new token once; only its hash is stored."""
-    from .auth import create_token, format_timestamp, parse_duration
-    from .errors import ApplianceError
-    from .store import Store
+    from appliance.auth import create_token, format_timestamp, parse_duration
+    from appliance.errors import ApplianceError
+    from appliance.store import Store
 
     store = Store.open(_settings())
     try:
@@ -153,8 +153,8 @@ def tokens_create(tenant: str, role: str, label: str | None, expires_in: str | N
 @tokens.command("revoke")
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
-    from .auth import revoke_token
-    from .store import Store
+    from appliance.auth import revoke_token
+    from appliance.store import Store
 
     store = Store.open(_settings())
     try:
@@ -174,7 +174,7 @@ def tokens_revoke(token_id: str) -> None:
               help="the appliance's public key (PEM) you trust")
 def verify(report: str, checkpoint: str | None, key: str | None) -> None:
     """Verify a saved report bundle offline: signature, log inclusion, checkpoint."""
-    from .client import verify_report
+    from appliance.client import verify_report
 
     try:
         bundle = json.loads(Path(report).read_text())
@@ -213,6 +213,7 @@ def models() -> None:
               help="PEM roots you trust, for a certificate-based model.sig")
 def models_verify(path: str, manifest: str, key: str | None, ca_bundle: str | None) -> None:
     """Check a model folder or file against its signed manifest or model.sig, offline."""
+    from appliance.registry import MANIFEST_PAYLOAD_TYPE
     from crypto.dsse import verify_envelope
     from crypto.keys import load_public_key_pem
     from crypto.sigstore import (
@@ -223,8 +224,6 @@ def models_verify(path: str, manifest: str, key: str | None, ca_bundle: str | No
         verify_bundle,
     )
     from models.manifest import verify_manifest
-
-    from .registry import MANIFEST_PAYLOAD_TYPE
 
     self_signed = False
     try:
@@ -269,7 +268,7 @@ def models_verify(path: str, manifest: str, key: str | None, ca_bundle: str | No
 
 # -- over HTTP ----------------------------------------------------------------------------------
 def _client(url: str | None, token: str | None) -> Any:
-    from .client import Client
+    from appliance.client import Client
 
     return Client(url, token=token)
 
@@ -283,7 +282,7 @@ def _http_options(fn: Any) -> Any:
 
 
 def _run_sdk(fn: Any) -> Any:
-    from .client import ClientError
+    from appliance.client import ClientError
 
     try:
         return fn()
@@ -450,7 +449,7 @@ def reports_get(report_id: str, out: str, as_html: bool, url: str, token: str) -
 @click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True)
 def demo_data(out: str) -> None:
     """Write digits.onnx (a trained classifier) and digits-test.npz (held-out digits)."""
-    from .demo import write_digits_demo
+    from appliance.demo import write_digits_demo
 
     model, data = write_digits_demo(Path(out))
     click.echo(f"wrote {model} and {data}")
@@ -466,7 +465,7 @@ def log_group() -> None:
 @click.option("--url", envvar="APPLIANCE_URL", default="http://127.0.0.1:8080")
 def log_checkpoint(out: str, url: str) -> None:
     """Save the latest signed checkpoint (public)."""
-    from .client import Client
+    from appliance.client import Client
 
     cp = _run_sdk(lambda: Client(url).checkpoint())
     Path(out).write_text(json.dumps(cp, indent=2))
@@ -478,7 +477,7 @@ def log_checkpoint(out: str, url: str) -> None:
 @click.option("--url", envvar="APPLIANCE_URL", default="http://127.0.0.1:8080")
 def log_public_key(out: str, url: str) -> None:
     """Save the appliance's report-signing public key (PEM); pin it when verifying."""
-    from .client import Client
+    from appliance.client import Client
 
     Path(out).write_text(_run_sdk(lambda: Client(url).public_key()))
     click.echo(f"saved {out}")
@@ -494,7 +493,7 @@ if os.environ.get("APPLIANCE_CLI_EXTENSIONS", "1") == "1":
 
 
 def _add_capability_groups() -> None:
-    from .capabilities import cli_groups
+    from appliance.capabilities import cli_groups
 
     for group in cli_groups():
         main.add_command(group)

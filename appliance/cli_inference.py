@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .cli import _client, _fail, _http_options, _run_sdk, main
+from appliance.cli import _client, _fail, _http_options, _run_sdk, main
 
 
 @main.group()

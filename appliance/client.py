@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 
-from .capabilities.provenance.client import ProvenanceClient
-from .capabilities.signatures.client import SignaturesClient
-from .capabilities.unlearning.client import UnlearningClient
-from .schemas import (
+from appliance.capabilities.provenance.client import ProvenanceClient
+from appliance.capabilities.signatures.client import SignaturesClient
+from appliance.capabilities.unlearning.client import UnlearningClient
+from appliance.schemas import (
     DatasetList,
     DatasetOut,
     JobList,
@@ -297,9 +297,8 @@ class Client:
         """Register a private ensemble (owner roles): an ``EnsembleArtifact``, a folder holding
         ``ensemble.json`` + ``ensemble.safetensors``, or a mapping of those file names to bytes.
         Returns :class:`appliance.inference.EnsembleOut`."""
+        from appliance.inference import EnsembleOut
         from crypto.ensemble import JSON_NAME, TENSORS_NAME, EnsembleArtifact
-
-        from .inference import EnsembleOut
 
         if isinstance(artifact, EnsembleArtifact):
             files = artifact.dumps()
@@ -318,13 +317,13 @@ class Client:
 
     def list_ensembles(self) -> list[Any]:
         """This tenant's ensembles (:class:`appliance.inference.EnsembleOut`)."""
-        from .inference import EnsembleList
+        from appliance.inference import EnsembleList
 
         return EnsembleList.model_validate(self._json("GET", "/v1/ensembles")).items
 
     def ensemble_spec(self, ensemble_id: str) -> dict[str, Any]:
         """The public spec a client needs (templates, classes, encoder, preset, layout)."""
-        from .inference import EnsembleSpec
+        from appliance.inference import EnsembleSpec
 
         body = self._json("GET", f"/v1/ensembles/{ensemble_id}")
         return EnsembleSpec.model_validate(body).model_dump()
@@ -333,9 +332,8 @@ class Client:
                                ttl_seconds: int | None = None) -> Any:
         """Generate CKKS keys locally and upload only the evaluation keys; returns an
         :class:`appliance.inference.InferenceSession` holding the secret key in this process."""
+        from appliance.inference import InferenceSession
         from crypto.private_inference import PrivateClient
-
-        from .inference import InferenceSession
 
         spec = self.ensemble_spec(ensemble_id)
         private = PrivateClient(spec=spec)
@@ -361,11 +359,7 @@ class Client:
         384-d) the wide layout is used: slots index queries, one request per up to
         ``wide_capacity`` texts. ``layout="single"``/``"wide"`` forces a layout.
         """
-        from .inference import (
-            PrivatePrediction,
-            default_text_encoder,
-            embed_texts,
-        )
+        from appliance.inference import PrivatePrediction, default_text_encoder, embed_texts
 
         texts = [str(t) for t in texts]
         if not texts:
@@ -447,8 +441,7 @@ class Client:
         import numpy as np
 
         from appliance.confidential import pack_mlp_model, pack_softmax_model, wrap_model
-
-        from .refinement_jobs import ModelOwnerRefinement, RefinementCreated
+        from appliance.refinement_jobs import ModelOwnerRefinement, RefinementCreated
 
         if kind not in ("softmax", "mlp_last_layer"):
             raise ClientError("kind must be 'softmax' or 'mlp_last_layer'")
@@ -482,7 +475,7 @@ class Client:
     def get_refinement(self, refinement_id: str, *, invitation: str | None = None) -> Any:
         """A refinement (:class:`appliance.refinement_jobs.RefinementOut`); a data owner who
         has not provisioned yet passes the ``invitation`` to read the terms."""
-        from .refinement_jobs import RefinementOut
+        from appliance.refinement_jobs import RefinementOut
 
         headers = {"X-Invitation-Code": invitation} if invitation else None
         return RefinementOut.model_validate(
@@ -490,7 +483,7 @@ class Client:
 
     def list_refinements(self) -> list[Any]:
         """Refinements where this tenant is the model owner or the data owner."""
-        from .refinement_jobs import RefinementList
+        from appliance.refinement_jobs import RefinementList
 
         return RefinementList.model_validate(self._json("GET", "/v1/refinements")).items
 
@@ -533,7 +526,7 @@ class Client:
             "train": train.to_bytes(), "validation": val.to_bytes(),
             "public_context": public_context(ctx), "ckks_secret": wrap_ckks_secret(ctx, verified),
         }
-        from .refinement_jobs import RefinementOut
+        from appliance.refinement_jobs import RefinementOut
 
         body = self._json("POST", f"/v1/refinements/{refinement_id}/data",
                           data={"invitation": invitation},
@@ -569,12 +562,11 @@ class Client:
         import hashlib
 
         from appliance.confidential import open_refined_model
+        from appliance.refinement_jobs import RefinedModel, RefinementResultOut
         from crypto.dsse import verify_envelope
         from crypto.errors import SignatureError
         from crypto.keys import load_public_key_pem
         from models.manifest import PAYLOAD_TYPE
-
-        from .refinement_jobs import RefinedModel, RefinementResultOut
 
         out = RefinementResultOut.model_validate(
             self._json("GET", f"/v1/refinements/{refinement_id}/result"))

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.config import Settings
+from appliance.errors import ServiceUnavailable
 from enclave.errors import EnclaveError
 from enclave.host import EnclaveClient
 from enclave.platform import create_platform, platform_public_key
-
-from .config import Settings
-from .errors import ServiceUnavailable
 
 __all__ = ["Attestation", "EnclaveService", "enclave_service", "shutdown_enclaves"]
 

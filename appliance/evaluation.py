@@ -12,11 +12,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .auth import Principal
-from .errors import JobFailed
-from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from .registry import dataset_input, extract_once, model_input, read_dataset
-from .store import Store
+from appliance.auth import Principal
+from appliance.errors import JobFailed
+from appliance.jobs import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance.registry import dataset_input, extract_once, model_input, read_dataset
+from appliance.store import Store
 
 VERSION = "1.1.0"
 # Above this many classes the C x C confusion matrix leaves the signed report: its cells grow

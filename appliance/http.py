@@ -12,14 +12,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
-from .errors import (
-    ApplianceError,
-    BadRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-)
-from .schemas import Problem
+from appliance.errors import ApplianceError, BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from appliance.schemas import Problem
 
 PROBLEM_TYPE = "application/problem+json"
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from appliance.config import Settings
 from crypto.keys import key_id, load_or_create_ed25519, public_key_pem
 from crypto.translog import TransparencyLog
-
-from .config import Settings
 
 PACKAGES = ("appliance", "crypto", "enclave", "models")
 LOG_ORIGIN = "audit-appliance/v1"

@@ -36,21 +36,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import (
-    Conflict,
-    Gone,
-    NotFound,
-    PayloadTooLarge,
-    UnprocessableInput,
-    ValidationFailed,
-)
-from .store import Store, dumps, loads, new_id, utcnow
+from appliance.errors import Conflict, Gone, NotFound, PayloadTooLarge, UnprocessableInput, ValidationFailed
+from appliance.store import Store, dumps, loads, new_id, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from appliance.auth import Principal
     from crypto.ensemble import EnsembleArtifact
     from crypto.private_inference import EnsembleEvaluator, PrivateClient, PrivateScores
-
-    from .auth import Principal
 
 #: Largest ``ensemble.json`` accepted (the public part of the artifact).
 MAX_SPEC_BYTES = 1 << 20

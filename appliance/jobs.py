@@ -27,19 +27,12 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from .auth import Principal
-from .config import Settings
-from .errors import (
-    ApplianceError,
-    Conflict,
-    JobCancelled,
-    JobFailed,
-    ServiceUnavailable,
-    ValidationFailed,
-)
-from .identity import identity_for
-from .reports import build_report, new_report_id, publish_report, sign_and_log
-from .store import Store, dumps, loads, new_id, utcnow
+from appliance.auth import Principal
+from appliance.config import Settings
+from appliance.errors import ApplianceError, Conflict, JobCancelled, JobFailed, ServiceUnavailable, ValidationFailed
+from appliance.identity import identity_for
+from appliance.reports import build_report, new_report_id, publish_report, sign_and_log
+from appliance.store import Store, dumps, loads, new_id, utcnow
 
 logger = logging.getLogger("appliance.jobs")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -116,7 +109,7 @@ def load_builtin_kinds() -> None:
     with _builtin_lock:
         if _builtin_loaded:
             return
-        from . import evaluation  # noqa: F401  (registers itself)
+        from appliance import evaluation  # noqa: F401  (registers itself)
 
         for optional in ("appliance.ownership_jobs", "appliance.refinement_jobs"):
             try:
@@ -124,7 +117,7 @@ def load_builtin_kinds() -> None:
             except ImportError as exc:
                 if exc.name != optional:
                     raise
-        from .capabilities import register_jobs
+        from appliance.capabilities import register_jobs
 
         register_jobs()
         _builtin_loaded = True
@@ -540,7 +533,7 @@ Enqueue = Callable[[dict[str, Any]], None]
 
 
 def make_enqueuer(settings: Settings) -> Enqueue:
-    from .worker import queue_for
+    from appliance.worker import queue_for
 
     task = queue_for(settings).task
 

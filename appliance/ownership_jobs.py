@@ -19,15 +19,15 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .audits.egress import PRIVATE_ENDPOINTS_ENV, EgressGuard
-from .audits.errors import EgressRefusedError
-from .auth import Principal
-from .errors import JobFailed, UnprocessableInput, ValidationFailed
-from .evaluation import load_job_model, model_digests
-from .jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from .registry import dataset_input, model_input, read_dataset
-from .schemas import SuspectEndpoint
-from .store import Store, loads
+from appliance.audits.egress import PRIVATE_ENDPOINTS_ENV, EgressGuard
+from appliance.audits.errors import EgressRefusedError
+from appliance.auth import Principal
+from appliance.errors import JobFailed, UnprocessableInput, ValidationFailed
+from appliance.evaluation import load_job_model, model_digests
+from appliance.jobs import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance.registry import dataset_input, model_input, read_dataset
+from appliance.schemas import SuspectEndpoint
+from appliance.store import Store, loads
 
 VERSION = "1.0.0"
 
@@ -296,8 +296,7 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
                 params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
         else:
             from appliance.audits.watermark import WatermarkInputs
-
-            from .secrets import unseal_secret
+            from appliance.secrets import unseal_secret
 
             mark = inputs["watermark"]
             key = unseal_secret(ctx.settings, bytes.fromhex(mark["sealed_key"]),

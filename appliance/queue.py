@@ -14,7 +14,7 @@ from huey.registry import Message
 from huey.serializer import Serializer
 from huey.storage import SqliteStorage
 
-from .config import Settings
+from appliance.config import Settings
 
 
 class JsonSerializer(Serializer):

@@ -21,9 +21,9 @@ from urllib.parse import unquote, urlsplit
 from flask import g, request
 from limits.storage import Storage
 
-from .auth import Principal, authenticate
-from .config import Settings
-from .errors import Unauthorized
+from appliance.auth import Principal, authenticate
+from appliance.config import Settings
+from appliance.errors import Unauthorized
 
 SCHEME = "appliance-sqlite"
 # expired windows are swept on one increment in this many, so the table stays small
@@ -124,7 +124,7 @@ class SqliteWindowStorage(Storage):
 def rate_key() -> str:
     """Count a request against its authenticated token (however the header is spelled), else
     against the client address: a malformed or unknown header earns no quota of its own."""
-    from .app import get_store
+    from appliance.app import get_store
 
     header = request.headers.get("Authorization")
     if header:

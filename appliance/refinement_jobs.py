@@ -35,20 +35,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .auth import Principal
-from .errors import Conflict, JobFailed, NotFound, UnprocessableInput, ValidationFailed
-from .jobs import (
-    TERMINAL,
-    Enqueue,
-    JobContext,
-    JobKind,
-    JobOutcome,
-    job_view,
-    register_job_kind,
-    submit_job,
-)
-from .schemas import JobOut
-from .store import Store, dumps, loads, new_id, utcnow
+from appliance.auth import Principal
+from appliance.errors import Conflict, JobFailed, NotFound, UnprocessableInput, ValidationFailed
+from appliance.jobs import TERMINAL, Enqueue, JobContext, JobKind, JobOutcome, job_view, register_job_kind, submit_job
+from appliance.schemas import JobOut
+from appliance.store import Store, dumps, loads, new_id, utcnow
 
 log = logging.getLogger("appliance.refinement")
 
@@ -429,8 +420,8 @@ def refinement_view(store: Store, row: dict[str, Any], role: str) -> dict[str, A
 
 
 def _report_bundle(store: Store, report_id: str) -> dict[str, Any] | None:
-    from .identity import identity_for
-    from .reports import report_body, report_bundle
+    from appliance.identity import identity_for
+    from appliance.reports import report_body, report_bundle
 
     rep = store.conn.execute("SELECT * FROM reports WHERE id=?", (report_id,)).fetchone()
     if rep is None:
@@ -457,11 +448,10 @@ def list_refinements(store: Store, principal: Principal, *, limit: int,
 
 def refinement_result(store: Store, principal: Principal, refinement_id: str) -> dict[str, Any]:
     """Model owner only: the encrypted refined model and the signed manifest of its blob."""
+    from appliance.identity import identity_for
+    from appliance.reports import report_body
     from crypto.dsse import canonical_json, sign_envelope
     from models.manifest import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE
-
-    from .identity import identity_for
-    from .reports import report_body
 
     row = store.get_owned("refinements", principal.tenant_id, refinement_id, "refinement")
     job = latest_job(store, refinement_id)
@@ -556,9 +546,8 @@ def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -
         RefinementProgress,
         run_refinement,
     )
+    from appliance.enclave_service import enclave_service
     from enclave.errors import EnclaveError
-
-    from .enclave_service import enclave_service
 
     rid = inputs["refinement_id"]
     terms = RefinementTerms.model_validate(inputs["terms"])

@@ -15,15 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from appliance.auth import Principal
+from appliance.config import Settings
+from appliance.errors import PayloadTooLarge, UnprocessableInput, ValidationFailed
+from appliance.identity import identity_for
+from appliance.store import Store, dumps, loads, new_id, utcnow
 from crypto.dsse import canonical_json, sign_envelope
 from models.bounded_json import load_bounded_json
 from models.errors import DatasetError, LimitExceeded, ModelError
-
-from .auth import Principal
-from .config import Settings
-from .errors import PayloadTooLarge, UnprocessableInput, ValidationFailed
-from .identity import identity_for
-from .store import Store, dumps, loads, new_id, utcnow
 
 if TYPE_CHECKING:
     from models.datasets import LabelledArray

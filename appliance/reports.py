@@ -13,11 +13,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from appliance.identity import Identity, code_digest
+from appliance.store import Store, dumps, new_id, utcnow
 from crypto.bundle import make_bundle
 from crypto.dsse import canonical_json, sign_envelope
-
-from .identity import Identity, code_digest
-from .store import Store, dumps, new_id, utcnow
 
 REPORT_PAYLOAD_TYPE = "application/vnd.audit-appliance.report+json"
 REPORT_SCHEMA = "https://audit-appliance.dev/schemas/report/v1"

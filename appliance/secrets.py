@@ -20,8 +20,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .config import Settings
-from .errors import ApplianceError
+from appliance.config import Settings
+from appliance.errors import ApplianceError
 
 _VERSION = b"\x01"
 _NONCE = 12

@@ -8,7 +8,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from .config import Settings
+from appliance.config import Settings
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -22,7 +22,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from .app import create_app
+        from appliance.app import create_app
 
         return create_app(Settings.from_env())
 
@@ -36,8 +36,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int | None,
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ["APPLIANCE_HOME"] = str(settings.home)
     # initialise database and keys once, before forking
-    from .identity import identity_for
-    from .store import Store
+    from appliance.identity import identity_for
+    from appliance.store import Store
 
     Store.open(settings).close()
     identity_for(settings)

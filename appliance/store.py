@@ -24,10 +24,9 @@ from typing import IO, Any
 
 import sqlite_utils
 
+from appliance.config import Settings
+from appliance.errors import NotFound, PayloadTooLarge
 from crypto.translog import enable_wal
-
-from .config import Settings
-from .errors import NotFound, PayloadTooLarge
 
 CHUNK = 1024 * 1024
 
@@ -242,7 +241,7 @@ ALL_MIGRATIONS: list[tuple[int, str]] = list(MIGRATIONS)
 
 def all_migrations() -> list[tuple[int, str]]:
     """The core's migrations and every capability's, checked for clashing versions."""
-    from .capabilities import migrations as capability_migrations
+    from appliance.capabilities import migrations as capability_migrations
 
     combined = ALL_MIGRATIONS + capability_migrations()
     versions = [version for version, _ in combined]

@@ -9,8 +9,8 @@ from typing import Any
 
 from huey import Huey
 
-from .config import Settings
-from .jobs import (
+from appliance.config import Settings
+from appliance.jobs import (
     BlobSource,
     EventSink,
     HttpBlobs,
@@ -20,8 +20,8 @@ from .jobs import (
     execute_job,
     reap_stale_jobs,
 )
-from .queue import JsonSerializer, make_huey
-from .store import Store
+from appliance.queue import JsonSerializer, make_huey
+from appliance.store import Store
 
 logger = logging.getLogger("appliance.worker")
 

@@ -17,8 +17,8 @@ Flow (appliance side in ``[ ]``, party side otherwise)::
 
 from __future__ import annotations
 
-from .errors import ConfidentialError, RefinementInterrupted
-from .parties import (
+from appliance.confidential.errors import ConfidentialError, RefinementInterrupted
+from appliance.confidential.parties import (
     CKKS_PRESET,
     EncryptedDataset,
     create_ckks_context,
@@ -31,7 +31,7 @@ from .parties import (
     wrap_ckks_secret,
     wrap_model,
 )
-from .refinement import (
+from appliance.confidential.refinement import (
     PlaintextResult,
     RefinementProgress,
     RefinementResult,

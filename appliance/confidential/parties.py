@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
+from appliance.confidential.errors import ConfidentialError
 from crypto.ckks import make_context, public_context_bytes
 from crypto.provisioning import VerifiedQuote, wrap_key_for_enclave
 from enclave.codec import decode_arrays, encode_arrays
@@ -42,8 +43,6 @@ from enclave.runtime import (
     LABEL_TRAIN_LABELS,
     LABEL_VAL_LABELS,
 )
-
-from .errors import ConfidentialError
 
 __all__ = [
     "CKKS_PRESET",

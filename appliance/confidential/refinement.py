@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from appliance.confidential.errors import ConfidentialError, RefinementInterrupted
+from appliance.confidential.parties import CKKS_PRESET, EncryptedDataset
 from crypto.ckks import load_public_context
 from enclave.errors import EnclaveCrashedError, EnclaveRemoteError
 from enclave.he import HostEvaluator, ciphertext_to_bytes, unpack_blobs
 from enclave.host import EnclaveClient
 from enclave.refine import batch_order, softmax
-
-from .errors import ConfidentialError, RefinementInterrupted
-from .parties import CKKS_PRESET, EncryptedDataset
 
 __all__ = [
     "PlaintextResult",

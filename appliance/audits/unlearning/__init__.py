@@ -17,8 +17,7 @@ from typing import Any
 
 from appliance.audits.errors import AuditError, AuditParameterError
 from appliance.audits.registry import AuditResult, LogFn, ProgressFn, create_method
-
-from .base import (
+from appliance.audits.unlearning.base import (
     VERDICT_KNOWLEDGE,
     VERDICT_NONE,
     VERDICT_UNLEARNED,
@@ -26,7 +25,7 @@ from .base import (
     holm,
     holm_adjusted,
 )
-from .methods import AUDITS
+from appliance.audits.unlearning.methods import AUDITS
 
 AUDIT_NAMES: tuple[str, ...] = tuple(a.short for a in AUDITS)
 DEFAULT_BATTERY: tuple[str, ...] = AUDIT_NAMES

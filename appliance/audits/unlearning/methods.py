@@ -36,8 +36,7 @@ from scipy import stats
 
 from appliance.audits.errors import AuditInputError, AuditParameterError
 from appliance.audits.registry import AuditMethod, AuditResult, LogFn, ProgressFn, register_method
-
-from .base import (
+from appliance.audits.unlearning.base import (
     UnlearningInputs,
     auc,
     compare_items,

@@ -30,7 +30,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 
 
 def _routes(app: Flask, api: Api, limiter: Limiter) -> None:
-    from .routes import register
+    from appliance.capabilities.console.routes import register
 
     register(app, api, limiter)
 

@@ -28,10 +28,9 @@ from flask import (
 from flask_limiter import Limiter
 from werkzeug.wrappers import Response as WebResponse
 
+from appliance.capabilities.console import service
 from appliance.errors import ApplianceError, BadRequest, NotFound, Unauthorized, ValidationFailed
 from appliance.http import Api, parse_json_text, problem_response
-
-from . import service
 
 HERE = Path(__file__).resolve().parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

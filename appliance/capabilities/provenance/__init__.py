@@ -17,21 +17,21 @@ if TYPE_CHECKING:
 
 
 def _routes(app: Flask, api: Api, limiter: Limiter) -> None:
-    from .plots import register_plots
-    from .routes import register
+    from appliance.capabilities.provenance.plots import register_plots
+    from appliance.capabilities.provenance.routes import register
 
     register(app, api, limiter)
     register_plots()
 
 
 def _jobs() -> None:
-    from .job import register
+    from appliance.capabilities.provenance.job import register
 
     register()
 
 
 def _cli() -> click.Group:
-    from .cli import group
+    from appliance.capabilities.provenance.cli import group
 
     return group()
 

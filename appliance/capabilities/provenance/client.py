@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .schemas import ProvenanceParams
+from appliance.capabilities.provenance.schemas import ProvenanceParams
 
 if TYPE_CHECKING:
     from appliance.client import Client

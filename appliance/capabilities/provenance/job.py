@@ -10,12 +10,11 @@ from typing import Any
 import numpy as np
 
 from appliance.auth import Principal
+from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.jobs import JobContext, JobKind, JobOutcome, register_job_kind
 from appliance.registry import model_input
 from appliance.store import Store
-
-from .schemas import ProvenanceParams
 
 VERSION = "1.0.0"
 
@@ -65,11 +64,10 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
     from appliance.audits.errors import AuditError
     from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
+    from appliance.capabilities.provenance.service import RemoteGenerator, build_evidence
     from appliance.evaluation import model_digests
     from models.errors import ModelError
     from models.generators import OnnxGenerator
-
-    from .service import RemoteGenerator, build_evidence
 
     started = time.perf_counter()
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
@@ -137,7 +135,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
 
 def register() -> None:
     """Register the ``provenance`` job kind and its report plots."""
-    from .plots import register_plots
+    from appliance.capabilities.provenance.plots import register_plots
 
     register_job_kind(JobKind(
         name="provenance", params_model=ProvenanceParams, resolve=_resolve, run=_run,

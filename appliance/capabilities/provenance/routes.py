@@ -7,10 +7,9 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g
 from flask_limiter import Limiter
 
+from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.http import Api
 from appliance.schemas import JobOut, ModelList
-
-from .schemas import ProvenanceParams
 
 
 def register(app: Flask, api: Api, limiter: Limiter) -> None:

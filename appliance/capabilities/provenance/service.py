@@ -22,8 +22,7 @@ import numpy as np
 from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import AuditInputError, RemoteEndpointError
 from appliance.audits.provenance.trainprove import ProvenanceEvidence
-
-from .schemas import GeneratorEndpoint, ProvenanceParams
+from appliance.capabilities.provenance.schemas import GeneratorEndpoint, ProvenanceParams
 
 CACHE_VERSION = "1"
 LogFn = Callable[[str], None]

@@ -25,13 +25,13 @@ if TYPE_CHECKING:
 
 
 def _routes(app: Flask, api: Api, limiter: Limiter) -> None:
-    from .routes import register
+    from appliance.capabilities.signatures.routes import register
 
     register(app, api, limiter)
 
 
 def _cli() -> click.Group:
-    from .cli import signatures
+    from appliance.capabilities.signatures.cli import signatures
 
     return signatures
 
@@ -40,7 +40,7 @@ def verify_model_signature(store: Store, principal: Principal, model_path: Path,
                            bundle_bytes: bytes) -> dict[str, Any]:
     """The upload hook: check ``model.sig`` against the tenant's signers and the model's
     files; return the signer record or raise a 422."""
-    from .service import verify_upload
+    from appliance.capabilities.signatures.service import verify_upload
 
     return verify_upload(store, principal, model_path, bundle_bytes)
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .schemas import SignerKeyList, SignerKeyOut, SigningPublicKey
+from appliance.capabilities.signatures.schemas import SignerKeyList, SignerKeyOut, SigningPublicKey
 
 if TYPE_CHECKING:
     from appliance.client import Client

@@ -8,13 +8,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g
 from flask_limiter import Limiter
 
+from appliance.capabilities.signatures import service
+from appliance.capabilities.signatures.schemas import SignerKeyCreate, SignerKeyList, SignerKeyOut, SigningPublicKey
 from appliance.http import Api
 from appliance.schemas import ListQuery
 from appliance.store import Store
 from crypto.sigstore import dumps_bundle
-
-from . import service
-from .schemas import SignerKeyCreate, SignerKeyList, SignerKeyOut, SigningPublicKey
 
 
 def _store() -> Store:

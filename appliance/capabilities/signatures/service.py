@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.auth import Principal
+from appliance.capabilities.signatures.schemas import SignerKeyCreate
 from appliance.config import Settings
 from appliance.errors import Conflict, NotFound, UnprocessableInput, ValidationFailed
 from appliance.store import Store, loads, new_id, utcnow
@@ -30,8 +31,6 @@ from crypto.sigstore import (
 )
 from models.errors import ManifestError
 from models.manifest import as_single_file_statement, verify_manifest
-
-from .schemas import SignerKeyCreate
 
 SIGNING_KEY_FILE = "model-signing-p256.pem"
 MAX_BUNDLE_BYTES = 1024 * 1024

@@ -31,17 +31,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 
 
 def _routes(app: Flask, api: Api, limiter: Limiter) -> None:
-    from .routes import register
+    from appliance.capabilities.unlearning.routes import register
 
     register(app, api, limiter)
 
 
 def _jobs() -> None:
-    from . import job  # noqa: F401  (registers the job kinds)
+    from appliance.capabilities.unlearning import job  # noqa: F401  (registers the job kinds)
 
 
 def _cli() -> click.Group:
-    from .cli import unlearning
+    from appliance.capabilities.unlearning.cli import unlearning
 
     return unlearning
 

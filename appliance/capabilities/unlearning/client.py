@@ -12,9 +12,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from appliance.capabilities.unlearning.schemas import AuditInfoList, UnlearningAuditParams, UnlearnParams
 from appliance.schemas import DatasetOut, JobOut, ModelOut
-
-from .schemas import AuditInfoList, UnlearningAuditParams, UnlearnParams
 
 if TYPE_CHECKING:
     from appliance.client import Client

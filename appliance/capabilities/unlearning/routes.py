@@ -8,16 +8,15 @@ from typing import Any
 from flask import Blueprint, Flask, g
 from flask_limiter import Limiter
 
+from appliance.capabilities.unlearning.plots import audit_plots
+from appliance.capabilities.unlearning.schemas import AuditInfo, AuditInfoList
+from appliance.capabilities.unlearning.service import AUDIT_METHOD
 from appliance.errors import Conflict
 from appliance.http import Api
 from appliance.registry import model_view, register_model
 from appliance.reports import register_plotter, report_body
 from appliance.schemas import ModelOut
 from appliance.store import utcnow
-
-from .plots import audit_plots
-from .schemas import AuditInfo, AuditInfoList
-from .service import AUDIT_METHOD
 
 
 def _store() -> Any:

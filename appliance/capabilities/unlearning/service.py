@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.auth import Principal
+from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.evaluation import job_model_path, model_digests
 from appliance.jobs import JobContext, JobOutcome
 from appliance.registry import dataset_input, model_input, transformers_dir
 from appliance.store import Store
-
-from .schemas import UnlearningAuditParams, UnlearnParams
 
 VERSION = "1.0.0"
 AUDIT_METHOD = "unlearning/audit"
