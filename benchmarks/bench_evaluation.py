@@ -8,7 +8,7 @@ repetition:
   module, or tokenizer + transformers model) over the same data with the same batch size,
   model already in memory, nothing else;
 - **job wall**: ``POST /v1/jobs`` through the real API, then the job message run by the
-  real worker code (``appliance.jobs.execute_job`` with a ``LocalSink`` and ``LocalBlobs``),
+  real worker code (``appliance._internal.jobs.runner.execute_job`` with a ``LocalSink`` and ``LocalBlobs``),
   until the job row is ``succeeded`` and its signed report is stored and logged. This
   includes loading the model and the dataset from the blob store, the metrics, progress
   events and the report signing.
@@ -248,9 +248,9 @@ class Appliance:
     def __post_init__(self) -> None:
         from support import make_token
 
-        from appliance.app import create_app
-        from appliance.config import Settings
-        from appliance.jobs import LocalBlobs, LocalSink
+        from appliance._internal.config import Settings
+        from appliance._internal.jobs.runner import LocalBlobs, LocalSink
+        from appliance._internal.web.app import create_app
 
         self.settings = Settings(home=self.home, rate_limit="1000000 per minute",
                                  log_level="WARNING", max_upload_bytes=1 << 30)
@@ -295,7 +295,7 @@ class Appliance:
     def run_job(self, params: dict[str, Any]) -> dict[str, float]:
         """Submit through the API and run the job through the worker code; returns the wall
         time and its parts."""
-        from appliance.jobs import execute_job
+        from appliance._internal.jobs.runner import execute_job
 
         self.spent.clear()
         start = time.perf_counter()
@@ -310,7 +310,7 @@ class Appliance:
             "ON r.id = j.report_id WHERE j.id=?", (resp.get_json()["id"],)).fetchone()
         wall = time.perf_counter() - start
         assert state == "succeeded" and row is not None and row["state"] == "succeeded", state
-        from appliance.reports import report_body
+        from appliance._internal.reports import report_body
 
         report = report_body({"envelope": row["envelope"]})
         timings, stats = report["timings"], report["statistics"]

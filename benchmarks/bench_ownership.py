@@ -79,7 +79,7 @@ def _train(job: Job) -> tuple[Job, dict[str, np.ndarray], float]:
             model, data, objective=job.objective, seed=job.seed, epochs=EPOCHS[job.objective], batch_size=N_PUB
         )
     else:
-        from appliance.audits.watermark import mark_dataset
+        from appliance.audits.ownership.watermark import mark_dataset
 
         x, y = s.alternative if job.data == "alt" else s.public
         if job.data == "marked":
@@ -175,7 +175,7 @@ def _dov4cl_audit(task: tuple[Job, list[Job], int, int | None]) -> dict[str, Any
     import torch
 
     torch.set_num_threads(1)
-    from appliance.audits.dov4cl import DOV4CLInputs
+    from appliance.audits.ownership.dov4cl import DOV4CLInputs
     from appliance.audits.registry import create_method
     from models.vision import digits_splits, embed_fn
 
@@ -292,8 +292,8 @@ def bench_dov4cl(
 def bench_watermark(quick: bool, workers: int) -> None:
     import torch
 
+    from appliance.audits.ownership.watermark import WatermarkInputs
     from appliance.audits.registry import create_method
-    from appliance.audits.watermark import WatermarkInputs
     from models.vision import accuracy, digits_splits, label_fn, proba_fn
 
     torch.set_num_threads(1)
@@ -326,7 +326,7 @@ def bench_watermark(quick: bool, workers: int) -> None:
                         p_wrong = method.run(wrong, params={"mode": mode}, seed=i).p_value
                         results[mode].setdefault("wrong_key", []).append(p_wrong)
                 if mode == "proba":
-                    from appliance.audits.watermark import apply_trigger, make_trigger
+                    from appliance.audits.ownership.watermark import apply_trigger, make_trigger
 
                     # Audits take milliseconds here: best of 5 for both sides of the ratio.
                     audit_s = min(

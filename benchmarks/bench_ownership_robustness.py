@@ -164,7 +164,7 @@ def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float]) -> list
     """Shadows exactly as the service trains them with its defaults (kept in the cache)."""
     from safetensors.torch import load_file, save_file
 
-    from appliance.ownership_jobs import ShadowTraining
+    from appliance.capabilities.ownership.job import ShadowTraining
     from models.augment import to_unit
     from models.vision import ENCODERS, Rescaled, build_model, embed_fn, train_contrastive
 
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--final", action="store_true", help="report the part kept aside (seeds 1000+)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from appliance.audits.dov4cl import DOV4CLInputs
+    from appliance.audits.ownership.dov4cl import DOV4CLInputs
     from appliance.audits.registry import create_method
 
     base = 1000 if args.final else 0

@@ -1,6 +1,6 @@
 """gunicorn settings for running the app outside `appliance serve`:
 
-    gunicorn -c deploy/gunicorn.conf.py 'appliance.app:create_app()'
+    gunicorn -c deploy/gunicorn.conf.py 'appliance._internal.web.app:create_app()'
 
 (then start `appliance worker` beside it for the embedded queue)."""
 

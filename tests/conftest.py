@@ -19,7 +19,7 @@ logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Any:
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
 
     return Settings(home=tmp_path / "home", rate_limit="100000 per minute",
                     job_lease_seconds=5.0, log_level="WARNING")
@@ -29,8 +29,8 @@ class InlineQueue:
     """Runs each job in a background thread through the real worker code (LocalSink)."""
 
     def __init__(self, settings: Any) -> None:
-        from appliance.jobs import LocalSink, execute_job
-        from appliance.worker import LocalBlobs
+        from appliance._internal.jobs.runner import LocalSink, execute_job
+        from appliance._internal.jobs.worker import LocalBlobs
 
         self.settings = settings
         self.threads: list[threading.Thread] = []
@@ -53,7 +53,7 @@ class InlineQueue:
 
 @pytest.fixture
 def app(settings: Any) -> Iterator[Any]:
-    from appliance.app import create_app
+    from appliance._internal.web.app import create_app
 
     application = create_app(settings, {"TESTING": True})
     queue = InlineQueue(settings)

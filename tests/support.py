@@ -26,8 +26,8 @@ def auth(token: str) -> dict[str, str]:
 
 
 def make_token(settings: Any, tenant: str, role: str = "admin") -> str:
-    from appliance.auth import create_token
-    from appliance.store import Store
+    from appliance._internal.auth import create_token
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     try:
@@ -37,7 +37,7 @@ def make_token(settings: Any, tenant: str, role: str = "admin") -> str:
 
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from appliance.demo import digits_split as split
+    from appliance.cli.demo import digits_split as split
 
     return split(seed)
 
@@ -45,7 +45,7 @@ def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def trained_linear_onnx(path: Path, seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
     """Train a logistic regression on digits and write it as a real ONNX graph (logits out).
     Returns the path and the held-out (x, y)."""
-    from appliance.demo import train_digits_classifier
+    from appliance.cli.demo import train_digits_classifier
 
     model, x_te, y_te = train_digits_classifier(seed)
     path.write_bytes(model)

@@ -99,7 +99,7 @@ class AuditMethod(ABC):
 
 _METHODS: dict[str, type[AuditMethod]] = {}
 _LOCK = threading.Lock()
-_BUILTIN_MODULES = ("appliance.audits.dov4cl", "appliance.audits.watermark",
+_BUILTIN_MODULES = ("appliance.audits.ownership.dov4cl", "appliance.audits.ownership.watermark",
                     "appliance.audits.unlearning")
 
 

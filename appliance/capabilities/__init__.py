@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the package itself stays light: the SDK and CLI import it w
     from flask import Flask
     from flask_limiter import Limiter
 
-    from appliance.http import Api
+    from appliance._internal.web.http import Api
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +32,8 @@ class Capability:
     name: str
     routes: Callable[[Flask, Api, Limiter], None] | None = None
     jobs: Callable[[], None] | None = None
-    cli: Callable[[], click.Group] | None = None
+    # a command group, or several top-level commands
+    cli: Callable[[], click.Command | list[click.Command]] | None = None
     # (version, sql) pairs; each capability owns a range of versions: provenance 100-199,
     # unlearning 200-299, console 300-399, model signing 400-499 (the core keeps 1-99)
     migrations: tuple[tuple[int, str], ...] = ()
@@ -40,12 +41,18 @@ class Capability:
 
 
 # each capability's package imports Capability from here, so it is imported after the class
+from appliance.capabilities.catalog import CAPABILITY as CATALOG  # noqa: E402
 from appliance.capabilities.console import CAPABILITY as CONSOLE  # noqa: E402
+from appliance.capabilities.evaluation import CAPABILITY as EVALUATION  # noqa: E402
+from appliance.capabilities.inference import CAPABILITY as INFERENCE  # noqa: E402
+from appliance.capabilities.ownership import CAPABILITY as OWNERSHIP  # noqa: E402
 from appliance.capabilities.provenance import CAPABILITY as PROVENANCE  # noqa: E402
+from appliance.capabilities.refinement import CAPABILITY as REFINEMENT  # noqa: E402
 from appliance.capabilities.signatures import CAPABILITY as SIGNATURES  # noqa: E402
 from appliance.capabilities.unlearning import CAPABILITY as UNLEARNING  # noqa: E402
 
-BUILTIN: tuple[Capability, ...] = (PROVENANCE, UNLEARNING, SIGNATURES, CONSOLE)
+BUILTIN: tuple[Capability, ...] = (CATALOG, EVALUATION, OWNERSHIP, INFERENCE, REFINEMENT,
+                                   PROVENANCE, UNLEARNING, SIGNATURES, CONSOLE)
 
 
 def model_signature_verifier() -> Callable[..., dict[str, Any]] | None:
@@ -77,6 +84,11 @@ def register_jobs() -> None:
             capability.jobs()
 
 
-def cli_groups() -> list[click.Group]:
-    """Every capability's command group, for the ``appliance`` command line."""
-    return [capability.cli() for capability in BUILTIN if capability.cli is not None]
+def cli_groups() -> list[click.Command]:
+    """Every capability's commands, for the ``appliance`` command line."""
+    commands: list[click.Command] = []
+    for capability in BUILTIN:
+        if capability.cli is not None:
+            made = capability.cli()
+            commands.extend(made if isinstance(made, list) else [made])
+    return commands

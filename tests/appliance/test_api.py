@@ -53,7 +53,7 @@ def test_token_is_stored_only_as_hash(settings: Any, token_a: str) -> None:
     wal = settings.db_path.with_name(settings.db_path.name + "-wal")
     blob = db + (wal.read_bytes() if wal.exists() else b"")
     assert token_a.encode() not in blob
-    from appliance.auth import hash_token
+    from appliance._internal.auth import hash_token
 
     assert hash_token(token_a).encode() in blob
 
@@ -160,8 +160,8 @@ def test_bad_inputs_are_problems(client: Any, token_a: str, tmp_path: Path,
 def test_oversized_upload_is_413(tmp_path: Path) -> None:
     from support import make_token
 
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "small", max_upload_bytes=4096, log_level="WARNING")
     client = create_app(settings).test_client()
@@ -207,8 +207,8 @@ def test_cancel_queued_job(app: Any, client: Any, token_a: str, onnx_and_data: A
     cancelled = client.post(f"/v1/jobs/{job.get_json()['id']}/cancel", headers=auth(token_a))
     assert cancelled.get_json()["state"] == "cancelled"
     # the worker later receives the message and must not run it
-    from appliance.jobs import LocalSink, execute_job
-    from appliance.worker import LocalBlobs
+    from appliance._internal.jobs.runner import LocalSink, execute_job
+    from appliance._internal.jobs.worker import LocalBlobs
 
     sink = LocalSink(app.config["APPLIANCE_SETTINGS"])
     assert execute_job(app.config["APPLIANCE_SETTINGS"], held[0], sink=sink,

@@ -20,8 +20,8 @@ def _serve(app: Any, port: int) -> Any:
 
 
 def test_rate_limit_answers_429_problem(tmp_path: Path) -> None:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "h", rate_limit="5 per minute", log_level="WARNING")
     client = create_app(settings).test_client()
@@ -72,9 +72,9 @@ def test_sdk_retries_503_and_429_then_succeeds() -> None:
 
 
 def test_sdk_retries_connection_errors_until_server_is_up(tmp_path: Path) -> None:
-    from appliance.app import create_app
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
     from appliance.client import Client, ConnectionFailed
-    from appliance.config import Settings
 
     port = free_port()
     settings = Settings(home=tmp_path / "h", log_level="WARNING")

@@ -55,10 +55,10 @@ def redis_prefix() -> Any:
 def test_redis_queue_end_to_end(tmp_path: Path, redis_prefix: str) -> None:
     from werkzeug.serving import make_server
 
-    from appliance.app import create_app
+    from appliance._internal.config import Settings
+    from appliance._internal.jobs.runner import collect_events
+    from appliance._internal.web.app import create_app
     from appliance.client import verify_report
-    from appliance.config import Settings
-    from appliance.jobs import collect_events
 
     cluster_token = secrets.token_urlsafe(16)
     port = free_port()

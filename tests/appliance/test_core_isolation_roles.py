@@ -90,8 +90,8 @@ def test_internal_blob_routes_need_the_cluster_token(client: Any, token_a: str,
         _problem(client.post("/v1/internal/blobs", headers=headers, data=b"x" * 10), 404)
     assert _blob_files(settings) == {digest}
 
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     cluster = Settings(home=tmp_path / "cluster", cluster_token="c" * 40, log_level="WARNING",
                        rate_limit="100000 per minute")
@@ -115,7 +115,7 @@ def test_internal_blob_routes_need_the_cluster_token(client: Any, token_a: str,
 
 
 def _put_blob(settings: Any, data: bytes) -> tuple[str, int]:
-    from appliance.store import Store
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     try:
@@ -164,8 +164,8 @@ def test_client_role_cannot_upload_start_or_cancel(app: Any, client: Any, settin
 
 
 def test_revoked_token_is_401(client: Any, settings: Any) -> None:
-    from appliance.auth import create_token, revoke_token
-    from appliance.store import Store
+    from appliance._internal.auth import create_token, revoke_token
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     try:
@@ -189,11 +189,11 @@ def test_revoked_token_is_401(client: Any, settings: Any) -> None:
 def test_cli_tokens_create_prints_once_and_logs_nothing(tmp_path: Path, caplog: Any) -> None:
     from click.testing import CliRunner
 
-    from appliance.auth import authenticate, hash_token
+    from appliance._internal.auth import authenticate, hash_token
+    from appliance._internal.config import Settings
+    from appliance._internal.store import Store
     from appliance.cli import main
-    from appliance.config import Settings
     from appliance.errors import Unauthorized
-    from appliance.store import Store
 
     home = tmp_path / "clihome"
     runner = CliRunner(env={"APPLIANCE_HOME": str(home)})

@@ -29,9 +29,9 @@ def _run_evaluation(client: Any, token: str, model_bytes: bytes,
 
 
 def _publish_more(settings: Any, tenant: str, count: int) -> list[str]:
-    from appliance.identity import identity_for
-    from appliance.reports import build_report, new_report_id, publish_report
-    from appliance.store import Store
+    from appliance._internal.identity import identity_for
+    from appliance._internal.reports import build_report, new_report_id, publish_report
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     ids = []
@@ -59,8 +59,8 @@ def _checkpoint(client: Any) -> tuple[dict[str, Any], int, bytes]:
 
 def test_report_digests_log_index_consistency_and_tree_size(
         client: Any, settings: Any, token_a: str, token_b: str, tmp_path: Any) -> None:
+    from appliance._internal.identity import identity_for
     from appliance.client import verify_report
-    from appliance.identity import identity_for
     from crypto.bundle import verify_consistency_between
     from crypto.dsse import canonical_json
     from crypto.errors import CryptoError
@@ -125,7 +125,7 @@ def test_report_digests_log_index_consistency_and_tree_size(
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
-        from appliance.app import JsonLogFormatter
+        from appliance._internal.web.app import JsonLogFormatter
 
         self.setFormatter(JsonLogFormatter())
         self.lines: list[str] = []
@@ -137,8 +137,8 @@ class _Collect(logging.Handler):
 def test_logs_are_json_with_request_ids_and_no_secrets(tmp_path: Any) -> None:
     from support import make_token
 
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "h", log_level="DEBUG", rate_limit="100000 per minute")
     app = create_app(settings)
@@ -184,8 +184,8 @@ def test_logs_are_json_with_request_ids_and_no_secrets(tmp_path: Any) -> None:
 def test_rate_limited_responses_have_request_ids(tmp_path: Any) -> None:
     from support import make_token
 
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "h", log_level="WARNING", rate_limit="1 per minute")
     client = create_app(settings).test_client()

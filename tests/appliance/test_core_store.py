@@ -18,7 +18,7 @@ from support import ROOT
 
 
 def test_migrations_are_versioned_and_idempotent(settings: Any) -> None:
-    from appliance.store import Store, all_migrations, connect, migrate
+    from appliance._internal.store import Store, all_migrations, connect, migrate
 
     first = Store.open(settings)
     second = Store.open(settings)
@@ -39,7 +39,7 @@ def test_migrations_are_versioned_and_idempotent(settings: Any) -> None:
 
 
 def test_failed_migration_rolls_back_and_trigger_bodies_split_right(tmp_path: Path) -> None:
-    from appliance.store import connect, migrate
+    from appliance._internal.store import connect, migrate
 
     conn = connect(tmp_path / "m.db")
     good = [(1, "CREATE TABLE t (a TEXT DEFAULT 'x;y', n INTEGER DEFAULT 0);\n"
@@ -66,9 +66,9 @@ _CHILD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from appliance.config import Settings
-from appliance.store import Store
-from appliance.auth import create_token
+from appliance._internal.config import Settings
+from appliance._internal.store import Store
+from appliance._internal.auth import create_token
 home, go = Path(sys.argv[1]), Path(sys.argv[2])
 (go.parent / f"ready-{{sys.argv[3]}}").touch()
 while not go.exists():
@@ -82,8 +82,8 @@ print("ok")
 
 
 def test_concurrent_first_open_from_several_processes(tmp_path: Path) -> None:
-    from appliance.config import Settings
-    from appliance.store import Store, all_migrations
+    from appliance._internal.config import Settings
+    from appliance._internal.store import Store, all_migrations
 
     home, go = tmp_path / "fresh", tmp_path / "go"
     script = _CHILD.format(root=str(ROOT))
@@ -111,7 +111,7 @@ def test_concurrent_first_open_from_several_processes(tmp_path: Path) -> None:
 
 
 def test_connection_settings_and_foreign_keys(settings: Any) -> None:
-    from appliance.store import Store
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     try:
@@ -166,8 +166,8 @@ class _ChunkedReader(io.RawIOBase):
 
 
 def test_blobs_are_streamed_and_failed_uploads_leave_nothing(settings: Any) -> None:
+    from appliance._internal.store import CHUNK, Store
     from appliance.errors import PayloadTooLarge
-    from appliance.store import CHUNK, Store
 
     store = Store.open(settings)
     try:
@@ -198,8 +198,8 @@ def test_blobs_are_streamed_and_failed_uploads_leave_nothing(settings: Any) -> N
 def test_oversized_http_upload_leaves_no_blob(tmp_path: Path) -> None:
     from support import auth, make_token
 
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "h", max_upload_bytes=3 * 1024 * 1024,
                         log_level="WARNING")

@@ -52,8 +52,8 @@ def _start_worker(home: Path, **env: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize("attempts,expected", [(2, "succeeded"), (1, "failed")])
 def test_worker_killed_mid_job(tmp_path: Path, attempts: int, expected: str) -> None:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     home = tmp_path / "home"
     settings = Settings(home=home, log_level="WARNING", max_job_attempts=attempts)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.config import Settings
-from appliance.enclave_service import EnclaveService
+from appliance._internal.config import Settings
+from appliance.capabilities.refinement.enclave import EnclaveService
 
 
 def test_enclave_stderr_goes_to_the_home(tmp_path: Path) -> None:

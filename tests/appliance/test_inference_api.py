@@ -163,7 +163,7 @@ def test_secret_key_context_refused_and_never_stored(client: Any, settings: Any,
     assert "private key material" in resp.get_json()["detail"]
     assert _home_files(settings) == before  # nothing of it was written
     # the session table holds only the one good session
-    from appliance.store import Store
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     try:
@@ -174,7 +174,7 @@ def test_secret_key_context_refused_and_never_stored(client: Any, settings: Any,
 
 def test_keys_of_other_parameters_oversize_and_media_type(client: Any, art: EnsembleArtifact,
                                                           setup: dict[str, Any]) -> None:
-    from appliance.inference import MAX_CONTEXT_BYTES
+    from appliance.capabilities.inference.service import MAX_CONTEXT_BYTES
 
     ens, user = setup["ensemble"]["id"], setup["user"]
     steps = PrivateClient(spec=art.public_spec()).layout.galois_steps
@@ -220,7 +220,7 @@ def test_malformed_truncated_and_foreign_ciphertexts(client: Any, art: EnsembleA
     # cannot tell) but only its own key opens the reply: the session's client decrypts noise
     alien = other_keys.encrypt(_unit(np.random.default_rng(4), (art.members, art.dim)))
     assert _predict(client, user, ens, ses, alien).status_code == 200
-    from appliance.inference import MAX_QUERY_BYTES
+    from appliance.capabilities.inference.service import MAX_QUERY_BYTES
 
     _is_problem(_predict(client, user, ens, ses, b"\0" * (MAX_QUERY_BYTES + 1)), 413)
     resp = client.post(f"/v1/ensembles/{ens}/predict?session={ses}",

@@ -18,8 +18,8 @@ from support import auth, make_token
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
     from crypto.ensemble import EnsembleArtifact
     from crypto.private_inference import PrivateClient
 

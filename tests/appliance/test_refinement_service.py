@@ -21,9 +21,9 @@ import torch
 from sklearn.datasets import load_digits
 from support import auth, make_token
 
+from appliance.capabilities.refinement.enclave import enclave_service, shutdown_enclaves
 from appliance.client import ApiError, Client
 from appliance.confidential import create_ckks_context, plaintext_refinement
-from appliance.enclave_service import enclave_service, shutdown_enclaves
 from crypto.provisioning import (
     MeasurementNotAllowedError,
     QuoteSignatureError,
@@ -315,8 +315,8 @@ def test_mlp_last_layer_through_the_service_matches_plaintext(
 
 _ATTEST = """
 import json, sys
-from appliance.config import Settings
-from appliance.enclave_service import enclave_service
+from appliance._internal.config import Settings
+from appliance.capabilities.refinement.enclave import enclave_service
 service = enclave_service(Settings(home=sys.argv[1]))
 att = service.attestation(bytes(range(32)))
 print(json.dumps({"key": att.identity["enclave_public_key"], "mrenclave": att.identity["mrenclave"],
@@ -335,7 +335,7 @@ def test_processes_of_one_home_share_platform_and_sealed_enclave_key(tmp_path: P
 
     from support import env_for
 
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
 
     home = tmp_path / "home"
     env = env_for(home)

@@ -15,8 +15,8 @@ from support import auth, make_token
 
 @pytest.fixture
 def fuzz_app(tmp_path: Any) -> Any:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "fuzz", rate_limit="100000 per minute",
                         max_upload_bytes=256 * 1024, log_level="ERROR")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Settings
-from appliance.secrets import SealedSecretError, seal_secret, unseal_secret
+from appliance._internal.config import Settings
+from appliance._internal.secrets import SealedSecretError, seal_secret, unseal_secret
 
 
 def test_sealed_secret_opens_only_with_its_key_and_context(tmp_path: Path) -> None:

@@ -58,8 +58,8 @@ def _digits_npz(n: int) -> bytes:
 # -- finding 9: a small JSON limit must not cap uploads, and a 413 names its own limit --------
 
 def test_small_json_limit_still_accepts_uploads_and_names_the_right_limit(tmp_path: Path) -> None:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "h", max_json_bytes=16 * 1024,
                         max_upload_bytes=1_000_000, log_level="WARNING")
@@ -112,8 +112,8 @@ def test_token_expiry_shown_in_whoami_and_refused_after(client: Any, settings: A
 
     from click.testing import CliRunner
 
+    from appliance._internal.store import Store
     from appliance.cli import main
-    from appliance.store import Store
 
     runner = CliRunner(env={"APPLIANCE_HOME": str(settings.home)})
     result = runner.invoke(main, ["tokens", "create", "--tenant", "t", "--role", "auditor",
@@ -150,8 +150,8 @@ def test_token_expiry_shown_in_whoami_and_refused_after(client: Any, settings: A
 # -- finding 7: the rate limit counts tokens, not header spellings, across processes ----------
 
 def test_rate_limit_keys_on_the_token_and_is_shared_by_processes(tmp_path: Path) -> None:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     settings = Settings(home=tmp_path / "h", rate_limit="5 per minute", log_level="WARNING")
     first = create_app(settings).test_client()
@@ -200,7 +200,7 @@ def test_gunicorn_control_socket_is_disabled(tmp_path: Path, monkeypatch: Any) -
     from gunicorn.config import Config
     from support import ROOT
 
-    from appliance.server import gunicorn_options
+    from appliance._internal.web.server import gunicorn_options
 
     monkeypatch.setenv("APPLIANCE_HTTP_WORKERS", "2")
     deployed = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
@@ -233,10 +233,10 @@ def test_refused_upload_racing_an_identical_accepted_one_keeps_its_blob(
     import hashlib
     import threading
 
-    from appliance import registry
-    from appliance.auth import authenticate
+    from appliance._internal.auth import authenticate
+    from appliance._internal.store import Store
+    from appliance.capabilities.catalog import service as registry
     from appliance.errors import ValidationFailed
-    from appliance.store import Store
 
     data = _linear_onnx_bytes()
     token = make_token(settings, "t")
@@ -326,8 +326,8 @@ def test_many_class_report_is_bounded_and_binds_the_matrix(
 
     from support import wait_job
 
+    from appliance._internal.reports import render_html
     from appliance.client import verify_report
-    from appliance.reports import render_html
 
     classes, features, n = 300, 8, 600
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ SMALL_LIMITS = {"max_extracted_bytes": 4 << 20, "max_archive_entries": 200,
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Any:
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
 
     return Settings(home=tmp_path / "home", rate_limit="100000 per minute",
                     job_lease_seconds=5.0, log_level="WARNING", **SMALL_LIMITS)
@@ -89,7 +89,7 @@ def test_tokenizer_keys_cannot_name_host_files(client: Any, token_a: str, settin
 
 
 def test_job_failure_reasons_hide_server_paths(settings: Any) -> None:
-    from appliance.jobs import failure_reason
+    from appliance._internal.jobs.runner import failure_reason
     from models.errors import ModelFormatError
 
     folder = settings.home / "modeldirs" / ("ab" * 32) / "m"

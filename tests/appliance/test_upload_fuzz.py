@@ -28,7 +28,7 @@ FUZZ = hyp_settings(max_examples=20, deadline=None, derandomize=True,
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Any:
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
 
     return Settings(home=tmp_path / "home", rate_limit="100000 per minute",
                     log_level="ERROR", **LIMITS)

@@ -32,7 +32,7 @@ import numpy as np
 from appliance.audits.errors import AuditInputError, AuditParameterError
 from appliance.audits.provenance.grubbs import Direction, GrubbsMode, GrubbsResult, grubbs_outlier
 from appliance.audits.registry import AuditMethod, AuditResult, LogFn, ProgressFn, register_method
-from appliance.audits.remote import CountedQuery
+from appliance.audits.suspects import CountedQuery
 
 VERDICT_NOT_FROM_GENERATOR = "not_trained_on_generator_data"
 VERDICT_CONSISTENT = "consistent_with_generator_data"

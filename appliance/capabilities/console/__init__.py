@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from flask import Flask
     from flask_limiter import Limiter
 
-    from appliance.http import Api
+    from appliance._internal.web.http import Api
 
 # the migration text lives here, not in service.py, so listing capabilities imports nothing heavy
 MIGRATIONS: tuple[tuple[int, str], ...] = (

@@ -28,9 +28,9 @@ from flask import (
 from flask_limiter import Limiter
 from werkzeug.wrappers import Response as WebResponse
 
+from appliance._internal.web.http import Api, parse_json_text, problem_response
 from appliance.capabilities.console import service
 from appliance.errors import ApplianceError, BadRequest, NotFound, Unauthorized, ValidationFailed
-from appliance.http import Api, parse_json_text, problem_response
 
 HERE = Path(__file__).resolve().parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -40,7 +40,7 @@ PAGE_SIZE = 50
 
 
 def _store() -> Any:
-    from appliance.app import get_store
+    from appliance._internal.web.app import get_store
 
     return get_store()
 
@@ -87,7 +87,7 @@ def _page(template: str, status: int = 200, **context: Any) -> WebResponse:
 
 
 def _enqueue() -> Any:
-    from appliance.api_core import _enqueue as api_enqueue
+    from appliance._internal.web.routes import _enqueue as api_enqueue
 
     return api_enqueue()
 
@@ -95,11 +95,11 @@ def _enqueue() -> Any:
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add the console under ``/console/``, ``/`` redirecting to it, and ``/docs``."""
     from appliance import __version__
-    from appliance.identity import identity_for
-    from appliance.jobs import cancel_job, job_kinds, job_view, submit_job
-    from appliance.registry import dataset_view, model_view, register_dataset, register_model
-    from appliance.reports import report_body, report_bundle, report_figures
-    from appliance.store import loads
+    from appliance._internal.identity import identity_for
+    from appliance._internal.jobs.runner import cancel_job, job_kinds, job_view, submit_job
+    from appliance._internal.reports import report_body, report_bundle, report_figures
+    from appliance._internal.store import loads
+    from appliance.capabilities.catalog.service import dataset_view, model_view, register_dataset, register_model
 
     bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                    static_folder="static", static_url_path="/static")

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.auth import Principal, authenticate
+from appliance._internal.auth import Principal, authenticate
+from appliance._internal.store import Store, utcnow
 from appliance.errors import BadRequest
-from appliance.store import Store, utcnow
 
 SESSION_SECONDS = 8 * 3600
 SESSION_COOKIE = "console_session"
@@ -183,7 +183,7 @@ def params_from_form(fields: list[FormField], form: Any) -> dict[str, Any]:
         if f.widget == "number":
             params[f.name] = _number(raw)
         elif f.widget == "json":
-            from appliance.http import parse_json_text
+            from appliance._internal.web.http import parse_json_text
 
             params[f.name] = parse_json_text(raw, f"'{f.name}' (JSON)")
         else:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from flask import Flask
     from flask_limiter import Limiter
 
-    from appliance.http import Api
+    from appliance._internal.web.http import Api
 
 
 def _routes(app: Flask, api: Api, limiter: Limiter) -> None:

@@ -9,18 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from appliance.auth import Principal
+from appliance._internal.auth import Principal
+from appliance._internal.jobs.runner import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance._internal.store import Store
+from appliance.capabilities.catalog.service import model_input
 from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.errors import JobFailed, UnprocessableInput
-from appliance.jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from appliance.registry import model_input
-from appliance.store import Store
 
 VERSION = "1.0.0"
 
 
 def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> dict[str, Any]:
-    from appliance.ownership_jobs import check_endpoint_url
+    from appliance.capabilities.ownership.job import check_endpoint_url
 
     tenant = principal.tenant_id
     inputs: dict[str, Any] = {"generators": []}
@@ -44,11 +44,11 @@ def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> di
 
 
 def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
-    from appliance.evaluation import load_job_model, model_digests
+    from appliance.capabilities.evaluation.job import load_job_model, model_digests
 
     if params.suspect_endpoint is not None:
         from appliance.audits.egress import EgressGuard
-        from appliance.audits.remote import RemoteEndpoint
+        from appliance.audits.suspects import RemoteEndpoint
 
         ep = params.suspect_endpoint
         endpoint = RemoteEndpoint(ep.url, kind=params.suspect_output, timeout_s=ep.timeout_s,
@@ -64,8 +64,8 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
     from appliance.audits.errors import AuditError
     from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
+    from appliance.capabilities.evaluation.job import model_digests
     from appliance.capabilities.provenance.service import RemoteGenerator, build_evidence
-    from appliance.evaluation import model_digests
     from models.errors import ModelError
     from models.generators import OnnxGenerator
 

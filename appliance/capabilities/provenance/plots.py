@@ -35,6 +35,6 @@ def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def register_plots() -> None:
     """Attach :func:`provenance_plots` to the report pages of provenance audits."""
-    from appliance.reports import register_plotter
+    from appliance._internal.reports import register_plotter
 
     register_plotter("provenance/trainprove", provenance_plots)

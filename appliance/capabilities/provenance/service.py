@@ -80,7 +80,7 @@ class RemoteGenerator:
         return np.concatenate(parts)
 
     def _post(self, body: dict[str, Any]) -> Any:
-        from appliance.audits.remote import check_status, post_with_retries
+        from appliance.audits.suspects import check_status, post_with_retries
 
         who = f"generator endpoint {self.spec.url}"
         response = post_with_retries(self._client, self.spec.url, body, retries=self.spec.retries,

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from flask import Flask
     from flask_limiter import Limiter
 
-    from appliance.auth import Principal
-    from appliance.http import Api
-    from appliance.store import Store
+    from appliance._internal.auth import Principal
+    from appliance._internal.store import Store
+    from appliance._internal.web.http import Api
 
 
 def _routes(app: Flask, api: Api, limiter: Limiter) -> None:

@@ -8,16 +8,16 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g
 from flask_limiter import Limiter
 
+from appliance._internal.store import Store
+from appliance._internal.web.http import Api
 from appliance.capabilities.signatures import service
 from appliance.capabilities.signatures.schemas import SignerKeyCreate, SignerKeyList, SignerKeyOut, SigningPublicKey
-from appliance.http import Api
 from appliance.schemas import ListQuery
-from appliance.store import Store
 from crypto.sigstore import dumps_bundle
 
 
 def _store() -> Store:
-    from appliance.app import get_store
+    from appliance._internal.web.app import get_store
 
     return get_store()
 

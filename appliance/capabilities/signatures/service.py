@@ -12,11 +12,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.auth import Principal
+from appliance._internal.auth import Principal
+from appliance._internal.config import Settings
+from appliance._internal.store import Store, loads, new_id, utcnow
 from appliance.capabilities.signatures.schemas import SignerKeyCreate
-from appliance.config import Settings
 from appliance.errors import Conflict, NotFound, UnprocessableInput, ValidationFailed
-from appliance.store import Store, loads, new_id, utcnow
 from crypto.dsse import b64decode_strict, canonical_json
 from crypto.errors import CryptoError, KeyFormatError
 from crypto.sigstore import (

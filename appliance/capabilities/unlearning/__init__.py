@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from flask import Flask
     from flask_limiter import Limiter
 
-    from appliance.http import Api
+    from appliance._internal.web.http import Api
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (200, """

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from appliance._internal.jobs.runner import JobKind, register_job_kind
 from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
 from appliance.capabilities.unlearning.service import resolve_audit, resolve_unlearn, run_audit, run_unlearn
-from appliance.jobs import JobKind, register_job_kind
 
 register_job_kind(JobKind(
     name="unlearning-audit", params_model=UnlearningAuditParams, resolve=resolve_audit,

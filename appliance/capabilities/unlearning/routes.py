@@ -8,19 +8,19 @@ from typing import Any
 from flask import Blueprint, Flask, g
 from flask_limiter import Limiter
 
+from appliance._internal.reports import register_plotter, report_body
+from appliance._internal.store import utcnow
+from appliance._internal.web.http import Api
+from appliance.capabilities.catalog.service import model_view, register_model
 from appliance.capabilities.unlearning.plots import audit_plots
 from appliance.capabilities.unlearning.schemas import AuditInfo, AuditInfoList
 from appliance.capabilities.unlearning.service import AUDIT_METHOD
 from appliance.errors import Conflict
-from appliance.http import Api
-from appliance.registry import model_view, register_model
-from appliance.reports import register_plotter, report_body
 from appliance.schemas import ModelOut
-from appliance.store import utcnow
 
 
 def _store() -> Any:
-    from appliance.app import get_store
+    from appliance._internal.web.app import get_store
 
     return get_store()
 

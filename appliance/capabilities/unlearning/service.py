@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.auth import Principal
+from appliance._internal.auth import Principal
+from appliance._internal.jobs.runner import JobContext, JobOutcome
+from appliance._internal.store import Store
+from appliance.capabilities.catalog.service import dataset_input, model_input, transformers_dir
+from appliance.capabilities.evaluation.job import job_model_path, model_digests
 from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
 from appliance.errors import JobFailed, UnprocessableInput
-from appliance.evaluation import job_model_path, model_digests
-from appliance.jobs import JobContext, JobOutcome
-from appliance.registry import dataset_input, model_input, transformers_dir
-from appliance.store import Store
 
 VERSION = "1.0.0"
 AUDIT_METHOD = "unlearning/audit"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.audits.dov4cl import DOV4CLInputs, data_range, flip_invariance, view_specs
 from appliance.audits.errors import AuditInputError, AuditParameterError
+from appliance.audits.ownership.dov4cl import DOV4CLInputs, data_range, flip_invariance, view_specs
 from appliance.audits.registry import create_method
 from models.vision import digits_splits
 

@@ -27,9 +27,9 @@ from cryptography.x509.oid import NameOID
 
 from appliance.audits.egress import EgressGuard, refusal_reason
 from appliance.audits.errors import EgressRefusedError, RemoteEndpointError
-from appliance.audits.remote import RemoteEndpoint
+from appliance.audits.suspects import RemoteEndpoint
+from appliance.capabilities.ownership.job import OwnershipParams, _suspect_fn, check_endpoint_url
 from appliance.errors import UnprocessableInput, ValidationFailed
-from appliance.ownership_jobs import OwnershipParams, _suspect_fn, check_endpoint_url
 
 SECRET = "internal-secret-7f3a"
 X = np.zeros((3, 1, 2, 2), np.float32)

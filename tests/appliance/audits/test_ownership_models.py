@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from appliance.audits.dov4cl import DOV4CLInputs
+from appliance.audits.ownership.dov4cl import DOV4CLInputs
+from appliance.audits.ownership.watermark import RECOMMENDED_DECOY_FRACTION, WatermarkInputs, mark_dataset
 from appliance.audits.registry import VERDICT_NEGATIVE, VERDICT_POSITIVE, create_method
-from appliance.audits.watermark import RECOMMENDED_DECOY_FRACTION, WatermarkInputs, mark_dataset
 from models.architectures import SmallCNN
 from models.vision import (
     ENCODERS,

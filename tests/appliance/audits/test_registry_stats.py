@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.audits.dov4cl import DOV4CL, DOV4CLInputs, round_relations, shadow_adjusted
 from appliance.audits.errors import (
     AuditInputError,
     AuditParameterError,
     QueryBudgetExceeded,
     QueryError,
     WatermarkKeyError,
+)
+from appliance.audits.ownership.dov4cl import DOV4CL, DOV4CLInputs, round_relations, shadow_adjusted
+from appliance.audits.ownership.watermark import (
+    WatermarkInputs,
+    apply_trigger,
+    make_trigger,
+    mark_dataset,
 )
 from appliance.audits.registry import (
     AuditMethod,
@@ -25,12 +31,6 @@ from appliance.audits.stats import (
     paired_margin_greater,
     permutation_mean_diff,
     welch_greater,
-)
-from appliance.audits.watermark import (
-    WatermarkInputs,
-    apply_trigger,
-    make_trigger,
-    mark_dataset,
 )
 
 

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from appliance.audits.dov4cl import DOV4CLInputs
 from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import (
     AuditInputError,
@@ -19,8 +18,9 @@ from appliance.audits.errors import (
     RemoteEndpointError,
     RemoteTimeoutError,
 )
+from appliance.audits.ownership.dov4cl import DOV4CLInputs
 from appliance.audits.registry import create_method
-from appliance.audits.remote import RemoteEndpoint
+from appliance.audits.suspects import RemoteEndpoint
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -51,7 +51,7 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from appliance.demo import write_digits_demo
+    from appliance.cli.demo import write_digits_demo
     from models.vision import ENCODERS, build_model, digits_splits
 
     out = tmp_path_factory.mktemp("material")
@@ -74,7 +74,7 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory,
          material: dict[str, Path]) -> Iterator[dict[str, str]]:
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
 
     home = tmp_path_factory.mktemp("home")
     env = env_for(home)

@@ -69,8 +69,8 @@ def test_secure_cookie_over_tls(client: Any, token_a: str, csrf_of: Any) -> None
 
 def test_revoking_the_token_ends_the_session(app: Any, client: Any, settings: Any,
                                             sign_in: Any) -> None:
-    from appliance.auth import create_token, revoke_token
-    from appliance.store import Store
+    from appliance._internal.auth import create_token, revoke_token
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     issued = create_token(store, tenant="tenant-r", role="admin")
@@ -118,7 +118,7 @@ def test_tenants_see_404_pages_and_clients_cannot_start_audits(
 def test_names_and_params_render_inert(app: Any, console: tuple[Any, str], settings: Any,
                                        token_a: str) -> None:
     client, csrf = console
-    from appliance.store import Store
+    from appliance._internal.store import Store
 
     # a name stored before today's name rules, straight into the store
     store = Store.open(settings)
@@ -143,7 +143,7 @@ def test_form_generated_from_the_schema_round_trips() -> None:
     from werkzeug.datastructures import MultiDict
 
     from appliance.capabilities.console.service import form_fields, params_from_form
-    from appliance.ownership_jobs import OwnershipParams
+    from appliance.capabilities.ownership.job import OwnershipParams
 
     fields = {f.name: f for f in form_fields(OwnershipParams.model_json_schema())}
     assert fields["method"].widget == "select" and fields["method"].options == [

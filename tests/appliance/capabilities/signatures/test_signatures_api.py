@@ -23,7 +23,7 @@ from support import auth, make_token, npz_bytes, wait_job
 def _linear_onnx(path: Path, seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
     """A seeded random linear classifier as real ONNX, and inputs for it: signatures bind
     bytes, so the model need not be trained (training on this shared machine is slow)."""
-    from appliance.demo import linear_onnx_bytes
+    from appliance.cli.demo import linear_onnx_bytes
 
     rng = np.random.default_rng(seed)
     path.write_bytes(linear_onnx_bytes(rng.normal(size=(64, 10)).astype(np.float32),
@@ -47,7 +47,7 @@ def _add_signer(client: Any, token: str, public: Path, name: str = "release") ->
 
 
 def _stored(settings: Any) -> tuple[int, list[str]]:
-    from appliance.store import Store
+    from appliance._internal.store import Store
 
     store = Store.open(settings)
     try:
@@ -172,8 +172,8 @@ def test_signer_keys_are_validated_and_tenant_scoped(client: Any, token_a: str, 
 
 
 def test_certificate_signatures_verify_against_the_operator_ca_bundle(tmp_path: Path) -> None:
-    from appliance.app import create_app
-    from appliance.config import Settings
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
 
     model, _, _ = _linear_onnx(tmp_path / "clf.onnx")
     chain = write_ca_chain(tmp_path)

@@ -1,0 +1,351 @@
+"""The ``ownership`` job: "was this suspect model trained on my dataset?"
+
+Two methods from ``appliance.audits``: DOV4CL for self-supervised encoders (black-box
+``embed``) and the keyed backdoor watermark for classifiers (``predict`` or labels only).
+The suspect is a registered model or a remote HTTP endpoint with timeouts, retries and a
+query budget; the report records the queries spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from appliance._internal.auth import Principal
+from appliance._internal.jobs.runner import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance._internal.store import Store, loads
+from appliance.audits.egress import PRIVATE_ENDPOINTS_ENV, EgressGuard
+from appliance.audits.errors import EgressRefusedError
+from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
+from appliance.capabilities.evaluation.job import load_job_model, model_digests
+from appliance.errors import JobFailed, UnprocessableInput, ValidationFailed
+from appliance.schemas import SuspectEndpoint
+
+VERSION = "1.0.0"
+
+
+class ShadowTraining(BaseModel):
+    """Train the shadow encoder here, with the suspect's recipe family, on data without D_pub."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    architecture: Literal["conv_encoder", "pool_encoder"] = "conv_encoder"
+    config: dict[str, int] = Field(default_factory=dict)
+    objective: Literal["simclr", "simsiam", "byol", "mocov3", "dino"] = Field(
+        default="simclr", description="the suspect's recipe family: SimCLR, SimSiam, BYOL, MoCo v3 or DINO")
+    input_size: int | None = Field(default=None, ge=4, le=512, description="resize inputs to this "
+                                   "side inside the shadow (for suspects trained at another resolution)")
+    epochs: int = Field(default=400, ge=1, le=5000, description="match the suspect's recipe; 400 suits "
+                        "SimCLR on digits-sized data, SimSiam learns slower (the digits benchmark uses "
+                        "1000)")
+    batch_size: int = Field(default=128, ge=8, le=4096)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
+                       "seed+1, ...; their relations are averaged (one unlucky shadow shifts "
+                       "every audit that uses it)")
+
+
+class OwnershipParams(BaseModel):
+    """Parameters of an ownership audit; see ``GET /v1/job-kinds`` for the schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["dov4cl", "watermark_dvbw"]
+    suspect_model_id: str | None = Field(default=None, max_length=64)
+    suspect_endpoint: SuspectEndpoint | None = None
+    public_dataset_id: str | None = Field(default=None, max_length=64)
+    private_dataset_id: str | None = Field(default=None, max_length=64)
+    shadow_model_ids: list[str] | None = Field(default=None, min_length=1, max_length=8)
+    shadow_training: ShadowTraining | None = None
+    watermark_id: str | None = Field(default=None, max_length=64)
+    benign_dataset_id: str | None = Field(default=None, max_length=64)
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> OwnershipParams:
+        if (self.suspect_model_id is None) == (self.suspect_endpoint is None):
+            raise ValueError("give exactly one of suspect_model_id and suspect_endpoint")
+        if self.method == "dov4cl":
+            if not self.public_dataset_id or not self.private_dataset_id:
+                raise ValueError("dov4cl needs public_dataset_id and private_dataset_id")
+            if (self.shadow_model_ids is None) == (self.shadow_training is None):
+                raise ValueError("dov4cl needs exactly one of shadow_model_ids and shadow_training")
+        else:
+            if not self.watermark_id or not self.benign_dataset_id:
+                raise ValueError("watermark_dvbw needs watermark_id and benign_dataset_id")
+        return self
+
+
+def check_endpoint_url(url: str) -> None:
+    """Refuse URLs that would let a tenant reach the appliance's own network (SSRF): the host
+    must resolve to public addresses only, unless the operator allows private addresses
+    (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``). The job checks again when it runs."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port: a malformed one raises here, not in the job
+    except ValueError:
+        raise ValidationFailed("suspect_endpoint.url is malformed") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed("suspect_endpoint.url must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ValidationFailed("suspect_endpoint.url must not carry credentials")
+    try:
+        EgressGuard.from_environment().resolve(url)
+    except EgressRefusedError as exc:
+        raise UnprocessableInput(
+            str(exc), hint=f"the operator can allow private endpoints with {PRIVATE_ENDPOINTS_ENV}=1"
+        ) from None
+
+
+def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dict[str, Any]:
+    tenant = principal.tenant_id
+    inputs: dict[str, Any] = {}
+    if params.suspect_model_id:
+        inputs["suspect"] = model_input(store.get_owned("models", tenant, params.suspect_model_id,
+                                                        "model"))
+    else:
+        assert params.suspect_endpoint is not None
+        check_endpoint_url(params.suspect_endpoint.url)
+    if params.method == "dov4cl":
+        for key in ("public_dataset_id", "private_dataset_id"):
+            inputs[key.removesuffix("_id")] = dataset_input(
+                store.get_owned("datasets", tenant, getattr(params, key), "dataset"))
+        if params.shadow_model_ids:
+            inputs["shadows"] = [model_input(store.get_owned("models", tenant, shadow_id, "model"))
+                                 for shadow_id in params.shadow_model_ids]
+        else:
+            assert params.shadow_training is not None
+            inputs["shadow_data"] = dataset_input(store.get_owned(
+                "datasets", tenant, params.shadow_training.dataset_id, "dataset"))
+    else:
+        mark = store.get_owned("watermarks", tenant, params.watermark_id or "", "watermark")
+        inputs["watermark"] = {"id": mark["id"], "sealed_key": bytes(mark["sealed_key"]).hex(),
+                               "params": loads(mark["params"]),
+                               "marked_dataset_id": mark["marked_dataset_id"]}
+        inputs["benign"] = dataset_input(store.get_owned("datasets", tenant,
+                                                         params.benign_dataset_id or "", "dataset"))
+    return inputs
+
+
+def _images(ctx: JobContext, dataset: dict[str, Any], what: str, *,
+            labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    data = read_dataset(ctx.settings, ctx.blob_path(dataset["sha256"]), require_labels=labels)
+    if data.x.ndim != 4 or data.x.dtype.kind != "f":
+        raise JobFailed(f"{what} dataset must hold float images x of shape [n, C, H, W], got "
+                        f"{data.x.dtype} {tuple(data.x.shape)}")
+    return data.x.astype(np.float32, copy=False), data.y
+
+
+def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any],
+                kind: str) -> tuple[Any, str, Any]:
+    """A query function for the suspect, the device it runs on, and a closer."""
+    if params.suspect_endpoint is not None:
+        from appliance.audits.suspects import RemoteEndpoint
+
+        ep = params.suspect_endpoint
+        # resolved and checked again now, on every run (a re-queue, a retry): the address
+        # may have changed since submission; the endpoint then connects only to what passed
+        endpoint = RemoteEndpoint(ep.url, kind=kind,  # type: ignore[arg-type]
+                                  timeout_s=ep.timeout_s, retries=ep.retries,
+                                  query_budget=ep.query_budget, max_batch=ep.max_batch,
+                                  guard=EgressGuard.from_environment())
+        return endpoint, "remote", endpoint.close
+    model = load_job_model(ctx, inputs["suspect"], params.device)
+    if kind == "embed":
+        return (lambda x: model.embed(x)), model.device, None
+    if kind == "proba":
+        return (lambda x: model.predict(x)), model.device, None
+    return (lambda x: np.argmax(model.predict(x), axis=1)), model.device, None
+
+
+def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, seed: int,
+                      config: dict[str, int], value_range: tuple[float, float]) -> str:
+    """Names a trained shadow: the tenant (a cache hit must not tell one tenant what another
+    trained), the training data's digest, the recipe and the seed."""
+    import torch
+
+    recipe = {"tenant": ctx.tenant_id, "data": data_digest, "architecture": spec.architecture,
+              "config": config, "objective": spec.objective, "epochs": spec.epochs,
+              "batch_size": spec.batch_size, "input_size": spec.input_size, "seed": seed,
+              "value_range": list(value_range),
+              "torch": torch.__version__,
+              "version": VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
+                   data_digest: str, value_range: tuple[float, float]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Train (or reuse from the home's shadow cache) ``spec.count`` shadow encoders; returns
+    their embed functions and, per shadow, its seed, weights digest and whether it was reused.
+    Kept shadows are safetensors files named by tenant, data digest, recipe and seed. They
+    train on the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and
+    answer on the data's own scale."""
+    from safetensors.torch import load_file, save_file
+
+    from models.augment import to_unit
+    from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
+
+    unit = to_unit(data, value_range)
+
+    config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
+              **spec.config}
+    cache = ctx.cache_dir("shadows")
+    shadows, provenance = [], []
+    for i in range(spec.count):
+        seed = spec.seed + i
+        try:
+            encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
+        except (TypeError, ValueError) as exc:
+            raise JobFailed(f"bad shadow architecture config: {exc}") from None
+        if spec.input_size is not None:
+            encoder = Resized(encoder, spec.input_size)
+        key = _shadow_cache_key(ctx, spec, data_digest, seed, config, value_range)
+        path = cache / f"{key}.safetensors"
+        reused = path.is_file()
+        if reused:
+            ctx.log(f"reusing kept {spec.objective} shadow {i + 1}/{spec.count} (seed {seed})")
+            encoder.load_state_dict(load_file(str(path)))
+            encoder.eval()
+        else:
+            ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
+                    f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
+            encoder = train_contrastive(encoder, unit, objective=spec.objective, seed=seed,
+                                        epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+            os.replace(tmp, path)  # atomic: a concurrent job sees the whole file or none
+        provenance.append({"seed": seed, "reused": reused,
+                           "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        shadows.append(embed_fn(Rescaled(encoder, *value_range)))
+        ctx.progress(0.1 * (i + 1) / spec.count)
+    return shadows, provenance
+
+
+def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> JobOutcome:
+    from appliance.audits.registry import create_method
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    method = create_method(params.method)
+    digests: dict[str, Any] = {}
+    if "suspect" in inputs:
+        digests["suspect"] = model_digests(inputs["suspect"])
+    else:
+        assert params.suspect_endpoint is not None
+        digests["suspect"] = {"endpoint": params.suspect_endpoint.url}
+
+    def progress(fraction: float) -> None:
+        ctx.progress(0.1 + 0.9 * fraction)
+
+    closer = None
+    try:
+        if params.method == "dov4cl":
+            from appliance.audits.errors import AuditError
+            from appliance.audits.ownership.dov4cl import DOV4CLInputs, data_range
+
+            public, _ = _images(ctx, inputs["public_dataset"], "public")
+            private, _ = _images(ctx, inputs["private_dataset"], "private")
+            if public.shape[1:] != private.shape[1:]:
+                raise JobFailed(f"public images {public.shape[1:]} and private images "
+                                f"{private.shape[1:]} differ in shape")
+            suspect, device, closer = _suspect_fn(ctx, params, inputs, "embed")
+            t0 = time.perf_counter()
+            shadow: list[Any]
+            if "shadows" in inputs:
+                loaded = [load_job_model(ctx, m, params.device) for m in inputs["shadows"]]
+                shadow = [m.embed for m in loaded]
+                digests["shadows"] = [model_digests(m) for m in inputs["shadows"]]
+            else:
+                assert params.shadow_training is not None
+                shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
+                declared = params.method_params.get("value_range")
+                try:
+                    shadow_range = data_range(public, private, declared) if declared is None \
+                        else (float(declared[0]), float(declared[1]))
+                    shadow_range = (min(shadow_range[0], float(shadow_data.min())),
+                                    max(shadow_range[1], float(shadow_data.max())))
+                except (TypeError, ValueError, IndexError, AuditError) as exc:
+                    raise JobFailed(f"cannot tell the images' value range: {exc}") from None
+                shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data,
+                                              inputs["shadow_data"]["sha256"], shadow_range)
+                digests["shadows"] = {"trained_on": inputs["shadow_data"],
+                                      "recipe": params.shadow_training.model_dump(),
+                                      "models": kept,
+                                      "trained": sum(not k["reused"] for k in kept),
+                                      "reused": sum(k["reused"] for k in kept)}
+            timings["shadow_seconds"] = time.perf_counter() - t0
+            ctx.progress(0.1)
+            digests["public_dataset"] = inputs["public_dataset"]
+            digests["private_dataset"] = inputs["private_dataset"]
+            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
+            result = method.run(
+                DOV4CLInputs(public=public, private=private, suspect=suspect,
+                             shadow=shadow if len(shadow) > 1 else shadow[0],
+                             query_budget=budget),
+                params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
+        else:
+            from appliance._internal.secrets import unseal_secret
+            from appliance.audits.ownership.watermark import WatermarkInputs
+
+            mark = inputs["watermark"]
+            key = unseal_secret(ctx.settings, bytes.fromhex(mark["sealed_key"]),
+                                context=_seal_context(mark["id"], ctx.tenant_id))
+            benign, labels = _images(ctx, inputs["benign"], "benign", labels=True)
+            if labels is None:
+                raise JobFailed("the benign dataset needs labels 'y'")
+            mode = params.method_params.get("mode", "proba")
+            suspect, device, closer = _suspect_fn(ctx, params, inputs,
+                                                  "label" if mode == "label" else "proba")
+            digests["watermark"] = {"id": mark["id"], "marked_dataset_id": mark["marked_dataset_id"],
+                                    "params": mark["params"]}
+            digests["benign_dataset"] = inputs["benign"]
+            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
+            ctx.progress(0.1)
+            result = method.run(
+                WatermarkInputs(benign=benign, benign_labels=labels, suspect=suspect, key=key,
+                                target_class=int(mark["params"]["target_class"]),
+                                strength=float(mark["params"]["strength"]), query_budget=budget),
+                params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
+    finally:
+        if closer is not None:
+            closer()
+    timings.update({k: float(v) for k, v in result.timings.items()})
+    timings["audit_seconds"] = time.perf_counter() - started
+    statistics = dict(result.statistics)
+    statistics["queries"] = result.queries
+    ctx.log(f"{result.method}: p = {result.p_value:.4g}, verdict {result.verdict} "
+            f"({result.queries} queries)")
+    return JobOutcome(
+        method=f"ownership/{result.method}", version=f"{VERSION}+{result.version}",
+        parameters={**params.model_dump(mode="json"), "effective": result.parameters},
+        inputs=digests, statistics=statistics, p_value=float(result.p_value),
+        verdict=result.verdict, alpha=float(result.alpha), seed=params.seed, device=device,
+        timings=timings,
+    )
+
+
+def _seal_context(watermark_id: str, tenant_id: str) -> bytes:
+    return f"watermark:{watermark_id}:{tenant_id}".encode()
+
+
+register_job_kind(
+    JobKind(
+        name="ownership",
+        params_model=OwnershipParams,
+        resolve=_resolve,
+        run=_run,
+        description="Dataset-ownership verification: DOV4CL for encoders, keyed watermark for "
+        "classifiers; a p-value and a verdict at alpha.",
+    )
+)

@@ -1,0 +1,610 @@
+"""Python SDK for the appliance.
+
+>>> from appliance.client import Client
+>>> client = Client("http://127.0.0.1:8080", token="aat_...")
+>>> job = client.create_job("evaluation", {"model_id": m.id, "dataset_id": d.id})
+>>> job = client.wait(job, progress=True)
+>>> verified = client.verify_report(client.get_report(job.report_id))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tarfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from appliance.capabilities.provenance.client import ProvenanceClient
+from appliance.capabilities.signatures.client import SignaturesClient
+from appliance.capabilities.unlearning.client import UnlearningClient
+from appliance.schemas import (
+    DatasetList,
+    DatasetOut,
+    JobList,
+    JobLogLine,
+    JobOut,
+    ModelList,
+    ModelOut,
+    ReportList,
+    WhoAmI,
+)
+
+RETRY_STATUSES = (429, 503)
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ClientError(Exception):
+    """Base error of the SDK; ``diagnostics()`` explains what to do."""
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+class ApiError(ClientError):
+    """The server answered with a problem document."""
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        self.status = status
+        self.problem = dict(problem)
+        super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', '')}")
+
+    def diagnostics(self) -> str:
+        hint = self.problem.get("hint")
+        return str(self) + (f"\nHint: {hint}" if hint else "")
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached after all retries."""
+
+
+class JobTimeout(ClientError):
+    """``wait`` ran out of time; the job goes on on the server."""
+
+
+class Client:
+    """HTTP client with retries (connection errors, 429, 503) and typed results."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.25,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("APPLIANCE_URL") or "http://127.0.0.1:8080")
+        token = token or os.environ.get("APPLIANCE_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries = retries
+        self.backoff = backoff
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
+                                 transport=transport)
+        self.signatures = SignaturesClient(self)
+        self.provenance = ProvenanceClient(self)
+        self.unlearning = UnlearningClient(self)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; retry on connection errors, 429 and 503 with jittered backoff."""
+        attempt = 0
+        while True:
+            try:
+                for key in ("files",):
+                    # rewind file objects so a retried upload sends the whole body again
+                    for item in (kwargs.get(key) or {}).values():
+                        handle = item[1] if isinstance(item, tuple) else item
+                        if hasattr(handle, "seek"):
+                            handle.seek(0)
+                resp = self.http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                if attempt >= self.retries:
+                    raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from exc
+            else:
+                if resp.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                    if resp.status_code >= 400:
+                        try:
+                            problem = resp.json()
+                        except ValueError:
+                            problem = {"title": resp.reason_phrase, "detail": resp.text[:200]}
+                        raise ApiError(resp.status_code, problem)
+                    return resp
+                retry_after = resp.headers.get("Retry-After")
+                if retry_after and retry_after.isdigit():
+                    time.sleep(min(float(retry_after), 10.0))
+            attempt += 1
+            time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # -- identity -----------------------------------------------------------------------------
+    def whoami(self) -> WhoAmI:
+        return WhoAmI.model_validate(self._json("GET", "/v1/whoami"))
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/healthz"))
+
+    # -- models & datasets --------------------------------------------------------------------
+    def upload_model(
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        format: str | None = None,
+        kind: str | None = None,
+        architecture: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        signature: str | Path | None = None,
+    ) -> ModelOut:
+        """Upload an ONNX or safetensors file, or a transformers folder (sent as a tar);
+        ``signature`` is a model.sig from ``model_signing sign``, verified before storing."""
+        path = Path(path)
+        data: dict[str, str] = {"name": name}
+        for key, value in (("format", format), ("kind", kind), ("architecture", architecture)):
+            if value:
+                data[key] = value
+        if config is not None:
+            data["config"] = json.dumps(dict(config))
+        if path.is_dir():
+            data.setdefault("format", "transformers")
+            handle: Any = io.BytesIO(_tar_folder(path))
+            filename = path.name + ".tar"
+        else:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below
+            filename = path.name
+        files: dict[str, Any] = {"file": (filename, handle)}
+        if signature is not None:
+            files["signature"] = ("model.sig", Path(signature).read_bytes())
+        try:
+            body = self._json("POST", "/v1/models", data=data, files=files)
+        finally:
+            handle.close()
+        return ModelOut.model_validate(body)
+
+    def list_models(self) -> list[ModelOut]:
+        return ModelList.model_validate(self._json("GET", "/v1/models")).items
+
+    def get_model(self, model_id: str) -> ModelOut:
+        return ModelOut.model_validate(self._json("GET", f"/v1/models/{model_id}"))
+
+    def model_manifest(self, model_id: str) -> dict[str, Any]:
+        return dict(self._json("GET", f"/v1/models/{model_id}/manifest"))
+
+    def upload_dataset(self, path_or_arrays: str | Path | Mapping[str, Any], *,
+                       name: str) -> DatasetOut:
+        """Upload an ``.npz`` file, or a mapping ``{"x": array, "y": array}``."""
+        if isinstance(path_or_arrays, Mapping):
+            import numpy as np
+
+            buf = io.BytesIO()
+            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in path_or_arrays.items()}
+            np.savez(buf, **arrays)
+            handle: Any = io.BytesIO(buf.getvalue())
+            filename = f"{name}.npz"
+        else:
+            handle = open(path_or_arrays, "rb")  # noqa: SIM115
+            filename = Path(path_or_arrays).name
+        try:
+            body = self._json("POST", "/v1/datasets", data={"name": name},
+                              files={"file": (filename, handle)})
+        finally:
+            handle.close()
+        return DatasetOut.model_validate(body)
+
+    def list_datasets(self) -> list[DatasetOut]:
+        return DatasetList.model_validate(self._json("GET", "/v1/datasets")).items
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def create_job(self, kind: str, params: Mapping[str, Any] | None = None) -> JobOut:
+        return JobOut.model_validate(
+            self._json("POST", "/v1/jobs", json={"kind": kind, "params": dict(params or {})}))
+
+    def get_job(self, job: str | JobOut) -> JobOut:
+        job_id = job.id if isinstance(job, JobOut) else job
+        return JobOut.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def list_jobs(self) -> list[JobOut]:
+        return JobList.model_validate(self._json("GET", "/v1/jobs")).items
+
+    def job_logs(self, job: str | JobOut, *, after: int = 0) -> list[JobLogLine]:
+        job_id = job.id if isinstance(job, JobOut) else job
+        body = self._json("GET", f"/v1/jobs/{job_id}/logs", params={"after": after})
+        return [JobLogLine.model_validate(item) for item in body["items"]]
+
+    def cancel_job(self, job: str | JobOut) -> JobOut:
+        job_id = job.id if isinstance(job, JobOut) else job
+        return JobOut.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(self, job: str | JobOut, *, timeout: float = 3600.0, poll: float = 0.2,
+             progress: bool = False) -> JobOut:
+        """Poll until the job ends; with ``progress=True`` draw a progress bar."""
+        deadline = time.monotonic() + timeout
+        current = self.get_job(job)
+        bar = None
+        task = None
+        if progress:
+            from rich.progress import Progress
+
+            bar = Progress(transient=False)
+            bar.start()
+            task = bar.add_task(f"{current.kind} {current.id}", total=1.0)
+        try:
+            while current.state not in TERMINAL:
+                if bar is not None and task is not None:
+                    bar.update(task, completed=current.progress,
+                               description=f"{current.kind} {current.id} [{current.state}]")
+                if time.monotonic() > deadline:
+                    raise JobTimeout(f"job {current.id} still {current.state} after {timeout}s")
+                time.sleep(poll)
+                poll = min(poll * 1.3, 2.0)
+                current = self.get_job(current.id)
+            if bar is not None and task is not None:
+                bar.update(task, completed=1.0 if current.state == "succeeded" else current.progress,
+                           description=f"{current.kind} {current.id} [{current.state}]")
+        finally:
+            if bar is not None:
+                bar.stop()
+        return current
+
+    # -- reports and the log ----------------------------------------------------------------------
+    def get_report(self, report_id: str, *, tree_size: int | None = None) -> dict[str, Any]:
+        """The signed bundle: save it as JSON and verify it anywhere with ``verify_report``."""
+        params = {"tree_size": tree_size} if tree_size else None
+        return dict(self._json("GET", f"/v1/reports/{report_id}", params=params))
+
+    def report_html(self, report_id: str) -> str:
+        return self.request("GET", f"/v1/reports/{report_id}.html").text
+
+    def list_reports(self) -> ReportList:
+        return ReportList.model_validate(self._json("GET", "/v1/reports"))
+
+    def checkpoint(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/v1/log/checkpoint")["envelope"])
+
+    def public_key(self) -> str:
+        return str(self._json("GET", "/v1/log/public-key")["public_key"])
+
+    def consistency_proof(self, first: int, second: int | None = None) -> list[str]:
+        params = {"first": first, **({"second": second} if second else {})}
+        return list(self._json("GET", "/v1/log/consistency", params=params)["proof"])
+
+    @staticmethod
+    def verify_report(bundle: Mapping[str, Any], *, trusted_key_pem: str | bytes | None = None,
+                      checkpoint: Mapping[str, Any] | None = None) -> Any:
+        """Verify offline: signature, inclusion in the log, signed checkpoint."""
+        return verify_report(bundle, trusted_key_pem=trusted_key_pem, checkpoint=checkpoint)
+
+    # -- private ensemble inference (issue 3) -----------------------------------------------------
+    def create_ensemble(self, artifact: Any, *, name: str | None = None) -> Any:
+        """Register a private ensemble (owner roles): an ``EnsembleArtifact``, a folder holding
+        ``ensemble.json`` + ``ensemble.safetensors``, or a mapping of those file names to bytes.
+        Returns :class:`appliance.capabilities.inference.service.EnsembleOut`."""
+        from appliance.capabilities.inference.service import EnsembleOut
+        from crypto.ensemble import JSON_NAME, TENSORS_NAME, EnsembleArtifact
+
+        if isinstance(artifact, EnsembleArtifact):
+            files = artifact.dumps()
+        elif isinstance(artifact, Mapping):
+            files = {str(k): bytes(v) for k, v in artifact.items()}
+        else:
+            folder = Path(artifact)
+            files = {n: (folder / n).read_bytes() for n in (JSON_NAME, TENSORS_NAME)}
+        data = {"name": name} if name else {}
+        body = self._json("POST", "/v1/ensembles", data=data, files={
+            "ensemble_json": (JSON_NAME, io.BytesIO(files[JSON_NAME]), "application/json"),
+            "ensemble_safetensors": (TENSORS_NAME, io.BytesIO(files[TENSORS_NAME]),
+                                     "application/octet-stream"),
+        })
+        return EnsembleOut.model_validate(body)
+
+    def list_ensembles(self) -> list[Any]:
+        """This tenant's ensembles (:class:`appliance.capabilities.inference.service.EnsembleOut`)."""
+        from appliance.capabilities.inference.service import EnsembleList
+
+        return EnsembleList.model_validate(self._json("GET", "/v1/ensembles")).items
+
+    def ensemble_spec(self, ensemble_id: str) -> dict[str, Any]:
+        """The public spec a client needs (templates, classes, encoder, preset, layout)."""
+        from appliance.capabilities.inference.service import EnsembleSpec
+
+        body = self._json("GET", f"/v1/ensembles/{ensemble_id}")
+        return EnsembleSpec.model_validate(body).model_dump()
+
+    def open_inference_session(self, ensemble_id: str, *,
+                               ttl_seconds: int | None = None) -> Any:
+        """Generate CKKS keys locally and upload only the evaluation keys; returns an
+        :class:`appliance.capabilities.inference.service.InferenceSession` holding the secret key in this process."""
+        from appliance.capabilities.inference.service import InferenceSession
+        from crypto.private_inference import PrivateClient
+
+        spec = self.ensemble_spec(ensemble_id)
+        private = PrivateClient(spec=spec)
+        params: dict[str, Any] = {"ensemble_id": ensemble_id}
+        if ttl_seconds is not None:
+            params["ttl_seconds"] = ttl_seconds
+        body = self._json("POST", "/v1/inference/sessions", params=params,
+                          content=private.evaluation_keys(),
+                          headers={"Content-Type": "application/octet-stream"})
+        return InferenceSession(sdk=self, ensemble_id=ensemble_id, spec=spec,
+                                private_client=private, session=body)
+
+    def private_predict(self, ensemble_id: str, texts: list[str] | tuple[str, ...], *,
+                        encode: Any = None, batch: bool = True, session: Any = None,
+                        layout: str | None = None) -> Any:
+        """Embed locally (MiniLM by default, once per template) -> encrypt -> send -> decrypt.
+
+        Returns :class:`appliance.capabilities.inference.service.PrivatePrediction` (labels, indices, and win counts
+        or, for an ensemble registered with ``output: "onehot"``, one-hot values).
+        The server sees only ciphertexts; a session is opened once per ensemble and reused
+        until it nears expiry (pass ``session`` to use your own). With ``batch`` and enough
+        texts (:meth:`crypto.private_inference.PrivateClient.prefers_wide`, 12+ at K=8 x
+        384-d) the wide layout is used: slots index queries, one request per up to
+        ``wide_capacity`` texts. ``layout="single"``/``"wide"`` forces a layout.
+        """
+        from appliance.capabilities.inference.service import PrivatePrediction, default_text_encoder, embed_texts
+
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise ClientError("private_predict needs at least one text")
+        sessions: dict[str, Any] = self.__dict__.setdefault("_inference_sessions", {})
+        if session is None:
+            session = sessions.get(ensemble_id)
+            if session is None or session.expired:
+                session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
+        if encode is None:
+            if "MiniLM-L6" not in str(session.spec["encoder"]):
+                raise ClientError(f"ensemble {ensemble_id} uses encoder "
+                                  f"{session.spec['encoder']!r}; pass encode=")
+            encode = self.__dict__.get("_text_encoder")
+            if encode is None:
+                encode = self.__dict__["_text_encoder"] = default_text_encoder()
+        emb = embed_texts(session.spec, texts, encode)
+        try:
+            scores = session.predict_embeddings(emb, batch=batch, layout=layout)
+        except ApiError as exc:
+            if exc.status != 410 or sessions.get(ensemble_id) is not session:
+                raise
+            session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
+            scores = session.predict_embeddings(emb, batch=batch, layout=layout)
+        return PrivatePrediction(labels=list(scores.predicted_classes),
+                                 indices=list(scores.labels), win_counts=scores.win_counts,
+                                 one_hot=scores.one_hot)
+
+    # -- confidential refinement (issue 5) --------------------------------------------------------
+    def enclave_attestation(self, nonce: bytes) -> dict[str, Any]:
+        """The raw attestation answer for ``nonce`` (quote base64, platform key, measurement)."""
+        return dict(self._json("GET", "/v1/enclave/attestation", params={"nonce": nonce.hex()}))
+
+    def verify_enclave(self, expected_measurements: Any, platform_key: Any, *,
+                       allow_simulated: bool = False, allow_debug: bool = False) -> Any:
+        """Fetch a quote over a fresh random nonce and verify it against the pinned platform
+        key (32 raw bytes, their hex, or PEM) and the MRENCLAVE allow-list
+        (``expected_measurements``: one hex string or several). Returns the
+        :class:`crypto.provisioning.VerifiedQuote` to wrap secrets to.
+
+        Raises a :class:`crypto.provisioning.ProvisioningError` subclass naming what did not
+        match: ``QuoteSignatureError`` (other platform key), ``SimulatedQuoteError``,
+        ``DebugEnclaveError``, ``MeasurementNotAllowedError``, ``ReportDataMismatchError``
+        (replayed quote / substituted key), ``QuoteFormatError``.
+        """
+        import base64
+
+        from crypto.provisioning import QuoteFormatError, verify_quote
+
+        allowed = [expected_measurements] if isinstance(expected_measurements, str) \
+            else list(expected_measurements)
+        key = platform_key
+        if isinstance(key, str) and len(key) == 64:
+            try:
+                key = bytes.fromhex(key)
+            except ValueError:
+                pass
+        nonce = os.urandom(32)
+        answer = self.enclave_attestation(nonce)
+        try:
+            quote = base64.b64decode(str(answer["quote"]), validate=True)
+        except (KeyError, ValueError):
+            raise QuoteFormatError("the attestation answer carries no base64 quote") from None
+        return verify_quote(quote, platform_key=key, allowed_measurements=allowed, nonce=nonce,
+                            allow_simulated=allow_simulated, allow_debug=allow_debug)
+
+    def create_refinement(self, model: Mapping[str, Any], *, kind: str,
+                          expected_measurements: Any, platform_key: Any,
+                          allow_simulated: bool = False, epochs: int = 1, lr: float = 0.5,
+                          seed: int = 0, batch_size: int = 64, reduction: str = "host",
+                          name: str | None = None) -> Any:
+        """Model owner: verify the enclave, wrap the model to it, create the refinement.
+
+        ``model``: ``{"W": (d, k), "b": (k,)}`` for ``kind="softmax"``; plus ``"W1": (d, h)``,
+        ``"b1": (h,)`` (frozen ReLU layer) for ``kind="mlp_last_layer"``. Nothing is sent unless
+        the quote verifies. Returns :class:`appliance.capabilities.refinement.job.ModelOwnerRefinement`
+        (id, one-time invitation for the data owner, and the result key that stays here).
+        """
+        import numpy as np
+
+        from appliance.capabilities.refinement.job import ModelOwnerRefinement, RefinementCreated
+        from appliance.confidential import pack_mlp_model, pack_softmax_model, wrap_model
+
+        if kind not in ("softmax", "mlp_last_layer"):
+            raise ClientError("kind must be 'softmax' or 'mlp_last_layer'")
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in model.items()}
+        result_key = os.urandom(32)
+        try:
+            if kind == "softmax":
+                packed = pack_softmax_model(arrays["W"], arrays["b"], result_key=result_key)
+                input_dim = arrays["W"].shape[0]
+            else:
+                packed = pack_mlp_model(arrays["W1"], arrays["b1"], arrays["W"], arrays["b"],
+                                        result_key=result_key)
+                input_dim = arrays["W1"].shape[0]
+        except KeyError as exc:
+            raise ClientError(f"model lacks the array {exc.args[0]!r} for kind {kind!r}") from None
+        verified = self.verify_enclave(expected_measurements, platform_key,
+                                       allow_simulated=allow_simulated)
+        blob = wrap_model(verified, packed)
+        fields = {"kind": kind, "input_dim": str(input_dim),
+                  "num_classes": str(arrays["W"].shape[1]), "epochs": str(epochs),
+                  "lr": repr(float(lr)), "seed": str(seed), "batch_size": str(batch_size),
+                  "reduction": reduction}
+        if name:
+            fields["name"] = name
+        body = self._json("POST", "/v1/refinements", data=fields, files={
+            "model": ("model.wrapped", io.BytesIO(blob), "application/octet-stream")})
+        created = RefinementCreated.model_validate(body)
+        return ModelOwnerRefinement(id=created.refinement.id, invitation=created.invitation,
+                                    result_key=result_key, refinement=created.refinement)
+
+    def get_refinement(self, refinement_id: str, *, invitation: str | None = None) -> Any:
+        """A refinement (:class:`appliance.capabilities.refinement.job.RefinementOut`); a data owner who
+        has not provisioned yet passes the ``invitation`` to read the terms."""
+        from appliance.capabilities.refinement.job import RefinementOut
+
+        headers = {"X-Invitation-Code": invitation} if invitation else None
+        return RefinementOut.model_validate(
+            self._json("GET", f"/v1/refinements/{refinement_id}", headers=headers))
+
+    def list_refinements(self) -> list[Any]:
+        """Refinements where this tenant is the model owner or the data owner."""
+        from appliance.capabilities.refinement.job import RefinementList
+
+        return RefinementList.model_validate(self._json("GET", "/v1/refinements")).items
+
+    def provision_refinement(self, refinement_id: str, invitation: str, *, X: Any, y: Any,
+                             X_val: Any, y_val: Any, expected_measurements: Any,
+                             platform_key: Any, allow_simulated: bool = False,
+                             ckks_context: Any = None) -> Any:
+        """Data owner: read the terms, verify the enclave, CKKS-encrypt the features (the
+        secret key stays here, and reaches only the verified enclave, wrapped to it), wrap the
+        labels to the enclave, and upload. Starts the refinement job. Nothing is sent if the
+        quote does not verify."""
+        import numpy as np
+
+        from appliance.confidential import (
+            create_ckks_context,
+            encrypt_dataset,
+            public_context,
+            wrap_ckks_secret,
+        )
+
+        terms = self.get_refinement(refinement_id, invitation=invitation).terms
+        arrays = []
+        for features, labels, what in ((X, y, "training"), (X_val, y_val, "validation")):
+            features, labels = np.asarray(features, np.float64), np.asarray(labels)
+            if features.ndim != 2 or features.shape[1] != terms.input_dim:
+                raise ClientError(f"{what} features must be (n, {terms.input_dim})")
+            if labels.shape != (features.shape[0],) or labels.min() < 0 \
+                    or labels.max() >= terms.num_classes:
+                raise ClientError(f"{what} labels must be (n,) in [0, {terms.num_classes})")
+            arrays.append((features, labels))
+        verified = self.verify_enclave(expected_measurements, platform_key,
+                                       allow_simulated=allow_simulated)
+        ctx = ckks_context if ckks_context is not None else create_ckks_context()
+        (Xt, yt), (Xv, yv) = arrays
+        train = encrypt_dataset(ctx, verified, Xt, yt, num_classes=terms.num_classes,
+                                batch_size=terms.batch_size, split="train", layout="coeff")
+        val = encrypt_dataset(ctx, verified, Xv, yv, num_classes=terms.num_classes,
+                              batch_size=terms.batch_size, split="val", layout="coeff")
+        parts = {
+            "train": train.to_bytes(), "validation": val.to_bytes(),
+            "public_context": public_context(ctx), "ckks_secret": wrap_ckks_secret(ctx, verified),
+        }
+        from appliance.capabilities.refinement.job import RefinementOut
+
+        body = self._json("POST", f"/v1/refinements/{refinement_id}/data",
+                          data={"invitation": invitation},
+                          files={k: (k, io.BytesIO(v), "application/octet-stream")
+                                 for k, v in parts.items()})
+        return RefinementOut.model_validate(body)
+
+    def wait_refinement(self, refinement_id: str, *, timeout: float = 3600.0,
+                        poll: float = 0.2) -> Any:
+        """Poll until the refinement's job ends (either party)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.get_refinement(refinement_id)
+            if current.state in TERMINAL:
+                return current
+            if time.monotonic() > deadline:
+                raise JobTimeout(f"refinement {refinement_id} still {current.state}")
+            time.sleep(poll)
+            poll = min(poll * 1.3, 2.0)
+
+    def retry_refinement(self, refinement_id: str, *, resume: bool = True) -> JobOut:
+        """Model owner: a new job for a failed refinement (resumes from its sealed checkpoint)."""
+        return JobOut.model_validate(self._json(
+            "POST", f"/v1/refinements/{refinement_id}/retry",
+            params={"resume": "true" if resume else "false"}))
+
+    def refinement_result(self, refinement_id: str, result_key: bytes, *,
+                          trusted_key_pem: str | bytes | None = None) -> Any:
+        """Model owner: fetch the refined model, check its signed manifest (against
+        ``trusted_key_pem`` if given, else the key the server names) and its digest, and open it
+        with ``result_key``. Returns :class:`appliance.capabilities.refinement.job.RefinedModel`."""
+        import base64
+        import hashlib
+
+        from appliance.capabilities.refinement.job import RefinedModel, RefinementResultOut
+        from appliance.confidential import open_refined_model
+        from crypto.dsse import verify_envelope
+        from crypto.errors import SignatureError
+        from crypto.keys import load_public_key_pem
+        from models.manifest import PAYLOAD_TYPE
+
+        out = RefinementResultOut.model_validate(
+            self._json("GET", f"/v1/refinements/{refinement_id}/result"))
+        blob = base64.b64decode(out.model, validate=True)
+        digest = hashlib.sha256(blob).hexdigest()
+        key = load_public_key_pem(trusted_key_pem or out.manifest["public_key"])
+        statement = json.loads(verify_envelope(out.manifest["envelope"], key,
+                                               payload_type=PAYLOAD_TYPE))
+        listed = [r.get("digest") for r in statement.get("predicate", {}).get("resources", [])]
+        if digest != out.sha256 or listed != [digest]:
+            raise SignatureError("the refined model's bytes do not match its signed manifest")
+        meta, arrays = open_refined_model(blob, result_key=result_key, job_id=refinement_id)
+        return RefinedModel(refinement_id=refinement_id, job_id=out.job_id,
+                            report_id=out.report_id, sha256=digest, meta=meta, arrays=arrays,
+                            statement=statement)
+
+
+def verify_report(bundle: Mapping[str, Any], *, trusted_key_pem: str | bytes | None = None,
+                  checkpoint: Mapping[str, Any] | None = None) -> Any:
+    """Offline verification of a report bundle (no network)."""
+    from crypto.bundle import verify_bundle
+    from crypto.keys import load_public_key_pem
+
+    trusted = load_public_key_pem(trusted_key_pem) if trusted_key_pem else None
+    core = {k: bundle[k] for k in ("envelope", "log", "public_key") if k in bundle}
+    verified = verify_bundle(core, trusted_key=trusted,
+                             checkpoint=dict(checkpoint) if checkpoint else None)
+    if "report" in bundle and bundle["report"] != verified.report:
+        from crypto.errors import SignatureError
+
+        raise SignatureError("the bundle's 'report' copy differs from the signed payload")
+    return verified
+
+
+def _tar_folder(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return buf.getvalue()
