@@ -1,15 +1,23 @@
 """Errors of the appliance service; each maps to an RFC 9457 problem document.
 
 Every failure a user can cause has a name, an HTTP status and a hint on how to fix it.
+:class:`Error` is the one root of every error the project raises (service, audits, models,
+crypto, enclave, confidential parties, codecs and the SDK): catch it to catch them all, and
+print ``diagnostics()`` (title, detail, hint) to a person.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from crypto.errors import Error
 
-class ApplianceError(Exception):
-    """Base class: ``status`` and ``slug`` give the problem type, ``hint`` the fix."""
+__all__ = ["ApplianceError", "Error"]
+
+
+class ApplianceError(Error):
+    """Base class of the service's errors: ``status`` and ``slug`` give the problem type,
+    ``title``/``detail``/``hint`` the rest of the problem document."""
 
     status: int = 500
     slug: str = "internal-error"
@@ -17,15 +25,8 @@ class ApplianceError(Exception):
     hint: str = ""
 
     def __init__(self, detail: str = "", *, hint: str | None = None, **extra: Any) -> None:
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
-        if hint is not None:
-            self.hint = hint
+        super().__init__(detail, hint=hint)
         self.extra = extra
-
-    def diagnostics(self) -> str:
-        """A human explanation with the fix, for CLI output."""
-        return f"{self.title}: {self.detail}" + (f"\nHint: {self.hint}" if self.hint else "")
 
     def problem(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -23,7 +23,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
 
 import tenseal as ts
 import tenseal.sealapi as sealapi
@@ -61,7 +60,7 @@ HE_STANDARD_MAX_MODULUS_BITS: dict[int, int] = {
 class ContextError(CryptoError):
     """A CKKS context or key blob is malformed, holds a secret key, or has the wrong parameters."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Send the bytes of crypto.ckks.public_context_bytes(ctx) for a context made with "
         "make_context() on the same preset; never send a context that holds the secret key."
     )
@@ -70,7 +69,7 @@ class ContextError(CryptoError):
 class CiphertextError(CryptoError):
     """A ciphertext is malformed, truncated, too large, or does not fit the session context."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Encrypt with the context whose public part was uploaded for this session, with the "
         "expected vector size, and send the bytes of CKKSVector.serialize() unchanged."
     )
@@ -79,7 +78,7 @@ class CiphertextError(CryptoError):
 class PresetError(CryptoError, ValueError):
     """An unknown preset name, or a preset outside the 128-bit security bound."""
 
-    default_hint: ClassVar[str] = "Pick one of crypto.ckks.PRESETS."
+    hint: str = "Pick one of crypto.ckks.PRESETS."
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ _TENSORS = {
 class ArtifactError(CryptoError, ValueError):
     """An ensemble artifact is malformed, inconsistent, or unsafe to load."""
 
-    default_hint = (
+    hint = (
         "Build the artifact with EnsembleArtifact(...) and save it with dumps()/save(); linear "
         "weights are (members, classes, dim), biases (members, classes); hidden-layer heads add "
         "hidden_weights (members, hidden, dim), hidden_biases (members, hidden) and an activation "

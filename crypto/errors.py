@@ -11,13 +11,11 @@ Every failure a caller can cause is a named subclass of :class:`CryptoError`, wh
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 __all__ = [
     "BundleError",
     "CryptoError",
     "EncodingError",
-    "HintedError",
+    "Error",
     "KeyFormatError",
     "LogError",
     "LogRangeError",
@@ -26,35 +24,48 @@ __all__ = [
 ]
 
 
-class HintedError(Exception):
-    """A message plus a hint on the fix (``default_hint`` per class, or given per raise).
+class Error(Exception):
+    """The one error root of the whole project (``crypto``, ``enclave``, ``models`` and every
+    part of ``appliance``, its SDK included).
 
-    The shared base of the error families of ``crypto``, ``enclave`` and
-    ``appliance.confidential``; each family keeps its own base class so that catching one
-    never catches another."""
+    Every error carries a ``title`` (what kind of failure; the class name unless a class sets
+    one), a ``detail`` (this failure, the message) and a ``hint`` (what to do; per class, or
+    given per raise). :meth:`diagnostics` renders the three for people; the appliance puts
+    ``title``/``detail``/``hint`` in its problem documents and job failure reasons, and the CLI
+    prints ``diagnostics()``. It lives in ``crypto`` because that is the one package every
+    other package may import (``crypto`` imports none of them)."""
 
-    default_hint: ClassVar[str] = "See the message above."
+    title: str = ""
+    hint: str = "See the message above."
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint if hint is not None else type(self).default_hint
+    def __init__(self, detail: str = "", *, hint: str | None = None) -> None:
+        detail = detail or self.title or type(self).__name__
+        super().__init__(detail)
+        self.detail = detail
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        """The detail (the name the library errors used)."""
+        return self.detail
 
     def diagnostics(self) -> str:
-        """Return a human-readable explanation: the message, then a hint on what to do."""
-        return f"{type(self).__name__}: {self.message}\nHint: {self.hint}"
+        """The title and detail, then a hint on what to do."""
+        text = f"{self.title or type(self).__name__}: {self.detail}"
+        return text + (f"\nHint: {self.hint}" if self.hint else "")
 
 
-class CryptoError(HintedError):
+class CryptoError(Error):
     """Base class of every error raised by ``crypto``; ``diagnostics()`` explains the fix."""
 
-    default_hint: ClassVar[str] = "See the message above; this is an error of the crypto layer."
+    hint: str = "See the message above; this is an error of the crypto layer."
 
 
 class SignatureError(CryptoError):
     """A signed envelope is malformed, signed by an unknown key, or its signature is invalid."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "The signed object was altered, or it was signed by a key you do not trust. "
         "Obtain the original object and check that the pinned public key is the signer's."
     )
@@ -63,7 +74,7 @@ class SignatureError(CryptoError):
 class ProofError(CryptoError):
     """A Merkle inclusion or consistency proof does not verify, or is malformed."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "The log entry, the proof or the tree head was altered, or they belong to different "
         "tree sizes. Fetch a fresh proof for the exact tree size of the checkpoint you trust."
     )
@@ -72,7 +83,7 @@ class ProofError(CryptoError):
 class KeyFormatError(CryptoError):
     """Key material cannot be parsed, or is not of the expected algorithm (Ed25519)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Pass an Ed25519 key in PEM form (PKCS#8 private key or SubjectPublicKeyInfo "
         "public key), as written by crypto.keys."
     )
@@ -81,7 +92,7 @@ class KeyFormatError(CryptoError):
 class EncodingError(CryptoError, ValueError):
     """A value cannot be encoded canonically (NaN/infinity, non-string keys, bad types)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Canonical JSON accepts only dicts with string keys, lists, strings, ints, finite "
         "floats, booleans and None."
     )
@@ -90,7 +101,7 @@ class EncodingError(CryptoError, ValueError):
 class LogError(CryptoError):
     """The transparency log cannot perform the operation (corrupt storage, wrong origin)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Check that the log database belongs to this appliance and was not edited by hand."
     )
 
@@ -98,7 +109,7 @@ class LogError(CryptoError):
 class LogRangeError(LogError, IndexError):
     """An index or tree size lies outside the current log."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Ask for an index below the tree size, and a tree size no larger than the log."
     )
 
@@ -106,7 +117,7 @@ class LogRangeError(LogError, IndexError):
 class BundleError(CryptoError):
     """A verification bundle is not shaped as ``crypto.bundle`` writes it."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "A bundle is JSON with exactly the keys 'envelope', 'log' and 'public_key'; "
         "fetch it again from the appliance rather than editing it."
     )

@@ -72,7 +72,7 @@ FloatArray = npt.NDArray[np.float64]
 class LayoutError(CryptoError, ValueError):
     """The ensemble shape does not fit the ciphertext slots, or inputs have the wrong shape."""
 
-    default_hint = (
+    hint = (
         "Use a larger CKKS preset (more slots), fewer members or a smaller embedding, and pass "
         "embeddings shaped (members, dim) as declared by the ensemble artifact."
     )

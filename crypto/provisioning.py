@@ -29,7 +29,7 @@ import os
 import struct
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,7 +71,7 @@ _MAX_LABEL = 64
 class ProvisioningError(CryptoError):
     """Base class: a quote was refused or a secret could not be wrapped or unwrapped."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Provisioning stopped before any secret left your machine. Check the pinned platform "
         "key, the allowed measurements and that the quote was fetched with your fresh nonce."
     )
@@ -84,7 +84,7 @@ class QuoteFormatError(ProvisioningError):
 class QuoteSignatureError(ProvisioningError):
     """The quote is not signed by the pinned platform key (other platform or altered quote)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "The quote was signed by another platform key or altered in transit. Pin the "
         "appliance's platform public key obtained out of band."
     )
@@ -93,7 +93,7 @@ class QuoteSignatureError(ProvisioningError):
 class MeasurementNotAllowedError(ProvisioningError):
     """The enclave's MRENCLAVE is not in the verifier's allow-list (changed enclave code)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "The enclave runs code or configuration you have not approved. Review the new "
         "enclave build and add its MRENCLAVE to your allow-list only if you trust it."
     )
@@ -102,7 +102,7 @@ class MeasurementNotAllowedError(ProvisioningError):
 class ReportDataMismatchError(ProvisioningError):
     """report_data != sha256(enclave key || your nonce): a replayed quote or substituted key."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Fetch a new quote with a fresh nonce; a quote for an old nonce, or one whose enclave "
         "key was replaced, is never accepted."
     )
@@ -111,13 +111,13 @@ class ReportDataMismatchError(ProvisioningError):
 class DebugEnclaveError(ProvisioningError):
     """The quote comes from a DEBUG enclave, whose memory the host can read."""
 
-    default_hint: ClassVar[str] = "Never provision secrets to a debug enclave; pass allow_debug=True only in tests."
+    hint: str = "Never provision secrets to a debug enclave; pass allow_debug=True only in tests."
 
 
 class SimulatedQuoteError(ProvisioningError):
     """The quote is marked simulated and the verifier did not allow simulated enclaves."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "This appliance's enclave is simulated (no hardware protection). Pass "
         "allow_simulated=True only if you accept a simulated enclave."
     )

@@ -22,7 +22,6 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -53,7 +52,7 @@ _ROOT_SECRET_BYTES = 32
 class SealError(CryptoError):
     """Sealed data cannot be produced or opened."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Sealed data opens only inside an enclave whose identity matches the sealing policy "
         "on the same platform; re-provision the secrets if the enclave changed."
     )
@@ -70,7 +69,7 @@ class SealIdentityMismatchError(SealError):
 class SealSvnError(SealError):
     """The blob was sealed at a higher SVN than the unsealing enclave's (no downgrade)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "An older enclave version cannot read data sealed by a newer one; run the newer enclave."
     )
 

@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from crypto.errors import Error
+
 __all__ = ["CodecError", "decode_arrays", "encode_arrays"]
 
 _MAGIC = b"ARR1"
 _DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "int32": np.int32}
 
 
-class CodecError(ValueError):
+class CodecError(Error, ValueError):
     """The bytes are not an array container, or an array is malformed."""
 
 

@@ -8,9 +8,7 @@ except EnclaveError as exc:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from crypto.errors import HintedError
+from crypto.errors import Error
 
 __all__ = [
     "EnclaveCrashedError",
@@ -23,16 +21,16 @@ __all__ = [
 ]
 
 
-class EnclaveError(HintedError):
+class EnclaveError(Error):
     """Base class of every error raised by ``enclave``; ``diagnostics()`` explains the fix."""
 
-    default_hint: ClassVar[str] = "See the message above; this is an error of the enclave layer."
+    hint: str = "See the message above; this is an error of the enclave layer."
 
 
 class PlatformError(EnclaveError):
     """The simulated platform folder is missing or malformed."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Create the platform folder once with enclave.platform.create_platform(path) and pass "
         "the same folder to every launch."
     )
@@ -41,7 +39,7 @@ class PlatformError(EnclaveError):
 class EnclaveLaunchError(EnclaveError):
     """The enclave process could not start (bad package, failed signature check, EINIT)."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Check the enclave package path, the platform folder and the enclave signing key; the "
         "enclave's stderr is included in the message."
     )
@@ -50,7 +48,7 @@ class EnclaveLaunchError(EnclaveError):
 class ProtocolError(EnclaveError):
     """A message on the host/enclave channel is malformed or exceeds the size limit."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Host and enclave must run the same protocol version; raise max_message_bytes only "
         "if a legitimate message is larger."
     )
@@ -59,7 +57,7 @@ class ProtocolError(EnclaveError):
 class EnclaveCrashedError(EnclaveError):
     """The enclave process died (killed, crashed) while the host was waiting for it."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Launch a new enclave. A refinement can resume from its last sealed checkpoint on the "
         "same platform with the same enclave build, or start over with fresh provisioning."
     )
@@ -68,7 +66,7 @@ class EnclaveCrashedError(EnclaveError):
 class EnclaveRemoteError(EnclaveError):
     """The enclave refused a request; ``code`` names the failure class inside the enclave."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "The enclave rejected the request; the code and message say why. Secrets are never "
         "included in enclave error messages."
     )
@@ -81,7 +79,7 @@ class EnclaveRemoteError(EnclaveError):
 class RefinementError(EnclaveError):
     """A refinement request is inconsistent (shapes, order, state) and was refused."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Check the refinement plan (batch sizes, dimensions, label counts) and that the host "
         "drives the steps in the order the enclave expects."
     )

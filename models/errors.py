@@ -1,25 +1,20 @@
 """Errors raised by the :mod:`models` package.
 
 Every failure a caller can cause has a named subclass of :class:`ModelError`, and
-``diagnostics()`` gives a one-line hint on how to fix it.
+``diagnostics()`` gives the message and a hint on how to fix it (the project's one error
+root, :class:`crypto.errors.Error`).
 """
 
 from __future__ import annotations
 
+from crypto.errors import Error
 
-class ModelError(Exception):
-    """Base class of every error raised by :mod:`models`."""
 
-    hint: str = "check the model files and the parameters passed to the models package"
+class ModelError(Error):
+    """Base class of every error raised by :mod:`models`; ``diagnostics()`` gives the
+    message and a hint on how to fix it."""
 
-    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
-        super().__init__(message)
-        if hint is not None:
-            self.hint = hint
-
-    def diagnostics(self) -> str:
-        """Return a human hint on how to fix the failure."""
-        return self.hint
+    hint = "check the model files and the parameters passed to the models package"
 
 
 class ModelFormatError(ModelError):

@@ -1,26 +1,20 @@
 """Errors raised by the audit methods.
 
 Every failure a caller can cause has a named subclass of :class:`AuditError`;
-``diagnostics()`` gives a one-line hint on how to fix it. A job that catches an
-``AuditError`` can fail with ``str(exc)`` as its reason and ``exc.diagnostics()`` as hint.
+``diagnostics()`` gives the message and a hint on how to fix it (the project's one error
+root, :class:`crypto.errors.Error`).
 """
 
 from __future__ import annotations
 
+from crypto.errors import Error
 
-class AuditError(Exception):
-    """Base class of every error raised by :mod:`appliance.audits`."""
 
-    hint: str = "check the audit inputs and parameters"
+class AuditError(Error):
+    """Base class of every error raised by :mod:`appliance.audits`; ``diagnostics()`` gives the
+    message and a hint on how to fix it."""
 
-    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
-        super().__init__(message)
-        if hint is not None:
-            self.hint = hint
-
-    def diagnostics(self) -> str:
-        """Return a human hint on how to fix the failure."""
-        return self.hint
+    hint = "check the audit inputs and parameters"
 
 
 class AuditInputError(AuditError, ValueError):

@@ -13,10 +13,16 @@ from typing import Any
 import click
 
 from appliance._internal.config import Settings
+from appliance.errors import Error
 
 
 def _settings(home: str | None = None) -> Settings:
     return Settings.from_env(home=Path(home) if home else None)
+
+
+def _explain(exc: BaseException) -> str:
+    """The project's errors explain themselves (title, detail, hint); others by name."""
+    return exc.diagnostics() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
 
 
 def _fail(message: str) -> None:
@@ -24,7 +30,30 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group()
+class _Appliance(click.Group):
+    """The top-level group; the capabilities' commands join it on first use (each capability
+    module imports this package's helpers, so they cannot be added while it is imported)."""
+
+    _capabilities_added = False
+
+    def _add_capabilities(self) -> None:
+        if not self._capabilities_added:
+            type(self)._capabilities_added = True
+            from appliance.capabilities import cli_groups
+
+            for command in cli_groups():
+                self.add_command(command)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_capabilities()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_capabilities()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Appliance)
 @click.version_option(package_name="audit-appliance")
 def main() -> None:
     """The audit appliance: signed, verifiable audits of models and data."""
@@ -183,8 +212,7 @@ def verify(report: str, checkpoint: str | None, key: str | None) -> None:
         pem = Path(key).read_text() if key else None
         result = verify_report(bundle, trusted_key_pem=pem, checkpoint=cp)
     except Exception as exc:  # every failure is a refusal with its reason
-        hint = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
-        _fail(f"VERIFICATION FAILED: {type(exc).__name__}: {hint}")
+        _fail(f"VERIFICATION FAILED: {_explain(exc)}")
         return
     body = result.report
     click.secho("OK", fg="green", nl=False)
@@ -250,10 +278,7 @@ def models_verify(path: str, manifest: str, key: str | None, ca_bundle: str | No
             signer = "the key in the manifest file" if self_signed else "the pinned key"
         verify_manifest(Path(path), statement)
     except Exception as exc:
-        hint = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
-        if str(exc) not in hint:  # models' diagnostics() is the hint alone: name the files
-            hint = f"{exc}\nHint: {hint}"
-        _fail(f"VERIFICATION FAILED: {type(exc).__name__}: {hint}")
+        _fail(f"VERIFICATION FAILED: {_explain(exc)}")
         return
     if self_signed:
         click.secho(
@@ -481,12 +506,3 @@ def log_public_key(out: str, url: str) -> None:
     Path(out).write_text(_run_sdk(lambda: Client(url).public_key()))
     click.echo(f"saved {out}")
 
-
-def _add_capability_groups() -> None:
-    from appliance.capabilities import cli_groups
-
-    for group in cli_groups():
-        main.add_command(group)
-
-
-_add_capability_groups()

@@ -24,6 +24,7 @@ import httpx
 from appliance.capabilities.provenance.client import ProvenanceClient
 from appliance.capabilities.signatures.client import SignaturesClient
 from appliance.capabilities.unlearning.client import UnlearningClient
+from appliance.errors import Error
 from appliance.schemas import (
     DatasetList,
     DatasetOut,
@@ -40,32 +41,32 @@ RETRY_STATUSES = (429, 503)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class ClientError(Exception):
+class ClientError(Error):
     """Base error of the SDK; ``diagnostics()`` explains what to do."""
 
-    def diagnostics(self) -> str:
-        return str(self)
+    hint = "see the message above"
 
 
 class ApiError(ClientError):
-    """The server answered with a problem document."""
+    """The server answered with a problem document (its title, detail and hint are kept)."""
 
     def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
         self.status = status
         self.problem = dict(problem)
-        super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', '')}")
-
-    def diagnostics(self) -> str:
-        hint = self.problem.get("hint")
-        return str(self) + (f"\nHint: {hint}" if hint else "")
+        super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', '')}",
+                         hint=str(problem.get("hint") or ""))
 
 
 class ConnectionFailed(ClientError):
     """The server could not be reached after all retries."""
 
+    hint = "check APPLIANCE_URL and that the appliance is running (`appliance serve`)"
+
 
 class JobTimeout(ClientError):
     """``wait`` ran out of time; the job goes on on the server."""
+
+    hint = "wait again with a longer timeout, or follow it with `appliance jobs wait JOB_ID`"
 
 
 class Client:

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from crypto.errors import HintedError
+from crypto.errors import Error
 
 __all__ = ["ConfidentialError", "RefinementInterrupted"]
 
 
-class ConfidentialError(HintedError):
+class ConfidentialError(Error):
     """Base class; ``diagnostics()`` says what to do."""
 
-    default_hint: ClassVar[str] = "Check the inputs of the confidential refinement."
+    hint: str = "Check the inputs of the confidential refinement."
 
 
 class RefinementInterrupted(ConfidentialError):
     """The enclave died or refused mid-job; ``reason`` says why, ``checkpoint`` is the last
     sealed state (or None), from which :func:`run_refinement` can resume on a new enclave."""
 
-    default_hint: ClassVar[str] = (
+    hint: str = (
         "Launch a new enclave on the same platform and call run_refinement(..., "
         "checkpoint=exc.checkpoint) to resume, or provision again and start over."
     )

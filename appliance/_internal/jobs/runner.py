@@ -32,7 +32,15 @@ from appliance._internal.config import Settings
 from appliance._internal.identity import identity_for
 from appliance._internal.reports import build_report, new_report_id, publish_report, sign_and_log
 from appliance._internal.store import Store, dumps, loads, new_id, utcnow
-from appliance.errors import ApplianceError, Conflict, JobCancelled, JobFailed, ServiceUnavailable, ValidationFailed
+from appliance.errors import (
+    ApplianceError,
+    Conflict,
+    Error,
+    JobCancelled,
+    JobFailed,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 
 logger = logging.getLogger("appliance._internal.jobs.runner")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -512,10 +520,11 @@ def scrub_paths(text: str, settings: Settings) -> str:
 def failure_reason(exc: Exception, settings: Settings) -> str:
     """The reason a tenant sees for a failed job: the error's own message for failures a
     caller can cause (server paths scrubbed), a generic line for anything else."""
-    if isinstance(exc, ApplianceError):
-        return scrub_paths(exc.detail, settings)
-    known = ("ModelError", "CryptoError", "AuditError", "EnclaveError", "DatasetError")
-    if any(base.__name__ in known for base in type(exc).__mro__) or isinstance(exc, ValueError):
+    if isinstance(exc, Error):  # the project's own errors: the message and the hint
+        head = exc.detail if isinstance(exc, ApplianceError) else f"{type(exc).__name__}: {exc.detail}"
+        hint = f"\nHint: {exc.hint}" if exc.hint and exc.hint != Error.hint else ""
+        return scrub_paths(head + hint, settings)
+    if isinstance(exc, ValueError):  # a library's complaint about the data (numpy, torch)
         return scrub_paths(f"{type(exc).__name__}: {exc}", settings)
     return f"internal error ({type(exc).__name__}); see the appliance log"
 

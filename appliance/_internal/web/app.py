@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 import uuid
 from typing import Any
@@ -29,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from appliance._internal.auth import authenticate
 from appliance._internal.config import Settings
 from appliance._internal.store import Store
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, problem_response
 from appliance._internal.web.ratelimit import rate_key, sqlite_storage_uri
 from appliance.errors import ApplianceError, MethodNotAllowed, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized
@@ -228,25 +228,3 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         return Response(generate_latest(metrics), mimetype=CONTENT_TYPE_LATEST)
 
     return app
-
-
-_thread_stores = threading.local()
-
-
-def get_store() -> Store:
-    """The request's store: one SQLite connection per server thread, reused across requests
-    (opening one costs more than a whole request)."""
-    from flask import current_app
-
-    if "store" not in g:
-        settings = current_app.config["APPLIANCE_SETTINGS"]
-        cache = getattr(_thread_stores, "by_db", None)
-        if cache is None:
-            cache = _thread_stores.by_db = {}
-        key = (str(settings.db_path), os.getpid())
-        store = cache.get(key)
-        if store is None:
-            store = cache[key] = Store.open(settings)
-        g.store = store
-    result: Store = g.store
-    return result

@@ -23,6 +23,7 @@ from limits.storage import Storage
 
 from appliance._internal.auth import Principal, authenticate
 from appliance._internal.config import Settings
+from appliance._internal.web.db import get_store
 from appliance.errors import Unauthorized
 
 SCHEME = "appliance-sqlite"
@@ -124,8 +125,6 @@ class SqliteWindowStorage(Storage):
 def rate_key() -> str:
     """Count a request against its authenticated token (however the header is spelled), else
     against the client address: a malformed or unknown header earns no quota of its own."""
-    from appliance._internal.web.app import get_store
-
     header = request.headers.get("Authorization")
     if header:
         try:

@@ -15,6 +15,7 @@ from appliance._internal.identity import LOG_ORIGIN, identity_for
 from appliance._internal.jobs.runner import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
 from appliance._internal.reports import render_html, report_body, report_bundle
 from appliance._internal.store import loads
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, parse_json_text
 from appliance.capabilities.catalog.service import dataset_view, model_view, register_dataset, register_model
 from appliance.errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
@@ -55,8 +56,6 @@ def _settings() -> Any:
 
 
 def _store() -> Any:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

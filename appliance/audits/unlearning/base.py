@@ -78,7 +78,7 @@ class UnlearningInputs:
                     model.check_lengths(prompts, answers)
                     model.check_lengths(self.pairs(records, paraphrased=True)[0], answers)
                 except ContextLengthError as exc:
-                    raise AuditInputError(str(exc), hint=exc.diagnostics()) from None
+                    raise AuditInputError(str(exc), hint=exc.hint) from None
 
     def pairs(self, records: Sequence[TextRecord], *,
               paraphrased: bool = False) -> tuple[list[str], list[str]]:

@@ -190,7 +190,7 @@ def register_model(
         if isinstance(exc, ValidationFailed | UnprocessableInput):
             raise
         if isinstance(exc, LimitExceeded):
-            raise PayloadTooLarge(str(exc), hint=exc.diagnostics()) from None
+            raise PayloadTooLarge(str(exc), hint=exc.hint) from None
         raise UnprocessableInput(str(exc), hint=getattr(exc, "diagnostics", lambda: "")()) \
             from None
     except BaseException:
@@ -323,7 +323,7 @@ def register_dataset(
         data = read_dataset(store.settings, store.blobs.path(digest))
     except LimitExceeded as exc:
         store.drop_refused_upload(pin, digest)
-        raise PayloadTooLarge(f"dataset refused: {exc}", hint=exc.diagnostics()) from None
+        raise PayloadTooLarge(f"dataset refused: {exc}", hint=exc.hint) from None
     except (DatasetError, ModelError, ValueError) as exc:
         store.drop_refused_upload(pin, digest)
         raise UnprocessableInput(f"dataset refused: {exc}") from None
@@ -356,7 +356,7 @@ def _register_jsonl(store: Store, principal: Principal, *, digest: str, size: in
         records = parse_jsonl(store.blobs.path(digest).read_bytes())
     except DatasetError as exc:
         store.drop_refused_upload(pin, digest)
-        raise UnprocessableInput(f"dataset refused: {exc}", hint=exc.diagnostics()) from None
+        raise UnprocessableInput(f"dataset refused: {exc}", hint=exc.hint) from None
     except BaseException:
         store.drop_refused_upload(pin, digest)
         raise

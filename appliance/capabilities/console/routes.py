@@ -28,6 +28,7 @@ from flask import (
 from flask_limiter import Limiter
 from werkzeug.wrappers import Response as WebResponse
 
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, parse_json_text, problem_response
 from appliance.capabilities.console import service
 from appliance.errors import ApplianceError, BadRequest, NotFound, Unauthorized, ValidationFailed
@@ -40,8 +41,6 @@ PAGE_SIZE = 50
 
 
 def _store() -> Any:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

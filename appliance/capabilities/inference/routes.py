@@ -20,6 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
 from appliance._internal.store import loads
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, read_bounded
 from appliance.capabilities.inference.service import (
     KEYS_HINT,
@@ -53,8 +54,6 @@ OCTET = "application/octet-stream"
 
 
 def _store() -> Any:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

@@ -185,7 +185,7 @@ def _load_artifact(files: dict[str, bytes]) -> EnsembleArtifact:
         return EnsembleArtifact.loads(files)
     except ArtifactError as exc:
         raise UnprocessableInput(f"ensemble artifact refused: {exc}",
-                                 hint=ArtifactError.default_hint) from None
+                                 hint=ArtifactError.hint) from None
 
 
 def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
@@ -601,10 +601,10 @@ def _refused(what: str, *, context_hint: str | None = None) -> Iterator[None]:
             raise
         raise UnprocessableInput(f"{what} refused: {exc}", hint=context_hint) from None
     except (CiphertextError, LayoutError) as exc:
-        raise UnprocessableInput(f"{what} refused: {exc}", hint=CiphertextError.default_hint) from None
+        raise UnprocessableInput(f"{what} refused: {exc}", hint=CiphertextError.hint) from None
     except (ValueError, RuntimeError, TypeError):  # SEAL's own checks on hostile inner blobs
         raise UnprocessableInput(f"{what} refused: it does not fit the session parameters",
-                                 hint=CiphertextError.default_hint) from None
+                                 hint=CiphertextError.hint) from None
 
 
 def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from appliance._internal.secrets import seal_secret
 from appliance._internal.store import dumps, loads, new_id, utcnow
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api
 from appliance.capabilities.catalog.service import dataset_view, read_dataset, register_dataset
 from appliance.capabilities.ownership.job import _seal_context
@@ -50,8 +51,6 @@ class WatermarkList(BaseModel):
 
 
 def _store() -> Any:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, g
 from flask_limiter import Limiter
 
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api
 from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.schemas import JobOut, ModelList
@@ -15,7 +16,6 @@ from appliance.schemas import JobOut, ModelList
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add ``/v1/provenance/...`` to the app."""
     from appliance._internal.jobs.runner import job_view, make_enqueuer, submit_job
-    from appliance._internal.web.app import get_store
     from appliance.capabilities.catalog.service import model_view
 
     bp = Blueprint("provenance", __name__, url_prefix="/v1/provenance")

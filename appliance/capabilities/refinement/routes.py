@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_limiter import Limiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, read_bounded, validation_problem
 from appliance.capabilities.refinement.job import (
     MAX_CONTEXT_BYTES,
@@ -79,8 +80,6 @@ class RetryQuery(BaseModel):
 
 
 def _store() -> Any:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, Response, current_app, g
 from flask_limiter import Limiter
 
 from appliance._internal.store import Store
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api
 from appliance.capabilities.signatures import service
 from appliance.capabilities.signatures.schemas import SignerKeyCreate, SignerKeyList, SignerKeyOut, SigningPublicKey
@@ -17,8 +18,6 @@ from crypto.sigstore import dumps_bundle
 
 
 def _store() -> Store:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

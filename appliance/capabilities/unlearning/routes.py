@@ -10,6 +10,7 @@ from flask_limiter import Limiter
 
 from appliance._internal.reports import register_plotter, report_body
 from appliance._internal.store import utcnow
+from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api
 from appliance.capabilities.catalog.service import model_view, register_model
 from appliance.capabilities.unlearning.plots import audit_plots
@@ -20,8 +21,6 @@ from appliance.schemas import ModelOut
 
 
 def _store() -> Any:
-    from appliance._internal.web.app import get_store
-
     return get_store()
 
 

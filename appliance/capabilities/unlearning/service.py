@@ -42,7 +42,7 @@ def _causal_lm(store: Store, principal: Principal, model_id: str, role: str) -> 
         check_causal_lm_dir(transformers_dir(store, model["blob"]))
     except ModelError as exc:
         raise UnprocessableInput(f"the {role} model {model_id} is refused: {exc}",
-                                 hint=exc.diagnostics()) from None
+                                 hint=exc.hint) from None
     return model
 
 
@@ -140,7 +140,7 @@ def run_audit(ctx: JobContext, params: UnlearningAuditParams, inputs: dict[str, 
                               seed=params.seed, alpha=params.alpha,
                               progress=lambda f: ctx.progress(0.05 + 0.95 * f), log=ctx.log)
     except (AuditError, ModelError) as exc:
-        raise JobFailed(f"{exc} ({exc.diagnostics()})") from None
+        raise JobFailed(str(exc), hint=exc.hint) from None
     digests: dict[str, Any] = {role: model_digests(inputs[role])
                                for role in ("model", "reference", "original") if role in inputs}
     for role, records in sets.items():
