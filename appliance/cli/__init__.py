@@ -34,14 +34,16 @@ class _Appliance(click.Group):
     """The top-level group; the capabilities' commands join it on first use (each capability
     module imports this package's helpers, so they cannot be added while it is imported)."""
 
-    _capabilities_added = False
-
     def _add_capabilities(self) -> None:
-        if not self._capabilities_added:
-            type(self)._capabilities_added = True
-            from appliance.capabilities import cli_groups
+        from appliance.capabilities import CapabilityLoadError, cli_groups
 
-            for command in cli_groups():
+        try:
+            commands = cli_groups()
+        except CapabilityLoadError as exc:  # a misspelt APPLIANCE_CAPABILITIES stops here
+            _fail(exc.diagnostics())
+            return
+        for command in commands:
+            if command.name not in self.commands:
                 self.add_command(command)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

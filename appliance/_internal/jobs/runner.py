@@ -84,6 +84,8 @@ _KINDS: dict[str, JobKind] = {}
 
 def register_job_kind(kind: JobKind) -> None:
     """Register a job kind (audit method, evaluation, refinement) by name."""
+    if _KINDS.get(kind.name) == kind:  # the same kind again (a capability's hook re-run)
+        return
     if kind.name in _KINDS:
         raise ValueError(f"job kind {kind.name!r} registered twice")
     _KINDS[kind.name] = kind
@@ -105,22 +107,23 @@ def job_kinds() -> dict[str, JobKind]:
 
 
 _builtin_lock = threading.Lock()
-_builtin_loaded = False
+_loaded_for: str | None = None  # the APPLIANCE_CAPABILITIES whose kinds are registered
 
 
 def load_builtin_kinds() -> None:
-    """Import the modules that register the built-in job kinds (once, thread-safe: worker
-    threads may ask for a kind at the same moment)."""
-    global _builtin_loaded
-    if _builtin_loaded:
+    """Register every installed capability's job kinds (once per set of capabilities,
+    thread-safe: worker threads may ask for a kind at the same moment)."""
+    global _loaded_for
+    wanted = os.environ.get("APPLIANCE_CAPABILITIES", "")
+    if _loaded_for == wanted:
         return
     with _builtin_lock:
-        if _builtin_loaded:
+        if _loaded_for == wanted:
             return
         from appliance.capabilities import register_jobs
 
         register_jobs()
-        _builtin_loaded = True
+        _loaded_for = wanted
 
 
 # -- where workers read blobs ------------------------------------------------------------------

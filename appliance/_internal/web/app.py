@@ -31,7 +31,16 @@ from appliance._internal.store import Store
 from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, problem_response
 from appliance._internal.web.ratelimit import rate_key, sqlite_storage_uri
-from appliance.errors import ApplianceError, MethodNotAllowed, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized
+from appliance.errors import (
+    ApplianceError,
+    Error,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    UnprocessableInput,
+)
 
 log = logging.getLogger("appliance._internal.web.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -173,6 +182,12 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     @app.errorhandler(ApplianceError)
     def _appliance_error(exc: ApplianceError) -> Response:
         return problem_response(exc, request.path)
+
+    @app.errorhandler(Error)
+    def _library_error(exc: Error) -> Response:
+        # a library's refusal of the caller's input (a model, dataset, key or ciphertext that
+        # does not parse); the service's own errors have the more specific handler above
+        return problem_response(UnprocessableInput(exc.detail, hint=exc.hint), request.path)
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded) -> Response:
