@@ -15,14 +15,11 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-
-import sqlite_utils
 
 from appliance._internal.config import Settings
 from appliance.errors import NotFound, PayloadTooLarge
@@ -236,25 +233,15 @@ def _split_sql(sql: str) -> list[str]:
     return [stmt.strip() for stmt in statements if stmt.strip(" \t\r\n;")]
 
 
-ALL_MIGRATIONS: list[tuple[int, str]] = list(MIGRATIONS)
-
-
 def all_migrations() -> list[tuple[int, str]]:
     """The core's migrations and every capability's, checked for clashing versions."""
     from appliance.capabilities import migrations as capability_migrations
 
-    combined = ALL_MIGRATIONS + capability_migrations()
+    combined = list(MIGRATIONS) + capability_migrations()
     versions = [version for version, _ in combined]
     if len(set(versions)) != len(versions):
         raise ValueError(f"migration versions registered twice: {sorted(versions)}")
     return combined
-
-
-def register_migration(version: int, sql: str) -> None:
-    """Capabilities add their tables here at import time (versions must be unique)."""
-    if any(v == version for v, _ in ALL_MIGRATIONS):
-        raise ValueError(f"migration {version} registered twice")
-    ALL_MIGRATIONS.append((version, sql))
 
 
 class BlobStore:
@@ -338,7 +325,6 @@ class Store:
     def __init__(self, *, settings: Settings, conn: sqlite3.Connection) -> None:
         self.settings = settings
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self.blobs = BlobStore(root=settings.blob_dir, tmp_dir=settings.tmp_dir)
 
     @classmethod
@@ -474,11 +460,3 @@ def dumps(obj: Any) -> str:
 
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-
-
-def now() -> float:
-    return time.time()
