@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support import make_token
 
 ROOT = Path(__file__).resolve().parents[2]
