@@ -84,7 +84,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         2,
-        # private ensemble inference (issue 3): the owner's artifact files are blobs; a
+        # private ensemble inference: the owner's artifact files are blobs; a
         # session's evaluation keys (public keys only) are a blob until it expires.
         """
         CREATE TABLE ensembles (
@@ -109,7 +109,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         3,
-        # dataset-ownership verification (issue 4): a watermark's secret key is sealed with
+        # dataset-ownership verification: a watermark's secret key is sealed with
         # the appliance's key-encryption key (AES-GCM, ids as associated data), never returned.
         """
         CREATE TABLE watermarks (
@@ -124,7 +124,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         4,
-        # confidential refinement (issue 5): owned by the model owner's tenant; the data
+        # confidential refinement: owned by the model owner's tenant; the data
         # owner's tenant is bound when it redeems the one-time invitation (stored hashed).
         # Every *_digest is a content-addressed blob of ciphertext or wrapped/sealed bytes.
         """
@@ -151,7 +151,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         5,
-        # optional token expiry (issue 9): seconds since the epoch, NULL for a token that
+        # optional token expiry: seconds since the epoch, NULL for a token that
         # lives until it is revoked
         """
         ALTER TABLE tokens ADD COLUMN expires_at REAL;
@@ -159,7 +159,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         6,
-        # uploads being validated pin their blob (issue 9): a refused upload deletes the blob
+        # uploads being validated pin their blob: a refused upload deletes the blob
         # only when no other upload of the same content holds a pin and no row records it
         """
         CREATE TABLE blob_pins (

@@ -293,7 +293,7 @@ class Client:
         """Verify offline: signature, inclusion in the log, signed checkpoint."""
         return verify_report(bundle, trusted_key_pem=trusted_key_pem, checkpoint=checkpoint)
 
-    # -- private ensemble inference (issue 3) -----------------------------------------------------
+    # -- private ensemble inference -----------------------------------------------------
     def create_ensemble(self, artifact: Any, *, name: str | None = None) -> Any:
         """Register a private ensemble (owner roles): an ``EnsembleArtifact``, a folder holding
         ``ensemble.json`` + ``ensemble.safetensors``, or a mapping of those file names to bytes.
@@ -389,7 +389,7 @@ class Client:
                                  indices=list(scores.labels), win_counts=scores.win_counts,
                                  one_hot=scores.one_hot)
 
-    # -- confidential refinement (issue 5) --------------------------------------------------------
+    # -- confidential refinement --------------------------------------------------------
     def enclave_attestation(self, nonce: bytes) -> dict[str, Any]:
         """The raw attestation answer for ``nonce`` (quote base64, platform key, measurement)."""
         return dict(self._json("GET", "/v1/enclave/attestation", params={"nonce": nonce.hex()}))

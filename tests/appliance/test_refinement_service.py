@@ -1,4 +1,4 @@
-"""Confidential refinement through the service (issue 5): both parties use the SDK against the
+"""Confidential refinement through the service: both parties use the SDK against the
 Flask app (httpx WSGI transport; jobs run through the real worker code), a real enclave process
 and real CKKS on scikit-learn digits."""
 

@@ -1,4 +1,4 @@
-"""Service hygiene (issue 9, findings 7-11): form limits, role checks before bodies, rate-limit
+"""Service hygiene (security review, findings 7-11): form limits, role checks before bodies, rate-limit
 keys and their shared store, bounded reports, token expiry, /metrics, session ownership,
 gunicorn's control socket and safe blob deletion."""
 

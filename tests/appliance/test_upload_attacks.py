@@ -1,4 +1,4 @@
-"""Issue 9's upload attacks through the API, as a tenant with a token would try them: each
+"""The security review's upload attacks through the API, as a tenant with a token would try them: each
 is refused with a 4xx problem document, leaves nothing behind and shows no server path."""
 
 from __future__ import annotations

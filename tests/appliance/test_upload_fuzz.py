@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the upload parsers (issue 9's classes stay closed): nested JSON
+"""Property-based fuzzing of the upload parsers (the security review's classes stay closed): nested JSON
 wherever the appliance parses JSON from a file, crafted .npy headers, tars with many folders,
 and every path an index or tokenizer can name. No input yields a 5xx; every refusal is a
 problem document; an accepted model never names a file outside its own folder."""

@@ -1,6 +1,6 @@
 """Every file a loader opens stays inside the model's own folder, every decompression is
 bounded before the work is done, and crafted JSON or .npy headers are refused cleanly
-(issue 9, findings 1, 2, 5 and 6)."""
+(security review, findings 1, 2, 5 and 6)."""
 
 from __future__ import annotations
 

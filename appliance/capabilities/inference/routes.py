@@ -1,4 +1,4 @@
-"""HTTP routes of private ensemble inference (issue 3); the logic is in :mod:`appliance.capabilities.inference.service`.
+"""HTTP routes of private ensemble inference; the logic is in :mod:`appliance.capabilities.inference.service`.
 
     POST   /v1/ensembles                          owner registers ensemble.json + .safetensors
     GET    /v1/ensembles                          this tenant's ensembles

@@ -1,4 +1,4 @@
-"""Private ensemble inference in the service (issue 3): ensembles, sessions, encrypted queries.
+"""Private ensemble inference in the service: ensembles, sessions, encrypted queries.
 
 Server side (no Flask here; :mod:`appliance.capabilities.inference.routes` maps it to HTTP)::
 

@@ -1,4 +1,4 @@
-"""Confidential refinement in the service (issue 5): refinement objects and the ``refinement``
+"""Confidential refinement in the service: refinement objects and the ``refinement``
 job kind (registered on import). HTTP routes are in :mod:`appliance.capabilities.refinement.routes`.
 
 Life of a refinement::

@@ -1,4 +1,4 @@
-"""HTTP routes of confidential refinement (issue 5); logic in :mod:`appliance.capabilities.refinement.job`.
+"""HTTP routes of confidential refinement; logic in :mod:`appliance.capabilities.refinement.job`.
 
     GET  /v1/enclave/attestation?nonce=<hex>   public: quote, platform key, measurement
     POST /v1/refinements                       model owner: terms + wrapped model (multipart)
