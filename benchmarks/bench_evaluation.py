@@ -249,7 +249,8 @@ class Appliance:
         from support import make_token
 
         from appliance._internal.config import Settings
-        from appliance._internal.jobs.runner import LocalBlobs, LocalSink
+        from appliance._internal.jobs.blobs import LocalBlobs
+        from appliance._internal.jobs.events import LocalSink
         from appliance._internal.web.app import create_app
 
         self.settings = Settings(home=self.home, rate_limit="1000000 per minute",

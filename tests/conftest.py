@@ -29,7 +29,8 @@ class InlineQueue:
     """Runs each job in a background thread through the real worker code (LocalSink)."""
 
     def __init__(self, settings: Any) -> None:
-        from appliance._internal.jobs.runner import LocalSink, execute_job
+        from appliance._internal.jobs.events import LocalSink
+        from appliance._internal.jobs.runner import execute_job
         from appliance._internal.jobs.worker import LocalBlobs
 
         self.settings = settings

@@ -118,7 +118,7 @@ def collector() -> None:
     """Cluster mode, API node: apply worker events from Redis to the store."""
     import threading
 
-    from appliance._internal.jobs.runner import collect_events
+    from appliance._internal.jobs.worker import collect_events
     from appliance._internal.web.app import configure_logging
 
     settings = _settings()

@@ -207,7 +207,8 @@ def test_cancel_queued_job(app: Any, client: Any, token_a: str, onnx_and_data: A
     cancelled = client.post(f"/v1/jobs/{job.get_json()['id']}/cancel", headers=auth(token_a))
     assert cancelled.get_json()["state"] == "cancelled"
     # the worker later receives the message and must not run it
-    from appliance._internal.jobs.runner import LocalSink, execute_job
+    from appliance._internal.jobs.events import LocalSink
+    from appliance._internal.jobs.runner import execute_job
     from appliance._internal.jobs.worker import LocalBlobs
 
     sink = LocalSink(app.config["APPLIANCE_SETTINGS"])

@@ -56,7 +56,7 @@ def test_redis_queue_end_to_end(tmp_path: Path, redis_prefix: str) -> None:
     from werkzeug.serving import make_server
 
     from appliance._internal.config import Settings
-    from appliance._internal.jobs.runner import collect_events
+    from appliance._internal.jobs.worker import collect_events
     from appliance._internal.web.app import create_app
     from appliance.client import verify_report
 

@@ -36,7 +36,7 @@ def _routes(app: Any, api: Any, limiter: Any) -> None:
 
 
 def _jobs() -> None:
-    from appliance._internal.jobs.runner import JobKind, JobOutcome, register_job_kind
+    from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 
     register_job_kind(JOB_KIND_HOLDER.setdefault("kind", JobKind(
         name="throwaway-echo", params_model=_PingParams,
@@ -69,13 +69,13 @@ THROWAWAY = Capability(
 
 @pytest.fixture
 def with_throwaway(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from appliance._internal.jobs import runner
+    from appliance._internal.jobs import kinds
     from appliance.cli import main
 
     monkeypatch.setenv("APPLIANCE_CAPABILITIES", f"{__name__}:THROWAWAY")
     yield
     # the registries are per process: leave them as the other tests expect
-    runner._KINDS.pop("throwaway-echo", None)
+    kinds._KINDS.pop("throwaway-echo", None)
     main.commands.pop("throwaway", None)
 
 
@@ -88,7 +88,7 @@ def test_builtin_capabilities_are_installed_by_default(monkeypatch: pytest.Monke
 
 def test_a_throwaway_capability_adds_route_job_kind_migration_and_cli(
         with_throwaway: None, settings: Any) -> None:
-    from appliance._internal.jobs.runner import job_kinds
+    from appliance._internal.jobs.kinds import job_kinds
     from appliance._internal.store import Store
     from appliance._internal.web.app import create_app
     from appliance.cli import main

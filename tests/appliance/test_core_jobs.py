@@ -43,7 +43,7 @@ def _get(client: Any, token: str, job_id: str) -> dict[str, Any]:
 
 def test_cancel_running_job_mid_way(app: Any, client: Any, settings: Any, token_a: str,
                                     tmp_path: Path) -> None:
-    from appliance._internal.jobs.runner import reap_stale_jobs
+    from appliance._internal.jobs.service import reap_stale_jobs
     from appliance._internal.store import Store
 
     model = client.post("/v1/models", headers=auth(token_a), content_type="multipart/form-data",
@@ -104,7 +104,7 @@ def _store_with_job(settings: Any, job_id: str = "job_t1") -> tuple[Any, str]:
 
 
 def _outcome() -> dict[str, Any]:
-    from appliance._internal.jobs.runner import JobOutcome
+    from appliance._internal.jobs.kinds import JobOutcome
 
     return asdict(JobOutcome(method="evaluation", version="1.0.0", parameters={},
                              inputs={"dataset": {"sha256": "0" * 64}},
@@ -116,7 +116,8 @@ def _row(store: Any, job_id: str = "job_t1") -> dict[str, Any]:
 
 
 def test_stale_run_events_are_ignored_and_progress_is_monotone(settings: Any) -> None:
-    from appliance._internal.jobs.runner import apply_event, reap_stale_jobs
+    from appliance._internal.jobs.events import apply_event
+    from appliance._internal.jobs.service import reap_stale_jobs
 
     store, _ = _store_with_job(settings)
     host = socket.gethostname()
@@ -172,7 +173,8 @@ def test_stale_run_events_are_ignored_and_progress_is_monotone(settings: Any) ->
 
 def test_cancel_requested_before_success_publishes_no_report(settings: Any) -> None:
     from appliance._internal.auth import Principal
-    from appliance._internal.jobs.runner import apply_event, cancel_job
+    from appliance._internal.jobs.events import apply_event
+    from appliance._internal.jobs.service import cancel_job
 
     store, tenant = _store_with_job(settings)
     run = f"{socket.gethostname()}:{os.getpid()}:r"
@@ -193,7 +195,8 @@ def test_cancel_requested_before_success_publishes_no_report(settings: Any) -> N
 
 
 def test_reaper_only_touches_dead_or_silent_workers(settings: Any) -> None:
-    from appliance._internal.jobs.runner import apply_event, reap_stale_jobs
+    from appliance._internal.jobs.events import apply_event
+    from appliance._internal.jobs.service import reap_stale_jobs
 
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])
@@ -273,7 +276,7 @@ def test_job_kinds_load_once_under_concurrent_first_use() -> None:
 
     code = """
 import threading
-from appliance._internal.jobs.runner import get_job_kind
+from appliance._internal.jobs.kinds import get_job_kind
 barrier = threading.Barrier(8)
 errors = []
 def ask():

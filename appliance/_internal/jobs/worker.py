@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from huey import Huey
 
 from appliance._internal.config import Settings
+from appliance._internal.jobs.blobs import BlobSource, HttpBlobs, LocalBlobs
+from appliance._internal.jobs.events import EventSink, LocalSink, RedisSink, apply_event, redis_client
 from appliance._internal.jobs.queue import JsonSerializer, make_huey
-from appliance._internal.jobs.runner import (
-    BlobSource,
-    EventSink,
-    HttpBlobs,
-    LocalBlobs,
-    LocalSink,
-    RedisSink,
-    execute_job,
-    reap_stale_jobs,
-)
+from appliance._internal.jobs.runner import execute_job
+from appliance._internal.jobs.service import Enqueue, reap_stale_jobs
 from appliance._internal.store import Store
 
 logger = logging.getLogger("appliance._internal.jobs.worker")
@@ -118,3 +114,43 @@ def run_worker(settings: Settings, *, workers: int | None = None) -> None:
         consumer.run()
     finally:
         stop.set()
+
+
+def make_enqueuer(settings: Settings) -> Enqueue:
+    task = queue_for(settings).task
+
+    def enqueue(message: dict[str, Any]) -> None:
+        task(message)
+
+    return enqueue
+
+
+def collect_events(
+    settings: Settings, *, stop: threading.Event, once: bool = False, timeout: float = 1.0
+) -> int:
+    """API-node loop of the cluster mode: apply events from Redis until ``stop`` is set."""
+    client = redis_client(settings)
+    key = f"{settings.queue_prefix}:events"
+    store = Store.open(settings)
+    applied = 0
+    last_reap = 0.0
+    try:
+        while not stop.is_set():
+            item = client.blpop([key], timeout=timeout)
+            if item is not None:
+                try:
+                    event = json.loads(item[1])
+                    if not isinstance(event, dict) or "job_id" not in event:
+                        raise ValueError("malformed event")
+                    apply_event(store, settings, event)
+                    applied += 1
+                except Exception:
+                    logger.exception("dropping a job event that could not be applied")
+            if time.time() - last_reap > settings.job_lease_seconds / 3:
+                reap_stale_jobs(store, settings, enqueue=make_enqueuer(settings))
+                last_reap = time.time()
+            if once and item is None:
+                break
+    finally:
+        store.close()
+    return applied

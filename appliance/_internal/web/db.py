@@ -1,5 +1,6 @@
-"""The request's database handle, as in Flask's tutorial: ``get_store()`` in a view returns the
-tenant-aware :class:`Store` for this request (one SQLite connection per server thread)."""
+"""The request's handles, as in Flask's tutorial: ``get_store()`` in a view returns the
+:class:`Store` for this request (one SQLite connection per server thread), ``get_enqueue()``
+the function that queues a job message (the worker's queue, or the one a test installed)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import threading
 
 from flask import current_app, g
 
+from appliance._internal.jobs.service import Enqueue
+from appliance._internal.jobs.worker import make_enqueuer
 from appliance._internal.store import Store
 
 _thread_stores = threading.local()
@@ -28,3 +31,12 @@ def get_store() -> Store:
         g.store = store
     result: Store = g.store
     return result
+
+
+def get_enqueue() -> Enqueue:
+    """How this app queues jobs: ``extensions["appliance.enqueue"]``, made on first use."""
+    enqueue: Enqueue | None = current_app.extensions.get("appliance.enqueue")
+    if enqueue is None:
+        enqueue = current_app.extensions["appliance.enqueue"] = make_enqueuer(
+            current_app.config["APPLIANCE_SETTINGS"])
+    return enqueue

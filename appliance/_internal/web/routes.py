@@ -12,10 +12,11 @@ from flask_limiter import Limiter
 from appliance import __version__
 from appliance._internal.auth import format_timestamp
 from appliance._internal.identity import LOG_ORIGIN, identity_for
-from appliance._internal.jobs.runner import cancel_job, job_kinds, job_view, make_enqueuer, submit_job
+from appliance._internal.jobs.kinds import job_kinds
+from appliance._internal.jobs.service import cancel_job, job_view, submit_job
 from appliance._internal.reports import render_html, report_body, report_bundle
 from appliance._internal.store import loads
-from appliance._internal.web.db import get_store
+from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api, parse_json_text
 from appliance.capabilities.catalog.service import dataset_view, model_view, register_dataset, register_model
 from appliance.errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
@@ -57,13 +58,6 @@ def _settings() -> Any:
 
 def _store() -> Any:
     return get_store()
-
-
-def _enqueue() -> Any:
-    fn = current_app.extensions.get("appliance.enqueue")
-    if fn is None:
-        fn = current_app.extensions["appliance.enqueue"] = make_enqueuer(_settings())
-    return fn
 
 
 def _upload_file(*roles: str) -> Any:
@@ -209,7 +203,7 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(v1, "/jobs", "POST", summary="Start a job", tag="jobs", body=JobCreate,
             response=JobOut, status=202, errors=(409,))
     def create_job(body: JobCreate) -> dict[str, Any]:
-        job = submit_job(_store(), g.principal, body.kind, body.params, _enqueue())
+        job = submit_job(_store(), g.principal, body.kind, body.params, get_enqueue())
         return job_view(job)
 
     @api.op(v1, "/jobs", summary="List this tenant's jobs", tag="jobs", query=ListQuery,

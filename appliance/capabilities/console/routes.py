@@ -28,7 +28,7 @@ from flask import (
 from flask_limiter import Limiter
 from werkzeug.wrappers import Response as WebResponse
 
-from appliance._internal.web.db import get_store
+from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api, parse_json_text, problem_response
 from appliance.capabilities.console import service
 from appliance.errors import ApplianceError, BadRequest, NotFound, Unauthorized, ValidationFailed
@@ -85,17 +85,12 @@ def _page(template: str, status: int = 200, **context: Any) -> WebResponse:
     return Response(render_template(template, **context), status=status, mimetype="text/html")
 
 
-def _enqueue() -> Any:
-    from appliance._internal.web.routes import _enqueue as api_enqueue
-
-    return api_enqueue()
-
-
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add the console under ``/console/``, ``/`` redirecting to it, and ``/docs``."""
     from appliance import __version__
     from appliance._internal.identity import identity_for
-    from appliance._internal.jobs.runner import cancel_job, job_kinds, job_view, submit_job
+    from appliance._internal.jobs.kinds import job_kinds
+    from appliance._internal.jobs.service import cancel_job, job_view, submit_job
     from appliance._internal.reports import report_body, report_bundle, report_figures
     from appliance._internal.store import loads
     from appliance.capabilities.catalog.service import dataset_view, model_view, register_dataset, register_model
@@ -310,7 +305,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             service.fill_values(fields, request.form)
             try:
                 params = service.params_from_form(fields, request.form)
-                job = submit_job(_store(), g.principal, kind_name, params, _enqueue())
+                job = submit_job(_store(), g.principal, kind_name, params, get_enqueue())
                 return redirect(url_for("console.job_detail", job_id=job["id"]), code=303)
             except ApplianceError as exc:
                 if exc.status in (401, 403):

@@ -13,7 +13,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance._internal.auth import Principal
-from appliance._internal.jobs.runner import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
 from appliance.capabilities.catalog.service import dataset_input, extract_once, model_input, read_dataset
 from appliance.errors import JobFailed

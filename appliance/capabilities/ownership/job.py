@@ -20,7 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance._internal.auth import Principal
-from appliance._internal.jobs.runner import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store, loads
 from appliance.audits.egress import PRIVATE_ENDPOINTS_ENV, EgressGuard
 from appliance.audits.errors import EgressRefusedError

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from appliance._internal.auth import Principal
-from appliance._internal.jobs.runner import JobContext, JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
 from appliance.capabilities.catalog.service import model_input
 from appliance.capabilities.provenance.schemas import ProvenanceParams

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g
+from flask import Blueprint, Flask, g
 from flask_limiter import Limiter
 
-from appliance._internal.web.db import get_store
+from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api
 from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.schemas import JobOut, ModelList
@@ -15,7 +15,7 @@ from appliance.schemas import JobOut, ModelList
 
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add ``/v1/provenance/...`` to the app."""
-    from appliance._internal.jobs.runner import job_view, make_enqueuer, submit_job
+    from appliance._internal.jobs.service import job_view, submit_job
     from appliance.capabilities.catalog.service import model_view
 
     bp = Blueprint("provenance", __name__, url_prefix="/v1/provenance")
@@ -23,11 +23,8 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     @api.op(bp, "/audits", "POST", summary="Start a provenance audit (job kind 'provenance')",
             tag="provenance", body=ProvenanceParams, response=JobOut, status=202)
     def start_audit(body: ProvenanceParams) -> dict[str, Any]:
-        enqueue = current_app.extensions.get("appliance.enqueue")
-        if enqueue is None:
-            enqueue = current_app.extensions["appliance.enqueue"] = make_enqueuer(
-                current_app.config["APPLIANCE_SETTINGS"])
-        job = submit_job(get_store(), g.principal, "provenance", body.model_dump(mode="json"), enqueue)
+        job = submit_job(get_store(), g.principal, "provenance", body.model_dump(mode="json"),
+                         get_enqueue())
         return job_view(job)
 
     @api.op(bp, "/generators", summary="This tenant's registered generators", tag="provenance",

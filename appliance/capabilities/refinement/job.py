@@ -36,16 +36,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance._internal.auth import Principal
-from appliance._internal.jobs.runner import (
-    TERMINAL,
-    Enqueue,
-    JobContext,
-    JobKind,
-    JobOutcome,
-    job_view,
-    register_job_kind,
-    submit_job,
-)
+from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
+from appliance._internal.jobs.runner import JobContext
+from appliance._internal.jobs.service import TERMINAL, Enqueue, job_view, submit_job
 from appliance._internal.store import Store, dumps, loads, new_id, utcnow
 from appliance.errors import Conflict, JobFailed, NotFound, UnprocessableInput, ValidationFailed
 from appliance.schemas import JobOut

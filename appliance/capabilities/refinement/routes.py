@@ -21,7 +21,7 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_limiter import Limiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from appliance._internal.web.db import get_store
+from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api, read_bounded, validation_problem
 from appliance.capabilities.refinement.job import (
     MAX_CONTEXT_BYTES,
@@ -81,16 +81,6 @@ class RetryQuery(BaseModel):
 
 def _store() -> Any:
     return get_store()
-
-
-def _enqueue() -> Any:
-    from appliance._internal.jobs.runner import make_enqueuer
-
-    fn = current_app.extensions.get("appliance.enqueue")
-    if fn is None:
-        fn = current_app.extensions["appliance.enqueue"] = make_enqueuer(
-            current_app.config["APPLIANCE_SETTINGS"])
-    return fn
 
 
 def _multipart(what: str) -> None:
@@ -178,17 +168,17 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             store, g.principal, refinement_id, invitation=invitation,
             train=_file_part("train", limit), validation=_file_part("validation", limit),
             public_context=_file_part("public_context", MAX_CONTEXT_BYTES),
-            ckks_secret=_file_part("ckks_secret", MAX_SECRET_BYTES), enqueue=_enqueue())
+            ckks_secret=_file_part("ckks_secret", MAX_SECRET_BYTES), enqueue=get_enqueue())
         return refinement_view(store, row, "data_owner")
 
     @api.op(v1, "/refinements/<refinement_id>/retry", "POST",
             summary="Model owner: run a failed refinement again (resumes from its checkpoint)",
             tag="refinement", query=RetryQuery, response=JobOut, status=202, errors=(409,))
     def retry(refinement_id: str, query: RetryQuery) -> dict[str, Any]:
-        from appliance._internal.jobs.runner import job_view
+        from appliance._internal.jobs.service import job_view
 
         job = retry_refinement(_store(), g.principal, refinement_id, resume=query.resume,
-                               enqueue=_enqueue())
+                               enqueue=get_enqueue())
         return job_view(job)
 
     @api.op(v1, "/refinements/<refinement_id>/result",

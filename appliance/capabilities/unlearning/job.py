@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance._internal.jobs.runner import JobKind, register_job_kind
+from appliance._internal.jobs.kinds import JobKind, register_job_kind
 from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
 from appliance.capabilities.unlearning.service import resolve_audit, resolve_unlearn, run_audit, run_unlearn
 
