@@ -97,7 +97,8 @@ def test_job_failure_reasons_hide_server_paths(settings: Any) -> None:
     reason = failure_reason(exc, settings)
     assert str(settings.home) not in reason and "/etc/" not in reason
     assert reason.startswith("ModelFormatError: Can't load tokenizer: <home>/")
-    assert reason.endswith("vocab.txt or <path>/passwd missing")
+    message, _, hint = reason.partition("\nHint: ")
+    assert message.endswith("vocab.txt or <path>/passwd missing") and hint  # the fix is named too
     assert "internal error" in failure_reason(KeyError(str(folder)), settings)
 
 
