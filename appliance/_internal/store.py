@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance._internal.config import Settings
+from appliance.capabilities import migrations as capability_migrations
 from appliance.errors import NotFound, PayloadTooLarge
 from crypto.translog import enable_wal
 
@@ -235,8 +236,6 @@ def _split_sql(sql: str) -> list[str]:
 
 def all_migrations() -> list[tuple[int, str]]:
     """The core's migrations and every capability's, checked for clashing versions."""
-    from appliance.capabilities import migrations as capability_migrations
-
     combined = list(MIGRATIONS) + capability_migrations()
     versions = [version for version, _ in combined]
     if len(set(versions)) != len(versions):

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from appliance.audits.errors import AuditParameterError
+
 ProgressFn = Callable[[float], None]
 LogFn = Callable[[str], None]
 
@@ -64,8 +66,6 @@ class AuditMethod(ABC):
 
     def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Merge ``params`` over :meth:`defaults`; unknown keys raise ``AuditParameterError``."""
-        from appliance.audits.errors import AuditParameterError
-
         merged = self.defaults()
         for key, value in (params or {}).items():
             if key not in merged:

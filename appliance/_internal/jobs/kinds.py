@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from appliance._internal.auth import Principal
 from appliance._internal.store import Store
+from appliance.capabilities import register_jobs
 from appliance.errors import (
     ValidationFailed,
 )
@@ -99,7 +100,5 @@ def load_builtin_kinds() -> None:
     with _builtin_lock:
         if _loaded_for == wanted:
             return
-        from appliance.capabilities import register_jobs
-
         register_jobs()
         _loaded_for = wanted

@@ -27,10 +27,13 @@ from werkzeug.exceptions import HTTPException
 
 from appliance._internal.auth import authenticate
 from appliance._internal.config import Settings
+from appliance._internal.identity import identity_for
 from appliance._internal.store import Store
 from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, problem_response
 from appliance._internal.web.ratelimit import rate_key, sqlite_storage_uri
+from appliance._internal.web.routes import register_core
+from appliance.capabilities import register_routes
 from appliance.errors import (
     ApplianceError,
     Error,
@@ -104,8 +107,6 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     # migrations and keys at start-up, so the first request is not the one paying for them
     Store.open(settings).close()
-    from appliance._internal.identity import identity_for
-
     identity_for(settings)
 
     metrics = _metrics_registry()
@@ -134,11 +135,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     api = Api()
     app.extensions["appliance.api"] = api
-    from appliance._internal.web.routes import register_core
-
     register_core(app, api, limiter)
-    from appliance.capabilities import register_routes
-
     register_routes(app, api, limiter)
 
     @app.before_request

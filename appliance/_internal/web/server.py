@@ -9,6 +9,9 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from appliance._internal.config import Settings
+from appliance._internal.identity import identity_for
+from appliance._internal.store import Store
+from appliance._internal.web.app import create_app
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -22,8 +25,6 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from appliance._internal.web.app import create_app
-
         return create_app(Settings.from_env())
 
 
@@ -36,9 +37,6 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int | None,
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ["APPLIANCE_HOME"] = str(settings.home)
     # initialise database and keys once, before forking
-    from appliance._internal.identity import identity_for
-    from appliance._internal.store import Store
-
     Store.open(settings).close()
     identity_for(settings)
     _Gunicorn(gunicorn_options(host=host, port=port, workers=workers, threads=threads)).run()

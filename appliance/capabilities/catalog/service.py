@@ -21,8 +21,15 @@ from appliance._internal.identity import identity_for
 from appliance._internal.store import Store, dumps, loads, new_id, utcnow
 from appliance.errors import PayloadTooLarge, UnprocessableInput, ValidationFailed
 from crypto.dsse import canonical_json, sign_envelope
+from models.architectures import create_architecture
 from models.bounded_json import load_bounded_json
-from models.errors import DatasetError, LimitExceeded, ModelError
+from models.datasets import load_npz_dataset
+from models.engine import load_model
+from models.errors import DatasetError, LimitExceeded, ModelError, ModelFormatError
+from models.formats import extract_transformers_tar, sniff_and_validate, validate_safetensors_header
+from models.generators import generator_config
+from models.manifest import build_manifest
+from models.textdata import looks_like_jsonl, parse_jsonl, summarize
 
 if TYPE_CHECKING:
     from models.datasets import LabelledArray
@@ -58,8 +65,6 @@ def extract_once(tar_path: Path, target: Path, *, settings: Settings) -> Path:
     """Extract a transformers tar into ``target`` unless a previous extraction is there; safe
     against concurrent extractions (the first rename wins). Returns the model folder, which
     holds only that tar's files (each folder is named by the tar's digest)."""
-    from models.formats import extract_transformers_tar
-
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
@@ -117,9 +122,6 @@ def register_model(
     ``check_signature`` (given when the upload carries a model.sig) is called with the model
     file or folder before anything is recorded; it returns the verified signer, recorded on
     the model, or raises, and then nothing is stored."""
-    from models.formats import sniff_and_validate
-    from models.manifest import build_manifest
-
     principal.require("admin", "auditor")
     _check_name(name, "model")
     if kind is not None and kind not in MODEL_KINDS:
@@ -166,8 +168,6 @@ def register_model(
             elif architecture:
                 raise ValidationFailed("'architecture' only applies to safetensors uploads")
             elif kind == "generator":
-                from models.generators import generator_config
-
                 config = generator_config(blob_path, config)
             else:
                 _check_onnx_options(config, kind)
@@ -251,11 +251,6 @@ def _check_safetensors_loads(path: Path, architecture: str, config: dict[str, An
     device, so a config naming a huge network is refused without allocating it."""
     import torch
 
-    from models.architectures import create_architecture
-    from models.engine import load_model
-    from models.errors import ModelFormatError
-    from models.formats import validate_safetensors_header
-
     header = validate_safetensors_header(path)
     with torch.device("meta"):
         module = create_architecture(architecture, config)
@@ -298,8 +293,6 @@ def model_input(row: dict[str, Any]) -> dict[str, Any]:
 def read_dataset(settings: Settings, path: Path, *, require_labels: bool = False) -> LabelledArray:
     """Load a stored ``.npz`` within the appliance's bounds (upload size, decompressed bytes,
     entries); the API and every worker read datasets through here."""
-    from models.datasets import load_npz_dataset
-
     return load_npz_dataset(path, max_bytes=settings.max_upload_bytes,
                             require_labels=require_labels,
                             max_array_bytes=settings.max_dataset_bytes,
@@ -311,8 +304,6 @@ def register_dataset(
 ) -> dict[str, Any]:
     """Store and validate an ``.npz`` dataset (keys ``x`` and optional integer ``y``) or a
     ``.jsonl`` text dataset (see :mod:`models.textdata`)."""
-    from models.textdata import looks_like_jsonl
-
     principal.require("admin", "auditor")
     _check_name(name, "dataset")
     digest, size, pin = store.put_upload(stream, max_bytes=store.settings.max_upload_bytes)
@@ -350,8 +341,6 @@ def register_dataset(
 def _register_jsonl(store: Store, principal: Principal, *, digest: str, size: int,
                     name: str, pin: str) -> dict[str, Any]:
     """Validate a stored JSONL upload (422 naming the bad line) and record it."""
-    from models.textdata import parse_jsonl, summarize
-
     try:
         records = parse_jsonl(store.blobs.path(digest).read_bytes())
     except DatasetError as exc:

@@ -28,10 +28,20 @@ from flask import (
 from flask_limiter import Limiter
 from werkzeug.wrappers import Response as WebResponse
 
+from appliance import __version__
+from appliance._internal.identity import identity_for
+from appliance._internal.jobs.kinds import job_kinds
+from appliance._internal.jobs.service import cancel_job, job_view, submit_job
+from appliance._internal.reports import report_body, report_bundle, report_figures
+from appliance._internal.store import loads
 from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api, parse_json_text, problem_response
+from appliance.capabilities.catalog.service import dataset_view, model_view, register_dataset, register_model
 from appliance.capabilities.console import service
 from appliance.errors import ApplianceError, BadRequest, NotFound, Unauthorized, ValidationFailed
+from crypto.errors import ProofError
+from crypto.merkle import leaf_hash, verify_consistency
+from models.architectures import list_architectures
 
 HERE = Path(__file__).resolve().parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -87,14 +97,6 @@ def _page(template: str, status: int = 200, **context: Any) -> WebResponse:
 
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add the console under ``/console/``, ``/`` redirecting to it, and ``/docs``."""
-    from appliance import __version__
-    from appliance._internal.identity import identity_for
-    from appliance._internal.jobs.kinds import job_kinds
-    from appliance._internal.jobs.service import cancel_job, job_view, submit_job
-    from appliance._internal.reports import report_body, report_bundle, report_figures
-    from appliance._internal.store import loads
-    from appliance.capabilities.catalog.service import dataset_view, model_view, register_dataset, register_model
-
     bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                    static_folder="static", static_url_path="/static")
     root = Blueprint("console_root", __name__)
@@ -238,8 +240,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
                     raise
                 error = exc
         rows = _store().list_owned("models", g.principal.tenant_id, limit=PAGE_SIZE)
-        from models.architectures import list_architectures
-
         return _page("models.html", status=error.status if error else 200,
                      items=[model_view(r) for r in rows], error=error, form=request.form,
                      architectures=list_architectures())
@@ -401,9 +401,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     @bp.route("/log")
     @signed_in
     def log_page() -> WebResponse:
-        from crypto.errors import ProofError
-        from crypto.merkle import leaf_hash, verify_consistency
-
         identity = identity_for(_settings())
         log = identity.log
         size = log.size()

@@ -18,6 +18,7 @@ from typing import Any
 
 from appliance._internal.auth import Principal, authenticate
 from appliance._internal.store import Store, utcnow
+from appliance._internal.web.http import parse_json_text
 from appliance.errors import BadRequest
 
 SESSION_SECONDS = 8 * 3600
@@ -183,8 +184,6 @@ def params_from_form(fields: list[FormField], form: Any) -> dict[str, Any]:
         if f.widget == "number":
             params[f.name] = _number(raw)
         elif f.widget == "json":
-            from appliance._internal.web.http import parse_json_text
-
             params[f.name] = parse_json_text(raw, f"'{f.name}' (JSON)")
         else:
             params[f.name] = raw

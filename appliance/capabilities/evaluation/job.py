@@ -18,6 +18,8 @@ from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
 from appliance.capabilities.catalog.service import dataset_input, extract_once, model_input, read_dataset
 from appliance.errors import JobFailed
+from models.engine import load_model
+from models.evaluation import evaluate_classifier, export_embeddings
 
 VERSION = "1.1.0"
 # Above this many classes the C x C confusion matrix leaves the signed report: its cells grow
@@ -58,8 +60,6 @@ def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
 
 
 def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -> Any:
-    from models.engine import load_model
-
     path = job_model_path(ctx, model)
     config = model.get("config")
     if model["format"] == "onnx" and model.get("kind") in ("classifier", "encoder"):
@@ -81,8 +81,6 @@ def model_digests(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> JobOutcome:
-    from models.evaluation import evaluate_classifier, export_embeddings
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_job_model(ctx, inputs["model"], params.device)

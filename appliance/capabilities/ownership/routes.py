@@ -15,10 +15,13 @@ from appliance._internal.secrets import seal_secret
 from appliance._internal.store import dumps, loads, new_id, utcnow
 from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api
+from appliance.audits.errors import AuditError
+from appliance.audits.ownership.watermark import mark_dataset, new_key
 from appliance.capabilities.catalog.service import dataset_view, read_dataset, register_dataset
 from appliance.capabilities.ownership.job import _seal_context
 from appliance.errors import UnprocessableInput
 from appliance.schemas import DatasetOut, ListQuery
+from models.errors import ModelError
 
 
 class WatermarkCreate(BaseModel):
@@ -68,10 +71,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             summary="Mark a dataset with a secret-keyed watermark before release",
             body=WatermarkCreate, response=WatermarkOut, status=201)
     def create_watermark(dataset_id: str, body: WatermarkCreate) -> dict[str, Any]:
-        from appliance.audits.errors import AuditError
-        from appliance.audits.ownership.watermark import mark_dataset, new_key
-        from models.errors import ModelError
-
         g.principal.require("admin", "auditor")
         store = _store()
         source = store.get_owned("datasets", g.principal.tenant_id, dataset_id, "dataset")

@@ -21,8 +21,10 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_limiter import Limiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from appliance._internal.jobs.service import job_view
 from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api, read_bounded, validation_problem
+from appliance.capabilities.refinement.enclave import enclave_service
 from appliance.capabilities.refinement.job import (
     MAX_CONTEXT_BYTES,
     MAX_MODEL_BYTES,
@@ -112,8 +114,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             tag="refinement", query=AttestationQuery, response=AttestationOut, auth=False,
             errors=(503,))
     def enclave_attestation(query: AttestationQuery) -> dict[str, Any]:
-        from appliance.capabilities.refinement.enclave import enclave_service
-
         return enclave_service(settings).attestation(bytes.fromhex(query.nonce)).to_json()
 
     @api.op(v1, "/refinements", "POST",
@@ -175,8 +175,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             summary="Model owner: run a failed refinement again (resumes from its checkpoint)",
             tag="refinement", query=RetryQuery, response=JobOut, status=202, errors=(409,))
     def retry(refinement_id: str, query: RetryQuery) -> dict[str, Any]:
-        from appliance._internal.jobs.service import job_view
-
         job = retry_refinement(_store(), g.principal, refinement_id, resume=query.resume,
                                enqueue=get_enqueue())
         return job_view(job)
