@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from appliance.capabilities.ownership.client import OwnershipClient
 from appliance.capabilities.provenance.client import ProvenanceClient
 from appliance.capabilities.signatures.client import SignaturesClient
 from appliance.capabilities.unlearning.client import UnlearningClient
@@ -68,6 +69,10 @@ class JobTimeout(ClientError):
     """``wait`` ran out of time; the job goes on on the server."""
 
 
+class JobNotSucceeded(ClientError):
+    """A job whose result was asked for failed, was cancelled or is another kind of job."""
+
+
 class Client:
     """HTTP client with retries (connection errors, 429, 503) and typed results."""
 
@@ -89,6 +94,7 @@ class Client:
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                  transport=transport)
         self.signatures = SignaturesClient(self)
+        self.ownership = OwnershipClient(self)
         self.provenance = ProvenanceClient(self)
         self.unlearning = UnlearningClient(self)
 
