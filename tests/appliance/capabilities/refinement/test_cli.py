@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from sklearn.datasets import load_digits
 from support import make_token
 
 from appliance.capabilities.refinement.enclave import enclave_service, shutdown_enclaves
@@ -43,11 +42,10 @@ def _json_out(result: Result) -> Any:
 
 
 def test_refinement_through_the_cli(live_url: str, settings: Any, pins: dict[str, str],
+                                    digits_scaled: tuple[np.ndarray, np.ndarray],
                                     tmp_path: Path) -> None:
     owner, data = make_token(settings, "model-owner", "client"), make_token(settings, "lab", "client")
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    X, y = X[order] / 16.0, y[order]
+    X, y = digits_scaled
     model = {"W": np.zeros((64, 10)), "b": np.zeros(10)}
     np.savez(tmp_path / "model.npz", **model)
     np.savez(tmp_path / "train.npz", x=X[:64], y=y[:64])
