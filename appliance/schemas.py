@@ -224,3 +224,31 @@ class SuspectEndpoint(BaseModel):
     retries: int = Field(default=2, ge=0, le=10)
     query_budget: int | None = Field(default=None, ge=1, le=10_000_000)
     max_batch: int = Field(default=256, ge=1, le=4096)
+
+
+class ReportMethod(BaseModel):
+    name: str
+    version: str
+
+
+class ReportBody(BaseModel):
+    """The signed body of a report (``report`` of a bundle): the same fields for every job kind;
+    ``statistics`` and ``inputs`` are the method's own."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_uri: str = Field(alias="schema")
+    id: str
+    job_id: str | None = None
+    tenant: str
+    method: ReportMethod
+    parameters: dict[str, Any]
+    seed: int | None = None
+    inputs: dict[str, Any]
+    statistics: dict[str, Any]
+    p_value: float | None = None
+    alpha: float | None = None
+    verdict: str | None = None
+    device: str | None = None
+    timings: dict[str, float]
+    created_at: str

@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support import shuffled_digits  # noqa: E402  (the refinement tests' data)
 
 from appliance.confidential import (  # noqa: E402
     create_ckks_context,
@@ -171,13 +174,10 @@ def main() -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-    from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    X, y = X[order] / 16.0, y[order]
+    X, y = shuffled_digits(0)
     n_train, n_val, epochs = (384, 192, 2) if args.quick else (1152, 397, 3)
     data = {
         "X": X[200 : 200 + n_train],

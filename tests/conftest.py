@@ -98,3 +98,19 @@ def unlearning_subjects(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     return make_subjects(seed=0, cache_dir=tmp_path_factory.mktemp("unlearning-subjects"),
                          **UNLEARNING_TEST_SIZES)
+
+
+@pytest.fixture
+def live_url(app: Any) -> Iterator[str]:
+    """The ``app`` fixture served over real HTTP on 127.0.0.1 (a thread; jobs run through the
+    inline queue), for the SDK and the CLI."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)

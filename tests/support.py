@@ -176,3 +176,26 @@ def upload_dataset(client: Any, token: str, data: bytes) -> Any:
     """POST /v1/datasets with the Flask test client; the dataset is named 'd'."""
     return client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",
                        data={"name": "d", "file": (io.BytesIO(data), "d.npz")})
+
+
+def shuffled_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (1797 x 64) shuffled with ``seed``, features scaled to [0, 1]: the
+    data of the confidential-refinement tests and benchmark, which slice it per party."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(y))
+    return x[order] / 16.0, y[order]
+
+
+def attest_enclave(client: Any, platform: Path) -> Any:
+    """Verify a fresh quote of an ``EnclaveClient`` against the simulated platform in
+    ``platform`` and the client's own build measurement; returns the ``VerifiedQuote``."""
+    from crypto.provisioning import verify_quote
+    from enclave.platform import create_platform
+
+    nonce = os.urandom(32)
+    return verify_quote(client.get_quote(nonce),
+                        platform_key=create_platform(platform).attestation_public_key,
+                        allowed_measurements={client.expected_mrenclave}, nonce=nonce,
+                        allow_simulated=True)

@@ -15,12 +15,14 @@ import os
 import random
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from appliance.capabilities.ownership.client import OwnershipClient
 from appliance.capabilities.provenance.client import ProvenanceClient
 from appliance.capabilities.signatures.client import SignaturesClient
 from appliance.capabilities.unlearning.client import UnlearningClient
@@ -36,6 +38,16 @@ from appliance.schemas import (
     ReportList,
     WhoAmI,
 )
+
+if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install has no numpy
+    from appliance.capabilities.inference.service import EnsembleOut
+    from appliance.capabilities.refinement.job import (
+        ModelOwnerRefinement,
+        RefinedModel,
+        RefinementOut,
+    )
+    from crypto.bundle import VerifiedReport
+    from crypto.provisioning import VerifiedQuote
 
 RETRY_STATUSES = (429, 503)
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -69,6 +81,10 @@ class JobTimeout(ClientError):
     hint = "wait again with a longer timeout, or follow it with `appliance jobs wait JOB_ID`"
 
 
+class JobNotSucceeded(ClientError):
+    """A job whose result was asked for failed, was cancelled or is another kind of job."""
+
+
 class Client:
     """HTTP client with retries (connection errors, 429, 503) and typed results."""
 
@@ -90,6 +106,7 @@ class Client:
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                  transport=transport)
         self.signatures = SignaturesClient(self)
+        self.ownership = OwnershipClient(self)
         self.provenance = ProvenanceClient(self)
         self.unlearning = UnlearningClient(self)
 
@@ -239,30 +256,16 @@ class Client:
         """Poll until the job ends; with ``progress=True`` draw a progress bar."""
         deadline = time.monotonic() + timeout
         current = self.get_job(job)
-        bar = None
-        task = None
-        if progress:
-            from rich.progress import Progress
-
-            bar = Progress(transient=False)
-            bar.start()
-            task = bar.add_task(f"{current.kind} {current.id}", total=1.0)
-        try:
+        with _progress_bar(progress) as show:
             while current.state not in TERMINAL:
-                if bar is not None and task is not None:
-                    bar.update(task, completed=current.progress,
-                               description=f"{current.kind} {current.id} [{current.state}]")
+                show(f"{current.kind} {current.id} [{current.state}]", current.progress)
                 if time.monotonic() > deadline:
                     raise JobTimeout(f"job {current.id} still {current.state} after {timeout}s")
                 time.sleep(poll)
                 poll = min(poll * 1.3, 2.0)
                 current = self.get_job(current.id)
-            if bar is not None and task is not None:
-                bar.update(task, completed=1.0 if current.state == "succeeded" else current.progress,
-                           description=f"{current.kind} {current.id} [{current.state}]")
-        finally:
-            if bar is not None:
-                bar.stop()
+            show(f"{current.kind} {current.id} [{current.state}]",
+                 1.0 if current.state == "succeeded" else current.progress)
         return current
 
     # -- reports and the log ----------------------------------------------------------------------
@@ -289,12 +292,12 @@ class Client:
 
     @staticmethod
     def verify_report(bundle: Mapping[str, Any], *, trusted_key_pem: str | bytes | None = None,
-                      checkpoint: Mapping[str, Any] | None = None) -> Any:
+                      checkpoint: Mapping[str, Any] | None = None) -> VerifiedReport:
         """Verify offline: signature, inclusion in the log, signed checkpoint."""
         return verify_report(bundle, trusted_key_pem=trusted_key_pem, checkpoint=checkpoint)
 
     # -- private ensemble inference -----------------------------------------------------
-    def create_ensemble(self, artifact: Any, *, name: str | None = None) -> Any:
+    def create_ensemble(self, artifact: Any, *, name: str | None = None) -> EnsembleOut:
         """Register a private ensemble (owner roles): an ``EnsembleArtifact``, a folder holding
         ``ensemble.json`` + ``ensemble.safetensors``, or a mapping of those file names to bytes.
         Returns :class:`appliance.capabilities.inference.service.EnsembleOut`."""
@@ -316,7 +319,7 @@ class Client:
         })
         return EnsembleOut.model_validate(body)
 
-    def list_ensembles(self) -> list[Any]:
+    def list_ensembles(self) -> list[EnsembleOut]:
         """This tenant's ensembles (:class:`appliance.capabilities.inference.service.EnsembleOut`)."""
         from appliance.capabilities.inference.service import EnsembleList
 
@@ -395,7 +398,7 @@ class Client:
         return dict(self._json("GET", "/v1/enclave/attestation", params={"nonce": nonce.hex()}))
 
     def verify_enclave(self, expected_measurements: Any, platform_key: Any, *,
-                       allow_simulated: bool = False, allow_debug: bool = False) -> Any:
+                       allow_simulated: bool = False, allow_debug: bool = False) -> VerifiedQuote:
         """Fetch a quote over a fresh random nonce and verify it against the pinned platform
         key (32 raw bytes, their hex, or PEM) and the MRENCLAVE allow-list
         (``expected_measurements``: one hex string or several). Returns the
@@ -431,7 +434,7 @@ class Client:
                           expected_measurements: Any, platform_key: Any,
                           allow_simulated: bool = False, epochs: int = 1, lr: float = 0.5,
                           seed: int = 0, batch_size: int = 64, reduction: str = "host",
-                          name: str | None = None) -> Any:
+                          name: str | None = None) -> ModelOwnerRefinement:
         """Model owner: verify the enclave, wrap the model to it, create the refinement.
 
         ``model``: ``{"W": (d, k), "b": (k,)}`` for ``kind="softmax"``; plus ``"W1": (d, h)``,
@@ -473,7 +476,8 @@ class Client:
         return ModelOwnerRefinement(id=created.refinement.id, invitation=created.invitation,
                                     result_key=result_key, refinement=created.refinement)
 
-    def get_refinement(self, refinement_id: str, *, invitation: str | None = None) -> Any:
+    def get_refinement(self, refinement_id: str, *,
+                       invitation: str | None = None) -> RefinementOut:
         """A refinement (:class:`appliance.capabilities.refinement.job.RefinementOut`); a data owner who
         has not provisioned yet passes the ``invitation`` to read the terms."""
         from appliance.capabilities.refinement.job import RefinementOut
@@ -482,7 +486,7 @@ class Client:
         return RefinementOut.model_validate(
             self._json("GET", f"/v1/refinements/{refinement_id}", headers=headers))
 
-    def list_refinements(self) -> list[Any]:
+    def list_refinements(self) -> list[RefinementOut]:
         """Refinements where this tenant is the model owner or the data owner."""
         from appliance.capabilities.refinement.job import RefinementList
 
@@ -491,7 +495,7 @@ class Client:
     def provision_refinement(self, refinement_id: str, invitation: str, *, X: Any, y: Any,
                              X_val: Any, y_val: Any, expected_measurements: Any,
                              platform_key: Any, allow_simulated: bool = False,
-                             ckks_context: Any = None) -> Any:
+                             ckks_context: Any = None) -> RefinementOut:
         """Data owner: read the terms, verify the enclave, CKKS-encrypt the features (the
         secret key stays here, and reaches only the verified enclave, wrapped to it), wrap the
         labels to the enclave, and upload. Starts the refinement job. Nothing is sent if the
@@ -536,17 +540,22 @@ class Client:
         return RefinementOut.model_validate(body)
 
     def wait_refinement(self, refinement_id: str, *, timeout: float = 3600.0,
-                        poll: float = 0.2) -> Any:
-        """Poll until the refinement's job ends (either party)."""
+                        poll: float = 0.2, progress: bool = False) -> RefinementOut:
+        """Poll until the refinement's job ends (either party); with ``progress=True`` draw the
+        bar of :meth:`wait`."""
         deadline = time.monotonic() + timeout
-        while True:
-            current = self.get_refinement(refinement_id)
-            if current.state in TERMINAL:
-                return current
-            if time.monotonic() > deadline:
-                raise JobTimeout(f"refinement {refinement_id} still {current.state}")
-            time.sleep(poll)
-            poll = min(poll * 1.3, 2.0)
+        with _progress_bar(progress) as show:
+            while True:
+                current = self.get_refinement(refinement_id)
+                done = current.state == "succeeded"
+                show(f"refinement {refinement_id} [{current.state}]",
+                     1.0 if done else current.job.progress if current.job else 0.0)
+                if current.state in TERMINAL:
+                    return current
+                if time.monotonic() > deadline:
+                    raise JobTimeout(f"refinement {refinement_id} still {current.state}")
+                time.sleep(poll)
+                poll = min(poll * 1.3, 2.0)
 
     def retry_refinement(self, refinement_id: str, *, resume: bool = True) -> JobOut:
         """Model owner: a new job for a failed refinement (resumes from its sealed checkpoint)."""
@@ -555,7 +564,7 @@ class Client:
             params={"resume": "true" if resume else "false"}))
 
     def refinement_result(self, refinement_id: str, result_key: bytes, *,
-                          trusted_key_pem: str | bytes | None = None) -> Any:
+                          trusted_key_pem: str | bytes | None = None) -> RefinedModel:
         """Model owner: fetch the refined model, check its signed manifest (against
         ``trusted_key_pem`` if given, else the key the server names) and its digest, and open it
         with ``result_key``. Returns :class:`appliance.capabilities.refinement.job.RefinedModel`."""
@@ -586,7 +595,7 @@ class Client:
 
 
 def verify_report(bundle: Mapping[str, Any], *, trusted_key_pem: str | bytes | None = None,
-                  checkpoint: Mapping[str, Any] | None = None) -> Any:
+                  checkpoint: Mapping[str, Any] | None = None) -> VerifiedReport:
     """Offline verification of a report bundle (no network)."""
     from crypto.bundle import verify_bundle
     from crypto.keys import load_public_key_pem
@@ -600,6 +609,30 @@ def verify_report(bundle: Mapping[str, Any], *, trusted_key_pem: str | bytes | N
 
         raise SignatureError("the bundle's 'report' copy differs from the signed payload")
     return verified
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[str, float], None]]:
+    """The bar ``wait`` draws (rich): call it with a description and the progress in [0, 1]."""
+    if not enabled:
+        yield lambda description, completed: None
+        return
+    from rich.progress import Progress, TaskID
+
+    bar = Progress(transient=False)
+    task: TaskID | None = None
+
+    def show(description: str, completed: float) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task(description, total=1.0)
+        bar.update(task, completed=completed, description=description)
+
+    bar.start()
+    try:
+        yield show
+    finally:
+        bar.stop()
 
 
 def _tar_folder(folder: Path) -> bytes:

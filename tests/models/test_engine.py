@@ -201,10 +201,22 @@ def test_cuda_evaluation_matches_cpu(trained, digits, tmp_path: Path) -> None:
     assert gpu["device"].startswith("cuda")
     assert gpu["accuracy"] == pytest.approx(cpu["accuracy"], abs=2 / len(x))
     assert gpu["loss"] == pytest.approx(cpu["loss"], rel=1e-3)
+
+
+def _onnx_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _onnx_has_cuda(), reason="needs CUDA and onnxruntime's CUDA provider")
+def test_onnx_on_cuda_matches_cpu(trained, digits, tmp_path: Path) -> None:
+    x, _ = digits
     onnx_gpu = load_model(
         _export(trained, tmp_path / "g.onnx", torch.zeros(2, 64)), format="onnx", device="cuda"
     )
-    assert onnx_gpu.device in ("cuda", "cpu")  # cpu where onnxruntime has no CUDA provider
+    assert onnx_gpu.device == "cuda"
     np.testing.assert_allclose(onnx_gpu.predict(x), cpu_probs(trained, x), atol=1e-4)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from appliance.capabilities import Capability
 
 if TYPE_CHECKING:
+    import click
     from flask import Flask
     from flask_limiter import Limiter
 
@@ -26,4 +27,10 @@ def _jobs() -> None:
     from appliance.capabilities.ownership import job  # noqa: F401  (registers the job kinds)
 
 
-CAPABILITY = Capability(name="ownership", routes=_routes, jobs=_jobs)
+def _cli() -> click.Group:
+    from appliance.capabilities.ownership.cli import group
+
+    return group()
+
+
+CAPABILITY: Capability = Capability(name="ownership", routes=_routes, jobs=_jobs, cli=_cli)

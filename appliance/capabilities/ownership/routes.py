@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, g, send_file
 from flask_limiter import Limiter
-from pydantic import BaseModel, ConfigDict, Field
 
 from appliance._internal.secrets import seal_secret
 from appliance._internal.store import dumps, loads, new_id, utcnow
@@ -19,38 +18,10 @@ from appliance.audits.errors import AuditError
 from appliance.audits.ownership.watermark import mark_dataset, new_key
 from appliance.capabilities.catalog.service import dataset_view, read_dataset, register_dataset
 from appliance.capabilities.ownership.job import _seal_context
+from appliance.capabilities.ownership.schemas import WatermarkCreate, WatermarkList, WatermarkOut
 from appliance.errors import UnprocessableInput
-from appliance.schemas import DatasetOut, ListQuery
+from appliance.schemas import ListQuery
 from models.errors import ModelError
-
-
-class WatermarkCreate(BaseModel):
-    """Mark a dataset of float images ``x [n, C, H, W]`` with labels ``y``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fraction: float = Field(default=0.01, gt=0, lt=1)
-    target_class: int = Field(default=0, ge=0, le=100_000)
-    clean_label: bool = False
-    strength: float = Field(default=0.15, gt=0, le=1)
-    decoy_fraction: float = Field(
-        default=0.03, ge=0, lt=1,
-        description="share of unmarked images given other keyed noise with their labels kept, "
-        "so that only this key's trigger points to the target class")
-    name: str | None = Field(default=None, min_length=1, max_length=128)
-
-
-class WatermarkOut(BaseModel):
-    id: str
-    source_dataset_id: str
-    marked_dataset: DatasetOut
-    n_marked: int
-    params: dict[str, Any]
-    created_at: str
-
-
-class WatermarkList(BaseModel):
-    items: list[WatermarkOut]
 
 
 def _store() -> Any:

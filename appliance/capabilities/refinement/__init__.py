@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from appliance.capabilities import Capability
 
 if TYPE_CHECKING:
+    import click
     from flask import Flask
     from flask_limiter import Limiter
 
@@ -24,4 +25,10 @@ def _jobs() -> None:
     from appliance.capabilities.refinement import job  # noqa: F401  (registers the job kinds)
 
 
-CAPABILITY = Capability(name="refinement", routes=_routes, jobs=_jobs)
+def _cli() -> click.Group:
+    from appliance.capabilities.refinement.cli import group
+
+    return group()
+
+
+CAPABILITY: Capability = Capability(name="refinement", routes=_routes, jobs=_jobs, cli=_cli)

@@ -14,43 +14,35 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
+from support import attest_enclave
 
 from appliance.confidential import (
     EncryptedDataset,
     RefinementInterrupted,
     RefinementProgress,
-    create_ckks_context,
     encrypt_dataset,
     open_refined_model,
     pack_mlp_model,
     pack_softmax_model,
     plaintext_refinement,
-    public_context,
     run_refinement,
     wrap_ckks_secret,
     wrap_model,
 )
 from crypto.ckks import ContextError, load_public_context
-from crypto.provisioning import VerifiedQuote, verify_quote
 from enclave.errors import EnclaveRemoteError
 from enclave.he import HostEvaluator
 from enclave.host import EnclaveClient, default_config
-from enclave.platform import create_platform
 
 CANARY = 0.7071067811
 LR = 0.5
 
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, np.ndarray]:
-    torch.set_num_threads(1)
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    X, y = X[order] / 16.0, y[order]
+def digits(digits_scaled: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    X, y = digits_scaled
     return {
         "X_owner": X[:200],
         "y_owner": y[:200],
@@ -59,39 +51,6 @@ def digits() -> dict[str, np.ndarray]:
         "X_val": X[584:840],
         "y_val": y[584:840],
     }
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("platform")
-    create_platform(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def ckks() -> Any:
-    return create_ckks_context()
-
-
-_PUBLIC: dict[int, bytes] = {}
-
-
-def public_of(ctx: Any) -> bytes:
-    """The data owner's public context (Galois key generation is slow: once per module)."""
-    if id(ctx) not in _PUBLIC:
-        _PUBLIC[id(ctx)] = public_context(ctx)
-    return _PUBLIC[id(ctx)]
-
-
-def attest(client: EnclaveClient, platform: Path) -> VerifiedQuote:
-    nonce = os.urandom(32)
-    return verify_quote(
-        client.get_quote(nonce),
-        platform_key=create_platform(platform).attestation_public_key,
-        allowed_measurements={client.expected_mrenclave},
-        nonce=nonce,
-        allow_simulated=True,
-    )
 
 
 def provision(
@@ -104,7 +63,7 @@ def provision(
     X_val: np.ndarray,
     y_val: np.ndarray,
 ) -> tuple[EncryptedDataset, EncryptedDataset, bytes, bytes]:
-    vq = attest(client, platform)  # both parties verify; one quote suffices in the test
+    vq = attest_enclave(client, platform)  # both parties verify; one quote suffices in the test
     train = encrypt_dataset(ctx, vq, X, y, num_classes=10, batch_size=64, split="train")
     val = encrypt_dataset(ctx, vq, X_val, y_val, num_classes=10, batch_size=64, split="val")
     return train, val, wrap_model(vq, model), wrap_ckks_secret(ctx, vq)
@@ -127,7 +86,7 @@ def owner_softmax(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_digits_softmax_matches_plaintext_and_host_sees_no_plaintext(
-    digits: dict[str, np.ndarray], platform: Path, ckks: Any, caplog: pytest.LogCaptureFixture
+    digits: dict[str, np.ndarray], platform: Path, ckks: Any, ckks_public: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     X = digits["X"].copy()
     X[5, 10] = CANARY
@@ -148,7 +107,7 @@ def test_digits_softmax_matches_plaintext_and_host_sees_no_plaintext(
             digits["X_val"],
             digits["y_val"],
         )
-        pub = public_of(ckks)
+        pub = ckks_public
         checkpoints: list[bytes] = []
         events: list[RefinementProgress] = []
         result = run_refinement(
@@ -226,7 +185,7 @@ def test_digits_softmax_matches_plaintext_and_host_sees_no_plaintext(
 
 @pytest.mark.parametrize("reduction", ["host", "enclave"])
 def test_mlp_last_layer_matches_plaintext(
-    digits: dict[str, np.ndarray], platform: Path, ckks: Any, reduction: str
+    digits: dict[str, np.ndarray], platform: Path, ckks: Any, ckks_public: bytes, reduction: str
 ) -> None:
     mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0)
     with warnings.catch_warnings():
@@ -250,7 +209,7 @@ def test_mlp_last_layer_matches_plaintext(
         result = run_refinement(
             enclave=client,
             job_id="digits-mlp",
-            public_context=public_of(ckks),
+            public_context=ckks_public,
             train=train,
             validation=val,
             model_blob=model_blob,
@@ -282,13 +241,13 @@ def test_mlp_last_layer_matches_plaintext(
 
 
 def test_killed_enclave_fails_with_reason_then_resumes_or_starts_over(
-    digits: dict[str, np.ndarray], platform: Path, ckks: Any
+    digits: dict[str, np.ndarray], platform: Path, ckks: Any, ckks_public: bytes
 ) -> None:
     X, y, Xv, yv = digits["X"][:192], digits["y"][:192], digits["X_val"][:64], digits["y_val"][:64]
     W0, b0 = owner_softmax(digits)
     key = os.urandom(32)
     model = pack_softmax_model(W0, b0, result_key=key)
-    pub = public_of(ckks)
+    pub = ckks_public
     plain = plaintext_refinement(
         model={"W": W0, "b": b0},
         X=X,
@@ -415,7 +374,7 @@ def test_killed_enclave_fails_with_reason_then_resumes_or_starts_over(
 
 
 def test_cancel_from_progress_frees_the_enclave_session(
-    digits: dict[str, np.ndarray], platform: Path, ckks: Any
+    digits: dict[str, np.ndarray], platform: Path, ckks: Any, ckks_public: bytes
 ) -> None:
     class Cancelled(Exception):
         pass
@@ -441,7 +400,7 @@ def test_cancel_from_progress_frees_the_enclave_session(
             run_refinement(
                 enclave=client,
                 job_id="job-cancel",
-                public_context=public_of(ckks),
+                public_context=ckks_public,
                 train=train,
                 validation=val,
                 model_blob=model_blob,

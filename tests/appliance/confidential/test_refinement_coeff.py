@@ -11,38 +11,30 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
+from support import attest_enclave
 
 from appliance.confidential import (
     ConfidentialError,
     EncryptedDataset,
-    create_ckks_context,
     encrypt_dataset,
     open_refined_model,
     pack_mlp_model,
     pack_softmax_model,
     plaintext_refinement,
-    public_context,
     run_refinement,
     wrap_ckks_secret,
     wrap_model,
 )
-from crypto.provisioning import VerifiedQuote, verify_quote
 from enclave.host import EnclaveClient
-from enclave.platform import create_platform
 
 LR = 0.5
 
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, np.ndarray]:
-    torch.set_num_threads(1)
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    X, y = X[order] / 16.0, y[order]
+def digits(digits_scaled: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    X, y = digits_scaled
     return {
         "X_owner": X[:200],
         "y_owner": y[:200],
@@ -53,34 +45,17 @@ def digits() -> dict[str, np.ndarray]:
     }
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("platform")
-    create_platform(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def ckks() -> tuple[Any, bytes]:
-    ctx = create_ckks_context()
-    return ctx, public_context(ctx)
-
-
-def attest(client: EnclaveClient, platform: Path) -> VerifiedQuote:
-    nonce = os.urandom(32)
-    return verify_quote(
-        client.get_quote(nonce),
-        platform_key=create_platform(platform).attestation_public_key,
-        allowed_measurements={client.expected_mrenclave},
-        nonce=nonce,
-        allow_simulated=True,
-    )
+@pytest.fixture
+def ckks_pair(ckks: Any, ckks_public: bytes) -> tuple[Any, bytes]:
+    """The session's CKKS context and its public part, as ``refine`` takes them."""
+    return ckks, ckks_public
 
 
 def refine(
-    model: dict[str, np.ndarray], digits: dict[str, np.ndarray], platform: Path, ckks: tuple[Any, bytes], *, job_id: str
+    model: dict[str, np.ndarray], digits: dict[str, np.ndarray], platform: Path,
+    ckks_pair: tuple[Any, bytes], *, job_id: str
 ) -> tuple[Any, dict[str, np.ndarray], EncryptedDataset]:
-    ctx, pub = ckks
+    ctx, pub = ckks_pair
     key = os.urandom(32)
     packed = (
         pack_mlp_model(model["W1"], model["b1"], model["W"], model["b"], result_key=key)
@@ -88,7 +63,7 @@ def refine(
         else pack_softmax_model(model["W"], model["b"], result_key=key)
     )
     with EnclaveClient.launch(platform_dir=platform) as client:
-        vq = attest(client, platform)
+        vq = attest_enclave(client, platform)
         train = encrypt_dataset(
             ctx, vq, digits["X"], digits["y"], num_classes=10, batch_size=64, split="train", layout="coeff"
         )
@@ -126,7 +101,7 @@ def plain(model: dict[str, np.ndarray], digits: dict[str, np.ndarray]) -> Any:
 
 
 def test_softmax_coeff_layout_matches_plaintext(
-    digits: dict[str, np.ndarray], platform: Path, ckks: tuple[Any, bytes]
+    digits: dict[str, np.ndarray], platform: Path, ckks_pair: tuple[Any, bytes]
 ) -> None:
     owner = plaintext_refinement(
         model={"W": np.zeros((64, 10)), "b": np.zeros(10)},
@@ -140,7 +115,7 @@ def test_softmax_coeff_layout_matches_plaintext(
         seed=1,
     )
     model = {"W": owner.W, "b": owner.b}
-    result, arrays, train = refine(model, digits, platform, ckks, job_id="coeff-softmax")
+    result, arrays, train = refine(model, digits, platform, ckks_pair, job_id="coeff-softmax")
     reference = plain(model, digits)
     assert abs(result.final_accuracy - reference.accuracy_history[-1]) <= 0.01
     assert np.abs(arrays["W"] - reference.W).max() < 1e-3 and np.abs(arrays["b"] - reference.b).max() < 1e-3
@@ -161,14 +136,14 @@ def test_softmax_coeff_layout_matches_plaintext(
 
 
 def test_mlp_last_layer_coeff_layout_matches_plaintext(
-    digits: dict[str, np.ndarray], platform: Path, ckks: tuple[Any, bytes]
+    digits: dict[str, np.ndarray], platform: Path, ckks_pair: tuple[Any, bytes]
 ) -> None:
     mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp.fit(digits["X_owner"], digits["y_owner"])
     model = {"W1": mlp.coefs_[0], "b1": mlp.intercepts_[0], "W": mlp.coefs_[1], "b": mlp.intercepts_[1]}
-    result, arrays, _ = refine(model, digits, platform, ckks, job_id="coeff-mlp")
+    result, arrays, _ = refine(model, digits, platform, ckks_pair, job_id="coeff-mlp")
     reference = plain(model, digits)
     assert abs(result.final_accuracy - reference.accuracy_history[-1]) <= 0.01
     assert np.abs(arrays["W"] - reference.W).max() < 1e-3
@@ -177,11 +152,11 @@ def test_mlp_last_layer_coeff_layout_matches_plaintext(
 
 
 def test_coeff_layout_refuses_mixed_layouts_and_huge_features(
-    digits: dict[str, np.ndarray], platform: Path, ckks: tuple[Any, bytes]
+    digits: dict[str, np.ndarray], platform: Path, ckks_pair: tuple[Any, bytes]
 ) -> None:
-    ctx, pub = ckks
+    ctx, pub = ckks_pair
     with EnclaveClient.launch(platform_dir=platform) as client:
-        vq = attest(client, platform)
+        vq = attest_enclave(client, platform)
         with pytest.raises(ConfidentialError, match="256"):
             encrypt_dataset(
                 ctx,
@@ -224,19 +199,19 @@ def test_coeff_layout_refuses_mixed_layouts_and_huge_features(
 
 
 def test_coeff_layout_killed_enclave_resumes_from_sealed_state(
-    digits: dict[str, np.ndarray], platform: Path, ckks: tuple[Any, bytes]
+    digits: dict[str, np.ndarray], platform: Path, ckks_pair: tuple[Any, bytes]
 ) -> None:
     import signal
 
     from appliance.confidential import RefinementInterrupted, RefinementProgress
 
-    ctx, pub = ckks
+    ctx, pub = ckks_pair
     X, y, Xv, yv = digits["X"][:192], digits["y"][:192], digits["X_val"][:64], digits["y_val"][:64]
     rng = np.random.default_rng(3)
     W0, b0 = rng.normal(size=(64, 10)) * 0.1, np.zeros(10)
     key = os.urandom(32)
     client = EnclaveClient.launch(platform_dir=platform)
-    vq = attest(client, platform)
+    vq = attest_enclave(client, platform)
     train = encrypt_dataset(ctx, vq, X, y, num_classes=10, batch_size=64, split="train", layout="coeff")
     val = encrypt_dataset(ctx, vq, Xv, yv, num_classes=10, batch_size=64, split="val", layout="coeff")
 

@@ -17,13 +17,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
-from sklearn.datasets import load_digits
 from support import auth, make_token
 
 from appliance.capabilities.refinement.enclave import enclave_service, shutdown_enclaves
 from appliance.client import ApiError, Client
-from appliance.confidential import create_ckks_context, plaintext_refinement
+from appliance.confidential import plaintext_refinement
 from crypto.provisioning import (
     MeasurementNotAllowedError,
     QuoteSignatureError,
@@ -37,19 +35,10 @@ LR = 0.5
 
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, np.ndarray]:
-    torch.set_num_threads(1)
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    X, y = X[order] / 16.0, y[order]
+def digits(digits_scaled: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    X, y = digits_scaled
     return {"X_owner": X[:200], "y_owner": y[:200], "X": X[200:456], "y": y[200:456],
             "X_val": X[584:712], "y_val": y[584:712]}
-
-
-@pytest.fixture(scope="module")
-def ckks() -> Any:
-    """The data owner's CKKS context (key generation is slow: once per module)."""
-    return create_ckks_context()
 
 
 @pytest.fixture(scope="module")

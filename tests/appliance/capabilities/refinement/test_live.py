@@ -9,8 +9,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_digits
-from support import cli_token, env_for, serve_appliance
+from support import cli_token, env_for, serve_appliance, shuffled_digits
 
 from appliance.client import Client
 from appliance.confidential import plaintext_refinement
@@ -23,9 +22,7 @@ def test_live_server_refinement_across_processes(tmp_path: Path) -> None:
     env = env_for(home, APPLIANCE_LOG_LEVEL="DEBUG")
     owner_token, data_token = cli_token(env, "owner", "client"), cli_token(env, "lab", "client")
     log_path = tmp_path / "server.log"
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(1).permutation(len(y))
-    X, y = X[order] / 16.0, y[order]
+    X, y = shuffled_digits(1)
     Xt, yt, Xv, yv = X[:128].copy(), y[:128], X[300:364], y[300:364]
     Xt[7, 20] = CANARY
     model = {"W": np.zeros((64, 10)), "b": np.zeros(10)}
