@@ -102,7 +102,7 @@ def test_the_light_cli_fetches_and_verifies_a_report(live: str, settings: Any,
     bundle, key = tmp_path / "report.json", tmp_path / "appliance.pem"
 
     assert _light_cli("--help", env=env).returncode == 0
-    for group in ("jobs", "reports", "log", "verify"):
+    for group in ("jobs", "reports", "log", "verify", "ownership", "refinements"):
         assert _light_cli(group, "--help", env=env).returncode == 0
     assert _light_cli("reports", "get", report_id, "--out", str(bundle), env=env).returncode == 0
     assert _light_cli("log", "public-key", "--out", str(key), env=env).returncode == 0
