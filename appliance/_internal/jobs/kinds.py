@@ -45,18 +45,31 @@ class JobOutcome:
     extra: dict[str, Any] | None = None
 
 
-ResolveFn = Callable[[Store, Principal, Any], dict[str, Any]]
-RunFn = Callable[["JobContext", Any, dict[str, Any]], JobOutcome]
+ResolveFn = Callable[[Store, Principal, Any], Any]
+RunFn = Callable[["JobContext", Any, Any], JobOutcome]
 
 
 @dataclass(frozen=True)
 class JobKind:
+    """A kind of job. ``params_model`` validates what the caller sends; ``resolve`` turns the
+    parameters into the inputs the job runs on (the caller's registered objects, checked for
+    ownership at submission), an ``inputs_model`` instance; ``run`` gets both, typed."""
+
     name: str
     params_model: type[BaseModel]
     resolve: ResolveFn
     run: RunFn
     roles: tuple[str, ...] = ("admin", "auditor")
     description: str = ""
+    inputs_model: type[BaseModel] | None = None
+
+    def dump_inputs(self, inputs: Any) -> Any:
+        """The JSON a job message carries."""
+        return inputs.model_dump(mode="json") if isinstance(inputs, BaseModel) else inputs
+
+    def load_inputs(self, raw: Any) -> Any:
+        """The typed inputs of a job message (validated again: the message crossed a queue)."""
+        return self.inputs_model.model_validate(raw) if self.inputs_model is not None else raw
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -115,7 +115,7 @@ def execute_job(settings: Settings, message: dict[str, Any], *, sink: EventSink,
     try:
         kind = get_job_kind(message["kind"])
         params = kind.params_model.model_validate(message["params"])
-        outcome = kind.run(ctx, params, message["inputs"])
+        outcome = kind.run(ctx, params, kind.load_inputs(message["inputs"]))
         sink.emit({"event": "succeeded", "job_id": job_id, "run": run,
                    "outcome": asdict(outcome), "elapsed": time.perf_counter() - started})
         return "succeeded"

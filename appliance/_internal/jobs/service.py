@@ -56,7 +56,7 @@ def submit_job(store: Store, principal: Principal, kind_name: str, raw_params: A
             f"invalid parameters for {kind_name}",
             errors=json.loads(exc.json(include_url=False, include_input=False)),
         ) from None
-    inputs = kind.resolve(store, principal, params)
+    inputs = kind.dump_inputs(kind.resolve(store, principal, params))
     job_id = new_id("job")
     params_json = params.model_dump(mode="json")
     with store.transaction():

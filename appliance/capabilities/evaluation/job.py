@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
+from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, extract_once, model_input, read_dataset
 from appliance.errors import JobFailed
 from models.engine import load_model
@@ -42,57 +43,71 @@ class EvaluationParams(BaseModel):
     n_bins: int = Field(default=15, ge=2, le=100)
 
 
-def _resolve(store: Store, principal: Principal, params: EvaluationParams) -> dict[str, Any]:
+class EvaluationInputs(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: ModelInput
+    dataset: DatasetInput
+
+
+def _resolve(store: Store, principal: Principal, params: EvaluationParams) -> EvaluationInputs:
     model = store.get_owned("models", principal.tenant_id, params.model_id, "model")
     dataset = store.get_owned("datasets", principal.tenant_id, params.dataset_id, "dataset")
-    return {"model": model_input(model), "dataset": dataset_input(dataset)}
+    return EvaluationInputs(model=ModelInput.model_validate(model_input(model)),
+                            dataset=DatasetInput.model_validate(dataset_input(dataset)))
 
 
-def job_model_path(ctx: JobContext, model: dict[str, Any]) -> Path:
+def _typed(model: ModelInput | Mapping[str, Any]) -> ModelInput:
+    return model if isinstance(model, ModelInput) else ModelInput.model_validate(model)
+
+
+def job_model_path(ctx: JobContext, model: ModelInput | Mapping[str, Any]) -> Path:
     """A local path a backend can load: the blob, or the extracted transformers folder."""
-    blob = ctx.blob_path(model["blob"])
-    if model["format"] != "transformers":
+    model = _typed(model)
+    blob = ctx.blob_path(model.blob)
+    if model.format != "transformers":
         return blob
     # the API node extracted it at upload; embedded workers share that folder
-    shared = ctx.settings.home / "modeldirs" / model["blob"]
-    target = shared if shared.is_dir() else ctx.cache_dir("modeldirs") / model["blob"]
+    shared = ctx.settings.home / "modeldirs" / model.blob
+    target = shared if shared.is_dir() else ctx.cache_dir("modeldirs") / model.blob
     return extract_once(blob, target, settings=ctx.settings)
 
 
-def load_job_model(ctx: JobContext, model: dict[str, Any], device: str | None) -> Any:
+def load_job_model(ctx: JobContext, model: ModelInput | Mapping[str, Any], device: str | None) -> Any:
+    model = _typed(model)
     path = job_model_path(ctx, model)
-    config = model.get("config")
-    if model["format"] == "onnx" and model.get("kind") in ("classifier", "encoder"):
+    config = model.config
+    if model.format == "onnx" and model.kind in ("classifier", "encoder"):
         # the registered kind decides how an ONNX graph's output is read
-        config = {"kind": model["kind"], **(config or {})}
+        config = {"kind": model.kind, **(config or {})}
     return load_model(
         path,
-        format=model["format"],
-        architecture=model.get("architecture"),
+        format=model.format,
+        architecture=model.architecture,
         config=config,
         device=None if device in (None, "auto") else device,
     )
 
 
-def model_digests(model: dict[str, Any]) -> dict[str, Any]:
-    return {"id": model["id"], "name": model["name"], "format": model["format"],
-            "files": model["files"], "blob_sha256": model["blob"],
-            "signer": model.get("signer")}
+def model_digests(model: ModelInput | Mapping[str, Any]) -> dict[str, Any]:
+    model = _typed(model)
+    return {"id": model.id, "name": model.name, "format": model.format,
+            "files": model.files, "blob_sha256": model.blob, "signer": model.signer}
 
 
-def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> JobOutcome:
+def _run(ctx: JobContext, params: EvaluationParams, inputs: EvaluationInputs) -> JobOutcome:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model = load_job_model(ctx, inputs["model"], params.device)
-    data = read_dataset(ctx.settings, ctx.blob_path(inputs["dataset"]["sha256"]))
+    model = load_job_model(ctx, inputs.model, params.device)
+    data = read_dataset(ctx.settings, ctx.blob_path(inputs.dataset.sha256))
     timings["load_seconds"] = time.perf_counter() - t0
-    ctx.log(f"loaded {inputs['model']['name']} on {model.device}; {len(data.x)} samples")
+    ctx.log(f"loaded {inputs.model.name} on {model.device}; {len(data.x)} samples")
     ctx.progress(0.02)
 
     def progress(fraction: float) -> None:
         ctx.progress(0.02 + 0.96 * fraction)
 
-    kind = inputs["model"]["kind"]
+    kind = inputs.model.kind
     t1 = time.perf_counter()
     extra: dict[str, Any] | None = None
     if kind == "encoder":
@@ -123,9 +138,9 @@ def _run(ctx: JobContext, params: EvaluationParams, inputs: dict[str, Any]) -> J
         method="evaluation",
         version=VERSION,
         parameters=params.model_dump(mode="json"),
-        inputs={"model": model_digests(inputs["model"]),
-                "dataset": {"id": inputs["dataset"]["id"], "sha256": inputs["dataset"]["sha256"],
-                            "n": inputs["dataset"]["n"]}},
+        inputs={"model": model_digests(inputs.model),
+                "dataset": {"id": inputs.dataset.id, "sha256": inputs.dataset.sha256,
+                            "n": inputs.dataset.n}},
         statistics=statistics,
         device=model.device,
         timings=timings,
@@ -175,6 +190,7 @@ register_job_kind(
         params_model=EvaluationParams,
         resolve=_resolve,
         run=_run,
+        inputs_model=EvaluationInputs,
         description="Accuracy, loss, confusion matrix and ECE of a classifier; embeddings of "
         "an encoder.",
     )

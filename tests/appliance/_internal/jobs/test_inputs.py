@@ -148,7 +148,7 @@ def test_model_uploads_refused_cleanly(client: Any, token_a: str, settings: Any)
 
 def test_refused_transformers_upload_leaves_no_extracted_folder(
         client: Any, token_a: str, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import models.manifest
+    from appliance.capabilities.catalog import service
     from models.errors import ModelFormatError
 
     archive = _tar([("config.json", b'{"architectures": ["BertModel"], "model_type": "bert"}'),
@@ -158,7 +158,7 @@ def test_refused_transformers_upload_leaves_no_extracted_folder(
         raise ModelFormatError("refused after extraction")
 
     # the archive extracts fine and fails later: the extracted folder must go with the blob
-    monkeypatch.setattr(models.manifest, "build_manifest", refuse)
+    monkeypatch.setattr(service, "build_manifest", refuse)
     _problem(_upload(client, token_a, archive, "m.tar", format="transformers"), 422)
     assert _leftovers(settings) == []
     monkeypatch.undo()
