@@ -28,7 +28,6 @@ import hmac
 import json
 import logging
 import secrets
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,6 +48,7 @@ from appliance._internal.jobs.runner import (
 from appliance._internal.store import Store, dumps, loads, new_id, utcnow
 from appliance.errors import Conflict, JobFailed, NotFound, UnprocessableInput, ValidationFailed
 from appliance.schemas import JobOut
+from crypto.provisioning import wrapped_label
 
 log = logging.getLogger("appliance.refinement")
 
@@ -64,8 +64,6 @@ MAX_SECRET_BYTES = 16 << 20
 MAX_CONTEXT_BYTES = 256 << 20
 MAX_DATASET_BYTES = 1 << 31
 SLOTS = 4096  # CKKS preset n8192: 4096 slots per ciphertext
-_WRAP_MAGIC = b"WRAP1\x00"
-_DATASET_MAGIC = b"EDS1\x00"
 
 
 # -- models (API, OpenAPI document and SDK) ----------------------------------------------------
@@ -210,17 +208,8 @@ def hash_invitation(code: str) -> str:
     return hashlib.sha256(("refinement-invitation|" + code).encode("utf-8")).hexdigest()
 
 
-def _wrapped_label(blob: bytes) -> str | None:
-    """The label of a blob wrapped to the enclave (crypto.provisioning format), or None."""
-    if not blob.startswith(_WRAP_MAGIC) or len(blob) < len(_WRAP_MAGIC) + 1 + 64 + 28:
-        return None
-    n = blob[len(_WRAP_MAGIC)]
-    label = blob[len(_WRAP_MAGIC) + 1: len(_WRAP_MAGIC) + 1 + n]
-    return label.decode("ascii", "replace")
-
-
 def _require_wrapped(blob: bytes, label: str, what: str) -> None:
-    got = _wrapped_label(blob)
+    got = wrapped_label(blob)
     if got != label:
         raise UnprocessableInput(
             f"{what} must be wrapped to the enclave with label {label!r}"
@@ -234,7 +223,7 @@ def _dataset_header(blob: bytes, what: str) -> dict[str, Any]:
 
     try:
         parsed = EncryptedDataset.from_bytes(blob, max_bytes=MAX_DATASET_BYTES)
-    except (ConfidentialError, struct.error, ValueError) as exc:
+    except (ConfidentialError, ValueError) as exc:
         raise UnprocessableInput(f"{what} is not an encrypted dataset: "
                                  f"{getattr(exc, 'message', exc)}") from None
     label = "train-labels" if what == "train" else "val-labels"
