@@ -34,7 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from crypto.dsse import b64decode_strict, pae, parse_json_strict
 from crypto.errors import KeyFormatError, SignatureError
-from crypto.keys import write_new_key_file
+from crypto.secret_files import write_secret_once
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -151,7 +151,7 @@ def load_or_create_ec_p256(path: Path) -> ec.EllipticCurvePrivateKey:
             format=serialization.PrivateFormat.PKCS8,
             encryption_algorithm=serialization.NoEncryption(),
         )
-        write_new_key_file(path, pem)
+        write_secret_once(path, pem)
     data = path.read_bytes()[: _MAX_KEY_BYTES + 1]
     try:
         key = serialization.load_pem_private_key(data, password=None)
