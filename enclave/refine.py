@@ -39,6 +39,7 @@ from crypto.framing import FrameReader, FrameWriter
 from enclave.codec import CodecError, decode_arrays, encode_arrays
 from enclave.errors import RefinementError
 from enclave.he import CoeffLayout, KeyHolderCkks, RowLayout, pack_blobs
+from models.numerics import softmax
 
 __all__ = [
     "RefinementPlan",
@@ -66,14 +67,6 @@ def _busy(method: Callable[..., Any]) -> Callable[..., Any]:
 def batch_order(seed: int, epoch: int, n_batches: int) -> list[int]:
     """The order in which batches are visited in ``epoch`` (shared by host, enclave, baseline)."""
     return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_batches)]
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise numerically stable softmax."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    probabilities: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return probabilities
 
 
 @dataclass(frozen=True, kw_only=True)
