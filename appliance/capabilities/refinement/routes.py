@@ -1,4 +1,4 @@
-"""HTTP routes of confidential refinement (issue 5); logic in :mod:`appliance.capabilities.refinement.job`.
+"""HTTP routes of confidential refinement; logic in :mod:`appliance.capabilities.refinement.service`.
 
     GET  /v1/enclave/attestation?nonce=<hex>   public: quote, platform key, measurement
     POST /v1/refinements                       model owner: terms + wrapped model (multipart)
@@ -22,7 +22,7 @@ from flask_limiter import Limiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance._internal.web.http import Api, read_bounded, validation_problem
-from appliance.capabilities.refinement.job import (
+from appliance.capabilities.refinement.schemas import (
     MAX_CONTEXT_BYTES,
     MAX_MODEL_BYTES,
     MAX_SECRET_BYTES,
@@ -33,6 +33,8 @@ from appliance.capabilities.refinement.job import (
     RefinementProvisionForm,
     RefinementResultOut,
     RefinementTerms,
+)
+from appliance.capabilities.refinement.service import (
     create_refinement,
     find_refinement,
     list_refinements,
