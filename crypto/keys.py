@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from crypto.errors import KeyFormatError
 from crypto.secret_files import write_secret_once
@@ -24,6 +25,7 @@ __all__ = [
     "key_id",
     "load_or_create_ed25519",
     "load_public_key_pem",
+    "parse_public_key_pem",
     "public_key_pem",
 ]
 
@@ -85,11 +87,13 @@ def public_key_pem(key: Ed25519PublicKey) -> str:
     ).decode("ascii")
 
 
-def load_public_key_pem(data: str | bytes) -> Ed25519PublicKey:
-    """Parse a PEM SubjectPublicKeyInfo Ed25519 public key.
+def parse_public_key_pem(data: str | bytes) -> PublicKeyTypes:
+    """Parse a PEM SubjectPublicKeyInfo public key of any algorithm (bounded in size); the
+    callers check the algorithm: :func:`load_public_key_pem` (Ed25519) and
+    :func:`crypto.sigstore.load_ec_public_key_pem` (ECDSA P-256/P-384).
 
     Raises:
-        KeyFormatError: ``data`` is not PEM, not a public key, or not Ed25519.
+        KeyFormatError: ``data`` is not ASCII PEM, too large, or not a public key.
     """
     if isinstance(data, str):
         try:
@@ -103,9 +107,18 @@ def load_public_key_pem(data: str | bytes) -> Ed25519PublicKey:
     if len(raw) > _MAX_KEY_FILE_BYTES:
         raise KeyFormatError("public key PEM is implausibly large")
     try:
-        key = serialization.load_pem_public_key(raw)
+        return serialization.load_pem_public_key(raw)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFormatError(f"not a PEM public key ({type(exc).__name__})") from None
+
+
+def load_public_key_pem(data: str | bytes) -> Ed25519PublicKey:
+    """Parse a PEM SubjectPublicKeyInfo Ed25519 public key.
+
+    Raises:
+        KeyFormatError: ``data`` is not PEM, not a public key, or not Ed25519.
+    """
+    key = parse_public_key_pem(data)
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFormatError(f"public key is {type(key).__name__}, not Ed25519")
     return key

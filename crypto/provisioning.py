@@ -37,8 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from crypto.errors import CryptoError
+from crypto.errors import CryptoError, KeyFormatError
 from crypto.framing import FrameReader, FrameWriter
+from crypto.keys import load_public_key_pem
 
 __all__ = [
     "DebugEnclaveError",
@@ -289,13 +290,11 @@ def _platform_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKe
     if isinstance(key, bytes) and len(key) == 32:
         return Ed25519PublicKey.from_public_bytes(key)
     try:
-        data = key.encode() if isinstance(key, str) else bytes(key)
-        loaded = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise ProvisioningError("platform_key must be an Ed25519 public key, 32 raw bytes or PEM") from None
-    if not isinstance(loaded, Ed25519PublicKey):
-        raise ProvisioningError("platform_key must be an Ed25519 public key")
-    return loaded
+        return load_public_key_pem(key)
+    except KeyFormatError as exc:
+        raise ProvisioningError(
+            f"platform_key must be an Ed25519 public key, 32 raw bytes or PEM ({exc.message})"
+        ) from None
 
 
 def verify_quote(
