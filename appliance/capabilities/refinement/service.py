@@ -23,7 +23,6 @@ that resumes from the last sealed checkpoint (or starts over cleanly if the encl
 changed and the checkpoint no longer unseals).
 """
 
-
 from __future__ import annotations
 
 import base64
