@@ -7,10 +7,7 @@ assert key_id(load_public_key_pem(pem)) == key_id(key.public_key())
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import secrets
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -19,15 +16,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from crypto.errors import KeyFormatError
+from crypto.secret_files import write_secret_once
 
 __all__ = [
     "key_id",
     "load_or_create_ed25519",
     "load_public_key_pem",
+    "parse_public_key_pem",
     "public_key_pem",
-    "write_new_key_file",
 ]
 
 _MAX_KEY_FILE_BYTES = 64 * 1024
@@ -37,9 +36,9 @@ def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
     """Load the Ed25519 private key at ``path``, creating it (mode 0600) if it does not exist.
 
     The parent directory is created with mode 0700 when missing. Creation is atomic and
-    safe against concurrent callers: the key is written to a private temporary file,
-    flushed, then hard-linked into place, so every process ends up with the same key and
-    no reader ever sees a partial file. The key is never logged.
+    safe against concurrent callers (:func:`crypto.secret_files.write_secret_once`): every
+    process ends up with the same key and no reader ever sees a partial file. The key is
+    never logged.
 
     Raises:
         KeyFormatError: the file exists but is not an unencrypted PEM Ed25519 private key.
@@ -47,7 +46,7 @@ def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
-        write_new_key_file(path, _private_pem(Ed25519PrivateKey.generate()))
+        write_secret_once(path, _private_pem(Ed25519PrivateKey.generate()))
     return _load_private_key(path)
 
 
@@ -57,40 +56,6 @@ def _private_pem(key: Ed25519PrivateKey) -> bytes:
         format=serialization.PrivateFormat.PKCS8,
         encryption_algorithm=serialization.NoEncryption(),
     )
-
-
-def write_new_key_file(path: Path, pem: bytes) -> None:
-    """Write ``pem`` to ``path`` (mode 0600) unless a key is already there; the first of
-    concurrent writers wins, and no reader ever sees a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            # link() fails if the target exists: the first creator wins, the others load it.
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        _fsync_directory(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -122,11 +87,13 @@ def public_key_pem(key: Ed25519PublicKey) -> str:
     ).decode("ascii")
 
 
-def load_public_key_pem(data: str | bytes) -> Ed25519PublicKey:
-    """Parse a PEM SubjectPublicKeyInfo Ed25519 public key.
+def parse_public_key_pem(data: str | bytes) -> PublicKeyTypes:
+    """Parse a PEM SubjectPublicKeyInfo public key of any algorithm (bounded in size); the
+    callers check the algorithm: :func:`load_public_key_pem` (Ed25519) and
+    :func:`crypto.sigstore.load_ec_public_key_pem` (ECDSA P-256/P-384).
 
     Raises:
-        KeyFormatError: ``data`` is not PEM, not a public key, or not Ed25519.
+        KeyFormatError: ``data`` is not ASCII PEM, too large, or not a public key.
     """
     if isinstance(data, str):
         try:
@@ -140,9 +107,18 @@ def load_public_key_pem(data: str | bytes) -> Ed25519PublicKey:
     if len(raw) > _MAX_KEY_FILE_BYTES:
         raise KeyFormatError("public key PEM is implausibly large")
     try:
-        key = serialization.load_pem_public_key(raw)
+        return serialization.load_pem_public_key(raw)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFormatError(f"not a PEM public key ({type(exc).__name__})") from None
+
+
+def load_public_key_pem(data: str | bytes) -> Ed25519PublicKey:
+    """Parse a PEM SubjectPublicKeyInfo Ed25519 public key.
+
+    Raises:
+        KeyFormatError: ``data`` is not PEM, not a public key, or not Ed25519.
+    """
+    key = parse_public_key_pem(data)
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFormatError(f"public key is {type(key).__name__}, not Ed25519")
     return key

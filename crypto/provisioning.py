@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import struct
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from crypto.errors import CryptoError
+from crypto.errors import CryptoError, KeyFormatError
+from crypto.framing import FrameReader, FrameWriter
+from crypto.keys import load_public_key_pem
 
 __all__ = [
     "DebugEnclaveError",
@@ -58,6 +59,7 @@ __all__ = [
     "unwrap_in_enclave",
     "verify_quote",
     "wrap_key_for_enclave",
+    "wrapped_label",
 ]
 
 QUOTE_VERSION = 1
@@ -288,13 +290,11 @@ def _platform_public_key(key: Ed25519PublicKey | bytes | str) -> Ed25519PublicKe
     if isinstance(key, bytes) and len(key) == 32:
         return Ed25519PublicKey.from_public_bytes(key)
     try:
-        data = key.encode() if isinstance(key, str) else bytes(key)
-        loaded = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise ProvisioningError("platform_key must be an Ed25519 public key, 32 raw bytes or PEM") from None
-    if not isinstance(loaded, Ed25519PublicKey):
-        raise ProvisioningError("platform_key must be an Ed25519 public key")
-    return loaded
+        return load_public_key_pem(key)
+    except KeyFormatError as exc:
+        raise ProvisioningError(
+            f"platform_key must be an Ed25519 public key, 32 raw bytes or PEM ({exc.message})"
+        ) from None
 
 
 def verify_quote(
@@ -365,10 +365,36 @@ def wrap_key_for_enclave(verified_quote: VerifiedQuote, secret: bytes, *, label:
     key = _derive_wrap_key(shared, label_bytes, verified_quote.quote_hash)
     ephemeral_public = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     header = (
-        _WRAP_MAGIC + struct.pack(">B", len(label_bytes)) + label_bytes + verified_quote.quote_hash + ephemeral_public
+        FrameWriter(_WRAP_MAGIC)
+        .prefixed(label_bytes, 1)
+        .raw(verified_quote.quote_hash)
+        .raw(ephemeral_public)
+        .to_bytes()
     )
     nonce = os.urandom(12)
     return header + nonce + AESGCM(key).encrypt(nonce, bytes(secret), header)
+
+
+def _parse_wrapped(blob: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """Frame: magic | u8 label length | label | quote hash (32) | ephemeral X25519 key (32) |
+    nonce (12) | AES-GCM ciphertext and tag; returns (label, quote hash, key, header)."""
+    reader = FrameReader(blob, magic=_WRAP_MAGIC, error=UnwrapError, what="wrapped blob")
+    label = reader.prefixed(1, limit=255, field="label")
+    quote_hash = reader.take(32, field="quote hash")
+    ephemeral_public = reader.take(32, field="ephemeral key")
+    header = reader.consumed()
+    reader.rest(min_bytes=12 + 16, field="ciphertext")
+    return label, quote_hash, ephemeral_public, header
+
+
+def wrapped_label(blob: bytes) -> str | None:
+    """The label a blob was wrapped under (public: part of the header), or None if ``blob`` is
+    not a well-formed wrapped blob. Lets the untrusted host check what it relays."""
+    try:
+        label, _, _, _ = _parse_wrapped(blob)
+    except UnwrapError:
+        return None
+    return label.decode("ascii", "replace")
 
 
 def unwrap_in_enclave(
@@ -383,18 +409,7 @@ def unwrap_in_enclave(
     label_bytes = _check_label(label)
     if not isinstance(blob, bytes) or len(blob) > max_bytes + 200:
         raise UnwrapError(f"wrapped blob must be bytes of at most {max_bytes} bytes")
-    if not blob.startswith(_WRAP_MAGIC) or len(blob) < len(_WRAP_MAGIC) + 1:
-        raise UnwrapError("not a wrapped blob (bad magic)")
-    pos = len(_WRAP_MAGIC)
-    llen = blob[pos]
-    pos += 1
-    got_label = blob[pos : pos + llen]
-    pos += llen
-    quote_hash = blob[pos : pos + 32]
-    ephemeral_public = blob[pos + 32 : pos + 64]
-    pos += 64
-    if len(blob) < pos + 12 + 16:
-        raise UnwrapError("wrapped blob is truncated")
+    got_label, quote_hash, ephemeral_public, header = _parse_wrapped(blob)
     if got_label != label_bytes:
         raise UnwrapError(f"wrapped blob is for label {got_label!r}, expected {label!r}")
     if quote_hash not in accepted_quote_hashes:
@@ -402,7 +417,7 @@ def unwrap_in_enclave(
     shared = enclave_private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
     key = _derive_wrap_key(shared, label_bytes, quote_hash)
     try:
-        return AESGCM(key).decrypt(blob[pos : pos + 12], blob[pos + 12 :], blob[:pos])
+        return AESGCM(key).decrypt(blob[len(header) : len(header) + 12], blob[len(header) + 12 :], header)
     except InvalidTag:
         raise UnwrapError("wrapped blob was altered or wrapped to another enclave key") from None
 

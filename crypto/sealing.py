@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto.errors import CryptoError
+from crypto.framing import FrameReader, FrameWriter
 
 __all__ = [
     "SealError",
@@ -159,7 +160,7 @@ def seal(
     ).encode()
     key = derive_seal_key(root_secret, policy=policy, identity=identity, isv_svn=identity.isv_svn, key_id=key_id)
     nonce = os.urandom(_NONCE_BYTES)
-    prefix = _MAGIC + struct.pack(">H", len(header)) + header
+    prefix = FrameWriter(_MAGIC).prefixed(header, 2).to_bytes()
     ct = AESGCM(key).encrypt(nonce, bytes(plaintext), prefix + associated_data)
     return prefix + nonce + ct
 
@@ -171,14 +172,13 @@ def sealed_header(blob: bytes) -> dict[str, object]:
 
 
 def _split(blob: bytes) -> tuple[dict[str, object], int]:
-    if not isinstance(blob, bytes) or not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 2:
-        raise SealFormatError("not a sealed blob (bad magic)")
-    (hlen,) = struct.unpack(">H", blob[len(_MAGIC) : len(_MAGIC) + 2])
-    start = len(_MAGIC) + 2
-    if hlen > _MAX_HEADER or len(blob) < start + hlen + _NONCE_BYTES + 16:
-        raise SealFormatError("sealed blob is truncated or its header is too large")
+    """Frame: magic | u16 header length | header JSON | nonce | AES-GCM ciphertext and tag."""
+    reader = FrameReader(blob, magic=_MAGIC, error=SealFormatError, what="sealed blob")
+    raw = reader.prefixed(2, limit=_MAX_HEADER, field="header")
+    if reader.remaining < _NONCE_BYTES + 16:
+        reader.fail("sealed blob is truncated or its header is too large")
     try:
-        header = json.loads(blob[start : start + hlen])
+        header = json.loads(raw)
         SealPolicy(header["policy"])
         for name in ("isv_prod_id", "isv_svn"):
             if not isinstance(header[name], int):
@@ -188,7 +188,7 @@ def _split(blob: bytes) -> tuple[dict[str, object], int]:
             raise TypeError("debug")
     except (ValueError, KeyError, TypeError) as exc:
         raise SealFormatError(f"sealed blob header is malformed: {exc}") from None
-    return header, start + hlen
+    return header, reader.pos
 
 
 def unseal(

@@ -34,7 +34,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from crypto.dsse import b64decode_strict, pae, parse_json_strict
 from crypto.errors import KeyFormatError, SignatureError
-from crypto.keys import write_new_key_file
+from crypto.keys import parse_public_key_pem
+from crypto.secret_files import write_secret_once
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -109,13 +110,7 @@ def load_ec_public_key_pem(data: str | bytes) -> ec.EllipticCurvePublicKey:
     Raises:
         KeyFormatError: not PEM, not a public key, or not ECDSA on P-256/P-384.
     """
-    raw = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
-    if len(raw) > _MAX_KEY_BYTES:
-        raise KeyFormatError("public key PEM is implausibly large")
-    try:
-        key = serialization.load_pem_public_key(raw)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFormatError(f"not a PEM public key ({type(exc).__name__})") from None
+    key = parse_public_key_pem(data)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise KeyFormatError(
             f"public key is {type(key).__name__}, not ECDSA (model-signing keys are P-256 "
@@ -151,7 +146,7 @@ def load_or_create_ec_p256(path: Path) -> ec.EllipticCurvePrivateKey:
             format=serialization.PrivateFormat.PKCS8,
             encryption_algorithm=serialization.NoEncryption(),
         )
-        write_new_key_file(path, pem)
+        write_secret_once(path, pem)
     data = path.read_bytes()[: _MAX_KEY_BYTES + 1]
     try:
         key = serialization.load_pem_private_key(data, password=None)

@@ -2,19 +2,23 @@
 
 blob = encode_arrays({"kind": "softmax"}, {"W": w, "b": b})
 meta, arrays = decode_arrays(blob)
+
+Frame (:mod:`crypto.framing`): ``b"ARR1" | u32 header length | header JSON | arrays``; the
+header is ``{"meta": {...}, "arrays": [{"name", "dtype", "shape"}, ...]}`` and the arrays
+follow in that order, little-endian, with nothing after the last one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from crypto.errors import Error
+from crypto.framing import FrameReader, FrameWriter
 
 __all__ = ["CodecError", "decode_arrays", "encode_arrays"]
 
@@ -38,38 +42,38 @@ def encode_arrays(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
         index.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
         chunks.append(data)
     head = json.dumps({"meta": dict(meta), "arrays": index}, separators=(",", ":")).encode()
-    return _MAGIC + struct.pack(">I", len(head)) + head + b"".join(chunks)
+    return FrameWriter(_MAGIC).prefixed(head, 4).raw(b"".join(chunks)).to_bytes()
+
+
+def _entry(entry: object) -> tuple[str, np.dtype[Any], tuple[int, ...]]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise CodecError("array entry is malformed")
+    try:
+        dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+    except (KeyError, TypeError):
+        raise CodecError(f"array {entry['name']!r} has an unsupported dtype") from None
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise CodecError(f"array {entry['name']!r} has a malformed shape")
+    if any(s < 0 for s in shape):
+        raise CodecError("negative array dimension")
+    return entry["name"], dtype, tuple(shape)
 
 
 def decode_arrays(data: bytes, *, max_bytes: int = 512 * 1024 * 1024) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Decode a container, checking sizes; never unpickles."""
-    if not isinstance(data, bytes) or len(data) > max_bytes or not data.startswith(_MAGIC):
-        raise CodecError("not an array container (bad magic or too large)")
-    (hlen,) = struct.unpack(">I", data[4:8])
-    try:
-        head = json.loads(data[8 : 8 + hlen])
-        meta, index = head["meta"], head["arrays"]
-    except (ValueError, KeyError, TypeError):
-        raise CodecError("array container header is malformed") from None
-    pos = 8 + hlen
+    reader = FrameReader(data, magic=_MAGIC, error=CodecError, what="array container", max_bytes=max_bytes)
+    head = reader.json_object(4, limit=max_bytes, field="header")
+    meta, index = head.get("meta"), head.get("arrays")
+    if not isinstance(meta, dict) or not isinstance(index, list):
+        raise CodecError("array container header is malformed")
     arrays: dict[str, np.ndarray] = {}
-    for entry in index:
-        try:
-            dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-            shape = tuple(int(s) for s in entry["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise CodecError("array entry is malformed") from None
-        if any(s < 0 for s in shape):
-            raise CodecError("negative array dimension")
+    for raw_entry in index:
+        name, dtype, shape = _entry(raw_entry)
         nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-        if pos + nbytes > len(data):
-            raise CodecError(f"array {entry.get('name')!r} is truncated")
-        arrays[str(entry["name"])] = (
-            np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=pos)
-            .reshape(shape)
-            .astype(dtype.newbyteorder("="))
-        )
-        pos += nbytes
-    if pos != len(data):
-        raise CodecError("trailing bytes after the arrays")
+        if nbytes > reader.remaining:
+            raise CodecError(f"array {name!r} is truncated")
+        view = reader.view(nbytes, field=f"array {name!r}")
+        arrays[name] = np.frombuffer(view, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    reader.end()
     return meta, arrays

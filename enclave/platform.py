@@ -11,7 +11,6 @@ first two; the host reads the public halves.
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crypto.keys import load_or_create_ed25519
+from crypto.secret_files import write_secret_once
 from enclave.errors import PlatformError
 
 __all__ = [
@@ -65,18 +65,7 @@ def create_platform(directory: Path | str) -> PlatformInfo:
     signer = load_or_create_ed25519(directory / SIGNER_KEY)
     root_path = directory / ROOT_SECRET
     if not root_path.exists():
-        tmp = directory / f".{ROOT_SECRET}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, root_path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        write_secret_once(root_path, secrets.token_bytes(32))
     return PlatformInfo(
         directory=directory,
         attestation_public_key=_raw_public(attestation),

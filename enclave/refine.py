@@ -35,9 +35,11 @@ import tenseal as ts
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from crypto.framing import FrameReader, FrameWriter
 from enclave.codec import CodecError, decode_arrays, encode_arrays
 from enclave.errors import RefinementError
 from enclave.he import CoeffLayout, KeyHolderCkks, RowLayout, pack_blobs
+from models.numerics import softmax
 
 __all__ = [
     "RefinementPlan",
@@ -65,14 +67,6 @@ def _busy(method: Callable[..., Any]) -> Callable[..., Any]:
 def batch_order(seed: int, epoch: int, n_batches: int) -> list[int]:
     """The order in which batches are visited in ``epoch`` (shared by host, enclave, baseline)."""
     return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_batches)]
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise numerically stable softmax."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    probabilities: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return probabilities
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,11 +125,11 @@ class RefinementPlan:
 
 def open_refined_model(blob: bytes, *, result_key: bytes, job_id: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Model owner: decrypt the refined model returned by the enclave."""
-    if not isinstance(blob, bytes) or not blob.startswith(_RESULT_MAGIC) or len(blob) < 40:
-        raise RefinementError("not a refined-model blob")
-    nonce = blob[len(_RESULT_MAGIC) : len(_RESULT_MAGIC) + 12]
+    reader = FrameReader(blob, magic=_RESULT_MAGIC, error=RefinementError, what="refined-model blob")
+    nonce = reader.take(12, field="nonce")
+    sealed = reader.rest(min_bytes=16, field="ciphertext")
     try:
-        plain = AESGCM(result_key).decrypt(nonce, blob[len(_RESULT_MAGIC) + 12 :], b"refined-model|" + job_id.encode())
+        plain = AESGCM(result_key).decrypt(nonce, sealed, b"refined-model|" + job_id.encode())
     except InvalidTag:
         raise RefinementError("refined model does not open with this key and job id") from None
     return decode_arrays(plain)
@@ -518,13 +512,10 @@ class RefinementSession:
         if self.kind == "mlp":
             arrays.update({"W1": self.W1, "b1": self.b1})
         nonce = os.urandom(12)
-        blob = (
-            _RESULT_MAGIC
-            + nonce
-            + AESGCM(self._result_key).encrypt(
-                nonce, encode_arrays(meta, arrays), b"refined-model|" + self.plan.job_id.encode()
-            )
+        sealed = AESGCM(self._result_key).encrypt(
+            nonce, encode_arrays(meta, arrays), b"refined-model|" + self.plan.job_id.encode()
         )
+        blob = FrameWriter(_RESULT_MAGIC).raw(nonce).raw(sealed).to_bytes()
         return blob, self.public_stats()
 
     def public_stats(self) -> dict[str, Any]:

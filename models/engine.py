@@ -26,6 +26,7 @@ from models.architectures import architecture_task, create_architecture
 from models.device import choose_device, onnx_providers
 from models.errors import ModelError, ModelFormatError, ShapeError
 from models.formats import ModelFormat, validate_onnx, validate_safetensors_header
+from models.numerics import softmax
 
 ModelKind = Literal["classifier", "encoder", "causal_lm"]
 Progress = Callable[[float], None]
@@ -63,14 +64,6 @@ def _as_texts(x: Any) -> list[str]:
     return texts
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted.astype(np.float32, copy=False)
-
-
 class LoadedModel(abc.ABC):
     """A model ready for batched inference; every method runs without gradients.
 
@@ -92,7 +85,7 @@ class LoadedModel(abc.ABC):
         self, x: Any, *, batch_size: int = 256, progress: Progress | None = None
     ) -> np.ndarray:
         """Return class probabilities, float32 ``[n, C]`` (softmax of :meth:`logits`)."""
-        return softmax(self.logits(x, batch_size=batch_size, progress=progress))
+        return softmax(self.logits(x, batch_size=batch_size, progress=progress)).astype(np.float32, copy=False)
 
     def embed(
         self, x: Any, *, batch_size: int = 64, progress: Progress | None = None
@@ -336,7 +329,7 @@ class OnnxModel(LoadedModel):
         if self.output_kind == "probabilities":
             out = np.clip(out, 0.0, None)
             return (out / out.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
-        return softmax(out)
+        return softmax(out).astype(np.float32, copy=False)
 
     def embed(
         self, x: Any, *, batch_size: int = 64, progress: Progress | None = None

@@ -13,7 +13,6 @@ with that instruction.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance._internal.config import Settings
 from appliance.errors import ApplianceError
+from crypto.secret_files import write_secret_once
 
 _VERSION = b"\x01"
 _NONCE = 12
@@ -58,18 +58,7 @@ def _kek(settings: Settings) -> bytes:
     settings.ensure_dirs()
     path: Path = settings.key_dir / "secrets.kek"
     if not path.exists():
-        tmp = path.with_name(f".kek-{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)  # the first creator wins; later ones use its key
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+        write_secret_once(path, secrets.token_bytes(32))  # the first creator wins
     return _read_kek(path)
 
 

@@ -41,7 +41,7 @@ from appliance.schemas import (
 
 if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install has no numpy
     from appliance.capabilities.inference.service import EnsembleOut
-    from appliance.capabilities.refinement.job import (
+    from appliance.capabilities.refinement.schemas import (
         ModelOwnerRefinement,
         RefinedModel,
         RefinementOut,
@@ -439,12 +439,12 @@ class Client:
 
         ``model``: ``{"W": (d, k), "b": (k,)}`` for ``kind="softmax"``; plus ``"W1": (d, h)``,
         ``"b1": (h,)`` (frozen ReLU layer) for ``kind="mlp_last_layer"``. Nothing is sent unless
-        the quote verifies. Returns :class:`appliance.capabilities.refinement.job.ModelOwnerRefinement`
+        the quote verifies. Returns :class:`appliance.capabilities.refinement.schemas.ModelOwnerRefinement`
         (id, one-time invitation for the data owner, and the result key that stays here).
         """
         import numpy as np
 
-        from appliance.capabilities.refinement.job import ModelOwnerRefinement, RefinementCreated
+        from appliance.capabilities.refinement.schemas import ModelOwnerRefinement, RefinementCreated
         from appliance.confidential import pack_mlp_model, pack_softmax_model, wrap_model
 
         if kind not in ("softmax", "mlp_last_layer"):
@@ -478,9 +478,9 @@ class Client:
 
     def get_refinement(self, refinement_id: str, *,
                        invitation: str | None = None) -> RefinementOut:
-        """A refinement (:class:`appliance.capabilities.refinement.job.RefinementOut`); a data owner who
+        """A refinement (:class:`appliance.capabilities.refinement.schemas.RefinementOut`); a data owner who
         has not provisioned yet passes the ``invitation`` to read the terms."""
-        from appliance.capabilities.refinement.job import RefinementOut
+        from appliance.capabilities.refinement.schemas import RefinementOut
 
         headers = {"X-Invitation-Code": invitation} if invitation else None
         return RefinementOut.model_validate(
@@ -488,7 +488,7 @@ class Client:
 
     def list_refinements(self) -> list[RefinementOut]:
         """Refinements where this tenant is the model owner or the data owner."""
-        from appliance.capabilities.refinement.job import RefinementList
+        from appliance.capabilities.refinement.schemas import RefinementList
 
         return RefinementList.model_validate(self._json("GET", "/v1/refinements")).items
 
@@ -531,7 +531,7 @@ class Client:
             "train": train.to_bytes(), "validation": val.to_bytes(),
             "public_context": public_context(ctx), "ckks_secret": wrap_ckks_secret(ctx, verified),
         }
-        from appliance.capabilities.refinement.job import RefinementOut
+        from appliance.capabilities.refinement.schemas import RefinementOut
 
         body = self._json("POST", f"/v1/refinements/{refinement_id}/data",
                           data={"invitation": invitation},
@@ -567,11 +567,11 @@ class Client:
                           trusted_key_pem: str | bytes | None = None) -> RefinedModel:
         """Model owner: fetch the refined model, check its signed manifest (against
         ``trusted_key_pem`` if given, else the key the server names) and its digest, and open it
-        with ``result_key``. Returns :class:`appliance.capabilities.refinement.job.RefinedModel`."""
+        with ``result_key``. Returns :class:`appliance.capabilities.refinement.schemas.RefinedModel`."""
         import base64
         import hashlib
 
-        from appliance.capabilities.refinement.job import RefinedModel, RefinementResultOut
+        from appliance.capabilities.refinement.schemas import RefinedModel, RefinementResultOut
         from appliance.confidential import open_refined_model
         from crypto.dsse import verify_envelope
         from crypto.errors import SignatureError

@@ -24,7 +24,6 @@ enclave, never CKKS-encrypted for the host.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ import tenseal as ts
 
 from appliance.confidential.errors import ConfidentialError
 from crypto.ckks import make_context, public_context_bytes
+from crypto.framing import FrameReader, FrameWriter
 from crypto.provisioning import VerifiedQuote, wrap_key_for_enclave
 from enclave.codec import decode_arrays, encode_arrays
 from enclave.he import CoeffLayout, KeyHolderCkks, RowLayout, pack_blobs
@@ -131,17 +131,17 @@ class EncryptedDataset:
                 **({"layout": self.layout, "geometry": list(self.geometry)} if self.layout != "rows" else {}),
             }
         ).encode()
-        return _DATASET_MAGIC + struct.pack(">I", len(head)) + head + b"".join(self.features) + self.labels_blob
+        frame = FrameWriter(_DATASET_MAGIC).prefixed(head, 4)
+        return frame.raw(b"".join(self.features)).raw(self.labels_blob).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, max_bytes: int = 2 * 1024**3) -> EncryptedDataset:
         """Parse :meth:`to_bytes` output (size-checked)."""
-        if not isinstance(data, bytes) or len(data) > max_bytes or not data.startswith(_DATASET_MAGIC):
-            raise ConfidentialError("not an encrypted dataset blob")
-        pos = len(_DATASET_MAGIC)
-        (hlen,) = struct.unpack(">I", data[pos : pos + 4])
+        reader = FrameReader(
+            data, magic=_DATASET_MAGIC, error=ConfidentialError, what="encrypted dataset", max_bytes=max_bytes
+        )
+        head = reader.json_object(4, limit=max_bytes, field="header")
         try:
-            head = json.loads(data[pos + 4 : pos + 4 + hlen])
             lengths = [int(n) for n in head["lengths"]]
             batch_sizes = [int(n) for n in head["batch_sizes"]]
             dim, nlab = int(head["dim"]), int(head["labels"])
@@ -149,20 +149,18 @@ class EncryptedDataset:
             geometry = tuple(int(g) for g in head.get("geometry", (0, 0, 0, 0)))
             if len(geometry) != 4:
                 raise ValueError("geometry")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             raise ConfidentialError("encrypted dataset header is malformed") from None
-        pos += 4 + hlen
-        if pos + sum(lengths) + nlab != len(data):
+        if sum(lengths) + nlab != reader.remaining:
             raise ConfidentialError("encrypted dataset blob has the wrong length")
-        features = []
-        for n in lengths:
-            features.append(data[pos : pos + n])
-            pos += n
+        features = reader.parts(lengths, field="ciphertext")
+        labels_blob = reader.take(nlab, field="labels")
+        reader.end()
         return cls(
             features=features,
             batch_sizes=batch_sizes,
             dim=dim,
-            labels_blob=data[pos:],
+            labels_blob=labels_blob,
             layout=layout,
             geometry=geometry,  # type: ignore[arg-type]
         )

@@ -33,7 +33,8 @@ from crypto.ckks import load_public_context
 from enclave.errors import EnclaveCrashedError, EnclaveRemoteError
 from enclave.he import HostEvaluator, ciphertext_to_bytes, unpack_blobs
 from enclave.host import EnclaveClient
-from enclave.refine import batch_order, softmax
+from enclave.refine import batch_order
+from models.numerics import softmax
 
 __all__ = [
     "PlaintextResult",
@@ -178,6 +179,270 @@ def _pad(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _check_inputs(
+    train: EncryptedDataset,
+    validation: EncryptedDataset,
+    *,
+    resuming: bool,
+    model_blob: bytes | None,
+    ckks_secret_blob: bytes | None,
+) -> bool:
+    """Refuse inconsistent inputs before anything is sent; True for the coefficient layout."""
+    if train.dim != validation.dim:
+        raise ConfidentialError("training and validation features have different dimensions")
+    if (train.layout, train.geometry) != (validation.layout, validation.geometry):
+        raise ConfidentialError("training and validation sets use different layouts (same batch_size needed)")
+    if not resuming and (model_blob is None or ckks_secret_blob is None):
+        raise ConfidentialError("model_blob and ckks_secret_blob are needed unless resuming")
+    return train.layout == "coeff"
+
+
+class _HostRun:
+    """The host's side of one refinement, phase by phase: the enclave channel (with the
+    position and last sealed checkpoint an interruption reports), the loaded ciphertexts,
+    the HE products each step needs, the training loop."""
+
+    def __init__(
+        self,
+        *,
+        enclave: EnclaveClient,
+        job_id: str,
+        host: _Host,
+        train: EncryptedDataset,
+        validation: EncryptedDataset,
+        coeff: bool,
+        checkpoint: bytes | None,
+        on_checkpoint: Callable[[bytes], None] | None,
+        progress: Callable[[RefinementProgress], None] | None,
+    ) -> None:
+        self.enclave, self.job_id, self.host = enclave, job_id, host
+        self.train, self.validation, self.coeff = train, validation, coeff
+        self.on_checkpoint, self.progress = on_checkpoint, progress
+        self.epoch, self.pos, self.checkpoint = 0, 0, checkpoint
+        self.n_batches = len(train.batch_sizes)
+        self.train_x: list[Any] = []
+        self.val_x: list[Any] = []
+        self.weights: list[Any] = []
+        self.train_pad = self.train_dim = self.num_classes = 0
+        self.grid: tuple[int, int] = (0, 0)
+
+    # -- the channel ---------------------------------------------------------------------
+    def call(self, op: str, header: dict[str, Any] | None = None, parts: list[bytes] | None = None) -> Any:
+        """One enclave request; a crash or refusal becomes :class:`RefinementInterrupted`."""
+        try:
+            return self.enclave.call(op, {"job_id": self.job_id, **(header or {})}, parts or [])
+        except (EnclaveCrashedError, EnclaveRemoteError) as exc:
+            log.warning(
+                "refinement %s interrupted at epoch %d step %d: %s",
+                self.job_id,
+                self.epoch,
+                self.pos,
+                exc.message,
+            )
+            raise RefinementInterrupted(
+                f"refinement {self.job_id} stopped at epoch {self.epoch} step {self.pos}: {exc.message}",
+                reason=exc.message,
+                checkpoint=self.checkpoint,
+                epoch=self.epoch,
+                step=self.pos,
+            ) from exc
+
+    def save_checkpoint(self) -> None:
+        """Have the enclave seal its state; keep it and hand it to ``on_checkpoint``."""
+        sealed = self.call("refine.checkpoint").parts[0]
+        self.checkpoint = sealed
+        if self.on_checkpoint:
+            self.on_checkpoint(sealed)
+
+    # -- phases --------------------------------------------------------------------------
+    def start(
+        self,
+        *,
+        model_blob: bytes | None,
+        ckks_secret_blob: bytes | None,
+        epochs: int,
+        lr: float,
+        seed: int,
+        reduction: str,
+    ) -> tuple[dict[str, Any], tuple[int, int] | None]:
+        """Resume from the sealed checkpoint, or send the plan and the wrapped secrets; returns
+        the enclave's status and where a resumed refinement continues."""
+        if self.checkpoint is not None:
+            status = self.call("refine.resume", {}, [self.checkpoint]).header
+            resumed_from = (int(status["epoch"]), int(status["pos"]))
+            log.info("refinement %s resumed from sealed state at epoch %d step %d", self.job_id, *resumed_from)
+            return status, resumed_from
+        train, validation = self.train, self.validation
+        plan = {
+            "job_id": self.job_id,
+            "train_batches": train.batch_sizes,
+            "val_batches": validation.batch_sizes,
+            "dim": train.dim,
+            "epochs": epochs,
+            "lr": lr,
+            "seed": seed,
+            "reduction": reduction,
+        }
+        if self.coeff:
+            batch, rows, cols, outputs = train.geometry
+            plan.update(
+                layout="coeff",
+                coeff_batch=batch,
+                coeff_rows=rows,
+                coeff_cols=cols,
+                coeff_outputs=outputs,
+            )
+        assert model_blob is not None and ckks_secret_blob is not None
+        status = self.call(
+            "refine.start",
+            {"plan": plan},
+            [ckks_secret_blob, model_blob, train.labels_blob, validation.labels_blob],
+        ).header
+        log.info("refinement %s started: %d batches, %d epochs", self.job_id, self.n_batches, epochs)
+        return status, None
+
+    def load_features(self) -> None:
+        """Load the encrypted features of every batch (one ciphertext, or a bundle of blocks)."""
+        host, train, validation = self.host, self.train, self.validation
+        if self.coeff:
+            self.train_x = [host.load_bundle(b) for b in train.features]
+            self.val_x = [host.load_bundle(b) for b in validation.features]
+        else:
+            self.train_x = host.load_all(train.features)
+            self.val_x = host.load_all(validation.features)
+
+    def apply_frozen_layer(self, status: dict[str, Any]) -> None:
+        """MLP: replace each batch by its hidden layer (HE products with the frozen weights,
+        ReLU and re-encryption in the enclave); set the trained layer's input geometry."""
+        input_pad = _pad(self.train.dim)
+        if status["kind"] != "mlp":
+            self.train_pad, self.train_dim = input_pad, self.train.dim
+            return
+        host = self.host
+        hidden = int(status["hidden"])
+        w1 = host.load_all(self.call("refine.frozen_weights").parts)
+        for split, xs, sizes in (
+            ("train", self.train_x, self.train.batch_sizes),
+            ("val", self.val_x, self.validation.batch_sizes),
+        ):
+            for i, x in enumerate(xs):
+                if self.coeff:
+                    S, F = status["input_grid"]
+                    groups = int(status["frozen_groups"])
+                    pre = host.dots(
+                        [
+                            [(x[s * F + f], w1[g * F + f]) for f in range(F)]
+                            for g in range(groups)
+                            for s in range(S)
+                        ],
+                        useful=sizes[i] * self.train.dim * hidden,
+                    )
+                    xs[i] = host.load_bundle(self.call("refine.frozen", {"split": split, "index": i}, pre).parts[0])
+                    continue
+                pre = host.products(x, w1, dim_pad=input_pad, stride=False, useful=sizes[i] * self.train.dim)
+                xs[i] = host.load_all(self.call("refine.frozen", {"split": split, "index": i}, pre).parts)[0]
+        self.train_pad, self.train_dim = _pad(hidden), hidden
+
+    def load_weights(self, status: dict[str, Any]) -> None:
+        """The trained layer's encrypted weights and the grid of the coefficient layout."""
+        self.weights = self.host.load_all(self.call("refine.weights").parts)
+        self.num_classes = int(status["num_classes"])
+        self.grid = tuple(status["train_grid"]) if self.coeff else (0, 0)  # type: ignore[assignment]
+
+    def forward_products(self, x: Any, count: int) -> list[bytes]:
+        """Pre-activations of one batch under HE (what the enclave's softmax needs)."""
+        grid_s, grid_f = self.grid
+        if self.coeff:
+            return self.host.dots(
+                [[(x[s * grid_f + f], self.weights[f]) for f in range(grid_f)] for s in range(grid_s)],
+                useful=count * self.train_dim * self.num_classes,
+            )
+        return self.host.products(x, self.weights, dim_pad=self.train_pad, stride=False, useful=count * self.train_dim)
+
+    def gradient_products(self, x: Any, errors: list[Any], count: int) -> list[bytes]:
+        """X^T·err of one batch under HE."""
+        grid_s, grid_f = self.grid
+        if self.coeff:
+            return self.host.dots(
+                [[(x[s * grid_f + f], errors[s]) for s in range(grid_s)] for f in range(grid_f)],
+                useful=count * self.train_dim * self.num_classes,
+            )
+        grads = []
+        for e in errors:
+            grads += self.host.products(x, [e], dim_pad=self.train_pad, stride=True, useful=count * self.train_dim)
+        return grads
+
+    def evaluate(self) -> float:
+        """One validation round: products of every batch, the accuracy from the enclave."""
+        for i, x in enumerate(self.val_x):
+            self.call("refine.evaluate", {"index": i}, self.forward_products(x, self.validation.batch_sizes[i]))
+        accuracy = float(self.call("refine.evaluate_done").header["accuracy"])
+        return accuracy
+
+    def _log_accuracy(self, history: list[float]) -> None:
+        log.info(
+            "refinement %s: validation accuracy %.4f after %d epoch(s)",
+            self.job_id,
+            history[-1],
+            self.epoch,
+        )
+
+    def _step(self, index: int, epochs: int, checkpoint_every: int) -> bool:
+        """One training step (forward, errors, gradients, update); False at an epoch's end."""
+        x, b = self.train_x[index], self.train.batch_sizes[index]
+        err = self.host.load_all(self.call("refine.forward", {"index": index}, self.forward_products(x, b)).parts)
+        grads = self.gradient_products(x, err, b)
+        reply = self.call("refine.update", {"index": index}, grads)
+        self.weights = self.host.load_all(reply.parts)
+        self.epoch, self.pos = int(reply.header["epoch"]), int(reply.header["pos"])
+        done = self.epoch * self.n_batches + self.pos
+        if self.progress:
+            self.progress(
+                RefinementProgress(
+                    epoch=self.epoch,
+                    step=self.pos,
+                    steps_per_epoch=self.n_batches,
+                    epochs=epochs,
+                    fraction=done / (epochs * self.n_batches),
+                    message=f"step {done}/{epochs * self.n_batches}",
+                )
+            )
+        if self.pos == 0:
+            return False
+        if checkpoint_every and done % checkpoint_every == 0:
+            self.save_checkpoint()
+        return True
+
+    def train_epochs(
+        self, *, epochs: int, seed: int, history: list[float], checkpoint_every: int
+    ) -> tuple[list[float], list[float], dict[str, float]]:
+        """Evaluate first if the current epoch was not evaluated yet, then train the remaining
+        epochs (each: the steps in ``batch_order``, an evaluation, a sealed checkpoint);
+        returns per-epoch seconds, training seconds and their host/enclave split."""
+        if len(history) < self.epoch + 1:
+            history.append(self.evaluate())
+            self._log_accuracy(history)
+            self.save_checkpoint()
+        epoch_seconds: list[float] = []
+        train_seconds: list[float] = []
+        train_split = {"host_he": 0.0, "enclave": 0.0}
+        while self.epoch < epochs:
+            epoch_start = time.perf_counter()
+            host0, enclave0 = self.host.seconds, self.enclave.enclave_seconds
+            order = batch_order(seed, self.epoch, self.n_batches)
+            while self.pos < self.n_batches:
+                if not self._step(order[self.pos], epochs, checkpoint_every):
+                    break
+            train_seconds.append(time.perf_counter() - epoch_start)
+            train_split["host_he"] += self.host.seconds - host0
+            train_split["enclave"] += self.enclave.enclave_seconds - enclave0
+            history.append(self.evaluate())
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+            self._log_accuracy(history)
+            self.save_checkpoint()
+        return epoch_seconds, train_seconds, train_split
+
+
 def run_refinement(
     *,
     enclave: EnclaveClient,
@@ -217,207 +482,44 @@ def run_refinement(
         RefinementInterrupted: the enclave died or refused a step (reason + last checkpoint).
         ConfidentialError: inconsistent inputs (detected before anything is sent).
     """
-    if train.dim != validation.dim:
-        raise ConfidentialError("training and validation features have different dimensions")
-    if (train.layout, train.geometry) != (validation.layout, validation.geometry):
-        raise ConfidentialError("training and validation sets use different layouts (same batch_size needed)")
-    coeff = train.layout == "coeff"
-    if checkpoint is None and (model_blob is None or ckks_secret_blob is None):
-        raise ConfidentialError("model_blob and ckks_secret_blob are needed unless resuming")
+    coeff = _check_inputs(
+        train, validation, resuming=checkpoint is not None, model_blob=model_blob, ckks_secret_blob=ckks_secret_blob
+    )
     ctx = load_public_context(public_context, preset=CKKS_PRESET, max_bytes=MAX_PUBLIC_CONTEXT_BYTES)
     if reduction not in ("host", "enclave"):
         raise ConfidentialError("reduction must be 'host' or 'enclave'")
     host = _Host(HostEvaluator(context=ctx), reduce=reduction == "host")
-    state: dict[str, Any] = {"epoch": 0, "pos": 0, "checkpoint": checkpoint}
-    n_batches = len(train.batch_sizes)
+    run = _HostRun(
+        enclave=enclave,
+        job_id=job_id,
+        host=host,
+        train=train,
+        validation=validation,
+        coeff=coeff,
+        checkpoint=checkpoint,
+        on_checkpoint=on_checkpoint,
+        progress=progress,
+    )
     t_start = time.perf_counter()
     enclave_s0, sent0, recv0 = enclave.enclave_seconds, enclave.bytes_sent, enclave.bytes_received
-
-    def call(op: str, header: dict[str, Any] | None = None, parts: list[bytes] | None = None) -> Any:
-        try:
-            return enclave.call(op, {"job_id": job_id, **(header or {})}, parts or [])
-        except (EnclaveCrashedError, EnclaveRemoteError) as exc:
-            log.warning(
-                "refinement %s interrupted at epoch %d step %d: %s",
-                job_id,
-                state["epoch"],
-                state["pos"],
-                exc.message,
-            )
-            raise RefinementInterrupted(
-                f"refinement {job_id} stopped at epoch {state['epoch']} step {state['pos']}: {exc.message}",
-                reason=exc.message,
-                checkpoint=state["checkpoint"],
-                epoch=state["epoch"],
-                step=state["pos"],
-            ) from exc
-
-    def save_checkpoint() -> None:
-        sealed = call("refine.checkpoint").parts[0]
-        state["checkpoint"] = sealed
-        if on_checkpoint:
-            on_checkpoint(sealed)
-
-    resumed_from: tuple[int, int] | None = None
-    if checkpoint is not None:
-        status = call("refine.resume", {}, [checkpoint]).header
-        resumed_from = (int(status["epoch"]), int(status["pos"]))
-        log.info("refinement %s resumed from sealed state at epoch %d step %d", job_id, *resumed_from)
-    else:
-        plan = {
-            "job_id": job_id,
-            "train_batches": train.batch_sizes,
-            "val_batches": validation.batch_sizes,
-            "dim": train.dim,
-            "epochs": epochs,
-            "lr": lr,
-            "seed": seed,
-            "reduction": reduction,
-        }
-        if coeff:
-            batch, rows, cols, outputs = train.geometry
-            plan.update(
-                layout="coeff",
-                coeff_batch=batch,
-                coeff_rows=rows,
-                coeff_cols=cols,
-                coeff_outputs=outputs,
-            )
-        assert model_blob is not None and ckks_secret_blob is not None
-        status = call(
-            "refine.start",
-            {"plan": plan},
-            [ckks_secret_blob, model_blob, train.labels_blob, validation.labels_blob],
-        ).header
-        log.info("refinement %s started: %d batches, %d epochs", job_id, n_batches, epochs)
+    status, resumed_from = run.start(
+        model_blob=model_blob, ckks_secret_blob=ckks_secret_blob, epochs=epochs, lr=lr, seed=seed, reduction=reduction
+    )
     try:
         epochs = int(status["epochs"])
         kind = str(status["kind"])
         host.reduce = status["reduction"] == "host"  # a resumed job keeps its plan
-        state["epoch"], state["pos"] = int(status["epoch"]), int(status["pos"])
+        run.epoch, run.pos = int(status["epoch"]), int(status["pos"])
         history = list(status["history"])
-
         if (status.get("layout", "rows") == "coeff") != coeff:
             raise ConfidentialError("the sealed plan and the datasets use different layouts")
-        if coeff:
-            train_x: list[Any] = [host.load_bundle(b) for b in train.features]
-            val_x: list[Any] = [host.load_bundle(b) for b in validation.features]
-        else:
-            train_x = host.load_all(train.features)
-            val_x = host.load_all(validation.features)
-        input_pad = _pad(train.dim)
-        if kind == "mlp":
-            hidden = int(status["hidden"])
-            w1 = host.load_all(call("refine.frozen_weights").parts)
-            for split, xs, sizes in (
-                ("train", train_x, train.batch_sizes),
-                ("val", val_x, validation.batch_sizes),
-            ):
-                for i, x in enumerate(xs):
-                    if coeff:
-                        S, F = status["input_grid"]
-                        groups = int(status["frozen_groups"])
-                        pre = host.dots(
-                            [
-                                [(x[s * F + f], w1[g * F + f]) for f in range(F)]
-                                for g in range(groups)
-                                for s in range(S)
-                            ],
-                            useful=sizes[i] * train.dim * hidden,
-                        )
-                        xs[i] = host.load_bundle(call("refine.frozen", {"split": split, "index": i}, pre).parts[0])
-                        continue
-                    pre = host.products(x, w1, dim_pad=input_pad, stride=False, useful=sizes[i] * train.dim)
-                    xs[i] = host.load_all(call("refine.frozen", {"split": split, "index": i}, pre).parts)[0]
-            train_pad, train_dim = _pad(hidden), hidden
-        else:
-            train_pad, train_dim = input_pad, train.dim
-        weights = host.load_all(call("refine.weights").parts)
-        num_classes = int(status["num_classes"])
-        grid_s, grid_f = status["train_grid"] if coeff else (0, 0)
-
-        def forward_products(x: Any, count: int) -> list[bytes]:
-            """Pre-activations of one batch under HE (what the enclave's softmax needs)."""
-            if coeff:
-                return host.dots(
-                    [[(x[s * grid_f + f], weights[f]) for f in range(grid_f)] for s in range(grid_s)],
-                    useful=count * train_dim * num_classes,
-                )
-            return host.products(x, weights, dim_pad=train_pad, stride=False, useful=count * train_dim)
-
-        def gradient_products(x: Any, errors: list[Any], count: int) -> list[bytes]:
-            """X^T·err of one batch under HE."""
-            if coeff:
-                return host.dots(
-                    [[(x[s * grid_f + f], errors[s]) for s in range(grid_s)] for f in range(grid_f)],
-                    useful=count * train_dim * num_classes,
-                )
-            grads = []
-            for e in errors:
-                grads += host.products(x, [e], dim_pad=train_pad, stride=True, useful=count * train_dim)
-            return grads
-
-        def evaluate() -> float:
-            for i, x in enumerate(val_x):
-                call("refine.evaluate", {"index": i}, forward_products(x, validation.batch_sizes[i]))
-            accuracy = float(call("refine.evaluate_done").header["accuracy"])
-            return accuracy
-
-        if len(history) < state["epoch"] + 1:
-            history.append(evaluate())
-            log.info(
-                "refinement %s: validation accuracy %.4f after %d epoch(s)",
-                job_id,
-                history[-1],
-                state["epoch"],
-            )
-            save_checkpoint()
-
-        epoch_seconds: list[float] = []
-        train_seconds: list[float] = []
-        train_split = {"host_he": 0.0, "enclave": 0.0}
-        while state["epoch"] < epochs:
-            epoch_start = time.perf_counter()
-            host0, enclave0 = host.seconds, enclave.enclave_seconds
-            order = batch_order(seed, state["epoch"], n_batches)
-            while state["pos"] < n_batches:
-                index = order[state["pos"]]
-                x, b = train_x[index], train.batch_sizes[index]
-                err = host.load_all(call("refine.forward", {"index": index}, forward_products(x, b)).parts)
-                grads = gradient_products(x, err, b)
-                reply = call("refine.update", {"index": index}, grads)
-                weights = host.load_all(reply.parts)
-                state["epoch"], state["pos"] = int(reply.header["epoch"]), int(reply.header["pos"])
-                done = state["epoch"] * n_batches + state["pos"]
-                if progress:
-                    progress(
-                        RefinementProgress(
-                            epoch=state["epoch"],
-                            step=state["pos"],
-                            steps_per_epoch=n_batches,
-                            epochs=epochs,
-                            fraction=done / (epochs * n_batches),
-                            message=f"step {done}/{epochs * n_batches}",
-                        )
-                    )
-                if state["pos"] == 0:
-                    break
-                if checkpoint_every and done % checkpoint_every == 0:
-                    save_checkpoint()
-            train_seconds.append(time.perf_counter() - epoch_start)
-            train_split["host_he"] += host.seconds - host0
-            train_split["enclave"] += enclave.enclave_seconds - enclave0
-            history.append(evaluate())
-            epoch_seconds.append(time.perf_counter() - epoch_start)
-            log.info(
-                "refinement %s: validation accuracy %.4f after %d epoch(s)",
-                job_id,
-                history[-1],
-                state["epoch"],
-            )
-            save_checkpoint()
-
-        finish = call("refine.finish")
+        run.load_features()
+        run.apply_frozen_layer(status)
+        run.load_weights(status)
+        epoch_seconds, train_seconds, train_split = run.train_epochs(
+            epochs=epochs, seed=seed, history=history, checkpoint_every=checkpoint_every
+        )
+        finish = run.call("refine.finish")
     except RefinementInterrupted:
         raise
     except BaseException:
@@ -467,7 +569,7 @@ def run_refinement(
         num_train=train.num_samples,
         num_val=validation.num_samples,
         slots=host.ev.slots,
-        last_checkpoint=state["checkpoint"],
+        last_checkpoint=run.checkpoint,
         useful_ops={
             "host_scalar_ops": 2 * host.useful,
             "enclave_scalar_ops": int(stats["plain_flops"]),

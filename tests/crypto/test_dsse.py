@@ -204,12 +204,13 @@ def test_key_file_errors(tmp_path: Path) -> None:
 
 def test_key_creation_never_replaces_an_existing_key(tmp_path: Path) -> None:
     from crypto import keys
+    from crypto.secret_files import write_secret_once
 
     path = tmp_path / "k.pem"
     first = load_or_create_ed25519(path).public_key()
     before = path.read_bytes()
     # A creator that lost the race (the file appeared after its existence check).
-    keys.write_new_key_file(path, keys._private_pem(Ed25519PrivateKey.generate()))
+    assert not write_secret_once(path, keys._private_pem(Ed25519PrivateKey.generate()))
     assert path.read_bytes() == before
     assert key_id(load_or_create_ed25519(path).public_key()) == key_id(first)
     assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]

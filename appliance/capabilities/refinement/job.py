@@ -1,506 +1,30 @@
-"""Confidential refinement in the service: refinement objects and the ``refinement``
-job kind (registered on import). HTTP routes are in :mod:`appliance.capabilities.refinement.routes`.
+"""The ``refinement`` job kind (registered on import): host HE and enclave steps, by phase.
 
-Life of a refinement::
-
-    model owner:  POST /v1/refinements (terms + model wrapped to the attested enclave)
-                  -> refinement id + one-time invitation code (stored hashed)
-    data owner:   POST /v1/refinements/{id}/data (invitation, encrypted train/validation sets,
-                  public CKKS context, CKKS secret wrapped to the enclave) -> job "refinement"
-    job:          host HE + enclave steps (appliance.confidential.run_refinement); progress per
-                  step; a sealed checkpoint blob after every epoch; a signed report owned by the
-                  model owner's tenant; the refined model, encrypted to the model owner, a blob
-    model owner:  GET /v1/refinements/{id}/result -> encrypted model + signed manifest
-
-The server only ever holds ciphertext, wrapped or sealed blobs and a public CKKS context
-(checked to carry no secret key). Every blob is content-addressed in the store. Either party
-reads the refinement (state, job progress, report bundle); only the model owner gets the result.
-If the enclave dies mid-job the job fails with the reason; ``POST .../retry`` starts a new job
-that resumes from the last sealed checkpoint (or starts over cleanly if the enclave build
-changed and the checkpoint no longer unseals).
+A job loads the provisioned blobs (:func:`_load_inputs`), opens a session in the enclave
+(:func:`_open_enclave`), runs the refinement, starting over once if a sealed checkpoint no
+longer opens (:func:`_refine`), and reports the outcome (:func:`_outcome`).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
-import logging
-import secrets
-import struct
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
-from appliance._internal.jobs.service import TERMINAL, Enqueue, job_view, submit_job
-from appliance._internal.store import Store, dumps, loads, new_id, utcnow
-from appliance.errors import Conflict, JobFailed, NotFound, UnprocessableInput, ValidationFailed
-from appliance.schemas import JobOut
+from appliance._internal.jobs.service import TERMINAL
+from appliance._internal.store import Store, dumps, loads, utcnow
+from appliance.capabilities.refinement.schemas import MAX_DATASET_BYTES, RefinementJobParams, RefinementTerms
+from appliance.capabilities.refinement.service import JOB_KIND, METHOD, ROLES, VERSION, latest_job
+from appliance.errors import Conflict, JobFailed
 
-log = logging.getLogger("appliance.refinement")
+if TYPE_CHECKING:  # the HE stack (tenseal) loads when a job runs, not when the kind registers
+    from appliance.confidential import EncryptedDataset, RefinementProgress, RefinementResult
+    from enclave.host import EnclaveClient
 
-VERSION = "1.0.0"
-METHOD = "confidential-refinement"
-JOB_KIND = "refinement"
-ROLES = ("admin", "auditor", "client")
-#: API architecture names -> the enclave's model kinds.
-ENCLAVE_KIND = {"softmax": "softmax", "mlp_last_layer": "mlp"}
-INVITATION_PREFIX = "inv_"
-MAX_MODEL_BYTES = 64 << 20
-MAX_SECRET_BYTES = 16 << 20
-MAX_CONTEXT_BYTES = 256 << 20
-MAX_DATASET_BYTES = 1 << 31
-SLOTS = 4096  # CKKS preset n8192: 4096 slots per ciphertext
-_WRAP_MAGIC = b"WRAP1\x00"
-_DATASET_MAGIC = b"EDS1\x00"
 
-
-# -- models (API, OpenAPI document and SDK) ----------------------------------------------------
-class RefinementTerms(BaseModel):
-    """Public terms the model owner sets: architecture, shapes and hyper-parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["softmax", "mlp_last_layer"]
-    input_dim: int = Field(ge=1, le=SLOTS, description="features per sample")
-    num_classes: int = Field(ge=2, le=1024)
-    epochs: int = Field(default=1, ge=1, le=100)
-    lr: float = Field(default=0.5, gt=0, le=100, allow_inf_nan=False)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    batch_size: int = Field(default=64, ge=1, le=SLOTS,
-                            description="samples per ciphertext; the data owner encrypts so")
-    reduction: Literal["host", "enclave"] = "host"
-
-
-class RefinementCreateForm(BaseModel):
-    """multipart/form-data of ``POST /v1/refinements``: the terms as fields, the model (packed
-    and wrapped to the attested enclave) as the ``model`` file part."""
-
-    model: bytes = Field(json_schema_extra={"format": "binary"})
-    kind: Literal["softmax", "mlp_last_layer"]
-    input_dim: int = Field(ge=1, le=SLOTS)
-    num_classes: int = Field(ge=2, le=1024)
-    epochs: int = Field(default=1, ge=1, le=100)
-    lr: float = Field(default=0.5, gt=0, le=100)
-    seed: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=64, ge=1, le=SLOTS)
-    reduction: Literal["host", "enclave"] = "host"
-    name: str | None = Field(default=None, max_length=128)
-
-
-class RefinementProvisionForm(BaseModel):
-    """multipart/form-data of ``POST /v1/refinements/{id}/data`` (the data owner's part)."""
-
-    invitation: str = Field(min_length=8, max_length=128)
-    train: bytes = Field(json_schema_extra={"format": "binary"})
-    validation: bytes = Field(json_schema_extra={"format": "binary"})
-    public_context: bytes = Field(json_schema_extra={"format": "binary"})
-    ckks_secret: bytes = Field(json_schema_extra={"format": "binary"})
-
-
-class RefinementData(BaseModel):
-    """Digests and sizes of the data owner's encrypted part (never contents)."""
-
-    train_sha256: str
-    validation_sha256: str
-    public_context_sha256: str
-    ckks_secret_sha256: str
-    num_train: int
-    num_validation: int
-    train_batches: int
-    provisioned_at: str
-
-
-class RefinementCheckpoint(BaseModel):
-    sha256: str
-    epoch: int
-    step: int
-    saved_at: str
-
-
-class RefinementOut(BaseModel):
-    """A refinement as either party (or an invitee holding the code) sees it."""
-
-    id: str
-    name: str | None = None
-    role: Literal["model_owner", "data_owner", "invitee"]
-    state: Literal["awaiting_data", "provisioned", "queued", "running", "succeeded", "failed",
-                   "cancelled"]
-    terms: RefinementTerms
-    model_sha256: str
-    data: RefinementData | None = None
-    job: JobOut | None = None
-    checkpoint: RefinementCheckpoint | None = None
-    report: dict[str, Any] | None = Field(
-        default=None, description="the signed report bundle (with the report body) once done")
-    created_at: str
-
-
-class RefinementCreated(BaseModel):
-    refinement: RefinementOut
-    invitation: str = Field(description="one-time code for the data owner; shown only once")
-
-
-class RefinementList(BaseModel):
-    items: list[RefinementOut]
-
-
-class RefinementResultOut(BaseModel):
-    """The refined model (encrypted to the model owner) and the signed manifest of its blob."""
-
-    refinement_id: str
-    job_id: str
-    report_id: str
-    sha256: str
-    size: int
-    model: str = Field(description="base64 of the encrypted refined-model blob")
-    manifest: dict[str, Any] = Field(description="{envelope: DSSE in-toto statement, public_key}")
-
-
-class RefinementJobParams(BaseModel):
-    """Run (or re-run) a provisioned refinement; ``resume`` uses the last sealed checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    refinement_id: str = Field(min_length=1, max_length=64)
-    resume: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelOwnerRefinement:
-    """What :meth:`appliance.client.Client.create_refinement` returns. ``result_key`` (32 bytes)
-    never leaves the model owner: keep it to open the result; give ``invitation`` (once) and
-    ``id`` to the data owner."""
-
-    id: str
-    invitation: str
-    result_key: bytes = field(repr=False)
-    refinement: RefinementOut
-
-
-@dataclass(frozen=True, kw_only=True)
-class RefinedModel:
-    """The refined model, opened on the model owner's machine (arrays as numpy)."""
-
-    refinement_id: str
-    job_id: str
-    report_id: str
-    sha256: str
-    meta: dict[str, Any]
-    arrays: dict[str, Any] = field(repr=False)
-    statement: dict[str, Any]
-
-
-# -- helpers -------------------------------------------------------------------------------------
-def hash_invitation(code: str) -> str:
-    """The stored form of an invitation code."""
-    return hashlib.sha256(("refinement-invitation|" + code).encode("utf-8")).hexdigest()
-
-
-def _wrapped_label(blob: bytes) -> str | None:
-    """The label of a blob wrapped to the enclave (crypto.provisioning format), or None."""
-    if not blob.startswith(_WRAP_MAGIC) or len(blob) < len(_WRAP_MAGIC) + 1 + 64 + 28:
-        return None
-    n = blob[len(_WRAP_MAGIC)]
-    label = blob[len(_WRAP_MAGIC) + 1: len(_WRAP_MAGIC) + 1 + n]
-    return label.decode("ascii", "replace")
-
-
-def _require_wrapped(blob: bytes, label: str, what: str) -> None:
-    got = _wrapped_label(blob)
-    if got != label:
-        raise UnprocessableInput(
-            f"{what} must be wrapped to the enclave with label {label!r}"
-            + (f" (got label {got!r})" if got else " (not a wrapped blob)"),
-            hint="Use the SDK: it verifies the enclave's quote and wraps to its key.")
-
-
-def _dataset_header(blob: bytes, what: str) -> dict[str, Any]:
-    """Validate an encrypted dataset blob's framing; returns its header (sizes only)."""
-    from appliance.confidential import ConfidentialError, EncryptedDataset
-
-    try:
-        parsed = EncryptedDataset.from_bytes(blob, max_bytes=MAX_DATASET_BYTES)
-    except (ConfidentialError, struct.error, ValueError) as exc:
-        raise UnprocessableInput(f"{what} is not an encrypted dataset: "
-                                 f"{getattr(exc, 'message', exc)}") from None
-    label = "train-labels" if what == "train" else "val-labels"
-    _require_wrapped(parsed.labels_blob, label, f"the labels of {what}")
-    return {"dim": parsed.dim, "batch_sizes": parsed.batch_sizes, "n": parsed.num_samples}
-
-
-def _tenant_name(store: Store, tenant_id: str) -> str:
-    row = store.conn.execute("SELECT name FROM tenants WHERE id=?", (tenant_id,)).fetchone()
-    return str(row["name"]) if row else "?"
-
-
-def latest_job(store: Store, refinement_id: str) -> dict[str, Any] | None:
-    """The most recent job of a refinement (jobs carry ``refinement_id`` in their params)."""
-    row = store.conn.execute(
-        "SELECT * FROM jobs WHERE kind = 'refinement' "
-        "AND json_extract(params, '$.refinement_id') = ? "
-        "ORDER BY created_at DESC, rowid DESC LIMIT 1",
-        (refinement_id,),
-    ).fetchone()
-    return dict(row) if row else None
-
-
-def _get_row(store: Store, refinement_id: str) -> dict[str, Any] | None:
-    row = store.conn.execute("SELECT * FROM refinements WHERE id=?", (refinement_id,)).fetchone()
-    return dict(row) if row else None
-
-
-def _invitation_matches(row: dict[str, Any], code: str | None) -> bool:
-    if not code or row["invitation_used_at"] is not None or len(code) > 128:
-        return False
-    return hmac.compare_digest(row["invitation_hash"], hash_invitation(code))
-
-
-def find_refinement(store: Store, principal: Principal, refinement_id: str, *,
-                    invitation: str | None = None) -> tuple[dict[str, Any], str]:
-    """The refinement and the caller's role in it; 404 for anyone else (no existence oracle).
-
-    The model owner's tenant and, once it redeemed the invitation, the data owner's tenant are
-    parties; before that, only a caller presenting the unused invitation code sees its terms.
-    """
-    row = _get_row(store, refinement_id) if len(refinement_id) <= 64 else None
-    if row is not None:
-        if row["tenant_id"] == principal.tenant_id:
-            return row, "model_owner"
-        if row["data_tenant_id"] is not None and row["data_tenant_id"] == principal.tenant_id:
-            return row, "data_owner"
-        if _invitation_matches(row, invitation):
-            return row, "invitee"
-    shown = refinement_id if len(refinement_id) <= 80 else refinement_id[:80] + "…"
-    raise NotFound(f"refinement {shown!r} not found")
-
-
-# -- the model owner's part ----------------------------------------------------------------------
-def create_refinement(store: Store, principal: Principal, *, terms: RefinementTerms,
-                      model_blob: bytes, name: str | None) -> tuple[dict[str, Any], str]:
-    """Store the wrapped model and the terms; returns the row and the one-time invitation."""
-    principal.require(*ROLES)
-    from enclave.he import RowLayout
-
-    capacity = RowLayout.for_dim(terms.input_dim, slots=SLOTS).capacity
-    if terms.batch_size > capacity:
-        raise ValidationFailed(
-            f"batch_size {terms.batch_size} exceeds the {capacity} samples of "
-            f"{terms.input_dim} features that fit one ciphertext")
-    _require_wrapped(model_blob, "model", "the model")
-    digest, size = store.blobs.put_bytes(model_blob)
-    code = INVITATION_PREFIX + secrets.token_urlsafe(24)
-    refinement_id = new_id("rfn")
-    with store.transaction():
-        store.record_blob(digest, size)
-        store.conn.execute(
-            "INSERT INTO refinements (id, tenant_id, name, kind, terms, model_digest, "
-            "invitation_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (refinement_id, principal.tenant_id, name, terms.kind,
-             dumps(terms.model_dump(mode="json")), digest, hash_invitation(code), utcnow()),
-        )
-    log.info("refinement %s created by tenant %s", refinement_id, principal.tenant_name)
-    row = _get_row(store, refinement_id)
-    assert row is not None
-    return row, code
-
-
-# -- the data owner's part -----------------------------------------------------------------------
-def provision_refinement(
-    store: Store,
-    principal: Principal,
-    refinement_id: str,
-    *,
-    invitation: str,
-    train: bytes,
-    validation: bytes,
-    public_context: bytes,
-    ckks_secret: bytes,
-    enqueue: Enqueue,
-) -> dict[str, Any]:
-    """Redeem the invitation with the encrypted data; starts the refinement job."""
-    principal.require(*ROLES)
-    row = _get_row(store, refinement_id) if len(refinement_id) <= 64 else None
-    if row is None or not invitation or not hmac.compare_digest(
-            row["invitation_hash"], hash_invitation(invitation)):
-        raise NotFound(f"no refinement {refinement_id[:80]!r} with this invitation code")
-    if row["invitation_used_at"] is not None:
-        raise Conflict("this invitation was already redeemed; the data is in")
-    terms = RefinementTerms.model_validate(loads(row["terms"]))
-    train_head = _dataset_header(train, "train")
-    val_head = _dataset_header(validation, "validation")
-    for what, head in (("train", train_head), ("validation", val_head)):
-        if head["dim"] != terms.input_dim:
-            raise UnprocessableInput(
-                f"{what} has {head['dim']} features; the terms say {terms.input_dim}")
-        sizes = head["batch_sizes"]
-        if any(b != terms.batch_size for b in sizes[:-1]) or sizes[-1] > terms.batch_size:
-            raise UnprocessableInput(
-                f"{what} must be encrypted in batches of {terms.batch_size} samples "
-                "(the last may be smaller)")
-    _require_wrapped(ckks_secret, "ckks-secret", "the CKKS secret")
-    from appliance.confidential import CKKS_PRESET
-    from crypto.ckks import load_public_context
-    from crypto.errors import CryptoError
-
-    try:  # refuses a context that carries a secret key: the host never holds one
-        load_public_context(public_context, preset=CKKS_PRESET, max_bytes=MAX_CONTEXT_BYTES)
-    except CryptoError as exc:
-        raise UnprocessableInput(f"public CKKS context refused: {exc}") from None
-    digests = {}
-    for key, blob in (("train", train), ("val", validation), ("context", public_context),
-                      ("secret", ckks_secret)):
-        digests[key] = store.blobs.put_bytes(blob)
-    meta = {"num_train": train_head["n"], "num_validation": val_head["n"],
-            "train_batches": len(train_head["batch_sizes"])}
-    with store.transaction():
-        for digest, size in digests.values():
-            store.record_blob(digest, size)
-        cur = store.conn.execute(
-            "UPDATE refinements SET invitation_used_at=?, data_tenant_id=?, train_digest=?, "
-            "val_digest=?, context_digest=?, secret_digest=?, data_meta=?, provisioned_at=? "
-            "WHERE id=? AND invitation_used_at IS NULL",
-            (utcnow(), principal.tenant_id, digests["train"][0], digests["val"][0],
-             digests["context"][0], digests["secret"][0], dumps(meta), utcnow(), row["id"]),
-        )
-    if cur.rowcount != 1:
-        raise Conflict("this invitation was already redeemed; the data is in")
-    log.info("refinement %s provisioned by tenant %s", row["id"], principal.tenant_name)
-    owner = Principal(tenant_id=row["tenant_id"], tenant_name=_tenant_name(store, row["tenant_id"]),
-                      role="client", token_id="invitation")
-    submit_job(store, owner, JOB_KIND, {"refinement_id": row["id"]}, enqueue)
-    fresh = _get_row(store, row["id"])
-    assert fresh is not None
-    return fresh
-
-
-def retry_refinement(store: Store, principal: Principal, refinement_id: str, *,
-                     resume: bool, enqueue: Enqueue) -> dict[str, Any]:
-    """Model owner: run a provisioned refinement again (resuming from the sealed checkpoint)."""
-    store.get_owned("refinements", principal.tenant_id, refinement_id, "refinement")
-    return submit_job(store, principal, JOB_KIND,
-                      {"refinement_id": refinement_id, "resume": resume}, enqueue)
-
-
-# -- views ---------------------------------------------------------------------------------------
-def refinement_view(store: Store, row: dict[str, Any], role: str) -> dict[str, Any]:
-    """The public shape of a refinement for ``role``; never blob contents."""
-    view: dict[str, Any] = {
-        "id": row["id"], "name": row["name"], "role": role,
-        "terms": loads(row["terms"]), "model_sha256": row["model_digest"],
-        "created_at": row["created_at"], "data": None, "job": None, "checkpoint": None,
-        "report": None,
-    }
-    if row["provisioned_at"] is None:
-        view["state"] = "awaiting_data"
-        return view
-    meta = loads(row["data_meta"]) or {}
-    job = latest_job(store, row["id"])
-    view["state"] = job["state"] if job else "provisioned"
-    if role == "invitee":
-        return view
-    view["data"] = {
-        "train_sha256": row["train_digest"], "validation_sha256": row["val_digest"],
-        "public_context_sha256": row["context_digest"],
-        "ckks_secret_sha256": row["secret_digest"], "provisioned_at": row["provisioned_at"],
-        **meta,
-    }
-    if row["checkpoint_digest"]:
-        view["checkpoint"] = {"sha256": row["checkpoint_digest"],
-                              **(loads(row["checkpoint_meta"]) or {})}
-    if job is not None:
-        view["job"] = job_view(job)
-        if job["state"] == "succeeded" and job["report_id"]:
-            view["report"] = _report_bundle(store, job["report_id"])
-    return view
-
-
-def _report_bundle(store: Store, report_id: str) -> dict[str, Any] | None:
-    from appliance._internal.identity import identity_for
-    from appliance._internal.reports import report_body, report_bundle
-
-    rep = store.conn.execute("SELECT * FROM reports WHERE id=?", (report_id,)).fetchone()
-    if rep is None:
-        return None
-    bundle = report_bundle(identity_for(store.settings), dict(rep))
-    bundle["report"] = report_body(dict(rep))
-    return dict(bundle)
-
-
-def list_refinements(store: Store, principal: Principal, *, limit: int,
-                     offset: int) -> list[dict[str, Any]]:
-    rows = store.conn.execute(
-        "SELECT * FROM refinements WHERE tenant_id=? OR data_tenant_id=? "
-        "ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-        (principal.tenant_id, principal.tenant_id, limit, offset),
-    ).fetchall()
-    out = []
-    for r in rows:
-        row = dict(r)
-        role = "model_owner" if row["tenant_id"] == principal.tenant_id else "data_owner"
-        out.append(refinement_view(store, row, role))
-    return out
-
-
-def refinement_result(store: Store, principal: Principal, refinement_id: str) -> dict[str, Any]:
-    """Model owner only: the encrypted refined model and the signed manifest of its blob."""
-    from appliance._internal.identity import identity_for
-    from appliance._internal.reports import report_body
-    from crypto.dsse import canonical_json, sign_envelope
-    from models.manifest import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE
-
-    row = store.get_owned("refinements", principal.tenant_id, refinement_id, "refinement")
-    job = latest_job(store, refinement_id)
-    if job is None or job["state"] != "succeeded" or not job["report_id"]:
-        state = job["state"] if job else ("awaiting_data" if row["provisioned_at"] is None
-                                          else "provisioned")
-        raise Conflict(f"refinement {refinement_id} has no result yet (state {state})")
-    rep = store.conn.execute("SELECT * FROM reports WHERE id=?", (job["report_id"],)).fetchone()
-    body = report_body(dict(rep))
-    digest = str(body["extra"]["artifacts"]["refined_model"])
-    path = store.blobs.path(digest)
-    if not path.is_file():
-        raise NotFound("the refined model blob is missing from the store")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise Conflict("the refined model blob failed its digest check")
-    identity = identity_for(store.settings)
-    envelope = loads(row["result_manifest"])
-    statement = None
-    if envelope is not None:
-        statement = json.loads(base64.b64decode(envelope["payload"]))
-        if statement["predicate"]["resources"][0]["digest"] != digest:
-            envelope = None
-    if envelope is None:
-        name = f"refined-{refinement_id}.enc"
-        statement = {
-            "_type": STATEMENT_TYPE,
-            "subject": [{"name": name, "digest": {
-                "sha256": hashlib.sha256(bytes.fromhex(digest)).hexdigest()}}],
-            "predicateType": PREDICATE_TYPE,
-            "predicate": {
-                "serialization": {"method": "files", "hash_type": "sha256",
-                                  "allow_symlinks": False, "ignore_paths": []},
-                "resources": [{"name": name, "algorithm": "sha256", "digest": digest}],
-            },
-        }
-        envelope = sign_envelope(canonical_json(statement), PAYLOAD_TYPE, identity.signing_key)
-        store.conn.execute("UPDATE refinements SET result_manifest=? WHERE id=?",
-                           (dumps(envelope), refinement_id))
-    return {
-        "refinement_id": refinement_id, "job_id": job["id"], "report_id": job["report_id"],
-        "sha256": digest, "size": len(data), "model": base64.b64encode(data).decode("ascii"),
-        "manifest": {"envelope": envelope, "public_key": identity.public_key_pem},
-    }
-
-
-# -- the job -------------------------------------------------------------------------------------
 def _resolve(store: Store, principal: Principal, params: RefinementJobParams) -> dict[str, Any]:
     row = store.get_owned("refinements", principal.tenant_id, params.refinement_id, "refinement")
     if row["provisioned_at"] is None:
@@ -541,18 +65,23 @@ def _short_reason(message: str) -> str:
     return message.split("; stderr:", 1)[0][:500]
 
 
-def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -> JobOutcome:
-    from appliance.capabilities.refinement.enclave import enclave_service
-    from appliance.confidential import (
-        EncryptedDataset,
-        RefinementInterrupted,
-        RefinementProgress,
-        run_refinement,
-    )
-    from enclave.errors import EnclaveError
+@dataclass(frozen=True, kw_only=True)
+class _Loaded:
+    """The provisioned blobs of one job, read from the store."""
 
-    rid = inputs["refinement_id"]
-    terms = RefinementTerms.model_validate(inputs["terms"])
+    train: EncryptedDataset
+    validation: EncryptedDataset
+    public_context: bytes
+    model_blob: bytes
+    secret_blob: bytes
+    checkpoint: bytes | None
+    seconds: float
+
+
+def _load_inputs(ctx: JobContext, inputs: dict[str, Any]) -> _Loaded:
+    """Read (and frame-check) the wrapped model, encrypted data, contexts and checkpoint."""
+    from appliance.confidential import EncryptedDataset
+
     t0 = time.perf_counter()
 
     def read(digest: str) -> bytes:
@@ -563,53 +92,81 @@ def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -
     public_ctx = read(inputs["context"])
     model_blob, secret_blob = read(inputs["model"]), read(inputs["secret"])
     checkpoint = read(inputs["checkpoint"]) if inputs.get("checkpoint") else None
-    load_s = time.perf_counter() - t0
-    ctx.progress(0.01)
+    return _Loaded(train=train, validation=val, public_context=public_ctx, model_blob=model_blob,
+                   secret_blob=secret_blob, checkpoint=checkpoint, seconds=time.perf_counter() - t0)
 
-    service = enclave_service(ctx.settings)
-    client = service.client()
-    identity = dict(client.identity)
-    try:  # a session left by an earlier attempt in this enclave would block a new start
+
+def _abort_session(client: EnclaveClient, rid: str) -> None:
+    """Drop a session an earlier attempt left in the enclave (it would block a new start)."""
+    from enclave.errors import EnclaveError
+
+    try:
         client.call("refine.abort", {"job_id": rid})
     except EnclaveError:
         pass
-    state = {"epoch": 0, "step": 0, "moved": False}
 
-    def progress(event: RefinementProgress) -> None:
-        state.update(epoch=event.epoch, step=event.step, moved=True)
+
+def _open_enclave(ctx: JobContext, rid: str) -> tuple[EnclaveClient, dict[str, Any]]:
+    """The home's enclave, free of stale sessions for this refinement, and its identity."""
+    from appliance.capabilities.refinement.enclave import enclave_service
+
+    client = enclave_service(ctx.settings).client()
+    identity = dict(client.identity)
+    _abort_session(client, rid)
+    return client, identity
+
+
+class _Tracker:
+    """Job progress and sealed checkpoints as the refinement reports them; ``moved`` is true
+    once the refinement got anywhere (then a refused checkpoint is not retried from scratch)."""
+
+    def __init__(self, ctx: JobContext, rid: str) -> None:
+        self.ctx, self.rid = ctx, rid
+        self.epoch, self.step, self.moved = 0, 0, False
+
+    def progress(self, event: RefinementProgress) -> None:
+        self.epoch, self.step, self.moved = event.epoch, event.step, True
         if event.step == 0:
-            ctx.log(f"epoch {event.epoch}/{event.epochs} trained")
-        ctx.progress(0.02 + 0.97 * event.fraction)
+            self.ctx.log(f"epoch {event.epoch}/{event.epochs} trained")
+        self.ctx.progress(0.02 + 0.97 * event.fraction)
 
-    def on_checkpoint(sealed: bytes) -> None:
-        state["moved"] = True
-        digest = ctx.save_artifact(sealed)
-        _record_checkpoint(ctx, rid, digest, state["epoch"], state["step"])
+    def checkpoint(self, sealed: bytes) -> None:
+        self.moved = True
+        digest = self.ctx.save_artifact(sealed)
+        _record_checkpoint(self.ctx, self.rid, digest, self.epoch, self.step)
 
-    def attempt(from_checkpoint: bytes | None) -> Any:
+
+def _refine(ctx: JobContext, client: EnclaveClient, rid: str, terms: RefinementTerms, loaded: _Loaded,
+            identity: dict[str, Any]) -> tuple[RefinementResult, str | None]:
+    """Run the refinement (from the sealed checkpoint if any); returns the result and, if the
+    checkpoint was refused and the refinement started over, the reason. An enclave failure
+    becomes a JobFailed that says whether a retry resumes or starts over."""
+    from appliance.confidential import RefinementInterrupted, run_refinement
+
+    tracker = _Tracker(ctx, rid)
+
+    def attempt(from_checkpoint: bytes | None) -> RefinementResult:
         return run_refinement(
-            enclave=client, job_id=rid, public_context=public_ctx, train=train,
-            validation=val, model_blob=model_blob, ckks_secret_blob=secret_blob,
-            epochs=terms.epochs, lr=terms.lr, seed=terms.seed, reduction=terms.reduction,
-            checkpoint=from_checkpoint, on_checkpoint=on_checkpoint, progress=progress)
+            enclave=client, job_id=rid, public_context=loaded.public_context, train=loaded.train,
+            validation=loaded.validation, model_blob=loaded.model_blob,
+            ckks_secret_blob=loaded.secret_blob, epochs=terms.epochs, lr=terms.lr, seed=terms.seed,
+            reduction=terms.reduction, checkpoint=from_checkpoint, on_checkpoint=tracker.checkpoint,
+            progress=tracker.progress)
 
-    ctx.log(("resuming from the sealed checkpoint" if checkpoint else "starting") +
+    ctx.log(("resuming from the sealed checkpoint" if loaded.checkpoint else "starting") +
             f" in enclave {identity.get('mrenclave', '?')[:16]}…")
     resumed_refused: str | None = None
     try:
         try:
-            result = attempt(checkpoint)
+            result = attempt(loaded.checkpoint)
         except RefinementInterrupted as exc:
-            if checkpoint is None or state["moved"] or not client.is_alive():
+            if loaded.checkpoint is None or tracker.moved or not client.is_alive():
                 raise
             # the sealed state does not open here (enclave build changed, or altered): start
             # over cleanly from the provisioned secrets instead
             resumed_refused = _short_reason(exc.reason)
             ctx.log(f"sealed checkpoint refused ({resumed_refused}); starting over", "warning")
-            try:
-                client.call("refine.abort", {"job_id": rid})
-            except EnclaveError:
-                pass
+            _abort_session(client, rid)
             result = attempt(None)
     except RefinementInterrupted as exc:
         reason = _short_reason(exc.reason)
@@ -620,11 +177,17 @@ def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -
                f"{rid}/retry resumes from it." if kept else
                f"Nothing was kept; POST /v1/refinements/{rid}/retry starts over.")
         ) from None
-    ctx.progress(0.995)
+    return result, resumed_refused
+
+
+def _outcome(ctx: JobContext, inputs: dict[str, Any], terms: RefinementTerms, identity: dict[str, Any],
+             result: RefinementResult, resumed_refused: str | None, load_seconds: float) -> JobOutcome:
+    """Store the encrypted refined model and describe the run for the signed report."""
+    rid = inputs["refinement_id"]
     digest = ctx.save_artifact(result.refined_model)
     report = result.report()
     timings = {k: float(v) for k, v in result.timings.items()}
-    timings["load_seconds"] = load_s
+    timings["load_seconds"] = load_seconds
     return JobOutcome(
         method=METHOD,
         version=VERSION,
@@ -647,6 +210,17 @@ def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -
         timings=timings,
         extra={"artifacts": {"refined_model": digest}},
     )
+
+
+def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -> JobOutcome:
+    rid = inputs["refinement_id"]
+    terms = RefinementTerms.model_validate(inputs["terms"])
+    loaded = _load_inputs(ctx, inputs)
+    ctx.progress(0.01)
+    client, identity = _open_enclave(ctx, rid)
+    result, resumed_refused = _refine(ctx, client, rid, terms, loaded, identity)
+    ctx.progress(0.995)
+    return _outcome(ctx, inputs, terms, identity, result, resumed_refused, loaded.seconds)
 
 
 register_job_kind(

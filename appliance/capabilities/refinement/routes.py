@@ -1,4 +1,4 @@
-"""HTTP routes of confidential refinement; logic in :mod:`appliance.capabilities.refinement.job`.
+"""HTTP routes of confidential refinement; logic in :mod:`appliance.capabilities.refinement.service`.
 
     GET  /v1/enclave/attestation?nonce=<hex>   public: quote, platform key, measurement
     POST /v1/refinements                       model owner: terms + wrapped model (multipart)
@@ -25,7 +25,7 @@ from appliance._internal.jobs.service import job_view
 from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api, read_bounded, validation_problem
 from appliance.capabilities.refinement.enclave import enclave_service
-from appliance.capabilities.refinement.job import (
+from appliance.capabilities.refinement.schemas import (
     MAX_CONTEXT_BYTES,
     MAX_MODEL_BYTES,
     MAX_SECRET_BYTES,
@@ -36,6 +36,8 @@ from appliance.capabilities.refinement.job import (
     RefinementProvisionForm,
     RefinementResultOut,
     RefinementTerms,
+)
+from appliance.capabilities.refinement.service import (
     create_refinement,
     find_refinement,
     list_refinements,
