@@ -10,7 +10,6 @@ by name and raises ``ValueError`` listing the known names for an unknown one.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -99,8 +98,6 @@ class AuditMethod(ABC):
 
 _METHODS: dict[str, type[AuditMethod]] = {}
 _LOCK = threading.Lock()
-_BUILTIN_MODULES = ("appliance.audits.ownership.dov4cl", "appliance.audits.ownership.watermark",
-                    "appliance.audits.unlearning")
 
 
 def register_method(name: str, cls: type[AuditMethod]) -> None:
@@ -117,12 +114,12 @@ def register_method(name: str, cls: type[AuditMethod]) -> None:
 
 
 def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Import the built-in methods (each registers itself); a broken one is an ImportError
+    here, never a method that silently goes missing."""
+    import appliance.audits.ownership.dov4cl
+    import appliance.audits.ownership.watermark
+    import appliance.audits.provenance.trainprove
+    import appliance.audits.unlearning  # noqa: F401
 
 
 def list_methods() -> list[str]:
