@@ -11,12 +11,13 @@ by name and raises ``ValueError`` listing the known names for an unknown one.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.audits.errors import AuditParameterError
+from appliance.audits.errors import AuditInputError, AuditParameterError
 
 ProgressFn = Callable[[float], None]
 LogFn = Callable[[str], None]
@@ -48,15 +49,23 @@ class AuditResult:
         return asdict(self)
 
 
+def _ignore(*_: Any) -> None:
+    return None
+
+
 class AuditMethod(ABC):
     """An audit algorithm: ``run`` takes inputs, parameters and a seed and returns a result.
 
-    Subclasses set ``name`` and ``version`` and implement :meth:`defaults` and :meth:`run`.
-    Methods are stateless between runs unless they override ``state_dict``.
+    Subclasses set ``name``, ``version`` and ``inputs_type`` and implement :meth:`defaults`
+    and :meth:`execute`; :meth:`run` is the template every method shares: it merges and checks
+    the parameters, checks the inputs' type and the seed, times the whole run, and fills the
+    result's effective parameters. Methods are stateless between runs unless they override
+    ``state_dict``.
     """
 
     name: str = ""
     version: str = "0"
+    inputs_type: type | None = None
 
     @classmethod
     @abstractmethod
@@ -74,7 +83,14 @@ class AuditMethod(ABC):
             merged[key] = value
         return merged
 
-    @abstractmethod
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Refuse parameter values out of range (``AuditParameterError``); the base checks a
+        significance level ``alpha`` where the method has one."""
+        if "alpha" in params:
+            alpha = params["alpha"]
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+                raise AuditParameterError(f"alpha must be a number in (0, 1), got {alpha!r}")
+
     def run(
         self,
         inputs: Any,
@@ -85,6 +101,25 @@ class AuditMethod(ABC):
         log: LogFn | None = None,
     ) -> AuditResult:
         """Run the audit; deterministic for ``seed``. Raises ``AuditError`` subclasses."""
+        started = time.perf_counter()
+        merged = self.resolve_params(params)
+        self.check_params(merged)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise AuditParameterError(f"seed must be an integer, got {seed!r}")
+        if self.inputs_type is not None and not isinstance(inputs, self.inputs_type):
+            raise AuditInputError(
+                f"{self.name} expects a {self.inputs_type.__name__}, got {type(inputs).__name__}")
+        report = progress or _ignore
+        result = self.execute(inputs, merged, seed=seed, progress=report, log=log or _ignore)
+        result.parameters = {**merged, **result.parameters, "seed": seed}
+        result.timings.setdefault("total_s", time.perf_counter() - started)
+        report(1.0)
+        return result
+
+    def execute(self, inputs: Any, params: dict[str, Any], *, seed: int, progress: ProgressFn,
+                log: LogFn) -> AuditResult:
+        """The method itself, on checked inputs and complete parameters."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither execute nor run")
 
     def state_dict(self) -> dict[str, Any]:
         """Serializable state (empty for stateless methods)."""

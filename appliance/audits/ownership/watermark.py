@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -209,31 +208,27 @@ class WatermarkDVBW(AuditMethod):
     name = "watermark_dvbw"
     version = "1.0"
 
+    inputs_type = WatermarkInputs
+
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {"m": 100, "tau": 0.2, "alpha": 0.05, "mode": "proba", "max_batch": 4096}
 
-    def run(
-        self,
-        inputs: WatermarkInputs,
-        *,
-        params: Mapping[str, Any] | None = None,
-        seed: int,
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> AuditResult:
-        t_start = time.perf_counter()
-        p = self.resolve_params(params)
-        mode: Literal["proba", "label"] = p["mode"]
-        if mode not in ("proba", "label"):
+    def check_params(self, params: dict[str, Any]) -> None:
+        super().check_params(params)
+        if params["mode"] not in ("proba", "label"):
             raise AuditParameterError("mode must be 'proba' or 'label'")
-        m, tau, alpha = p["m"], float(p["tau"]), float(p["alpha"])
+        m = params["m"]
         if isinstance(m, bool) or not isinstance(m, int) or m < 2:
             raise AuditParameterError(f"m must be an integer >= 2, got {m!r}")
-        if not 0.0 <= tau < 1.0 or not 0.0 < alpha < 1.0:
-            raise AuditParameterError("need 0 <= tau < 1 and 0 < alpha < 1")
-        if not isinstance(inputs, WatermarkInputs):
-            raise AuditInputError("watermark_dvbw expects a WatermarkInputs instance")
+        if not 0.0 <= float(params["tau"]) < 1.0:
+            raise AuditParameterError("need 0 <= tau < 1")
+
+    def execute(self, inputs: WatermarkInputs, params: dict[str, Any], *, seed: int,
+                progress: ProgressFn, log: LogFn) -> AuditResult:
+        p = params
+        mode: Literal["proba", "label"] = p["mode"]
+        m, tau, alpha = p["m"], float(p["tau"]), float(p["alpha"])
         benign = check_images("benign samples", inputs.benign)
         labels = np.asarray(inputs.benign_labels)
         if labels.ndim != 1 or len(labels) != len(benign):
@@ -255,13 +250,11 @@ class WatermarkDVBW(AuditMethod):
         x_benign = benign[chosen]
         pattern, mask = make_trigger(inputs.key, benign.shape[1:], strength=inputs.strength)
         x_trig = apply_trigger(x_benign, pattern, mask)
-        if log:
-            log(f"watermark_dvbw: {2 * m} queries in {mode} mode")
+        log(f"watermark_dvbw: {2 * m} queries in {mode} mode")
         t0 = time.perf_counter()
         out = suspect(np.concatenate([x_benign, x_trig]))
         t_query = time.perf_counter() - t0
-        if progress:
-            progress(0.9)
+        progress(0.9)
         target = int(inputs.target_class)
         stats: dict[str, Any]
         if mode == "proba":
@@ -287,8 +280,6 @@ class WatermarkDVBW(AuditMethod):
                 "flips_to_target": int(((out[:m] != target) & (out[m:] == target)).sum()),
             }
         stats.update({"mode": mode, "m": m, "tau": tau})
-        if progress:
-            progress(1.0)
         return AuditResult(
             method=self.name,
             version=self.version,
@@ -297,8 +288,8 @@ class WatermarkDVBW(AuditMethod):
             verdict=VERDICT_POSITIVE if p_value < alpha else VERDICT_NEGATIVE,
             alpha=alpha,
             queries=suspect.queries,
-            parameters={**p, "seed": seed, "target_class": target, "strength": inputs.strength},
-            timings={"suspect_query_s": t_query, "total_s": time.perf_counter() - t_start},
+            parameters={"target_class": target, "strength": inputs.strength},
+            timings={"suspect_query_s": t_query},
         )
 
 
