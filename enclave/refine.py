@@ -479,7 +479,7 @@ class RefinementSession:
         if self.pos == len(self.plan.train_batches):
             self.epoch += 1
             self.pos = 0
-        return self.weights()
+        return list(self.weights())
 
     # -- evaluation ----------------------------------------------------------------------
     @_busy

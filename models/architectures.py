@@ -183,7 +183,8 @@ class MLP(nn.Module):
         self.in_features = in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class SmallCNN(nn.Module):
@@ -216,7 +217,8 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.reshape(x.shape[0], self.in_channels, self.image_size, self.image_size)
-        return self.head(torch.flatten(self.features(x), 1))
+        out: torch.Tensor = self.head(torch.flatten(self.features(x), 1))
+        return out
 
 
 def _mlp(*, in_features: int, hidden: list[int] | int, num_classes: int) -> nn.Module:

@@ -94,7 +94,7 @@ def new_report_id() -> str:
     return new_id("rpt")
 
 
-def report_bundle(identity: Identity, row: dict[str, Any], tree_size: int | None = None) -> dict:
+def report_bundle(identity: Identity, row: dict[str, Any], tree_size: int | None = None) -> dict[str, Any]:
     """The offline-verifiable bundle: envelope, inclusion proof, signed checkpoint, key."""
     envelope = json.loads(row["envelope"])
     return make_bundle(envelope, identity.log, int(row["log_index"]), identity.public_key, tree_size)
@@ -102,7 +102,8 @@ def report_bundle(identity: Identity, row: dict[str, Any], tree_size: int | None
 
 def report_body(row: dict[str, Any]) -> dict[str, Any]:
     envelope = json.loads(row["envelope"])
-    return json.loads(base64.b64decode(envelope["payload"]))
+    body: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return body
 
 
 # -- HTML ------------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ class EncryptedDataset:
             dim=dim,
             labels_blob=labels_blob,
             layout=layout,
-            geometry=geometry,  # type: ignore[arg-type]
+            geometry=geometry,
         )
 
 

@@ -347,7 +347,7 @@ class _HostRun:
         """The trained layer's encrypted weights and the grid of the coefficient layout."""
         self.weights = self.host.load_all(self.call("refine.weights").parts)
         self.num_classes = int(status["num_classes"])
-        self.grid = tuple(status["train_grid"]) if self.coeff else (0, 0)  # type: ignore[assignment]
+        self.grid = tuple(status["train_grid"]) if self.coeff else (0, 0)
 
     def forward_products(self, x: Any, count: int) -> list[bytes]:
         """Pre-activations of one batch under HE (what the enclave's softmax needs)."""

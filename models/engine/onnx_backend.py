@@ -89,7 +89,7 @@ class OnnxModel(LoadedModel):
         if array.ndim != len(expected):
             size = math.prod(int(d) for d in tail if isinstance(d, int)) if static_tail else -1
             if array.ndim == 2 and static_tail and size == array.shape[1]:
-                array = array.reshape((array.shape[0], *tail))  # type: ignore[arg-type]
+                array = array.reshape((array.shape[0], *tail))
             else:
                 raise ShapeError(
                     f"input has shape {array.shape} but ONNX input {self.input_name!r} "
@@ -139,7 +139,7 @@ class OnnxModel(LoadedModel):
         out = self._run(x, batch_size, progress)
         if self.output_kind == "probabilities":
             with np.errstate(divide="ignore"):
-                return np.log(np.clip(out, 0.0, None))
+                return np.asarray(np.log(np.clip(out, 0.0, None)), dtype=np.float32)
         return out
 
     def predict(
@@ -149,7 +149,7 @@ class OnnxModel(LoadedModel):
         out = self._run(x, batch_size, progress)
         if self.output_kind == "probabilities":
             out = np.clip(out, 0.0, None)
-            return (out / out.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
+            return np.asarray(out / out.sum(axis=1, keepdims=True), dtype=np.float32)
         return softmax(out).astype(np.float32, copy=False)
 
     def embed(

@@ -17,7 +17,7 @@ from huey.storage import SqliteStorage
 from appliance._internal.config import Settings
 
 
-class JsonSerializer(Serializer):
+class JsonSerializer(Serializer):  # type: ignore[misc]  # huey is untyped
     """Huey serializer that speaks JSON only: a queue entry can never execute code on load."""
 
     allowed_names: set[str] = set()

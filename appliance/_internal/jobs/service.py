@@ -82,7 +82,7 @@ def submit_job(store: Store, principal: Principal, kind_name: str, raw_params: A
     return job
 
 
-def cancel_job(store: Store, settings: Settings, principal: Principal, job_id: str) -> dict:
+def cancel_job(store: Store, settings: Settings, principal: Principal, job_id: str) -> dict[str, Any]:
     job = store.get_owned("jobs", principal.tenant_id, job_id, "job")
     kind = job_kinds().get(job["kind"])
     # whoever may not start a kind of job may not stop one either

@@ -108,7 +108,7 @@ def apply_trigger(x: np.ndarray, pattern: np.ndarray, mask: np.ndarray) -> np.nd
     """Blend the trigger into every image of ``x`` ``[n, C, H, W]``."""
     if x.shape[1:] != pattern.shape:
         raise AuditInputError(f"images {x.shape[1:]} do not match trigger {pattern.shape}")
-    return ((1.0 - mask) * x + mask * pattern).astype(np.float32)
+    return np.asarray((1.0 - mask) * x + mask * pattern, dtype=np.float32)
 
 
 @dataclass(frozen=True)
