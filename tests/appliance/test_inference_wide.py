@@ -42,6 +42,7 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": [1, 2, 4, 8, 16, 32]}
+    assert spec["layouts"] == ["single", "wide"] and spec["wide_refusal"] is None
     private = PrivateClient(spec=spec)
     resp = _post(client, user, f"/v1/inference/sessions?ensemble_id={ens}", private.evaluation_keys())
     assert resp.status_code == 201, resp.get_data(as_text=True)
@@ -69,6 +70,15 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
         bad = _post(client, user, url, body)
         assert bad.status_code == 422, (url, bad.status_code, bad.get_data(as_text=True)[:200])
         assert bad.mimetype == "application/problem+json"
+        if body is wide and "layout=wide" not in url:
+            assert "wide body" in bad.get_json()["detail"] and "layout=wide" in bad.get_json()["hint"]
+    # A wide body above the single-query limit: named as a wide body (422), not a 413 on size.
+    from appliance.capabilities.inference import service
+
+    big = wide + b"\0" * (service.MAX_QUERY_BYTES + 1 - len(wide))
+    bad = _post(client, user, path, big)
+    assert bad.status_code == 422 and "wide body" in bad.get_json()["detail"], bad.get_data(as_text=True)[:200]
+    assert _post(client, user, path, b"\1" * (service.MAX_QUERY_BYTES + 1)).status_code == 413
     both = _post(client, user, path + "&layout=wide&batch=true", wide)
     assert both.status_code in (400, 422)
     unknown = _post(client, user, path + "&layout=diagonal", wide)

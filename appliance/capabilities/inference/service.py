@@ -139,7 +139,14 @@ class EnsembleSpec(BaseModel):
                     "(the label's near 1), no win counts")
     layout: EnsembleLayoutOut
     wide_layout: EnsembleWideLayoutOut | None = Field(
-        default=None, description="absent for hidden-layer heads (single layout only)")
+        default=None, description="absent where the server does not serve the wide layout for this "
+                                  "ensemble (hidden-layer heads; encoded wide weights above the limit)")
+    layouts: list[Literal["single", "wide"]] = Field(
+        default_factory=lambda: list[Literal["single", "wide"]](["single"]),
+        description="the request layouts this server serves for the ensemble; a client never "
+                    "encrypts in a layout missing here (the server would refuse it with 422)")
+    wide_refusal: str | None = Field(
+        default=None, description="why the wide layout is not served (absent when it is)")
 
 
 class EnsembleUpload(BaseModel):
@@ -202,12 +209,31 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The wide layout's geometry, or ``None`` for hidden-layer heads (single layout only)."""
+def wide_refusal(spec: dict[str, Any]) -> str | None:
+    """Why this server does not serve the wide layout for ``spec`` (``None``: it does)."""
     from crypto import packing
     from crypto.ckks import get_preset
 
     if spec.get("head", "linear") != "linear":
+        return f"the wide layout serves linear heads only; this ensemble has {spec.get('head')} heads"
+    preset = get_preset(str(spec["preset"]))
+    wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
+                                    classes=len(spec["classes"]), slots=preset.slot_count)
+    encoded = (len(spec["classes"]) * wide.chunks * preset.poly_modulus_degree
+               * (len(preset.coeff_mod_bit_sizes) - 1) * 8)
+    if encoded > _weight_limit(preset.name):
+        return (f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
+                f"the limit is {_weight_limit(preset.name) >> 20} MiB")
+    return None
+
+
+def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The wide layout's geometry, or ``None`` where the server does not serve it
+    (:func:`wide_refusal` says why)."""
+    from crypto import packing
+    from crypto.ckks import get_preset
+
+    if wide_refusal(spec) is not None:
         return None
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]),
@@ -280,8 +306,10 @@ def ensemble_view(row: dict[str, Any]) -> dict[str, Any]:
 def ensemble_spec(row: dict[str, Any]) -> dict[str, Any]:
     """The client-facing public spec of an ensemble row, with its slot layout; no weights."""
     spec = loads(row["spec"])
+    refusal = wide_refusal(spec)
     return {"id": row["id"], "output": "scores", **spec, "layout": _layout_info(spec),
-            "wide_layout": _wide_layout_info(spec)}
+            "wide_layout": _wide_layout_info(spec),
+            "layouts": ["single"] if refusal else ["single", "wide"], "wide_refusal": refusal}
 
 
 KEYS_HINT = ("n32768-d18 keys (~0.9 GB) are too large for a session; register the ensemble with "
@@ -567,6 +595,8 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
         body = body()
     if layout == "wide":
         return _predict_wide(store, cache, ensemble, session, body)
+    if body[:4] == WIDE_MAGIC:
+        raise wide_body_sent_as_single()
     if batch:
         try:
             queries = decode_blobs(body, max_items=MAX_BATCH_ITEMS, max_bytes=MAX_BATCH_BYTES)
@@ -582,6 +612,17 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (len(queries), session["id"]))
     return encode_blobs(replies) if batch else replies[0]
+
+
+#: First bytes of a wide-layout body (see :func:`crypto.private_inference.encode_wide`).
+WIDE_MAGIC = b"PEW1"
+
+
+def wide_body_sent_as_single() -> UnprocessableInput:
+    """The 422 for a wide-layout body posted without ``layout=wide`` (whatever its size)."""
+    return UnprocessableInput(
+        "this is a wide body (PEW1 header): it carries many queries in the wide layout",
+        hint="post it with layout=wide (and without batch=true), if the spec's 'layouts' lists 'wide'")
 
 
 @contextmanager
@@ -609,24 +650,14 @@ def _refused(what: str, *, context_hint: str | None = None) -> Iterator[None]:
 
 def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
                   session: dict[str, Any], body: bytes) -> bytes:
-    from crypto.ckks import get_preset
     from crypto.private_inference import wide_query_count
 
     if not body:
         raise UnprocessableInput("the body must hold a wide batch")
-    spec = loads(ensemble["spec"])
-    wide = _wide_layout_info(spec)
-    if wide is None:
-        raise UnprocessableInput(
-            f"the wide layout serves linear heads only; ensemble {ensemble['id']!r} has "
-            f"{spec.get('head')} heads", hint="send single-layout ciphertexts (layout=single)")
-    preset = get_preset(str(spec["preset"]))
-    encoded = (len(spec["classes"]) * wide["chunks"] * preset.poly_modulus_degree
-               * (len(preset.coeff_mod_bit_sizes) - 1) * 8)
-    if encoded > _weight_limit(preset.name):
-        raise UnprocessableInput(
-            f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
-            f"the limit is {_weight_limit(preset.name) >> 20} MiB", hint="use layout=single")
+    refusal = wide_refusal(loads(ensemble["spec"]))
+    if refusal is not None:
+        raise UnprocessableInput(refusal, hint="send single-layout ciphertexts (layout=single); the "
+                                               "spec's 'layouts' lists what this ensemble accepts")
     entry = cache.get_or_load(store, ensemble, session)
     with _refused("wide batch", context_hint="open a new session with keys from this SDK version"), entry.lock:
         reply = entry.evaluator.evaluate_wide_batch(body)
