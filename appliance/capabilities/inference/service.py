@@ -23,6 +23,8 @@ secret key stays in this process) and :class:`PrivatePrediction` is what a predi
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import threading
 import time
 from collections import OrderedDict
@@ -343,6 +345,22 @@ class _Entry:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def release_memory() -> bool:
+    """Collect unreachable evaluators now and return freed heap pages to the OS where glibc
+    allows (``malloc_trim``); ``True`` if it trimmed.
+
+    SEAL keeps what its objects free (keys, encoded weights, temporaries) in its global memory
+    pool, which TenSEAL does not expose: that part is reused by the next session, so resident
+    memory is bounded by the busiest moment rather than by session churn, but is not returned.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 class EvaluatorCache:
     """LRU of session evaluators in this process, keyed by (ensemble id, session id).
 
@@ -371,10 +389,15 @@ class EvaluatorCache:
         with self._lock:
             self._entries.clear()
             self._artifacts.clear()
+        release_memory()
 
     def drop(self, ensemble_id: str, session_id: str) -> None:
+        """Forget a session's evaluator and hand the freed memory back (:func:`release_memory`)."""
         with self._lock:
-            self._entries.pop((ensemble_id, session_id), None)
+            entry = self._entries.pop((ensemble_id, session_id), None)
+        if entry is not None:
+            del entry
+            release_memory()
 
     def artifact(self, store: Store, row: dict[str, Any]) -> EnsembleArtifact:
         """The ensemble's artifact, read from its blobs once per process."""
