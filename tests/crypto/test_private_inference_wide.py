@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tenseal as ts
-from support import assert_argmax_agrees
+from support import assert_argmax_agrees, assert_scaled_win_counts
 
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
@@ -85,7 +85,9 @@ def test_wide_win_counts_match_reference(multi) -> None:
     scores = client.decrypt_wide_batch(evaluator.evaluate_wide_batch(client.encrypt_wide_batch(emb)), count=64)
     logits = art.plaintext_logits(emb)
     ref = argmax.reference_win_counts(logits, evaluator._wide_state["bound"], evaluator.sign_rounds)
-    assert np.max(np.abs(scores.win_counts - ref)) < 1e-4
+    # Up to the secret output scale and the result-slot flooding (circuit privacy).
+    factors = assert_scaled_win_counts(scores.win_counts, ref, tol=3e-4)
+    assert np.ptp(factors) > 0.01  # one fresh factor per query, not one per batch
     assert list(scores.labels) == list(logits.argmax(axis=1))
 
 

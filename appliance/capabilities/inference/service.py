@@ -99,6 +99,10 @@ class EnsembleLayoutOut(BaseModel):
     n: int
     lane: int
     pad_classes: int
+    class_stride: int = Field(
+        default=0, description="row i * class_stride + j compares classes i and j; class i's result "
+                               "is in slot i * class_stride (classes for linear win counts, else "
+                               "pad_classes; 0 from servers that predate it means pad_classes)")
     rows: int
     baby: int
     giant: int
@@ -203,7 +207,8 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
     layout = _layout_for(spec)
     return {
         "slots": layout.slots, "block": layout.block, "n": layout.n, "lane": layout.lane,
-        "pad_classes": layout.pad_classes, "rows": layout.rows, "baby": layout.baby,
+        "pad_classes": layout.pad_classes, "class_stride": layout.stride, "rows": layout.rows,
+        "baby": layout.baby,
         "giant": layout.giant, "queries_per_ciphertext": layout.queries_per_ciphertext,
         "galois_steps": list(layout.galois_steps), "hidden": layout.hidden,
         "hidden_rows": layout.hidden_rows, "hidden_baby": layout.hidden_baby,
