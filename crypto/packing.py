@@ -485,6 +485,8 @@ def score_slots(values: FloatArray, layout: EnsembleLayout, count: int) -> Float
 
 #: Features per query block in the wide layout (power of two); see :func:`make_wide_layout`.
 WIDE_BLOCK = 64
+#: Most regions a partial wide batch is replicated into (see :func:`wide_regions`).
+WIDE_MAX_REGIONS = 8
 
 
 @dataclass(frozen=True)
@@ -514,9 +516,37 @@ class WideLayout:
         return tuple(1 << k for k in range(self.block.bit_length() - 1))
 
     @property
+    def region_steps(self) -> tuple[int, ...]:
+        """Power-of-two rotations that move whole regions of a partial batch (slots/2 ..)."""
+        out = []
+        size = self.slots // 2
+        while size >= self.slots // WIDE_MAX_REGIONS and size >= self.block and size > 0:
+            out.append(size)
+            size //= 2
+        return tuple(sorted(out))
+
+    @property
     def galois_steps(self) -> tuple[int, ...]:
-        """Rotation steps the wide circuit performs."""
-        return tuple(s for s in self.sum_strides if 0 < s < self.slots)
+        """Rotation steps the wide circuit performs (block sums, region moves)."""
+        return tuple(sorted({s for s in (*self.sum_strides, *self.region_steps) if 0 < s < self.slots}))
+
+
+def wide_regions(layout: WideLayout, count: int) -> int:
+    """Copies of a partial batch of ``count`` queries in the wide layout (a power of two).
+
+    A batch that fills at most half the capacity is replicated into ``R`` regions of
+    ``slots / R`` slots; the server tiles ``R`` different classes' weights over them, so one
+    plaintext product and one rotate-and-sum serve ``R`` classes, and one sign evaluation
+    serves ``R`` pairs. Capped by :data:`WIDE_MAX_REGIONS`, half the padded class count and
+    the rotations of :attr:`WideLayout.region_steps`.
+    """
+    if not 1 <= count <= layout.capacity:
+        raise LayoutError(f"{count} queries do not fit one wide batch (capacity {layout.capacity})")
+    regions = layout.capacity // _pow2_at_least(count)
+    cap = min(WIDE_MAX_REGIONS, max(1, _pow2_at_least(layout.classes) // 2))
+    while regions > 1 and (regions > cap or layout.slots // regions not in layout.region_steps):
+        regions //= 2
+    return max(1, regions)
 
 
 def make_wide_layout(*, members: int, dim: int, classes: int, slots: int, block: int | None = None) -> WideLayout:
@@ -571,11 +601,13 @@ def wide_weight_slots(piece: FloatArray, layout: WideLayout) -> FloatArray:
     return np.tile(np.asarray(piece, dtype=np.float64), layout.capacity)
 
 
-def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float) -> FloatArray:
+def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float, regions: int = 1) -> FloatArray:
     """Pack ``(Q, K, d)`` embeddings into ``(chunks, slots)`` slot vectors, clipping norms.
 
     Row ``t`` holds features ``t * block .. (t + 1) * block - 1`` of every query's concatenated
     (member-major) embeddings, query ``b`` in slots ``b * block ..``; unused slots are zero.
+    With ``regions`` R > 1 (:func:`wide_regions`) the batch is repeated at the start of each
+    of R equal regions of the slots.
     """
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 3 or emb.shape[1:] != (layout.members, layout.dim):
@@ -591,7 +623,11 @@ def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float) 
     flat[:, : layout.features] = emb.reshape(q, layout.features)
     pieces = flat.reshape(q, layout.chunks, layout.block).transpose(1, 0, 2)  # (chunks, q, block)
     out = np.zeros((layout.chunks, layout.slots))
-    out[:, : q * layout.block] = pieces.reshape(layout.chunks, q * layout.block)
+    if regions < 1 or layout.slots % regions or q * layout.block * regions > layout.slots:
+        raise LayoutError(f"{q} queries do not fit {regions} regions of the wide layout")
+    size = layout.slots // regions
+    for k in range(regions):
+        out[:, k * size : k * size + q * layout.block] = pieces.reshape(layout.chunks, q * layout.block)
     return out
 
 

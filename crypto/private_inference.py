@@ -447,9 +447,13 @@ class PrivateClient:
                 hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
             )
         emb = np.asarray(embeddings, dtype=np.float64)
-        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound)
+        count = int(emb.shape[0]) if emb.ndim == 3 else 0
+        # A partial batch of win counts is replicated into regions (PEW2): the server then
+        # evaluates several classes and pairs per operation. One-hot bodies stay in one region.
+        regions = packing.wide_regions(self._wide, count) if self._output == "scores" and count >= 1 else 1
+        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound, regions=regions)
         blobs = [self._encrypt_values(row) for row in rows]
-        return encode_wide(blobs, layout=self._wide, count=int(emb.shape[0]))
+        return encode_wide(blobs, layout=self._wide, count=count, regions=regions)
 
     def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
         """Decrypt the reply to a wide batch of ``count`` queries (as :meth:`decrypt_result`)."""
@@ -558,15 +562,27 @@ def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
 
 
 _WIDE_MAGIC = b"PEW1"
+#: A partial wide batch replicated into :func:`crypto.packing.wide_regions` regions.
+_WIDE_REGIONS_MAGIC = b"PEW2"
+WIDE_MAGICS = (_WIDE_MAGIC, _WIDE_REGIONS_MAGIC)
 _WIDE_HEADER = struct.Struct(">4sIIII")  # magic, block, chunks, query count, item count
 
 
-def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int) -> bytes:
-    """Frame a wide-layout body: magic ``PEW1``, block, chunks, query count, then blobs.
+def is_wide_body(data: bytes) -> bool:
+    """Whether ``data`` starts like a wide-layout body (``PEW1`` or ``PEW2``)."""
+    return bytes(data[:4]) in WIDE_MAGICS
 
-    The header names the layout so a server refuses bodies built for another layout.
+
+def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int, regions: int = 1) -> bytes:
+    """Frame a wide-layout body: magic, block, chunks, query count, then blobs.
+
+    The header names the layout so a server refuses bodies built for another layout. The
+    magic is ``PEW1`` (replies, and batches in one region) or ``PEW2`` (a partial batch
+    replicated into regions; their number follows from the count, see
+    :func:`crypto.packing.wide_regions`), which servers that predate regions refuse.
     """
-    return _length_prefixed(_WIDE_HEADER.pack(_WIDE_MAGIC, layout.block, layout.chunks, count, len(blobs)), blobs)
+    magic = _WIDE_REGIONS_MAGIC if regions > 1 else _WIDE_MAGIC
+    return _length_prefixed(_WIDE_HEADER.pack(magic, layout.block, layout.chunks, count, len(blobs)), blobs)
 
 
 def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_bytes: int) -> tuple[int, list[bytes]]:
@@ -577,7 +593,7 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
     """
     if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
         raise CiphertextError(f"wide body must be bytes of at most {max_bytes} bytes")
-    if len(data) < _WIDE_HEADER.size or bytes(data[:4]) != _WIDE_MAGIC:
+    if len(data) < _WIDE_HEADER.size or not is_wide_body(data):
         raise CiphertextError("body is not in the wide layout (no PEW1 header)")
     _, block, chunks, count, n = _WIDE_HEADER.unpack(bytes(data[: _WIDE_HEADER.size]))
     if (block, chunks) != (layout.block, layout.chunks):
@@ -593,7 +609,7 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
 
 def wide_query_count(data: bytes) -> int:
     """Query count declared in a wide body's header (0 if it is not a wide body)."""
-    if len(data) < _WIDE_HEADER.size or bytes(data[:4]) != _WIDE_MAGIC:
+    if len(data) < _WIDE_HEADER.size or not is_wide_body(data):
         return 0
     return int(_WIDE_HEADER.unpack(bytes(data[: _WIDE_HEADER.size]))[3])
 
@@ -1150,6 +1166,151 @@ class EnsembleEvaluator:
             replies.append(acc)
         return replies
 
+    def _region_plains(self, regions: int) -> list[list[Any]]:
+        """Plaintext weight pieces ``[accumulator][chunk]``: accumulator ``a`` carries class
+        ``a * R + k`` in region ``k`` (zero where that class does not exist); encoded once per
+        region count and shared with sibling sessions."""
+        state = self._wide_state
+        cache = state.setdefault("regions", {})
+        if regions not in cache:
+            lay = self._wide
+            first = self._seal_ctx.first_context_data()
+            drop_prime = float(first.parms().coeff_modulus()[-1].value())
+            size = lay.slots // regions
+            weights = state["weights"]  # (C, chunks, block)
+            plains: list[list[Any]] = []
+            for a in range(-(-lay.classes // regions)):
+                row: list[Any] = []
+                for t in range(lay.chunks):
+                    values = np.zeros(lay.slots)
+                    for k in range(regions):
+                        c = a * regions + k
+                        if c < lay.classes:
+                            values[k * size : (k + 1) * size] = np.tile(weights[c, t], size // lay.block)
+                    if not np.any(values):
+                        row.append(None)
+                        continue
+                    pt = sealapi.Plaintext()
+                    self._encoder.encode(values.tolist(), first.parms_id(), drop_prime, pt)
+                    row.append(pt)
+                plains.append(row)
+            cache[regions] = plains
+        return cache[regions]  # type: ignore[no-any-return]
+
+    def _rotate_pow2(self, ct: Any, step: int) -> Any:
+        """Rotation by ``step`` as a product of power-of-two rotations (keys exist for those)."""
+        out = ct
+        bit = 1
+        while step:
+            if step & 1:
+                out = self._rotate(out, bit)
+            step >>= 1
+            bit <<= 1
+        return out
+
+    def _evaluate_regions(self, cts: Sequence[Any], count: int, regions: int) -> list[Any]:
+        """Win counts of a partial batch replicated into ``regions`` regions (PEW2 bodies).
+
+        Accumulator ``a`` holds class ``a * R + k``'s scaled logit in region ``k``; pairs are
+        differences of an accumulator and a region-rotated one (``R`` pairs per ciphertext),
+        so the linear stage, the rotate-and-sums and the sign evaluations all shrink by about
+        ``R``. Each class's win count is then gathered into region 0, where the client reads
+        it (the reply is the same as for a one-region batch).
+        """
+        ev, lay = self._evaluator, self._wide
+        size = lay.slots // regions
+        classes = lay.classes
+        bias = self._wide_state["bias"]
+        accs: list[Any] = []
+        for a, row in enumerate(self._region_plains(regions)):
+            acc: Any = None
+            tmp = sealapi.Ciphertext()
+            for ct, plain in zip(cts, row, strict=True):
+                if plain is None:
+                    continue
+                if acc is None:
+                    acc = sealapi.Ciphertext()
+                    ev.multiply_plain(ct, plain, acc)
+                else:
+                    ev.multiply_plain(ct, plain, tmp)
+                    ev.add_inplace(acc, tmp)
+            if acc is None:
+                raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
+            ev.rescale_to_next_inplace(acc)
+            for stride in lay.sum_strides:
+                ev.add_inplace(acc, self._rotate(acc, stride))
+            shift = np.zeros(lay.slots)
+            for k in range(regions):
+                if a * regions + k < classes:
+                    shift[k * size : (k + 1) * size] = bias[a * regions + k]
+            ev.add_plain_inplace(acc, self._encode_like(shift.tolist(), acc))
+            accs.append(acc)
+        rotated: dict[tuple[int, int], Any] = {}
+
+        def moved(b: int, r: int) -> Any:  # accumulator b with region k + r moved to region k
+            if r == 0:
+                return accs[b]
+            if (b, r) not in rotated:
+                rotated[(b, r)] = self._rotate_pow2(accs[b], r * size)
+            return rotated[(b, r)]
+
+        rng = np.random.default_rng(secrets.randbits(128))
+        scale = np.tile(np.repeat(rng.uniform(OUTPUT_SCALE_MIN, 1.0, lay.capacity // regions), lay.block), regions)
+        # (sign ciphertext, region) of each unordered pair i < j, with the sign of s_ij there.
+        where: dict[tuple[int, int], tuple[int, int, float]] = {}
+        signs: list[Any] = []
+        for a in range(len(accs)):
+            for b in range(a, len(accs)):
+                for r in range(regions) if b > a else range(1, regions // 2 + 1):
+                    pairs = []
+                    for k in range(regions):
+                        i, j = a * regions + k, b * regions + (k + r) % regions
+                        if i < classes and j < classes and i != j and (min(i, j), max(i, j)) not in where:
+                            pairs.append((k, i, j))
+                    if not pairs:
+                        continue
+                    diff = sealapi.Ciphertext()
+                    ev.sub(accs[a], moved(b, r), diff)
+                    # Rescaled now: gathering them into region 0 then rotates at the last level,
+                    # the cheapest key switch (its noise, at the 2^37 scale, is far below the flood).
+                    signs.append(self._signs(diff, rescale=True, scale=scale))
+                    for k, i, j in pairs:
+                        where[(min(i, j), max(i, j))] = (len(signs) - 1, k, 1.0 if i < j else -1.0)
+        keep = packing.wide_output_mask(lay, count)
+        replies = []
+        for i in range(classes):
+            # T_k: class i's comparisons that sit in region k; then Horner over the regions,
+            # T_0 + rot(T_1 + rot(T_2 + ..., size), size), one region-size rotation per region.
+            parts: list[Any] = [None] * regions
+            for j in range(classes):
+                if j == i:
+                    continue
+                idx, k, sign = where[(min(i, j), max(i, j))]
+                positive = sign > 0 if i < j else sign < 0  # s_ij = sign * value, s_ji = -s_ij
+                if parts[k] is None:
+                    parts[k] = sealapi.Ciphertext()
+                    ev.negate(signs[idx], parts[k])
+                    if positive:
+                        ev.negate_inplace(parts[k])  # a copy: SEAL's Python binding has no copy constructor
+                elif positive:
+                    ev.add_inplace(parts[k], signs[idx])
+                else:
+                    ev.sub_inplace(parts[k], signs[idx])
+            out: Any = None
+            for k in reversed(range(regions)):
+                if out is not None:
+                    out = self._rotate(out, size)
+                if parts[k] is not None:
+                    if out is None:
+                        out = parts[k]
+                    else:
+                        ev.add_inplace(out, parts[k])
+            if out is None:
+                raise ContextError("a class has no comparisons")
+            self._flood(out, keep, rng)
+            replies.append(out)
+        return replies
+
     def _wins_wide(self, signs: dict[tuple[int, int], Any], i: int) -> Any:
         """``sum_{j != i} s_ij`` from the signs of the pairs ``i < j`` (``s_ji = -s_ij``)."""
         ev = self._evaluator
@@ -1204,9 +1365,17 @@ class EnsembleEvaluator:
         missing = [s for s in lay.galois_steps if not self._galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
+        regions = 1
+        if bytes(body[:4]) == _WIDE_REGIONS_MAGIC:
+            if self._onehot:
+                raise CiphertextError("one-hot ensembles take wide bodies in one region (PEW1)")
+            regions = packing.wide_regions(lay, count)
+            n_keys = [s for s in lay.region_steps if not self._galois.has_key(galois_element(s, n))]
+            if n_keys and regions > 1:
+                raise ContextError(f"evaluation keys lack the rotations {n_keys} of partial wide batches")
         cts = [self._load_query(b) for b in blobs]
-        replies = [self._dump_reply(ct) for ct in self._evaluate_wide(cts, count)]
-        return encode_wide(replies, layout=lay, count=count)
+        results = self._evaluate_regions(cts, count, regions) if regions > 1 else self._evaluate_wide(cts, count)
+        return encode_wide([self._dump_reply(ct) for ct in results], layout=lay, count=count)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("EnsembleEvaluator holds the owner's weights; rebuild it from the artifact")

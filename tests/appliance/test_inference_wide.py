@@ -41,7 +41,8 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     ens = resp.get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
-    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": [1, 2, 4, 8, 16, 32]}
+    steps = [1, 2, 4, 8, 16, 32, 512, 1024, 2048]  # block sums, then region moves of partial batches
+    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps}
     assert spec["layouts"] == ["single", "wide"] and spec["wide_refusal"] is None
     private = PrivateClient(spec=spec)
     resp = _post(client, user, f"/v1/inference/sessions?ensemble_id={ens}", private.evaluation_keys())
@@ -58,6 +59,11 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert resp.mimetype == "application/octet-stream"
     assert list(private.decrypt_wide_batch(resp.get_data(), count=50).labels) == truth.tolist()
+
+    # A partial batch travels replicated into regions (PEW2); labels are the same.
+    part = _post(client, user, path + "&layout=wide", private.encrypt_wide_batch(emb[:16]))
+    assert part.status_code == 200, part.get_data(as_text=True)
+    assert list(private.decrypt_wide_batch(part.get_data(), count=16).labels) == truth[:16].tolist()
 
     single = private.encrypt(emb[0])
     for body, url in [

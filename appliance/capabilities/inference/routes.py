@@ -28,7 +28,6 @@ from appliance.capabilities.inference.service import (
     MAX_SESSION_TTL_SECONDS,
     MAX_SPEC_BYTES,
     MAX_WIDE_BYTES,
-    WIDE_MAGIC,
     EnsembleList,
     EnsembleOut,
     EnsembleSpec,
@@ -42,6 +41,7 @@ from appliance.capabilities.inference.service import (
     ensemble_spec,
     ensemble_view,
     get_ensemble,
+    is_wide_body,
     open_session,
     predict,
     register_ensemble,
@@ -76,12 +76,12 @@ def _binary_body(limit: int, what: str, *, hint: str | None = None, single: bool
     if request.mimetype != OCTET:
         raise UnsupportedMediaType(f"{what} is sent as {OCTET}, got {request.mimetype or 'nothing'}")
     if request.content_length is not None and request.content_length > limit:
-        if single and read_bounded(request.stream, len(WIDE_MAGIC)) == WIDE_MAGIC:
+        if single and is_wide_body(read_bounded(request.stream, 4)):
             raise wide_body_sent_as_single()
         raise PayloadTooLarge(f"{what} is limited to {limit} bytes", hint=hint)
     raw = read_bounded(request.stream, limit + 1)
     if len(raw) > limit:
-        if single and raw[: len(WIDE_MAGIC)] == WIDE_MAGIC:
+        if single and is_wide_body(raw):
             raise wide_body_sent_as_single()
         raise PayloadTooLarge(f"{what} is limited to {limit} bytes", hint=hint)
     return raw

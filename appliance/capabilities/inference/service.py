@@ -226,8 +226,12 @@ def wide_refusal(spec: dict[str, Any]) -> str | None:
     preset = get_preset(str(spec["preset"]))
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]), slots=preset.slot_count)
-    encoded = (len(spec["classes"]) * wide.chunks * preset.poly_modulus_degree
-               * (len(preset.coeff_mod_bit_sizes) - 1) * 8)
+    # One plaintext per class and chunk, plus the region-tiled ones of partial batches (one
+    # per group of R classes for each region count R the layout uses).
+    classes = len(spec["classes"])
+    counts = {packing.wide_regions(wide, q) for q in range(1, wide.capacity + 1)}
+    plaintexts = classes + sum(-(-classes // r) for r in counts if r > 1)
+    encoded = plaintexts * wide.chunks * preset.poly_modulus_degree * (len(preset.coeff_mod_bit_sizes) - 1) * 8
     if encoded > _weight_limit(preset.name):
         return (f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
                 f"the limit is {_weight_limit(preset.name) >> 20} MiB")
@@ -623,7 +627,7 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
         body = body()
     if layout == "wide":
         return _predict_wide(store, cache, ensemble, session, body)
-    if body[:4] == WIDE_MAGIC:
+    if is_wide_body(body):
         raise wide_body_sent_as_single()
     if batch:
         try:
@@ -642,14 +646,17 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     return encode_blobs(replies) if batch else replies[0]
 
 
-#: First bytes of a wide-layout body (see :func:`crypto.private_inference.encode_wide`).
-WIDE_MAGIC = b"PEW1"
+def is_wide_body(data: bytes) -> bool:
+    """Whether ``data`` starts like a wide-layout body (PEW1, or PEW2 for partial batches)."""
+    from crypto.private_inference import is_wide_body as _is_wide
+
+    return _is_wide(data)
 
 
 def wide_body_sent_as_single() -> UnprocessableInput:
     """The 422 for a wide-layout body posted without ``layout=wide`` (whatever its size)."""
     return UnprocessableInput(
-        "this is a wide body (PEW1 header): it carries many queries in the wide layout",
+        "this is a wide body (PEW1/PEW2 header): it carries many queries in the wide layout",
         hint="post it with layout=wide (and without batch=true), if the spec's 'layouts' lists 'wide'")
 
 
