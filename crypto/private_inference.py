@@ -295,8 +295,13 @@ class PrivateClient:
         layouts = self._spec.get("layouts")
         self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
         # One session serves both layouts: keys for the union of their rotation steps (the
-        # single layout's only for hidden-layer heads, which the wide layout does not serve).
-        wide_steps = self._wide.galois_steps if self._serves_wide else ()
+        # single layout's only for hidden-layer heads, which the wide layout does not serve,
+        # and beyond N=8192, where its encoded weights exceed the service's limit). One-hot
+        # bodies stay in one region, so they need no region moves.
+        self._wide_keys = self._serves_wide and self._wide.slots <= WIDE_MAX_SLOTS
+        wide_steps: tuple[int, ...] = ()
+        if self._wide_keys:
+            wide_steps = self._wide.galois_steps if self._output == "scores" else self._wide.sum_strides
         self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
         self._ctx = make_context(self._preset, galois_steps=self._steps)
         self._public: bytes | None = None
@@ -444,6 +449,12 @@ class PrivateClient:
             raise packing.LayoutError(
                 f"the server does not serve the wide layout for this ensemble: "
                 f"{self._spec.get('wide_refusal') or 'its spec lists only ' + str(self._spec.get('layouts'))}",
+                hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
+            )
+        if not self._wide_keys:
+            raise packing.LayoutError(
+                f"this session's keys leave out the wide layout's rotations (N={2 * self._wide.slots} > "
+                f"{2 * WIDE_MAX_SLOTS}: its encoded weights exceed the service's limit)",
                 hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
             )
         emb = np.asarray(embeddings, dtype=np.float64)
@@ -1362,7 +1373,7 @@ class EnsembleEvaluator:
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=lay.chunks, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree
-        missing = [s for s in lay.galois_steps if not self._galois.has_key(galois_element(s, n))]
+        missing = [s for s in lay.sum_strides if s < lay.slots and not self._galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
         regions = 1
