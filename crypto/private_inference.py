@@ -294,6 +294,9 @@ class PrivateClient:
         # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
         layouts = self._spec.get("layouts")
         self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
+        # Partial batches go in regions (PEW2) unless a server's spec predates them.
+        served_wide = self._spec.get("wide_layout")
+        self._regions_ok = not isinstance(served_wide, dict) or int(served_wide.get("max_regions") or 1) > 1
         # One session serves both layouts: keys for the union of their rotation steps (the
         # single layout's only for hidden-layer heads, which the wide layout does not serve,
         # and beyond N=8192, where its encoded weights exceed the service's limit). One-hot
@@ -461,7 +464,9 @@ class PrivateClient:
         count = int(emb.shape[0]) if emb.ndim == 3 else 0
         # A partial batch of win counts is replicated into regions (PEW2): the server then
         # evaluates several classes and pairs per operation. One-hot bodies stay in one region.
-        regions = packing.wide_regions(self._wide, count) if self._output == "scores" and count >= 1 else 1
+        regions = 1
+        if self._output == "scores" and self._regions_ok and count >= 1:
+            regions = packing.wide_regions(self._wide, count)
         rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound, regions=regions)
         blobs = [self._encrypt_values(row) for row in rows]
         return encode_wide(blobs, layout=self._wide, count=count, regions=regions)

@@ -42,7 +42,11 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     steps = [1, 2, 4, 8, 16, 32, 512, 1024, 2048]  # block sums, then region moves of partial batches
-    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps}
+    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps, "max_regions": 8}
+    # A spec from a server that predates regions: the client keeps partial batches in one region.
+    legacy = PrivateClient(spec={**spec, "wide_layout": {k: v for k, v in spec["wide_layout"].items()
+                                                          if k != "max_regions"}})
+    assert legacy.encrypt_wide_batch(np.ones((3, k, d)) / np.sqrt(d))[:4] == b"PEW1"
     assert spec["layouts"] == ["single", "wide"] and spec["wide_refusal"] is None
     private = PrivateClient(spec=spec)
     resp = _post(client, user, f"/v1/inference/sessions?ensemble_id={ens}", private.evaluation_keys())

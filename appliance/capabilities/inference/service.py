@@ -122,6 +122,9 @@ class EnsembleWideLayoutOut(BaseModel):
     chunks: int
     capacity: int
     galois_steps: list[int]
+    max_regions: int = Field(
+        default=1, description="partial batches may be replicated into up to this many regions (PEW2 "
+                               "bodies); 1 from servers that predate regions")
 
 
 class EnsembleSpec(BaseModel):
@@ -250,7 +253,7 @@ def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
                                     classes=len(spec["classes"]),
                                     slots=get_preset(str(spec["preset"])).slot_count)
     return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
-            "galois_steps": list(wide.galois_steps)}
+            "galois_steps": list(wide.galois_steps), "max_regions": packing.WIDE_MAX_REGIONS}
 
 
 def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
