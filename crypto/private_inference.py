@@ -80,10 +80,10 @@ from crypto.ckks import (
     _parse_fields,
     _read_varint,
     _scratch_dir,
+    check_public_context,
     galois_element,
     get_preset,
     load_ckks_vector,
-    load_public_context,
     make_context,
     public_context_bytes,
 )
@@ -674,10 +674,10 @@ class EnsembleEvaluator:
         self._rounds = sign_rounds(spec)
         # Rotations after the rescale only where the scale keeps key-switching noise small.
         self._late_rescale = self._preset.global_scale_bits < 35 or self._hidden
-        # Validated as a whole (no secret key, the preset's parameters, a public key), then
-        # dropped: the circuit runs on the SEAL objects of _load_seal, and keeping TenSEAL's
-        # copy would hold every key twice for the session's lifetime.
-        load_public_context(
+        # Checked (no secret key, the preset's parameters, a public key) without building a
+        # TenSEAL context: the circuit runs on the SEAL objects of _load_seal, whose loaders
+        # validate the keys, and a TenSEAL copy would parse and expand every key twice.
+        check_public_context(
             bytes(public_context),
             preset=artifact.preset,
             max_bytes=max_context_bytes or DEFAULT_MAX_CONTEXT_BYTES * factor,
@@ -785,7 +785,9 @@ class EnsembleEvaluator:
             raise ContextError("evaluation keys must include relinearisation and Galois keys")
         with _scratch_dir() as tmp:
             paths = {}
-            for name, blob in (("parms", top[1]), ("relin", public[4]), ("galois", public[5])):
+            if not isinstance(public.get(1), bytes):
+                raise ContextError("context has no public key")
+            for name, blob in (("parms", top[1]), ("public", public[1]), ("relin", public[4]), ("galois", public[5])):
                 paths[name] = os.path.join(tmp, name)
                 with open(paths[name], "wb") as fh:
                     fh.write(blob)  # type: ignore[arg-type]
@@ -796,6 +798,10 @@ class EnsembleEvaluator:
                 raise ContextError("CKKS parameters are not valid at 128-bit security")
             self._relin = sealapi.RelinKeys()
             self._galois = sealapi.GaloisKeys()
+            try:
+                sealapi.PublicKey().load(self._seal_ctx, paths["public"])  # validated, not kept
+            except Exception:
+                raise ContextError("the public key is malformed or of other parameters") from None
             try:
                 self._relin.load(self._seal_ctx, paths["relin"])
                 self._galois.load(self._seal_ctx, paths["galois"])
