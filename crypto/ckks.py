@@ -40,6 +40,7 @@ __all__ = [
     "galois_element",
     "get_preset",
     "load_ckks_vector",
+    "check_public_context",
     "load_public_context",
     "make_context",
     "public_context_bytes",
@@ -403,12 +404,13 @@ def _decode_parameters(blob: bytes) -> tuple[int, tuple[int, ...]]:
     return parms.poly_modulus_degree(), tuple(m.bit_count() for m in parms.coeff_modulus())
 
 
-def load_public_context(data: bytes, *, preset: str | None = None, max_bytes: int) -> ts.Context:
-    """Rebuild a server-side context from client bytes, refusing anything unsafe.
+def check_public_context(data: bytes, *, preset: str | None = None, max_bytes: int) -> bytes:
+    """Every check of :func:`load_public_context` that needs no TenSEAL context: size, message
+    layout, no private part, a public part with a public key, the parameters within the
+    128-bit bound and equal to ``preset``'s. Returns the bytes; raises :class:`ContextError`.
 
-    Raises :class:`ContextError` when ``data`` exceeds ``max_bytes``, is malformed or
-    truncated, holds a secret key, lacks a public key, does not match ``preset`` (degree and
-    prime sizes) or exceeds the 128-bit security bound.
+    For servers that load the keys into SEAL themselves (which validates them), so that the
+    whole key set is not parsed, expanded and held twice.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ContextError(f"context must be bytes, got {type(data).__name__}")
@@ -448,6 +450,24 @@ def load_public_context(data: bytes, *, preset: str | None = None, max_bytes: in
                 f"context parameters N={degree} primes={list(bits)} do not match preset "
                 f"{preset!r} (N={p.poly_modulus_degree} primes={list(p.coeff_mod_bit_sizes)})"
             )
+    public_blob = next(v for f, w, v in top if f == _CTX_PUBLIC)
+    try:
+        public_fields = {f for f, _, _ in _parse_fields(public_blob)} if isinstance(public_blob, bytes) else set()
+    except ValueError:
+        raise ContextError("malformed public context") from None
+    if 1 not in public_fields:
+        raise ContextError("context has no public key")
+    return data
+
+
+def load_public_context(data: bytes, *, preset: str | None = None, max_bytes: int) -> ts.Context:
+    """Rebuild a server-side context from client bytes, refusing anything unsafe.
+
+    Raises :class:`ContextError` when ``data`` exceeds ``max_bytes``, is malformed or
+    truncated, holds a secret key, lacks a public key, does not match ``preset`` (degree and
+    prime sizes) or exceeds the 128-bit security bound.
+    """
+    data = check_public_context(data, preset=preset, max_bytes=max_bytes)
     try:
         ctx = ts.context_from(data)
     except Exception:

@@ -13,7 +13,11 @@ baby-step/giant-step form:
     sum_b rot( sum_a rot(x, a) * rot(diag_{a + g b}, -g b), g b ),  then rotate-and-sum
     with strides m, 2m, ..., n/2,
 
-and the comparisons come out directly in slots ``r``. Baby steps reuse one rotation key (1),
+and the comparisons come out directly in slots ``r``. Linear heads with win-count outputs use
+compact rows instead (``compact=True``: row ``r = i * C + j``, ``m`` = ``C * C`` rounded up to a
+power of two, 128 instead of 256 rows for 10 classes, so half the diagonals); class ``i``'s
+``C`` comparisons are then summed into slot ``i * C`` with power-of-two rotations only
+(:func:`window_plan`). Baby steps reuse one rotation key (1),
 giant steps are done in Horner form with one key (``g``), so only ``O(log n)`` Galois keys are
 needed. Each query sits in a lane of ``2n`` slots holding ``x`` twice (so rotations never leave
 the lane) unless ``n`` fills the whole ciphertext, in which case rotations are cyclic. Several
@@ -101,6 +105,13 @@ class EnsembleLayout:
     hidden_rows: int = 0  # m1: K * H rounded up to a power of two (0: linear heads)
     hidden_baby: int = 0  # g1, stage 1
     hidden_giant: int = 0  # h1, with g1 * h1 == m1
+    class_stride: int = 0  # slots per class block of comparisons: C (compact) or P; 0 means P
+
+    @property
+    def stride(self) -> int:
+        """Row ``i * stride + j`` compares classes ``i`` and ``j``; class ``i``'s result sits in
+        slot ``i * stride`` of its lane."""
+        return self.class_stride or self.pad_classes
 
     @property
     def queries_per_ciphertext(self) -> int:
@@ -124,8 +135,10 @@ class EnsembleLayout:
 
     @property
     def block_strides(self) -> tuple[int, ...]:
-        """Strides that add the P comparisons of class i into slot i * P (1, 2, ..., P/2)."""
-        return tuple(1 << k for k in range(self.pad_classes.bit_length() - 1))
+        """Strides that add the comparisons of class i into slot ``i * stride``: 1, 2, ...,
+        P/2 for a power-of-two stride; for a compact stride C the powers of two below C
+        (windows of those lengths, combined as in :func:`window_plan`)."""
+        return tuple(1 << k for k in range(self.stride.bit_length() - 1))
 
     @property
     def galois_steps(self) -> tuple[int, ...]:
@@ -138,6 +151,21 @@ class EnsembleLayout:
         if self.hidden_giant > 1:
             steps.add(self.hidden_baby)
         return tuple(sorted(s for s in steps if 0 < s < self.slots))
+
+
+def window_plan(length: int) -> tuple[int, tuple[int, ...]]:
+    """How to sum ``length`` consecutive slots with power-of-two rotations only.
+
+    Returns ``(top, extras)``: build windows ``S_1 .. S_top`` by doubling (``S_2k = S_k +
+    rot(S_k, k)``, ``top`` the largest power of two <= length), then for each ``b`` in
+    ``extras`` (the lower set bits of ``length``, descending) ``R = S_b + rot(R, b)``, which
+    lengthens the window ``R`` by ``b``. Slot ``p`` then holds ``sum_{u < length} v[p + u]``.
+    """
+    if length < 1:
+        raise LayoutError("a window holds at least one slot")
+    top = 1 << (length.bit_length() - 1)
+    extras = tuple(b for b in (1 << k for k in reversed(range(top.bit_length() - 1))) if length & b)
+    return top, extras
 
 
 def _doublings(start: int, stop: int) -> tuple[int, ...]:
@@ -155,18 +183,25 @@ def _split(count: int) -> tuple[int, int]:
     return baby, count // baby
 
 
-def make_layout(*, members: int, dim: int, classes: int, slots: int, hidden: int = 0) -> EnsembleLayout:
+def make_layout(
+    *, members: int, dim: int, classes: int, slots: int, hidden: int = 0, compact: bool = False
+) -> EnsembleLayout:
     """Compute the packed layout, or raise :class:`LayoutError` if it does not fit ``slots``.
 
-    ``hidden`` is the number of hidden units per member (0 for linear heads).
+    ``hidden`` is the number of hidden units per member (0 for linear heads). ``compact``
+    (linear heads, win counts) packs the comparisons of class ``i`` in ``C`` rows instead of
+    ``P`` (row ``i * C + j``), so ``m`` is ``C * C`` rounded up to a power of two: 128 rows
+    instead of 256 for 10 classes, half the diagonals of the product.
     """
+    if compact and hidden:
+        raise LayoutError("the compact comparison rows serve linear heads only")
     if members < 1 or dim < 1 or classes < 2 or hidden < 0:
         raise LayoutError(
             f"need members >= 1, dim >= 1, classes >= 2, hidden >= 0 (got {members}, {dim}, {classes}, {hidden})"
         )
     block = _pow2_at_least(dim)
     pad_classes = _pow2_at_least(classes)
-    rows = pad_classes * pad_classes
+    rows = _pow2_at_least(classes * classes) if compact else pad_classes * pad_classes
     hidden_rows = _pow2_at_least(members * hidden) if hidden else 0
     n = max(_pow2_at_least(members * block), rows, hidden_rows)
     if n > slots:
@@ -180,6 +215,10 @@ def make_layout(*, members: int, dim: int, classes: int, slots: int, hidden: int
         n = min(slots, max(n, _pow2_at_least(rows + hidden_rows - 1)))
     lane = 2 * n if 2 * n <= slots else n
     baby, giant = _split(min(rows, hidden_rows or n))
+    if compact and giant < baby:
+        # Fewer baby steps, more giant ones: babies rotate the fresh query at the top level,
+        # giant steps an inner sum one prime lower (cheaper), see EnsembleEvaluator._matvec.
+        baby, giant = giant, baby
     hidden_baby, hidden_giant = _split(hidden_rows) if hidden_rows else (0, 0)
     return EnsembleLayout(
         members=members,
@@ -197,6 +236,7 @@ def make_layout(*, members: int, dim: int, classes: int, slots: int, hidden: int
         hidden_rows=hidden_rows,
         hidden_baby=hidden_baby,
         hidden_giant=hidden_giant,
+        class_stride=classes if compact else 0,
     )
 
 
@@ -207,7 +247,7 @@ def _check_finite(*arrays: FloatArray) -> None:
 
 def _pairwise(full: FloatArray, mean_bias: FloatArray, layout: EnsembleLayout) -> tuple[FloatArray, FloatArray]:
     """Rows ``i * P + j`` of ``full[i] - full[j]`` and of the bias differences (zero padded)."""
-    p, c = layout.pad_classes, full.shape[0]
+    p, c = layout.stride, full.shape[0]
     diff = np.zeros((layout.rows, full.shape[1]))
     diff_bias = np.zeros(layout.rows)
     for i in range(c):
@@ -377,7 +417,7 @@ def output_mask(layout: EnsembleLayout, count: int | None = None) -> npt.NDArray
     mask = np.zeros(layout.slots, dtype=bool)
     for q in range(count):
         for i in range(layout.classes):
-            mask[q * layout.lane + i * layout.pad_classes] = True
+            mask[q * layout.lane + i * layout.stride] = True
     return mask
 
 
@@ -423,7 +463,7 @@ def pack_queries(embeddings: FloatArray, layout: EnsembleLayout, *, norm_bound: 
 def score_slots(values: FloatArray, layout: EnsembleLayout, count: int) -> FloatArray:
     """Read ``(count, C)`` raw comparison sums from a decrypted result vector."""
     vals = np.asarray(values, dtype=np.float64)
-    idx = np.array([[q * layout.lane + i * layout.pad_classes for i in range(layout.classes)] for q in range(count)])
+    idx = np.array([[q * layout.lane + i * layout.stride for i in range(layout.classes)] for q in range(count)])
     out: FloatArray = vals[idx]
     return out
 
@@ -445,6 +485,8 @@ def score_slots(values: FloatArray, layout: EnsembleLayout, count: int) -> Float
 
 #: Features per query block in the wide layout (power of two); see :func:`make_wide_layout`.
 WIDE_BLOCK = 64
+#: Most regions a partial wide batch is replicated into (see :func:`wide_regions`).
+WIDE_MAX_REGIONS = 8
 
 
 @dataclass(frozen=True)
@@ -474,9 +516,37 @@ class WideLayout:
         return tuple(1 << k for k in range(self.block.bit_length() - 1))
 
     @property
+    def region_steps(self) -> tuple[int, ...]:
+        """Power-of-two rotations that move whole regions of a partial batch (slots/2 ..)."""
+        out = []
+        size = self.slots // 2
+        while size >= self.slots // WIDE_MAX_REGIONS and size >= self.block and size > 0:
+            out.append(size)
+            size //= 2
+        return tuple(sorted(out))
+
+    @property
     def galois_steps(self) -> tuple[int, ...]:
-        """Rotation steps the wide circuit performs."""
-        return tuple(s for s in self.sum_strides if 0 < s < self.slots)
+        """Rotation steps the wide circuit performs (block sums, region moves)."""
+        return tuple(sorted({s for s in (*self.sum_strides, *self.region_steps) if 0 < s < self.slots}))
+
+
+def wide_regions(layout: WideLayout, count: int) -> int:
+    """Copies of a partial batch of ``count`` queries in the wide layout (a power of two).
+
+    A batch that fills at most half the capacity is replicated into ``R`` regions of
+    ``slots / R`` slots; the server tiles ``R`` different classes' weights over them, so one
+    plaintext product and one rotate-and-sum serve ``R`` classes, and one sign evaluation
+    serves ``R`` pairs. Capped by :data:`WIDE_MAX_REGIONS`, half the padded class count and
+    the rotations of :attr:`WideLayout.region_steps`.
+    """
+    if not 1 <= count <= layout.capacity:
+        raise LayoutError(f"{count} queries do not fit one wide batch (capacity {layout.capacity})")
+    regions = layout.capacity // _pow2_at_least(count)
+    cap = min(WIDE_MAX_REGIONS, max(1, _pow2_at_least(layout.classes) // 2))
+    while regions > 1 and (regions > cap or layout.slots // regions not in layout.region_steps):
+        regions //= 2
+    return max(1, regions)
 
 
 def make_wide_layout(*, members: int, dim: int, classes: int, slots: int, block: int | None = None) -> WideLayout:
@@ -531,11 +601,13 @@ def wide_weight_slots(piece: FloatArray, layout: WideLayout) -> FloatArray:
     return np.tile(np.asarray(piece, dtype=np.float64), layout.capacity)
 
 
-def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float) -> FloatArray:
+def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float, regions: int = 1) -> FloatArray:
     """Pack ``(Q, K, d)`` embeddings into ``(chunks, slots)`` slot vectors, clipping norms.
 
     Row ``t`` holds features ``t * block .. (t + 1) * block - 1`` of every query's concatenated
     (member-major) embeddings, query ``b`` in slots ``b * block ..``; unused slots are zero.
+    With ``regions`` R > 1 (:func:`wide_regions`) the batch is repeated at the start of each
+    of R equal regions of the slots.
     """
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 3 or emb.shape[1:] != (layout.members, layout.dim):
@@ -551,7 +623,11 @@ def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float) 
     flat[:, : layout.features] = emb.reshape(q, layout.features)
     pieces = flat.reshape(q, layout.chunks, layout.block).transpose(1, 0, 2)  # (chunks, q, block)
     out = np.zeros((layout.chunks, layout.slots))
-    out[:, : q * layout.block] = pieces.reshape(layout.chunks, q * layout.block)
+    if regions < 1 or layout.slots % regions or q * layout.block * regions > layout.slots:
+        raise LayoutError(f"{q} queries do not fit {regions} regions of the wide layout")
+    size = layout.slots // regions
+    for k in range(regions):
+        out[:, k * size : k * size + q * layout.block] = pieces.reshape(layout.chunks, q * layout.block)
     return out
 
 

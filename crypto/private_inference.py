@@ -29,14 +29,22 @@ only (its lane batching included); the wide layout refuses them and
 The server sees only ciphertexts and public keys; the client learns per-class win counts
 (score mode) or one-hot values (``output: "onehot"`` in the artifact and public spec, the
 owner's choice: ``prod_{j != i} (1 + s_ij) / 2``, see :mod:`crypto.argmax`) but neither the
-heads' weights nor per-member logits. Unused result slots are flooded with fresh uniform
-noise so they reveal no partial sums or products.
+heads' weights nor per-member logits. Every returned slot carries fresh noise: unused slots
+uniform noise as large as the headroom allows (no partial sums or products leak), result
+slots uniform noise of amplitude :data:`OUTPUT_FLOOD` (1e-4 on comparison sums, ~20x the
+circuit's CKKS error, so the decrypted value is within total-variation distance ~0.05 per
+slot of "exact value + noise"), and win-count sums are multiplied by a fresh secret factor in
+[:data:`OUTPUT_SCALE_MIN`, 1] per query (folded into the last sign step, no extra level), so
+the client does not learn the scale of the logit gaps.
 
 Limits: at the default presets (``n8192-d3``, ``n8192-d5``) one composition of the sign
-polynomial fits, so win counts are soft (monotone in the scaled logit differences, argmax
-exact up to ~1e-6 CKKS noise) and leak approximate differences; output slots carry no
-circuit-privacy noise flooding. Hidden-layer comparisons are scaled by a worst-case bound
-over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
+polynomial fits, so win counts are soft: argmax exact while the top-2 win-count margin exceeds
+``OUTPUT_FLOOD / OUTPUT_SCALE_MIN`` (1.3e-4), and the values still reveal the classes' order and
+the ratios of their (soft) comparison sums. Outputs that reveal only the label need sharp
+comparisons, which the gaps do not allow at these depths: with worst-case scaling (every
+clipped embedding stays in the sign's domain) the benchmark's top-2 gap is a median 0.0056 of
+the bound (min 4e-5), and ``f`` gains only 1.5x per two levels. Hidden-layer comparisons
+are scaled by a worst-case bound over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
 closer than about ``bound * 1e-5`` may tie. One-hot mode adds ``log2 P`` levels (a
 rotate-and-multiply tree over strides 1 .. P/2 in the single layout, the same rotation keys as
 the block sums; a balanced product of the ``C - 1`` factors in the wide layout), so it needs
@@ -70,11 +78,12 @@ from crypto.ckks import (
     _encode_fields,
     _encode_varint,
     _parse_fields,
+    _read_varint,
     _scratch_dir,
+    check_public_context,
     galois_element,
     get_preset,
     load_ckks_vector,
-    load_public_context,
     make_context,
     public_context_bytes,
 )
@@ -106,6 +115,16 @@ WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
 WIDE_MAX_SLOTS = 4096
 #: Flooding noise stays this many bits below the headroom of the last level (base prime).
 FLOOD_MARGIN_BITS = 3
+#: Circuit privacy of the result slots: each gets fresh uniform noise of this amplitude (the
+#: units the slot decrypts to: comparison sums, or one-hot values), and win-count sums are
+#: scaled by a fresh secret factor in [OUTPUT_SCALE_MIN, 1] per query. The circuit's own CKKS
+#: error on a comparison sum is ~5e-6 at n8192-d3 (measured), so the decrypted value is within
+#: total-variation distance error / amplitude (~0.05 per slot) of "exact value + uniform noise":
+#: it hides the error's dependence on the weights, not the soft value itself. Labels stay exact
+#: while the top-2 win-count margin exceeds OUTPUT_FLOOD["scores"] / OUTPUT_SCALE_MIN (1.3e-4;
+#: the benchmark's held-out queries have >= 2.9e-4).
+OUTPUT_FLOOD = {"scores": 1e-4, "onehot": 1e-6}
+OUTPUT_SCALE_MIN = 0.75
 
 
 @dataclass(frozen=True)
@@ -197,6 +216,17 @@ def sign_rounds(spec: dict[str, Any]) -> int:
     return rounds
 
 
+def _compact(spec: dict[str, Any]) -> bool:
+    """Whether the single layout reads ``C`` comparisons per class (a window sum) instead of
+    ``P``: linear heads with win counts do, unless the spec comes from a server whose layout
+    predates the compact rows (its ``layout`` lacks ``class_stride``). One-hot products and
+    hidden heads keep power-of-two class blocks."""
+    if _head(spec) != "linear" or _output(spec) != "scores":
+        return False
+    served = spec.get("layout")
+    return not isinstance(served, dict) or int(served.get("class_stride") or 0) == len(spec["classes"])
+
+
 def _layout_for(spec: dict[str, Any]) -> packing.EnsembleLayout:
     preset = get_preset(str(spec["preset"]))
     hidden = int(spec["hidden"]) if _head(spec) == "quadratic_mlp" else 0
@@ -208,6 +238,7 @@ def _layout_for(spec: dict[str, Any]) -> packing.EnsembleLayout:
         classes=len(spec["classes"]),
         slots=preset.slot_count,
         hidden=hidden,
+        compact=_compact(spec),
     )
 
 
@@ -260,9 +291,20 @@ class PrivateClient:
         self._output = _output(self._spec)
         sign_rounds(self._spec)  # refuse a spec whose preset cannot run its output mode
         self._wide = _wide_layout_for(self._spec)
+        # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
+        layouts = self._spec.get("layouts")
+        self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
+        # Partial batches go in regions (PEW2) unless a server's spec predates them.
+        served_wide = self._spec.get("wide_layout")
+        self._regions_ok = not isinstance(served_wide, dict) or int(served_wide.get("max_regions") or 1) > 1
         # One session serves both layouts: keys for the union of their rotation steps (the
-        # single layout's only for hidden-layer heads, which the wide layout does not serve).
-        wide_steps = self._wide.galois_steps if self._head == "linear" else ()
+        # single layout's only for hidden-layer heads, which the wide layout does not serve,
+        # and beyond N=8192, where its encoded weights exceed the service's limit). One-hot
+        # bodies stay in one region, so they need no region moves.
+        self._wide_keys = self._serves_wide and self._wide.slots <= WIDE_MAX_SLOTS
+        wide_steps: tuple[int, ...] = ()
+        if self._wide_keys:
+            wide_steps = self._wide.galois_steps if self._output == "scores" else self._wide.sum_strides
         self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
         self._ctx = make_context(self._preset, galois_steps=self._steps)
         self._public: bytes | None = None
@@ -388,11 +430,12 @@ class PrivateClient:
         True from :data:`WIDE_MIN_QUERIES` queries on, as long as the wide bodies upload at
         most :data:`WIDE_MAX_CIPHERTEXTS_PER_QUERY` ciphertexts per query (about 1.6 MB at
         n8192-d3, within the 2 MB per-query budget). At K=8 x 384-d this means 12 or more.
-        Always false for hidden-layer heads (the wide layout serves linear heads only) and for
+        Always false where the spec's ``layouts`` (a server's spec) omits ``"wide"``, for
+        hidden-layer heads (the wide layout serves linear heads only) and for
         presets beyond N=8192 (one-hot ensembles: at n16384-d8 the wide layout's encoded
         weights, ~570 MB at K=8 x 384-d and 10 classes, exceed the service's limit).
         """
-        if count < WIDE_MIN_QUERIES or self._head != "linear" or self._wide.slots > WIDE_MAX_SLOTS:
+        if count < WIDE_MIN_QUERIES or not self._serves_wide or self._wide.slots > WIDE_MAX_SLOTS:
             return False
         wide_cts = -(-count // self._wide.capacity) * self._wide.chunks
         return wide_cts <= WIDE_MAX_CIPHERTEXTS_PER_QUERY * count
@@ -405,10 +448,28 @@ class PrivateClient:
         Raises :class:`~crypto.packing.LayoutError` for hidden-layer heads.
         """
         _refuse_wide(self._head)
+        if not self._serves_wide:
+            raise packing.LayoutError(
+                f"the server does not serve the wide layout for this ensemble: "
+                f"{self._spec.get('wide_refusal') or 'its spec lists only ' + str(self._spec.get('layouts'))}",
+                hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
+            )
+        if not self._wide_keys:
+            raise packing.LayoutError(
+                f"this session's keys leave out the wide layout's rotations (N={2 * self._wide.slots} > "
+                f"{2 * WIDE_MAX_SLOTS}: its encoded weights exceed the service's limit)",
+                hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
+            )
         emb = np.asarray(embeddings, dtype=np.float64)
-        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound)
+        count = int(emb.shape[0]) if emb.ndim == 3 else 0
+        # A partial batch of win counts is replicated into regions (PEW2): the server then
+        # evaluates several classes and pairs per operation. One-hot bodies stay in one region.
+        regions = 1
+        if self._output == "scores" and self._regions_ok and count >= 1:
+            regions = packing.wide_regions(self._wide, count)
+        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound, regions=regions)
         blobs = [self._encrypt_values(row) for row in rows]
-        return encode_wide(blobs, layout=self._wide, count=int(emb.shape[0]))
+        return encode_wide(blobs, layout=self._wide, count=count, regions=regions)
 
     def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
         """Decrypt the reply to a wide batch of ``count`` queries (as :meth:`decrypt_result`)."""
@@ -517,15 +578,27 @@ def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
 
 
 _WIDE_MAGIC = b"PEW1"
+#: A partial wide batch replicated into :func:`crypto.packing.wide_regions` regions.
+_WIDE_REGIONS_MAGIC = b"PEW2"
+WIDE_MAGICS = (_WIDE_MAGIC, _WIDE_REGIONS_MAGIC)
 _WIDE_HEADER = struct.Struct(">4sIIII")  # magic, block, chunks, query count, item count
 
 
-def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int) -> bytes:
-    """Frame a wide-layout body: magic ``PEW1``, block, chunks, query count, then blobs.
+def is_wide_body(data: bytes) -> bool:
+    """Whether ``data`` starts like a wide-layout body (``PEW1`` or ``PEW2``)."""
+    return bytes(data[:4]) in WIDE_MAGICS
 
-    The header names the layout so a server refuses bodies built for another layout.
+
+def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int, regions: int = 1) -> bytes:
+    """Frame a wide-layout body: magic, block, chunks, query count, then blobs.
+
+    The header names the layout so a server refuses bodies built for another layout. The
+    magic is ``PEW1`` (replies, and batches in one region) or ``PEW2`` (a partial batch
+    replicated into regions; their number follows from the count, see
+    :func:`crypto.packing.wide_regions`), which servers that predate regions refuse.
     """
-    return _length_prefixed(_WIDE_HEADER.pack(_WIDE_MAGIC, layout.block, layout.chunks, count, len(blobs)), blobs)
+    magic = _WIDE_REGIONS_MAGIC if regions > 1 else _WIDE_MAGIC
+    return _length_prefixed(_WIDE_HEADER.pack(magic, layout.block, layout.chunks, count, len(blobs)), blobs)
 
 
 def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_bytes: int) -> tuple[int, list[bytes]]:
@@ -536,7 +609,7 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
     """
     if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
         raise CiphertextError(f"wide body must be bytes of at most {max_bytes} bytes")
-    if len(data) < _WIDE_HEADER.size or bytes(data[:4]) != _WIDE_MAGIC:
+    if len(data) < _WIDE_HEADER.size or not is_wide_body(data):
         raise CiphertextError("body is not in the wide layout (no PEW1 header)")
     _, block, chunks, count, n = _WIDE_HEADER.unpack(bytes(data[: _WIDE_HEADER.size]))
     if (block, chunks) != (layout.block, layout.chunks):
@@ -552,7 +625,7 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
 
 def wide_query_count(data: bytes) -> int:
     """Query count declared in a wide body's header (0 if it is not a wide body)."""
-    if len(data) < _WIDE_HEADER.size or bytes(data[:4]) != _WIDE_MAGIC:
+    if len(data) < _WIDE_HEADER.size or not is_wide_body(data):
         return 0
     return int(_WIDE_HEADER.unpack(bytes(data[: _WIDE_HEADER.size]))[3])
 
@@ -599,7 +672,12 @@ class EnsembleEvaluator:
         self._hidden = artifact.head == "quadratic_mlp"
         self._onehot = _output(spec) == "onehot"
         self._rounds = sign_rounds(spec)
-        self._ts_ctx = load_public_context(
+        # Rotations after the rescale only where the scale keeps key-switching noise small.
+        self._late_rescale = self._preset.global_scale_bits < 35 or self._hidden
+        # Checked (no secret key, the preset's parameters, a public key) without building a
+        # TenSEAL context: the circuit runs on the SEAL objects of _load_seal, whose loaders
+        # validate the keys, and a TenSEAL copy would parse and expand every key twice.
+        check_public_context(
             bytes(public_context),
             preset=artifact.preset,
             max_bytes=max_context_bytes or DEFAULT_MAX_CONTEXT_BYTES * factor,
@@ -707,7 +785,9 @@ class EnsembleEvaluator:
             raise ContextError("evaluation keys must include relinearisation and Galois keys")
         with _scratch_dir() as tmp:
             paths = {}
-            for name, blob in (("parms", top[1]), ("relin", public[4]), ("galois", public[5])):
+            if not isinstance(public.get(1), bytes):
+                raise ContextError("context has no public key")
+            for name, blob in (("parms", top[1]), ("public", public[1]), ("relin", public[4]), ("galois", public[5])):
                 paths[name] = os.path.join(tmp, name)
                 with open(paths[name], "wb") as fh:
                     fh.write(blob)  # type: ignore[arg-type]
@@ -718,6 +798,10 @@ class EnsembleEvaluator:
                 raise ContextError("CKKS parameters are not valid at 128-bit security")
             self._relin = sealapi.RelinKeys()
             self._galois = sealapi.GaloisKeys()
+            try:
+                sealapi.PublicKey().load(self._seal_ctx, paths["public"])  # validated, not kept
+            except Exception:
+                raise ContextError("the public key is malformed or of other parameters") from None
             try:
                 self._relin.load(self._seal_ctx, paths["relin"])
                 self._galois.load(self._seal_ctx, paths["galois"])
@@ -766,7 +850,7 @@ class EnsembleEvaluator:
             self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _half(self, ct: Any, value: float = 0.5) -> Any:
+    def _half(self, ct: Any, value: float | list[float] = 0.5) -> Any:
         data = self._seal_ctx.get_context_data(ct.parms_id())
         prime = float(data.parms().coeff_modulus()[-1].value())
         pt = sealapi.Plaintext()
@@ -776,19 +860,50 @@ class EnsembleEvaluator:
         self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _sign_step(self, z: Any, *, rescale: bool = True, half: float = 0.5) -> Any:
+    def _sign_step(self, z: Any, *, rescale: bool = True, half: float | list[float] = 0.5) -> Any:
         """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional);
-        ``half=0.25`` gives f(z) / 2 at no extra level (the one-hot factors' slope)."""
+        ``half=0.25`` gives f(z) / 2 at no extra level (the one-hot factors' slope), a slot
+        vector ``0.5 * a`` gives ``a * f(z)`` (the secret output scale)."""
         square = self._mul_rescale(z, z)
         self._evaluator.negate_inplace(square)
         self._evaluator.add_plain_inplace(square, self._encode_like(3.0, square))
         return self._mul_rescale(self._half(z, half), square, rescale=rescale)
 
-    def _signs(self, z: Any, *, rescale: bool) -> Any:
-        """``f^(r)(z)``, or ``f^(r)(z) / 2`` in one-hot mode; the last rescale optional."""
+    def _signs(self, z: Any, *, rescale: bool, scale: npt.NDArray[np.float64] | None = None) -> Any:
+        """``f^(r)(z)`` (times the per-slot ``scale`` if given), or ``f^(r)(z) / 2`` in one-hot
+        mode; the last rescale optional."""
         for r in range(self._rounds):
             last = r == self._rounds - 1
-            z = self._sign_step(z, rescale=rescale or not last, half=0.25 if last and self._onehot else 0.5)
+            half: float | list[float] = 0.5
+            if last and self._onehot:
+                half = 0.25
+            elif last and scale is not None:
+                half = (0.5 * scale).tolist()
+            z = self._sign_step(z, rescale=rescale or not last, half=half)
+        return z
+
+    def _output_scale(self, rng: np.random.Generator, count: int, width: int) -> npt.NDArray[np.float64]:
+        """Secret factors in [OUTPUT_SCALE_MIN, 1], one per run of ``width`` slots (a query)."""
+        factors = rng.uniform(OUTPUT_SCALE_MIN, 1.0, count)
+        out: npt.NDArray[np.float64] = np.repeat(factors, width)[: self._preset.slot_count]
+        return out
+
+    def _window_sum(self, z: Any, length: int) -> Any:
+        """``sum_{u < length} rot(z, u)`` with power-of-two rotations (:func:`packing.window_plan`)."""
+        ev = self._evaluator
+        top, extras = packing.window_plan(length)
+        kept: dict[int, Any] = {}
+        width = 1
+        while width < top:
+            if width in extras:
+                kept[width] = sealapi.Ciphertext()
+                ev.negate(z, kept[width])
+                ev.negate_inplace(kept[width])  # a copy: SEAL's Python binding has no copy constructor
+            ev.add_inplace(z, self._rotate(z, width))
+            width *= 2
+        for b in extras:
+            z = self._rotate(z, b)
+            ev.add_inplace(z, kept[b])
         return z
 
     def _product_tree(self, y: Any, strides: Sequence[int]) -> Any:
@@ -820,10 +935,12 @@ class EnsembleEvaluator:
         return factors[0]
 
     def _flood(self, ct: Any, keep: npt.NDArray[np.bool_], rng: np.random.Generator) -> None:
-        """Add fresh uniform noise to every slot outside ``keep`` (no partial results leak)."""
+        """Add fresh uniform noise to every slot: as large as the headroom allows outside
+        ``keep`` (no partial results leak), :data:`OUTPUT_FLOOD` on the result slots."""
         amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
         noise = rng.uniform(-amplitude, amplitude, keep.size)
-        noise[keep] = 0.0
+        small = OUTPUT_FLOOD["onehot" if self._onehot else "scores"]
+        noise[keep] = rng.uniform(-small, small, int(keep.sum()))
         self._evaluator.add_plain_inplace(ct, self._encode_like(noise.tolist(), ct))
 
     def _babies(self, x: Any, count: int) -> list[Any]:
@@ -847,12 +964,16 @@ class EnsembleEvaluator:
     ) -> Any:
         """Diagonal method in baby-step/giant-step form, rotate-and-sum, one rescale, bias.
 
-        Giant steps and the rotate-and-sum act before the rescale, where the ciphertext's
-        scale is a prime larger, so their key-switching noise is negligible.
+        With ``late_rescale`` the giant steps and the rotate-and-sum act before the rescale,
+        where the ciphertext's scale is a prime larger, so their key-switching noise is
+        negligible (needed at small scales such as n8192-d5's 2^27). Otherwise each giant
+        step's inner sum is rescaled first, so those rotations run one prime lower (about 40%
+        cheaper at n8192-d3, whose 2^37 scale keeps their noise near 1e-7).
         """
         ev = self._evaluator
         babies = self._babies(x, baby)
         acc: Any = None
+        late = self._late_rescale
         for b in reversed(range(giant)):
             inner: Any = None
             for a in range(baby):
@@ -865,6 +986,8 @@ class EnsembleEvaluator:
                     inner = prod
                 else:
                     ev.add_inplace(inner, prod)
+            if inner is not None and not late:
+                ev.rescale_to_next_inplace(inner)
             if acc is not None:
                 acc = self._rotate(acc, baby)
                 if inner is not None:
@@ -875,7 +998,8 @@ class EnsembleEvaluator:
             raise ContextError("the ensemble's difference matrix is identically zero")
         for stride in strides:
             ev.add_inplace(acc, self._rotate(acc, stride))
-        ev.rescale_to_next_inplace(acc)
+        if late:
+            ev.rescale_to_next_inplace(acc)
         ev.add_plain_inplace(acc, self._encode_like(bias.tolist(), acc))
         return acc
 
@@ -898,37 +1022,68 @@ class EnsembleEvaluator:
 
     def _evaluate_ct(self, ct: Any) -> Any:
         # The block sums and the product tree rotate before the last rescale (less noise).
-        z = self._signs(self._differences(ct), rescale=False)
+        rng = np.random.default_rng(secrets.randbits(128))
+        lay = self._layout
+        scale = None if self._onehot else self._output_scale(rng, lay.queries_per_ciphertext, lay.lane)
+        z = self._signs(self._differences(ct), rescale=False, scale=scale)
         if self._onehot:
             # (1 + s) / 2 in comparison slots, 1 in padded and diagonal ones (s = 0 there).
             self._evaluator.add_plain_inplace(z, self._encode_like(self._onehot_constants, z))
             z = self._product_tree(z, self._layout.block_strides)
         else:
-            for stride in self._layout.block_strides:
-                self._evaluator.add_inplace(z, self._rotate(z, stride))
+            z = self._window_sum(z, self._layout.stride)
             self._evaluator.rescale_to_next_inplace(z)
-        self._flood(z, self._keep, np.random.default_rng(secrets.randbits(128)))
+        self._flood(z, self._keep, rng)
         return z
 
     # -- wire ----------------------------------------------------------------------------
 
     def _load_query(self, data: bytes) -> Any:
-        vec = load_ckks_vector(self._ts_ctx, data, expected_size=self._layout.slots, max_bytes=self._max_query_bytes)
-        ts_ct = vec.ciphertext()[0]
-        if ts_ct.coeff_modulus_size() != len(self._preset.coeff_mod_bit_sizes) - 1:
-            raise CiphertextError("query ciphertext is not at the top level of the chain")
-        if abs(ts_ct.scale - 2.0**self._preset.global_scale_bits) > 1e-6 * ts_ct.scale:
+        """A query ciphertext straight into SEAL (no TenSEAL round trip), validated.
+
+        The wire form is TenSEAL's CKKS vector message (shape, SEAL ciphertext, scale); SEAL's
+        own loader checks the ciphertext against the session parameters (sizes, moduli,
+        coefficient ranges).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CiphertextError(f"ciphertext must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > self._max_query_bytes:
+            raise CiphertextError(f"ciphertext is {len(data)} bytes, above the limit {self._max_query_bytes}")
+        if not data:
+            raise CiphertextError("ciphertext is empty")
+        try:
+            fields = _parse_fields(data)
+            if [(f, w) for f, w, _ in fields] != [(1, 2), (2, 2), (3, 1)]:
+                raise ValueError("unexpected message layout")
+            shape, blob, scale_raw = (v for _, _, v in fields)
+            assert isinstance(shape, bytes) and isinstance(blob, bytes) and isinstance(scale_raw, bytes)
+            size, end = _read_varint(shape, 0)
+            if end != len(shape):
+                raise ValueError("a vector has one dimension")
+        except ValueError:
+            raise CiphertextError("malformed or truncated ciphertext (unexpected message layout)") from None
+        if size != self._layout.slots:
+            raise CiphertextError(f"ciphertext packs {size} values, expected {self._layout.slots}")
+        (scale,) = struct.unpack("<d", scale_raw)
+        expected_scale = 2.0**self._preset.global_scale_bits
+        if not abs(scale - expected_scale) <= 1e-6 * expected_scale:
             raise CiphertextError("query ciphertext has an unexpected scale")
         ct = sealapi.Ciphertext()
         with _scratch_dir() as tmp:
             path = os.path.join(tmp, "query")
-            ts_ct.save(path)
+            with open(path, "wb") as fh:
+                fh.write(blob)
             try:
                 ct.load(self._seal_ctx, path)
             except Exception:
-                raise CiphertextError("query ciphertext does not fit the session parameters") from None
+                raise CiphertextError("malformed or truncated ciphertext, or one for other parameters") from None
+        if ct.size() != 2:
+            raise CiphertextError(f"ciphertext has {ct.size()} polynomials, expected 2")
         if ct.parms_id() != self._seal_ctx.first_parms_id():
             raise CiphertextError("query ciphertext is not at the top level of the chain")
+        if not abs(ct.scale - expected_scale) <= 1e-6 * expected_scale:
+            raise CiphertextError("query ciphertext has an unexpected scale")
         return ct
 
     def _dump_reply(self, ct: Any) -> bytes:
@@ -1007,6 +1162,8 @@ class EnsembleEvaluator:
         logits = self._wide_logits(cts)
         bias = self._wide_state["bias"]
         c = lay.classes
+        rng = np.random.default_rng(secrets.randbits(128))
+        scale = None if self._onehot else self._output_scale(rng, lay.capacity, lay.block)
         signs: dict[tuple[int, int], Any] = {}
         for i in range(c):
             for j in range(i + 1, c):
@@ -1022,14 +1179,158 @@ class EnsembleEvaluator:
                 else:
                     ev.sub(a, b, diff)
                 ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
-                signs[(i, j)] = self._signs(diff, rescale=True)
+                signs[(i, j)] = self._signs(diff, rescale=True, scale=scale)
         keep = packing.wide_output_mask(lay, count)
-        rng = np.random.default_rng(secrets.randbits(128))
         replies = []
         for i in range(c):
             acc = self._onehot_wide(signs, i) if self._onehot else self._wins_wide(signs, i)
             self._flood(acc, keep, rng)
             replies.append(acc)
+        return replies
+
+    def _region_plains(self, regions: int) -> list[list[Any]]:
+        """Plaintext weight pieces ``[accumulator][chunk]``: accumulator ``a`` carries class
+        ``a * R + k`` in region ``k`` (zero where that class does not exist); encoded once per
+        region count and shared with sibling sessions."""
+        state = self._wide_state
+        cache = state.setdefault("regions", {})
+        if regions not in cache:
+            lay = self._wide
+            first = self._seal_ctx.first_context_data()
+            drop_prime = float(first.parms().coeff_modulus()[-1].value())
+            size = lay.slots // regions
+            weights = state["weights"]  # (C, chunks, block)
+            plains: list[list[Any]] = []
+            for a in range(-(-lay.classes // regions)):
+                row: list[Any] = []
+                for t in range(lay.chunks):
+                    values = np.zeros(lay.slots)
+                    for k in range(regions):
+                        c = a * regions + k
+                        if c < lay.classes:
+                            values[k * size : (k + 1) * size] = np.tile(weights[c, t], size // lay.block)
+                    if not np.any(values):
+                        row.append(None)
+                        continue
+                    pt = sealapi.Plaintext()
+                    self._encoder.encode(values.tolist(), first.parms_id(), drop_prime, pt)
+                    row.append(pt)
+                plains.append(row)
+            cache[regions] = plains
+        return cache[regions]  # type: ignore[no-any-return]
+
+    def _rotate_pow2(self, ct: Any, step: int) -> Any:
+        """Rotation by ``step`` as a product of power-of-two rotations (keys exist for those)."""
+        out = ct
+        bit = 1
+        while step:
+            if step & 1:
+                out = self._rotate(out, bit)
+            step >>= 1
+            bit <<= 1
+        return out
+
+    def _evaluate_regions(self, cts: Sequence[Any], count: int, regions: int) -> list[Any]:
+        """Win counts of a partial batch replicated into ``regions`` regions (PEW2 bodies).
+
+        Accumulator ``a`` holds class ``a * R + k``'s scaled logit in region ``k``; pairs are
+        differences of an accumulator and a region-rotated one (``R`` pairs per ciphertext),
+        so the linear stage, the rotate-and-sums and the sign evaluations all shrink by about
+        ``R``. Each class's win count is then gathered into region 0, where the client reads
+        it (the reply is the same as for a one-region batch).
+        """
+        ev, lay = self._evaluator, self._wide
+        size = lay.slots // regions
+        classes = lay.classes
+        bias = self._wide_state["bias"]
+        accs: list[Any] = []
+        for a, row in enumerate(self._region_plains(regions)):
+            acc: Any = None
+            tmp = sealapi.Ciphertext()
+            for ct, plain in zip(cts, row, strict=True):
+                if plain is None:
+                    continue
+                if acc is None:
+                    acc = sealapi.Ciphertext()
+                    ev.multiply_plain(ct, plain, acc)
+                else:
+                    ev.multiply_plain(ct, plain, tmp)
+                    ev.add_inplace(acc, tmp)
+            if acc is None:
+                raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
+            ev.rescale_to_next_inplace(acc)
+            for stride in lay.sum_strides:
+                ev.add_inplace(acc, self._rotate(acc, stride))
+            shift = np.zeros(lay.slots)
+            for k in range(regions):
+                if a * regions + k < classes:
+                    shift[k * size : (k + 1) * size] = bias[a * regions + k]
+            ev.add_plain_inplace(acc, self._encode_like(shift.tolist(), acc))
+            accs.append(acc)
+        rotated: dict[tuple[int, int], Any] = {}
+
+        def moved(b: int, r: int) -> Any:  # accumulator b with region k + r moved to region k
+            if r == 0:
+                return accs[b]
+            if (b, r) not in rotated:
+                rotated[(b, r)] = self._rotate_pow2(accs[b], r * size)
+            return rotated[(b, r)]
+
+        rng = np.random.default_rng(secrets.randbits(128))
+        scale = np.tile(np.repeat(rng.uniform(OUTPUT_SCALE_MIN, 1.0, lay.capacity // regions), lay.block), regions)
+        # (sign ciphertext, region) of each unordered pair i < j, with the sign of s_ij there.
+        where: dict[tuple[int, int], tuple[int, int, float]] = {}
+        signs: list[Any] = []
+        for a in range(len(accs)):
+            for b in range(a, len(accs)):
+                for r in range(regions) if b > a else range(1, regions // 2 + 1):
+                    pairs = []
+                    for k in range(regions):
+                        i, j = a * regions + k, b * regions + (k + r) % regions
+                        if i < classes and j < classes and i != j and (min(i, j), max(i, j)) not in where:
+                            pairs.append((k, i, j))
+                    if not pairs:
+                        continue
+                    diff = sealapi.Ciphertext()
+                    ev.sub(accs[a], moved(b, r), diff)
+                    # Rescaled now: gathering them into region 0 then rotates at the last level,
+                    # the cheapest key switch (its noise, at the 2^37 scale, is far below the flood).
+                    signs.append(self._signs(diff, rescale=True, scale=scale))
+                    for k, i, j in pairs:
+                        where[(min(i, j), max(i, j))] = (len(signs) - 1, k, 1.0 if i < j else -1.0)
+        keep = packing.wide_output_mask(lay, count)
+        replies = []
+        for i in range(classes):
+            # T_k: class i's comparisons that sit in region k; then Horner over the regions,
+            # T_0 + rot(T_1 + rot(T_2 + ..., size), size), one region-size rotation per region.
+            parts: list[Any] = [None] * regions
+            for j in range(classes):
+                if j == i:
+                    continue
+                idx, k, sign = where[(min(i, j), max(i, j))]
+                positive = sign > 0 if i < j else sign < 0  # s_ij = sign * value, s_ji = -s_ij
+                if parts[k] is None:
+                    parts[k] = sealapi.Ciphertext()
+                    ev.negate(signs[idx], parts[k])
+                    if positive:
+                        ev.negate_inplace(parts[k])  # a copy: SEAL's Python binding has no copy constructor
+                elif positive:
+                    ev.add_inplace(parts[k], signs[idx])
+                else:
+                    ev.sub_inplace(parts[k], signs[idx])
+            out: Any = None
+            for k in reversed(range(regions)):
+                if out is not None:
+                    out = self._rotate(out, size)
+                if parts[k] is not None:
+                    if out is None:
+                        out = parts[k]
+                    else:
+                        ev.add_inplace(out, parts[k])
+            if out is None:
+                raise ContextError("a class has no comparisons")
+            self._flood(out, keep, rng)
+            replies.append(out)
         return replies
 
     def _wins_wide(self, signs: dict[tuple[int, int], Any], i: int) -> Any:
@@ -1083,12 +1384,20 @@ class EnsembleEvaluator:
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=lay.chunks, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree
-        missing = [s for s in lay.galois_steps if not self._galois.has_key(galois_element(s, n))]
+        missing = [s for s in lay.sum_strides if s < lay.slots and not self._galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
+        regions = 1
+        if bytes(body[:4]) == _WIDE_REGIONS_MAGIC:
+            if self._onehot:
+                raise CiphertextError("one-hot ensembles take wide bodies in one region (PEW1)")
+            regions = packing.wide_regions(lay, count)
+            n_keys = [s for s in lay.region_steps if not self._galois.has_key(galois_element(s, n))]
+            if n_keys and regions > 1:
+                raise ContextError(f"evaluation keys lack the rotations {n_keys} of partial wide batches")
         cts = [self._load_query(b) for b in blobs]
-        replies = [self._dump_reply(ct) for ct in self._evaluate_wide(cts, count)]
-        return encode_wide(replies, layout=lay, count=count)
+        results = self._evaluate_regions(cts, count, regions) if regions > 1 else self._evaluate_wide(cts, count)
+        return encode_wide([self._dump_reply(ct) for ct in results], layout=lay, count=count)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("EnsembleEvaluator holds the owner's weights; rebuild it from the artifact")

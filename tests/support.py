@@ -63,6 +63,20 @@ def assert_argmax_agrees(predicted: np.ndarray, logits: np.ndarray) -> None:
     assert np.all(predicted[clear] == truth[clear])
 
 
+def assert_scaled_win_counts(counts: np.ndarray, reference: np.ndarray, *, tol: float) -> np.ndarray:
+    """Decrypted win counts equal the reference up to the server's secret per-query factor in
+    [OUTPUT_SCALE_MIN, 1] on the comparison sums, plus at most ``tol`` (the result-slot
+    flooding and CKKS error); returns the factors."""
+    from crypto.private_inference import OUTPUT_SCALE_MIN
+
+    c = counts.shape[1]
+    raw, ref = 2.0 * counts - (c - 1), 2.0 * reference - (c - 1)
+    factors = np.sum(raw * ref, axis=1) / np.maximum(np.sum(ref * ref, axis=1), 1e-300)
+    assert np.all(factors >= OUTPUT_SCALE_MIN - 1e-3) and np.all(factors <= 1.0 + 1e-3), factors
+    assert np.max(np.abs(raw - factors[:, None] * ref)) < tol
+    return factors
+
+
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -313,6 +313,7 @@ def test_hidden_layer_ensemble_registered_and_predicted(client: Any, settings: A
     spec = spec_resp.get_json()
     assert spec["head"] == "quadratic_mlp" and spec["hidden"] == h and spec["preset"] == "n8192-d5"
     assert spec["wide_layout"] is None and spec["layout"]["hidden_rows"] == 16
+    assert spec["layouts"] == ["single"] and "linear heads only" in spec["wide_refusal"]
     text = spec_resp.get_data(as_text=True)
     assert "activation" not in text and "hidden_weights" not in text
     private = PrivateClient(spec=spec)  # the SDK's path: the served spec, not the artifact

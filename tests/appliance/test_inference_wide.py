@@ -41,7 +41,13 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     ens = resp.get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
-    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": [1, 2, 4, 8, 16, 32]}
+    steps = [1, 2, 4, 8, 16, 32, 512, 1024, 2048]  # block sums, then region moves of partial batches
+    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps, "max_regions": 8}
+    # A spec from a server that predates regions: the client keeps partial batches in one region.
+    legacy = PrivateClient(spec={**spec, "wide_layout": {k: v for k, v in spec["wide_layout"].items()
+                                                          if k != "max_regions"}})
+    assert legacy.encrypt_wide_batch(np.ones((3, k, d)) / np.sqrt(d))[:4] == b"PEW1"
+    assert spec["layouts"] == ["single", "wide"] and spec["wide_refusal"] is None
     private = PrivateClient(spec=spec)
     resp = _post(client, user, f"/v1/inference/sessions?ensemble_id={ens}", private.evaluation_keys())
     assert resp.status_code == 201, resp.get_data(as_text=True)
@@ -58,6 +64,11 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     assert resp.mimetype == "application/octet-stream"
     assert list(private.decrypt_wide_batch(resp.get_data(), count=50).labels) == truth.tolist()
 
+    # A partial batch travels replicated into regions (PEW2); labels are the same.
+    part = _post(client, user, path + "&layout=wide", private.encrypt_wide_batch(emb[:16]))
+    assert part.status_code == 200, part.get_data(as_text=True)
+    assert list(private.decrypt_wide_batch(part.get_data(), count=16).labels) == truth[:16].tolist()
+
     single = private.encrypt(emb[0])
     for body, url in [
         (single, path + "&layout=wide"),  # single-layout ciphertext sent as wide
@@ -69,6 +80,15 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
         bad = _post(client, user, url, body)
         assert bad.status_code == 422, (url, bad.status_code, bad.get_data(as_text=True)[:200])
         assert bad.mimetype == "application/problem+json"
+        if body is wide and "layout=wide" not in url:
+            assert "wide body" in bad.get_json()["detail"] and "layout=wide" in bad.get_json()["hint"]
+    # A wide body above the single-query limit: named as a wide body (422), not a 413 on size.
+    from appliance.capabilities.inference import service
+
+    big = wide + b"\0" * (service.MAX_QUERY_BYTES + 1 - len(wide))
+    bad = _post(client, user, path, big)
+    assert bad.status_code == 422 and "wide body" in bad.get_json()["detail"], bad.get_data(as_text=True)[:200]
+    assert _post(client, user, path, b"\1" * (service.MAX_QUERY_BYTES + 1)).status_code == 413
     both = _post(client, user, path + "&layout=wide&batch=true", wide)
     assert both.status_code in (400, 422)
     unknown = _post(client, user, path + "&layout=diagonal", wide)

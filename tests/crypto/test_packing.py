@@ -36,13 +36,15 @@ def _simulate(
     return acc
 
 
+@pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize(
     ("members", "dim", "classes", "queries"),
     [(8, 384, 10, 1), (4, 32, 10, 8), (1, 10, 10, 8), (3, 20, 5, 2), (2, 7, 2, 3)],
 )
-def test_diagonal_circuit_computes_scaled_pairwise_differences(members, dim, classes, queries):
+def test_diagonal_circuit_computes_scaled_pairwise_differences(members, dim, classes, queries, compact):
     rng = np.random.default_rng(members * 100 + dim)
-    layout = packing.make_layout(members=members, dim=dim, classes=classes, slots=4096)
+    layout = packing.make_layout(members=members, dim=dim, classes=classes, slots=4096, compact=compact)
+    assert layout.stride == (classes if compact else layout.pad_classes)
     weights = rng.normal(size=(members, classes, dim))
     biases = rng.normal(size=(members, classes))
     matrix, bias, bound = packing.difference_matrix(weights, biases, norm_bound=2.0, layout=layout)
@@ -54,11 +56,15 @@ def test_diagonal_circuit_computes_scaled_pairwise_differences(members, dim, cla
     norms = np.linalg.norm(emb, axis=2, keepdims=True)
     clipped = emb * np.minimum(1.0, 2.0 / norms)
     logits = np.einsum("qkd,kcd->qc", clipped, weights) / members + biases.mean(axis=0)
-    p = layout.pad_classes
+    p = layout.stride
     for q in range(queries):
-        got = out[q * layout.lane : q * layout.lane + p * p].reshape(p, p)[:classes, :classes]
+        got = out[q * layout.lane : q * layout.lane + classes * p].reshape(classes, p)[:, :classes]
         expected = (logits[q][:, None] - logits[q][None, :]) / bound
         np.testing.assert_allclose(got, expected, atol=1e-12)
+        # The class windows the evaluator sums land on slot i * stride: sum_j (L_i - L_j) / bound.
+        base = q * layout.lane
+        sums = [out[base + i * p : base + i * p + p][:classes].sum() for i in range(classes)]
+        np.testing.assert_allclose(sums, expected.sum(axis=1), atol=1e-10)
     assert layout.queries_per_ciphertext >= queries
     assert len(layout.galois_steps) <= 12
 
@@ -123,3 +129,19 @@ def test_hidden_layout_refusals():
         packing.difference_matrix(np.zeros((2, 3, 8)), np.zeros((2, 3)), norm_bound=1.0, layout=layout)
     with pytest.raises(packing.LayoutError):
         packing.make_layout(members=8, dim=384, classes=10, slots=4096, hidden=1024)
+
+
+@pytest.mark.parametrize("length", range(1, 34))
+def test_window_plan_sums_consecutive_slots_with_power_of_two_rotations(length):
+    top, extras = packing.window_plan(length)
+    v = np.random.default_rng(length).normal(size=128)
+    z, kept, width = v.copy(), {}, 1
+    while width < top:
+        if width in extras:
+            kept[width] = z.copy()
+        z = z + np.roll(z, -width)
+        width *= 2
+    for b in extras:
+        z = np.roll(z, -b) + kept[b]
+    np.testing.assert_allclose(z, sum(np.roll(v, -u) for u in range(length)), atol=1e-12)
+    assert top + sum(extras) == length and all(b & (b - 1) == 0 and b < top for b in extras)

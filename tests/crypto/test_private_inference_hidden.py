@@ -8,7 +8,7 @@ import pytest
 import tenseal as ts
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from support import assert_argmax_agrees
+from support import assert_argmax_agrees, assert_scaled_win_counts
 
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
@@ -76,7 +76,8 @@ def test_encrypted_argmax_on_random_inputs() -> None:
     logits = art.plaintext_logits(emb)
     assert_argmax_agrees(np.array(scores.labels), logits)
     reference = argmax.reference_win_counts(logits, evaluator._bound, evaluator.sign_rounds)
-    assert np.max(np.abs(scores.win_counts - reference)) < 1e-3
+    # Up to the secret output scale and the result-slot flooding (circuit privacy).
+    assert_scaled_win_counts(scores.win_counts, reference, tol=2e-3)
 
 
 def _train_quadratic_mlp(

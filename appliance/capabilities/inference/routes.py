@@ -42,10 +42,12 @@ from appliance.capabilities.inference.service import (
     ensemble_spec,
     ensemble_view,
     get_ensemble,
+    is_wide_body,
     open_session,
     predict,
     register_ensemble,
     session_view,
+    wide_body_sent_as_single,
 )
 from appliance.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from appliance.schemas import ListQuery
@@ -64,14 +66,22 @@ def _cache() -> EvaluatorCache:
     return cache  # type: ignore[no-any-return]
 
 
-def _binary_body(limit: int, what: str, *, hint: str | None = None) -> bytes:
-    """The request body as bytes (application/octet-stream), at most ``limit`` bytes."""
+def _binary_body(limit: int, what: str, *, hint: str | None = None, single: bool = False) -> bytes:
+    """The request body as bytes (application/octet-stream), at most ``limit`` bytes.
+
+    ``single``: the body should be single-layout ciphertexts; an oversize body that starts
+    like a wide-layout body gets the 422 that says so rather than a 413 about its size.
+    """
     if request.mimetype != OCTET:
         raise UnsupportedMediaType(f"{what} is sent as {OCTET}, got {request.mimetype or 'nothing'}")
     if request.content_length is not None and request.content_length > limit:
+        if single and is_wide_body(read_bounded(request.stream, 4)):
+            raise wide_body_sent_as_single()
         raise PayloadTooLarge(f"{what} is limited to {limit} bytes", hint=hint)
     raw = read_bounded(request.stream, limit + 1)
     if len(raw) > limit:
+        if single and is_wide_body(raw):
+            raise wide_body_sent_as_single()
         raise PayloadTooLarge(f"{what} is limited to {limit} bytes", hint=hint)
     return raw
 
@@ -160,7 +170,8 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
             raise UnsupportedMediaType(f"{what} is sent as {OCTET}, got "
                                        f"{request.mimetype or 'nothing'}")
         reply = predict(store, _cache(), g.principal, ensemble_id=ensemble_id,
-                        session_id=query.session, body=lambda: _binary_body(limit, what),
+                        session_id=query.session,
+                        body=lambda: _binary_body(limit, what, single=query.layout != "wide"),
                         batch=query.batch, layout=query.layout)
         return Response(reply, status=200, mimetype=OCTET)
 

@@ -23,6 +23,8 @@ secret key stays in this process) and :class:`PrivatePrediction` is what a predi
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import threading
 import time
 from collections import OrderedDict
@@ -97,6 +99,10 @@ class EnsembleLayoutOut(BaseModel):
     n: int
     lane: int
     pad_classes: int
+    class_stride: int = Field(
+        default=0, description="row i * class_stride + j compares classes i and j; class i's result "
+                               "is in slot i * class_stride (classes for linear win counts, else "
+                               "pad_classes; 0 from servers that predate it means pad_classes)")
     rows: int
     baby: int
     giant: int
@@ -116,6 +122,9 @@ class EnsembleWideLayoutOut(BaseModel):
     chunks: int
     capacity: int
     galois_steps: list[int]
+    max_regions: int = Field(
+        default=1, description="partial batches may be replicated into up to this many regions (PEW2 "
+                               "bodies); 1 from servers that predate regions")
 
 
 class EnsembleSpec(BaseModel):
@@ -139,7 +148,14 @@ class EnsembleSpec(BaseModel):
                     "(the label's near 1), no win counts")
     layout: EnsembleLayoutOut
     wide_layout: EnsembleWideLayoutOut | None = Field(
-        default=None, description="absent for hidden-layer heads (single layout only)")
+        default=None, description="absent where the server does not serve the wide layout for this "
+                                  "ensemble (hidden-layer heads; encoded wide weights above the limit)")
+    layouts: list[Literal["single", "wide"]] = Field(
+        default_factory=lambda: list[Literal["single", "wide"]](["single"]),
+        description="the request layouts this server serves for the ensemble; a client never "
+                    "encrypts in a layout missing here (the server would refuse it with 422)")
+    wide_refusal: str | None = Field(
+        default=None, description="why the wide layout is not served (absent when it is)")
 
 
 class EnsembleUpload(BaseModel):
@@ -194,7 +210,8 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
     layout = _layout_for(spec)
     return {
         "slots": layout.slots, "block": layout.block, "n": layout.n, "lane": layout.lane,
-        "pad_classes": layout.pad_classes, "rows": layout.rows, "baby": layout.baby,
+        "pad_classes": layout.pad_classes, "class_stride": layout.stride, "rows": layout.rows,
+        "baby": layout.baby,
         "giant": layout.giant, "queries_per_ciphertext": layout.queries_per_ciphertext,
         "galois_steps": list(layout.galois_steps), "hidden": layout.hidden,
         "hidden_rows": layout.hidden_rows, "hidden_baby": layout.hidden_baby,
@@ -202,18 +219,41 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The wide layout's geometry, or ``None`` for hidden-layer heads (single layout only)."""
+def wide_refusal(spec: dict[str, Any]) -> str | None:
+    """Why this server does not serve the wide layout for ``spec`` (``None``: it does)."""
     from crypto import packing
     from crypto.ckks import get_preset
 
     if spec.get("head", "linear") != "linear":
+        return f"the wide layout serves linear heads only; this ensemble has {spec.get('head')} heads"
+    preset = get_preset(str(spec["preset"]))
+    wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
+                                    classes=len(spec["classes"]), slots=preset.slot_count)
+    # One plaintext per class and chunk, plus the region-tiled ones of partial batches (one
+    # per group of R classes for each region count R the layout uses).
+    classes = len(spec["classes"])
+    counts = {packing.wide_regions(wide, q) for q in range(1, wide.capacity + 1)}
+    plaintexts = classes + sum(-(-classes // r) for r in counts if r > 1)
+    encoded = plaintexts * wide.chunks * preset.poly_modulus_degree * (len(preset.coeff_mod_bit_sizes) - 1) * 8
+    if encoded > _weight_limit(preset.name):
+        return (f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
+                f"the limit is {_weight_limit(preset.name) >> 20} MiB")
+    return None
+
+
+def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The wide layout's geometry, or ``None`` where the server does not serve it
+    (:func:`wide_refusal` says why)."""
+    from crypto import packing
+    from crypto.ckks import get_preset
+
+    if wide_refusal(spec) is not None:
         return None
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]),
                                     slots=get_preset(str(spec["preset"])).slot_count)
     return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
-            "galois_steps": list(wide.galois_steps)}
+            "galois_steps": list(wide.galois_steps), "max_regions": packing.WIDE_MAX_REGIONS}
 
 
 def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
@@ -280,8 +320,10 @@ def ensemble_view(row: dict[str, Any]) -> dict[str, Any]:
 def ensemble_spec(row: dict[str, Any]) -> dict[str, Any]:
     """The client-facing public spec of an ensemble row, with its slot layout; no weights."""
     spec = loads(row["spec"])
+    refusal = wide_refusal(spec)
     return {"id": row["id"], "output": "scores", **spec, "layout": _layout_info(spec),
-            "wide_layout": _wide_layout_info(spec)}
+            "wide_layout": _wide_layout_info(spec),
+            "layouts": ["single"] if refusal else ["single", "wide"], "wide_refusal": refusal}
 
 
 KEYS_HINT = ("n32768-d18 keys (~0.9 GB) are too large for a session; register the ensemble with "
@@ -315,6 +357,22 @@ class _Entry:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def release_memory() -> bool:
+    """Collect unreachable evaluators now and return freed heap pages to the OS where glibc
+    allows (``malloc_trim``); ``True`` if it trimmed.
+
+    SEAL keeps what its objects free (keys, encoded weights, temporaries) in its global memory
+    pool, which TenSEAL does not expose: that part is reused by the next session, so resident
+    memory is bounded by the busiest moment rather than by session churn, but is not returned.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 class EvaluatorCache:
     """LRU of session evaluators in this process, keyed by (ensemble id, session id).
 
@@ -343,10 +401,15 @@ class EvaluatorCache:
         with self._lock:
             self._entries.clear()
             self._artifacts.clear()
+        release_memory()
 
     def drop(self, ensemble_id: str, session_id: str) -> None:
+        """Forget a session's evaluator and hand the freed memory back (:func:`release_memory`)."""
         with self._lock:
-            self._entries.pop((ensemble_id, session_id), None)
+            entry = self._entries.pop((ensemble_id, session_id), None)
+        if entry is not None:
+            del entry
+            release_memory()
 
     def artifact(self, store: Store, row: dict[str, Any]) -> EnsembleArtifact:
         """The ensemble's artifact, read from its blobs once per process."""
@@ -567,6 +630,8 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
         body = body()
     if layout == "wide":
         return _predict_wide(store, cache, ensemble, session, body)
+    if is_wide_body(body):
+        raise wide_body_sent_as_single()
     if batch:
         try:
             queries = decode_blobs(body, max_items=MAX_BATCH_ITEMS, max_bytes=MAX_BATCH_BYTES)
@@ -582,6 +647,20 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (len(queries), session["id"]))
     return encode_blobs(replies) if batch else replies[0]
+
+
+def is_wide_body(data: bytes) -> bool:
+    """Whether ``data`` starts like a wide-layout body (PEW1, or PEW2 for partial batches)."""
+    from crypto.private_inference import is_wide_body as _is_wide
+
+    return _is_wide(data)
+
+
+def wide_body_sent_as_single() -> UnprocessableInput:
+    """The 422 for a wide-layout body posted without ``layout=wide`` (whatever its size)."""
+    return UnprocessableInput(
+        "this is a wide body (PEW1/PEW2 header): it carries many queries in the wide layout",
+        hint="post it with layout=wide (and without batch=true), if the spec's 'layouts' lists 'wide'")
 
 
 @contextmanager
@@ -609,24 +688,14 @@ def _refused(what: str, *, context_hint: str | None = None) -> Iterator[None]:
 
 def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
                   session: dict[str, Any], body: bytes) -> bytes:
-    from crypto.ckks import get_preset
     from crypto.private_inference import wide_query_count
 
     if not body:
         raise UnprocessableInput("the body must hold a wide batch")
-    spec = loads(ensemble["spec"])
-    wide = _wide_layout_info(spec)
-    if wide is None:
-        raise UnprocessableInput(
-            f"the wide layout serves linear heads only; ensemble {ensemble['id']!r} has "
-            f"{spec.get('head')} heads", hint="send single-layout ciphertexts (layout=single)")
-    preset = get_preset(str(spec["preset"]))
-    encoded = (len(spec["classes"]) * wide["chunks"] * preset.poly_modulus_degree
-               * (len(preset.coeff_mod_bit_sizes) - 1) * 8)
-    if encoded > _weight_limit(preset.name):
-        raise UnprocessableInput(
-            f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
-            f"the limit is {_weight_limit(preset.name) >> 20} MiB", hint="use layout=single")
+    refusal = wide_refusal(loads(ensemble["spec"]))
+    if refusal is not None:
+        raise UnprocessableInput(refusal, hint="send single-layout ciphertexts (layout=single); the "
+                                               "spec's 'layouts' lists what this ensemble accepts")
     entry = cache.get_or_load(store, ensemble, session)
     with _refused("wide batch", context_hint="open a new session with keys from this SDK version"), entry.lock:
         reply = entry.evaluator.evaluate_wide_batch(body)
