@@ -16,7 +16,12 @@ from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kin
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.jobs.service import TERMINAL
 from appliance._internal.store import Store, dumps, loads, utcnow
-from appliance.capabilities.refinement.schemas import MAX_DATASET_BYTES, RefinementJobParams, RefinementTerms
+from appliance.capabilities.refinement.schemas import (
+    MAX_DATASET_BYTES,
+    RefinementJobInputs,
+    RefinementJobParams,
+    RefinementTerms,
+)
 from appliance.capabilities.refinement.service import JOB_KIND, METHOD, ROLES, VERSION, latest_job
 from appliance.errors import Conflict, JobFailed
 
@@ -25,7 +30,7 @@ if TYPE_CHECKING:  # the HE stack (tenseal) loads when a job runs, not when the 
     from enclave.host import EnclaveClient
 
 
-def _resolve(store: Store, principal: Principal, params: RefinementJobParams) -> dict[str, Any]:
+def _resolve(store: Store, principal: Principal, params: RefinementJobParams) -> RefinementJobInputs:
     row = store.get_owned("refinements", principal.tenant_id, params.refinement_id, "refinement")
     if row["provisioned_at"] is None:
         raise Conflict(f"refinement {row['id']} is waiting for the data owner's part")
@@ -35,12 +40,11 @@ def _resolve(store: Store, principal: Principal, params: RefinementJobParams) ->
     if job is not None and job["state"] == "succeeded":
         raise Conflict(f"refinement {row['id']} already succeeded (job {job['id']})")
     checkpoint = row["checkpoint_digest"] if params.resume else None
-    return {
-        "refinement_id": row["id"], "terms": loads(row["terms"]),
-        "model": row["model_digest"], "train": row["train_digest"], "val": row["val_digest"],
-        "context": row["context_digest"], "secret": row["secret_digest"],
-        "checkpoint": checkpoint, "checkpoint_meta": loads(row["checkpoint_meta"]),
-    }
+    return RefinementJobInputs(
+        refinement_id=row["id"], terms=RefinementTerms.model_validate(loads(row["terms"])),
+        model=row["model_digest"], train=row["train_digest"], val=row["val_digest"],
+        context=row["context_digest"], secret=row["secret_digest"],
+        checkpoint=checkpoint, checkpoint_meta=loads(row["checkpoint_meta"]))
 
 
 def _record_checkpoint(ctx: JobContext, refinement_id: str, digest: str, epoch: int,
@@ -78,7 +82,7 @@ class _Loaded:
     seconds: float
 
 
-def _load_inputs(ctx: JobContext, inputs: dict[str, Any]) -> _Loaded:
+def _load_inputs(ctx: JobContext, inputs: RefinementJobInputs) -> _Loaded:
     """Read (and frame-check) the wrapped model, encrypted data, contexts and checkpoint."""
     from appliance.confidential import EncryptedDataset
 
@@ -87,11 +91,11 @@ def _load_inputs(ctx: JobContext, inputs: dict[str, Any]) -> _Loaded:
     def read(digest: str) -> bytes:
         return ctx.blob_path(digest).read_bytes()
 
-    train = EncryptedDataset.from_bytes(read(inputs["train"]), max_bytes=MAX_DATASET_BYTES)
-    val = EncryptedDataset.from_bytes(read(inputs["val"]), max_bytes=MAX_DATASET_BYTES)
-    public_ctx = read(inputs["context"])
-    model_blob, secret_blob = read(inputs["model"]), read(inputs["secret"])
-    checkpoint = read(inputs["checkpoint"]) if inputs.get("checkpoint") else None
+    train = EncryptedDataset.from_bytes(read(inputs.train), max_bytes=MAX_DATASET_BYTES)
+    val = EncryptedDataset.from_bytes(read(inputs.val), max_bytes=MAX_DATASET_BYTES)
+    public_ctx = read(inputs.context)
+    model_blob, secret_blob = read(inputs.model), read(inputs.secret)
+    checkpoint = read(inputs.checkpoint) if inputs.checkpoint else None
     return _Loaded(train=train, validation=val, public_context=public_ctx, model_blob=model_blob,
                    secret_blob=secret_blob, checkpoint=checkpoint, seconds=time.perf_counter() - t0)
 
@@ -180,10 +184,10 @@ def _refine(ctx: JobContext, client: EnclaveClient, rid: str, terms: RefinementT
     return result, resumed_refused
 
 
-def _outcome(ctx: JobContext, inputs: dict[str, Any], terms: RefinementTerms, identity: dict[str, Any],
+def _outcome(ctx: JobContext, inputs: RefinementJobInputs, terms: RefinementTerms, identity: dict[str, Any],
              result: RefinementResult, resumed_refused: str | None, load_seconds: float) -> JobOutcome:
     """Store the encrypted refined model and describe the run for the signed report."""
-    rid = inputs["refinement_id"]
+    rid = inputs.refinement_id
     digest = ctx.save_artifact(result.refined_model)
     report = result.report()
     timings = {k: float(v) for k, v in result.timings.items()}
@@ -193,12 +197,12 @@ def _outcome(ctx: JobContext, inputs: dict[str, Any], terms: RefinementTerms, id
         version=VERSION,
         parameters={"refinement_id": rid, **terms.model_dump(mode="json")},
         inputs={
-            "model_wrapped_sha256": inputs["model"],
-            "train_encrypted_sha256": inputs["train"],
-            "validation_encrypted_sha256": inputs["val"],
-            "public_context_sha256": inputs["context"],
-            "ckks_secret_wrapped_sha256": inputs["secret"],
-            "resumed_from_checkpoint_sha256": inputs.get("checkpoint") if not resumed_refused
+            "model_wrapped_sha256": inputs.model,
+            "train_encrypted_sha256": inputs.train,
+            "validation_encrypted_sha256": inputs.val,
+            "public_context_sha256": inputs.context,
+            "ckks_secret_wrapped_sha256": inputs.secret,
+            "resumed_from_checkpoint_sha256": inputs.checkpoint if not resumed_refused
             else None,
             "enclave": {k: identity.get(k) for k in ("mrenclave", "mrsigner", "isv_prod_id",
                                                      "isv_svn", "debug", "simulated")},
@@ -212,9 +216,9 @@ def _outcome(ctx: JobContext, inputs: dict[str, Any], terms: RefinementTerms, id
     )
 
 
-def _run(ctx: JobContext, params: RefinementJobParams, inputs: dict[str, Any]) -> JobOutcome:
-    rid = inputs["refinement_id"]
-    terms = RefinementTerms.model_validate(inputs["terms"])
+def _run(ctx: JobContext, params: RefinementJobParams, inputs: RefinementJobInputs) -> JobOutcome:
+    rid = inputs.refinement_id
+    terms = inputs.terms
     loaded = _load_inputs(ctx, inputs)
     ctx.progress(0.01)
     client, identity = _open_enclave(ctx, rid)
@@ -229,6 +233,7 @@ register_job_kind(
         params_model=RefinementJobParams,
         resolve=_resolve,
         run=_run,
+        inputs_model=RefinementJobInputs,
         roles=ROLES,
         description="Confidential refinement: HE on the host, softmax/update in the attested "
         "enclave (started by POST /v1/refinements/{id}/data; retried with .../retry).",

@@ -118,6 +118,22 @@ class RefinementResultOut(BaseModel):
     manifest: dict[str, Any] = Field(description="{envelope: DSSE in-toto statement, public_key}")
 
 
+class RefinementJobInputs(BaseModel):
+    """What a refinement job runs on: the refinement's terms and its blobs, by digest."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    refinement_id: str
+    terms: RefinementTerms
+    model: str
+    train: str
+    val: str
+    context: str
+    secret: str
+    checkpoint: str | None = None
+    checkpoint_meta: dict[str, Any] | None = None
+
+
 class RefinementJobParams(BaseModel):
     """Run (or re-run) a provisioned refinement; ``resume`` uses the last sealed checkpoint."""
 
