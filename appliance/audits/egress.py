@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from appliance.audits.errors import EgressRefusedError
+from appliance.errors import UnprocessableInput, ValidationFailed
 
 __all__ = [
     "PRIVATE_ENDPOINTS_ENV",
@@ -226,3 +227,24 @@ class EgressGuard:
             follow_redirects=False,
             trust_env=False,
         )
+
+
+def check_endpoint_url(url: str) -> None:
+    """Refuse URLs that would let a tenant reach the appliance's own network (SSRF): the host
+    must resolve to public addresses only, unless the operator allows private addresses
+    (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``). The job checks again when it runs."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port: a malformed one raises here, not in the job
+    except ValueError:
+        raise ValidationFailed("suspect_endpoint.url is malformed") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed("suspect_endpoint.url must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ValidationFailed("suspect_endpoint.url must not carry credentials")
+    try:
+        EgressGuard.from_environment().resolve(url)
+    except EgressRefusedError as exc:
+        raise UnprocessableInput(
+            str(exc), hint=f"the operator can allow private endpoints with {PRIVATE_ENDPOINTS_ENV}=1"
+        ) from None

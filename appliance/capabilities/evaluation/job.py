@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -16,10 +15,10 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
+from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
-from appliance.capabilities.catalog.service import dataset_input, extract_once, model_input, read_dataset
+from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
 from appliance.errors import JobFailed
-from models.engine import load_model
 from models.evaluation import evaluate_classifier, export_embeddings
 
 VERSION = "1.1.0"
@@ -55,44 +54,6 @@ def _resolve(store: Store, principal: Principal, params: EvaluationParams) -> Ev
     dataset = store.get_owned("datasets", principal.tenant_id, params.dataset_id, "dataset")
     return EvaluationInputs(model=ModelInput.model_validate(model_input(model)),
                             dataset=DatasetInput.model_validate(dataset_input(dataset)))
-
-
-def _typed(model: ModelInput | Mapping[str, Any]) -> ModelInput:
-    return model if isinstance(model, ModelInput) else ModelInput.model_validate(model)
-
-
-def job_model_path(ctx: JobContext, model: ModelInput | Mapping[str, Any]) -> Path:
-    """A local path a backend can load: the blob, or the extracted transformers folder."""
-    model = _typed(model)
-    blob = ctx.blob_path(model.blob)
-    if model.format != "transformers":
-        return blob
-    # the API node extracted it at upload; embedded workers share that folder
-    shared = ctx.settings.home / "modeldirs" / model.blob
-    target = shared if shared.is_dir() else ctx.cache_dir("modeldirs") / model.blob
-    return extract_once(blob, target, settings=ctx.settings)
-
-
-def load_job_model(ctx: JobContext, model: ModelInput | Mapping[str, Any], device: str | None) -> Any:
-    model = _typed(model)
-    path = job_model_path(ctx, model)
-    config = model.config
-    if model.format == "onnx" and model.kind in ("classifier", "encoder"):
-        # the registered kind decides how an ONNX graph's output is read
-        config = {"kind": model.kind, **(config or {})}
-    return load_model(
-        path,
-        format=model.format,
-        architecture=model.architecture,
-        config=config,
-        device=None if device in (None, "auto") else device,
-    )
-
-
-def model_digests(model: ModelInput | Mapping[str, Any]) -> dict[str, Any]:
-    model = _typed(model)
-    return {"id": model.id, "name": model.name, "format": model.format,
-            "files": model.files, "blob_sha256": model.blob, "signer": model.signer}
 
 
 def _run(ctx: JobContext, params: EvaluationParams, inputs: EvaluationInputs) -> JobOutcome:

@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,11 +22,10 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store, loads
-from appliance.audits.egress import PRIVATE_ENDPOINTS_ENV, EgressGuard
-from appliance.audits.errors import EgressRefusedError
+from appliance.audits.egress import EgressGuard, check_endpoint_url
+from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
-from appliance.capabilities.evaluation.job import load_job_model, model_digests
-from appliance.errors import JobFailed, UnprocessableInput, ValidationFailed
+from appliance.errors import JobFailed
 from appliance.schemas import SuspectEndpoint
 
 VERSION = "1.0.0"
@@ -86,27 +84,6 @@ class OwnershipParams(BaseModel):
             if not self.watermark_id or not self.benign_dataset_id:
                 raise ValueError("watermark_dvbw needs watermark_id and benign_dataset_id")
         return self
-
-
-def check_endpoint_url(url: str) -> None:
-    """Refuse URLs that would let a tenant reach the appliance's own network (SSRF): the host
-    must resolve to public addresses only, unless the operator allows private addresses
-    (``APPLIANCE_ALLOW_PRIVATE_ENDPOINTS=1``). The job checks again when it runs."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parses the port: a malformed one raises here, not in the job
-    except ValueError:
-        raise ValidationFailed("suspect_endpoint.url is malformed") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationFailed("suspect_endpoint.url must be an http(s) URL with a host")
-    if parts.username or parts.password:
-        raise ValidationFailed("suspect_endpoint.url must not carry credentials")
-    try:
-        EgressGuard.from_environment().resolve(url)
-    except EgressRefusedError as exc:
-        raise UnprocessableInput(
-            str(exc), hint=f"the operator can allow private endpoints with {PRIVATE_ENDPOINTS_ENV}=1"
-        ) from None
 
 
 def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dict[str, Any]:

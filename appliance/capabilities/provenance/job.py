@@ -21,7 +21,7 @@ VERSION = "1.0.0"
 
 
 def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> dict[str, Any]:
-    from appliance.capabilities.ownership.job import check_endpoint_url
+    from appliance.audits.egress import check_endpoint_url
 
     tenant = principal.tenant_id
     inputs: dict[str, Any] = {"generators": []}
@@ -45,7 +45,7 @@ def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> di
 
 
 def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
-    from appliance.capabilities.evaluation.job import load_job_model, model_digests
+    from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 
     if params.suspect_endpoint is not None:
         from appliance.audits.egress import EgressGuard
@@ -65,7 +65,7 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
     from appliance.audits.errors import AuditError
     from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
-    from appliance.capabilities.evaluation.job import model_digests
+    from appliance.capabilities.catalog.jobs import model_digests
     from appliance.capabilities.provenance.service import RemoteGenerator, build_evidence
     from models.errors import ModelError
     from models.generators import OnnxGenerator

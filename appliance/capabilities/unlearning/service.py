@@ -17,8 +17,8 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobOutcome
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
+from appliance.capabilities.catalog.jobs import job_model_path, model_digests
 from appliance.capabilities.catalog.service import dataset_input, model_input, transformers_dir
-from appliance.capabilities.evaluation.job import job_model_path, model_digests
 from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
 from appliance.errors import JobFailed, UnprocessableInput
 

@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from appliance.audits.egress import EgressGuard, refusal_reason
+from appliance.audits.egress import EgressGuard, check_endpoint_url, refusal_reason
 from appliance.audits.errors import EgressRefusedError, RemoteEndpointError
 from appliance.audits.suspects import RemoteEndpoint
-from appliance.capabilities.ownership.job import OwnershipParams, _suspect_fn, check_endpoint_url
+from appliance.capabilities.ownership.job import OwnershipParams, _suspect_fn
 from appliance.errors import UnprocessableInput, ValidationFailed
 
 SECRET = "internal-secret-7f3a"
