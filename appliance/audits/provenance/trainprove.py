@@ -11,10 +11,21 @@ set is tested as a Grubbs outlier of that sample (:mod:`.grubbs`). Variants:
   probabilities to the first shadow's, a *low* outlier; the reference sample is the other
   shadows' similarity to the first, per batch.
 
-Two reference samples are reported for ``accuracy`` and ``entropy``: the paper's (one shadow,
-batch-to-batch spread only) and the calibrated one (every shadow's batches pooled: several
-architectures and seeds, so independently trained models' spread enters the sample). The
-verdict follows ``decision`` ("calibrated" by default, see the benchmark).
+Three reference samples are reported (the paper's for ``accuracy`` and ``entropy`` only):
+
+* ``paper``: one shadow's per-batch statistics (batch-to-batch spread only), Grubbs;
+* ``calibrated``: every shadow's per-batch statistics pooled, Grubbs;
+* ``model_level`` (>= 2 reference models): one value per shadow *model*, its statistic on the
+  whole validation set, and the suspect's value tested as a designated value outside the
+  one-sided prediction interval of that sample (:func:`.grubbs.prediction_interval_outlier`,
+  ``T ~ t_{m-1}``). The suspect is one more independently trained model, so the right null
+  spread is the spread between models (architecture, recipe, training draw), not between
+  batches of one model's answers; with shadows of varied recipes, each trained on its own draw
+  from the generator, the suspect is exchangeable with them under "trained on G_d data" and
+  the test has level alpha up to the normal approximation.
+
+The verdict follows ``decision`` ("model_level" by default where there are enough shadows;
+the benchmark compares all three).
 
 :func:`attribute` runs the test against several candidate sources and names the one that
 explains the suspect best (smallest statistic among the sources it is consistent with).
@@ -30,7 +41,13 @@ from typing import Any, Literal
 import numpy as np
 
 from appliance.audits.errors import AuditInputError, AuditParameterError
-from appliance.audits.provenance.grubbs import Direction, GrubbsMode, GrubbsResult, grubbs_outlier
+from appliance.audits.provenance.grubbs import (
+    Direction,
+    GrubbsMode,
+    GrubbsResult,
+    grubbs_outlier,
+    prediction_interval_outlier,
+)
 from appliance.audits.registry import AuditMethod, AuditResult, LogFn, ProgressFn, register_method
 from appliance.audits.remote import CountedQuery
 
@@ -38,7 +55,7 @@ VERDICT_NOT_FROM_GENERATOR = "not_trained_on_generator_data"
 VERDICT_CONSISTENT = "consistent_with_generator_data"
 VERDICT_NO_SOURCE = "no_candidate_explains_the_suspect"
 Variant = Literal["accuracy", "entropy", "similarity"]
-Decision = Literal["calibrated", "paper"]
+Decision = Literal["model_level", "calibrated", "paper"]
 ProbaFn = Callable[[np.ndarray], np.ndarray]
 _DIRECTION: dict[str, Direction] = {"accuracy": "low", "entropy": "high", "similarity": "low"}
 
@@ -57,6 +74,13 @@ class ProvenanceEvidence:
     batches: list[np.ndarray]
     shadows: list[ProbaFn]
     shadow_info: list[dict[str, Any]] = field(default_factory=list)
+    _probs: list[np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def shadow_probabilities(self) -> list[np.ndarray]:
+        """Each shadow's probabilities on ``val_x``, computed once (every suspect reuses them)."""
+        if self._probs is None:
+            self._probs = [np.asarray(fn(self.val_x), dtype=np.float64) for fn in self.shadows]
+        return self._probs
 
     def check(self) -> None:
         """Refuse inconsistent evidence with :class:`AuditInputError`."""
@@ -101,10 +125,14 @@ class SourceTest:
     calibrated: GrubbsResult
     decision: str
     shadow_batch_values: list[list[float]]
+    model_level: GrubbsResult | None = None
+    shadow_model_values: list[float] = field(default_factory=list)
 
     @property
     def chosen(self) -> GrubbsResult:
-        """The Grubbs result the verdict follows."""
+        """The result the verdict follows."""
+        if self.decision == "model_level" and self.model_level is not None:
+            return self.model_level
         return self.paper if self.decision == "paper" and self.paper is not None else self.calibrated
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +143,8 @@ class SourceTest:
             "n": self.chosen.n, "p_value": self.chosen.p_value, "outlier": self.chosen.outlier,
             "paper": self.paper.to_dict() if self.paper else None,
             "calibrated": self.calibrated.to_dict(),
+            "model_level": self.model_level.to_dict() if self.model_level else None,
+            "shadow_model_values": self.shadow_model_values,
             "shadow_batch_values": self.shadow_batch_values,
         }
 
@@ -125,12 +155,15 @@ def evaluate_source(
     *,
     variant: Variant,
     alpha: float,
-    decision: Decision = "calibrated",
+    decision: Decision = "model_level",
     mode: GrubbsMode = "table",
 ) -> SourceTest:
-    """Grubbs-test the suspect's answers on ``evidence.val_x`` against the shadows' batches.
+    """Test the suspect's answers on ``evidence.val_x`` against the shadows' batches (Grubbs)
+    and against the shadow models (prediction interval).
 
     ``suspect_answers`` are labels ``[n]`` (accuracy only) or probabilities ``[n, C]``.
+    ``decision="model_level"`` needs at least two reference models (three shadows for the
+    similarity variant, whose first shadow is the anchor).
     """
     evidence.check()
     if variant not in _DIRECTION:
@@ -139,7 +172,7 @@ def evaluate_source(
         raise AuditInputError(f"the {variant} variant needs the suspect's probabilities, not labels")
     if variant == "similarity" and len(evidence.shadows) < 2:
         raise AuditParameterError("the similarity variant needs at least two shadows")
-    shadow_probs = [np.asarray(fn(evidence.val_x), dtype=np.float64) for fn in evidence.shadows]
+    shadow_probs = evidence.shadow_probabilities()
     anchor = shadow_probs[0] if variant == "similarity" else None
     per_model = shadow_probs[1:] if variant == "similarity" else shadow_probs
     batch_values = [
@@ -156,8 +189,18 @@ def evaluate_source(
         batch_values[0], suspect_value, direction=direction, alpha=alpha, mode=mode)
     pooled = [v for values in batch_values for v in values]
     calibrated = grubbs_outlier(pooled, suspect_value, direction=direction, alpha=alpha, mode=mode)
-    return SourceTest(evidence.name, variant, suspect_value, paper, calibrated,
-                      decision if variant != "similarity" else "calibrated", batch_values)
+    model_values = [
+        float(_per_sample(variant, p, evidence.val_y, anchor).mean()) for p in per_model
+    ]
+    model_level = prediction_interval_outlier(model_values, suspect_value, direction=direction, alpha=alpha) \
+        if len(model_values) >= 2 else None
+    if decision == "model_level" and model_level is None:
+        raise AuditParameterError(f"the model-level test needs at least two reference shadow models; source "
+                                  f"{evidence.name!r} has {len(model_values)} for the {variant} variant")
+    if decision == "paper" and variant == "similarity":
+        decision = "calibrated"
+    return SourceTest(evidence.name, variant, suspect_value, paper, calibrated, decision, batch_values,
+                      model_level, model_values)
 
 
 def query_suspect(suspect: CountedQuery, x: np.ndarray) -> np.ndarray:
@@ -185,7 +228,7 @@ class TrainProVe(AuditMethod):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """alpha, variant, which reference sample decides, and the Grubbs critical-value mode."""
-        return {"alpha": 0.05, "variant": "accuracy", "decision": "calibrated", "grubbs_mode": "table"}
+        return {"alpha": 0.05, "variant": "accuracy", "decision": "model_level", "grubbs_mode": "table"}
 
     def run(
         self,
@@ -204,8 +247,8 @@ class TrainProVe(AuditMethod):
         alpha = float(p["alpha"])
         if not 0.0 < alpha < 0.5:
             raise AuditParameterError(f"alpha must lie in (0, 0.5), got {alpha}")
-        if p["decision"] not in ("calibrated", "paper"):
-            raise AuditParameterError("decision must be 'calibrated' or 'paper'")
+        if p["decision"] not in ("model_level", "calibrated", "paper"):
+            raise AuditParameterError("decision must be 'model_level', 'calibrated' or 'paper'")
         if p["variant"] != "accuracy" and inputs.suspect_kind != "proba":
             raise AuditParameterError(f"the {p['variant']} variant needs a suspect that returns probabilities")
         suspect = CountedQuery(inputs.suspect, kind=inputs.suspect_kind, budget=inputs.query_budget)
@@ -248,11 +291,12 @@ class TrainProVe(AuditMethod):
 
 
 def attribute(sources: Sequence[ProvenanceEvidence], suspect_answers: Sequence[np.ndarray], *,
-              alpha: float = 0.05, variant: Variant = "accuracy",
+              alpha: float = 0.05, variant: Variant = "accuracy", decision: Decision = "model_level",
               mode: GrubbsMode = "table") -> tuple[str, list[SourceTest]]:
     """Best source for a suspect already queried on each source's validation set (benchmark
-    helper): the smallest calibrated statistic; ``VERDICT_NO_SOURCE`` when every test rejects."""
-    tests = [evaluate_source(s, a, variant=variant, alpha=alpha, mode=mode)
+    helper): the smallest statistic of ``decision``'s test; ``VERDICT_NO_SOURCE`` when every
+    test rejects."""
+    tests = [evaluate_source(s, a, variant=variant, alpha=alpha, decision=decision, mode=mode)
              for s, a in zip(sources, suspect_answers, strict=True)]
     best = min(tests, key=lambda t: t.chosen.statistic)
     return (best.source if not best.chosen.outlier else VERDICT_NO_SOURCE), tests

@@ -35,7 +35,10 @@ class ProvenanceParams(BaseModel):
     suspect_endpoint: SuspectEndpoint | None = None
     suspect_output: Literal["label", "proba"] = "label"
     variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
-    decision: Literal["calibrated", "paper"] = "calibrated"
+    decision: Literal["model_level", "calibrated", "paper"] = Field(
+        default="model_level", description="which test decides: the suspect against the shadow models' "
+        "values (prediction interval, default), against all shadows' batches pooled (Grubbs), or against "
+        "the first shadow's batches (Grubbs, the paper's); the report has all of them")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     grubbs_mode: Literal["table", "exact", "designated"] = Field(
         default="table", description="Grubbs critical value: the published table (alpha/2n, the paper's), "
@@ -45,7 +48,8 @@ class ProvenanceParams(BaseModel):
     batches: int = Field(default=20, ge=2, le=200, description="validation batches (divides n_val)")
     t_shadow: float = Field(default=1.0, gt=0, le=10)
     t_val: float = Field(default=1.2, gt=0, le=10)
-    shadows: int = Field(default=3, ge=1, le=8, description="shadows alternating MLP / small CNN")
+    shadows: int = Field(default=12, ge=1, le=64, description="shadow models: the paper's MLP on the shadow "
+                         "set, then varied recipes (small CNN / MLP), each on its own draw from the generator")
     shadow_epochs: int = Field(default=20, ge=1, le=500)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     use_cache: bool = True
@@ -60,6 +64,8 @@ class ProvenanceParams(BaseModel):
             raise ValueError("n_val must be a multiple of batches")
         if self.variant == "similarity" and self.shadows < 2:
             raise ValueError("the similarity variant needs shadows >= 2")
+        if self.decision == "model_level" and self.shadows < 3:
+            raise ValueError("the model-level test needs shadows >= 3")
         if self.variant != "accuracy" and self.suspect_output != "proba":
             raise ValueError(f"the {self.variant} variant needs suspect_output 'proba'")
         if self.generator_model_ids and len(set(self.generator_model_ids)) != len(self.generator_model_ids):

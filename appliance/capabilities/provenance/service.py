@@ -25,7 +25,7 @@ from appliance.audits.provenance.trainprove import ProvenanceEvidence
 
 from .schemas import GeneratorEndpoint, ProvenanceParams
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 LogFn = Callable[[str], None]
 
 
@@ -98,22 +98,23 @@ class RemoteGenerator:
         return outputs
 
 
-def shadow_specs(params: ProvenanceParams) -> list[Any]:
-    """The shadows the audit trains: MLP / small CNN alternating, seeds from the audit seed."""
-    from dataclasses import replace
+def shadow_specs(params: ProvenanceParams, num_classes: int) -> list[Any]:
+    """The shadows the audit trains: the paper's MLP on the shadow set, then varied recipes
+    (small CNN / MLP, width, learning rate, weight decay, epochs), each on its own draw from the
+    generator (:func:`models.provenance.shadow_pool_specs`), all from the audit seed."""
+    from models.provenance import shadow_pool_specs
 
-    from models.provenance import default_shadow_specs
+    return shadow_pool_specs(params.shadows, seed=params.seed, epochs=params.shadow_epochs,
+                             train_size=params.n_shadow * num_classes)
 
-    return [replace(s, epochs=params.shadow_epochs) for s in default_shadow_specs(params.shadows, seed=params.seed)]
 
-
-def cache_key(generator_digest: str, params: ProvenanceParams) -> str:
+def cache_key(generator_digest: str, params: ProvenanceParams, num_classes: int) -> str:
     """sha256 over the generator's digest and everything that decides the samples and shadows."""
     recipe = {
         "v": CACHE_VERSION, "generator": generator_digest, "seed": params.seed,
         "n_shadow": params.n_shadow, "n_val": params.n_val, "batches": params.batches,
         "t_shadow": params.t_shadow, "t_val": params.t_val,
-        "shadows": [s.to_dict() for s in shadow_specs(params)],
+        "num_classes": num_classes, "shadows": [s.to_dict() for s in shadow_specs(params, num_classes)],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
@@ -173,10 +174,10 @@ def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: l
 def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, params: ProvenanceParams,
                    cache_root: Path | None, log: LogFn) -> BuiltEvidence:
     """Sample, train (or reuse) the shadows for one generator and wrap them as evidence."""
-    from models.provenance import draw_sets, shadow_proba, train_shadows
+    from models.provenance import draw_sets, shadow_proba, train_shadow_pool
 
-    specs = shadow_specs(params)
-    key = cache_key(digest, params)
+    specs = shadow_specs(params, num_classes)
+    key = cache_key(digest, params, num_classes)
     folder = cache_root / key if cache_root is not None else None
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
     cached = _load_cached(folder, specs, num_classes) if folder is not None and params.use_cache else None
@@ -192,7 +193,8 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
         log(f"{name}: sampled {len(sets.shadow_y)} shadow and {len(sets.val_y)} validation samples "
             f"of shape {tuple(sets.val_x.shape[1:])}; training {len(specs)} shadow(s)")
         t0 = time.perf_counter()
-        models = train_shadows(sets.shadow_x, sets.shadow_y, specs, num_classes=num_classes)
+        models = train_shadow_pool(generator, sets, specs, num_classes=num_classes, seed=params.seed,
+                                   t_shadow=params.t_shadow)
         timings["shadow_training_seconds"] = time.perf_counter() - t0
         val_x, val_y, batches = sets.val_x, sets.val_y, sets.batches
         status = "trained"

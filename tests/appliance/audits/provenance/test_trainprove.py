@@ -25,18 +25,19 @@ from models.provenance import (
     balanced_labels,
     digits_provenance_splits,
     draw_sets,
+    shadow_pool_specs,
     shadow_proba,
     train_shadow,
-    train_shadows,
+    train_shadow_pool,
 )
 
 torch.set_num_threads(1)
-SPECS = [ShadowSpec("mlp", {"hidden": 64}, epochs=15, seed=0), ShadowSpec("mlp", {"hidden": 32}, epochs=15, seed=1)]
+SPECS = shadow_pool_specs(4, seed=0, epochs=15, train_size=600)
 
 
 def _evidence(name: str, generator: Any, seed: int) -> ProvenanceEvidence:
     sets = draw_sets(generator, num_classes=10, n_shadow=60, n_val=100, batches=20, seed=seed)
-    shadows = train_shadows(sets.shadow_x, sets.shadow_y, SPECS, num_classes=10)
+    shadows = train_shadow_pool(generator, sets, SPECS, num_classes=10, seed=seed)
     return ProvenanceEvidence(name, sets.val_x, sets.val_y, sets.batches,
                               [shadow_proba(m) for m in shadows], [s.to_dict() for s in SPECS])
 
@@ -69,17 +70,30 @@ def _run(world: dict[str, Any], suspect: str, *, sources: tuple[str, ...] = ("ow
 def test_suspect_trained_on_generator_data_is_consistent(world) -> None:
     result = _run(world, "owner_data")
     assert result.verdict == VERDICT_CONSISTENT, result.statistics
+    assert result.statistics["decision"] == "model_level"
     assert result.statistics["G"] < result.statistics["G_crit"]
-    assert result.statistics["n"] == 41  # two shadows x 20 batches + the suspect
+    assert result.statistics["n"] == 5  # four shadow models + the suspect
+    source = result.statistics["sources"][0]
+    assert source["calibrated"]["n"] == 81 and source["paper"]["n"] == 21  # 4 x 20 batches; one shadow's
+    assert len(source["shadow_model_values"]) == 4 and len(set(source["shadow_model_values"])) > 1
     assert result.queries == 1000
 
 
 def test_random_suspect_is_not_from_the_generator(world) -> None:
-    for decision in ("calibrated", "paper"):
+    for decision, n in (("model_level", 5), ("calibrated", 81), ("paper", 21)):
         result = _run(world, "random_init", decision=decision)
         assert result.verdict == VERDICT_NOT_FROM_GENERATOR
         assert result.statistics["G"] > result.statistics["G_crit"]
-    assert result.statistics["n"] == 21
+        assert result.statistics["n"] == n
+
+
+def test_pool_shadows_vary_recipe_and_training_draw() -> None:
+    specs = shadow_pool_specs(6, seed=3)
+    assert specs[0] == ShadowSpec("mlp", {"hidden": 64}, epochs=20, seed=3)  # the paper's shadow
+    assert {s.architecture for s in specs[1:]} == {"mlp", "small_cnn"}
+    assert len({(s.lr, s.weight_decay, s.epochs) for s in specs[1:]}) == 5
+    assert [s.data_draw for s in specs] == list(range(6)) and len({s.seed for s in specs}) == 6
+    assert shadow_pool_specs(6, seed=3) == specs and shadow_pool_specs(6, seed=4) != specs
 
 
 def test_statistics_come_from_the_suspect(world) -> None:
@@ -90,10 +104,13 @@ def test_statistics_come_from_the_suspect(world) -> None:
 
 
 def test_probability_variants(world) -> None:
-    entropy = _run(world, "random_init", kind="proba", variant="entropy")
-    assert entropy.verdict == VERDICT_NOT_FROM_GENERATOR  # an untrained net is unsure everywhere
+    # the paper's entropy test: an untrained net is unsure everywhere (this tiny pool's shadows,
+    # 60 samples per class, are themselves too unsure for the model-level entropy test to tell)
+    entropy = _run(world, "random_init", kind="proba", variant="entropy", decision="paper")
+    assert entropy.verdict == VERDICT_NOT_FROM_GENERATOR
     similarity = _run(world, "owner_data", kind="proba", variant="similarity")
     assert similarity.statistics["sources"][0]["paper"] is None
+    assert len(similarity.statistics["sources"][0]["shadow_model_values"]) == 3  # shadow 0 is the anchor
     assert _run(world, "random_init", kind="proba", variant="similarity").verdict == VERDICT_NOT_FROM_GENERATOR
     with pytest.raises(AuditParameterError):
         _run(world, "owner_data", variant="entropy")  # labels cannot give an entropy

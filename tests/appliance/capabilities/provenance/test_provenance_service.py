@@ -21,7 +21,7 @@ from models.generators import export_onnx, fit_linear_gaussian
 from models.provenance import ShadowSpec, balanced_labels, digits_provenance_splits, train_shadow
 
 torch.set_num_threads(1)
-SMALL = {"n_shadow": 40, "n_val": 40, "batches": 10, "shadows": 2, "shadow_epochs": 12}
+SMALL = {"n_shadow": 40, "n_val": 40, "batches": 10, "shadows": 3, "shadow_epochs": 12}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,11 @@ def test_audit_end_to_end(client: Any, token_a: str, token_b: str, assets: dict[
     first = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=trained))
     stats = first["statistics"]
     assert first["verdict"] == "consistent_with_generator_data"
-    assert stats["G"] < stats["G_crit"] and stats["n"] == 21 and stats["queries"] == 400
-    assert len(stats["sources"][0]["shadow_batch_values"]) == 2
+    assert stats["G"] < stats["G_crit"] and stats["queries"] == 400
+    assert stats["decision"] == "model_level" and stats["n"] == 4  # three shadow models + the suspect
+    assert stats["sources"][0]["paper"]["n"] == 11 and stats["sources"][0]["calibrated"]["n"] == 31
+    assert len(stats["sources"][0]["shadow_batch_values"]) == 3
+    assert [s["data_draw"] for s in stats["shadow_provenance"][0]["shadows"]] == [0, 1, 2]
     assert stats["shadow_provenance"][0]["status"] == "trained"
     assert first["inputs"]["suspect"]["id"] == trained and first["inputs"]["generators"][0]["id"] == gen["id"]
     assert first["timings"]["shadow_training_seconds"] > 0
@@ -128,6 +131,9 @@ def test_suspect_that_does_not_take_the_samples_fails_with_the_reason(client: An
     resp = client.post("/v1/provenance/audits", headers=auth(token_a),
                        json={**SMALL, "n_val": 41, "generator_model_ids": [gen["id"]], "suspect_model_id": flat["id"]})
     assert resp.status_code in (400, 422)
+    resp = client.post("/v1/provenance/audits", headers=auth(token_a),  # model-level test: >= 3 shadows
+                       json={**SMALL, "shadows": 2, "generator_model_ids": [gen["id"]], "suspect_model_id": flat["id"]})
+    assert resp.status_code in (400, 422) and "shadows >= 3" in json.dumps(resp.get_json())
 
 
 class _Generator(BaseHTTPRequestHandler):
