@@ -36,8 +36,8 @@ class ProvenanceParams(BaseModel):
     suspect_output: Literal["label", "proba"] = "label"
     variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
     decision: Literal["model_level", "calibrated", "paper"] = Field(
-        default="model_level", description="which test decides: the suspect against the shadow models' "
-        "values (prediction interval, default), against all shadows' batches pooled (Grubbs), or against "
+        default="calibrated", description="which test decides: the suspect against the shadow models' "
+        "values (prediction interval), against all shadows' batches pooled (Grubbs, default), or against "
         "the first shadow's batches (Grubbs, the paper's); the report has all of them")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     grubbs_mode: Literal["table", "exact", "designated"] = Field(

@@ -82,8 +82,8 @@ def test_audit_end_to_end(client: Any, token_a: str, token_b: str, assets: dict[
     stats = first["statistics"]
     assert first["verdict"] == "consistent_with_generator_data"
     assert stats["G"] < stats["G_crit"] and stats["queries"] == 400
-    assert stats["decision"] == "model_level" and stats["n"] == 4  # three shadow models + the suspect
-    assert stats["sources"][0]["paper"]["n"] == 11 and stats["sources"][0]["calibrated"]["n"] == 31
+    assert stats["decision"] == "calibrated" and stats["n"] == 31  # three shadows x 10 batches + the suspect
+    assert stats["sources"][0]["paper"]["n"] == 11 and stats["sources"][0]["model_level"]["n"] == 4
     assert len(stats["sources"][0]["shadow_batch_values"]) == 3
     assert [s["data_draw"] for s in stats["shadow_provenance"][0]["shadows"]] == [0, 1, 2]
     assert stats["shadow_provenance"][0]["status"] == "trained"
@@ -132,7 +132,8 @@ def test_suspect_that_does_not_take_the_samples_fails_with_the_reason(client: An
                        json={**SMALL, "n_val": 41, "generator_model_ids": [gen["id"]], "suspect_model_id": flat["id"]})
     assert resp.status_code in (400, 422)
     resp = client.post("/v1/provenance/audits", headers=auth(token_a),  # model-level test: >= 3 shadows
-                       json={**SMALL, "shadows": 2, "generator_model_ids": [gen["id"]], "suspect_model_id": flat["id"]})
+                       json={**SMALL, "shadows": 2, "decision": "model_level", "generator_model_ids": [gen["id"]],
+                             "suspect_model_id": flat["id"]})
     assert resp.status_code in (400, 422) and "shadows >= 3" in json.dumps(resp.get_json())
 
 
