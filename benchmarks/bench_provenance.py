@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from appliance.audits.provenance.trainprove import ProvenanceEvidence, attribute, evaluate_source
+from appliance.audits.provenance.trainprove import ProvenanceEvidence, ReferenceSet, attribute, evaluate_source
 from models.generators import fit_linear_gaussian, train_cvae, train_moment_matching
 from models.provenance import (
     ShadowSpec,
@@ -86,6 +86,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     picks = [grid[i] for i in rng.permutation(len(grid))[: args.suspects]]
     sources = [*gens, "real"]
+    # the real data each generator's owner holds (the quarter it trained the generator on): the
+    # optional real reference of the contrast test; the real-data suspects train on the fourth
+    owner_real = {o: ReferenceSet(f"real_{o}", *parts[k]) for k, o in enumerate(gens)}
     answers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in sources}
     query_seconds = []
     for s_index, source in enumerate(sources):
@@ -101,6 +104,8 @@ def main() -> None:
             q0 = time.perf_counter()
             answers[source].append({o: fn(evidence[o].val_x).argmax(1) for o in gens})
             query_seconds.append((time.perf_counter() - q0) / len(gens))
+            for ref in owner_real.values():
+                answers[source][-1][ref.name] = fn(ref.x).argmax(1)
     if args.dump:
         record = {"shadows": [s.to_dict() for s in specs],
                   "shadow_batch_accuracy": {}, "suspect_accuracy": {},
@@ -108,13 +113,17 @@ def main() -> None:
         for o, ev in evidence.items():
             probs = [fn(ev.val_x).argmax(1) == ev.val_y for fn in ev.shadows]
             record["shadow_batch_accuracy"][o] = [[float(c[b].mean()) for b in ev.batches] for c in probs]
+        sets = {**{o: (ev.val_x, ev.val_y) for o, ev in evidence.items()},
+                **{r.name: (r.x, r.y) for r in owner_real.values()}}
+        record["shadow_accuracy"] = {o: {k: [float((fn(x).argmax(1) == y).mean()) for fn in ev.shadows]
+                                         for k, (x, y) in sets.items()} for o, ev in evidence.items()}
         for source in sources:
-            record["suspect_accuracy"][source] = [{o: float((a[o] == evidence[o].val_y).mean()) for o in gens}
+            record["suspect_accuracy"][source] = [{k: float((a[k] == y).mean()) for k, (_, y) in sets.items()}
                                                   for a in answers[source]]
         Path(args.dump).write_text(json.dumps(record))
     print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")
     print("number of suspects judged 'not G_d' by each test:")
-    tests = ("paper", "pooled", "pooled+designated", "model_level")
+    tests = ("paper", "pooled", "pooled+designated", "model_level", "contrast", "contrast+real")
     print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t:>17}" for t in tests))
     totals = {t: [0, 0] for t in tests}
     false_neg = {t: [0, 0] for t in tests}
@@ -128,6 +137,16 @@ def main() -> None:
                 rejects["pooled"] += int(t.calibrated.outlier)
                 rejects["pooled+designated"] += int(d.calibrated.outlier)
                 rejects["model_level"] += int(t.model_level is not None and t.model_level.outlier)
+                others = [o for o in gens if o != owner]
+                refs = [ReferenceSet.of(evidence[o]) for o in others]
+                c = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
+                                    references=refs, reference_answers=[a[o] for o in others])
+                rejects["contrast"] += int(c.chosen.outlier)
+                real = owner_real[owner]
+                cr = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
+                                     references=[*refs, real],
+                                     reference_answers=[*(a[o] for o in others), a[real.name]])
+                rejects["contrast+real"] += int(cr.chosen.outlier)
             n = len(answers[source])
             for test in tests:
                 correct = rejects[test] if source != owner else n - rejects[test]
@@ -144,7 +163,7 @@ def main() -> None:
         flo, fhi = wilson(fk, fn_)
         print(f"{test:18}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
               f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
-    for decision in ("calibrated", "model_level"):
+    for decision in ("calibrated", "model_level", "contrast"):
         correct = total = 0
         confusion: dict[str, dict[str, int]] = {s: {} for s in sources}
         for source in sources:

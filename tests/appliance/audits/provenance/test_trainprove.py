@@ -16,7 +16,10 @@ from appliance.audits.provenance.trainprove import (
     VERDICT_NOT_FROM_GENERATOR,
     ProvenanceEvidence,
     ProvenanceInputs,
+    ReferenceSet,
     TrainProVe,
+    contrast_value,
+    smoothed_logit,
 )
 from appliance.audits.registry import create_method
 from models.generators import fit_linear_gaussian
@@ -128,3 +131,51 @@ def test_budget_is_enforced(world) -> None:
     inputs = ProvenanceInputs([world["owner"]], fn, suspect_kind="proba", query_budget=999)
     with pytest.raises(QueryBudgetExceeded):
         TrainProVe().run(inputs, seed=0)
+
+
+def _real_reference() -> ReferenceSet:
+    x, y = digits_provenance_splits(seed=0)[1]
+    return ReferenceSet("real", x, y)
+
+
+def test_contrast_test_needs_a_reference(world) -> None:
+    with pytest.raises(AuditParameterError, match="reference"):
+        _run(world, "owner_data", decision="contrast")
+
+
+def test_contrast_test_against_real_reference_data(world) -> None:
+    refs = [_real_reference()]
+    stats = {}
+    for name in ("owner_data", "random_init", "real_data"):
+        proba = world["suspects"][name]
+        inputs = ProvenanceInputs([world["owner"]], lambda x, p=proba: p(x).argmax(axis=1), references=refs)
+        result = create_method("trainprove").run(inputs, params={"decision": "contrast"}, seed=0)
+        stats[name] = result
+        source = result.statistics["sources"][0]
+        assert source["references"] == ["real"] and len(source["shadow_contrast_values"]) == 4
+        assert result.statistics["n"] == 5 and result.queries == 1000 + len(refs[0].y)
+    assert stats["owner_data"].verdict == VERDICT_CONSISTENT, stats["owner_data"].statistics
+    assert stats["random_init"].verdict == VERDICT_NOT_FROM_GENERATOR  # at chance: no skill to contrast
+    assert stats["random_init"].statistics["sources"][0]["contrast"]["mode"] == "prediction_interval+chance"
+    # a suspect trained on real digits is better on real digits than the owner's shadows are
+    assert stats["real_data"].statistics["G"] > stats["owner_data"].statistics["G"]
+    assert stats["real_data"].statistics["sources"][0]["suspect_reference_accuracy"] != \
+        stats["owner_data"].statistics["sources"][0]["suspect_reference_accuracy"]
+
+
+def test_contrast_attribution_uses_the_other_sources(world) -> None:
+    result = _run(world, "owner_data", sources=("other", "owner"), decision="contrast")
+    by_name = {s["source"]: s for s in result.statistics["sources"]}
+    assert by_name["owner"]["references"] == ["other"] and by_name["other"]["references"] == ["owner"]
+    assert by_name["owner"]["contrast"]["n"] == 5
+    assert result.queries == 2000  # the other source's validation set is asked once
+
+
+def test_contrast_value_cancels_a_common_log_odds_shift() -> None:
+    # acc = sigmoid(a_X + q): the contrast is a_d - a_ref whatever q (up to the 1/2 smoothing)
+    def correct(log_odds: float, n: int = 4000) -> np.ndarray:
+        k = round(n / (1 + np.exp(-log_odds)))
+        return np.arange(n) < k
+    values = [contrast_value(correct(1.5 + q), correct(0.5 + q)) for q in (-1.0, 0.0, 1.0)]
+    assert np.allclose(values, 1.0, atol=0.01)
+    assert smoothed_logit(0, 10) < 0 < smoothed_logit(10, 10)
