@@ -395,7 +395,7 @@ class TrainProVe(AuditMethod):
             tests.append(evaluate_source(
                 source, answers[source.name], variant=p["variant"], alpha=alpha, decision=p["decision"],
                 mode=p["grubbs_mode"], references=refs,
-                reference_answers=[answers.get(r.name, ref_answers.get(r.name)) for r in refs]))
+                reference_answers=[answers[r.name] if r.name in answers else ref_answers[r.name] for r in refs]))
             if log:
                 t = tests[-1]
                 log(f"{source.name}: suspect {t.variant} {t.suspect_value:.4f}, G = {t.chosen.statistic:.3f}"

@@ -42,11 +42,13 @@ def group() -> click.Group:
     @click.option("--generator", "generators", multiple=True, required=True,
                   help="generator model id (repeat for attribution)")
     @click.option("--suspect", required=True, help="suspect model id")
+    @click.option("--reference", "references", multiple=True,
+                  help="registered labelled dataset of real samples: a reference of the contrast test (repeatable)")
     @click.option("--param", "extra", multiple=True, help="key=value (JSON value), e.g. n_shadow=100")
     @click.option("--wait/--no-wait", default=True)
     @_options
-    def audit(generators: tuple[str, ...], suspect: str, extra: tuple[str, ...], wait: bool,
-              url: str, token: str) -> None:
+    def audit(generators: tuple[str, ...], suspect: str, references: tuple[str, ...], extra: tuple[str, ...],
+              wait: bool, url: str, token: str) -> None:
         """Start a provenance audit; with --wait print the verdict and the report id."""
         from appliance.client import Client
 
@@ -59,6 +61,8 @@ def group() -> click.Group:
                 params[key] = json.loads(value)
             except json.JSONDecodeError:
                 params[key] = value
+        if references:
+            params["reference_dataset_ids"] = list(references)
         with Client(url, token=token) as client:
             job = client.provenance.audit(generator_ids=list(generators), suspect_model_id=suspect, **params)
             if not wait:
@@ -71,7 +75,8 @@ def group() -> click.Group:
         body = report["report"]
         stats = body.get("statistics", {})
         click.echo(json.dumps({"job": job.id, "report": job.report_id, "verdict": body.get("verdict"),
-                               "G": stats.get("G"), "G_crit": stats.get("G_crit"), "n": stats.get("n"),
+                               "decision": stats.get("decision"), "G": stats.get("G"),
+                               "G_crit": stats.get("G_crit"), "n": stats.get("n"),
                                "best_source": stats.get("best_source"), "queries": stats.get("queries")},
                               indent=1))
 

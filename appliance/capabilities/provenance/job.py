@@ -12,7 +12,7 @@ import numpy as np
 from appliance.auth import Principal
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.jobs import JobContext, JobKind, JobOutcome, register_job_kind
-from appliance.registry import model_input
+from appliance.registry import dataset_input, model_input, read_dataset
 from appliance.store import Store
 
 from .schemas import ProvenanceParams
@@ -33,6 +33,14 @@ def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> di
         inputs["generators"].append(model_input(row))
     if params.generator_endpoint is not None:
         check_endpoint_url(params.generator_endpoint.url)
+    inputs["references"] = []
+    for dataset_id in params.reference_dataset_ids or []:
+        row = store.get_owned("datasets", tenant, dataset_id, "dataset")
+        dataset = dataset_input(row)
+        if dataset["format"] != "npz" or not dataset["has_labels"]:
+            raise UnprocessableInput(f"reference dataset {dataset_id} must be a labelled .npz dataset (x, y)",
+                                     hint="register real samples of the generator's shape with integer labels")
+        inputs["references"].append(dataset)
     if params.suspect_model_id:
         row = store.get_owned("models", tenant, params.suspect_model_id, "model")
         if row["kind"] != "classifier":
@@ -60,6 +68,31 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
     if params.suspect_output == "proba":
         return (lambda x: model.predict(x)), None, model_digests(inputs["suspect"])
     return (lambda x: np.argmax(model.predict(x), axis=1)), None, model_digests(inputs["suspect"])
+
+
+def _references(ctx: JobContext, datasets: list[dict[str, Any]], built: list[Any]) -> list[Any]:
+    """The reference datasets as :class:`ReferenceSet`; refuses a sample shape other than the
+    generator's, labels outside its classes and non-finite samples (a failed job with the reason)."""
+    from appliance.audits.provenance.trainprove import ReferenceSet
+
+    if not datasets:
+        return []
+    shape = tuple(built[0].evidence.val_x.shape[1:])
+    num_classes = int(built[0].evidence.val_y.max()) + 1
+    refs = []
+    for d in datasets:
+        data = read_dataset(ctx.settings, ctx.blob_path(d["sha256"]), require_labels=True)
+        x = np.asarray(data.x, dtype=np.float32)
+        y = np.asarray(data.y)
+        if tuple(x.shape[1:]) != shape:
+            raise JobFailed(f"reference dataset {d['id']} holds samples of shape {tuple(x.shape[1:])}; the "
+                            f"generator's are {shape}")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+            raise JobFailed(f"reference dataset {d['id']}: labels must be integers in [0, {num_classes})")
+        if not np.isfinite(x).all():
+            raise JobFailed(f"reference dataset {d['id']} contains NaN or infinite samples")
+        refs.append(ReferenceSet(f"dataset:{d['id']}", x, y.astype(np.int64)))
+    return refs
 
 
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
@@ -98,6 +131,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                                             cache_root=cache_root, log=ctx.log))
                 generator_digests.append({"endpoint": params.generator_endpoint.url,
                                           "samples_drawn": remote.samples})
+            references = _references(ctx, inputs["references"], built)
             for b in built:
                 for key, value in b.timings.items():
                     timings[key] += value
@@ -108,8 +142,8 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
             try:
                 result = TrainProVe().run(
                     ProvenanceInputs([b.evidence for b in built], suspect, suspect_kind=params.suspect_output,
-                                     query_budget=budget),
-                    params={"alpha": params.alpha, "variant": params.variant, "decision": params.decision,
+                                     query_budget=budget, references=references),
+                    params={"alpha": params.alpha, "variant": params.variant, "decision": params.effective_decision,
                             "grubbs_mode": params.grubbs_mode},
                     seed=params.seed, log=ctx.log)
             except AuditError as exc:
@@ -129,7 +163,9 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
     return JobOutcome(
         method="provenance/trainprove", version=f"{VERSION}+{result.version}",
         parameters={**params.model_dump(mode="json"), "effective": result.parameters},
-        inputs={"generators": generator_digests, "suspect": suspect_digest},
+        inputs={"generators": generator_digests, "suspect": suspect_digest,
+                "reference_datasets": [{"id": d["id"], "sha256": d["sha256"], "n": d["n"]}
+                                       for d in inputs["references"]]},
         statistics=statistics, p_value=float(result.p_value), verdict=result.verdict,
         alpha=float(result.alpha), seed=params.seed, device="cpu", timings=timings,
     )

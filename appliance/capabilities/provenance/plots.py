@@ -16,16 +16,24 @@ def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
     for source in sources:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
-        batches = [v for values in source.get("shadow_batch_values", []) for v in values]
+        contrast = source.get("contrast") if source.get("decision") == "contrast" else None
+        if contrast:  # the deciding values: one log-odds contrast per shadow model
+            batches: list[float] = []
+            models = source.get("shadow_contrast_values") or []
+            ax.hist(models, bins=12, alpha=0.45, color="grey", label="shadow models")
+            marked, label = contrast["tested"], "log-odds accuracy, generator minus reference"
+        else:
+            batches = [v for values in source.get("shadow_batch_values", []) for v in values]
+            models = source.get("shadow_model_values") or []
+            marked, label = source["suspect_value"], source.get("variant", "statistic")
         if batches:
             ax.hist(batches, bins=20, alpha=0.45, color="grey", density=True, label="shadows, per batch")
-        models = source.get("shadow_model_values") or []
         if models:
             top = ax.get_ylim()[1]
             ax.plot(models, [0.03 * top] * len(models), "|", color="navy", markersize=14,
                     label="shadow models (whole set)")
-        ax.axvline(source["suspect_value"], color="red", linewidth=2, label="suspect")
-        ax.set_xlabel(source.get("variant", "statistic"))
+        ax.axvline(marked, color="red", linewidth=2, label="suspect")
+        ax.set_xlabel(label)
         ax.set_title(f"{source['source']} ({source.get('decision', '')}): statistic {source['G']:.2f}, "
                      f"critical {source['G_crit']:.2f}", fontsize=9)
         ax.legend(fontsize=7)

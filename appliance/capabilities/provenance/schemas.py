@@ -35,10 +35,17 @@ class ProvenanceParams(BaseModel):
     suspect_endpoint: SuspectEndpoint | None = None
     suspect_output: Literal["label", "proba"] = "label"
     variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
-    decision: Literal["model_level", "calibrated", "paper"] = Field(
-        default="calibrated", description="which test decides: the suspect against the shadow models' "
-        "values (prediction interval), against all shadows' batches pooled (Grubbs, default), or against "
-        "the first shadow's batches (Grubbs, the paper's); the report has all of them")
+    reference_dataset_ids: list[str] | None = Field(
+        default=None, min_length=1, max_length=4,
+        description="registered labelled .npz datasets of real data (samples of the generator's shape): "
+        "references of the contrast test beside the other candidate generators' samples")
+    decision: Literal["contrast", "model_level", "calibrated", "paper"] | None = Field(
+        default=None, description="which test decides: the suspect's accuracy on the generator's samples "
+        "relative to reference samples, against the shadow models' (contrast; needs a reference: "
+        "another generator or a reference dataset), the suspect against the shadow models' values "
+        "(prediction interval), against all shadows' batches pooled (Grubbs), or against the first "
+        "shadow's batches (Grubbs, the paper's); the report has all of them. Default: contrast when "
+        "there is a reference, else model_level")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     grubbs_mode: Literal["table", "exact", "designated"] = Field(
         default="table", description="Grubbs critical value: the published table (alpha/2n, the paper's), "
@@ -54,6 +61,19 @@ class ProvenanceParams(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     use_cache: bool = True
 
+    @property
+    def has_reference(self) -> bool:
+        """Whether the contrast test has reference samples (another generator or real data)."""
+        return len(self.generator_model_ids or []) > 1 or bool(self.reference_dataset_ids)
+
+    @property
+    def effective_decision(self) -> str:
+        """``decision``, or the default: contrast with a reference, else model_level."""
+        if self.decision is not None:
+            return self.decision
+        return "contrast" if self.has_reference and self.variant == "accuracy" and self.shadows >= 3 \
+            else "model_level" if self.shadows >= 3 else "calibrated"
+
     @model_validator(mode="after")
     def _check(self) -> ProvenanceParams:
         if (self.generator_model_ids is None) == (self.generator_endpoint is None):
@@ -64,8 +84,15 @@ class ProvenanceParams(BaseModel):
             raise ValueError("n_val must be a multiple of batches")
         if self.variant == "similarity" and self.shadows < 2:
             raise ValueError("the similarity variant needs shadows >= 2")
-        if self.decision == "model_level" and self.shadows < 3:
-            raise ValueError("the model-level test needs shadows >= 3")
+        if self.decision in ("model_level", "contrast") and self.shadows < 3:
+            raise ValueError(f"the {self.decision} test needs shadows >= 3")
+        if self.decision == "contrast" and not self.has_reference:
+            raise ValueError("the contrast test needs a reference: several generator_model_ids or "
+                             "reference_dataset_ids")
+        if self.decision == "contrast" and self.variant != "accuracy":
+            raise ValueError("the contrast test uses the accuracy variant")
+        if self.reference_dataset_ids and len(set(self.reference_dataset_ids)) != len(self.reference_dataset_ids):
+            raise ValueError("reference_dataset_ids must be distinct")
         if self.variant != "accuracy" and self.suspect_output != "proba":
             raise ValueError(f"the {self.variant} variant needs suspect_output 'proba'")
         if self.generator_model_ids and len(set(self.generator_model_ids)) != len(self.generator_model_ids):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from support import auth, trained_linear_onnx, wait_job
+from support import auth, npz_bytes, trained_linear_onnx, upload_dataset, wait_job
 
 from models.generators import export_onnx, fit_linear_gaussian
 from models.provenance import ShadowSpec, balanced_labels, digits_provenance_splits, train_shadow
@@ -78,7 +78,8 @@ def test_audit_end_to_end(client: Any, token_a: str, token_b: str, assets: dict[
     trained = _suspect(client, token_a, assets["trained"])
     random_init = _suspect(client, token_a, assets["random"])
 
-    first = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=trained))
+    first = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=trained,
+                                            decision="calibrated"))
     stats = first["statistics"]
     assert first["verdict"] == "consistent_with_generator_data"
     assert stats["G"] < stats["G_crit"] and stats["queries"] == 400
@@ -104,6 +105,41 @@ def test_audit_end_to_end(client: Any, token_a: str, token_b: str, assets: dict[
     # tenant b cannot name tenant a's generator
     resp = client.post("/v1/provenance/audits", headers=auth(token_b),
                        json={**SMALL, "generator_model_ids": [gen["id"]], "suspect_model_id": trained})
+    assert resp.status_code == 404
+
+
+def test_contrast_against_a_real_reference_dataset(client: Any, token_a: str, token_b: str,
+                                                   assets: dict[str, Path]) -> None:
+    gen = _upload(client, token_a, assets["gen"], name="pca-gen-ref", kind="generator",
+                  config={"num_classes": 10}).get_json()
+    x, y = digits_provenance_splits(seed=0)[1]
+    ref = upload_dataset(client, token_a, npz_bytes(x=x.astype(np.float32), y=y.astype(np.int64)))
+    assert ref.status_code == 201, ref.get_json()
+    flat = upload_dataset(client, token_a, npz_bytes(x=x.reshape(len(x), -1).astype(np.float32), y=y))
+    trained = _suspect(client, token_a, assets["trained"])
+    random_init = _suspect(client, token_a, assets["random"])
+    ref_id = ref.get_json()["id"]
+    reports = {name: _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]],
+                                                     suspect_model_id=sid, reference_dataset_ids=[ref_id]))
+               for name, sid in (("trained", trained), ("random", random_init))}
+    stats = reports["trained"]["statistics"]
+    assert stats["decision"] == "contrast" and stats["n"] == 4  # three shadow models + the suspect
+    assert stats["sources"][0]["references"] == [f"dataset:{ref_id}"]
+    assert stats["queries"] == 400 + len(y)
+    assert reports["trained"]["inputs"]["reference_datasets"][0]["id"] == ref_id
+    assert reports["trained"]["verdict"] == "consistent_with_generator_data", stats
+    assert reports["random"]["verdict"] == "not_trained_on_generator_data"
+    # a contrast without a reference, a reference of the wrong shape, another tenant's dataset
+    resp = client.post("/v1/provenance/audits", headers=auth(token_a),
+                       json={**SMALL, "generator_model_ids": [gen["id"]], "suspect_model_id": trained,
+                             "decision": "contrast"})
+    assert resp.status_code == 422 and "reference" in json.dumps(resp.get_json())
+    job = _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=trained,
+                 reference_dataset_ids=[flat.get_json()["id"]])
+    assert job["state"] == "failed" and "shape" in json.dumps(job)
+    resp = client.post("/v1/provenance/audits", headers=auth(token_b),
+                       json={**SMALL, "generator_model_ids": [gen["id"]], "suspect_model_id": trained,
+                             "reference_dataset_ids": [ref_id]})
     assert resp.status_code == 404
 
 
