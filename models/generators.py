@@ -10,6 +10,7 @@ Reference families, each trained here in seconds on CPU (used by the tests and b
 
     gen = train_cvae(x, y, seed=0)                # conditional VAE decoder
     gen = train_moment_matching(x, y, seed=0)     # conditional generative moment-matching net
+    gen = train_cgan(x, y, seed=0)                # conditional GAN (adversarial, non-saturating)
     gen = fit_linear_gaussian(x, y)               # per-class PCA / linear-Gaussian model
     export_onnx(gen, "g.onnx")
     loaded = OnnxGenerator.from_path("g.onnx")    # reads z_dim and sample_shape from the graph
@@ -345,6 +346,39 @@ def train_moment_matching(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int
     return TorchGenerator(net.eval(), z_dim=z_dim, sample_shape=tuple(x.shape[1:]))
 
 
+def train_cgan(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int = 8, steps: int = 3000,
+               batch_size: int = 64, lr: float = 5e-4, hidden: int = 128) -> TorchGenerator:
+    """A class-conditional GAN (Mirza & Osindero 2014) with the non-saturating loss of Goodfellow
+    et al.: generator :class:`ConditionalMLP`, discriminator an MLP on ``[x, onehot(c)]`` (leaky
+    ReLU), both trained with Adam (beta1 0.5), one discriminator step per generator step."""
+    flat, labels, k = _check_data(x, y)
+    d = flat.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = ConditionalMLP(z_dim=z_dim, num_classes=k, sample_shape=tuple(x.shape[1:]), hidden=hidden)
+        disc = nn.Sequential(nn.Linear(d + k, hidden), nn.LeakyReLU(0.2),
+                             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+    gen = torch.Generator().manual_seed(int(seed))
+    onehot = torch.eye(k)
+    opt_g = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    for _ in range(steps):
+        idx = torch.randint(0, len(flat), (batch_size,), generator=gen)
+        real, cls = flat[idx], labels[idx]
+        fake = net(torch.randn(batch_size, z_dim, generator=gen), cls).reshape(batch_size, -1)
+        d_real = disc(torch.cat([real, onehot[cls]], 1))
+        d_fake = disc(torch.cat([fake.detach(), onehot[cls]], 1))
+        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-disc(torch.cat([fake, onehot[cls]], 1))).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+    return TorchGenerator(net.eval(), z_dim=z_dim, sample_shape=tuple(x.shape[1:]))
+
+
 __all__ = [
     "SAMPLE_CHUNK",
     "ConditionalMLP",
@@ -361,6 +395,7 @@ __all__ = [
     "fit_linear_gaussian",
     "inspect_onnx_generator",
     "noise",
+    "train_cgan",
     "train_cvae",
     "train_moment_matching",
 ]

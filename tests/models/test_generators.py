@@ -1,4 +1,4 @@
-"""Reference generators of three families on disjoint digits subsets, exported to ONNX and
+"""Reference generators of four families on disjoint digits subsets, exported to ONNX and
 loaded back through the contract check; seeded sampling; contract violations refused."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from models.generators import (
     OnnxGenerator,
     export_onnx,
     fit_linear_gaussian,
+    train_cgan,
     train_cvae,
     train_moment_matching,
 )
@@ -38,10 +39,11 @@ def test_splits_are_disjoint_and_stratified(parts: list[tuple[np.ndarray, np.nda
     assert not any(row.tobytes() in seen for row in flat[1])
 
 
-def test_three_families_export_and_follow_the_contract(parts, tmp_path: Path) -> None:
+def test_reference_families_export_and_follow_the_contract(parts, tmp_path: Path) -> None:
     generators = {
         "cvae": train_cvae(*parts[0], seed=0, epochs=5),
         "gmmn": train_moment_matching(*parts[1], seed=0, steps=10),
+        "cgan": train_cgan(*parts[1], seed=0, steps=10),
         "pca": fit_linear_gaussian(*parts[2]),
     }
     labels = balanced_labels(10, 3)
