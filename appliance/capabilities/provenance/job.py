@@ -100,7 +100,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
     from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
     from appliance.evaluation import model_digests
     from models.errors import ModelError
-    from models.generators import OnnxGenerator
+    from models.generators import registered_generator
 
     from .service import RemoteGenerator, build_evidence
 
@@ -115,7 +115,8 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
         try:
             for i, gen in enumerate(inputs["generators"]):
                 config = gen.get("config") or {}
-                loaded = OnnxGenerator.from_path(ctx.blob_path(gen["blob"]), num_classes=int(config["num_classes"]))
+                loaded = registered_generator(ctx.blob_path(gen["blob"]), gen["format"], gen.get("architecture"),
+                                              config)
                 name = gen["name"] if len(inputs["generators"]) > 1 else "generator"
                 built.append(build_evidence(name, loaded, gen["blob"],
                                             num_classes=int(config["num_classes"]), params=params,
