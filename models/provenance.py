@@ -181,6 +181,40 @@ def train_shadow_pool(generator: Generator, sets: ProvenanceSets, specs: Sequenc
     return models
 
 
+def split_real_data(x: np.ndarray, y: np.ndarray, *, batches: int, seed: int,
+                    val_fraction: float = 0.5) -> ProvenanceSets:
+    """Real labelled data as a candidate source: a class-stratified ``val_fraction`` becomes the
+    validation set (cut into ``batches`` class-balanced batches), the rest the shadow set.
+    Each class needs at least ``batches`` validation samples and two shadow samples."""
+    rng = np.random.default_rng([int(seed), 0x4EA1])
+    train_idx, val_idx = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        cut = int(round(val_fraction * len(idx)))
+        if cut < batches or len(idx) - cut < 2:
+            raise ValueError(f"class {int(c)} has {len(idx)} samples: too few for {batches} validation batches "
+                             f"and a shadow set")
+        val_idx.extend(idx[:cut].tolist())
+        train_idx.extend(idx[cut:].tolist())
+    tr, va = np.sort(np.asarray(train_idx)), np.sort(np.asarray(val_idx))
+    return ProvenanceSets(x[tr], y[tr], x[va], y[va], split_batches(y[va], batches, seed=seed + 2))
+
+
+def train_shadow_pool_on_data(sets: ProvenanceSets, specs: Sequence[ShadowSpec], *, num_classes: int,
+                              seed: int) -> list[nn.Module]:
+    """The shadow pool of a real-data candidate: spec ``k`` trains on the shadow set
+    (``data_draw == 0``) or on its own bootstrap resample of it (the real-data stand-in for a
+    fresh draw from a generator; seed :func:`shadow_draw_seed`)."""
+    models = []
+    for spec in specs:
+        x, y = sets.shadow_x, sets.shadow_y
+        if spec.data_draw:
+            pick = np.random.default_rng(shadow_draw_seed(seed, spec.data_draw)).integers(0, len(y), len(y))
+            x, y = x[pick], y[pick]
+        models.append(train_shadow(x, y, spec, num_classes=num_classes))
+    return models
+
+
 def train_shadow(x: np.ndarray, y: np.ndarray, spec: ShadowSpec, *, num_classes: int) -> nn.Module:
     """Build ``spec``'s classifier from its seed and train it on ``(x, y)``; eval mode."""
     config = shadow_config(spec.architecture, tuple(x.shape[1:]), num_classes, spec.config)
@@ -232,7 +266,9 @@ __all__ = [
     "shadow_pool_specs",
     "shadow_proba",
     "split_batches",
+    "split_real_data",
     "train_shadow",
     "train_shadow_pool",
+    "train_shadow_pool_on_data",
     "train_shadows",
 ]

@@ -33,14 +33,15 @@ def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> di
         inputs["generators"].append(model_input(row))
     if params.generator_endpoint is not None:
         check_endpoint_url(params.generator_endpoint.url)
-    inputs["references"] = []
-    for dataset_id in params.reference_dataset_ids or []:
-        row = store.get_owned("datasets", tenant, dataset_id, "dataset")
-        dataset = dataset_input(row)
-        if dataset["format"] != "npz" or not dataset["has_labels"]:
-            raise UnprocessableInput(f"reference dataset {dataset_id} must be a labelled .npz dataset (x, y)",
-                                     hint="register real samples of the generator's shape with integer labels")
-        inputs["references"].append(dataset)
+    for role, ids in (("references", params.reference_dataset_ids), ("candidates", params.candidate_dataset_ids)):
+        inputs[role] = []
+        for dataset_id in ids or []:
+            row = store.get_owned("datasets", tenant, dataset_id, "dataset")
+            dataset = dataset_input(row)
+            if dataset["format"] != "npz" or not dataset["has_labels"]:
+                raise UnprocessableInput(f"dataset {dataset_id} must be a labelled .npz dataset (x, y)",
+                                         hint="register real samples of the generator's shape with integer labels")
+            inputs[role].append(dataset)
     if params.suspect_model_id:
         row = store.get_owned("models", tenant, params.suspect_model_id, "model")
         if row["kind"] != "classifier":
@@ -70,29 +71,29 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
     return (lambda x: np.argmax(model.predict(x), axis=1)), None, model_digests(inputs["suspect"])
 
 
+def _real_data(ctx: JobContext, d: dict[str, Any], shape: tuple[int, ...],
+               num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A registered real dataset's ``(x, y)``; a failed job with the reason when its sample shape
+    is not the generator's, a label lies outside its classes or a sample is not finite."""
+    data = read_dataset(ctx.settings, ctx.blob_path(d["sha256"]), require_labels=True)
+    x = np.asarray(data.x, dtype=np.float32)
+    y = np.asarray(data.y)
+    if tuple(x.shape[1:]) != shape:
+        raise JobFailed(f"dataset {d['id']} holds samples of shape {tuple(x.shape[1:])}; the generator's are {shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+        raise JobFailed(f"dataset {d['id']}: labels must be integers in [0, {num_classes})")
+    if not np.isfinite(x).all():
+        raise JobFailed(f"dataset {d['id']} contains NaN or infinite samples")
+    return x, y.astype(np.int64)
+
+
 def _references(ctx: JobContext, datasets: list[dict[str, Any]], built: list[Any]) -> list[Any]:
-    """The reference datasets as :class:`ReferenceSet`; refuses a sample shape other than the
-    generator's, labels outside its classes and non-finite samples (a failed job with the reason)."""
+    """The reference datasets as :class:`ReferenceSet` (checked by :func:`_real_data`)."""
     from appliance.audits.provenance.trainprove import ReferenceSet
 
-    if not datasets:
-        return []
     shape = tuple(built[0].evidence.val_x.shape[1:])
     num_classes = int(built[0].evidence.val_y.max()) + 1
-    refs = []
-    for d in datasets:
-        data = read_dataset(ctx.settings, ctx.blob_path(d["sha256"]), require_labels=True)
-        x = np.asarray(data.x, dtype=np.float32)
-        y = np.asarray(data.y)
-        if tuple(x.shape[1:]) != shape:
-            raise JobFailed(f"reference dataset {d['id']} holds samples of shape {tuple(x.shape[1:])}; the "
-                            f"generator's are {shape}")
-        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-            raise JobFailed(f"reference dataset {d['id']}: labels must be integers in [0, {num_classes})")
-        if not np.isfinite(x).all():
-            raise JobFailed(f"reference dataset {d['id']} contains NaN or infinite samples")
-        refs.append(ReferenceSet(f"dataset:{d['id']}", x, y.astype(np.int64)))
-    return refs
+    return [ReferenceSet(f"dataset:{d['id']}", *_real_data(ctx, d, shape, num_classes)) for d in datasets]
 
 
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
@@ -102,7 +103,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
     from models.errors import ModelError
     from models.generators import registered_generator
 
-    from .service import RemoteGenerator, build_evidence
+    from .service import RemoteGenerator, build_dataset_evidence, build_evidence
 
     started = time.perf_counter()
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
@@ -117,7 +118,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                 config = gen.get("config") or {}
                 loaded = registered_generator(ctx.blob_path(gen["blob"]), gen["format"], gen.get("architecture"),
                                               config)
-                name = gen["name"] if len(inputs["generators"]) > 1 else "generator"
+                name = gen["name"] if params.sources > 1 else "generator"
                 built.append(build_evidence(name, loaded, gen["blob"],
                                             num_classes=int(config["num_classes"]), params=params,
                                             cache_root=cache_root, log=ctx.log))
@@ -132,6 +133,12 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                                             cache_root=cache_root, log=ctx.log))
                 generator_digests.append({"endpoint": params.generator_endpoint.url,
                                           "samples_drawn": remote.samples})
+            shape, num_classes = tuple(built[0].evidence.val_x.shape[1:]), int(built[0].evidence.val_y.max()) + 1
+            for d in inputs["candidates"]:
+                x, y = _real_data(ctx, d, shape, num_classes)
+                built.append(build_dataset_evidence(f"dataset:{d['id']}", x, y, d["sha256"], num_classes=num_classes,
+                                                    params=params, cache_root=cache_root, log=ctx.log))
+                generator_digests.append({"dataset": d["id"], "sha256": d["sha256"], "n": d["n"]})
             references = _references(ctx, inputs["references"], built)
             for b in built:
                 for key, value in b.timings.items():

@@ -35,6 +35,10 @@ class ProvenanceParams(BaseModel):
     suspect_endpoint: SuspectEndpoint | None = None
     suspect_output: Literal["label", "proba"] = "label"
     variant: Literal["accuracy", "entropy", "similarity"] = "accuracy"
+    candidate_dataset_ids: list[str] | None = Field(
+        default=None, min_length=1, max_length=2,
+        description="registered labelled .npz datasets of real data as candidate sources beside the "
+        "generators (attribution): half of each class validates, the other half trains its shadows")
     reference_dataset_ids: list[str] | None = Field(
         default=None, min_length=1, max_length=4,
         description="registered labelled .npz datasets of real data (samples of the generator's shape): "
@@ -64,7 +68,13 @@ class ProvenanceParams(BaseModel):
     @property
     def has_reference(self) -> bool:
         """Whether the contrast test has reference samples (another generator or real data)."""
-        return len(self.generator_model_ids or []) > 1 or bool(self.reference_dataset_ids)
+        return self.sources > 1 or bool(self.reference_dataset_ids)
+
+    @property
+    def sources(self) -> int:
+        """How many candidate sources the audit tests (generators and real datasets)."""
+        return len(self.generator_model_ids or []) + (self.generator_endpoint is not None) + \
+            len(self.candidate_dataset_ids or [])
 
     @property
     def effective_decision(self) -> str:
@@ -91,8 +101,9 @@ class ProvenanceParams(BaseModel):
                              "reference_dataset_ids")
         if self.decision == "contrast" and self.variant != "accuracy":
             raise ValueError("the contrast test uses the accuracy variant")
-        if self.reference_dataset_ids and len(set(self.reference_dataset_ids)) != len(self.reference_dataset_ids):
-            raise ValueError("reference_dataset_ids must be distinct")
+        datasets = (self.reference_dataset_ids or []) + (self.candidate_dataset_ids or [])
+        if len(set(datasets)) != len(datasets):
+            raise ValueError("reference_dataset_ids and candidate_dataset_ids must be distinct")
         if self.variant != "accuracy" and self.suspect_output != "proba":
             raise ValueError(f"the {self.variant} variant needs suspect_output 'proba'")
         if self.generator_model_ids and len(set(self.generator_model_ids)) != len(self.generator_model_ids):

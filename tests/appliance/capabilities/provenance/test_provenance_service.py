@@ -35,11 +35,12 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                            num_classes=10)
     random_init = train_shadow(x[:2], np.array([0, 1]), ShadowSpec("mlp", {"hidden": 48}, epochs=0, seed=4),
                                num_classes=10)
-    for name, module in (("trained", trained), ("random", random_init)):
+    real = train_shadow(*parts[2], ShadowSpec("mlp", {"hidden": 48}, epochs=15, seed=5), num_classes=10)
+    for name, module in (("trained", trained), ("random", random_init), ("real", real)):
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / f"{name}.safetensors"))
     trained_linear_onnx(folder / "flat.onnx")
     return {"gen": folder / "gen.onnx", "trained": folder / "trained.safetensors",
-            "random": folder / "random.safetensors", "flat": folder / "flat.onnx"}
+            "random": folder / "random.safetensors", "real": folder / "real.safetensors", "flat": folder / "flat.onnx"}
 
 
 def _upload(client: Any, token: str, path: Path, **form: Any) -> Any:
@@ -141,6 +142,34 @@ def test_contrast_against_a_real_reference_dataset(client: Any, token_a: str, to
                        json={**SMALL, "generator_model_ids": [gen["id"]], "suspect_model_id": trained,
                              "reference_dataset_ids": [ref_id]})
     assert resp.status_code == 404
+
+
+def test_real_data_as_a_candidate_source(client: Any, token_a: str, assets: dict[str, Path]) -> None:
+    gen = _upload(client, token_a, assets["gen"], name="pca-gen-cand", kind="generator",
+                  config={"num_classes": 10}).get_json()
+    x, y = digits_provenance_splits(seed=0)[1]
+    data = upload_dataset(client, token_a, npz_bytes(x=x.astype(np.float32), y=y.astype(np.int64))).get_json()
+    reports = {}
+    for name in ("trained", "real"):
+        reports[name] = _report(client, token_a, _audit(
+            client, token_a, generator_model_ids=[gen["id"]], candidate_dataset_ids=[data["id"]],
+            suspect_model_id=_suspect(client, token_a, assets[name])))
+    stats = reports["real"]["statistics"]
+    by_name = {s["source"]: s for s in stats["sources"]}
+    assert set(by_name) == {"pca-gen-cand", f"dataset:{data['id']}"}
+    assert by_name[f"dataset:{data['id']}"]["references"] == ["pca-gen-cand"]
+    assert by_name["pca-gen-cand"]["decision"] == "contrast"
+    provenance = stats["shadow_provenance"][1]
+    assert provenance["dataset_digest"] and provenance["n_val"] + provenance["n_shadow"] == len(y)
+    assert provenance["status"] == "reused"  # trained by the first audit
+    # the suspect trained on real digits ranks the real data first, the one trained on samples the generator
+    # with two sources each one's contrast reference is the other: the suspect's values are opposite
+    for report in reports.values():
+        values = [s["contrast"]["tested"] for s in report["statistics"]["sources"]]
+        assert values[0] == pytest.approx(-values[1]) and values[0] != 0
+    assert reports["trained"]["statistics"]["sources"][0]["contrast"]["tested"] != values[0]
+    # (which source ranks first is not asserted: this PCA generator's samples and real digits are
+    # labelled alike by either suspect, the method's known limit; the benchmark measures attribution)
 
 
 def test_bad_generators_are_refused_and_not_stored(client: Any, token_a: str, assets: dict[str, Path],
