@@ -44,8 +44,10 @@ Three reference samples are reported (the paper's for ``accuracy`` and ``entropy
   adds the probability that a G_d-trained model is at chance on G_d samples, nil in practice.
 
 The verdict follows ``decision`` ("calibrated" by default: on the digits benchmark the pooled
-test keeps false "not G_d" verdicts nearest alpha; the model-level test's calibration depends on
-how well the shadow pool's recipes cover the suspects', see the README).
+test keeps false "not G_d" verdicts nearest alpha; the model-level and contrast tests' calibration
+depends on how well the shadow pool's recipes cover the suspects': under-training lowers a
+model's accuracy on its own source far more than on others, so the contrast does not cancel it
+at the accuracy ceiling; see the README's figures).
 
 :func:`attribute` runs the test against several candidate sources and names the one that
 explains the suspect best (smallest statistic among the sources it is consistent with).

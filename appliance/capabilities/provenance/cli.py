@@ -85,9 +85,10 @@ def group() -> click.Group:
     def demo_data(out: str) -> None:
         """Write a reference generator (per-class PCA on a quarter of digits, ONNX) and two
         suspects (safetensors MLPs, 64 -> 64 -> 10): one trained on its samples, one on real
-        digits it never saw."""
+        digits it never saw; and the owner's real digits (a labelled .npz) as a contrast reference."""
         from pathlib import Path
 
+        import numpy as np
         import torch
         from safetensors.torch import save_file
 
@@ -108,7 +109,10 @@ def group() -> click.Group:
                                  num_classes=10)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                       str(folder / f"{name}.safetensors"))
+        # the owner's real data (the quarter the generator was fitted on): a contrast reference
+        np.savez(folder / "owner-real.npz", x=parts[0][0].astype(np.float32), y=parts[0][1].astype(np.int64))
         click.echo(f"wrote {folder}/generator.onnx, suspect-own.safetensors, suspect-real.safetensors "
-                   "(architecture mlp, config {\"in_features\": 64, \"hidden\": 64, \"num_classes\": 10})")
+                   "(architecture mlp, config {\"in_features\": 64, \"hidden\": 64, \"num_classes\": 10}), "
+                   "owner-real.npz (x [n, 1, 8, 8], y)")
 
     return provenance

@@ -151,7 +151,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                 result = TrainProVe().run(
                     ProvenanceInputs([b.evidence for b in built], suspect, suspect_kind=params.suspect_output,
                                      query_budget=budget, references=references),
-                    params={"alpha": params.alpha, "variant": params.variant, "decision": params.effective_decision,
+                    params={"alpha": params.alpha, "variant": params.variant, "decision": params.decision,
                             "grubbs_mode": params.grubbs_mode},
                     seed=params.seed, log=ctx.log)
             except AuditError as exc:
