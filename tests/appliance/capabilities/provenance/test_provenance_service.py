@@ -121,7 +121,8 @@ def test_contrast_against_a_real_reference_dataset(client: Any, token_a: str, to
     random_init = _suspect(client, token_a, assets["random"])
     ref_id = ref.get_json()["id"]
     reports = {name: _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen["id"]],
-                                                     suspect_model_id=sid, reference_dataset_ids=[ref_id]))
+                                                     suspect_model_id=sid, reference_dataset_ids=[ref_id],
+                                                     decision="contrast"))
                for name, sid in (("trained", trained), ("random", random_init))}
     stats = reports["trained"]["statistics"]
     assert stats["decision"] == "contrast" and stats["n"] == 4  # three shadow models + the suspect
@@ -136,7 +137,7 @@ def test_contrast_against_a_real_reference_dataset(client: Any, token_a: str, to
                              "decision": "contrast"})
     assert resp.status_code == 422 and "reference" in json.dumps(resp.get_json())
     job = _audit(client, token_a, generator_model_ids=[gen["id"]], suspect_model_id=trained,
-                 reference_dataset_ids=[flat.get_json()["id"]])
+                 reference_dataset_ids=[flat.get_json()["id"]], decision="contrast")
     assert job["state"] == "failed" and "shape" in json.dumps(job)
     resp = client.post("/v1/provenance/audits", headers=auth(token_b),
                        json={**SMALL, "generator_model_ids": [gen["id"]], "suspect_model_id": trained,
@@ -153,7 +154,7 @@ def test_real_data_as_a_candidate_source(client: Any, token_a: str, assets: dict
     for name in ("trained", "real"):
         reports[name] = _report(client, token_a, _audit(
             client, token_a, generator_model_ids=[gen["id"]], candidate_dataset_ids=[data["id"]],
-            suspect_model_id=_suspect(client, token_a, assets[name])))
+            suspect_model_id=_suspect(client, token_a, assets[name]), decision="contrast"))
     stats = reports["real"]["statistics"]
     by_name = {s["source"]: s for s in stats["sources"]}
     assert set(by_name) == {"pca-gen-cand", f"dataset:{data['id']}"}
