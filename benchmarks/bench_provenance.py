@@ -1,36 +1,45 @@
-"""TrainProVe on digits: per (owner generator, suspect source) pair, the paper's test and the
-calibrated multi-shadow test over suspects of several architectures x learning rates x weight
-decay x epochs; attribution accuracy; audit wall time split with and without a cached shadow.
+"""TrainProVe on digits: per (owner generator, suspect source) pair, the paper's test, the
+pooled-batches test (table and designated critical values), the model-level test and the
+contrast test (reference: the other two generators' validation sets; those plus the real
+quarter the owner trained its generator on; that real quarter alone) over suspects of several
+architectures x learning rates x weight decay x epochs; attribution accuracy; audit wall time
+split with and without a cached shadow pool.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 16     # the issue's size
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 4 --quick
 
-Sources: three generator families (cVAE, moment-matching net, per-class PCA) each trained on
+Sources: three generator families (cVAE, conditional GAN -- or with ``--second gmmn`` the
+moment-matching net --, per-class PCA) each trained on
 its own disjoint quarter of digits, and real data (the fourth quarter). Every suspect is
-trained on fresh samples of its source (or the real quarter) with its own recipe.
+trained on fresh samples of its source (or the real quarter) with its own recipe, drawn from a
+fixed grid with init seeds 500+ and sampling seeds 1000+; the audit's shadow pool
+(:func:`models.provenance.shadow_pool_specs`) draws its recipes from its own broader ranges,
+init seeds 100000+ and sampling seeds from a seed sequence, never from that grid.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from appliance.audits.provenance.trainprove import ProvenanceEvidence, attribute, evaluate_source
-from models.generators import fit_linear_gaussian, train_cvae, train_moment_matching
+from appliance.audits.provenance.trainprove import ProvenanceEvidence, ReferenceSet, attribute, evaluate_source
+from models.generators import fit_linear_gaussian, train_cgan, train_cvae, train_moment_matching
 from models.provenance import (
     ShadowSpec,
     balanced_labels,
-    default_shadow_specs,
     digits_provenance_splits,
     draw_sets,
+    shadow_pool_specs,
     shadow_proba,
     train_shadow,
-    train_shadows,
+    train_shadow_pool,
 )
 
 
@@ -48,33 +57,50 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--suspects", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="fewer generator epochs and samples")
+    parser.add_argument("--shadows", type=int, default=12, help="shadow models per generator (pool)")
+    parser.add_argument("--second", choices=("cgan", "gmmn"), default="cgan",
+                        help="the generator trained on the second quarter: conditional GAN or moment-matching net")
+    parser.add_argument("--dump", default=None, help="write the shadows' and suspects' accuracies to this JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = digits_provenance_splits(seed=0)
     t0 = time.perf_counter()
+    second = {"cgan": lambda: train_cgan(*parts[1], seed=0, steps=600 if args.quick else 3000),
+              "gmmn": lambda: train_moment_matching(*parts[1], seed=0, steps=150 if args.quick else 600)}
     gens = {
         "cvae": train_cvae(*parts[0], seed=0, epochs=60 if args.quick else 300),
-        "gmmn": train_moment_matching(*parts[1], seed=0, steps=150 if args.quick else 600),
+        args.second: second[args.second](),
         "pca": fit_linear_gaussian(*parts[2]),
     }
     print(f"generators trained in {time.perf_counter() - t0:.1f} s")
+    judge = shadow_proba(train_shadow(*parts[3], ShadowSpec("mlp", {"hidden": 64}, epochs=20, seed=1), num_classes=10))
+    for name, gen in gens.items():  # do the samples look like digits of their class?
+        y = balanced_labels(10, 50)
+        right = float((judge(gen.sample(y, seed=7, temperature=1.0)).argmax(1) == y).mean())
+        print(f"{name}: a real-data MLP labels {right:.3f} of its samples correctly")
     n_shadow, n_val, epochs = (100, 100, 15) if args.quick else (300, 200, 20)
     evidence, timing = {}, {}
     for name, gen in gens.items():
         t0 = time.perf_counter()
         sets = draw_sets(gen, num_classes=10, n_shadow=n_shadow, n_val=n_val, batches=20, seed=0)
         t1 = time.perf_counter()
-        specs = [ShadowSpec(s.architecture, s.config, epochs=epochs, seed=s.seed) for s in default_shadow_specs(3)]
-        shadows = train_shadows(sets.shadow_x, sets.shadow_y, specs, num_classes=10)
+        specs = shadow_pool_specs(args.shadows, seed=0, epochs=epochs, train_size=10 * n_shadow)
+        shadows = train_shadow_pool(gen, sets, specs, num_classes=10, seed=0)
         t2 = time.perf_counter()
         evidence[name] = ProvenanceEvidence(name, sets.val_x, sets.val_y, sets.batches,
                                             [shadow_proba(m) for m in shadows])
         timing[name] = {"sampling": t1 - t0, "shadow_training": t2 - t1}
+        accs = [float((shadow_proba(m)(sets.val_x).argmax(1) == sets.val_y).mean()) for m in shadows]
+        print(f"{name}: {len(shadows)} shadows' validation accuracy: mean {np.mean(accs):.4f}, sd "
+              f"{np.std(accs, ddof=1):.4f}, range [{min(accs):.4f}, {max(accs):.4f}]")
     grid = list(itertools.product([("mlp", {"hidden": 64}), ("mlp", {"hidden": 128}), ("small_cnn", {"width": 8}),
                                    ("small_cnn", {"width": 16})], [1e-3, 3e-3], [0.0, 1e-3], [10, 25]))
     rng = np.random.default_rng(0)
     picks = [grid[i] for i in rng.permutation(len(grid))[: args.suspects]]
     sources = [*gens, "real"]
+    # the real data each generator's owner holds (the quarter it trained the generator on): the
+    # optional real reference of the contrast test; the real-data suspects train on the fourth
+    owner_real = {o: ReferenceSet(f"real_{o}", *parts[k]) for k, o in enumerate(gens)}
     answers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in sources}
     query_seconds = []
     for s_index, source in enumerate(sources):
@@ -90,9 +116,27 @@ def main() -> None:
             q0 = time.perf_counter()
             answers[source].append({o: fn(evidence[o].val_x).argmax(1) for o in gens})
             query_seconds.append((time.perf_counter() - q0) / len(gens))
+            for ref in owner_real.values():
+                answers[source][-1][ref.name] = fn(ref.x).argmax(1)
+    if args.dump:
+        record = {"shadows": [s.to_dict() for s in specs],
+                  "shadow_batch_accuracy": {}, "suspect_accuracy": {},
+                  "suspect_recipes": [list(map(str, p)) for p in picks]}
+        for o, ev in evidence.items():
+            probs = [fn(ev.val_x).argmax(1) == ev.val_y for fn in ev.shadows]
+            record["shadow_batch_accuracy"][o] = [[float(c[b].mean()) for b in ev.batches] for c in probs]
+        sets = {**{o: (ev.val_x, ev.val_y) for o, ev in evidence.items()},
+                **{r.name: (r.x, r.y) for r in owner_real.values()}}
+        record["shadow_accuracy"] = {o: {k: [float((fn(x).argmax(1) == y).mean()) for fn in ev.shadows]
+                                         for k, (x, y) in sets.items()} for o, ev in evidence.items()}
+        for source in sources:
+            record["suspect_accuracy"][source] = [{k: float((a[k] == y).mean()) for k, (_, y) in sets.items()}
+                                                  for a in answers[source]]
+        Path(args.dump).write_text(json.dumps(record))
     print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")
-    tests = ("paper", "calibrated", "calibrated+designated")
-    print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t + ': not G_d':>30}" for t in tests))
+    print("number of suspects judged 'not G_d' by each test:")
+    tests = ("paper", "pooled", "pooled+designated", "model_level", "contrast", "contrast+real", "contrast/real")
+    print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t:>17}" for t in tests))
     totals = {t: [0, 0] for t in tests}
     false_neg = {t: [0, 0] for t in tests}
     for owner in gens:
@@ -102,8 +146,22 @@ def main() -> None:
                 t = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05)
                 d = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, mode="designated")
                 rejects["paper"] += int(t.paper is not None and t.paper.outlier)
-                rejects["calibrated"] += int(t.calibrated.outlier)
-                rejects["calibrated+designated"] += int(d.calibrated.outlier)
+                rejects["pooled"] += int(t.calibrated.outlier)
+                rejects["pooled+designated"] += int(d.calibrated.outlier)
+                rejects["model_level"] += int(t.model_level is not None and t.model_level.outlier)
+                others = [o for o in gens if o != owner]
+                refs = [ReferenceSet.of(evidence[o]) for o in others]
+                c = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
+                                    references=refs, reference_answers=[a[o] for o in others])
+                rejects["contrast"] += int(c.chosen.outlier)
+                real = owner_real[owner]
+                cr = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
+                                     references=[*refs, real],
+                                     reference_answers=[*(a[o] for o in others), a[real.name]])
+                rejects["contrast+real"] += int(cr.chosen.outlier)
+                r = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
+                                    references=[real], reference_answers=[a[real.name]])
+                rejects["contrast/real"] += int(r.chosen.outlier)
             n = len(answers[source])
             for test in tests:
                 correct = rejects[test] if source != owner else n - rejects[test]
@@ -112,25 +170,33 @@ def main() -> None:
                 if source == owner:
                     false_neg[test][0] += rejects[test]
                     false_neg[test][1] += n
-            print(f"{owner:6} {source:6} | " + " | ".join(f"{rejects[t]:>26}/{n:<3}" for t in tests))
+            print(f"{owner:6} {source:6} | " + " | ".join(f"{rejects[t]:>13}/{n:<3}" for t in tests))
     for test in tests:
         k, n = totals[test]
         lo, hi = wilson(k, n)
         fk, fn_ = false_neg[test]
         flo, fhi = wilson(fk, fn_)
-        print(f"{test:22}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
+        print(f"{test:18}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
               f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
-    correct = total = 0
-    for source in sources:
-        for a in answers[source]:
-            best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens])
-            expected = source if source in gens else "no_candidate_explains_the_suspect"
-            correct += int(best == expected)
-            total += 1
-    lo, hi = wilson(correct, total)
-    print(f"attribution (3 generators; real-data suspects should get 'none'): {correct}/{total} = "
-          f"{correct / total:.3f} [{lo:.3f}, {hi:.3f}]")
-    print("\naudit wall time per generator (s): sampling / shadow training (3 shadows) / suspect queries")
+    for decision in ("calibrated", "model_level", "contrast"):
+        correct = total = 0
+        confusion: dict[str, dict[str, int]] = {s: {} for s in sources}
+        for source in sources:
+            for a in answers[source]:
+                best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens], decision=decision)  # type: ignore[arg-type]
+                expected = source if source in gens else "no_candidate_explains_the_suspect"
+                correct += int(best == expected)
+                total += 1
+                label = "none" if best == "no_candidate_explains_the_suspect" else best
+                confusion[source][label] = confusion[source].get(label, 0) + 1
+        lo, hi = wilson(correct, total)
+        print(f"attribution by the {decision} test (3 generators; real-data suspects should get 'none'): "
+              f"{correct}/{total} = {correct / total:.3f} [{lo:.3f}, {hi:.3f}]")
+        cols = [*gens, "none"]
+        print(f"  {'source':6} -> " + " ".join(f"{c:>5}" for c in cols))
+        for source in sources:
+            print(f"  {source:6} -> " + " ".join(f"{confusion[source].get(c, 0):>5}" for c in cols))
+    print(f"\naudit wall time per generator (s): sampling / shadow training ({args.shadows} shadows) / suspect queries")
     q = float(np.mean(query_seconds))
     for name, split in timing.items():
         uncached = split["sampling"] + split["shadow_training"] + q

@@ -10,6 +10,7 @@ Reference families, each trained here in seconds on CPU (used by the tests and b
 
     gen = train_cvae(x, y, seed=0)                # conditional VAE decoder
     gen = train_moment_matching(x, y, seed=0)     # conditional generative moment-matching net
+    gen = train_cgan(x, y, seed=0)                # conditional GAN (adversarial, non-saturating)
     gen = fit_linear_gaussian(x, y)               # per-class PCA / linear-Gaussian model
     export_onnx(gen, "g.onnx")
     loaded = OnnxGenerator.from_path("g.onnx")    # reads z_dim and sample_shape from the graph
@@ -213,6 +214,140 @@ def export_onnx(generator: TorchGenerator, path: Path | str) -> Path:
     return target
 
 
+# ------------------------------------------------------ safetensors + registered architecture
+
+
+def _positive_int(config: dict[str, object], key: str, low: int, high: int) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise GeneratorContractError(f"generator config {key!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _sample_shape(config: dict[str, object]) -> tuple[int, ...]:
+    shape = config.get("sample_shape")
+    if not isinstance(shape, list | tuple) or not 1 <= len(shape) <= 4 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 4096 for d in shape):
+        raise GeneratorContractError("generator config 'sample_shape' must be a list of 1 to 4 positive integers")
+    if math.prod(shape) > 1_000_000:
+        raise GeneratorContractError("generator config 'sample_shape' holds more than 10^6 values")
+    return tuple(int(d) for d in shape)
+
+
+def _conditional_mlp(config: dict[str, object]) -> nn.Module:
+    return ConditionalMLP(z_dim=_positive_int(config, "z_dim", 1, 4096),
+                          num_classes=_positive_int(config, "num_classes", 2, 10_000),
+                          sample_shape=_sample_shape(config),
+                          hidden=_positive_int(config, "hidden", 1, 8192), depth=_positive_int(config, "depth", 1, 8))
+
+
+def _linear_gaussian(config: dict[str, object]) -> nn.Module:
+    k, z, shape = (_positive_int(config, "num_classes", 2, 10_000), _positive_int(config, "z_dim", 1, 4096),
+                   _sample_shape(config))
+    low, high = config.get("low", 0.0), config.get("high", 1.0)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
+            or not float(low) < float(high):  # type: ignore[arg-type]
+        raise GeneratorContractError("generator config 'low' and 'high' must be finite numbers, low < high")
+    d = math.prod(shape)
+    return LinearGaussianNet(torch.zeros(k, d), torch.zeros(k, z, d), shape, float(low), float(high))  # type: ignore[arg-type]
+
+
+#: Generator architectures a safetensors upload may name, with the config keys each takes; every
+#: one is called ``(noise [batch, z_dim] float32, class [batch] int64) -> [batch, *sample_shape]``.
+GENERATOR_ARCHITECTURES = {
+    "conditional_mlp": (_conditional_mlp, {"z_dim", "num_classes", "sample_shape", "hidden", "depth"}),
+    "linear_gaussian": (_linear_gaussian, {"z_dim", "num_classes", "sample_shape", "low", "high"}),
+}
+
+
+def build_generator(architecture: str, config: dict[str, object]) -> TorchGenerator:
+    """An untrained generator of a registered architecture (config checked)."""
+    if architecture not in GENERATOR_ARCHITECTURES:
+        raise GeneratorContractError(f"unknown generator architecture {architecture!r}; registered: "
+                                     f"{sorted(GENERATOR_ARCHITECTURES)}")
+    builder, keys = GENERATOR_ARCHITECTURES[architecture]
+    unknown = set(config) - keys - {"class_names"}
+    if unknown:
+        raise GeneratorContractError(f"unknown option(s) {sorted(unknown)} for generator architecture "
+                                     f"{architecture!r}; accepted: {sorted(keys)}")
+    with torch.device("cpu"):
+        module = builder(config)
+    return TorchGenerator(module, z_dim=int(config["z_dim"]), sample_shape=_sample_shape(config))  # type: ignore[call-overload]
+
+
+def load_safetensors_generator(path: Path | str, architecture: str, config: dict[str, object]) -> TorchGenerator:
+    """A generator of ``architecture`` with its weights from a safetensors file (no pickle); the
+    tensors must match the architecture's exactly (names, shapes), else a contract error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    gen = build_generator(architecture, config)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GeneratorContractError(f"cannot read the generator's safetensors file: {exc}") from None
+    try:
+        gen.module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise GeneratorContractError(f"the weights do not fit generator architecture {architecture!r}: "
+                                     f"{str(exc).splitlines()[0]}") from None
+    gen.module.eval()
+    return gen
+
+
+def save_safetensors_generator(generator: TorchGenerator, path: Path | str) -> tuple[str, dict[str, object]]:
+    """Write a reference family's generator as safetensors; returns ``(architecture, config)`` to
+    register it with."""
+    from safetensors.torch import save_file
+
+    module = generator.module
+    config: dict[str, object]
+    if isinstance(module, ConditionalMLP):
+        linears = [m for m in module.net if isinstance(m, nn.Linear)]
+        arch, config = "conditional_mlp", {"hidden": linears[0].out_features, "depth": len(linears) - 1}
+        k = int(module.onehot.shape[0])
+    elif isinstance(module, LinearGaussianNet):
+        arch, config = "linear_gaussian", {"low": module.low, "high": module.high}
+        k = int(module.mean.shape[0])
+    else:
+        raise GeneratorContractError(f"no registered generator architecture for {type(module).__name__}")
+    save_file({n: t.contiguous() for n, t in module.state_dict().items()}, str(path))
+    return arch, {**config, "z_dim": generator.z_dim, "num_classes": k, "sample_shape": list(generator.sample_shape)}
+
+
+def safetensors_generator_config(path: Path, architecture: str | None,
+                                 config: dict[str, object] | None) -> dict[str, object]:
+    """The stored config of a safetensors generator upload: architecture and config checked,
+    weights loaded strictly, one probe run on every class giving finite samples of the declared
+    shape. Raises :class:`GeneratorContractError`."""
+    if not architecture:
+        raise GeneratorContractError(f"a safetensors generator needs 'architecture' (one of "
+                                     f"{sorted(GENERATOR_ARCHITECTURES)}) and its 'config'")
+    given = dict(config or {})
+    names = given.get("class_names")
+    k = _positive_int(given, "num_classes", 2, 10_000)
+    if names is not None and (not isinstance(names, list) or len(names) != k
+                              or not all(isinstance(n, str) and 0 < len(n) <= 128 for n in names)):
+        raise GeneratorContractError(f"'class_names' must be a list of {k} non-empty strings")
+    gen = load_safetensors_generator(path, architecture, given)
+    try:
+        gen.sample(np.arange(min(k, SAMPLE_CHUNK), dtype=np.int64), seed=0, temperature=1.0)
+    except RuntimeError as exc:
+        raise GeneratorContractError(f"the generator failed on a probe batch: {exc}") from None
+    return {**given, "sample_shape": list(gen.sample_shape)}
+
+
+def registered_generator(path: Path | str, fmt: str, architecture: str | None,
+                         config: dict[str, object]) -> Generator:
+    """A registered generator as stored: ONNX, or safetensors + a registered architecture."""
+    k = config.get("num_classes")
+    if fmt == "onnx":
+        return OnnxGenerator.from_path(path, num_classes=int(k) if isinstance(k, int) else None)
+    if fmt == "safetensors" and architecture:
+        return load_safetensors_generator(path, architecture, config)
+    raise GeneratorContractError(f"generators are ONNX graphs or safetensors with an architecture, not {fmt!r}")
+
+
 # --------------------------------------------------------------------- reference families
 
 
@@ -345,7 +480,41 @@ def train_moment_matching(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int
     return TorchGenerator(net.eval(), z_dim=z_dim, sample_shape=tuple(x.shape[1:]))
 
 
+def train_cgan(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int = 8, steps: int = 3000,
+               batch_size: int = 64, lr: float = 5e-4, hidden: int = 128) -> TorchGenerator:
+    """A class-conditional GAN (Mirza & Osindero 2014) with the non-saturating loss of Goodfellow
+    et al.: generator :class:`ConditionalMLP`, discriminator an MLP on ``[x, onehot(c)]`` (leaky
+    ReLU), both trained with Adam (beta1 0.5), one discriminator step per generator step."""
+    flat, labels, k = _check_data(x, y)
+    d = flat.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = ConditionalMLP(z_dim=z_dim, num_classes=k, sample_shape=tuple(x.shape[1:]), hidden=hidden)
+        disc = nn.Sequential(nn.Linear(d + k, hidden), nn.LeakyReLU(0.2),
+                             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+    gen = torch.Generator().manual_seed(int(seed))
+    onehot = torch.eye(k)
+    opt_g = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    for _ in range(steps):
+        idx = torch.randint(0, len(flat), (batch_size,), generator=gen)
+        real, cls = flat[idx], labels[idx]
+        fake = net(torch.randn(batch_size, z_dim, generator=gen), cls).reshape(batch_size, -1)
+        d_real = disc(torch.cat([real, onehot[cls]], 1))
+        d_fake = disc(torch.cat([fake.detach(), onehot[cls]], 1))
+        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-disc(torch.cat([fake, onehot[cls]], 1))).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+    return TorchGenerator(net.eval(), z_dim=z_dim, sample_shape=tuple(x.shape[1:]))
+
+
 __all__ = [
+    "GENERATOR_ARCHITECTURES",
     "SAMPLE_CHUNK",
     "ConditionalMLP",
     "Generator",
@@ -356,11 +525,17 @@ __all__ = [
     "TorchGenerator",
     "check_labels",
     "check_samples",
+    "build_generator",
     "export_onnx",
     "generator_config",
     "fit_linear_gaussian",
     "inspect_onnx_generator",
+    "load_safetensors_generator",
+    "registered_generator",
+    "safetensors_generator_config",
+    "save_safetensors_generator",
     "noise",
+    "train_cgan",
     "train_cvae",
     "train_moment_matching",
 ]

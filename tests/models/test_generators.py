@@ -1,4 +1,4 @@
-"""Reference generators of three families on disjoint digits subsets, exported to ONNX and
+"""Reference generators of four families on disjoint digits subsets, exported to ONNX and
 loaded back through the contract check; seeded sampling; contract violations refused."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from models.generators import (
     OnnxGenerator,
     export_onnx,
     fit_linear_gaussian,
+    train_cgan,
     train_cvae,
     train_moment_matching,
 )
@@ -38,10 +39,11 @@ def test_splits_are_disjoint_and_stratified(parts: list[tuple[np.ndarray, np.nda
     assert not any(row.tobytes() in seen for row in flat[1])
 
 
-def test_three_families_export_and_follow_the_contract(parts, tmp_path: Path) -> None:
+def test_reference_families_export_and_follow_the_contract(parts, tmp_path: Path) -> None:
     generators = {
         "cvae": train_cvae(*parts[0], seed=0, epochs=5),
         "gmmn": train_moment_matching(*parts[1], seed=0, steps=10),
+        "cgan": train_cgan(*parts[1], seed=0, steps=10),
         "pca": fit_linear_gaussian(*parts[2]),
     }
     labels = balanced_labels(10, 3)
@@ -100,3 +102,38 @@ def test_contract_violations_are_refused(tmp_path: Path) -> None:
         gen.sample(np.array([0, 1]), seed=0, temperature=1.0)
     with pytest.raises(GeneratorContractError, match="temperature"):
         gen.sample(np.array([0]), seed=0, temperature=0.0)
+
+
+def test_safetensors_generators_with_a_registered_architecture(parts, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from models.generators import registered_generator, safetensors_generator_config, save_safetensors_generator
+
+    labels = balanced_labels(10, 3)
+    for name, gen in (("cgan", train_cgan(*parts[1], seed=0, steps=5)), ("pca", fit_linear_gaussian(*parts[2]))):
+        path = tmp_path / f"{name}.safetensors"
+        arch, config = save_safetensors_generator(gen, path)
+        stored = safetensors_generator_config(path, arch, config)
+        assert stored["sample_shape"] == [1, 8, 8]
+        loaded = registered_generator(path, "safetensors", arch, stored)
+        np.testing.assert_allclose(loaded.sample(labels, seed=3, temperature=1.0),
+                                   gen.sample(labels, seed=3, temperature=1.0), atol=1e-6)
+    arch, config = save_safetensors_generator(fit_linear_gaussian(*parts[2]), tmp_path / "g.safetensors")
+    bad = {
+        "unknown architecture": ("resnet", config),
+        "unknown option": (arch, {**config, "temperature": 2}),
+        "wrong shape": (arch, {**config, "z_dim": 9}),
+        "bad shape": (arch, {**config, "sample_shape": [0, 8]}),
+        "no classes": (arch, {k: v for k, v in config.items() if k != "num_classes"}),
+    }
+    for why, (a, c) in bad.items():
+        with pytest.raises(GeneratorContractError):
+            safetensors_generator_config(tmp_path / "g.safetensors", a, c)
+            pytest.fail(why)
+    nan = tmp_path / "nan.safetensors"
+    save_file({"mean": torch.full((10, 64), float("nan")), "basis": torch.zeros(10, 8, 64)}, str(nan))
+    with pytest.raises(GeneratorContractError, match="NaN"):
+        safetensors_generator_config(nan, arch, {**config, "low": -1e9, "high": 1e9})
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(GeneratorContractError):
+        safetensors_generator_config(tmp_path / "junk.safetensors", arch, config)

@@ -20,6 +20,17 @@ Three conventions for ``q`` (``mode``):
   statistic ``(mean_ref - x) / (sd_ref * sqrt(1 + 1/m)) ~ t_{m-1}`` (normal reference), and
   this mode is exactly level alpha. The two others are far more conservative for a designated
   value (size about alpha/(2n) and alpha/n; a test measures it).
+
+:func:`prediction_interval_outlier` is the designated-value test written directly as the
+prediction-interval t test on a reference of ``m`` values (one per independently trained shadow
+model in TrainProVe's model-level test): for ``x`` exchangeable with ``m`` i.i.d. normal
+reference values, ``x - mean_ref ~ N(0, s^2 (1 + 1/m))`` independently of ``sd_ref``, so::
+
+    T = (mean_ref - x) / (sd_ref * sqrt(1 + 1/m)) ~ t_{m-1}     # low outlier; sign flipped for high
+    reject when T > t_{1-alpha, m-1};  p = P(t_{m-1} > T)
+
+It decides exactly as ``grubbs_outlier(..., mode="designated")`` on the same values (a test
+checks it) and reads more plainly in a report.
 """
 
 from __future__ import annotations
@@ -124,4 +135,51 @@ def grubbs_outlier(
     )
 
 
-__all__ = ["Direction", "GrubbsMode", "GrubbsResult", "grubbs_critical", "grubbs_outlier", "grubbs_p_value"]
+def prediction_interval_outlier(
+    reference: np.ndarray | list[float],
+    tested: float,
+    *,
+    direction: Direction,
+    alpha: float = 0.05,
+) -> GrubbsResult:
+    """Is ``tested`` outside the one-sided ``1 - alpha`` prediction interval of ``reference``?
+
+    The result's ``statistic`` is ``T`` and ``critical`` is ``t_{1-alpha, m-1}``; ``n`` counts the
+    reference and the tested value (``m + 1``); ``mode`` is ``"prediction_interval"``.
+    A reference with zero spread: outlier iff ``tested`` lies strictly beyond it (``T = inf``).
+    """
+    if direction not in ("low", "high"):
+        raise ValueError(f"direction must be 'low' or 'high', got {direction!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    m = len(ref)
+    if m < 2:
+        raise ValueError(f"a prediction interval needs at least 2 reference values, got {m}")
+    if not np.isfinite(ref).all() or not math.isfinite(float(tested)):
+        raise ValueError("the prediction-interval test needs finite values")
+    mean, sd = float(ref.mean()), float(ref.std(ddof=1))
+    sign = 1.0 if direction == "low" else -1.0
+    gap = sign * (mean - float(tested))
+    if sd == 0.0:
+        t_stat = math.inf if gap > 0 else (-math.inf if gap < 0 else 0.0)
+    else:
+        t_stat = gap / (sd * math.sqrt(1.0 + 1.0 / m))
+    critical = float(_st.t.ppf(1.0 - alpha, m - 1))
+    p_value = float(_st.t.sf(t_stat, m - 1)) if math.isfinite(t_stat) else (0.0 if t_stat > 0 else 1.0)
+    return GrubbsResult(
+        statistic=float(t_stat), critical=critical, n=m + 1, alpha=float(alpha), direction=direction,
+        tested=float(tested), reference_mean=mean, reference_sd=sd, p_value=p_value,
+        outlier=bool(t_stat > critical), mode="prediction_interval",
+    )
+
+
+__all__ = [
+    "Direction",
+    "GrubbsMode",
+    "GrubbsResult",
+    "grubbs_critical",
+    "grubbs_outlier",
+    "grubbs_p_value",
+    "prediction_interval_outlier",
+]

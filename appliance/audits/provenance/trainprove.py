@@ -11,10 +11,43 @@ set is tested as a Grubbs outlier of that sample (:mod:`.grubbs`). Variants:
   probabilities to the first shadow's, a *low* outlier; the reference sample is the other
   shadows' similarity to the first, per batch.
 
-Two reference samples are reported for ``accuracy`` and ``entropy``: the paper's (one shadow,
-batch-to-batch spread only) and the calibrated one (every shadow's batches pooled: several
-architectures and seeds, so independently trained models' spread enters the sample). The
-verdict follows ``decision`` ("calibrated" by default, see the benchmark).
+Three reference samples are reported (the paper's for ``accuracy`` and ``entropy`` only):
+
+* ``paper``: one shadow's per-batch statistics (batch-to-batch spread only), Grubbs;
+* ``calibrated``: every shadow's per-batch statistics pooled, Grubbs;
+* ``model_level`` (>= 2 reference models): one value per shadow *model*, its statistic on the
+  whole validation set, and the suspect's value tested as a designated value outside the
+  one-sided prediction interval of that sample (:func:`.grubbs.prediction_interval_outlier`,
+  ``T ~ t_{m-1}``). The suspect is one more independently trained model, so the right null
+  spread is the spread between models (architecture, recipe, training draw), not between
+  batches of one model's answers; with shadows of varied recipes, each trained on its own draw
+  from the generator, the suspect is exchangeable with them under "trained on G_d data" and
+  the test has level alpha up to the normal approximation.
+
+* ``contrast`` (accuracy variant; needs reference sets: the other candidate sources' validation
+  sets and/or real data the owner supplies): one value per model,
+  ``c(f) = logit acc_f(V_d) - logit acc_f(V_ref)`` (log-odds smoothed by ``(k + 1/2)/(n + 1)``;
+  ``V_ref`` the reference sets pooled), tested like ``model_level``: the suspect's ``c`` against
+  the shadows' ``c`` values, ``T = (mean_ref - c_s) / (sd_ref * sqrt(1 + 1/m)) > t_{1-alpha, m-1}``
+  -> "not G_d". *Null*: the suspect was trained on G_d data, i.e. it is one more draw of the
+  (recipe, training draw) distribution the shadow pool samples; given the fixed validation and
+  reference sets its ``c`` and the shadows' are then i.i.d., so ``T ~ t_{m-1}`` (exactly, for
+  normal ``c``) and the test has level alpha. *Why the contrast*: raw accuracy on G_d samples
+  confounds "trained on G_d" with "how well trained" (an under-trained true suspect scores below
+  well-trained suspects of other sources). If ``logit acc_X(f) = a_X + q_f + e`` with ``q_f``
+  the model's overall skill, ``c(f) = a_d - a_ref + (e_d - e_ref)`` and ``q_f`` cancels, so the
+  pool need not match the suspects' training budgets. Under the alternative (trained on another
+  source) the suspect's advantage on G_d relative to the reference is smaller: a low outlier.
+  The reference sets need no shadows of their own (the null only concerns G_d-trained models).
+  A suspect no better than chance on ``V_d`` (one-sided binomial test at alpha) has no skill to
+  contrast and is judged "not G_d" (mode ``prediction_interval+chance``); under the null this
+  adds the probability that a G_d-trained model is at chance on G_d samples, nil in practice.
+
+The verdict follows ``decision`` ("calibrated" by default: on the digits benchmark the pooled
+test keeps false "not G_d" verdicts nearest alpha; the model-level and contrast tests' calibration
+depends on how well the shadow pool's recipes cover the suspects': under-training lowers a
+model's accuracy on its own source far more than on others, so the contrast does not cancel it
+at the accuracy ceiling; see the README's figures).
 
 :func:`attribute` runs the test against several candidate sources and names the one that
 explains the suspect best (smallest statistic among the sources it is consistent with).
@@ -22,15 +55,23 @@ explains the suspect best (smallest statistic among the sources it is consistent
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy import stats as _st
 
 from appliance.audits.errors import AuditInputError, AuditParameterError
-from appliance.audits.provenance.grubbs import Direction, GrubbsMode, GrubbsResult, grubbs_outlier
+from appliance.audits.provenance.grubbs import (
+    Direction,
+    GrubbsMode,
+    GrubbsResult,
+    grubbs_outlier,
+    prediction_interval_outlier,
+)
 from appliance.audits.registry import AuditMethod, AuditResult, LogFn, ProgressFn, register_method
 from appliance.audits.suspects import CountedQuery
 
@@ -38,9 +79,45 @@ VERDICT_NOT_FROM_GENERATOR = "not_trained_on_generator_data"
 VERDICT_CONSISTENT = "consistent_with_generator_data"
 VERDICT_NO_SOURCE = "no_candidate_explains_the_suspect"
 Variant = Literal["accuracy", "entropy", "similarity"]
-Decision = Literal["calibrated", "paper"]
+Decision = Literal["contrast", "model_level", "calibrated", "paper"]
+DECISIONS = ("contrast", "model_level", "calibrated", "paper")
 ProbaFn = Callable[[np.ndarray], np.ndarray]
 _DIRECTION: dict[str, Direction] = {"accuracy": "low", "entropy": "high", "similarity": "low"}
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Labelled samples of a reference source for the contrast test: another candidate
+    generator's validation set, or real data the owner supplies."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def of(cls, evidence: ProvenanceEvidence) -> ReferenceSet:
+        """A source's validation set as a reference for the other sources."""
+        return cls(evidence.name, evidence.val_x, evidence.val_y)
+
+    def check(self) -> None:
+        """Refuse an empty, ragged or non-finite reference with :class:`AuditInputError`."""
+        if len(self.x) == 0 or len(self.x) != len(self.y):
+            raise AuditInputError(f"reference {self.name!r}: samples and labels are empty or differ in length")
+        if not np.isfinite(self.x).all():
+            raise AuditInputError(f"reference {self.name!r}: samples contain NaN or infinity")
+
+
+def smoothed_logit(correct: int, total: int) -> float:
+    """``logit((correct + 1/2) / (total + 1))``: the log-odds of an accuracy, finite at 0 and 1."""
+    p = (correct + 0.5) / (total + 1.0)
+    return float(np.log(p / (1.0 - p)))
+
+
+def contrast_value(correct_owner: np.ndarray, correct_reference: np.ndarray) -> float:
+    """The contrast statistic of one model: log-odds of its accuracy on the owner's validation set
+    minus log-odds of its accuracy on the reference samples (pooled)."""
+    return smoothed_logit(int(np.sum(correct_owner)), len(correct_owner)) - \
+        smoothed_logit(int(np.sum(correct_reference)), len(correct_reference))
 
 
 @dataclass
@@ -57,6 +134,21 @@ class ProvenanceEvidence:
     batches: list[np.ndarray]
     shadows: list[ProbaFn]
     shadow_info: list[dict[str, Any]] = field(default_factory=list)
+    _probs: list[np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+    _ref_correct: dict[str, list[np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def shadow_probabilities(self) -> list[np.ndarray]:
+        """Each shadow's probabilities on ``val_x``, computed once (every suspect reuses them)."""
+        if self._probs is None:
+            self._probs = [np.asarray(fn(self.val_x), dtype=np.float64) for fn in self.shadows]
+        return self._probs
+
+    def shadow_correct_on(self, reference: ReferenceSet) -> list[np.ndarray]:
+        """Each shadow's per-sample correctness on a reference set, computed once per name."""
+        if reference.name not in self._ref_correct:
+            self._ref_correct[reference.name] = [
+                np.asarray(fn(reference.x)).argmax(axis=1) == reference.y for fn in self.shadows]
+        return self._ref_correct[reference.name]
 
     def check(self) -> None:
         """Refuse inconsistent evidence with :class:`AuditInputError`."""
@@ -101,10 +193,20 @@ class SourceTest:
     calibrated: GrubbsResult
     decision: str
     shadow_batch_values: list[list[float]]
+    model_level: GrubbsResult | None = None
+    shadow_model_values: list[float] = field(default_factory=list)
+    contrast: GrubbsResult | None = None
+    shadow_contrast_values: list[float] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    suspect_reference_accuracy: float | None = None
 
     @property
     def chosen(self) -> GrubbsResult:
-        """The Grubbs result the verdict follows."""
+        """The result the verdict follows."""
+        if self.decision == "contrast" and self.contrast is not None:
+            return self.contrast
+        if self.decision == "model_level" and self.model_level is not None:
+            return self.model_level
         return self.paper if self.decision == "paper" and self.paper is not None else self.calibrated
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +217,11 @@ class SourceTest:
             "n": self.chosen.n, "p_value": self.chosen.p_value, "outlier": self.chosen.outlier,
             "paper": self.paper.to_dict() if self.paper else None,
             "calibrated": self.calibrated.to_dict(),
+            "model_level": self.model_level.to_dict() if self.model_level else None,
+            "shadow_model_values": self.shadow_model_values,
+            "contrast": self.contrast.to_dict() if self.contrast else None,
+            "shadow_contrast_values": self.shadow_contrast_values, "references": self.references,
+            "suspect_reference_accuracy": self.suspect_reference_accuracy,
             "shadow_batch_values": self.shadow_batch_values,
         }
 
@@ -127,19 +234,30 @@ def evaluate_source(
     alpha: float,
     decision: Decision = "calibrated",
     mode: GrubbsMode = "table",
+    references: Sequence[ReferenceSet] = (),
+    reference_answers: Sequence[np.ndarray] = (),
 ) -> SourceTest:
-    """Grubbs-test the suspect's answers on ``evidence.val_x`` against the shadows' batches.
+    """Test the suspect's answers on ``evidence.val_x`` against the shadows' batches (Grubbs),
+    against the shadow models (prediction interval) and, given reference sets and the suspect's
+    answers on them, the contrast test (accuracy variant; see the module).
 
     ``suspect_answers`` are labels ``[n]`` (accuracy only) or probabilities ``[n, C]``.
+    ``decision="model_level"`` needs at least two reference models (three shadows for the
+    similarity variant, whose first shadow is the anchor); ``"contrast"`` needs the accuracy
+    variant, at least two shadows and at least one reference set.
     """
     evidence.check()
+    if decision not in DECISIONS:
+        raise AuditParameterError(f"decision must be one of {list(DECISIONS)}, got {decision!r}")
+    if len(references) != len(reference_answers):
+        raise AuditInputError("one set of suspect answers is needed per reference set")
     if variant not in _DIRECTION:
         raise AuditParameterError(f"variant must be one of {sorted(_DIRECTION)}, got {variant!r}")
     if variant != "accuracy" and suspect_answers.ndim != 2:
         raise AuditInputError(f"the {variant} variant needs the suspect's probabilities, not labels")
     if variant == "similarity" and len(evidence.shadows) < 2:
         raise AuditParameterError("the similarity variant needs at least two shadows")
-    shadow_probs = [np.asarray(fn(evidence.val_x), dtype=np.float64) for fn in evidence.shadows]
+    shadow_probs = evidence.shadow_probabilities()
     anchor = shadow_probs[0] if variant == "similarity" else None
     per_model = shadow_probs[1:] if variant == "similarity" else shadow_probs
     batch_values = [
@@ -156,8 +274,57 @@ def evaluate_source(
         batch_values[0], suspect_value, direction=direction, alpha=alpha, mode=mode)
     pooled = [v for values in batch_values for v in values]
     calibrated = grubbs_outlier(pooled, suspect_value, direction=direction, alpha=alpha, mode=mode)
-    return SourceTest(evidence.name, variant, suspect_value, paper, calibrated,
-                      decision if variant != "similarity" else "calibrated", batch_values)
+    model_values = [
+        float(_per_sample(variant, p, evidence.val_y, anchor).mean()) for p in per_model
+    ]
+    model_level = prediction_interval_outlier(model_values, suspect_value, direction=direction, alpha=alpha) \
+        if len(model_values) >= 2 else None
+    if decision == "model_level" and model_level is None:
+        raise AuditParameterError(f"the model-level test needs at least two reference shadow models; source "
+                                  f"{evidence.name!r} has {len(model_values)} for the {variant} variant")
+    if decision == "paper" and variant == "similarity":
+        decision = "calibrated"
+    contrast, contrast_values, ref_acc = None, [], None
+    if variant == "accuracy" and references and len(evidence.shadows) >= 2:
+        for ref in references:
+            ref.check()
+        suspect_own = _correct(suspect_answers, evidence.val_y)
+        suspect_ref = np.concatenate([_correct(a, r.y) for r, a in zip(references, reference_answers, strict=True)])
+        ref_acc = float(suspect_ref.mean())
+        shadow_ref = [np.concatenate(parts) for parts in
+                      zip(*(evidence.shadow_correct_on(r) for r in references), strict=True)]
+        contrast_values = [contrast_value(p.argmax(axis=1) == evidence.val_y, r)
+                           for p, r in zip(shadow_probs, shadow_ref, strict=True)]
+        contrast = prediction_interval_outlier(contrast_values, contrast_value(suspect_own, suspect_ref),
+                                               direction="low", alpha=alpha)
+        chance_p = above_chance_p_value(suspect_own, evidence.val_y)
+        if chance_p >= alpha and not contrast.outlier:  # no skill on G_d samples: nothing to contrast
+            contrast = dataclasses.replace(contrast, outlier=True, mode="prediction_interval+chance")
+    if decision == "contrast" and contrast is None:
+        raise AuditParameterError(
+            "the contrast test needs the accuracy variant, at least two shadows and at least one reference "
+            f"set (another candidate generator or registered real data); source {evidence.name!r} has "
+            f"{len(evidence.shadows)} shadow(s) and {len(references)} reference set(s)")
+    return SourceTest(evidence.name, variant, suspect_value, paper, calibrated, decision, batch_values,
+                      model_level, model_values, contrast, contrast_values, [r.name for r in references], ref_acc)
+
+
+def above_chance_p_value(correct: np.ndarray, labels: np.ndarray) -> float:
+    """One-sided binomial p-value of "accuracy above chance (1 / number of classes)"."""
+    classes = max(2, len(np.unique(labels)))
+    return float(_st.binomtest(int(np.sum(correct)), len(correct), 1.0 / classes,
+                               alternative="greater").pvalue)
+
+
+def _correct(answers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample correctness of labels ``[n]`` or probabilities ``[n, C]``."""
+    a = np.asarray(answers)
+    if a.ndim == 2:
+        a = a.argmax(axis=1)
+    if a.shape != labels.shape:
+        raise AuditInputError(f"the suspect answered {a.shape[0] if a.ndim else 0} labels for "
+                              f"{len(labels)} samples")
+    return np.asarray(a == labels)
 
 
 def query_suspect(suspect: CountedQuery, x: np.ndarray) -> np.ndarray:
@@ -174,6 +341,8 @@ class ProvenanceInputs:
     suspect: Callable[[np.ndarray], Any]
     suspect_kind: Literal["label", "proba"] = "label"
     query_budget: int | None = None
+    #: reference sets beside the sources' own validation sets (real data the owner supplies)
+    references: list[ReferenceSet] = field(default_factory=list)
 
 
 class TrainProVe(AuditMethod):
@@ -204,18 +373,31 @@ class TrainProVe(AuditMethod):
         alpha = float(p["alpha"])
         if not 0.0 < alpha < 0.5:
             raise AuditParameterError(f"alpha must lie in (0, 0.5), got {alpha}")
-        if p["decision"] not in ("calibrated", "paper"):
-            raise AuditParameterError("decision must be 'calibrated' or 'paper'")
+        if p["decision"] not in DECISIONS:
+            raise AuditParameterError(f"decision must be one of {list(DECISIONS)}")
         if p["variant"] != "accuracy" and inputs.suspect_kind != "proba":
             raise AuditParameterError(f"the {p['variant']} variant needs a suspect that returns probabilities")
         suspect = CountedQuery(inputs.suspect, kind=inputs.suspect_kind, budget=inputs.query_budget)
         started = time.perf_counter()
         tests: list[SourceTest] = []
-        for i, source in enumerate(inputs.sources):
+        for source in inputs.sources:
             source.check()
-            answers = query_suspect(suspect, source.val_x)
-            tests.append(evaluate_source(source, answers, variant=p["variant"], alpha=alpha,
-                                     decision=p["decision"], mode=p["grubbs_mode"]))
+        for ref in inputs.references:
+            ref.check()
+        names = [s.name for s in inputs.sources] + [r.name for r in inputs.references]
+        if len(set(names)) != len(names):
+            raise AuditInputError(f"source and reference names must be distinct, got {names}")
+        answers = {s.name: query_suspect(suspect, s.val_x) for s in inputs.sources}
+        use_refs = p["variant"] == "accuracy"
+        ref_answers = {r.name: query_suspect(suspect, r.x) for r in inputs.references} if use_refs else {}
+        for i, source in enumerate(inputs.sources):
+            # the contrast's reference: the other candidate sources' validation sets and the real data
+            refs = [ReferenceSet.of(o) for o in inputs.sources if o is not source] + list(inputs.references)
+            refs = refs if use_refs else []
+            tests.append(evaluate_source(
+                source, answers[source.name], variant=p["variant"], alpha=alpha, decision=p["decision"],
+                mode=p["grubbs_mode"], references=refs,
+                reference_answers=[answers[r.name] if r.name in answers else ref_answers[r.name] for r in refs]))
             if log:
                 t = tests[-1]
                 log(f"{source.name}: suspect {t.variant} {t.suspect_value:.4f}, G = {t.chosen.statistic:.3f}"
@@ -248,12 +430,19 @@ class TrainProVe(AuditMethod):
 
 
 def attribute(sources: Sequence[ProvenanceEvidence], suspect_answers: Sequence[np.ndarray], *,
-              alpha: float = 0.05, variant: Variant = "accuracy",
-              mode: GrubbsMode = "table") -> tuple[str, list[SourceTest]]:
-    """Best source for a suspect already queried on each source's validation set (benchmark
-    helper): the smallest calibrated statistic; ``VERDICT_NO_SOURCE`` when every test rejects."""
-    tests = [evaluate_source(s, a, variant=variant, alpha=alpha, mode=mode)
-             for s, a in zip(sources, suspect_answers, strict=True)]
+              alpha: float = 0.05, variant: Variant = "accuracy", decision: Decision = "calibrated",
+              mode: GrubbsMode = "table", references: Sequence[ReferenceSet] = (),
+              reference_answers: Sequence[np.ndarray] = ()) -> tuple[str, list[SourceTest]]:
+    """Best source for a suspect already queried on each source's validation set (and on the
+    extra ``references``) (benchmark helper): the smallest statistic of ``decision``'s test;
+    ``VERDICT_NO_SOURCE`` when every test rejects. Each source's contrast reference is the other
+    sources' validation sets plus ``references``."""
+    tests = []
+    for s, a in zip(sources, suspect_answers, strict=True):
+        others = [(ReferenceSet.of(o), b) for o, b in zip(sources, suspect_answers, strict=True) if o is not s]
+        pairs = others + list(zip(references, reference_answers, strict=True))
+        tests.append(evaluate_source(s, a, variant=variant, alpha=alpha, decision=decision, mode=mode,
+                                     references=[r for r, _ in pairs], reference_answers=[b for _, b in pairs]))
     best = min(tests, key=lambda t: t.chosen.statistic)
     return (best.source if not best.chosen.outlier else VERDICT_NO_SOURCE), tests
 
@@ -266,8 +455,11 @@ __all__ = [
     "VERDICT_NO_SOURCE",
     "ProvenanceEvidence",
     "ProvenanceInputs",
+    "ReferenceSet",
     "SourceTest",
     "TrainProVe",
     "attribute",
+    "contrast_value",
     "evaluate_source",
+    "smoothed_logit",
 ]

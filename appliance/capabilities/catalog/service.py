@@ -27,7 +27,7 @@ from models.datasets import load_npz_dataset
 from models.engine import load_model
 from models.errors import DatasetError, LimitExceeded, ModelError, ModelFormatError
 from models.formats import extract_transformers_tar, sniff_and_validate, validate_safetensors_header
-from models.generators import generator_config
+from models.generators import generator_config, safetensors_generator_config
 from models.manifest import build_manifest
 from models.textdata import looks_like_jsonl, parse_jsonl, summarize
 
@@ -135,7 +135,8 @@ def register_model(
     try:
         if declared_format == "transformers" or safe_name.endswith((".tar", ".tar.gz", ".tgz")):
             if kind == "generator":
-                raise ValidationFailed("generators are registered as ONNX graphs (noise, class) -> samples")
+                raise ValidationFailed("generators are registered as ONNX graphs or safetensors "
+                                       "with a generator architecture: (noise, class) -> samples")
             fmt = "transformers"
             model_dir = transformers_dir(store, digest)
             kind = kind or _infer_transformers_kind(model_dir)
@@ -156,15 +157,16 @@ def register_model(
             if fmt == "onnx" and isinstance((config or {}).get("kind"), str):
                 kind = kind or str((config or {})["kind"])
             kind = kind or "classifier"
-            if kind == "generator" and fmt != "onnx":
-                raise ValidationFailed("generators are registered as ONNX graphs (noise, class) -> samples")
             if fmt == "safetensors":
                 if not architecture:
                     raise ValidationFailed(
                         "safetensors uploads need 'architecture' and 'config'",
                         hint="list architectures with GET /v1/architectures",
                     )
-                _check_safetensors_loads(blob_path, architecture, config or {})
+                if kind == "generator":  # (noise, class) -> samples, probed on every class
+                    config = safetensors_generator_config(blob_path, architecture, config)
+                else:
+                    _check_safetensors_loads(blob_path, architecture, config or {})
             elif architecture:
                 raise ValidationFailed("'architecture' only applies to safetensors uploads")
             elif kind == "generator":

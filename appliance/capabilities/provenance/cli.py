@@ -42,11 +42,13 @@ def group() -> click.Group:
     @click.option("--generator", "generators", multiple=True, required=True,
                   help="generator model id (repeat for attribution)")
     @click.option("--suspect", required=True, help="suspect model id")
+    @click.option("--reference", "references", multiple=True,
+                  help="registered labelled dataset of real samples: a reference of the contrast test (repeatable)")
     @click.option("--param", "extra", multiple=True, help="key=value (JSON value), e.g. n_shadow=100")
     @click.option("--wait/--no-wait", default=True)
     @_options
-    def audit(generators: tuple[str, ...], suspect: str, extra: tuple[str, ...], wait: bool,
-              url: str, token: str) -> None:
+    def audit(generators: tuple[str, ...], suspect: str, references: tuple[str, ...], extra: tuple[str, ...],
+              wait: bool, url: str, token: str) -> None:
         """Start a provenance audit; with --wait print the verdict and the report id."""
         from appliance.client import Client
 
@@ -59,6 +61,8 @@ def group() -> click.Group:
                 params[key] = json.loads(value)
             except json.JSONDecodeError:
                 params[key] = value
+        if references:
+            params["reference_dataset_ids"] = list(references)
         with Client(url, token=token) as client:
             job = client.provenance.audit(generator_ids=list(generators), suspect_model_id=suspect, **params)
             if not wait:
@@ -71,7 +75,8 @@ def group() -> click.Group:
         body = report["report"]
         stats = body.get("statistics", {})
         click.echo(json.dumps({"job": job.id, "report": job.report_id, "verdict": body.get("verdict"),
-                               "G": stats.get("G"), "G_crit": stats.get("G_crit"), "n": stats.get("n"),
+                               "decision": stats.get("decision"), "G": stats.get("G"),
+                               "G_crit": stats.get("G_crit"), "n": stats.get("n"),
                                "best_source": stats.get("best_source"), "queries": stats.get("queries")},
                               indent=1))
 
@@ -80,9 +85,10 @@ def group() -> click.Group:
     def demo_data(out: str) -> None:
         """Write a reference generator (per-class PCA on a quarter of digits, ONNX) and two
         suspects (safetensors MLPs, 64 -> 64 -> 10): one trained on its samples, one on real
-        digits it never saw."""
+        digits it never saw; and the owner's real digits (a labelled .npz) as a contrast reference."""
         from pathlib import Path
 
+        import numpy as np
         import torch
         from safetensors.torch import save_file
 
@@ -103,7 +109,10 @@ def group() -> click.Group:
                                  num_classes=10)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                       str(folder / f"{name}.safetensors"))
+        # the owner's real data (the quarter the generator was fitted on): a contrast reference
+        np.savez(folder / "owner-real.npz", x=parts[0][0].astype(np.float32), y=parts[0][1].astype(np.int64))
         click.echo(f"wrote {folder}/generator.onnx, suspect-own.safetensors, suspect-real.safetensors "
-                   "(architecture mlp, config {\"in_features\": 64, \"hidden\": 64, \"num_classes\": 10})")
+                   "(architecture mlp, config {\"in_features\": 64, \"hidden\": 64, \"num_classes\": 10}), "
+                   "owner-real.npz (x [n, 1, 8, 8], y)")
 
     return provenance

@@ -13,7 +13,7 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
-from appliance.capabilities.catalog.service import model_input
+from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
 from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.errors import JobFailed, UnprocessableInput
 
@@ -33,6 +33,15 @@ def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> di
         inputs["generators"].append(model_input(row))
     if params.generator_endpoint is not None:
         check_endpoint_url(params.generator_endpoint.url)
+    for role, ids in (("references", params.reference_dataset_ids), ("candidates", params.candidate_dataset_ids)):
+        inputs[role] = []
+        for dataset_id in ids or []:
+            row = store.get_owned("datasets", tenant, dataset_id, "dataset")
+            dataset = dataset_input(row)
+            if dataset["format"] != "npz" or not dataset["has_labels"]:
+                raise UnprocessableInput(f"dataset {dataset_id} must be a labelled .npz dataset (x, y)",
+                                         hint="register real samples of the generator's shape with integer labels")
+            inputs[role].append(dataset)
     if params.suspect_model_id:
         row = store.get_owned("models", tenant, params.suspect_model_id, "model")
         if row["kind"] != "classifier":
@@ -62,13 +71,38 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
     return (lambda x: np.argmax(model.predict(x), axis=1)), None, model_digests(inputs["suspect"])
 
 
+def _real_data(ctx: JobContext, d: dict[str, Any], shape: tuple[int, ...],
+               num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A registered real dataset's ``(x, y)``; a failed job with the reason when its sample shape
+    is not the generator's, a label lies outside its classes or a sample is not finite."""
+    data = read_dataset(ctx.settings, ctx.blob_path(d["sha256"]), require_labels=True)
+    x = np.asarray(data.x, dtype=np.float32)
+    y = np.asarray(data.y)
+    if tuple(x.shape[1:]) != shape:
+        raise JobFailed(f"dataset {d['id']} holds samples of shape {tuple(x.shape[1:])}; the generator's are {shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+        raise JobFailed(f"dataset {d['id']}: labels must be integers in [0, {num_classes})")
+    if not np.isfinite(x).all():
+        raise JobFailed(f"dataset {d['id']} contains NaN or infinite samples")
+    return x, y.astype(np.int64)
+
+
+def _references(ctx: JobContext, datasets: list[dict[str, Any]], built: list[Any]) -> list[Any]:
+    """The reference datasets as :class:`ReferenceSet` (checked by :func:`_real_data`)."""
+    from appliance.audits.provenance.trainprove import ReferenceSet
+
+    shape = tuple(built[0].evidence.val_x.shape[1:])
+    num_classes = int(built[0].evidence.val_y.max()) + 1
+    return [ReferenceSet(f"dataset:{d['id']}", *_real_data(ctx, d, shape, num_classes)) for d in datasets]
+
+
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
     from appliance.audits.errors import AuditError
     from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
     from appliance.capabilities.catalog.jobs import model_digests
-    from appliance.capabilities.provenance.service import RemoteGenerator, build_evidence
+    from appliance.capabilities.provenance.service import RemoteGenerator, build_dataset_evidence, build_evidence
     from models.errors import ModelError
-    from models.generators import OnnxGenerator
+    from models.generators import registered_generator
 
     started = time.perf_counter()
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
@@ -81,8 +115,9 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
         try:
             for i, gen in enumerate(inputs["generators"]):
                 config = gen.get("config") or {}
-                loaded = OnnxGenerator.from_path(ctx.blob_path(gen["blob"]), num_classes=int(config["num_classes"]))
-                name = gen["name"] if len(inputs["generators"]) > 1 else "generator"
+                loaded = registered_generator(ctx.blob_path(gen["blob"]), gen["format"], gen.get("architecture"),
+                                              config)
+                name = gen["name"] if params.sources > 1 else "generator"
                 built.append(build_evidence(name, loaded, gen["blob"],
                                             num_classes=int(config["num_classes"]), params=params,
                                             cache_root=cache_root, log=ctx.log))
@@ -97,6 +132,13 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                                             cache_root=cache_root, log=ctx.log))
                 generator_digests.append({"endpoint": params.generator_endpoint.url,
                                           "samples_drawn": remote.samples})
+            shape, num_classes = tuple(built[0].evidence.val_x.shape[1:]), int(built[0].evidence.val_y.max()) + 1
+            for d in inputs["candidates"]:
+                x, y = _real_data(ctx, d, shape, num_classes)
+                built.append(build_dataset_evidence(f"dataset:{d['id']}", x, y, d["sha256"], num_classes=num_classes,
+                                                    params=params, cache_root=cache_root, log=ctx.log))
+                generator_digests.append({"dataset": d["id"], "sha256": d["sha256"], "n": d["n"]})
+            references = _references(ctx, inputs["references"], built)
             for b in built:
                 for key, value in b.timings.items():
                     timings[key] += value
@@ -107,7 +149,7 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
             try:
                 result = TrainProVe().run(
                     ProvenanceInputs([b.evidence for b in built], suspect, suspect_kind=params.suspect_output,
-                                     query_budget=budget),
+                                     query_budget=budget, references=references),
                     params={"alpha": params.alpha, "variant": params.variant, "decision": params.decision,
                             "grubbs_mode": params.grubbs_mode},
                     seed=params.seed, log=ctx.log)
@@ -128,7 +170,9 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
     return JobOutcome(
         method="provenance/trainprove", version=f"{VERSION}+{result.version}",
         parameters={**params.model_dump(mode="json"), "effective": result.parameters},
-        inputs={"generators": generator_digests, "suspect": suspect_digest},
+        inputs={"generators": generator_digests, "suspect": suspect_digest,
+                "reference_datasets": [{"id": d["id"], "sha256": d["sha256"], "n": d["n"]}
+                                       for d in inputs["references"]]},
         statistics=statistics, p_value=float(result.p_value), verdict=result.verdict,
         alpha=float(result.alpha), seed=params.seed, device="cpu", timings=timings,
     )

@@ -6,8 +6,9 @@ from typing import Any
 
 
 def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    """One histogram per source (pooled shadow batch values, the suspect as a line); a bar
-    chart of G per source against G_crit when there are several sources."""
+    """Per source: a histogram of the shadows' per-batch values, each shadow model's value on
+    the whole validation set as a tick, the suspect as a line; a bar chart of the deciding
+    statistic per source against its critical value when there are several sources."""
     from matplotlib.figure import Figure
 
     sources = report.get("statistics", {}).get("sources", [])
@@ -15,19 +16,34 @@ def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
     for source in sources:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
-        for i, values in enumerate(source.get("shadow_batch_values", [])):
-            ax.hist(values, bins=12, alpha=0.5, label=f"shadow {i} (per batch)")
-        ax.axvline(source["suspect_value"], color="red", linewidth=2, label="suspect")
-        ax.set_xlabel(source.get("variant", "statistic"))
-        ax.set_title(f"{source['source']}: G = {source['G']:.2f}, G_crit = {source['G_crit']:.2f}")
+        contrast = source.get("contrast") if source.get("decision") == "contrast" else None
+        if contrast:  # the deciding values: one log-odds contrast per shadow model
+            batches: list[float] = []
+            models = source.get("shadow_contrast_values") or []
+            ax.hist(models, bins=12, alpha=0.45, color="grey", label="shadow models")
+            marked, label = contrast["tested"], "log-odds accuracy, generator minus reference"
+        else:
+            batches = [v for values in source.get("shadow_batch_values", []) for v in values]
+            models = source.get("shadow_model_values") or []
+            marked, label = source["suspect_value"], source.get("variant", "statistic")
+        if batches:
+            ax.hist(batches, bins=20, alpha=0.45, color="grey", density=True, label="shadows, per batch")
+        if models:
+            top = ax.get_ylim()[1]
+            ax.plot(models, [0.03 * top] * len(models), "|", color="navy", markersize=14,
+                    label="shadow models (whole set)")
+        ax.axvline(marked, color="red", linewidth=2, label="suspect")
+        ax.set_xlabel(label)
+        ax.set_title(f"{source['source']} ({source.get('decision', '')}): statistic {source['G']:.2f}, "
+                     f"critical {source['G_crit']:.2f}", fontsize=9)
         ax.legend(fontsize=7)
         figures.append((f"Shadow distribution, {source['source']}", fig))
     if len(sources) > 1:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
         ax.bar([s["source"] for s in sources], [s["G"] for s in sources])
-        ax.axhline(sources[0]["G_crit"], color="red", linestyle="--", label="G_crit")
-        ax.set_ylabel("Grubbs G (lower = more consistent)")
+        ax.axhline(sources[0]["G_crit"], color="red", linestyle="--", label="critical value")
+        ax.set_ylabel("test statistic (lower = more consistent)")
         ax.legend()
         figures.append(("Source attribution", fig))
     return figures

@@ -24,7 +24,7 @@ from appliance.audits.errors import AuditInputError, RemoteEndpointError
 from appliance.audits.provenance.trainprove import ProvenanceEvidence
 from appliance.capabilities.provenance.schemas import GeneratorEndpoint, ProvenanceParams
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 LogFn = Callable[[str], None]
 
 
@@ -97,22 +97,23 @@ class RemoteGenerator:
         return outputs
 
 
-def shadow_specs(params: ProvenanceParams) -> list[Any]:
-    """The shadows the audit trains: MLP / small CNN alternating, seeds from the audit seed."""
-    from dataclasses import replace
+def shadow_specs(params: ProvenanceParams, num_classes: int) -> list[Any]:
+    """The shadows the audit trains: the paper's MLP on the shadow set, then varied recipes
+    (small CNN / MLP, width, learning rate, weight decay, epochs), each on its own draw from the
+    generator (:func:`models.provenance.shadow_pool_specs`), all from the audit seed."""
+    from models.provenance import shadow_pool_specs
 
-    from models.provenance import default_shadow_specs
+    return shadow_pool_specs(params.shadows, seed=params.seed, epochs=params.shadow_epochs,
+                             train_size=params.n_shadow * num_classes)
 
-    return [replace(s, epochs=params.shadow_epochs) for s in default_shadow_specs(params.shadows, seed=params.seed)]
 
-
-def cache_key(generator_digest: str, params: ProvenanceParams) -> str:
+def cache_key(generator_digest: str, params: ProvenanceParams, num_classes: int) -> str:
     """sha256 over the generator's digest and everything that decides the samples and shadows."""
     recipe = {
         "v": CACHE_VERSION, "generator": generator_digest, "seed": params.seed,
         "n_shadow": params.n_shadow, "n_val": params.n_val, "batches": params.batches,
         "t_shadow": params.t_shadow, "t_val": params.t_val,
-        "shadows": [s.to_dict() for s in shadow_specs(params)],
+        "num_classes": num_classes, "shadows": [s.to_dict() for s in shadow_specs(params, num_classes)],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
@@ -172,10 +173,10 @@ def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: l
 def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, params: ProvenanceParams,
                    cache_root: Path | None, log: LogFn) -> BuiltEvidence:
     """Sample, train (or reuse) the shadows for one generator and wrap them as evidence."""
-    from models.provenance import draw_sets, shadow_proba, train_shadows
+    from models.provenance import draw_sets, shadow_proba, train_shadow_pool
 
-    specs = shadow_specs(params)
-    key = cache_key(digest, params)
+    specs = shadow_specs(params, num_classes)
+    key = cache_key(digest, params, num_classes)
     folder = cache_root / key if cache_root is not None else None
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
     cached = _load_cached(folder, specs, num_classes) if folder is not None and params.use_cache else None
@@ -191,7 +192,8 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
         log(f"{name}: sampled {len(sets.shadow_y)} shadow and {len(sets.val_y)} validation samples "
             f"of shape {tuple(sets.val_x.shape[1:])}; training {len(specs)} shadow(s)")
         t0 = time.perf_counter()
-        models = train_shadows(sets.shadow_x, sets.shadow_y, specs, num_classes=num_classes)
+        models = train_shadow_pool(generator, sets, specs, num_classes=num_classes, seed=params.seed,
+                                   t_shadow=params.t_shadow)
         timings["shadow_training_seconds"] = time.perf_counter() - t0
         val_x, val_y, batches = sets.val_x, sets.val_y, sets.batches
         status = "trained"
@@ -207,4 +209,45 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
     return BuiltEvidence(evidence, provenance, timings)
 
 
-__all__ = ["BuiltEvidence", "RemoteGenerator", "build_evidence", "cache_key", "shadow_specs"]
+def build_dataset_evidence(name: str, x: np.ndarray, y: np.ndarray, digest: str, *, num_classes: int,
+                           params: ProvenanceParams, cache_root: Path | None, log: LogFn) -> BuiltEvidence:
+    """Real labelled data as a candidate source: half of each class is the validation set, the
+    other half trains the shadow pool (pool shadows on bootstrap resamples of it); cached like a
+    generator's shadows, keyed by the dataset's digest."""
+    from models.provenance import shadow_pool_specs, shadow_proba, split_real_data, train_shadow_pool_on_data
+
+    t0 = time.perf_counter()
+    try:
+        sets = split_real_data(x, y, batches=params.batches, seed=params.seed)
+    except ValueError as exc:
+        raise AuditInputError(f"candidate dataset {name}: {exc}") from None
+    specs = shadow_pool_specs(params.shadows, seed=params.seed, epochs=params.shadow_epochs,
+                              train_size=len(sets.shadow_y))
+    recipe = {"v": CACHE_VERSION, "dataset": digest, "seed": params.seed, "batches": params.batches,
+              "num_classes": num_classes, "shadows": [s.to_dict() for s in specs]}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    folder = cache_root / key if cache_root is not None else None
+    timings = {"sampling_seconds": time.perf_counter() - t0, "shadow_training_seconds": 0.0}
+    cached = _load_cached(folder, specs, num_classes) if folder is not None and params.use_cache else None
+    if cached is not None:
+        (val_x, val_y, batches), models = cached
+        status = "reused"
+    else:
+        log(f"{name}: {len(sets.shadow_y)} real shadow and {len(sets.val_y)} validation samples; "
+            f"training {len(specs)} shadow(s)")
+        t0 = time.perf_counter()
+        models = train_shadow_pool_on_data(sets, specs, num_classes=num_classes, seed=params.seed)
+        timings["shadow_training_seconds"] = time.perf_counter() - t0
+        val_x, val_y, batches = sets.val_x, sets.val_y, sets.batches
+        status = "trained"
+        if folder is not None and params.use_cache:
+            _store_cached(folder, val_x, val_y, batches, models, {"dataset": digest, "name": name})
+    provenance = {"status": status, "cache_key": key, "dataset_digest": digest,
+                  "shadows": [s.to_dict() for s in specs], "n_shadow": int(len(sets.shadow_y)),
+                  "n_val": int(len(val_y)), "batches": params.batches, "sample_shape": list(val_x.shape[1:])}
+    evidence = ProvenanceEvidence(name, val_x, val_y, list(batches), [shadow_proba(m) for m in models],
+                                  [s.to_dict() for s in specs])
+    return BuiltEvidence(evidence, provenance, timings)
+
+
+__all__ = ["BuiltEvidence", "build_dataset_evidence", "RemoteGenerator", "build_evidence", "cache_key", "shadow_specs"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.audits.provenance.grubbs import grubbs_critical, grubbs_outlier, grubbs_p_value
+from appliance.audits.provenance.grubbs import (
+    grubbs_critical,
+    grubbs_outlier,
+    grubbs_p_value,
+    prediction_interval_outlier,
+)
 
 
 @pytest.mark.parametrize(("n", "expected"), [(20, 2.708), (32, 2.938), (40, 3.036)])
@@ -56,3 +61,25 @@ def test_degenerate_and_bad_inputs() -> None:
         grubbs_outlier([1.0, float("nan")], 0.5, direction="low")
     with pytest.raises(ValueError):
         grubbs_outlier([1.0, 2.0], 0.5, direction="sideways")  # type: ignore[arg-type]
+
+
+def test_prediction_interval_test_is_level_alpha_and_agrees_with_designated_grubbs() -> None:
+    rng = np.random.default_rng(2)
+    m = 11  # e.g. eleven shadow models, one value each
+    samples = rng.standard_normal((20000, m + 1))
+    ref, x = samples[:, :-1], samples[:, -1]
+    t = (ref.mean(axis=1) - x) / (ref.std(axis=1, ddof=1) * np.sqrt(1 + 1 / m))
+    crit = prediction_interval_outlier(ref[0], x[0], direction="low").critical
+    assert crit == pytest.approx(1.812, abs=5e-4)  # t_{0.95, 10} from the tables
+    assert 0.045 < float(np.mean(t > crit)) < 0.055
+    for i in range(40):  # same statistic, same decision as designated-value Grubbs, p in [0, 1]
+        pi = prediction_interval_outlier(ref[i], x[i], direction="low")
+        g = grubbs_outlier(ref[i], x[i], direction="low", mode="designated")
+        assert pi.statistic == pytest.approx(t[i]) and pi.outlier == g.outlier
+        assert pi.p_value == pytest.approx(g.p_value, rel=1e-6) if g.statistic > 0 else pi.p_value >= 0.5
+    high = prediction_interval_outlier([0.1, 0.2, 0.15, 0.12], 0.9, direction="high")
+    assert high.outlier and high.n == 5 and high.mode == "prediction_interval"
+    assert not prediction_interval_outlier([0.1, 0.2, 0.15, 0.12], 0.9, direction="low").outlier
+    assert prediction_interval_outlier([0.5, 0.5, 0.5], 0.4, direction="low").outlier
+    with pytest.raises(ValueError):
+        prediction_interval_outlier([0.5], 0.4, direction="low")
