@@ -8,11 +8,13 @@ import time
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
+from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
 from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.errors import JobFailed, UnprocessableInput
@@ -20,40 +22,50 @@ from appliance.errors import JobFailed, UnprocessableInput
 VERSION = "1.0.0"
 
 
-def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> dict[str, Any]:
+class ProvenanceInputsJob(BaseModel):
+    """What a provenance job runs on: the registered generators, reference and candidate
+    datasets, and the registered suspect (absent for a remote one)."""
+
+    generators: list[ModelInput] = []
+    references: list[DatasetInput] = []
+    candidates: list[DatasetInput] = []
+    suspect: ModelInput | None = None
+
+
+def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> ProvenanceInputsJob:
     from appliance.audits.egress import check_endpoint_url
 
     tenant = principal.tenant_id
-    inputs: dict[str, Any] = {"generators": []}
+    inputs = ProvenanceInputsJob()
     for generator_id in params.generator_model_ids or []:
         row = store.get_owned("models", tenant, generator_id, "model")
         if row["kind"] != "generator":
             raise UnprocessableInput(f"model {generator_id} is a {row['kind']}, not a generator",
                                      hint="register generators with kind 'generator'")
-        inputs["generators"].append(model_input(row))
+        inputs.generators.append(ModelInput.model_validate(model_input(row)))
     if params.generator_endpoint is not None:
         check_endpoint_url(params.generator_endpoint.url)
-    for role, ids in (("references", params.reference_dataset_ids), ("candidates", params.candidate_dataset_ids)):
-        inputs[role] = []
+    for role, ids in ((inputs.references, params.reference_dataset_ids),
+                      (inputs.candidates, params.candidate_dataset_ids)):
         for dataset_id in ids or []:
-            row = store.get_owned("datasets", tenant, dataset_id, "dataset")
-            dataset = dataset_input(row)
-            if dataset["format"] != "npz" or not dataset["has_labels"]:
+            dataset = DatasetInput.model_validate(dataset_input(store.get_owned("datasets", tenant, dataset_id,
+                                                                                "dataset")))
+            if dataset.format != "npz" or not dataset.has_labels:
                 raise UnprocessableInput(f"dataset {dataset_id} must be a labelled .npz dataset (x, y)",
                                          hint="register real samples of the generator's shape with integer labels")
-            inputs[role].append(dataset)
+            role.append(dataset)
     if params.suspect_model_id:
         row = store.get_owned("models", tenant, params.suspect_model_id, "model")
         if row["kind"] != "classifier":
             raise UnprocessableInput(f"the suspect must be a classifier; model {row['id']} is a {row['kind']}")
-        inputs["suspect"] = model_input(row)
+        inputs.suspect = ModelInput.model_validate(model_input(row))
     else:
         assert params.suspect_endpoint is not None
         check_endpoint_url(params.suspect_endpoint.url)
     return inputs
 
 
-def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob) -> tuple[Any, Any, dict[str, Any]]:
     from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 
     if params.suspect_endpoint is not None:
@@ -65,38 +77,39 @@ def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) 
                                   retries=ep.retries, query_budget=ep.query_budget, max_batch=ep.max_batch,
                                   guard=EgressGuard.from_environment())
         return endpoint, endpoint.close, {"endpoint": ep.url}
-    model = load_job_model(ctx, inputs["suspect"], "cpu")
+    assert inputs.suspect is not None  # the parameters name a registered or a remote suspect
+    model = load_job_model(ctx, inputs.suspect, "cpu")
     if params.suspect_output == "proba":
-        return (lambda x: model.predict(x)), None, model_digests(inputs["suspect"])
-    return (lambda x: np.argmax(model.predict(x), axis=1)), None, model_digests(inputs["suspect"])
+        return (lambda x: model.predict(x)), None, model_digests(inputs.suspect)
+    return (lambda x: np.argmax(model.predict(x), axis=1)), None, model_digests(inputs.suspect)
 
 
-def _real_data(ctx: JobContext, d: dict[str, Any], shape: tuple[int, ...],
+def _real_data(ctx: JobContext, d: DatasetInput, shape: tuple[int, ...],
                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A registered real dataset's ``(x, y)``; a failed job with the reason when its sample shape
     is not the generator's, a label lies outside its classes or a sample is not finite."""
-    data = read_dataset(ctx.settings, ctx.blob_path(d["sha256"]), require_labels=True)
+    data = read_dataset(ctx.settings, ctx.blob_path(d.sha256), require_labels=True)
     x = np.asarray(data.x, dtype=np.float32)
     y = np.asarray(data.y)
     if tuple(x.shape[1:]) != shape:
-        raise JobFailed(f"dataset {d['id']} holds samples of shape {tuple(x.shape[1:])}; the generator's are {shape}")
+        raise JobFailed(f"dataset {d.id} holds samples of shape {tuple(x.shape[1:])}; the generator's are {shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-        raise JobFailed(f"dataset {d['id']}: labels must be integers in [0, {num_classes})")
+        raise JobFailed(f"dataset {d.id}: labels must be integers in [0, {num_classes})")
     if not np.isfinite(x).all():
-        raise JobFailed(f"dataset {d['id']} contains NaN or infinite samples")
+        raise JobFailed(f"dataset {d.id} contains NaN or infinite samples")
     return x, y.astype(np.int64)
 
 
-def _references(ctx: JobContext, datasets: list[dict[str, Any]], built: list[Any]) -> list[Any]:
+def _references(ctx: JobContext, datasets: list[DatasetInput], built: list[Any]) -> list[Any]:
     """The reference datasets as :class:`ReferenceSet` (checked by :func:`_real_data`)."""
     from appliance.audits.provenance.trainprove import ReferenceSet
 
     shape = tuple(built[0].evidence.val_x.shape[1:])
     num_classes = int(built[0].evidence.val_y.max()) + 1
-    return [ReferenceSet(f"dataset:{d['id']}", *_real_data(ctx, d, shape, num_classes)) for d in datasets]
+    return [ReferenceSet(f"dataset:{d.id}", *_real_data(ctx, d, shape, num_classes)) for d in datasets]
 
 
-def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> JobOutcome:
+def _run(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob) -> JobOutcome:
     from appliance.audits.errors import AuditError
     from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
     from appliance.capabilities.catalog.jobs import model_digests
@@ -113,16 +126,15 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
     generator_digests: list[dict[str, Any]] = []
     try:
         try:
-            for i, gen in enumerate(inputs["generators"]):
-                config = gen.get("config") or {}
-                loaded = registered_generator(ctx.blob_path(gen["blob"]), gen["format"], gen.get("architecture"),
-                                              config)
-                name = gen["name"] if params.sources > 1 else "generator"
-                built.append(build_evidence(name, loaded, gen["blob"],
+            for i, gen in enumerate(inputs.generators):
+                config = gen.config or {}
+                loaded = registered_generator(ctx.blob_path(gen.blob), gen.format, gen.architecture, config)
+                name = gen.name if params.sources > 1 else "generator"
+                built.append(build_evidence(name, loaded, gen.blob,
                                             num_classes=int(config["num_classes"]), params=params,
                                             cache_root=cache_root, log=ctx.log))
                 generator_digests.append({**model_digests(gen), "class_names": config.get("class_names")})
-                ctx.progress(0.8 * (i + 1) / max(1, len(inputs["generators"])))
+                ctx.progress(0.8 * (i + 1) / max(1, len(inputs.generators)))
             if params.generator_endpoint is not None:
                 remote = RemoteGenerator(params.generator_endpoint)
                 closers.append(remote.close)
@@ -133,12 +145,12 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
                 generator_digests.append({"endpoint": params.generator_endpoint.url,
                                           "samples_drawn": remote.samples})
             shape, num_classes = tuple(built[0].evidence.val_x.shape[1:]), int(built[0].evidence.val_y.max()) + 1
-            for d in inputs["candidates"]:
+            for d in inputs.candidates:
                 x, y = _real_data(ctx, d, shape, num_classes)
-                built.append(build_dataset_evidence(f"dataset:{d['id']}", x, y, d["sha256"], num_classes=num_classes,
+                built.append(build_dataset_evidence(f"dataset:{d.id}", x, y, d.sha256, num_classes=num_classes,
                                                     params=params, cache_root=cache_root, log=ctx.log))
-                generator_digests.append({"dataset": d["id"], "sha256": d["sha256"], "n": d["n"]})
-            references = _references(ctx, inputs["references"], built)
+                generator_digests.append({"dataset": d.id, "sha256": d.sha256, "n": d.n})
+            references = _references(ctx, inputs.references, built)
             for b in built:
                 for key, value in b.timings.items():
                     timings[key] += value
@@ -171,8 +183,8 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: dict[str, Any]) -> J
         method="provenance/trainprove", version=f"{VERSION}+{result.version}",
         parameters={**params.model_dump(mode="json"), "effective": result.parameters},
         inputs={"generators": generator_digests, "suspect": suspect_digest,
-                "reference_datasets": [{"id": d["id"], "sha256": d["sha256"], "n": d["n"]}
-                                       for d in inputs["references"]]},
+                "reference_datasets": [{"id": d.id, "sha256": d.sha256, "n": d.n}
+                                       for d in inputs.references]},
         statistics=statistics, p_value=float(result.p_value), verdict=result.verdict,
         alpha=float(result.alpha), seed=params.seed, device="cpu", timings=timings,
     )
@@ -184,6 +196,7 @@ def register() -> None:
 
     register_job_kind(JobKind(
         name="provenance", params_model=ProvenanceParams, resolve=_resolve, run=_run,
+        inputs_model=ProvenanceInputsJob,
         description="Training-data provenance (TrainProVe): was the suspect trained on samples of this "
                     "generator? Several generators: which one explains the suspect best."))
     register_plots()
