@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -350,31 +350,28 @@ class TrainProVe(AuditMethod):
 
     name = "trainprove"
     version = "1.0.0"
+    inputs_type = ProvenanceInputs
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """alpha, variant, which reference sample decides, and the Grubbs critical-value mode."""
         return {"alpha": 0.05, "variant": "accuracy", "decision": "calibrated", "grubbs_mode": "table"}
 
-    def run(
-        self,
-        inputs: Any,
-        *,
-        params: Mapping[str, Any] | None = None,
-        seed: int,
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> AuditResult:
+    def check_params(self, params: dict[str, Any]) -> None:
+        super().check_params(params)
+        if not 0.0 < float(params["alpha"]) < 0.5:
+            raise AuditParameterError(f"alpha must lie in (0, 0.5), got {params['alpha']}")
+        if params["decision"] not in DECISIONS:
+            raise AuditParameterError(f"decision must be one of {list(DECISIONS)}")
+
+    def execute(self, inputs: ProvenanceInputs, params: dict[str, Any], *, seed: int,
+                progress: ProgressFn, log: LogFn) -> AuditResult:
         """Test the suspect against every source; one source gives the paper's yes/no answer,
         several give attribution (verdict: the best source, or none)."""
-        if not isinstance(inputs, ProvenanceInputs) or not inputs.sources:
+        if not inputs.sources:
             raise AuditInputError("trainprove needs ProvenanceInputs with at least one source")
-        p = self.resolve_params(params)
+        p = params
         alpha = float(p["alpha"])
-        if not 0.0 < alpha < 0.5:
-            raise AuditParameterError(f"alpha must lie in (0, 0.5), got {alpha}")
-        if p["decision"] not in DECISIONS:
-            raise AuditParameterError(f"decision must be one of {list(DECISIONS)}")
         if p["variant"] != "accuracy" and inputs.suspect_kind != "proba":
             raise AuditParameterError(f"the {p['variant']} variant needs a suspect that returns probabilities")
         suspect = CountedQuery(inputs.suspect, kind=inputs.suspect_kind, budget=inputs.query_budget)
@@ -398,12 +395,10 @@ class TrainProVe(AuditMethod):
                 source, answers[source.name], variant=p["variant"], alpha=alpha, decision=p["decision"],
                 mode=p["grubbs_mode"], references=refs,
                 reference_answers=[answers[r.name] if r.name in answers else ref_answers[r.name] for r in refs]))
-            if log:
-                t = tests[-1]
-                log(f"{source.name}: suspect {t.variant} {t.suspect_value:.4f}, G = {t.chosen.statistic:.3f}"
-                    f" vs G_crit {t.chosen.critical:.3f} (n = {t.chosen.n})")
-            if progress:
-                progress((i + 1) / len(inputs.sources))
+            t = tests[-1]
+            log(f"{source.name}: suspect {t.variant} {t.suspect_value:.4f}, G = {t.chosen.statistic:.3f}"
+                f" vs G_crit {t.chosen.critical:.3f} (n = {t.chosen.n})")
+            progress((i + 1) / len(inputs.sources))
         elapsed = time.perf_counter() - started
         statistics: dict[str, Any] = {"sources": [t.to_dict() for t in tests],
                                       "suspect_query_seconds": suspect.seconds}
@@ -424,7 +419,7 @@ class TrainProVe(AuditMethod):
             p_value = best.chosen.p_value
         return AuditResult(
             method=self.name, version=self.version, statistics=statistics, p_value=float(p_value),
-            verdict=verdict, alpha=alpha, queries=suspect.queries, parameters={**p, "seed": seed},
+            verdict=verdict, alpha=alpha, queries=suspect.queries, parameters={},
             timings={"suspect_queries_seconds": suspect.seconds, "tests_seconds": elapsed},
         )
 
