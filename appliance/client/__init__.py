@@ -331,8 +331,8 @@ class Client:
     def open_inference_session(self, ensemble_id: str, *,
                                ttl_seconds: int | None = None) -> Any:
         """Generate CKKS keys locally and upload only the evaluation keys; returns an
-        :class:`appliance.capabilities.inference.service.InferenceSession` holding the secret key in this process."""
-        from appliance.capabilities.inference.service import InferenceSession
+        :class:`appliance.client.inference.InferenceSession` holding the secret key in this process."""
+        from appliance.client.inference import InferenceSession
         from crypto.private_inference import PrivateClient
 
         spec = self.ensemble_spec(ensemble_id)
@@ -351,7 +351,7 @@ class Client:
                         layout: str | None = None) -> Any:
         """Embed locally (MiniLM by default, once per template) -> encrypt -> send -> decrypt.
 
-        Returns :class:`appliance.capabilities.inference.service.PrivatePrediction` (labels, indices, and win counts
+        Returns :class:`appliance.client.inference.PrivatePrediction` (labels, indices, and win counts
         or, for an ensemble registered with ``output: "onehot"``, one-hot values).
         The server sees only ciphertexts; a session is opened once per ensemble and reused
         until it nears expiry (pass ``session`` to use your own). With ``batch`` and enough
@@ -359,7 +359,7 @@ class Client:
         384-d) the wide layout is used: slots index queries, one request per up to
         ``wide_capacity`` texts. ``layout="single"``/``"wide"`` forces a layout.
         """
-        from appliance.capabilities.inference.service import PrivatePrediction, default_text_encoder, embed_texts
+        from appliance.client.inference import PrivatePrediction, default_text_encoder, embed_texts
 
         texts = [str(t) for t in texts]
         if not texts:
