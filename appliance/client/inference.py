@@ -11,6 +11,8 @@ what :meth:`appliance.client.Client.private_predict` returns.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.capabilities.inference.service import MAX_BATCH_BYTES, MAX_BATCH_ITEMS
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from crypto.private_inference import PrivateClient, PrivateScores
@@ -124,10 +128,36 @@ class InferenceSession:
         self.close()
 
 
-def default_text_encoder() -> Callable[[list[str]], npt.NDArray[np.float32]]:
-    """all-MiniLM-L6-v2 from the offline package, as ``encode(texts) -> (n, 384)``."""
-    from models.hub import load_minilm
+_ENCODER_LOCK = threading.Lock()
+_ENCODERS: dict[str, Callable[[list[str]], npt.NDArray[np.float32]]] = {}
 
+
+def default_text_encoder() -> Callable[[list[str]], npt.NDArray[np.float32]]:
+    """all-MiniLM-L6-v2 from the offline package as ``encode(texts) -> (n, 384)``, loaded once
+    per process.
+
+    ONNX Runtime runs it (:class:`models.sentence_onnx.OnnxSentenceEncoder`: the graph is
+    exported and checked against PyTorch on first use, then cached on this machine); where
+    that is impossible the PyTorch encoder is used, with the same numbers.
+    """
+    with _ENCODER_LOCK:
+        encode = _ENCODERS.get("minilm")
+        if encode is None:
+            encode = _ENCODERS["minilm"] = _load_minilm()
+        return encode
+
+
+def _load_minilm() -> Callable[[list[str]], npt.NDArray[np.float32]]:
+    from models.errors import ModelError
+    from models.hub import load_minilm, minilm_dir
+
+    try:
+        from models.sentence_onnx import OnnxSentenceEncoder
+
+        fast = OnnxSentenceEncoder.from_transformers_dir(minilm_dir())
+        return lambda texts: fast.embed(list(texts))
+    except (ImportError, ModelError, OSError) as exc:
+        log.info("ONNX encoder unavailable (%s); using PyTorch", type(exc).__name__)
     model = load_minilm()
     return lambda texts: model.embed(list(texts))
 
