@@ -42,6 +42,9 @@ from appliance.schemas import (
     ModelList,
     ModelOut,
     ReportList,
+    TokenIssued,
+    TokenList,
+    TokenOut,
     WhoAmI,
 )
 
@@ -199,6 +202,26 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         return dict(self._json("GET", "/healthz"))
+
+    # -- tokens (tenant admins onboard their own clients) --------------------------------------
+    def create_token(self, role: str, *, label: str | None = None,
+                     expires_in: str | None = None) -> TokenIssued:
+        """Mint a ``client`` or ``auditor`` token for this tenant (admins); ``expires_in`` like
+        ``"30d"`` (default 30 days, at most 365). The token is in the answer only."""
+        body: dict[str, Any] = {"role": role}
+        if label is not None:
+            body["label"] = label
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return TokenIssued.model_validate(self._json("POST", "/v1/tokens", json=body))
+
+    def list_tokens(self) -> list[TokenOut]:
+        """This tenant's tokens: ids, roles, labels, expiry, revocation (never the secrets)."""
+        return TokenList.model_validate(self._json("GET", "/v1/tokens")).items
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke one of this tenant's tokens."""
+        self.request("DELETE", f"/v1/tokens/{token_id}")
 
     # -- models & datasets --------------------------------------------------------------------
     def upload_model(
