@@ -485,8 +485,11 @@ class Client:
             scores = session.predict_embeddings(emb, batch=batch, layout=layout)
         finally:
             if own:
-                session.close()
                 self._sessions.remove(session)
+                try:
+                    session.close()
+                except ClientError:
+                    pass  # the server's TTL sweeps it; the prediction (or its error) matters more
         return PrivatePrediction(labels=list(scores.predicted_classes),
                                  indices=list(scores.labels), win_counts=scores.win_counts,
                                  one_hot=scores.one_hot)
