@@ -136,6 +136,9 @@ class OnnxSentenceEncoder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Busy-waiting threads burn a shared machine's CPU for nothing (about a third more CPU
+        # time and twice the wall time measured on two loaded cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
         try:
@@ -147,8 +150,12 @@ class OnnxSentenceEncoder:
                    normalize=normalize, input_names=input_names)
 
     def embed(self, texts: list[str] | tuple[str, ...], *,
-              batch_size: int = 32) -> npt.NDArray[np.float32]:
-        """Sentence embeddings, float32 ``(n, d)``, in the order of ``texts``."""
+              batch_size: int = 8) -> npt.NDArray[np.float32]:
+        """Sentence embeddings, float32 ``(n, d)``, in the order of ``texts``.
+
+        Small batches of texts of similar token length carry almost no padding (measured on
+        man-page paragraphs: batches of 8 take ~15% less CPU than 32 and ~30% less than 64).
+        """
         items = [str(t) for t in texts]
         if not items:
             raise ValueError("embed needs at least one text")
