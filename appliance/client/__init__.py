@@ -16,6 +16,7 @@ import random
 import tarfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -474,22 +475,29 @@ class Client:
                                   hint="pass encode=, a function from a list of texts to "
                                        "(n, d) embeddings from that encoder")
             encode = default_text_encoder()
+        opening: Future[InferenceSession] | None = None
+        pool = ThreadPoolExecutor(max_workers=1) if session is None else None
         try:
-            emb = embed_texts(spec, texts, encode)
-        except CryptoError as exc:
-            raise ClientError(f"embedding failed: {exc}", hint=exc.hint) from exc
-        own = session is None
-        if session is None:
-            session = self.open_inference_session(ensemble_id)
-        try:
+            if pool is not None:  # keys and upload overlap the embedding (ONNX frees the GIL)
+                opening = pool.submit(self.open_inference_session, ensemble_id)
+            try:
+                emb = embed_texts(spec, texts, encode)
+            except CryptoError as exc:
+                raise ClientError(f"embedding failed: {exc}", hint=exc.hint) from exc
+            if opening is not None:
+                session = opening.result()
+            assert session is not None
             scores = session.predict_embeddings(emb, batch=batch, layout=layout)
         finally:
-            if own:
-                self._sessions.remove(session)
-                try:
-                    session.close()
-                except ClientError:
-                    pass  # the server's TTL sweeps it; the prediction (or its error) matters more
+            if pool is not None and opening is not None:
+                pool.shutdown(wait=True)
+                if opening.exception() is None:
+                    opened = opening.result()
+                    self._sessions.remove(opened)
+                    try:
+                        opened.close()
+                    except ClientError:
+                        pass  # the TTL sweeps it; the prediction (or its error) matters more
         return PrivatePrediction(labels=list(scores.predicted_classes),
                                  indices=list(scores.labels), win_counts=scores.win_counts,
                                  one_hot=scores.one_hot)

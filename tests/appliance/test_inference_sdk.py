@@ -116,7 +116,8 @@ def test_sessions_recover_from_404_and_410(sdk_env: dict[str, Any], settings: An
     assert session.closed and _open_sessions(settings) == 1  # only the expired row (kept for 410s)
 
 
-def test_refused_layouts_and_bad_inputs_are_client_errors(sdk_env: dict[str, Any]) -> None:
+def test_refused_layouts_and_bad_inputs_are_client_errors(sdk_env: dict[str, Any],
+                                                          settings: Any) -> None:
     from appliance.client import ApiError, ClientError
 
     sdk = sdk_env["sdk"]()
@@ -135,6 +136,7 @@ def test_refused_layouts_and_bad_inputs_are_client_errors(sdk_env: dict[str, Any
     assert sent == []  # nothing left this process
     with pytest.raises(ClientError):  # an encoder without the spec's dimension
         sdk.private_predict(sdk_env["ensemble"], ["t"], encode=lambda t: np.ones((len(t), 5)))
+    assert _open_sessions(settings) == 1  # the session opened meanwhile was closed again
     with pytest.raises(ApiError) as missing:
         sdk.private_predict("ens_missing", ["t"], encode=_encode)
     assert missing.value.status == 404 and isinstance(missing.value, ClientError)
