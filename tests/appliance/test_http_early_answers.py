@@ -74,6 +74,11 @@ def test_a_body_beyond_the_drain_limit_is_answered_with_connection_close(
                      + b"\0" * 4096)
         status, headers, _ = _head(sock)
         assert " 404 " in status and headers["connection"].lower() == "close"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # no token: no reading
+        sock.sendall(b"POST /v1/models HTTP/1.1\r\nHost: t\r\nContent-Type: application/"
+                     b"octet-stream\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
+        status, headers, _ = _head(sock)
+        assert " 401 " in status and headers["connection"].lower() == "close"
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # small, unread
         sock.sendall(b"POST /v1/nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n"
                      + b"x" * 5000)

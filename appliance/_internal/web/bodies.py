@@ -1,5 +1,6 @@
-"""Request bodies the application answered without reading: drained if small, else the
-connection is closed with ``Connection: close`` announced.
+"""Request bodies the application answered without reading: drained if within a bound (and
+the caller was authenticated and allowed), else the connection is closed with
+``Connection: close`` announced.
 
 An early answer (404, 415, 413, 422 before the body was read) would otherwise go out with
 ``Connection: keep-alive``; the server then discards the unread bytes only up to a small bound
@@ -19,6 +20,7 @@ DRAIN_LIMIT = 64 << 20
 _BLOCK = 64 * 1024
 
 StartResponse = Callable[..., Any]
+_NO_DRAIN = ("401", "403", "413")
 
 
 class _CountingInput:
@@ -105,8 +107,10 @@ class UnreadBodyGuard:
         limit = self.drain_limit
 
         def guarded(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if not body.finished(length if not chunked else None) and \
-                    not body.drain(length if not chunked else None, limit):
+            # Unauthenticated, forbidden and oversize requests get no reading at all.
+            budget = 0 if status[:3] in _NO_DRAIN else limit
+            known = length if not chunked else None
+            if not body.finished(known) and (not budget or not body.drain(known, budget)):
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"]
                 headers.append(("Connection", "close"))
                 server_response = getattr(start_response, "__self__", None)
