@@ -33,6 +33,36 @@ class WhoAmI(BaseModel):
         default=None, description="When this token stops working (ISO 8601 UTC); null: never")
 
 
+class TokenCreate(BaseModel):
+    """A token a tenant admin mints for its own tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["client", "auditor"]
+    label: str | None = Field(default=None, min_length=1, max_length=128)
+    expires_in: str | None = Field(
+        default=None, max_length=16,
+        description="lifetime: 90m, 12h, 30d, 2w (default 30d, at most 365d; never past the "
+                    "minting token's own expiry)")
+
+
+class TokenOut(BaseModel):
+    id: str
+    role: str
+    label: str | None = None
+    created_at: str
+    expires_at: str | None = None
+    revoked_at: str | None = None
+
+
+class TokenIssued(TokenOut):
+    token: str = Field(description="the bearer token, shown only in this answer")
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]
+
+
 class ModelFile(BaseModel):
     name: str
     sha256: str

@@ -75,6 +75,7 @@ from crypto.ckks import (
     PRESETS,
     CiphertextError,
     ContextError,
+    _decode_parameters,
     _encode_fields,
     _encode_varint,
     _parse_fields,
@@ -274,6 +275,24 @@ def _wide_layout_for(spec: dict[str, Any]) -> packing.WideLayout:
     )
 
 
+def _restore_secret_context(data: bytes, preset: str) -> Any:
+    """A secret-bearing context saved by :meth:`PrivateClient.secret_context`, checked
+    against ``preset`` (ring degree and modulus chain)."""
+    want = get_preset(preset)
+    try:
+        params = next(v for f, w, v in _parse_fields(bytes(data)) if f == 1 and w == 2)
+        assert isinstance(params, bytes)
+        degree, bits = _decode_parameters(params)
+        ctx = ts.context_from(bytes(data))
+    except (ValueError, RuntimeError, TypeError, StopIteration, AssertionError, ContextError):
+        raise ContextError("the saved client keys are malformed") from None
+    if degree != want.poly_modulus_degree or tuple(bits) != tuple(want.coeff_mod_bit_sizes):
+        raise ContextError(f"the saved client keys are not for preset {preset!r}")
+    if not ctx.has_secret_key():
+        raise ContextError("the saved client keys hold no secret key")
+    return ctx
+
+
 class PrivateClient:
     """Client role: holds the secret key; exports only public evaluation keys and ciphertexts.
 
@@ -281,7 +300,8 @@ class PrivateClient:
     serialized with its secret key.
     """
 
-    def __init__(self, *, spec: dict[str, Any]) -> None:
+    def __init__(self, *, spec: dict[str, Any], secret_context: bytes | None = None,
+                 evaluation_keys: bytes | None = None) -> None:
         self._spec = dict(spec)
         self._layout = _layout_for(self._spec)
         self._preset = str(self._spec["preset"])
@@ -306,8 +326,12 @@ class PrivateClient:
         if self._wide_keys:
             wide_steps = self._wide.galois_steps if self._output == "scores" else self._wide.sum_strides
         self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
-        self._ctx = make_context(self._preset, galois_steps=self._steps)
-        self._public: bytes | None = None
+        if secret_context is None:
+            self._ctx = make_context(self._preset, galois_steps=self._steps)
+            self._public: bytes | None = None
+        else:  # keys kept from an earlier run (see secret_context())
+            self._ctx = _restore_secret_context(secret_context, self._preset)
+            self._public = evaluation_keys
         self._sym: tuple[Any, Any, Any] | None = None  # SEAL context, encryptor, encoder
 
     def _secret_encryptor(self) -> tuple[Any, Any, Any]:
@@ -361,6 +385,13 @@ class PrivateClient:
     def batch_capacity(self) -> int:
         """Queries packed into one ciphertext by :meth:`encrypt_batch`."""
         return self._layout.queries_per_ciphertext
+
+    def secret_context(self) -> bytes:
+        """The context WITH its secret key (no Galois keys), to reopen this client later with
+        ``PrivateClient(spec=..., secret_context=..., evaluation_keys=...)``; never send it
+        anywhere, and store it only encrypted."""
+        return bytes(self._ctx.serialize(save_public_key=True, save_secret_key=True,
+                                         save_galois_keys=False, save_relin_keys=False))
 
     def evaluation_keys(self) -> bytes:
         """Public context (public key, relin keys, only the circuit's Galois keys); no secret."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from appliance._internal.store import Store, new_id, utcnow
-from appliance.errors import Forbidden, Unauthorized, ValidationFailed
+from appliance.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 
 Role = Literal["admin", "auditor", "client"]
 ROLES: tuple[str, ...] = ("admin", "auditor", "client")
@@ -101,6 +101,66 @@ def create_token(store: Store, *, tenant: str, role: str, label: str | None = No
         )
     return IssuedToken(token_id=token_id, tenant_id=tenant_id, tenant=tenant, role=role,
                        token=token, expires_at=expires_at)
+
+
+#: Roles a tenant admin may mint over the API; admin tokens come from the host operator only,
+#: so a leaked tenant-admin token cannot mint further admins that outlive its revocation.
+MINTABLE_ROLES: tuple[str, ...] = ("client", "auditor")
+#: Longest lifetime of a token minted over the API (and the default when none is asked).
+MAX_MINTED_LIFETIME_SECONDS = 365 * 86400
+DEFAULT_MINTED_LIFETIME_SECONDS = 30 * 86400
+
+
+def mint_tenant_token(store: Store, principal: Principal, *, role: str, label: str | None = None,
+                      expires_in: float | None = None) -> IssuedToken:
+    """A tenant admin mints a ``client`` or ``auditor`` token for its own tenant.
+
+    Every minted token expires: ``expires_in`` seconds (default 30 days, at most a year), and
+    never after the minting token itself. Raises 403 for other roles or for ``role="admin"``.
+    """
+    principal.require("admin")
+    if role not in MINTABLE_ROLES:
+        raise Forbidden(f"a tenant admin may mint {' or '.join(MINTABLE_ROLES)} tokens, not {role!r}",
+                        hint="admin tokens are created on the appliance host: "
+                             "appliance tokens create --role admin")
+    lifetime = DEFAULT_MINTED_LIFETIME_SECONDS if expires_in is None else expires_in
+    if not 0 < lifetime <= MAX_MINTED_LIFETIME_SECONDS:
+        raise ValidationFailed("a minted token lives between 1 second and 365 days")
+    if principal.expires_at is not None:
+        lifetime = min(lifetime, principal.expires_at - time.time())
+        if lifetime <= 0:
+            raise Unauthorized("the minting token has expired")
+    return create_token(store, tenant=principal.tenant_name, role=role, label=label,
+                        expires_in=lifetime)
+
+
+def token_view(row: dict[str, object]) -> dict[str, object]:
+    """What a tenant admin sees of a token: never the token or its hash."""
+    expires = row.get("expires_at")
+    return {"id": row["id"], "role": row["role"], "label": row.get("label"),
+            "created_at": row["created_at"],
+            "expires_at": format_timestamp(float(expires)) if expires is not None else None,  # type: ignore[arg-type]
+            "revoked_at": row.get("revoked_at")}
+
+
+def list_tenant_tokens(store: Store, principal: Principal) -> list[dict[str, object]]:
+    """The caller's tenant's tokens, newest first (admins only)."""
+    principal.require("admin")
+    rows = store.conn.execute(
+        "SELECT id, role, label, created_at, expires_at, revoked_at FROM tokens "
+        "WHERE tenant_id = ? ORDER BY created_at DESC, id", (principal.tenant_id,)).fetchall()
+    return [token_view(dict(r)) for r in rows]
+
+
+def revoke_tenant_token(store: Store, principal: Principal, token_id: str) -> None:
+    """Revoke a token of the caller's own tenant (404 for any other); revoking twice is a no-op."""
+    principal.require("admin")
+    row = store.conn.execute("SELECT id FROM tokens WHERE id = ? AND tenant_id = ?",
+                             (token_id, principal.tenant_id)).fetchone()
+    if row is None:
+        shown = token_id if len(token_id) <= 80 else token_id[:80] + "…"
+        raise NotFound(f"token {shown!r} not found")
+    revoke_token(store, token_id)
 
 
 def revoke_token(store: Store, token_id: str) -> bool:

@@ -143,7 +143,9 @@ def init_db() -> None:
 
 @main.group()
 def tokens() -> None:
-    """Create and revoke API tokens (run on the appliance host)."""
+    """API tokens: ``create``/``revoke`` on the appliance host (any tenant, any role);
+    ``mint``/``list``/``remove`` against a server with a tenant admin's token (own tenant,
+    client and auditor tokens)."""
 
 
 @tokens.command("create")
@@ -314,6 +316,43 @@ def _run_sdk(fn: Any) -> Any:
         return fn()
     except ClientError as exc:
         _fail(exc.diagnostics())
+
+
+@tokens.command("mint")
+@click.option("--role", type=click.Choice(["client", "auditor"]), required=True)
+@click.option("--label", default=None)
+@click.option("--expires-in", default=None, metavar="DURATION",
+              help="90m, 12h, 30d, 2w (default 30d, at most 365d)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_http_options
+def tokens_mint(role: str, label: str | None, expires_in: str | None, as_json: bool, url: str,
+                token: str) -> None:
+    """Mint a client or auditor token for your tenant on a server (tenant admins)."""
+    issued = _run_sdk(lambda: _client(url, token).create_token(role, label=label,
+                                                               expires_in=expires_in))
+    if as_json:
+        click.echo(issued.model_dump_json())
+    else:
+        click.echo(issued.token)
+        click.echo(f"# token id {issued.id}, role {issued.role}, expires {issued.expires_at}; "
+                   "shown once, store it now", err=True)
+
+
+@tokens.command("list")
+@_http_options
+def tokens_list(url: str, token: str) -> None:
+    """List your tenant's tokens on a server (ids, roles, expiry; never the tokens)."""
+    items = _run_sdk(lambda: _client(url, token).list_tokens())
+    click.echo(json.dumps([i.model_dump() for i in items], indent=2))
+
+
+@tokens.command("remove")
+@click.argument("token_id")
+@_http_options
+def tokens_remove(token_id: str, url: str, token: str) -> None:
+    """Revoke one of your tenant's tokens on a server (tenant admins)."""
+    _run_sdk(lambda: _client(url, token).revoke_token(token_id))
+    click.echo(f"revoked {token_id}")
 
 
 @models.command("upload")

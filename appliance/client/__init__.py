@@ -16,6 +16,7 @@ import random
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,15 @@ from appliance.capabilities.ownership.client import OwnershipClient
 from appliance.capabilities.provenance.client import ProvenanceClient
 from appliance.capabilities.signatures.client import SignaturesClient
 from appliance.capabilities.unlearning.client import UnlearningClient
+from appliance.client.inference import (
+    InferenceSession,
+    KeyStore,
+    PrivatePrediction,
+    default_keys_dir,
+    default_text_encoder,
+    embed_texts,
+)
+from appliance.client.inference import _open as _open_session
 from appliance.errors import Error
 from appliance.schemas import (
     DatasetList,
@@ -36,6 +46,9 @@ from appliance.schemas import (
     ModelList,
     ModelOut,
     ReportList,
+    TokenIssued,
+    TokenList,
+    TokenOut,
     WhoAmI,
 )
 
@@ -54,7 +67,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class ClientError(Error):
-    """Base error of the SDK; ``diagnostics()`` explains what to do."""
+    """Base error of the SDK; ``diagnostics()`` explains what to do (the message and a hint)."""
 
     hint = "see the message above"
 
@@ -62,17 +75,27 @@ class ClientError(Error):
 class ApiError(ClientError):
     """The server answered with a problem document (its title, detail and hint are kept)."""
 
+    hint = "the problem document above says what the server refused"
+
     def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
         self.status = status
         self.problem = dict(problem)
+        hint = problem.get("hint")
         super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', '')}",
-                         hint=str(problem.get("hint") or ""))
+                         hint=str(hint) if hint else None)
 
 
 class ConnectionFailed(ClientError):
-    """The server could not be reached after all retries."""
+    """The server could not be reached after all retries, or dropped the connection."""
 
-    hint = "check APPLIANCE_URL and that the appliance is running (`appliance serve`)"
+    hint = "check the server URL (APPLIANCE_URL) and that `appliance serve` is running"
+
+
+class RequestTimeout(ClientError):
+    """The server took longer than the client's timeout to answer (it may still be working)."""
+
+    hint = ("pass a larger timeout, e.g. Client(url, timeout=300), or send smaller "
+            "batches; the request may still complete on the server")
 
 
 class JobTimeout(ClientError):
@@ -83,6 +106,10 @@ class JobTimeout(ClientError):
 
 class JobNotSucceeded(ClientError):
     """A job whose result was asked for failed, was cancelled or is another kind of job."""
+
+
+class KeyStoreError(ClientError):
+    """Saved client keys cannot be opened (wrong passphrase, damaged or foreign file)."""
 
 
 class Client:
@@ -97,7 +124,12 @@ class Client:
         retries: int = 5,
         backoff: float = 0.25,
         transport: httpx.BaseTransport | None = None,
+        key_passphrase: str | None = None,
+        keys_dir: str | Path | None = None,
     ) -> None:
+        """``key_passphrase`` (or ``APPLIANCE_KEY_PASSPHRASE``) keeps private-inference keys
+        between runs in ``keys_dir`` (default :func:`appliance.client.inference.default_keys_dir`),
+        encrypted under it; without one, keys live only as long as this process."""
         self.base_url = (base_url or os.environ.get("APPLIANCE_URL") or "http://127.0.0.1:8080")
         token = token or os.environ.get("APPLIANCE_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -109,9 +141,26 @@ class Client:
         self.ownership = OwnershipClient(self)
         self.provenance = ProvenanceClient(self)
         self.unlearning = UnlearningClient(self)
+        passphrase = key_passphrase or os.environ.get("APPLIANCE_KEY_PASSPHRASE")
+        self.key_store: KeyStore | None = None
+        if passphrase:
+            self.key_store = KeyStore(directory=keys_dir or default_keys_dir(),
+                                      passphrase=passphrase)
+        self._private_clients: dict[str, Any] = {}  # ensemble id -> PrivateClient (this run)
+        self._sessions: list[InferenceSession] = []  # opened here, closed by close()
 
     def close(self) -> None:
-        self.http.close()
+        """Close the inference sessions this client opened (their keys leave the server),
+        then the connection pool."""
+        try:
+            for session in self._sessions:
+                try:
+                    session.close()
+                except ClientError:
+                    pass  # best effort: the server's TTL sweeps what could not be closed
+            self._sessions.clear()
+        finally:
+            self.http.close()
 
     def __enter__(self) -> Client:
         return self
@@ -135,6 +184,12 @@ class Client:
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 if attempt >= self.retries:
                     raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from exc
+            except httpx.TimeoutException as exc:
+                raise RequestTimeout(f"{method} {path}: no answer from {self.base_url} within "
+                                     f"the client's timeout ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise ConnectionFailed(f"{method} {path} to {self.base_url} failed: "
+                                       f"{type(exc).__name__}: {exc}") from exc
             else:
                 if resp.status_code not in RETRY_STATUSES or attempt >= self.retries:
                     if resp.status_code >= 400:
@@ -159,6 +214,26 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         return dict(self._json("GET", "/healthz"))
+
+    # -- tokens (tenant admins onboard their own clients) --------------------------------------
+    def create_token(self, role: str, *, label: str | None = None,
+                     expires_in: str | None = None) -> TokenIssued:
+        """Mint a ``client`` or ``auditor`` token for this tenant (admins); ``expires_in`` like
+        ``"30d"`` (default 30 days, at most 365). The token is in the answer only."""
+        body: dict[str, Any] = {"role": role}
+        if label is not None:
+            body["label"] = label
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return TokenIssued.model_validate(self._json("POST", "/v1/tokens", json=body))
+
+    def list_tokens(self) -> list[TokenOut]:
+        """This tenant's tokens: ids, roles, labels, expiry, revocation (never the secrets)."""
+        return TokenList.model_validate(self._json("GET", "/v1/tokens")).items
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke one of this tenant's tokens."""
+        self.request("DELETE", f"/v1/tokens/{token_id}")
 
     # -- models & datasets --------------------------------------------------------------------
     def upload_model(
@@ -332,62 +407,94 @@ class Client:
         body = self._json("GET", f"/v1/ensembles/{ensemble_id}")
         return EnsembleSpec.model_validate(body).model_dump()
 
-    def open_inference_session(self, ensemble_id: str, *,
-                               ttl_seconds: int | None = None) -> Any:
-        """Generate CKKS keys locally and upload only the evaluation keys; returns an
-        :class:`appliance.capabilities.inference.service.InferenceSession` holding the secret key in this process."""
-        from appliance.capabilities.inference.service import InferenceSession
+    def _private_client(self, ensemble_id: str, spec: dict[str, Any]) -> Any:
+        """This run's client keys for the ensemble: reused, loaded from the key store, or
+        generated (and then saved there)."""
         from crypto.private_inference import PrivateClient
 
+        private = self._private_clients.get(ensemble_id)
+        if private is not None and getattr(private, "_spec", None) == spec:
+            return private
+        path = self.key_store.path_for(self.base_url, spec) if self.key_store else None
+        if self.key_store is not None and path is not None:
+            private = self.key_store.load(path, spec)
+        if private is None:
+            try:
+                private = PrivateClient(spec=spec)
+            except Exception as exc:  # CryptoError subclasses with hints
+                raise ClientError(f"cannot make keys for ensemble {ensemble_id}: {exc}",
+                                  hint=str(getattr(exc, "hint", "")) or None) from exc
+            if self.key_store is not None and path is not None:
+                self.key_store.save(path, private)
+        self._private_clients[ensemble_id] = private
+        return private
+
+    def open_inference_session(self, ensemble_id: str, *,
+                               ttl_seconds: int | None = None) -> InferenceSession:
+        """Open a session holding only this client's evaluation keys; the secret key stays here.
+
+        Keys are generated once per process and ensemble, or loaded from the key store
+        (``key_passphrase``); :meth:`close` (or leaving ``with Client(...)``) closes the
+        session, as does :meth:`InferenceSession.close`.
+        """
         spec = self.ensemble_spec(ensemble_id)
-        private = PrivateClient(spec=spec)
-        params: dict[str, Any] = {"ensemble_id": ensemble_id}
-        if ttl_seconds is not None:
-            params["ttl_seconds"] = ttl_seconds
-        body = self._json("POST", "/v1/inference/sessions", params=params,
-                          content=private.evaluation_keys(),
-                          headers={"Content-Type": "application/octet-stream"})
-        return InferenceSession(sdk=self, ensemble_id=ensemble_id, spec=spec,
-                                private_client=private, session=body)
+        private = self._private_client(ensemble_id, spec)
+        body = _open_session(self, ensemble_id, private, ttl_seconds)
+        session = InferenceSession(sdk=self, ensemble_id=ensemble_id, spec=spec,
+                                   private_client=private, session=body, ttl_seconds=ttl_seconds)
+        self._sessions.append(session)
+        return session
 
     def private_predict(self, ensemble_id: str, texts: list[str] | tuple[str, ...], *,
-                        encode: Any = None, batch: bool = True, session: Any = None,
-                        layout: str | None = None) -> Any:
-        """Embed locally (MiniLM by default, once per template) -> encrypt -> send -> decrypt.
+                        encode: Any = None, batch: bool = True,
+                        session: InferenceSession | None = None,
+                        layout: str | None = None) -> PrivatePrediction:
+        """Embed locally (MiniLM by default, every template prompt of every text in one pass)
+        -> encrypt -> send -> decrypt.
 
-        Returns :class:`appliance.capabilities.inference.service.PrivatePrediction` (labels, indices, and win counts
-        or, for an ensemble registered with ``output: "onehot"``, one-hot values).
-        The server sees only ciphertexts; a session is opened once per ensemble and reused
-        until it nears expiry (pass ``session`` to use your own). With ``batch`` and enough
-        texts (:meth:`crypto.private_inference.PrivateClient.prefers_wide`, 12+ at K=8 x
-        384-d) the wide layout is used: slots index queries, one request per up to
-        ``wide_capacity`` texts. ``layout="single"``/``"wide"`` forces a layout.
+        Returns :class:`appliance.client.inference.PrivatePrediction` (labels, indices, and win
+        counts or, for an ensemble registered with ``output: "onehot"``, one-hot values). The
+        server sees only ciphertexts. Without ``session`` one is opened for this call and
+        closed before returning (the keys themselves are kept for the next call, and across
+        runs with a key store). With ``batch`` and enough texts the wide layout is used where
+        the spec lists it; ``layout="single"``/``"wide"`` forces one.
         """
-        from appliance.capabilities.inference.service import PrivatePrediction, default_text_encoder, embed_texts
+        from crypto.errors import CryptoError
 
         texts = [str(t) for t in texts]
         if not texts:
-            raise ClientError("private_predict needs at least one text")
-        sessions: dict[str, Any] = self.__dict__.setdefault("_inference_sessions", {})
-        if session is None:
-            session = sessions.get(ensemble_id)
-            if session is None or session.expired:
-                session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
+            raise ClientError("private_predict needs at least one text",
+                              hint="pass a non-empty list of strings")
+        spec = session.spec if session is not None else self.ensemble_spec(ensemble_id)
         if encode is None:
-            if "MiniLM-L6" not in str(session.spec["encoder"]):
-                raise ClientError(f"ensemble {ensemble_id} uses encoder "
-                                  f"{session.spec['encoder']!r}; pass encode=")
-            encode = self.__dict__.get("_text_encoder")
-            if encode is None:
-                encode = self.__dict__["_text_encoder"] = default_text_encoder()
-        emb = embed_texts(session.spec, texts, encode)
+            if "MiniLM-L6" not in str(spec["encoder"]):
+                raise ClientError(f"ensemble {ensemble_id} uses encoder {spec['encoder']!r}",
+                                  hint="pass encode=, a function from a list of texts to "
+                                       "(n, d) embeddings from that encoder")
+            encode = default_text_encoder()
+        opening: Future[InferenceSession] | None = None
+        pool = ThreadPoolExecutor(max_workers=1) if session is None else None
         try:
+            if pool is not None:  # keys and upload overlap the embedding (ONNX frees the GIL)
+                opening = pool.submit(self.open_inference_session, ensemble_id)
+            try:
+                emb = embed_texts(spec, texts, encode)
+            except CryptoError as exc:
+                raise ClientError(f"embedding failed: {exc}", hint=exc.hint) from exc
+            if opening is not None:
+                session = opening.result()
+            assert session is not None
             scores = session.predict_embeddings(emb, batch=batch, layout=layout)
-        except ApiError as exc:
-            if exc.status != 410 or sessions.get(ensemble_id) is not session:
-                raise
-            session = sessions[ensemble_id] = self.open_inference_session(ensemble_id)
-            scores = session.predict_embeddings(emb, batch=batch, layout=layout)
+        finally:
+            if pool is not None and opening is not None:
+                pool.shutdown(wait=True)
+                if opening.exception() is None:
+                    opened = opening.result()
+                    self._sessions.remove(opened)
+                    try:
+                        opened.close()
+                    except ClientError:
+                        pass  # the TTL sweeps it; the prediction (or its error) matters more
         return PrivatePrediction(labels=list(scores.predicted_classes),
                                  indices=list(scores.labels), win_counts=scores.win_counts,
                                  one_hot=scores.one_hot)

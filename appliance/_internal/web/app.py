@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     )
     app.extensions["appliance.limiter"] = limiter
 
+    from appliance._internal.web.bodies import UnreadBodyGuard
+
+    app.wsgi_app = UnreadBodyGuard(app.wsgi_app)  # type: ignore[method-assign]
     api = Api()
     app.extensions["appliance.api"] = api
     register_core(app, api, limiter)

@@ -11,7 +11,14 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_limiter import Limiter
 
 from appliance import __version__
-from appliance._internal.auth import format_timestamp
+from appliance._internal.auth import (
+    format_timestamp,
+    list_tenant_tokens,
+    mint_tenant_token,
+    parse_duration,
+    revoke_tenant_token,
+    token_view,
+)
 from appliance._internal.identity import LOG_ORIGIN, identity_for
 from appliance._internal.jobs.kinds import job_kinds
 from appliance._internal.jobs.service import cancel_job, job_view, submit_job
@@ -36,6 +43,9 @@ from appliance.schemas import (
     ReportList,
     ReportQuery,
     ReportSummary,
+    TokenCreate,
+    TokenIssued,
+    TokenList,
     WhoAmI,
 )
 
@@ -73,6 +83,28 @@ def register_core(app: Flask, api: Api, limiter: Limiter) -> None:
         p = g.principal
         return {"tenant": p.tenant_name, "role": p.role, "token_id": p.token_id,
                 "expires_at": format_timestamp(p.expires_at)}
+
+    # -- tokens: a tenant admin onboards its own clients and auditors --------------------------
+    @api.op(v1, "/tokens", "POST", summary="Mint a client or auditor token for this tenant",
+            tag="meta", body=TokenCreate, response=TokenIssued, status=201, errors=(403,))
+    def create_tenant_token(body: TokenCreate) -> dict[str, Any]:
+        lifetime = None if body.expires_in is None else parse_duration(body.expires_in)
+        store = _store()
+        issued = mint_tenant_token(store, g.principal, role=body.role, label=body.label,
+                                   expires_in=lifetime)
+        row = store.conn.execute("SELECT * FROM tokens WHERE id = ?", (issued.token_id,)).fetchone()
+        return {**token_view(dict(row)), "token": issued.token}
+
+    @api.op(v1, "/tokens", summary="This tenant's tokens (never the tokens themselves)",
+            tag="meta", response=TokenList, errors=(403,))
+    def list_tokens() -> dict[str, Any]:
+        return {"items": list_tenant_tokens(_store(), g.principal)}
+
+    @api.op(v1, "/tokens/<token_id>", "DELETE", summary="Revoke one of this tenant's tokens",
+            tag="meta", status=204, errors=(403,))
+    def revoke_tenant_token_view(token_id: str) -> Response:
+        revoke_tenant_token(_store(), g.principal, token_id)
+        return Response(status=204)
 
     # -- jobs ---------------------------------------------------------------------------------
     @api.op(v1, "/job-kinds", summary="Job kinds and their parameter schemas", tag="jobs",

@@ -324,6 +324,36 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
                                                                   g.principal.tenant_id)])
 
     # -- jobs -----------------------------------------------------------------------------------
+    @bp.route("/tokens", methods=["GET", "POST"])
+    @signed_in
+    def tokens() -> WebResponse:
+        """Tenant admins mint client and auditor tokens (shown once) and see their tenant's."""
+        from appliance._internal.auth import list_tenant_tokens, mint_tenant_token, parse_duration
+
+        store = _store()
+        error, issued = None, None
+        if request.method == "POST":
+            try:
+                label = request.form.get("label", "").strip()[:128] or None
+                lifetime = parse_duration(request.form.get("expires_in", "").strip() or "30d")
+                issued = mint_tenant_token(store, g.principal, role=request.form.get("role", ""),
+                                           label=label, expires_in=lifetime)
+            except ApplianceError as exc:
+                if exc.status == 401:
+                    raise
+                error = exc
+        items = list_tenant_tokens(store, g.principal)
+        return _page("tokens.html", status=error.status if error else 200, items=items,
+                     issued=issued, error=error, form=request.form)
+
+    @bp.route("/tokens/<token_id>/revoke", methods=["POST"])
+    @signed_in
+    def token_revoke(token_id: str) -> WebResponse:
+        from appliance._internal.auth import revoke_tenant_token
+
+        revoke_tenant_token(_store(), g.principal, token_id)
+        return redirect(url_for("console.tokens"), code=303)
+
     @bp.route("/jobs")
     @signed_in
     def jobs() -> WebResponse:

@@ -85,15 +85,11 @@ def ensembles_show(ensemble_id: str, url: str, token: str) -> None:
 def predict(ensemble_id: str, texts: tuple[str, ...], as_json: bool, no_batch: bool, url: str,
             token: str) -> None:
     """Private inference: embed TEXTS locally with MiniLM, encrypt, send, decrypt the labels."""
-    client = _client(url, token)
-
     def run() -> object:
-        session = client.open_inference_session(ensemble_id)
-        try:
-            return client.private_predict(ensemble_id, list(texts), batch=not no_batch,
-                                          session=session)
-        finally:
-            session.close()
+        # opens a session for the call (keys made while MiniLM embeds) and closes it; with
+        # APPLIANCE_KEY_PASSPHRASE set the keys come from, and go to, the local key store
+        with _client(url, token) as client:
+            return client.private_predict(ensemble_id, list(texts), batch=not no_batch)
 
     result = _run_sdk(run)
     if as_json:

@@ -16,9 +16,8 @@ so every gunicorn process can lazily build the session's evaluator; :class:`Eval
 keeps the most recently used ones per process. Ciphertexts and keys are never logged, and
 plaintext never reaches the server: clients embed and encrypt locally.
 
-Client side, used by the SDK (:meth:`appliance.client.Client.private_predict`):
-:class:`InferenceSession` holds the :class:`~crypto.private_inference.PrivateClient` (the
-secret key stays in this process) and :class:`PrivatePrediction` is what a prediction returns.
+The client side (sessions holding the secret key, embedding, decryption) lives in the SDK:
+:mod:`appliance.client.inference`.
 """
 
 from __future__ import annotations
@@ -28,14 +27,12 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance._internal.store import Store, dumps, loads, new_id, utcnow
@@ -44,7 +41,7 @@ from appliance.errors import Conflict, Gone, NotFound, PayloadTooLarge, Unproces
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from appliance._internal.auth import Principal
     from crypto.ensemble import EnsembleArtifact
-    from crypto.private_inference import EnsembleEvaluator, PrivateClient, PrivateScores
+    from crypto.private_inference import EnsembleEvaluator
 
 #: Largest ``ensemble.json`` accepted (the public part of the artifact).
 MAX_SPEC_BYTES = 1 << 20
@@ -702,122 +699,3 @@ def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (wide_query_count(body), session["id"]))
     return reply
-
-
-# -- client side (SDK) -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PrivatePrediction:
-    """Labels decrypted by the client: class names, indices and, by the ensemble's output
-    mode, per-class win counts (``"scores"``) or one-hot values in [0, 1] (``"onehot"``)."""
-
-    labels: list[str]
-    indices: list[int]
-    win_counts: npt.NDArray[np.float64] | None
-    one_hot: npt.NDArray[np.float64] | None = None
-
-
-class InferenceSession:
-    """A client's open session: the :class:`PrivateClient` (secret key) stays in this process.
-
-    Made by :meth:`appliance.client.Client.open_inference_session`; only the evaluation keys
-    were uploaded. ``predict_embeddings`` encrypts ``(Q, K, d)`` embeddings, sends them and
-    decrypts the replies.
-    """
-
-    def __init__(self, *, sdk: Any, ensemble_id: str, spec: dict[str, Any],
-                 private_client: PrivateClient, session: dict[str, Any]) -> None:
-        self._sdk = sdk
-        self.ensemble_id = ensemble_id
-        self.spec = spec
-        self.private_client = private_client
-        self.id = str(session["id"])
-        self.expires_at = str(session["expires_at"])
-        self.keys_size = int(session["keys_size"])
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"InferenceSession(id={self.id!r}, ensemble_id={self.ensemble_id!r})"
-
-    @property
-    def expired(self) -> bool:
-        """True when the session is closed or within 30 s of its expiry."""
-        end = datetime.strptime(self.expires_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        return self.closed or end.timestamp() - 30.0 <= time.time()
-
-    def predict_embeddings(self, embeddings: npt.ArrayLike, *, batch: bool = True,
-                           per_request: int = 16, layout: str | None = None) -> PrivateScores:
-        """Encrypt ``(Q, K, d)`` embeddings, evaluate them remotely and decrypt the labels.
-
-        With ``batch`` ciphertexts travel ``per_request`` at a time in the framed batch form;
-        otherwise one request per query. ``layout`` is ``"single"``, ``"wide"`` (slots index
-        queries: one request per :attr:`PrivateClient.wide_capacity` queries) or ``None``:
-        wide when ``batch`` and :meth:`PrivateClient.prefers_wide` say so.
-        """
-        from crypto.private_inference import PrivateScores, decode_blobs, encode_blobs
-
-        emb = np.asarray(embeddings, dtype=np.float64)
-        pc = self.private_client
-        path = f"/v1/ensembles/{self.ensemble_id}/predict"
-        headers = {"Content-Type": "application/octet-stream"}
-        if layout is None:
-            layout = "wide" if batch and pc.prefers_wide(len(emb)) else "single"
-        if layout not in ("single", "wide"):
-            raise ValueError("layout is 'single', 'wide' or None")
-        if layout == "wide":
-            cap = pc.wide_capacity
-            parts = []
-            for start in range(0, len(emb), cap):
-                part = emb[start:start + cap]
-                resp = self._sdk.request("POST", path, params={"session": self.id, "layout": "wide"},
-                                         content=pc.encrypt_wide_batch(part), headers=headers)
-                parts.append(pc.decrypt_wide_batch(resp.content, count=len(part)))
-            return PrivateScores.concat(parts)
-        if not batch:
-            replies = [
-                self._sdk.request("POST", path, params={"session": self.id},
-                                  content=pc.encrypt(query), headers=headers).content
-                for query in emb
-            ]
-            return PrivateScores.concat([pc.decrypt_result(r) for r in replies])
-        cts = pc.encrypt_batch(emb)
-        per_request = max(1, min(int(per_request), MAX_BATCH_ITEMS))
-        out: list[bytes] = []
-        for start in range(0, len(cts), per_request):
-            chunk = cts[start:start + per_request]
-            resp = self._sdk.request("POST", path, params={"session": self.id, "batch": "true"},
-                                     content=encode_blobs(chunk), headers=headers)
-            got = decode_blobs(resp.content, max_items=len(chunk), max_bytes=MAX_BATCH_BYTES)
-            out.extend(got)
-        return pc.decrypt_batch(out, total=len(emb))
-
-    def close(self) -> None:
-        """Delete the session (and its stored keys) on the server."""
-        if not self.closed:
-            self._sdk.request("DELETE", f"/v1/inference/sessions/{self.id}")
-            self.closed = True
-
-    def __enter__(self) -> InferenceSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def default_text_encoder() -> Callable[[list[str]], npt.NDArray[np.float32]]:
-    """all-MiniLM-L6-v2 from the offline package, as ``encode(texts) -> (n, 384)``."""
-    from models.hub import load_minilm
-
-    model = load_minilm()
-    return lambda texts: model.embed(list(texts))
-
-
-def embed_texts(spec: dict[str, Any], texts: Sequence[str],
-                encode: Callable[[list[str]], Any]) -> npt.NDArray[np.float64]:
-    """Client-side ``(Q, K, d)`` embeddings of ``texts`` through the spec's templates."""
-    from crypto.private_inference import embed_with_templates
-
-    emb = embed_with_templates(list(texts), list(spec["templates"]), encode)
-    if emb.shape[2] != int(spec["dim"]):
-        raise ValueError(f"the encoder gives {emb.shape[2]}-d embeddings; the ensemble "
-                         f"expects {spec['dim']}-d ({spec['encoder']})")
-    return emb

@@ -1,0 +1,360 @@
+"""The SDK's private-inference client side: sessions that keep the secret key in this process.
+
+>>> session = client.open_inference_session("ens_...")            # doctest: +SKIP
+>>> scores = session.predict_embeddings(embeddings)                 # doctest: +SKIP
+>>> client.private_predict("ens_...", ["a text"]).labels            # doctest: +SKIP
+
+:class:`InferenceSession` holds the :class:`~crypto.private_inference.PrivateClient` (secret
+key); only evaluation keys and ciphertexts leave the process. :class:`PrivatePrediction` is
+what :meth:`appliance.client.Client.private_predict` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.capabilities.inference.service import MAX_BATCH_BYTES, MAX_BATCH_ITEMS
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from appliance.client import Client
+    from crypto.private_inference import PrivateClient, PrivateScores
+
+
+@dataclass(frozen=True)
+class PrivatePrediction:
+    """Labels decrypted by the client: class names, indices and, by the ensemble's output
+    mode, per-class win counts (``"scores"``) or one-hot values in [0, 1] (``"onehot"``)."""
+
+    labels: list[str]
+    indices: list[int]
+    win_counts: npt.NDArray[np.float64] | None
+    one_hot: npt.NDArray[np.float64] | None = None
+
+
+class InferenceSession:
+    """A client's open session: the :class:`PrivateClient` (secret key) stays in this process.
+
+    Made by :meth:`appliance.client.Client.open_inference_session`; only the evaluation keys
+    were uploaded. ``predict_embeddings`` encrypts ``(Q, K, d)`` embeddings, sends them and
+    decrypts the replies. A session the server no longer knows (closed, swept, expired: 404 or
+    410) is reopened once with the same evaluation keys and the request sent again. ``close``
+    (or leaving a ``with`` block) deletes it and its keys on the server.
+    """
+
+    def __init__(self, *, sdk: Client, ensemble_id: str, spec: dict[str, Any],
+                 private_client: PrivateClient, session: dict[str, Any],
+                 ttl_seconds: int | None = None) -> None:
+        self._sdk = sdk
+        self.ensemble_id = ensemble_id
+        self.spec = spec
+        self.private_client = private_client
+        self._ttl_seconds = ttl_seconds
+        self._adopt(session)
+        self.reopened = 0
+
+    def _adopt(self, session: dict[str, Any]) -> None:
+        self.id = str(session["id"])
+        self.expires_at = str(session["expires_at"])
+        self.keys_size = int(session["keys_size"])
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"InferenceSession(id={self.id!r}, ensemble_id={self.ensemble_id!r})"
+
+    @property
+    def expired(self) -> bool:
+        """True when the session is closed or within 30 s of its expiry."""
+        end = datetime.strptime(self.expires_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return self.closed or end.timestamp() - 30.0 <= time.time()
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The request layouts the server serves for this ensemble (from its spec)."""
+        listed = self.spec.get("layouts")
+        if listed is not None:
+            return tuple(str(x) for x in listed)
+        return ("single",) if self.spec.get("wide_layout") is None else ("single", "wide")
+
+    def reopen(self) -> None:
+        """Upload the same evaluation keys again as a new session (no key generation)."""
+        body = _open(self._sdk, self.ensemble_id, self.private_client, self._ttl_seconds)
+        self._adopt(body)
+        self.reopened += 1
+
+    def _post(self, params: dict[str, str], content: bytes) -> bytes:
+        from appliance.client import ApiError
+
+        path = f"/v1/ensembles/{self.ensemble_id}/predict"
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.closed:
+            self.reopen()
+        for attempt in (0, 1):
+            try:
+                return bytes(self._sdk.request("POST", path, params={"session": self.id, **params},
+                                               content=content, headers=headers).content)
+            except ApiError as exc:
+                if attempt or exc.status not in (404, 410):
+                    raise
+                self.reopen()  # a 404 here means the ensemble itself is gone: raised by reopen
+        raise AssertionError("unreachable")
+
+    def predict_embeddings(self, embeddings: npt.ArrayLike, *, batch: bool = True,
+                           per_request: int = 16, layout: str | None = None) -> PrivateScores:
+        """Encrypt ``(Q, K, d)`` embeddings, evaluate them remotely and decrypt the labels.
+
+        With ``batch`` ciphertexts travel ``per_request`` at a time in the framed batch form;
+        otherwise one request per query. ``layout`` is ``"single"``, ``"wide"`` (slots index
+        queries: one request per :attr:`PrivateClient.wide_capacity` queries) or ``None``:
+        wide when ``batch`` and :meth:`PrivateClient.prefers_wide` say so. A layout the spec
+        does not list is refused here, before anything is encrypted.
+        """
+        from appliance.client import ClientError
+        from crypto.errors import CryptoError
+
+        emb = np.asarray(embeddings, dtype=np.float64)
+        spec_dim = (int(self.spec["members"]), int(self.spec["dim"]))
+        if emb.ndim != 3 or emb.shape[1:] != spec_dim or not len(emb):
+            raise ClientError(f"embeddings must be (queries, {spec_dim[0]}, {spec_dim[1]}), "
+                              f"got {emb.shape}", hint="embed each text through every template "
+                              "of the spec (appliance.client.inference.embed_texts)")
+        if layout not in (None, "single", "wide"):
+            raise ClientError(f"layout {layout!r} is not 'single', 'wide' or None")
+        if layout is not None and layout not in self.layouts:
+            raise ClientError(f"ensemble {self.ensemble_id} is not served in the {layout} layout "
+                              f"(the spec lists {list(self.layouts)})",
+                              hint="leave layout=None and the SDK picks one the server accepts")
+        try:
+            return self._predict(emb, batch=batch, per_request=per_request, layout=layout)
+        except CryptoError as exc:
+            raise ClientError(f"private prediction failed: {exc}", hint=exc.hint) from exc
+
+    def _predict(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int,
+                 layout: str | None) -> PrivateScores:
+        from crypto.private_inference import PrivateScores, decode_blobs, encode_blobs
+
+        pc = self.private_client
+        if layout is None:
+            layout = "wide" if batch and "wide" in self.layouts and pc.prefers_wide(len(emb)) \
+                else "single"
+        if layout == "wide":
+            cap = pc.wide_capacity
+            parts = []
+            for start in range(0, len(emb), cap):
+                part = emb[start:start + cap]
+                reply = self._post({"layout": "wide"}, pc.encrypt_wide_batch(part))
+                parts.append(pc.decrypt_wide_batch(reply, count=len(part)))
+            return PrivateScores.concat(parts)
+        if not batch:
+            return PrivateScores.concat([pc.decrypt_result(self._post({}, pc.encrypt(q)))
+                                         for q in emb])
+        cts = pc.encrypt_batch(emb)
+        per_request = max(1, min(int(per_request), MAX_BATCH_ITEMS))
+        out: list[bytes] = []
+        for start in range(0, len(cts), per_request):
+            chunk = cts[start:start + per_request]
+            reply = self._post({"batch": "true"}, encode_blobs(chunk))
+            out.extend(decode_blobs(reply, max_items=len(chunk), max_bytes=MAX_BATCH_BYTES))
+        return pc.decrypt_batch(out, total=len(emb))
+
+    def close(self) -> None:
+        """Delete the session (and its stored keys) on the server; a session the server
+        already dropped (404, 410) counts as closed."""
+        from appliance.client import ApiError
+
+        if self.closed:
+            return
+        try:
+            self._sdk.request("DELETE", f"/v1/inference/sessions/{self.id}")
+        except ApiError as exc:
+            if exc.status not in (404, 410):
+                raise
+        self.closed = True
+
+    def __enter__(self) -> InferenceSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open(sdk: Client, ensemble_id: str, private: PrivateClient,
+          ttl_seconds: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"ensemble_id": ensemble_id}
+    if ttl_seconds is not None:
+        params["ttl_seconds"] = ttl_seconds
+    return dict(sdk._json("POST", "/v1/inference/sessions", params=params,
+                          content=private.evaluation_keys(),
+                          headers={"Content-Type": "application/octet-stream"}))
+
+
+# -- client keys kept between runs -------------------------------------------------------------
+_KEY_MAGIC = b"APK1\n"
+_SCRYPT = {"n": 1 << 15, "r": 8, "p": 1}
+
+
+def default_keys_dir() -> Path:
+    """``$APPLIANCE_KEYS_DIR``, else ``$XDG_DATA_HOME/appliance/keys``, else
+    ``~/.local/share/appliance/keys``."""
+    root = os.environ.get("APPLIANCE_KEYS_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "appliance" / "keys"
+
+
+class KeyStore:
+    """Client keys on this machine, the secret key encrypted under a passphrase.
+
+    >>> store = KeyStore(directory="~/.local/share/appliance/keys", passphrase="...")  # doctest: +SKIP
+
+    One file per (server, ensemble, spec), mode 0600 in a 0700 folder: a header (scrypt
+    parameters, salt, nonce) and AES-256-GCM over the secret-bearing context and the public
+    evaluation keys, the header bound as associated data. The key is derived with scrypt
+    (N=2^15, r=8, p=1) from the passphrase; nothing unencrypted is written.
+    """
+
+    def __init__(self, *, directory: str | Path, passphrase: str | bytes) -> None:
+        if not passphrase:
+            raise ValueError("a key store needs a non-empty passphrase")
+        self.directory = Path(directory).expanduser()
+        self._passphrase = passphrase.encode() if isinstance(passphrase, str) else bytes(passphrase)
+
+    def __repr__(self) -> str:  # never the passphrase
+        return f"KeyStore(directory={str(self.directory)!r})"
+
+    def path_for(self, base_url: str, spec: dict[str, Any]) -> Path:
+        """The file holding the keys for this server and ensemble spec."""
+        digest = hashlib.sha256(json.dumps({"url": base_url.rstrip("/"), "spec": spec},
+                                           sort_keys=True, default=str).encode()).hexdigest()
+        return self.directory / f"{spec['id']}-{digest[:24]}.key"
+
+    def _key(self, salt: bytes, params: dict[str, int]) -> bytes:
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        return Scrypt(salt=salt, length=32, **params).derive(self._passphrase)
+
+    def save(self, path: Path, private: PrivateClient) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        secret, public = private.secret_context(), private.evaluation_keys()
+        salt, nonce = os.urandom(16), os.urandom(12)
+        header = json.dumps({"kdf": "scrypt", **_SCRYPT, "salt": salt.hex(),
+                             "nonce": nonce.hex()}).encode() + b"\n"
+        sealed = AESGCM(self._key(salt, _SCRYPT)).encrypt(
+            nonce, struct.pack(">Q", len(secret)) + secret + public, _KEY_MAGIC + header)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_KEY_MAGIC + header + sealed)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load(self, path: Path, spec: dict[str, Any]) -> PrivateClient | None:
+        """The saved client for ``spec``, or ``None`` when no file exists.
+
+        Raises :class:`appliance.client.KeyStoreError` for a wrong passphrase or a damaged
+        or foreign file.
+        """
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        from appliance.client import KeyStoreError
+        from crypto.errors import CryptoError
+        from crypto.private_inference import PrivateClient
+
+        if not path.is_file():
+            return None
+        hint = (f"pass the passphrase these keys were saved with, or delete {path} to "
+                "generate new keys")
+        data = path.read_bytes()
+        try:
+            if not data.startswith(_KEY_MAGIC):
+                raise ValueError("not a key file")
+            header, sealed = data[len(_KEY_MAGIC):].split(b"\n", 1)
+            meta = json.loads(header)
+            params = {k: int(meta[k]) for k in ("n", "r", "p")}
+            if meta.get("kdf") != "scrypt" or params["n"] > 1 << 20 or params["r"] > 32 \
+                    or params["p"] > 16:
+                raise ValueError("unsupported key derivation")
+            plain = AESGCM(self._key(bytes.fromhex(meta["salt"]), params)).decrypt(
+                bytes.fromhex(meta["nonce"]), sealed, _KEY_MAGIC + header + b"\n")
+            (size,) = struct.unpack(">Q", plain[:8])
+            secret, public = plain[8:8 + size], plain[8 + size:]
+        except InvalidTag:
+            raise KeyStoreError(f"cannot open the saved keys {path.name}: wrong passphrase or "
+                                "a modified file", hint=hint) from None
+        except (ValueError, KeyError, TypeError, struct.error):
+            raise KeyStoreError(f"the saved keys {path.name} are damaged", hint=hint) from None
+        try:
+            return PrivateClient(spec=spec, secret_context=secret, evaluation_keys=public)
+        except CryptoError as exc:
+            raise KeyStoreError(f"the saved keys {path.name} do not fit the ensemble: {exc}",
+                                hint=hint) from None
+
+
+_ENCODER_LOCK = threading.Lock()
+_ENCODERS: dict[str, Callable[[list[str]], npt.NDArray[np.float32]]] = {}
+
+
+def default_text_encoder() -> Callable[[list[str]], npt.NDArray[np.float32]]:
+    """all-MiniLM-L6-v2 from the offline package as ``encode(texts) -> (n, 384)``, loaded once
+    per process.
+
+    ONNX Runtime runs it (:class:`models.sentence_onnx.OnnxSentenceEncoder`: the graph is
+    exported and checked against PyTorch on first use, then cached on this machine); where
+    that is impossible the PyTorch encoder is used, with the same numbers.
+    """
+    with _ENCODER_LOCK:
+        encode = _ENCODERS.get("minilm")
+        if encode is None:
+            encode = _ENCODERS["minilm"] = _load_minilm()
+        return encode
+
+
+def _load_minilm() -> Callable[[list[str]], npt.NDArray[np.float32]]:
+    from models.errors import ModelError
+    from models.hub import load_minilm, minilm_dir
+
+    try:
+        from models.sentence_onnx import OnnxSentenceEncoder
+
+        fast = OnnxSentenceEncoder.from_transformers_dir(minilm_dir())
+        return lambda texts: fast.embed(list(texts))
+    except (ImportError, ModelError, OSError) as exc:
+        log.info("ONNX encoder unavailable (%s); using PyTorch", type(exc).__name__)
+    model = load_minilm()
+    return lambda texts: model.embed(list(texts))
+
+
+def embed_texts(spec: dict[str, Any], texts: Sequence[str],
+                encode: Callable[[list[str]], Any]) -> npt.NDArray[np.float64]:
+    """Client-side ``(Q, K, d)`` embeddings of ``texts`` through the spec's templates."""
+    from crypto.private_inference import embed_with_templates
+
+    emb = embed_with_templates(list(texts), list(spec["templates"]), encode)
+    if emb.shape[2] != int(spec["dim"]):
+        from appliance.client import ClientError
+
+        raise ClientError(f"the encoder gives {emb.shape[2]}-d embeddings; the ensemble "
+                          f"expects {spec['dim']}-d ({spec['encoder']})",
+                          hint="pass encode= the encoder the spec names")
+    return emb

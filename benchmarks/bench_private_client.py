@@ -1,0 +1,190 @@
+"""Benchmark: the SDK's ``private_predict`` end to end (embedding included) against a live server.
+
+    python benchmarks/bench_private_client.py [--texts 240] [--members 8]
+
+One live appliance on loopback (gunicorn, 2 workers), one ensemble of K linear heads over
+MiniLM (384-d, 10 classes; random heads, seeded), ``--texts`` paragraphs of standard-library
+docstrings. Rows, all in the same run:
+
+- **before**: the path as it was: PyTorch MiniLM loaded inside the call (a fresh Client per
+  call, as the CLI does), every template prompt embedded in one PyTorch pass, keys generated,
+  session left open;
+- **now, first call**: ONNX Runtime MiniLM loaded in this call (its graph cached on disk by the
+  load probe before), keys generated, session opened and closed;
+- **now, warm process**: encoder and keys already loaded in the process (a second call);
+- **now, key store**: a fresh Client in the same process reading its keys from the key store.
+
+Each row reports wall time, this process's CPU time (the server's is apart), queries/s and
+label agreement with the plaintext argmax of the same embeddings. Before them, a fresh process
+loads each encoder twice (the second ONNX load reads the cached graph). The machine's load
+average is printed, as timings on a shared machine are inflated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib
+import inspect
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, live_appliance, table  # (puts tests/ on sys.path)
+from support import free_port
+
+MODULES = ("os", "pathlib", "threading", "socket", "calendar", "json", "shutil", "subprocess",
+           "argparse", "logging", "collections", "functools", "email.message", "http.client")
+
+
+_ROFF_ESCAPE = re.compile(r"\\f[BIRP]|\\f\(..|\\\(..|\\[-&e|^]|\\s[-+]?\d")
+
+
+def man_paragraphs(count: int, folder: Path = Path("/usr/share/man/man1")) -> list[str]:
+    """Paragraphs (80-800 characters) of the machine's section-1 man pages, roff stripped,
+    files in name order: the kind of text the issue measured on."""
+    found: list[str] = []
+    for path in sorted(folder.glob("*.gz")) if folder.is_dir() else []:
+        try:
+            text = gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
+        except (OSError, EOFError):
+            continue
+        para: list[str] = []
+        for line in [*text.splitlines(), ".PP"]:
+            if line.startswith((".", "'")) or not line.strip():
+                joined = " ".join(_ROFF_ESCAPE.sub("", " ".join(para)).split())
+                if 80 <= len(joined) <= 800 and "\\" not in joined:
+                    found.append(joined)
+                para = []
+            else:
+                para.append(line)
+        if len(dict.fromkeys(found)) >= count:
+            break
+    return list(dict.fromkeys(found))[:count]
+
+
+def docstring_paragraphs(count: int) -> list[str]:
+    """First paragraphs (>= 80 characters) of public docstrings, deduplicated, in a fixed order."""
+    found: list[str] = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        objs = [o for a, o in sorted(vars(module).items()) if not a.startswith("_")]
+        objs += [m for o in objs if inspect.isclass(o)
+                 for a, m in sorted(vars(o).items()) if not a.startswith("_")]
+        for obj in objs:
+            doc = inspect.getdoc(obj)
+            if doc:
+                para = " ".join(doc.strip().split("\n\n")[0].split())
+                if len(para) >= 80:
+                    found.append(para)
+    return list(dict.fromkeys(found))[:count]
+
+
+def paragraphs(count: int) -> tuple[str, list[str]]:
+    texts = man_paragraphs(count)
+    if len(texts) == count:
+        return "man-page paragraphs", texts
+    texts = docstring_paragraphs(count)
+    if len(texts) < count:
+        raise SystemExit(f"only {len(texts)} paragraphs found, asked for {count}")
+    return "docstring paragraphs", texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--texts", type=int, default=240)
+    parser.add_argument("--members", type=int, default=8)
+    args = parser.parse_args()
+
+    import torch
+
+    from appliance.client import Client
+    from appliance.client.inference import default_text_encoder
+    from crypto.ensemble import EnsembleArtifact
+    from crypto.private_inference import PrivateClient, embed_with_templates
+    from models.hub import load_minilm
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    source, texts = paragraphs(args.texts)
+    templates = [f"Paragraph from the manual, reading {i}: {{}}" for i in range(args.members)]
+    rng = np.random.default_rng(0)
+    art = EnsembleArtifact(templates=templates,
+                           weights=rng.normal(size=(args.members, 10, 384)) / np.sqrt(384),
+                           biases=np.zeros((args.members, 10)),
+                           classes=[f"c{i}" for i in range(10)], encoder="all-MiniLM-L6-v2")
+    # a fresh process loading each encoder (the ONNX graph exported first if not yet cached)
+    import subprocess
+    import sys
+
+    loads = []
+    for name, code in (("PyTorch MiniLM (load_minilm)", "from models.hub import load_minilm as f"),
+                       ("ONNX MiniLM (default_text_encoder)",
+                        "from appliance.client.inference import default_text_encoder as f")):
+        probe = (f"import time; t = time.perf_counter(); c = time.process_time(); {code}; "
+                 "f(); print(time.perf_counter() - t, time.process_time() - c)")
+        for attempt in ("first", "again"):
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                 check=True, cwd=ROOT).stdout.split()
+            loads.append([name, attempt, float(out[-2]), float(out[-1])])
+    print(table("encoder load in a fresh process (import included)",
+                ["encoder", "run", "wall s", "CPU s"], loads))
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            live_appliance(Path(tmp) / "home", port=free_port()) as (url, token):
+        ens = Client(url, token=token).create_ensemble(art, name="bench").id
+
+        def row(name: str, run: object) -> np.ndarray:
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = run()  # type: ignore[operator]
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            rows.append([name, len(texts), wall, cpu, len(texts) / wall])
+            return np.asarray(getattr(result, "indices", None) or result.labels)
+
+        def before() -> object:
+            # the path as it was: a Client per call, PyTorch MiniLM loaded in it, keys made,
+            # the session never closed
+            sdk = Client(url, token=token, timeout=600)
+            model = load_minilm()
+            spec = sdk.ensemble_spec(ens)
+            emb = embed_with_templates(texts, spec["templates"], lambda p: model.embed(list(p)))
+            private = PrivateClient(spec=spec)
+            from appliance.client.inference import InferenceSession
+
+            body = sdk._json("POST", "/v1/inference/sessions", params={"ensemble_id": ens},
+                             content=private.evaluation_keys(),
+                             headers={"Content-Type": "application/octet-stream"})
+            session = InferenceSession(sdk=sdk, ensemble_id=ens, spec=spec,
+                                       private_client=private, session=body)
+            return session.predict_embeddings(emb)
+
+        with Client(url, token=token, timeout=600) as sdk:
+            first = row("now, first call (ONNX encoder loaded, keys made)",
+                        lambda: sdk.private_predict(ens, texts))
+            warm = row("now, warm process (encoder + keys loaded)",
+                       lambda: sdk.private_predict(ens, texts))
+        keys = Path(tmp) / "keys"
+        Client(url, token=token, key_passphrase="bench", keys_dir=keys).private_predict(
+            ens, texts[:4])  # saves the keys
+        with Client(url, token=token, timeout=600, key_passphrase="bench", keys_dir=keys) as sdk:
+            stored = row("now, fresh Client, keys from the key store",
+                         lambda: sdk.private_predict(ens, texts))
+        old = row("before (PyTorch MiniLM loaded per call, keys made)", before)
+
+    emb = embed_with_templates(texts, templates, default_text_encoder())
+    logits = art.plaintext_logits(emb)
+    plain = logits.argmax(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    for r, got in zip(rows, (first, warm, stored, old), strict=True):
+        r.append(f"{int((got == plain).sum())}/{len(plain)}")
+    print(table(f"SDK private_predict end to end, K={args.members} x 384-d, 10 classes, "
+                f"{source}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+                ["path", "texts", "wall s", "client CPU s", "queries/s", "labels = plaintext"],
+                rows))
+    print(f"smallest top-2 logit gap of the plaintext ensemble: {float((top2[:, 1] - top2[:, 0]).min()):.2e}")
+
+
+if __name__ == "__main__":
+    main()

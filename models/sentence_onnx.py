@@ -1,0 +1,243 @@
+"""Sentence embeddings through ONNX Runtime: the transformers encoder's numbers at about half its CPU.
+
+>>> enc = OnnxSentenceEncoder.from_transformers_dir(minilm_dir())   # doctest: +SKIP
+>>> enc.embed(["a cat sits on the mat"]).shape                       # doctest: +SKIP
+(1, 384)
+
+The encoder's graph is exported once from the local safetensors weights (eager attention, so
+padding masks trace exactly), checked against the PyTorch forward on probe sentences (largest
+difference at most :data:`MAX_EXPORT_ERROR`), and cached under ``cache_dir`` keyed by the
+sha256 of the weights and config; later processes load only the ONNX graph and the tokenizer
+(about a second instead of ten). Pooling follows the sentence-transformers files, as
+:class:`models.engine.TransformersModel` does (mean or CLS; L2 normalisation unless
+``modules.json`` lists no Normalize module). Batches are built by token length so they carry
+little padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import ModelError, ModelFormatError
+
+#: Largest absolute difference from the PyTorch forward accepted when a graph is exported.
+MAX_EXPORT_ERROR = 1e-4
+#: Bumped when the export procedure changes, so older cached graphs are not reused.
+EXPORT_VERSION = 1
+_PROBES = (
+    "a cat sits on the mat",
+    "Return the value of the environment variable key if it exists, or default if it does "
+    "not; key, default and the result are str.",
+    "x",
+)
+
+
+def default_cache_dir() -> Path:
+    """``$APPLIANCE_CACHE_DIR/encoders``, else ``$XDG_CACHE_HOME/appliance/encoders``, else
+    ``~/.cache/appliance/encoders``."""
+    root = os.environ.get("APPLIANCE_CACHE_DIR")
+    if root:
+        return Path(root) / "encoders"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "appliance" / "encoders"
+
+
+def _read_json(model_dir: Path, name: str) -> Any:
+    from models.bounded_json import load_bounded_json
+
+    path = model_dir / name
+    return load_bounded_json(path.read_bytes(), what=name) if path.is_file() else None
+
+
+def _pooling(model_dir: Path) -> tuple[str, bool]:
+    pooling = "mean"
+    cfg = _read_json(model_dir, "1_Pooling/config.json")
+    if isinstance(cfg, dict):
+        if cfg.get("pooling_mode_max_tokens"):
+            raise ModelFormatError("max pooling is not supported by the ONNX sentence encoder")
+        if cfg.get("pooling_mode_cls_token"):
+            pooling = "cls"
+    modules = _read_json(model_dir, "modules.json")
+    normalize = True
+    if isinstance(modules, list):
+        normalize = any(isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize")
+                        for m in modules)
+    return pooling, normalize
+
+
+def _weights_digest(model_dir: Path) -> str:
+    digest = hashlib.sha256(f"sentence-onnx-v{EXPORT_VERSION}".encode())
+    for path in [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxSentenceEncoder:
+    """``embed(texts) -> float32 (n, d)`` with ONNX Runtime on the CPU."""
+
+    def __init__(self, *, session: Any, tokenizer: Any, max_length: int, pooling: str,
+                 normalize: bool, input_names: tuple[str, ...]) -> None:
+        self._session = session
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pooling = pooling
+        self.normalize = normalize
+        self._inputs = input_names
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_transformers_dir(cls, model_dir: str | Path, *, cache_dir: str | Path | None = None,
+                              threads: int | None = None) -> OnnxSentenceEncoder:
+        """Load the cached graph of an encoder folder, exporting and checking it first if needed.
+
+        Raises :class:`~models.errors.ModelError` when the folder is not a mean/CLS-pooled
+        encoder or the exported graph disagrees with PyTorch (callers fall back to
+        :class:`models.engine.TransformersModel`).
+        """
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from models.formats import tokenizer_file_arguments, validate_transformers_dir
+
+        model_dir = Path(model_dir)
+        validate_transformers_dir(model_dir)
+        pooling, normalize = _pooling(model_dir)
+        config = _read_json(model_dir, "config.json")
+        archs = (config.get("architectures") or []) if isinstance(config, dict) else []
+        if any(not str(a).endswith("Model") for a in archs):
+            raise ModelFormatError(f"{model_dir.name!r} is not a bare encoder ({archs})")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                                  trust_remote_code=False,
+                                                  **tokenizer_file_arguments(model_dir))
+        st_config = _read_json(model_dir, "sentence_bert_config.json")
+        if isinstance(st_config, dict) and isinstance(st_config.get("max_seq_length"), int):
+            max_length = int(st_config["max_seq_length"])
+        else:
+            max_length = min(int(getattr(tokenizer, "model_max_length", 512)), 512)
+        input_names = tuple(n for n in tokenizer.model_input_names
+                            if n in ("input_ids", "attention_mask", "token_type_ids"))
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        graph = cache / f"{model_dir.name}-{_weights_digest(model_dir)[:32]}.onnx"
+        if not graph.is_file():
+            _export(model_dir, graph, tokenizer=tokenizer, input_names=input_names,
+                    pooling=pooling, normalize=normalize, max_length=max_length)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # Busy-waiting threads burn a shared machine's CPU for nothing (about a third more CPU
+        # time and twice the wall time measured on two loaded cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a truncated or foreign cache file: export again next time
+            graph.unlink(missing_ok=True)
+            raise ModelError(f"cached encoder graph {graph.name!r} is unusable: {exc}") from None
+        return cls(session=session, tokenizer=tokenizer, max_length=max_length, pooling=pooling,
+                   normalize=normalize, input_names=input_names)
+
+    def embed(self, texts: list[str] | tuple[str, ...], *,
+              batch_size: int = 8) -> npt.NDArray[np.float32]:
+        """Sentence embeddings, float32 ``(n, d)``, in the order of ``texts``.
+
+        Small batches of texts of similar token length carry almost no padding (measured on
+        man-page paragraphs: batches of 8 take ~15% less CPU than 32 and ~30% less than 64).
+        """
+        items = [str(t) for t in texts]
+        if not items:
+            raise ValueError("embed needs at least one text")
+        ids = self.tokenizer(items, truncation=True, max_length=self.max_length)["input_ids"]
+        order = np.argsort([-len(i) for i in ids], kind="stable")
+        out: npt.NDArray[np.float32] | None = None
+        for start in range(0, len(items), max(1, int(batch_size))):
+            rows = order[start:start + batch_size]
+            enc = self.tokenizer([items[j] for j in rows], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="np")
+            feed = {n: np.asarray(enc[n], dtype=np.int64) for n in self._inputs}
+            with self._lock:  # one run at a time: the session already uses every core
+                hidden = self._session.run(None, feed)[0]
+            pooled = _pool(hidden, feed["attention_mask"], self.pooling, self.normalize)
+            if out is None:
+                out = np.empty((len(items), pooled.shape[1]), dtype=np.float32)
+            out[rows] = pooled
+        assert out is not None
+        return out
+
+
+def _pool(hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64], pooling: str,
+          normalize: bool) -> npt.NDArray[np.float32]:
+    hidden = hidden.astype(np.float32, copy=False)
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    if normalize:
+        pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled.astype(np.float32, copy=False)
+
+
+def _export(model_dir: Path, graph: Path, *, tokenizer: Any, input_names: tuple[str, ...],
+            pooling: str, normalize: bool, max_length: int) -> None:
+    """Export the encoder to ``graph`` (mode 0600, written atomically) after checking that
+    ONNX Runtime reproduces the PyTorch forward on padded probe batches."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager", use_safetensors=True,
+                                      local_files_only=True, trust_remote_code=False).float().eval()
+
+    class _Hidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.inner(**dict(zip(input_names, args, strict=True))).last_hidden_state
+
+    enc = tokenizer(list(_PROBES), padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    args = tuple(enc[n] for n in input_names)
+    axes = {n: {0: "batch", 1: "tokens"} for n in input_names}
+    graph.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp_name = tempfile.mkstemp(dir=graph.parent, prefix=".export-", suffix=".onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            # before the export, which leaves the traced module in another state
+            expected = model(**enc).last_hidden_state.numpy()
+            torch.onnx.export(_Hidden(), args, str(tmp), input_names=list(input_names),
+                              output_names=["last_hidden_state"],
+                              dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "tokens"}},
+                              opset_version=17, dynamo=False)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: enc[n].numpy().astype(np.int64) for n in input_names})[0]
+        mask = enc["attention_mask"].numpy()
+        error = float(np.abs(_pool(got, mask, pooling, normalize)
+                             - _pool(expected, mask, pooling, normalize)).max())
+        if not error <= MAX_EXPORT_ERROR:
+            raise ModelError(f"the exported encoder differs from PyTorch by {error:.2e}")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, graph)
+        (graph.parent / (graph.name + ".json")).write_text(json.dumps(
+            {"source": model_dir.name, "max_error": error, "export_version": EXPORT_VERSION}))
+    finally:
+        tmp.unlink(missing_ok=True)

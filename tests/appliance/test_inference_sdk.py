@@ -1,0 +1,170 @@
+"""The private-inference SDK: keys kept between runs (encrypted, 0600), sessions closed and
+recovered, every failure a ClientError with a hint, and no layout the spec does not list."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from support import make_token
+
+TEMPLATES = ("a {}", "b {}")
+CLASSES = ("x", "y", "z")
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    """A deterministic toy 8-d text encoder (bytes histogram), standing in for MiniLM."""
+    out = np.zeros((len(texts), 8))
+    for i, text in enumerate(texts):
+        for ch in text.encode():
+            out[i, ch % 8] += 1.0
+    return out + 0.1
+
+
+@pytest.fixture
+def sdk_env(app: Any, settings: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    from appliance.client import Client
+    from crypto.ensemble import EnsembleArtifact
+
+    rng = np.random.default_rng(3)
+    art = EnsembleArtifact(templates=TEMPLATES, weights=rng.normal(size=(2, 3, 8)),
+                           biases=np.zeros((2, 3)), classes=CLASSES, encoder="toy-8d")
+    owner_token = make_token(settings, "acme", "admin")
+    user_token = make_token(settings, "acme", "client")
+
+    def sdk(token: str = user_token, **kw: Any) -> Client:
+        return Client("http://appliance.test", token=token, retries=0,
+                      transport=httpx.WSGITransport(app=app), **kw)
+
+    ensemble = sdk(owner_token).create_ensemble(art, name="toy").id
+    yield {"sdk": sdk, "ensemble": ensemble, "art": art, "keys": tmp_path / "keys"}
+
+
+def _open_sessions(settings: Any) -> int:
+    """Sessions the server holds (rows in its own database)."""
+    from appliance._internal.store import Store
+
+    store = Store.open(settings)
+    try:
+        return int(store.conn.execute("SELECT COUNT(*) FROM inference_sessions").fetchone()[0])
+    finally:
+        store.close()
+
+
+def test_keys_persist_encrypted_and_sessions_close(sdk_env: dict[str, Any], settings: Any) -> None:
+    from appliance.client import KeyStoreError
+    from crypto.private_inference import embed_with_templates
+
+    texts = ["hello there", "zzz", "a longer sentence about nothing"]
+    first = sdk_env["sdk"](key_passphrase="correct horse", keys_dir=sdk_env["keys"])
+    got = first.private_predict(sdk_env["ensemble"], texts, encode=_encode)
+    want = sdk_env["art"].plaintext_logits(embed_with_templates(texts, TEMPLATES, _encode))
+    assert got.indices == list(want.argmax(axis=1))
+    assert _open_sessions(settings) == 0  # private_predict closed the session it opened
+    (key_file,) = sdk_env["keys"].iterdir()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sdk_env["keys"].stat().st_mode) == 0o700
+    private = first._private_clients[sdk_env["ensemble"]]
+    secret = private.secret_context()
+    stored = key_file.read_bytes()
+    assert secret[len(secret) // 2:len(secret) // 2 + 64] not in stored  # encrypted at rest
+    first.close()
+
+    second = sdk_env["sdk"](key_passphrase="correct horse", keys_dir=sdk_env["keys"])
+    with second:  # a later run: the same keys, loaded (no key generation), a new session
+        session = second.open_inference_session(sdk_env["ensemble"])
+        assert session.private_client.evaluation_keys() == private.evaluation_keys()
+        assert second.private_predict(sdk_env["ensemble"], texts, encode=_encode,
+                                      session=session).indices == got.indices
+        assert _open_sessions(settings) == 1
+    assert _open_sessions(settings) == 0  # leaving the with block closed it
+    assert key_file.read_bytes() == stored
+
+    wrong = sdk_env["sdk"](key_passphrase="wrong", keys_dir=sdk_env["keys"])
+    with pytest.raises(KeyStoreError) as refused:
+        wrong.open_inference_session(sdk_env["ensemble"])
+    assert "passphrase" in refused.value.diagnostics()
+    key_file.write_bytes(stored[:-1] + bytes([stored[-1] ^ 1]))  # one flipped bit
+    with pytest.raises(KeyStoreError):
+        sdk_env["sdk"](key_passphrase="correct horse",
+                       keys_dir=sdk_env["keys"]).open_inference_session(sdk_env["ensemble"])
+
+
+def test_sessions_recover_from_404_and_410(sdk_env: dict[str, Any], settings: Any) -> None:
+    import time
+
+    from crypto.private_inference import embed_with_templates
+
+    sdk = sdk_env["sdk"]()
+    emb = embed_with_templates(["one", "two"], TEMPLATES, _encode)
+    session = sdk.open_inference_session(sdk_env["ensemble"], ttl_seconds=1)
+    first_id = session.id
+    sdk.request("DELETE", f"/v1/inference/sessions/{first_id}")  # gone behind its back: 404
+    labels = list(session.predict_embeddings(emb, batch=False).labels)
+    assert session.reopened == 1 and session.id != first_id
+    time.sleep(1.2)  # expired: 410
+    assert list(session.predict_embeddings(emb).labels) == labels
+    assert session.reopened == 2
+    sdk.close()
+    assert session.closed and _open_sessions(settings) == 1  # only the expired row (kept for 410s)
+
+
+def test_refused_layouts_and_bad_inputs_are_client_errors(sdk_env: dict[str, Any],
+                                                          settings: Any) -> None:
+    from appliance.client import ApiError, ClientError
+
+    sdk = sdk_env["sdk"]()
+    session = sdk.open_inference_session(sdk_env["ensemble"])
+    session.spec["layouts"] = ["single"]  # as a server that serves no wide layout says
+    sent: list[str] = []
+    original = sdk.request
+    sdk.request = lambda *a, **k: sent.append(a[1]) or original(*a, **k)  # type: ignore[method-assign]
+    with pytest.raises(ClientError) as refused:
+        session.predict_embeddings(np.ones((3, 2, 8)), layout="wide")
+    assert "layout" in str(refused.value) and refused.value.hint
+    with pytest.raises(ClientError):
+        session.predict_embeddings(np.ones((3, 5, 8)))  # wrong member count
+    with pytest.raises(ClientError):
+        sdk.private_predict(sdk_env["ensemble"], [], encode=_encode)
+    assert sent == []  # nothing left this process
+    with pytest.raises(ClientError):  # an encoder without the spec's dimension
+        sdk.private_predict(sdk_env["ensemble"], ["t"], encode=lambda t: np.ones((len(t), 5)))
+    assert _open_sessions(settings) == 1  # the session opened meanwhile was closed again
+    with pytest.raises(ApiError) as missing:
+        sdk.private_predict("ens_missing", ["t"], encode=_encode)
+    assert missing.value.status == 404 and isinstance(missing.value, ClientError)
+
+
+def test_a_slow_server_is_a_request_timeout_not_an_httpx_error() -> None:
+    from appliance.client import Client, ClientError, RequestTimeout
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while True:
+                held.append(server.accept()[0])  # read nothing, answer nothing
+        except OSError:
+            return
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    try:
+        with Client(f"http://127.0.0.1:{port}", token="t", timeout=0.3, retries=0) as sdk:
+            with pytest.raises(RequestTimeout) as slow:
+                sdk.whoami()
+        assert isinstance(slow.value, ClientError) and "timeout" in slow.value.diagnostics()
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()

@@ -1,0 +1,42 @@
+"""The ONNX Runtime sentence encoder reproduces the PyTorch MiniLM and caches its graph safely."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.hub import load_minilm, minilm_dir
+from models.sentence_onnx import OnnxSentenceEncoder
+
+
+def test_onnx_minilm_matches_pytorch_and_reuses_its_cached_graph(tmp_path: Path) -> None:
+    fast = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path)
+    (graph,) = tmp_path.glob("*.onnx")
+    assert stat.S_IMODE(graph.stat().st_mode) == 0o600
+    texts = ["a cat sits on the mat", "x",
+             "Return the value of the environment variable key if it exists. " * 40,
+             "template 3: Split the pathname path into a pair (head, tail)."]
+    got = fast.embed(texts, batch_size=2)  # batches of unequal padding, returned in order
+    want = load_minilm().embed(texts)
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    assert float(np.abs(got - want).max()) < 1e-5
+    stamp = graph.stat().st_mtime_ns
+    again = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path)
+    assert graph.stat().st_mtime_ns == stamp  # loaded, not exported again
+    np.testing.assert_allclose(again.embed(texts[:1]), got[:1], atol=1e-6)
+    with pytest.raises(ValueError):
+        fast.embed([])
+
+
+def test_a_corrupt_cached_graph_is_refused_and_removed(tmp_path: Path) -> None:
+    from models.errors import ModelError
+    from models.sentence_onnx import _weights_digest
+
+    graph = tmp_path / f"{minilm_dir().name}-{_weights_digest(minilm_dir())[:32]}.onnx"
+    graph.write_bytes(b"not a protobuf graph")
+    with pytest.raises(ModelError):
+        OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path)
+    assert not graph.exists()
