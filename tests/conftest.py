@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the SDK's caches (the exported ONNX text encoder) and client key stores stay out of $HOME:
+# one folder per test session, shared with the subprocesses the tests start
+os.environ.setdefault("APPLIANCE_CACHE_DIR", tempfile.mkdtemp(prefix="appliance-test-cache-"))
+os.environ.setdefault("APPLIANCE_KEYS_DIR", tempfile.mkdtemp(prefix="appliance-test-keys-"))
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 

@@ -27,15 +27,7 @@ from appliance.capabilities.ownership.client import OwnershipClient
 from appliance.capabilities.provenance.client import ProvenanceClient
 from appliance.capabilities.signatures.client import SignaturesClient
 from appliance.capabilities.unlearning.client import UnlearningClient
-from appliance.client.inference import (
-    InferenceSession,
-    KeyStore,
-    PrivatePrediction,
-    default_keys_dir,
-    default_text_encoder,
-    embed_texts,
-)
-from appliance.client.inference import _open as _open_session
+from appliance.client.keystore import KeyStore, default_keys_dir
 from appliance.errors import Error
 from appliance.schemas import (
     DatasetList,
@@ -59,6 +51,7 @@ if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install 
         RefinedModel,
         RefinementOut,
     )
+    from appliance.client.inference import InferenceSession, PrivatePrediction
     from crypto.bundle import VerifiedReport
     from crypto.provisioning import VerifiedQuote
 
@@ -439,6 +432,9 @@ class Client:
         """
         spec = self.ensemble_spec(ensemble_id)
         private = self._private_client(ensemble_id, spec)
+        from appliance.client.inference import InferenceSession
+        from appliance.client.inference import _open as _open_session
+
         body = _open_session(self, ensemble_id, private, ttl_seconds)
         session = InferenceSession(sdk=self, ensemble_id=ensemble_id, spec=spec,
                                    private_client=private, session=body, ttl_seconds=ttl_seconds)
@@ -459,6 +455,7 @@ class Client:
         runs with a key store). With ``batch`` and enough texts the wide layout is used where
         the spec lists it; ``layout="single"``/``"wide"`` forces one.
         """
+        from appliance.client.inference import PrivatePrediction, default_text_encoder, embed_texts
         from crypto.errors import CryptoError
 
         texts = [str(t) for t in texts]
