@@ -324,6 +324,17 @@ def register_dataset(
         store.drop_refused_upload(pin, digest)
         raise
     num_classes = int(data.y.max()) + 1 if data.y is not None and len(data.y) else None
+    return _record_dataset(store, principal, pin=pin, digest=digest, size=size, name=name,
+                           n=int(data.x.shape[0]), shape=list(data.x.shape[1:]),
+                           has_labels=data.y is not None, num_classes=num_classes,
+                           meta={"dtype": str(data.x.dtype)})
+
+
+def _record_dataset(store: Store, principal: Principal, *, pin: str, digest: str, size: int,
+                    name: str, n: int, shape: list[int], has_labels: bool,
+                    num_classes: int | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """Record a validated upload: its blob kept (unpinned) and the dataset row, in one
+    transaction."""
     dataset_id = new_id("dst")
     with store.transaction():
         store.record_blob(digest, size)
@@ -331,12 +342,8 @@ def register_dataset(
         store.conn.execute(
             "INSERT INTO datasets (id, tenant_id, name, digest, size, n, shape, has_labels, "
             "num_classes, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                dataset_id, principal.tenant_id, name, digest, size, int(data.x.shape[0]),
-                dumps(list(data.x.shape[1:])), int(data.y is not None), num_classes,
-                dumps({"dtype": str(data.x.dtype)}), utcnow(),
-            ),
-        )
+            (dataset_id, principal.tenant_id, name, digest, size, n, dumps(shape),
+             int(has_labels), num_classes, dumps(meta), utcnow()))
     return store.get_owned("datasets", principal.tenant_id, dataset_id, "dataset")
 
 
@@ -351,16 +358,9 @@ def _register_jsonl(store: Store, principal: Principal, *, digest: str, size: in
     except BaseException:
         store.drop_refused_upload(pin, digest)
         raise
-    dataset_id = new_id("dst")
-    with store.transaction():
-        store.record_blob(digest, size)
-        store.unpin(pin)
-        store.conn.execute(
-            "INSERT INTO datasets (id, tenant_id, name, digest, size, n, shape, has_labels, "
-            "num_classes, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)",
-            (dataset_id, principal.tenant_id, name, digest, size, len(records), dumps([]),
-             dumps({"format": "jsonl", **summarize(records)}), utcnow()))
-    return store.get_owned("datasets", principal.tenant_id, dataset_id, "dataset")
+    return _record_dataset(store, principal, pin=pin, digest=digest, size=size, name=name,
+                           n=len(records), shape=[], has_labels=False, num_classes=None,
+                           meta={"format": "jsonl", **summarize(records)})
 
 
 def _dataset_format(row: dict[str, Any]) -> str:
