@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, help="override the number of negatives")
     parser.add_argument("--partials", type=int, help="override the number of partials")
     parser.add_argument("--nulls", type=int, help="null sets per view policy")
+    parser.add_argument("--policies", default="auto,false,true", help="view policies for the null sets")
     args = parser.parse_args()
     from appliance.audits.dov4cl import DOV4CLInputs
     from appliance.audits.registry import create_method
@@ -274,7 +275,8 @@ def main() -> None:
 
     pool_images = np.concatenate([pub, pvt])
     null_rows = []
-    for policy in ("auto", False, True):
+    named = {"auto": "auto", "false": False, "true": True}
+    for policy in [named[name.strip().lower()] for name in args.policies.split(",")]:
         hits, rng = 0, np.random.default_rng(7)
         for i in range(n_null):
             # even: the negatives on a split of D_pub + D_pvt (never seen); odd: the positives on
