@@ -1,6 +1,7 @@
 """DOV4CL against suspects the appliance did not train and whose recipe it does not know.
 
     python benchmarks/bench_ownership_robustness.py [--quick] [--workers 2] [--final]
+        [--positives 10 --negatives 10 --partials 2 --nulls 32]
 
 The suspects differ from the appliance's shadows along four axes at once:
 - architecture family: depthwise-separable convolutions with GroupNorm and SiLU (the
@@ -19,10 +20,12 @@ set, through the same code the service runs. Audits use the service's defaults.
 Seeds below 1000 are the development part; ``--final`` reports only the part kept aside
 (seeds 1000+), which was not looked at while the method was tuned.
 
-Prints: TPR and FPR at alpha 0.05 with 95% Wilson intervals, the ordering of positives >
-partials > negatives by statistic, null sets (random public/private splits of one pool, with
-the suspects independent of both) under each view policy, and wall time of an audit with
-kept shadows over the bare forward time of its queries.
+Prints: TPR and FPR at alpha 0.05 with 95% Wilson intervals (calibrated and reference tests),
+the ordering of positives > partials > negatives by statistic, the distinct images and queries
+of an audit, null sets under each view policy (random public/private splits of one pool: of
+D_pub with the positives, which saw every image, and of D_pub + D_pvt with the negatives, which
+saw none), and wall time of an audit with kept shadows over the bare forward time of its
+queries.
 """
 
 from __future__ import annotations
@@ -201,12 +204,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 positives, 4 negatives, 1 partial, 8 null sets")
     parser.add_argument("--final", action="store_true", help="report the part kept aside (seeds 1000+)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--positives", type=int, help="override the number of positives")
+    parser.add_argument("--negatives", type=int, help="override the number of negatives")
+    parser.add_argument("--partials", type=int, help="override the number of partials")
+    parser.add_argument("--nulls", type=int, help="null sets per view policy")
+    parser.add_argument("--policies", default="auto,false,true", help="view policies for the null sets")
     args = parser.parse_args()
     from appliance.audits.ownership.dov4cl import DOV4CLInputs
     from appliance.audits.registry import create_method
 
     base = 1000 if args.final else 0
     n_pos, n_neg, n_part, n_null = (4, 4, 1, 8) if args.quick else (10, 10, 2, 32)
+    n_pos = n_pos if args.positives is None else args.positives
+    n_neg = n_neg if args.negatives is None else args.negatives
+    n_part = n_part if args.partials is None else args.partials
+    n_null = n_null if args.nulls is None else args.nulls
     tasks = ([("positive", base + i) for i in range(n_pos)] + [("negative", base + 100 + i) for i in range(n_neg)]
              + [("partial", base + 200 + i) for i in range(n_part)])
     t0 = time.perf_counter()
@@ -222,13 +234,22 @@ def main() -> None:
 
     method = create_method("dov4cl")
     rows: dict[str, list[tuple[float, float, str]]] = {"positive": [], "negative": [], "partial": []}
+    reference: dict[str, int] = {"positive": 0, "negative": 0, "partial": 0}
     walls, bares = [], []
+    shape = ""
     for role, seed, _ in trained:
         suspect = load_suspect(role, seed)
         started = time.perf_counter()
         result = method.run(DOV4CLInputs(public=pub, private=pvt, suspect=suspect, shadow=shadows), seed=seed)
         walls.append(time.perf_counter() - started)
         bares.append(result.timings["suspect_query_s"] + result.timings["shadow_query_s"])
+        reference[role] += result.statistics["reference_p"] < ALPHA
+        st = result.statistics
+        shape = (f"{st['distinct_public_images']} + {st['distinct_private_images']} images x "
+                 f"{st.get('views_per_image', '-')} views; {st['queries']} suspect queries "
+                 f"({st['queries'] - st.get('audit_queries', st['queries'])} for the view policy)")
+        print(f"  {role} {seed}: p = {result.p_value:.4f}, statistic {st['calibrated_statistic']:+.4f}, "
+              f"reference p = {st['reference_p']:.2g}, {walls[-1]:.1f} s", flush=True)
         rows[role].append((result.p_value, result.statistics["calibrated_statistic"],
                            f"flip={result.statistics['views']['flip']} "
                            f"inv={result.statistics['views']['flip_invariance']:.2f}"))
@@ -238,6 +259,9 @@ def main() -> None:
         ["TPR (positives)", wilson(detected["positive"], len(rows["positive"]))],
         ["FPR (negatives)", wilson(detected["negative"], len(rows["negative"]))],
         ["partials detected", f"{detected['partial']}/{len(rows['partial'])}"],
+        ["reference t-test: TPR", wilson(reference["positive"], len(rows["positive"]))],
+        ["reference t-test: FPR", wilson(reference["negative"], len(rows["negative"]))],
+        ["audit size", shape],
         ["statistic: positives (min..max)", _span([s for _, s, _ in rows["positive"]])],
         ["statistic: partials", _span([s for _, s, _ in rows["partial"]])],
         ["statistic: negatives", _span([s for _, s, _ in rows["negative"]])],
@@ -251,19 +275,27 @@ def main() -> None:
 
     pool_images = np.concatenate([pub, pvt])
     null_rows = []
-    for policy in ("auto", False, True):
+    named = {"auto": "auto", "false": False, "true": True}
+    for policy in [named[name.strip().lower()] for name in args.policies.split(",")]:
         hits, rng = 0, np.random.default_rng(7)
         for i in range(n_null):
-            order = rng.permutation(len(pool_images))
-            suspect = load_suspect("negative", base + 100 + i % n_neg)
-            result = method.run(DOV4CLInputs(public=pool_images[order[:550]], private=pool_images[order[550:]],
+            # even: the negatives on a split of D_pub + D_pvt (never seen); odd: the positives on
+            # a split of D_pub (every image seen): both are nulls, the second the harder one
+            if i % 2 == 0 or not n_pos:
+                images, suspect = pool_images, load_suspect("negative", base + 100 + (i // 2) % n_neg)
+            else:
+                images, suspect = pub, load_suspect("positive", base + (i // 2) % n_pos)
+            order = rng.permutation(len(images))
+            half = len(images) // 2
+            result = method.run(DOV4CLInputs(public=images[order[:half]], private=images[order[half:]],
                                              suspect=suspect, shadow=shadows),
                                 params={"views": {"flip": policy}}, seed=10_000 + i)
             hits += result.p_value < ALPHA
         null_rows.append([f"flip={policy}", wilson(hits, n_null)])
+        print(f"  null sets, flip={policy}: {hits}/{n_null}", flush=True)
     print()
-    print(table("Null sets: random public/private splits of one pool, suspects independent of both",
-                ["view policy", "p < 0.05"], null_rows))
+    print(table("Null sets: random public/private splits of one pool (D_pub + D_pvt with the negatives, "
+                "D_pub with the positives)", ["view policy", "p < 0.05"], null_rows))
 
 
 def _span(values: list[float]) -> str:

@@ -2,9 +2,9 @@
 
 Maths after "Dataset Ownership Verification for Contrastive Pre-trained Models"
 (ICLR 2025). The verifier only calls ``embed(x)`` on augmented views of images from the
-released set D_pub and a same-distribution private set D_pvt that was never released.
-Each round samples ``k`` images from each set and draws ``M`` global and ``N`` local views
-of each (random-resized crops at two scales, flips, brightness/contrast jitter).
+released set D_pub and a same-distribution private set D_pvt that was never released, each
+image seen through global and local views (random-resized crops at two scales, optional flips,
+rotation, brightness/contrast jitter and noise).
 
 * Unary relationship: mean cosine between views of one image, for global-global,
   local-local and global-local view pairs.
@@ -21,28 +21,42 @@ detection rate from 1/10 to 10/10 and keeps SimCLR's at 10/10 with smaller p-val
 Gaps are public-minus-private (unary) and private-minus-public (binary): an encoder
 trained on D_pub has larger gaps than a shadow encoder trained without it.
 
+Two designs. ``design: "images"`` (default) uses every image of D_pub and D_pvt (or a random
+``max_images`` of each): ``n_global`` global (and ``n_local`` local) views per image, drawn for
+the pooled images in a content-defined order (SHA-256 of each image), so the views an image gets
+never depend on which set it came from. Suspect and shadows answer the same queries. Per image
+and model the score is its unary relation (mean cosine between its own view pairs), standardised
+over all images; ``relations: "all"`` adds the binary relation against all other images (on the
+digits benchmark it only adds noise at this granularity). ``design: "rounds"`` is the earlier
+design: rounds of ``k`` images from each set, scores averaged over the rounds that drew an image
+(the private pool may hold up to ``private_pool`` times as many images as the public one).
+
 Two tests are computed and both reported:
 
 ``reference`` (the paper's): per round and model, the 3 unary + 3 binary set-level gaps
 are pooled over ``K`` rounds and compared with an unpaired one-sided Welch t-test
-(suspect > shadow). Suspect and shadow see the same images, rounds re-use images and the
-six gaps are on different scales, so the t-test's independence assumption fails.
+(suspect > shadow). In the images design the rounds are resampled from the per-image
+embeddings (at most 4 global and 4 local slots), without further queries. Suspect and shadow
+see the same images, rounds re-use images and the six gaps are on different scales, so the
+t-test's independence assumption fails.
 
-``permutation`` (default, calibrated): per image and model, a score from the same
-relationships (unary cosines; binary as the mean absolute change of the image's
-similarity row across view slots, over all ``2k`` round-mates), averaged over the rounds
-that drew the image, each type standardised over all distinct images, binary negated and
-averaged. The suspect's per-image score is then adjusted for the shadows' scores of the
-same images by a label-free least-squares fit (``S - a - sum_j b_j Q_j``; with identical
-models the residual is zero): this removes the image difficulty that every encoder shares
-more efficiently than the plain difference ``S - mean(Q)``. The statistic is
-mean(D_pub) - mean(D_pvt) of the residuals and its null distribution comes from
-re-labelling which distinct images are public. The fit never sees the labels, so when
-D_pub and D_pvt are exchangeable samples and the suspect is independent of D_pub the test
-is exact. The private pool may hold up to ``private_pool`` times as many images as the
-public one (default 1, the symmetric design): more private images shrink the variance of
-mean(D_pvt) at no query cost (their per-image averages are noisier, which only makes the
-test conservative); on the digits benchmark 3 did not raise the detection rate.
+``permutation`` (default, calibrated): the suspect's per-image score is adjusted for the shadows'
+scores of the same images by a label-free least-squares fit (``S - a - sum_j b_j Q_j``; with
+identical models the residual is zero): this removes the image difficulty that every encoder
+shares more efficiently than the plain difference ``S - mean(Q)``. The statistic is
+mean(D_pub) - mean(D_pvt) of the residuals and its null distribution comes from re-labelling
+which distinct images are public. Views, centring, standardisation, the fit and the view
+policy are all functions of the pooled images, never of the labels, so when D_pub and D_pvt are
+exchangeable samples and the suspect is independent of D_pub the test is exact (the null-set
+tests check it). Power grows with the number of distinct images, not with repeated rounds: the
+statistic's noise is the per-image scatter over ``sqrt(n_pub n_pvt / (n_pub + n_pvt))``.
+
+Defaults and why: 16 global views, no local ones (an 8x8 image cropped to 15-45% of its area
+holds a few pixels; such views carry view noise, not identity), no brightness jitter
+(multiplicative brightness moves a CNN's embedding along the intensity direction unless the
+suspect was trained for it; an invariance the suspect lacks adds noise to its unary relation and
+none to the signal), contrast jitter kept (a common augmentation that keeps the image's mean),
+flips only if the suspect is flip-invariant (below).
 
 Views fit the suspect and its data. Images are mapped from their ``value_range`` (declared,
 or the min/max of D_pub and D_pvt together) onto [0, 1], augmented there and mapped back, so
@@ -94,7 +108,7 @@ VIEW_DEFAULTS: dict[str, Any] = {
     "global_scale": [0.5, 1.0],
     "local_scale": [0.15, 0.45],
     "rotation": 0.0,
-    "brightness": 0.4,
+    "brightness": 0.0,
     "contrast": 0.4,
     "noise": 0.0,
 }
@@ -273,14 +287,63 @@ def round_relations(
     return unary, binary, gaps
 
 
+def image_relations(
+    emb: np.ndarray, *, n_global: int, binary: bool = True, block: int = 1 << 23
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Relations of every image with every other, for one model.
+
+    ``emb`` is ``[n, V, d]`` (all distinct images, ``V`` views each). Returns per-image unary
+    ``{type: [n]}`` (mean cosine between the image's own view pairs of that type) and binary
+    ``{type: [n]}`` (mean over the other ``n - 1`` images and the slot pairs of the absolute
+    change of their cosine between the two slots). The image-by-image matrices are computed
+    in row blocks of about ``block`` entries, so memory stays bounded for large sets;
+    ``binary=False`` skips them (and returns no binary relations).
+    """
+    e = _normalise(emb.astype(np.float64))
+    n, n_views, _ = e.shape
+    pairs = _slot_pairs(n_global, n_views)
+    view_cos = np.einsum("ivd,iwd->ivw", e, e)
+    unary = {kind: view_cos[:, [a for a, _ in plist], [b for _, b in plist]].mean(axis=1)
+             for kind, plist in pairs.items()}
+    if not binary:
+        return unary, {}
+    rel = {kind: np.zeros(n) for kind in pairs}
+    by_slot = np.ascontiguousarray(e.transpose(1, 0, 2))  # [V, n, d]
+    rows = max(1, block // max(1, n_views * n))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        sim = np.einsum("vid,vjd->vij", by_slot[:, start:stop], by_slot)  # [V, B, n]
+        for kind, plist in pairs.items():
+            total = np.zeros(stop - start)
+            for a, b in plist:
+                diff = np.abs(sim[a] - sim[b])
+                # an image's cosine with itself is 1 in every slot: its own column adds 0
+                diff[np.arange(stop - start), np.arange(start, stop)] = 0.0
+                total += diff.sum(axis=1)
+            rel[kind][start:stop] = total / (len(plist) * max(1, n - 1))
+    return unary, rel
+
+
+def canonical_order(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``images`` defined by their content (SHA-256 of the bytes; exact
+    duplicates in random order): a function of the pooled set alone, so any draw made in this
+    order cannot depend on which images are public."""
+    ties = rng.permutation(len(images))
+    digests = [hashlib.sha256(np.ascontiguousarray(images[i]).tobytes()).digest() for i in ties]
+    return ties[np.array(sorted(range(len(ties)), key=digests.__getitem__), dtype=np.int64)]
+
+
 def image_scores(unary: dict[str, np.ndarray], binary: dict[str, np.ndarray]) -> np.ndarray:
     """Label-free per-image score: mean of standardised unary minus standardised binary.
 
-    Each ``{type: [n]}`` array holds one relation per distinct image (or per draw).
+    Each ``{type: [n]}`` array holds one relation per distinct image (or per draw); a type
+    missing from ``binary`` contributes its unary relation only.
     """
     parts = []
     for kind in unary:
-        for values, sign in ((unary[kind], 1.0), (binary[kind], -1.0)):
+        for values, sign in ((unary[kind], 1.0), (binary.get(kind), -1.0)):
+            if values is None:
+                continue
             sd = values.std()
             parts.append(sign * (values - values.mean()) / (sd if sd > 0 else 1.0))
     return np.mean(parts, axis=0)
@@ -319,9 +382,12 @@ class DOV4CL(AuditMethod):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {
+            "design": "images",
+            "relations": "unary",
+            "max_images": 4096,
             "k": 32,
-            "n_global": 2,
-            "n_local": 6,
+            "n_global": 16,
+            "n_local": 0,
             "rounds": 50,
             "alpha": 0.05,
             "test": "permutation",
@@ -336,11 +402,15 @@ class DOV4CL(AuditMethod):
         }
 
     def _check(self, p: dict[str, Any]) -> None:
-        for key in ("k", "rounds", "permutations", "max_batch"):
+        if p["relations"] not in ("unary", "all"):
+            raise AuditParameterError(f"relations must be 'unary' or 'all', got {p['relations']!r}")
+        if p["design"] not in ("images", "rounds"):
+            raise AuditParameterError(f"design must be 'images' or 'rounds', got {p['design']!r}")
+        for key in ("k", "rounds", "permutations", "max_batch", "max_images"):
             if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
                 raise AuditParameterError(f"{key} must be a positive integer, got {p[key]!r}")
-        if p["k"] < 3:
-            raise AuditParameterError("k must be at least 3")
+        if p["k"] < 3 or p["max_images"] < 3:
+            raise AuditParameterError("k and max_images must be at least 3")
         if not isinstance(p["n_global"], int) or not isinstance(p["n_local"], int):
             raise AuditParameterError("n_global and n_local must be integers")
         if p["n_global"] < 0 or p["n_local"] < 0 or p["n_global"] + p["n_local"] < 2:
@@ -366,6 +436,36 @@ class DOV4CL(AuditMethod):
                     or not (np.isfinite(vr).all() and float(vr[0]) < float(vr[1])):
                 raise AuditParameterError(f"value_range must be [lo, hi] with lo < hi, got {vr!r}")
         view_specs(p["views"], flip=False)  # raises on bad view parameters
+
+    def build_image_queries(
+        self, public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int, *,
+        specs: tuple[ViewSpec, ViewSpec] | None = None, value_range: tuple[float, float] = (0.0, 1.0),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Views of every image (the ``images`` design).
+
+        Each set is used whole, or a random ``max_images`` of it. The views are drawn for the
+        pooled images in their content-defined order, so which view an image gets depends on
+        the pooled set and the seed, never on which images are public. Returns ``views
+        [n_pub + n_pvt, V, C, S, S]`` (public first) and ``is_public [n_pub + n_pvt]``.
+        """
+        from models.augment import multi_view, to_unit
+
+        global_spec, local_spec = specs or view_specs(p.get("views", {}), flip=True)
+        rng = np.random.default_rng([seed, 0x1A6E])
+        cap = int(p["max_images"])
+        pub = public if len(public) <= cap else public[np.sort(rng.choice(len(public), cap, replace=False))]
+        pvt = private if len(private) <= cap else private[np.sort(rng.choice(len(private), cap, replace=False))]
+        pooled = np.concatenate([pub, pvt])
+        # ordered by content on the common [0, 1] scale: the same data on another scale gets
+        # the same views
+        order = canonical_order(to_unit(pooled, value_range), rng)
+        drawn = multi_view(pooled[order], n_global=int(p["n_global"]), n_local=int(p["n_local"]),
+                           seed=int(rng.integers(2**31 - 1)), global_spec=global_spec,
+                           local_spec=local_spec, value_range=value_range)
+        views = np.empty_like(drawn)
+        views[order] = drawn
+        is_public = np.arange(len(pooled)) < len(pub)
+        return views, is_public
 
     def build_queries(
         self, public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int, *,
@@ -455,36 +555,51 @@ class DOV4CL(AuditMethod):
         t0 = time.perf_counter()
         flip, invariance = self._flip_policy(public, private, p, seed, suspect, value_range)
         specs = view_specs(p["views"], flip=flip)
-        ids, views, n_pool = self.build_queries(public, private, p, seed, specs=specs,
-                                                value_range=value_range)
-        flat = views.reshape(-1, *views.shape[3:])
+        if p["design"] == "images":
+            if int(p["k"]) > min(len(public), len(private), int(p["max_images"])):
+                raise AuditInputError(
+                    f"k={k} images per set for the reference test but the smaller of public "
+                    f"({len(public)}) and private ({len(private)}) has only {min(len(public), len(private))}")
+            views, is_public = self.build_image_queries(public, private, p, seed, specs=specs,
+                                                        value_range=value_range)
+            shape: tuple[int, ...] = (len(views), n_views)
+        else:
+            ids, views, n_pool = self.build_queries(public, private, p, seed, specs=specs,
+                                                    value_range=value_range)
+            shape = (rounds, 2 * k, n_views)
+        flat = views.reshape(-1, *views.shape[-3:])
         warnings = saturation_warnings(np.concatenate([public, private]), flat, value_range)
         t_aug = time.perf_counter() - t0
         if log:
             for warning in warnings:
                 log(f"dov4cl: warning: {warning}")
         if log:
-            log(f"dov4cl: {rounds} rounds x {2 * k} images x {n_views} views = {len(flat)} queries")
-        if suspect.budget is not None and len(flat) > suspect.budget:
+            what = f"{shape[0]} images" if p["design"] == "images" else f"{rounds} rounds x {2 * k} images"
+            log(f"dov4cl: {what} x {n_views} views = {len(flat)} queries")
+        if suspect.budget is not None and suspect.queries + len(flat) > suspect.budget:
             raise QueryBudgetExceeded(
-                f"dov4cl needs {len(flat)} suspect queries but the budget is {suspect.budget}; "
-                "lower rounds, k or the number of views"
+                f"dov4cl needs {suspect.queries + len(flat)} suspect queries but the budget is "
+                f"{suspect.budget}; lower max_images or the number of views"
             )
-        emb_s = suspect(flat).reshape(rounds, 2 * k, n_views, -1)
+        emb_s = suspect(flat).reshape(*shape, -1)
         if progress:
             progress(0.45)
-        emb_0 = [shadow(flat).reshape(rounds, 2 * k, n_views, -1) for shadow in shadows]
+        emb_0 = [shadow(flat).reshape(*shape, -1) for shadow in shadows]
         if progress:
             progress(0.9)
 
         t0 = time.perf_counter()
-        stats = self._statistics(emb_s, emb_0, ids, n_pool=n_pool, k=k, n_global=n_global, p=p, seed=seed)
+        if p["design"] == "images":
+            stats = self._image_statistics(emb_s, emb_0, is_public, n_global=n_global, p=p, seed=seed)
+        else:
+            stats = self._statistics(emb_s, emb_0, ids, n_pool=n_pool, k=k, n_global=n_global, p=p, seed=seed)
         stats["views"] = {"value_range": list(value_range), "flip": flip, "flip_invariance": invariance,
                           "global": asdict(specs[0]), "local": asdict(specs[1])}
         stats["warnings"] = warnings
         stats["cautions"] = self._mismatch_cautions(emb_s, emb_0, invariance, public, private, p, seed,
                                                     shadows, value_range)
         stats["queries"] = suspect.queries
+        stats["audit_queries"] = len(flat)  # the rest went to the view-policy probe
         t_stats = time.perf_counter() - t0
         alpha = float(p["alpha"])
         p_value = stats["calibrated_p"] if p["test"] == "permutation" else stats["reference_p"]
@@ -544,6 +659,72 @@ class DOV4CL(AuditMethod):
                                 f"shadows' ({np.mean(theirs):.2f}): they were likely trained with other "
                                 "augmentations")
         return cautions
+
+    @staticmethod
+    def _image_statistics(
+        emb_s: np.ndarray,
+        emb_0: list[np.ndarray],
+        is_public: np.ndarray,
+        *,
+        n_global: int,
+        p: Mapping[str, Any],
+        seed: int,
+    ) -> dict[str, Any]:
+        """Statistics of the ``images`` design: ``emb_*`` are ``[n, V, d]``, one row per distinct
+        image (public first)."""
+        if p.get("center", True):
+            emb_s, emb_0 = centred(emb_s), [centred(e) for e in emb_0]
+        k, rounds = int(p["k"]), int(p["rounds"])
+        # The paper's set-level gaps on rounds of k public and k private images resampled from
+        # the same embeddings (no further queries), for the reference t-test.
+        rng = np.random.default_rng([seed, 0x0D0F])
+        pub_ids, pvt_ids = np.flatnonzero(is_public), np.flatnonzero(~is_public)
+        ids = np.stack([np.concatenate([rng.choice(pub_ids, k, replace=False),
+                                        rng.choice(pvt_ids, k, replace=False)]) for _ in range(rounds)])
+        # at most 4 global and 4 local slots: the paper's view counts, and the reference test
+        # on all 16 x 16 slot pairs would cost more than the rest of the audit
+        n_local = emb_s.shape[1] - n_global
+        slots = list(range(min(n_global, 4))) + list(range(n_global, n_global + min(n_local, 4)))
+        ref_global = min(n_global, 4)
+
+        def relations(emb: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]], np.ndarray]:
+            ref_gaps: list[np.ndarray] = []
+            named: dict[str, list[float]] = {}
+            for r in range(rounds):
+                _, _, gaps = round_relations(emb[ids[r]][:, slots], k=k, n_global=ref_global)
+                ref_gaps.append(np.array([g for kind in gaps for g in gaps[kind]]))
+                for kind, (ug, bg) in gaps.items():
+                    named.setdefault(f"unary_{kind}", []).append(ug)
+                    named.setdefault(f"binary_{kind}", []).append(bg)
+            unary, binary = image_relations(emb, n_global=n_global, binary=p["relations"] == "all")
+            score = image_scores(unary, binary)
+            return np.stack(ref_gaps), named, score
+
+        ref_s, named_s, score_s = relations(emb_s)
+        shadow_rel = [relations(e) for e in emb_0]
+        ref_0 = np.mean([r[0] for r in shadow_rel], axis=0)
+        residual, coef = shadow_adjusted(score_s, [r[2] for r in shadow_rel])
+        named_0 = {key: list(np.mean([r[1][key] for r in shadow_rel], axis=0)) for key in named_s}
+        t_ref, p_ref = welch_greater(ref_s.ravel(), ref_0.ravel())
+        perm_rng = np.random.default_rng([seed, 0x9E47])
+        t_perm, p_perm = permutation_mean_diff(residual, is_public, permutations=int(p["permutations"]),
+                                               rng=perm_rng)
+        summary = {label: {key: float(np.mean(v)) for key, v in gaps.items()}
+                   for label, gaps in (("suspect", named_s), ("shadow", named_0))}
+        return {
+            "reference_t": t_ref,
+            "reference_p": p_ref,
+            "calibrated_statistic": t_perm,
+            "calibrated_p": p_perm,
+            "test": p["test"],
+            "design": "images",
+            "mean_gaps": summary,
+            "distinct_public_images": int(is_public.sum()),
+            "distinct_private_images": int((~is_public).sum()),
+            "views_per_image": int(emb_s.shape[1]),
+            "shadows": len(emb_0),
+            "shadow_coefficients": [float(c) for c in coef],
+        }
 
     @staticmethod
     def _statistics(
@@ -610,6 +791,7 @@ class DOV4CL(AuditMethod):
             "mean_gaps": summary,
             "distinct_public_images": int(is_public.sum()),
             "distinct_private_images": int((~is_public).sum()),
+            "design": "rounds",
             "shadows": len(emb_0),
             "shadow_coefficients": [float(c) for c in coef],
         }
@@ -621,9 +803,11 @@ __all__ = [
     "DOV4CL",
     "DOV4CLInputs",
     "VIEW_DEFAULTS",
+    "canonical_order",
     "centred",
     "data_range",
     "flip_invariance",
+    "image_relations",
     "image_scores",
     "round_relations",
     "saturation_warnings",

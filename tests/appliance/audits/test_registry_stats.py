@@ -149,14 +149,20 @@ def test_dov4cl_runs_on_synthetic_embeddings():
         seed=0,
         progress=progress.append,
     )
-    # 3 rounds x 16 images x 8 views, plus the flip-invariance probe: 3 views of all 80 images
-    assert result.queries == 3 * 16 * 8 + 3 * 80
+    # every image (40 + 40) x 16 global views, plus the flip-invariance probe: 3 views of all 80
+    assert result.queries == 80 * 16 + 3 * 80
     assert result.statistics["queries"] == result.queries
+    assert result.statistics["audit_queries"] == 80 * 16
+    assert result.statistics["distinct_public_images"] == result.statistics["distinct_private_images"] == 40
     assert result.statistics["views"]["flip_invariance"] is not None
     fixed = create_method("dov4cl").run(
         inputs, params={"rounds": 3, "k": 8, "permutations": 200, "views": {"flip": False}}, seed=0)
-    assert fixed.queries == 3 * 16 * 8
+    assert fixed.queries == 80 * 16
     assert fixed.statistics["views"] == {**fixed.statistics["views"], "flip": False, "flip_invariance": None}
+    rounds = create_method("dov4cl").run(
+        inputs, params={"design": "rounds", "rounds": 3, "k": 8, "n_global": 2, "n_local": 6,
+                        "permutations": 200, "views": {"flip": False}}, seed=0)
+    assert rounds.queries == 3 * 16 * 8 and rounds.statistics["design"] == "rounds"
     assert progress[-1] == 1.0
     # The suspect is the shadow: identical scores give a zero statistic, p = 1.
     assert result.statistics["calibrated_statistic"] == pytest.approx(0.0, abs=1e-12)
@@ -261,12 +267,12 @@ def test_shadow_adjustment_is_label_free_and_removes_shared_difficulty():
 
 def test_dov4cl_private_pool_is_larger_but_rounds_stay_balanced():
     method = DOV4CL()
-    p = method.resolve_params({"rounds": 20, "k": 8, "private_pool": 3})
+    p = method.resolve_params({"rounds": 20, "k": 8, "private_pool": 3, "n_global": 2, "n_local": 6})
     ids, views, n_pub = method.build_queries(_images(30), _images(200, 1), p, seed=0)
     assert n_pub == 30 and views.shape[:3] == (20, 16, 8)
     assert (ids[:, :8] < 30).all() and (ids[:, 8:] >= 30).all()
     assert ids[:, 8:].max() >= 60 and ids.max() < 30 + 90  # up to 3 x 30 private images
-    p1 = method.resolve_params({"rounds": 20, "k": 8})  # default: symmetric pools
+    p1 = method.resolve_params({"rounds": 20, "k": 8, "n_global": 2, "n_local": 6})  # symmetric pools
     assert method.build_queries(_images(30), _images(200, 1), p1, seed=0)[0].max() < 60
     with pytest.raises(AuditParameterError):
         method.run(
