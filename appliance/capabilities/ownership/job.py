@@ -24,6 +24,7 @@ from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store, loads
 from appliance.audits.egress import EgressGuard, check_endpoint_url
 from appliance.capabilities.catalog.jobs import load_job_model, model_digests
+from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
 from appliance.errors import JobFailed
 from appliance.schemas import SuspectEndpoint
@@ -86,46 +87,73 @@ class OwnershipParams(BaseModel):
         return self
 
 
-def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> dict[str, Any]:
+class WatermarkInput(BaseModel):
+    """A tenant's watermark as a job carries it: the key stays sealed until the worker runs."""
+
+    id: str
+    sealed_key: str
+    params: dict[str, Any]
+    marked_dataset_id: str | None = None
+
+
+class OwnershipInputs(BaseModel):
+    """What an ownership job runs on: the registered suspect (absent for a remote one), and
+    D_pub, D_pvt and the shadows (DOV4CL) or the watermark and benign data (watermark)."""
+
+    suspect: ModelInput | None = None
+    public_dataset: DatasetInput | None = None
+    private_dataset: DatasetInput | None = None
+    shadows: list[ModelInput] | None = None
+    shadow_data: DatasetInput | None = None
+    watermark: WatermarkInput | None = None
+    benign: DatasetInput | None = None
+
+
+def _model(store: Store, tenant: str, model_id: str) -> ModelInput:
+    return ModelInput.model_validate(model_input(store.get_owned("models", tenant, model_id, "model")))
+
+
+def _dataset(store: Store, tenant: str, dataset_id: str) -> DatasetInput:
+    return DatasetInput.model_validate(
+        dataset_input(store.get_owned("datasets", tenant, dataset_id, "dataset")))
+
+
+def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> OwnershipInputs:
     tenant = principal.tenant_id
-    inputs: dict[str, Any] = {}
+    inputs = OwnershipInputs()
     if params.suspect_model_id:
-        inputs["suspect"] = model_input(store.get_owned("models", tenant, params.suspect_model_id,
-                                                        "model"))
+        inputs.suspect = _model(store, tenant, params.suspect_model_id)
     else:
         assert params.suspect_endpoint is not None
         check_endpoint_url(params.suspect_endpoint.url)
     if params.method == "dov4cl":
-        for key in ("public_dataset_id", "private_dataset_id"):
-            inputs[key.removesuffix("_id")] = dataset_input(
-                store.get_owned("datasets", tenant, getattr(params, key), "dataset"))
+        inputs.public_dataset = _dataset(store, tenant, params.public_dataset_id or "")
+        inputs.private_dataset = _dataset(store, tenant, params.private_dataset_id or "")
         if params.shadow_model_ids:
-            inputs["shadows"] = [model_input(store.get_owned("models", tenant, shadow_id, "model"))
-                                 for shadow_id in params.shadow_model_ids]
+            inputs.shadows = [_model(store, tenant, shadow_id) for shadow_id in params.shadow_model_ids]
         else:
             assert params.shadow_training is not None
-            inputs["shadow_data"] = dataset_input(store.get_owned(
-                "datasets", tenant, params.shadow_training.dataset_id, "dataset"))
+            inputs.shadow_data = _dataset(store, tenant, params.shadow_training.dataset_id)
     else:
         mark = store.get_owned("watermarks", tenant, params.watermark_id or "", "watermark")
-        inputs["watermark"] = {"id": mark["id"], "sealed_key": bytes(mark["sealed_key"]).hex(),
-                               "params": loads(mark["params"]),
-                               "marked_dataset_id": mark["marked_dataset_id"]}
-        inputs["benign"] = dataset_input(store.get_owned("datasets", tenant,
-                                                         params.benign_dataset_id or "", "dataset"))
+        inputs.watermark = WatermarkInput(id=mark["id"], sealed_key=bytes(mark["sealed_key"]).hex(),
+                                          params=loads(mark["params"]),
+                                          marked_dataset_id=mark["marked_dataset_id"])
+        inputs.benign = _dataset(store, tenant, params.benign_dataset_id or "")
     return inputs
 
 
-def _images(ctx: JobContext, dataset: dict[str, Any], what: str, *,
+def _images(ctx: JobContext, dataset: DatasetInput | None, what: str, *,
             labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    data = read_dataset(ctx.settings, ctx.blob_path(dataset["sha256"]), require_labels=labels)
+    assert dataset is not None  # resolved for this method at submission
+    data = read_dataset(ctx.settings, ctx.blob_path(dataset.sha256), require_labels=labels)
     if data.x.ndim != 4 or data.x.dtype.kind != "f":
         raise JobFailed(f"{what} dataset must hold float images x of shape [n, C, H, W], got "
                         f"{data.x.dtype} {tuple(data.x.shape)}")
     return data.x.astype(np.float32, copy=False), data.y
 
 
-def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any],
+def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs,
                 kind: str) -> tuple[Any, str, Any]:
     """A query function for the suspect, the device it runs on, and a closer."""
     if params.suspect_endpoint is not None:
@@ -139,7 +167,8 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]
                                   query_budget=ep.query_budget, max_batch=ep.max_batch,
                                   guard=EgressGuard.from_environment())
         return endpoint, "remote", endpoint.close
-    model = load_job_model(ctx, inputs["suspect"], params.device)
+    assert inputs.suspect is not None
+    model = load_job_model(ctx, inputs.suspect, params.device)
     if kind == "embed":
         return (lambda x: model.embed(x)), model.device, None
     if kind == "proba":
@@ -210,15 +239,15 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
     return shadows, provenance
 
 
-def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> JobOutcome:
+def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> JobOutcome:
     from appliance.audits.registry import create_method
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     method = create_method(params.method)
     digests: dict[str, Any] = {}
-    if "suspect" in inputs:
-        digests["suspect"] = model_digests(inputs["suspect"])
+    if inputs.suspect is not None:
+        digests["suspect"] = model_digests(inputs.suspect)
     else:
         assert params.suspect_endpoint is not None
         digests["suspect"] = {"endpoint": params.suspect_endpoint.url}
@@ -232,21 +261,22 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
             from appliance.audits.errors import AuditError
             from appliance.audits.ownership.dov4cl import DOV4CLInputs, data_range
 
-            public, _ = _images(ctx, inputs["public_dataset"], "public")
-            private, _ = _images(ctx, inputs["private_dataset"], "private")
+            assert inputs.public_dataset is not None and inputs.private_dataset is not None
+            public, _ = _images(ctx, inputs.public_dataset, "public")
+            private, _ = _images(ctx, inputs.private_dataset, "private")
             if public.shape[1:] != private.shape[1:]:
                 raise JobFailed(f"public images {public.shape[1:]} and private images "
                                 f"{private.shape[1:]} differ in shape")
             suspect, device, closer = _suspect_fn(ctx, params, inputs, "embed")
             t0 = time.perf_counter()
             shadow: list[Any]
-            if "shadows" in inputs:
-                loaded = [load_job_model(ctx, m, params.device) for m in inputs["shadows"]]
+            if inputs.shadows:
+                loaded = [load_job_model(ctx, m, params.device) for m in inputs.shadows]
                 shadow = [m.embed for m in loaded]
-                digests["shadows"] = [model_digests(m) for m in inputs["shadows"]]
+                digests["shadows"] = [model_digests(m) for m in inputs.shadows]
             else:
-                assert params.shadow_training is not None
-                shadow_data, _ = _images(ctx, inputs["shadow_data"], "shadow training")
+                assert params.shadow_training is not None and inputs.shadow_data is not None
+                shadow_data, _ = _images(ctx, inputs.shadow_data, "shadow training")
                 declared = params.method_params.get("value_range")
                 try:
                     shadow_range = data_range(public, private, declared) if declared is None \
@@ -256,16 +286,16 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
                 except (TypeError, ValueError, IndexError, AuditError) as exc:
                     raise JobFailed(f"cannot tell the images' value range: {exc}") from None
                 shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data,
-                                              inputs["shadow_data"]["sha256"], shadow_range)
-                digests["shadows"] = {"trained_on": inputs["shadow_data"],
+                                              inputs.shadow_data.sha256, shadow_range)
+                digests["shadows"] = {"trained_on": inputs.shadow_data.model_dump(mode="json"),
                                       "recipe": params.shadow_training.model_dump(),
                                       "models": kept,
                                       "trained": sum(not k["reused"] for k in kept),
                                       "reused": sum(k["reused"] for k in kept)}
             timings["shadow_seconds"] = time.perf_counter() - t0
             ctx.progress(0.1)
-            digests["public_dataset"] = inputs["public_dataset"]
-            digests["private_dataset"] = inputs["private_dataset"]
+            digests["public_dataset"] = inputs.public_dataset.model_dump(mode="json")
+            digests["private_dataset"] = inputs.private_dataset.model_dump(mode="json")
             budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
             result = method.run(
                 DOV4CLInputs(public=public, private=private, suspect=suspect,
@@ -276,24 +306,25 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: dict[str, Any]) -> Jo
             from appliance._internal.secrets import unseal_secret
             from appliance.audits.ownership.watermark import WatermarkInputs
 
-            mark = inputs["watermark"]
-            key = unseal_secret(ctx.settings, bytes.fromhex(mark["sealed_key"]),
-                                context=_seal_context(mark["id"], ctx.tenant_id))
-            benign, labels = _images(ctx, inputs["benign"], "benign", labels=True)
+            mark = inputs.watermark
+            assert mark is not None and inputs.benign is not None
+            key = unseal_secret(ctx.settings, bytes.fromhex(mark.sealed_key),
+                                context=_seal_context(mark.id, ctx.tenant_id))
+            benign, labels = _images(ctx, inputs.benign, "benign", labels=True)
             if labels is None:
                 raise JobFailed("the benign dataset needs labels 'y'")
             mode = params.method_params.get("mode", "proba")
             suspect, device, closer = _suspect_fn(ctx, params, inputs,
                                                   "label" if mode == "label" else "proba")
-            digests["watermark"] = {"id": mark["id"], "marked_dataset_id": mark["marked_dataset_id"],
-                                    "params": mark["params"]}
-            digests["benign_dataset"] = inputs["benign"]
+            digests["watermark"] = {"id": mark.id, "marked_dataset_id": mark.marked_dataset_id,
+                                    "params": mark.params}
+            digests["benign_dataset"] = inputs.benign.model_dump(mode="json")
             budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
             ctx.progress(0.1)
             result = method.run(
                 WatermarkInputs(benign=benign, benign_labels=labels, suspect=suspect, key=key,
-                                target_class=int(mark["params"]["target_class"]),
-                                strength=float(mark["params"]["strength"]), query_budget=budget),
+                                target_class=int(mark.params["target_class"]),
+                                strength=float(mark.params["strength"]), query_budget=budget),
                 params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
     finally:
         if closer is not None:
@@ -323,6 +354,7 @@ register_job_kind(
         params_model=OwnershipParams,
         resolve=_resolve,
         run=_run,
+        inputs_model=OwnershipInputs,
         description="Dataset-ownership verification: DOV4CL for encoders, keyed watermark for "
         "classifiers; a p-value and a verdict at alpha.",
     )
