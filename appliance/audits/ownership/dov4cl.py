@@ -378,6 +378,7 @@ class DOV4CL(AuditMethod):
 
     name = "dov4cl"
     version = "1.0"
+    inputs_type = DOV4CLInputs
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -512,20 +513,13 @@ class DOV4CL(AuditMethod):
             )
         return ids, np.stack(views), n_pool
 
-    def run(
-        self,
-        inputs: DOV4CLInputs,
-        *,
-        params: Mapping[str, Any] | None = None,
-        seed: int,
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> AuditResult:
-        t_start = time.perf_counter()
-        p = self.resolve_params(params)
-        self._check(p)
-        if not isinstance(inputs, DOV4CLInputs):
-            raise AuditInputError("dov4cl expects a DOV4CLInputs instance")
+    def check_params(self, params: dict[str, Any]) -> None:
+        super().check_params(params)
+        self._check(params)
+
+    def execute(self, inputs: DOV4CLInputs, params: dict[str, Any], *, seed: int,
+                progress: ProgressFn, log: LogFn) -> AuditResult:
+        p = params
         public = check_images("public dataset", inputs.public, min_count=3)
         private = check_images("private dataset", inputs.private, min_count=3)
         if public.shape[1:] != private.shape[1:]:
@@ -570,23 +564,19 @@ class DOV4CL(AuditMethod):
         flat = views.reshape(-1, *views.shape[-3:])
         warnings = saturation_warnings(np.concatenate([public, private]), flat, value_range)
         t_aug = time.perf_counter() - t0
-        if log:
-            for warning in warnings:
-                log(f"dov4cl: warning: {warning}")
-        if log:
-            what = f"{shape[0]} images" if p["design"] == "images" else f"{rounds} rounds x {2 * k} images"
-            log(f"dov4cl: {what} x {n_views} views = {len(flat)} queries")
+        for warning in warnings:
+            log(f"dov4cl: warning: {warning}")
+        what = f"{shape[0]} images" if p["design"] == "images" else f"{rounds} rounds x {2 * k} images"
+        log(f"dov4cl: {what} x {n_views} views = {len(flat)} queries")
         if suspect.budget is not None and suspect.queries + len(flat) > suspect.budget:
             raise QueryBudgetExceeded(
                 f"dov4cl needs {suspect.queries + len(flat)} suspect queries but the budget is "
                 f"{suspect.budget}; lower max_images or the number of views"
             )
         emb_s = suspect(flat).reshape(*shape, -1)
-        if progress:
-            progress(0.45)
+        progress(0.45)
         emb_0 = [shadow(flat).reshape(*shape, -1) for shadow in shadows]
-        if progress:
-            progress(0.9)
+        progress(0.9)
 
         t0 = time.perf_counter()
         if p["design"] == "images":
@@ -603,8 +593,6 @@ class DOV4CL(AuditMethod):
         t_stats = time.perf_counter() - t0
         alpha = float(p["alpha"])
         p_value = stats["calibrated_p"] if p["test"] == "permutation" else stats["reference_p"]
-        if progress:
-            progress(1.0)
         return AuditResult(
             method=self.name,
             version=self.version,
@@ -613,13 +601,12 @@ class DOV4CL(AuditMethod):
             verdict=VERDICT_POSITIVE if p_value < alpha else VERDICT_NEGATIVE,
             alpha=alpha,
             queries=suspect.queries,
-            parameters={**p, "seed": seed},
+            parameters={},
             timings={
                 "augment_s": t_aug,
                 "suspect_query_s": suspect.seconds,
                 "shadow_query_s": sum(shadow.seconds for shadow in shadows),
                 "statistics_s": t_stats,
-                "total_s": time.perf_counter() - t_start,
             },
         )
 
