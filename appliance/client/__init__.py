@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install 
     )
     from appliance.client.inference import InferenceSession, PrivatePrediction
     from crypto.bundle import VerifiedReport
+    from crypto.private_inference import PrivateClient
     from crypto.provisioning import VerifiedQuote
 
 RETRY_STATUSES = (429, 503)
@@ -400,7 +401,7 @@ class Client:
         body = self._json("GET", f"/v1/ensembles/{ensemble_id}")
         return EnsembleSpec.model_validate(body).model_dump()
 
-    def _private_client(self, ensemble_id: str, spec: dict[str, Any]) -> Any:
+    def _private_client(self, ensemble_id: str, spec: dict[str, Any]) -> PrivateClient:
         """This run's client keys for the ensemble: reused, loaded from the key store, or
         generated (and then saved there)."""
         from crypto.private_inference import PrivateClient
