@@ -87,7 +87,7 @@ from crypto.ckks import (
     make_context,
     public_context_bytes,
 )
-from crypto.ensemble import HEADS, EnsembleArtifact
+from crypto.ensemble import FLOOD_MARGIN_BITS, HEADS, EnsembleArtifact
 
 __all__ = [
     "EnsembleEvaluator",
@@ -113,8 +113,6 @@ DEFAULT_MAX_WIDE_BYTES = 64 << 20
 WIDE_MIN_QUERIES = 8
 WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
 WIDE_MAX_SLOTS = 4096
-#: Flooding noise stays this many bits below the headroom of the last level (base prime).
-FLOOD_MARGIN_BITS = 3
 #: Circuit privacy of the result slots: each gets fresh uniform noise of this amplitude (the
 #: units the slot decrypts to: comparison sums, or one-hot values), and win-count sums are
 #: scaled by a fresh secret factor in [OUTPUT_SCALE_MIN, 1] per query. The circuit's own CKKS
@@ -718,8 +716,9 @@ class EnsembleEvaluator:
                 packing.diagonals(matrix, lay), first.next_context_data().next_context_data()
             )
         else:
+            scale = artifact.effective_comparison_scale()
             matrix, bias, self._bound = packing.difference_matrix(
-                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=lay
+                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=lay, scale=scale
             )
             self._diagonals = self._encode_diagonals(packing.diagonals(matrix, lay), first)
             self._hidden_diagonals, self._hidden_bias_values = [], np.zeros(0)
@@ -729,7 +728,11 @@ class EnsembleEvaluator:
         self._wide_state = {"plain": None}
         if not self._hidden:
             wide_w, wide_b, wide_bound = packing.wide_weights(
-                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._wide
+                artifact.weights,
+                artifact.biases,
+                norm_bound=artifact.norm_bound,
+                layout=self._wide,
+                scale=artifact.effective_comparison_scale(),
             )
             # Encoded lazily on the first wide batch, then shared with sibling sessions.
             self._wide_state = {"weights": wide_w, "bias": wide_b, "bound": wide_bound, "plain": None}
