@@ -42,8 +42,12 @@ polynomial fits, so win counts are soft: argmax exact while the top-2 win-count 
 ``OUTPUT_FLOOD / OUTPUT_SCALE_MIN`` (1.3e-4), and the values still reveal the classes' order and
 the ratios of their (soft) comparison sums. Outputs that reveal only the label need sharp
 comparisons, which the gaps do not allow at these depths: with worst-case scaling (every
-clipped embedding stays in the sign's domain) the benchmark's top-2 gap is a median 0.0056 of
-the bound (min 4e-5), and ``f`` gains only 1.5x per two levels. Hidden-layer comparisons
+clipped embedding stays in the sign's domain) the benchmark's top-2 gap is a median 0.0064 of
+the bound (min 7e-5 on 240 queries), and ``f`` gains only 1.5x per two levels. An owner's
+calibrated ``comparison_scale`` (:meth:`EnsembleArtifact.calibrated`, capped by
+:meth:`EnsembleArtifact.effective_comparison_scale`) lifts the median to ~0.05 (min 5e-4)
+and sharpens win counts at ``n8192-d3``; separating gaps ``delta`` still takes
+~``log2(1/delta)`` levels, more than any preset a session can hold. Hidden-layer comparisons
 are scaled by a worst-case bound over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
 closer than about ``bound * 1e-5`` may tie. One-hot mode adds ``log2 P`` levels (a
 rotate-and-multiply tree over strides 1 .. P/2 in the single layout, the same rotation keys as
