@@ -21,9 +21,11 @@ owner's held-out embeddings) divides the pairwise logit differences instead of t
 bound over every clipped embedding, so typical differences use more of the sign polynomial's
 domain and the outputs are sharper at the same depth. It is capped (see
 :meth:`EnsembleArtifact.effective_comparison_scale`) so no clipped embedding can overflow a
-result slot; a query whose differences exceed ``sqrt(3)`` times the scale may get a wrong
-label. The spec states the scale in force. It is stored as an optional key of the JSON,
-which older readers ignore (they fall back to the worst-case bound).
+result slot. A query whose largest logit difference exceeds the scale loses the guarantee
+that its label is exact (``f`` decreases past 1, so a wide margin may count less than a narrow
+one) and past ``sqrt(3)`` times the scale its comparisons flip sign. The spec states the
+scale in force. It is stored as an optional key of the JSON, which older readers ignore
+(they fall back to the worst-case bound).
 
 Weights are the owner's secret: the artifact is server-side only; clients receive
 :meth:`EnsembleArtifact.public_spec` (templates, classes, shapes, head kind, preset), never

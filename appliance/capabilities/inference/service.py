@@ -149,7 +149,7 @@ class EnsembleSpec(BaseModel):
     comparison_scale: float | None = Field(
         default=None, description="the owner's calibrated divisor of the pairwise logit differences "
                                   "(absent: the worst-case bound over all clipped embeddings); a query "
-                                  "whose differences exceed sqrt(3) times it may get a wrong label")
+                                  "whose logit differences exceed it may get a wrong label")
     layout: EnsembleLayoutOut
     wide_layout: EnsembleWideLayoutOut | None = Field(
         default=None, description="absent where the server does not serve the wide layout for this "
