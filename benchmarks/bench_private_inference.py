@@ -20,6 +20,12 @@ crypto.argmax): for K=8, 384-d, 10 classes, linear heads on each of ``--onehot-p
 (default n16384-d8) and a small shape where the depth allows 3 sign compositions: server time,
 keys, sizes, label agreement with the plaintext argmax, error against the plaintext reference
 and sharpness (mean winner value, mean and max of the largest loser).
+
+``--sharpness`` prints only the comparison-scale rows: the worst-case divisor (baseline) and
+an owner-calibrated one (``EnsembleArtifact.calibrated`` on 1000 held-out embeddings) on the
+same fresh queries at n8192-d3 (label agreement, top-2 gap over the divisor, decrypted
+win-count margins, CPU), then the share of queries whose one-hot values would be sharp
+(>= 0.9 / <= 0.1) with ``r`` sign compositions, from the circuit's plaintext reference.
 """
 
 from __future__ import annotations
