@@ -17,9 +17,9 @@ prints only those rows.
 
 ``--onehot`` prints only the one-hot output mode's rows instead (products of comparisons, see
 crypto.argmax): for K=8, 384-d, 10 classes, linear heads on each of ``--onehot-presets``
-(default n16384-d8) and a small shape where the depth allows 3 sign compositions: server time,
-keys, sizes, label agreement with the plaintext argmax, error against the plaintext reference
-and sharpness (mean winner value, mean and max of the largest loser).
+(default n16384-d7 and the previous default n16384-d8) and a small shape where the depth
+allows 3 sign compositions: server time, keys, sizes, label agreement with the plaintext
+argmax, error against the plaintext reference and sharpness (mean winner value, mean and max of the largest loser).
 
 ``--sharpness`` prints only the comparison-scale rows: the worst-case divisor (baseline) and
 an owner-calibrated one (``EnsembleArtifact.calibrated`` on 1000 held-out embeddings) on the
@@ -448,7 +448,11 @@ def main() -> None:
     parser.add_argument("--hidden", default="16,32", help="comma-separated hidden widths to measure")
     parser.add_argument("--skip-linear", action="store_true", help="only the hidden-layer rows")
     parser.add_argument("--onehot", action="store_true", help="only the one-hot output rows")
-    parser.add_argument("--onehot-presets", default="n16384-d8", help="comma-separated presets for --onehot")
+    parser.add_argument(
+        "--onehot-presets",
+        default="n16384-d7,n16384-d8",
+        help="comma-separated presets for --onehot (n16384-d8: the previous default, as baseline)",
+    )
     parser.add_argument("--onehot-queries", type=int, default=24, help="random queries per one-hot shape")
     parser.add_argument("--sharpness", action="store_true", help="only the calibrated-scale and sharpness rows")
     parser.add_argument(
