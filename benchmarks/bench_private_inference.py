@@ -17,9 +17,15 @@ prints only those rows.
 
 ``--onehot`` prints only the one-hot output mode's rows instead (products of comparisons, see
 crypto.argmax): for K=8, 384-d, 10 classes, linear heads on each of ``--onehot-presets``
-(default n16384-d8) and a small shape where the depth allows 3 sign compositions: server time,
-keys, sizes, label agreement with the plaintext argmax, error against the plaintext reference
-and sharpness (mean winner value, mean and max of the largest loser).
+(default n16384-d7 and the previous default n16384-d8) and a small shape where the depth
+allows 3 sign compositions: server time, keys, sizes, label agreement with the plaintext
+argmax, error against the plaintext reference and sharpness (mean winner value, mean and max of the largest loser).
+
+``--sharpness`` prints only the comparison-scale rows: the worst-case divisor (baseline) and
+an owner-calibrated one (``EnsembleArtifact.calibrated`` on 1000 held-out embeddings) on the
+same fresh queries at n8192-d3 (label agreement, top-2 gap over the divisor, decrypted
+win-count margins, CPU), then the share of queries whose one-hot values would be sharp
+(>= 0.9 / <= 0.1) with ``r`` sign compositions, from the circuit's plaintext reference.
 """
 
 from __future__ import annotations
@@ -282,6 +288,71 @@ def _onehot_rows(
     ]
 
 
+def _sharpness_rows(
+    rng: np.random.Generator, k: int, c: int, d: int, reps: int, queries: int
+) -> list[tuple[str, str, str]]:
+    """Worst-case divisor vs an owner-calibrated one (1000 held-out embeddings, margin 1.25),
+    encrypted at n8192-d3 on the same ``queries`` fresh queries; then the plaintext reference
+    of how sharp one-hot outputs get with ``r`` sign compositions under either divisor."""
+    art = _artifact(rng, k, c, d, "n8192-d3")
+    cal = art.calibrated(_unit(rng, (1000, k, d)))
+    emb = _unit(rng, (queries, k, d))
+    logits = art.plaintext_logits(emb)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    rows: list[tuple[str, str, str]] = []
+    divisors = {}
+    for tag, a in (("worst-case bound (baseline)", art), ("calibrated scale", cal)):
+        client, _keys, evaluator, _, _ = _session(a)
+        divisors[tag] = evaluator._bound
+        cts = client.encrypt_batch(emb)
+        got = client.decrypt_batch(evaluator.evaluate_batch(cts), total=queries)
+        assert got.win_counts is not None
+        agree = int(np.sum(np.array(got.labels) == logits.argmax(axis=1)))
+        gap = (top2[:, 1] - top2[:, 0]) / evaluator._bound
+        ordered = np.sort(got.win_counts, axis=1)
+        margin = ordered[:, -1] - ordered[:, -2]
+        cpu = _cpu(lambda ev=evaluator, ct=cts[0]: ev.evaluate(ct), reps)  # type: ignore[misc]
+        rows += [
+            (
+                f"{tag}: divisor",
+                f"{evaluator._bound:.4f}",
+                f"max |L_i - L_j| of the held-out queries {np.ptp(logits, axis=1).max():.4f}",
+            ),
+            (
+                f"{tag}: label == plaintext",
+                f"{agree}/{queries}",
+                f"top-2 gap / divisor median {np.median(gap):.4f}, min {gap.min():.1e}",
+            ),
+            (
+                f"{tag}: win-count margin median, min",
+                f"{np.median(margin):.4f}, {margin.min():.1e}",
+                "decrypted, x secret factor in [0.75, 1]",
+            ),
+            (
+                f"{tag}: winner / runner-up (mean)",
+                f"{ordered[:, -1].mean():.3f} / {ordered[:, -2].mean():.3f}",
+                f"sharp would be {c - 1} / <= {c - 2}",
+            ),
+            (f"{tag}: server CPU / query", f"{cpu:.3f} s", "same circuit"),
+        ]
+    for rounds in (1, 2, 4, 6, 8):
+        cells = []
+        for bound in divisors.values():
+            ref = argmax.reference_one_hot(logits, bound, rounds)
+            ordered = np.sort(ref, axis=1)
+            sharp = float(np.mean((ordered[:, -1] >= 0.9) & (ordered[:, -2] <= 0.1)))
+            cells.append(f"{sharp:.0%}")
+        depth = 1 + 2 * rounds + argmax.onehot_levels(c)
+        rows.append(
+            (
+                f"one-hot sharp (>= 0.9 / <= 0.1), r={rounds} (depth {depth})",
+                " / ".join(cells),
+                "plaintext reference, worst / calibrated (uncapped)",
+            )
+        )
+    return rows
+
+
 def _wide_rows(
     art: EnsembleArtifact, rng: np.random.Generator, reps: int, plain_s: float, thr_single: float
 ) -> list[tuple[str, str, str]]:
@@ -377,8 +448,13 @@ def main() -> None:
     parser.add_argument("--hidden", default="16,32", help="comma-separated hidden widths to measure")
     parser.add_argument("--skip-linear", action="store_true", help="only the hidden-layer rows")
     parser.add_argument("--onehot", action="store_true", help="only the one-hot output rows")
-    parser.add_argument("--onehot-presets", default="n16384-d8", help="comma-separated presets for --onehot")
+    parser.add_argument(
+        "--onehot-presets",
+        default="n16384-d7,n16384-d8",
+        help="comma-separated presets for --onehot (n16384-d8: the previous default, as baseline)",
+    )
     parser.add_argument("--onehot-queries", type=int, default=24, help="random queries per one-hot shape")
+    parser.add_argument("--sharpness", action="store_true", help="only the calibrated-scale and sharpness rows")
     parser.add_argument(
         "--wide-blocks", default=str(packing.WIDE_BLOCK), help="comma-separated wide-layout block sizes to measure"
     )
@@ -387,6 +463,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     k, c, d = 8, 10, 384
     preset = get_preset(args.preset)
+    if args.sharpness:
+        _print(_sharpness_rows(rng, k, c, d, reps, 48 if args.quick else 240), reps)
+        return
     if args.onehot:
         rows = []
         for name in args.onehot_presets.split(","):

@@ -24,7 +24,8 @@ winner ``a`` and any ``b``, ``s_aj > s_bj`` for every ``j`` (``f^(r)`` is increa
 ``1 + s_ab > 1 > 1 + s_ba``, so ``o_a > o_b`` (CKKS noise aside). The product costs
 ``ceil(log2 C)`` more levels (a rotate-and-multiply tree over a block of ``P`` slots, or a
 balanced product of the ``C - 1`` pairwise factors in the wide layout), so it needs a deeper
-preset (``n16384-d8``: ``r = 1`` up to 32 classes with linear heads, ``r = 2`` up to 4; ``n32768-d18``). As
+preset (``n16384-d7``: ``r = 1`` up to 16 classes with linear heads; ``n16384-d8``: ``r = 1`` up
+to 32, ``r = 2`` up to 4; ``n32768-d18``). As
 the comparisons sharpen it tends to the label alone, where win counts tend to the whole
 ranking of the classes; with soft comparisons both leak approximate margins.
 """
@@ -37,6 +38,7 @@ import numpy.typing as npt
 __all__ = [
     "OUTPUTS",
     "compositions_for_depth",
+    "max_range_ratio",
     "min_depth",
     "onehot_levels",
     "reference_one_hot",
@@ -123,3 +125,43 @@ def reference_one_hot(logits: FloatArray, bound: float, rounds: int) -> FloatArr
     factors[:, idx, idx] = 1.0
     out: FloatArray = factors.prod(axis=2)
     return out
+
+
+def _worst_sign(bound: float, rounds: int) -> float:
+    """Largest ``|f^(r)(z)|`` for ``|z| <= bound`` (``f`` stays in [-1, 1] on [-1, 1] and is
+    bounded by ``1.5 |z| + 0.5 |z|^3`` outside it)."""
+    b = float(bound)
+    for _ in range(rounds):
+        b = 1.0 if b <= 1.0 else 1.5 * b + 0.5 * b**3
+    return b
+
+
+def worst_output(ratio: float, rounds: int, output: str, classes: int) -> float:
+    """Largest result-slot magnitude when comparison inputs reach ``ratio`` times the domain:
+    win-count sums ``(C - 1) / 2 * |f^(r)|``, one-hot products ``((1 + |f^(r)|) / 2)^(C - 1)``."""
+    b = _worst_sign(ratio, rounds)
+    if output == "onehot":
+        return float(((1.0 + b) / 2.0) ** (classes - 1))
+    return 0.5 * (classes - 1) * b
+
+
+def max_range_ratio(rounds: int, output: str, classes: int, headroom_bits: float) -> float:
+    """Largest ``R`` such that comparison inputs up to ``R`` (times sqrt 2, the wide layout's
+    unread partial sums) keep every result slot within ``2^headroom_bits``.
+
+    A calibrated comparison scale may be at most ``R`` times smaller than the worst-case bound:
+    then no clipped embedding, however far outside the calibration, drives a slot past the
+    flooding amplitude the unread slots already carry, so it cannot wrap the modulus and
+    corrupt the other queries packed in the same ciphertext.
+    """
+    limit = 2.0**headroom_bits
+    lo, hi = 1.0, 1e6
+    if worst_output(lo * np.sqrt(2.0), rounds, output, classes) > limit:
+        return 1.0
+    for _ in range(200):
+        mid = np.sqrt(lo * hi)
+        if worst_output(mid * np.sqrt(2.0), rounds, output, classes) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return float(lo)

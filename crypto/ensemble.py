@@ -16,6 +16,17 @@ in v2, which older readers refuse as an unknown format instead of misreading it.
 One-hot artifacts, of either head kind, are written in format v3 (``head`` and ``output``
 named), so a reader that predates the mode refuses them instead of serving win counts.
 
+``comparison_scale`` (linear heads; :meth:`EnsembleArtifact.calibrated` derives it from the
+owner's held-out embeddings) divides the pairwise logit differences instead of the worst-case
+bound over every clipped embedding, so typical differences use more of the sign polynomial's
+domain and the outputs are sharper at the same depth. It is capped (see
+:meth:`EnsembleArtifact.effective_comparison_scale`) so no clipped embedding can overflow a
+result slot. A query whose largest logit difference exceeds the scale loses the guarantee
+that its label is exact (``f`` decreases past 1, so a wide margin may count less than a narrow
+one) and past ``sqrt(3)`` times the scale its comparisons flip sign. The spec states the
+scale in force. It is stored as an optional key of the JSON, which older readers ignore
+(they fall back to the worst-case bound).
+
 Weights are the owner's secret: the artifact is server-side only; clients receive
 :meth:`EnsembleArtifact.public_spec` (templates, classes, shapes, head kind, preset), never
 the heads or the activation's coefficients.
@@ -24,7 +35,7 @@ the heads or the activation's coefficients.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +44,7 @@ import numpy.typing as npt
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from crypto.argmax import HIDDEN_LEVELS, LINEAR_LEVELS, OUTPUTS, min_depth, onehot_levels
+from crypto.argmax import HIDDEN_LEVELS, LINEAR_LEVELS, OUTPUTS, max_range_ratio, min_depth, onehot_levels, rounds_for
 from crypto.ckks import PRESETS, CkksPreset, get_preset
 from crypto.errors import CryptoError
 
@@ -58,6 +69,10 @@ HEADS = ("linear", "quadratic_mlp")
 #: Default CKKS preset per head kind (hidden layers need depth 5: stage 1, square, stage 2, sign).
 DEFAULT_PRESETS = {"linear": "n8192-d3", "quadratic_mlp": "n8192-d5"}
 HIDDEN_MIN_DEPTH = 5
+#: Fewest held-out queries :meth:`EnsembleArtifact.calibrated` accepts.
+MIN_CALIBRATION = 20
+#: Flooding noise stays this many bits below the last level's headroom (as in private_inference).
+FLOOD_MARGIN_BITS = 3
 
 
 def _cost(preset: CkksPreset) -> tuple[int, int]:
@@ -114,6 +129,7 @@ class EnsembleArtifact:
     hidden_biases: npt.NDArray[np.float64] | None = None
     activation: tuple[float, float, float] | None = None
     output: str = "scores"
+    comparison_scale: float | None = None
 
     def __post_init__(self) -> None:
         w, b = _array(self.weights), _array(self.biases)
@@ -149,6 +165,15 @@ class EnsembleArtifact:
             raise ArtifactError(str(exc)) from None
         if self.head == "quadratic_mlp":
             self._check_hidden(k, inner, preset.depth)
+        if self.comparison_scale is not None:
+            if self.head != "linear":
+                raise ArtifactError("a calibrated comparison_scale is supported for linear heads only")
+            if isinstance(self.comparison_scale, bool) or not isinstance(self.comparison_scale, (int, float)):
+                raise ArtifactError("comparison_scale must be a number")
+            scale = float(self.comparison_scale)
+            if not (np.isfinite(scale) and scale > 0.0):
+                raise ArtifactError("comparison_scale must be a positive finite number")
+            object.__setattr__(self, "comparison_scale", scale)
         needed = min_depth(self._stage_levels, self.output, c)
         if self.output == "onehot" and preset.depth < needed:
             deeper = [p.name for p in sorted(PRESETS.values(), key=_cost) if p.depth >= needed]
@@ -223,6 +248,63 @@ class EnsembleArtifact:
         source = self.weights if self.hidden_weights is None else self.hidden_weights
         return int(source.shape[2])
 
+    def worst_comparison_bound(self) -> float:
+        """Linear heads: ``max_ij ||w_i - w_j|| * norm_bound * sqrt(K) + |b_i - b_j|`` over
+        the averaged, concatenated class weights (Cauchy-Schwarz), so ``|L_i - L_j|`` never
+        exceeds it for clipped embeddings. The same bound as :func:`crypto.packing.difference_matrix`."""
+        k, c = self.members, len(self.classes)
+        full = np.transpose(self.weights, (1, 0, 2)).reshape(c, -1) / k
+        mean_bias = self.biases.mean(axis=0)
+        diff = np.linalg.norm(full[:, None, :] - full[None, :, :], axis=2)
+        bias = np.abs(mean_bias[:, None] - mean_bias[None, :])
+        return float(np.max(diff * self.norm_bound * np.sqrt(k) + bias))
+
+    def effective_comparison_scale(self) -> float | None:
+        """The divisor of the comparisons the server uses, or ``None`` for the worst-case bound.
+
+        ``comparison_scale``, raised where needed to ``worst / R`` with ``R`` from
+        :func:`crypto.argmax.max_range_ratio` for this preset's headroom, sign compositions
+        and output mode: with one composition and win counts at ``n8192-d3`` ``R`` is ~8.6;
+        deeper circuits (one-hot products, several compositions) blow up faster outside the
+        domain, so their ``R`` is near 1 and calibration gains little there.
+        """
+        if self.comparison_scale is None:
+            return None
+        worst = self.worst_comparison_bound()
+        if worst <= 0.0:
+            return None
+        preset = get_preset(self.preset)
+        rounds = rounds_for(preset.depth, self._stage_levels, self.output, len(self.classes))
+        headroom = preset.coeff_mod_bit_sizes[0] - preset.global_scale_bits - FLOOD_MARGIN_BITS
+        ratio = max_range_ratio(rounds, self.output, len(self.classes), headroom)
+        scale = max(float(self.comparison_scale), worst / ratio)
+        return None if scale >= worst else scale
+
+    def calibrated(self, embeddings: npt.ArrayLike, *, margin: float = 1.25) -> EnsembleArtifact:
+        """A copy with ``comparison_scale = margin * max |L_i - L_j|`` over held-out embeddings
+        ``(Q, K, d)`` (at least :data:`MIN_CALIBRATION` queries, clipped as a client does)."""
+        if self.head != "linear":
+            raise ArtifactError("calibration is supported for linear heads only")
+        try:
+            emb = np.asarray(embeddings, dtype=np.float64)
+            margin = float(margin)
+        except (TypeError, ValueError):
+            raise ArtifactError("calibration embeddings must be a numeric array") from None
+        if emb.ndim != 3 or emb.shape[1:] != (self.members, self.dim) or emb.shape[0] < MIN_CALIBRATION:
+            raise ArtifactError(
+                f"calibration needs embeddings (Q, {self.members}, {self.dim}) with Q >= {MIN_CALIBRATION}, "
+                f"got {emb.shape}"
+            )
+        if not np.all(np.isfinite(emb)):
+            raise ArtifactError("calibration embeddings must be finite")
+        if not (np.isfinite(margin) and margin >= 1.0):
+            raise ArtifactError("margin must be a finite number >= 1")
+        logits = self.plaintext_logits(emb)
+        spread = float(np.max(logits.max(axis=1) - logits.min(axis=1)))
+        if spread <= 0.0:
+            raise ArtifactError("the calibration embeddings give identical logits for every class")
+        return replace(self, comparison_scale=margin * spread)
+
     def plaintext_logits(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Averaged logits ``(Q, C)`` of embeddings ``(Q, K, d)``, clipped as the client does."""
         emb = np.asarray(embeddings, dtype=np.float64)
@@ -263,6 +345,9 @@ class EnsembleArtifact:
             spec["hidden"] = self.hidden
         if self.output != "scores":
             spec["output"] = self.output
+        scale = self.effective_comparison_scale()
+        if scale is not None:
+            spec["comparison_scale"] = scale
         return spec
 
     def _tensors(self) -> dict[str, npt.NDArray[np.float64]]:
@@ -274,6 +359,9 @@ class EnsembleArtifact:
     def dumps(self) -> dict[str, bytes]:
         """Serialize to ``{"ensemble.json": ..., "ensemble.safetensors": ...}``."""
         meta: dict[str, Any] = {**self.public_spec(), "metadata": dict(self.metadata)}
+        meta.pop("comparison_scale", None)
+        if self.comparison_scale is not None:
+            meta["comparison_scale"] = self.comparison_scale  # as requested; the cap is recomputed
         if self.activation is not None:
             meta["activation"] = list(self.activation)
         tensors = st_save(self._tensors())
@@ -331,6 +419,7 @@ class EnsembleArtifact:
                 preset=str(meta["preset"]),
                 metadata={str(k): str(v) for k, v in dict(meta.get("metadata", {})).items()},
                 output=str(meta.get("output", "scores")),
+                comparison_scale=meta.get("comparison_scale"),
                 **hidden,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -258,7 +258,12 @@ def _pairwise(full: FloatArray, mean_bias: FloatArray, layout: EnsembleLayout) -
 
 
 def difference_matrix(
-    weights: FloatArray, biases: FloatArray, *, norm_bound: float, layout: EnsembleLayout
+    weights: FloatArray,
+    biases: FloatArray,
+    *,
+    norm_bound: float,
+    layout: EnsembleLayout,
+    scale: float | None = None,
 ) -> tuple[FloatArray, FloatArray, float]:
     """Fold ensemble averaging and pairwise differences into one scaled plaintext matrix.
 
@@ -266,6 +271,9 @@ def difference_matrix(
     ``M`` of shape ``(m, n)`` and ``bias`` of shape ``(m,)`` such that for a packed query
     ``x``: ``(M @ x + bias)[i * P + j] == (L_i - L_j) / bound`` where ``L`` are the averaged
     logits, and ``|M @ x + bias| <= 1`` whenever each embedding has norm ``<= norm_bound``.
+    A calibrated ``scale`` (see :meth:`crypto.ensemble.EnsembleArtifact.calibrated`) replaces
+    that worst-case bound when smaller: differences then use more of [-1, 1], and only queries
+    whose differences stay within ``scale`` keep them inside it.
     """
     k, c, d = weights.shape
     if (k, c, d) != (layout.members, layout.classes, layout.dim) or biases.shape != (k, c) or layout.hidden:
@@ -277,10 +285,19 @@ def difference_matrix(
         full[:, start : start + d] = weights[member] / k
     diff, diff_bias = _pairwise(full, biases.mean(axis=0), layout)
     x_norm = float(norm_bound) * np.sqrt(k)
-    bound = float(np.max(np.linalg.norm(diff, axis=1) * x_norm + np.abs(diff_bias)))
-    if bound <= 0.0:
-        bound = 1.0  # all classes tie everywhere; any positive scale keeps the domain
+    bound = _calibrated(float(np.max(np.linalg.norm(diff, axis=1) * x_norm + np.abs(diff_bias))), scale)
     return diff / bound, diff_bias / bound, bound
+
+
+def _calibrated(worst: float, scale: float | None) -> float:
+    """The comparisons' divisor: the worst-case bound, or a smaller calibrated ``scale``."""
+    if worst <= 0.0:
+        return 1.0  # all classes tie everywhere; any positive scale keeps the domain
+    if scale is None:
+        return worst
+    if not (np.isfinite(scale) and scale > 0.0):
+        raise LayoutError(f"comparison scale must be a positive finite number, got {scale!r}")
+    return min(worst, float(scale))
 
 
 def hidden_matrices(
@@ -569,7 +586,7 @@ def make_wide_layout(*, members: int, dim: int, classes: int, slots: int, block:
 
 
 def wide_weights(
-    weights: FloatArray, biases: FloatArray, *, norm_bound: float, layout: WideLayout
+    weights: FloatArray, biases: FloatArray, *, norm_bound: float, layout: WideLayout, scale: float | None = None
 ) -> tuple[FloatArray, FloatArray, float]:
     """Averaged class weights and biases, scaled so every pairwise difference lies in [-1, 1].
 
@@ -579,6 +596,7 @@ def wide_weights(
     :func:`difference_matrix`: ``max_ij ||w_i - w_j|| * norm_bound * sqrt(K) + |b_i - b_j|``,
     so ``(L_i - L_j) / bound`` is in [-1, 1] for clipped embeddings (and, in the slots the
     client never reads, partial sums mixing two neighbouring queries stay within sqrt(2)).
+    A calibrated ``scale`` replaces the bound when smaller, as in :func:`difference_matrix`.
     """
     k, c, d = weights.shape
     if (k, c, d) != (layout.members, layout.classes, layout.dim) or biases.shape != (k, c):
@@ -590,9 +608,7 @@ def wide_weights(
     mean_bias = biases.mean(axis=0)
     diff_norm = np.linalg.norm(full[:, None, :] - full[None, :, :], axis=2)
     diff_bias = np.abs(mean_bias[:, None] - mean_bias[None, :])
-    bound = float(np.max(diff_norm * float(norm_bound) * np.sqrt(k) + diff_bias))
-    if bound <= 0.0:
-        bound = 1.0
+    bound = _calibrated(float(np.max(diff_norm * float(norm_bound) * np.sqrt(k) + diff_bias)), scale)
     return (full / bound).reshape(c, layout.chunks, layout.block), mean_bias / bound, bound
 
 

@@ -42,14 +42,19 @@ polynomial fits, so win counts are soft: argmax exact while the top-2 win-count 
 ``OUTPUT_FLOOD / OUTPUT_SCALE_MIN`` (1.3e-4), and the values still reveal the classes' order and
 the ratios of their (soft) comparison sums. Outputs that reveal only the label need sharp
 comparisons, which the gaps do not allow at these depths: with worst-case scaling (every
-clipped embedding stays in the sign's domain) the benchmark's top-2 gap is a median 0.0056 of
-the bound (min 4e-5), and ``f`` gains only 1.5x per two levels. Hidden-layer comparisons
+clipped embedding stays in the sign's domain) the benchmark's top-2 gap is a median 0.0064 of
+the bound (min 7e-5 on 240 queries), and ``f`` gains only 1.5x per two levels. An owner's
+calibrated ``comparison_scale`` (:meth:`EnsembleArtifact.calibrated`, capped by
+:meth:`EnsembleArtifact.effective_comparison_scale`) lifts the median to ~0.05 (min 5e-4)
+and sharpens win counts at ``n8192-d3``; separating gaps ``delta`` still takes
+~``log2(1/delta)`` levels, more than any preset a session can hold. Hidden-layer comparisons
 are scaled by a worst-case bound over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
 closer than about ``bound * 1e-5`` may tie. One-hot mode adds ``log2 P`` levels (a
 rotate-and-multiply tree over strides 1 .. P/2 in the single layout, the same rotation keys as
 the block sums; a balanced product of the ``C - 1`` factors in the wide layout), so it needs
-``n8192-d5`` (linear heads, up to 4 classes), ``n16384-d8`` (linear heads up to 32 classes,
-hidden heads up to 8; ~104 MB of keys and ~1.1 s per query at K=8 x 384-d, 10 classes) or
+``n8192-d5`` (linear heads, up to 4 classes), ``n16384-d7`` (linear heads up to 16 classes;
+~76 MB of keys and ~1.25 s CPU per query at K=8 x 384-d, 10 classes), ``n16384-d8`` (linear
+heads up to 32 classes, hidden heads up to 8; ~95 MB, ~1.5 s at that shape) or
 ``n32768-d18`` (keys ~0.9 GB: local use only, the service refuses such sessions); the
 depth left sets the sign compositions ``r`` (:func:`sign_rounds`), and with ``r = 1`` the
 values stay soft (argmax exact, winner often far below 1). Every slot stays within [0, 1], so
@@ -88,7 +93,7 @@ from crypto.ckks import (
     make_context,
     public_context_bytes,
 )
-from crypto.ensemble import HEADS, EnsembleArtifact
+from crypto.ensemble import FLOOD_MARGIN_BITS, HEADS, EnsembleArtifact
 
 __all__ = [
     "EnsembleEvaluator",
@@ -114,8 +119,6 @@ DEFAULT_MAX_WIDE_BYTES = 64 << 20
 WIDE_MIN_QUERIES = 8
 WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
 WIDE_MAX_SLOTS = 4096
-#: Flooding noise stays this many bits below the headroom of the last level (base prime).
-FLOOD_MARGIN_BITS = 3
 #: Circuit privacy of the result slots: each gets fresh uniform noise of this amplitude (the
 #: units the slot decrypts to: comparison sums, or one-hot values), and win-count sums are
 #: scaled by a fresh secret factor in [OUTPUT_SCALE_MIN, 1] per query. The circuit's own CKKS
@@ -749,8 +752,9 @@ class EnsembleEvaluator:
                 packing.diagonals(matrix, lay), first.next_context_data().next_context_data()
             )
         else:
+            scale = artifact.effective_comparison_scale()
             matrix, bias, self._bound = packing.difference_matrix(
-                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=lay
+                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=lay, scale=scale
             )
             self._diagonals = self._encode_diagonals(packing.diagonals(matrix, lay), first)
             self._hidden_diagonals, self._hidden_bias_values = [], np.zeros(0)
@@ -760,7 +764,11 @@ class EnsembleEvaluator:
         self._wide_state = {"plain": None}
         if not self._hidden:
             wide_w, wide_b, wide_bound = packing.wide_weights(
-                artifact.weights, artifact.biases, norm_bound=artifact.norm_bound, layout=self._wide
+                artifact.weights,
+                artifact.biases,
+                norm_bound=artifact.norm_bound,
+                layout=self._wide,
+                scale=artifact.effective_comparison_scale(),
             )
             # Encoded lazily on the first wide batch, then shared with sibling sessions.
             self._wide_state = {"weights": wide_w, "bias": wide_b, "bound": wide_bound, "plain": None}

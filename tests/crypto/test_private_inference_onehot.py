@@ -97,8 +97,9 @@ def test_shallow_presets_refused_with_a_deeper_hint() -> None:
     assert "n8192-d5" in str(linear.value.hint)
     with pytest.raises(ArtifactError) as ten:
         _identity_artifact(10, preset="n8192-d5")
-    assert "n16384-d8" in str(ten.value.hint)
-    assert _identity_artifact(10).preset == "n16384-d8"  # the smallest preset deep enough
+    assert "n16384-d7" in str(ten.value.hint)
+    assert _identity_artifact(10).preset == "n16384-d7"  # the smallest preset deep enough (1 + 2 + 4)
+    assert _identity_artifact(17).preset == "n16384-d8"  # 5 product levels
     rng = np.random.default_rng(34)
     with pytest.raises(ArtifactError) as hidden:  # 3 head levels + 2 + 4 > 8
         EnsembleArtifact(

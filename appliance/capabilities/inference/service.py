@@ -47,8 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 MAX_SPEC_BYTES = 1 << 20
 #: Largest evaluation-key upload (a session's public context); ~11 MB at n8192-d3.
 MAX_CONTEXT_BYTES = 64 << 20
-#: The same for presets of ring degree 16384 (one-hot output: ~104 MB at n16384-d8 for K=8 x
-#: 384-d, 10 classes). n32768-d18 keys (~0.9 GB) exceed it: such sessions are refused (413).
+#: The same for presets of ring degree 16384 (one-hot output: ~76 MB at n16384-d7, ~95 MB at
+#: n16384-d8 for K=8 x 384-d, 10 classes). n32768-d18 keys (~0.9 GB) exceed it: such sessions are refused (413).
 MAX_DEEP_CONTEXT_BYTES = 192 << 20
 #: Largest single query ciphertext (~0.23 MB at n8192-d3 and n8192-d5: seeded, secret-key encrypted).
 MAX_QUERY_BYTES = 4 << 20
@@ -143,6 +143,10 @@ class EnsembleSpec(BaseModel):
         default="scores",
         description="'scores': per-class win counts; 'onehot': products of comparisons in [0, 1] "
                     "(the label's near 1), no win counts")
+    comparison_scale: float | None = Field(
+        default=None, description="the owner's calibrated divisor of the pairwise logit differences "
+                                  "(absent: the worst-case bound over all clipped embeddings); a query "
+                                  "whose logit differences exceed it may get a wrong label")
     layout: EnsembleLayoutOut
     wide_layout: EnsembleWideLayoutOut | None = Field(
         default=None, description="absent where the server does not serve the wide layout for this "

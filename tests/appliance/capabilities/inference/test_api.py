@@ -339,3 +339,34 @@ def test_hidden_layer_ensemble_registered_and_predicted(client: Any, settings: A
                             "ensemble_safetensors": (io.BytesIO(st_save(tensors)),
                                                      "ensemble.safetensors")})
     _is_problem(bad, 422)
+
+
+def test_calibrated_scale_is_stated_in_the_spec_and_served(client: Any, settings: Any, token_a: str) -> None:
+    rng = np.random.default_rng(31)
+    base = _artifact(31, k=2, c=3, d=16)
+    cal = base.calibrated(_unit(rng, (64, 2, 16)))
+    resp = _register(client, token_a, cal)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    ensemble_id = resp.get_json()["id"]
+    user = make_token(settings, "tenant-a", role="client")
+    spec = client.get(f"/v1/ensembles/{ensemble_id}", headers=auth(user)).get_json()
+    assert spec["comparison_scale"] == pytest.approx(cal.effective_comparison_scale())
+    assert spec["comparison_scale"] < base.worst_comparison_bound()
+    private = PrivateClient(spec=spec)
+    session = _open(client, user, ensemble_id, private.evaluation_keys()).get_json()
+    emb = _unit(rng, (2, 16))
+    reply = _predict(client, user, ensemble_id, session["id"], private.encrypt(emb))
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert private.decrypt_result(reply.get_data()).labels[0] == int(np.argmax(cal.plaintext_logits(emb)[0]))
+    # a malformed scale in the artifact is a 422, never a 500
+    files = cal.dumps()
+    for bad in ("-1", '"wide"', "true", "1e400"):
+        meta = files["ensemble.json"].decode().replace(
+            f'"comparison_scale": {json.loads(files["ensemble.json"])["comparison_scale"]!r}',
+            f'"comparison_scale": {bad}')
+        assert meta != files["ensemble.json"].decode()
+        resp = client.post("/v1/ensembles", headers=auth(token_a), content_type="multipart/form-data",
+                           data={"ensemble_json": (io.BytesIO(meta.encode()), "ensemble.json"),
+                                 "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]),
+                                                          "ensemble.safetensors")})
+        _is_problem(resp, 422)

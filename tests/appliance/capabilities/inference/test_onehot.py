@@ -50,7 +50,7 @@ def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any,
         classes=tuple(f"class-{i}" for i in range(c)),
         output="onehot",
     )
-    # The benchmark shape (K=8 x 384-d, 10 classes) defaults to n16384-d8 and fits the service.
+    # The benchmark shape (K=8 x 384-d, 10 classes) defaults to n16384-d7 and fits the service.
     big = EnsembleArtifact(
         templates=[f"t{i} {{}}" for i in range(8)],
         weights=rng.normal(size=(8, 10, 384)),
@@ -58,7 +58,7 @@ def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any,
         classes=[str(i) for i in range(10)],
         output="onehot",
     )
-    assert _register(client, token_a, big).get_json()["preset"] == "n16384-d8"
+    assert _register(client, token_a, big).get_json()["preset"] == "n16384-d7"
     resp = _register(client, token_a, art)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     assert resp.get_json()["output"] == "onehot"
