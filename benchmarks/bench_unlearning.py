@@ -4,6 +4,7 @@
         [--audits extraction ...] [--no-quantised] [--json out.json] [--cache-dir DIR]
 
 ``--quick``: one seed, three algorithms (grad_diff, npo, rmu), no quantised re-audits.
+``--report a.json b.json`` prints the tables of earlier ``--json`` runs, merged.
 ``--pairs N``: also audit N independent gold/reference pairs (seeds 1000.., each its own corpus
 and its own three trained subjects) for the gold false-positive rate, with 95% Clopper-Pearson
 intervals per audit and for the Holm-corrected battery. ``--seeds`` with no value skips the
@@ -260,14 +261,16 @@ def report(results: list[dict[str, Any]], pairs: list[dict[str, Any]], args: arg
         n = len(pairs)
         rows = []
         for a in audits:
-            k = sum(pair["p"][a] < ALPHA for pair in pairs if a in pair["p"])
+            p_values = [pair["p"][a] for pair in pairs if a in pair["p"]]
+            k = sum(p < ALPHA for p in p_values)
             low, high = clopper_pearson(k, n)
-            rows.append([a, f"{k}/{n}", k / n, f"[{low:.3f}, {high:.3f}]"])
+            rows.append([a, f"{k}/{n}", k / n, f"[{low:.3f}, {high:.3f}]", float(np.median(p_values))])
         k = sum(pair["verdict"] == "knowledge_detected" for pair in pairs)
         low, high = clopper_pearson(k, n)
-        rows.append(["battery (Holm)", f"{k}/{n}", k / n, f"[{low:.3f}, {high:.3f}]"])
+        rows.append(["battery (Holm)", f"{k}/{n}", k / n, f"[{low:.3f}, {high:.3f}]", "-"])
         print(table(f"Gold false-positive rate over {n} independent gold/reference pairs (alpha {ALPHA}; "
-                    "95% Clopper-Pearson)", ["audit", "flagged", "rate", "95% interval"], rows))
+                    "95% Clopper-Pearson; a calibrated p-value has median about 0.5)",
+                    ["audit", "flagged", "rate", "95% interval", "median p"], rows))
         repeated = [pair["repeat_identical"] for pair in pairs if "repeat_identical" in pair]
         if repeated:
             print(f"\nSame seed, same numbers: pair 0's battery rerun gave identical p-values: {repeated[0]}")
@@ -299,7 +302,17 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="seed 0, grad_diff/npo/rmu, no int8 re-audits")
+    parser.add_argument("--report", type=Path, nargs="+", default=None,
+                        help="print the tables of earlier --json files (merged) and run nothing")
     args = parser.parse_args()
+    if args.report is not None:
+        merged: dict[str, list[dict[str, Any]]] = {"seeds": [], "pairs": []}
+        for path in args.report:
+            loaded = json.loads(path.read_text())
+            for part in merged:
+                merged[part] += loaded.get(part, [])
+        report(merged["seeds"], merged["pairs"], args)
+        return
     if args.pairs < 0:
         parser.error("--pairs must be >= 0")
     if args.quick:
