@@ -294,6 +294,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--pairs", type=int, default=0, help="independent gold/reference pairs for the FPR")
+    parser.add_argument("--first-pair", type=int, default=0,
+                        help="index of the first pair (split a long run over processes, merge with --report)")
     parser.add_argument("--algorithms", nargs="+", default=list_algorithms(), choices=list_algorithms())
     parser.add_argument("--audits", nargs="+", default=None, help="audit names (default: the whole battery)")
     parser.add_argument("--steps", type=int, default=None, help="step budget (default: each recipe's)")
@@ -313,8 +315,8 @@ def main() -> None:
                 merged[part] += loaded.get(part, [])
         report(merged["seeds"], merged["pairs"], args)
         return
-    if args.pairs < 0:
-        parser.error("--pairs must be >= 0")
+    if args.pairs < 0 or args.first_pair < 0:
+        parser.error("--pairs and --first-pair must be >= 0")
     if args.quick:
         args.seeds, args.algorithms, args.quantised = [0], ["grad_diff", "npo", "rmu"], False
     torch.set_num_threads(args.threads)
@@ -325,7 +327,7 @@ def main() -> None:
         if args.json is not None:
             args.json.write_text(json.dumps({"seeds": results, "pairs": pairs}, indent=1))
 
-    for index in range(args.pairs):
+    for index in range(args.first_pair, args.first_pair + args.pairs):
         pairs.append(run_pair(index, args))
         save()
     for seed in args.seeds:
