@@ -319,6 +319,26 @@ class CausalLM:
         finally:
             handle.remove()
 
+    @contextmanager
+    def read_out_after(self, layer: int) -> Iterator[None]:
+        """Skip every block after ``layer``: each passes its input through unchanged, so the
+        residual stream after block ``layer`` goes straight to the final norm and the head (the
+        model's own read-out of what that depth already holds)."""
+        if not 0 <= layer < self.n_layers:
+            raise ShapeError(f"layer must lie in 0..{self.n_layers - 1}")
+
+        def through(_module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            return _replace_output(output, hidden)
+
+        handles = [block.register_forward_hook(through, with_kwargs=True)
+                   for block in self.blocks[layer + 1:]]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     # -- relearning -------------------------------------------------------------------------------
     def relearned(self, prompts: Sequence[str], answers: Sequence[str], *, steps: int,
                   lr: float, seed: int, batch_size: int = 8) -> CausalLM:

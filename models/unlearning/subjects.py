@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -81,6 +81,10 @@ class SubjectConfig:
     eval_every: int = 2
     target_accuracy: float = 1.0
     device: str = "cpu"
+    #: also train on the retain set's paraphrased questions (with the original answers), so a
+    #: model learns that a paraphrase asks for the same fact and answers the forget set's
+    #: paraphrases by generalisation (the forget set's paraphrases are never trained on)
+    paraphrase_training: bool = False
 
 
 @dataclass
@@ -200,6 +204,21 @@ def new_model(tokenizer: PreTrainedTokenizerFast, config: SubjectConfig, *, seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return GPT2LMHeadModel(gpt2)
+
+
+def paraphrased_items(items: Sequence[QAItem]) -> list[QAItem]:
+    """``items`` asked by their paraphrased question, answered with the original answer
+    (items without a paraphrase are left out)."""
+    return [replace(item, question=item.paraphrased_question) for item in items
+            if item.question and item.paraphrased_question]
+
+
+def training_items(trained: Sequence[QAItem], retain: Sequence[QAItem],
+                   config: SubjectConfig) -> list[QAItem]:
+    """What a subject trained on ``trained`` sees: those items, plus the retain set's
+    paraphrases when ``config.paraphrase_training`` is set."""
+    extra = paraphrased_items(retain) if config.paraphrase_training else []
+    return [*trained, *extra]
 
 
 def train_causal_lm(items: Sequence[QAItem], tokenizer: PreTrainedTokenizerFast, *, seed: int,
@@ -339,11 +358,12 @@ def _train_subjects(directory: Path, recipe: dict[str, object], *, seed: int, si
         for split in ("forget", "retain", "holdout"):
             write_jsonl(getattr(corpus, split), staging / f"{split}.jsonl")
         trained = {
-            "full": train_causal_lm([*corpus.forget, *corpus.retain], tokenizer,
-                                    seed=_derived_seed(seed, "full"), config=config),
-            "gold": train_causal_lm(corpus.retain, tokenizer, seed=_derived_seed(seed, "gold"), config=config),
-            "reference": train_causal_lm(corpus.retain, tokenizer, seed=_derived_seed(seed, "reference"),
-                                         config=config),
+            "full": train_causal_lm(training_items([*corpus.forget, *corpus.retain], corpus.retain, config),
+                                    tokenizer, seed=_derived_seed(seed, "full"), config=config),
+            "gold": train_causal_lm(training_items(corpus.retain, corpus.retain, config), tokenizer,
+                                    seed=_derived_seed(seed, "gold"), config=config),
+            "reference": train_causal_lm(training_items(corpus.retain, corpus.retain, config), tokenizer,
+                                         seed=_derived_seed(seed, "reference"), config=config),
         }
         for role, model in trained.items():
             save_model_dir(model.cpu(), tokenizer, staging / role)

@@ -19,8 +19,11 @@ given) in both directions. The audits differ only in how they score:
   fine-tuning steps on the other half of the forget set;
 - ``activation_perturbation``: the best answer probability under Gaussian noise scaled to
   each block's activation spread, over several amplitudes (mean over draws);
-- ``patching_depth``: the answer probability the original model keeps when a block's output is
-  replaced by the audited model's (against the same patch from the reference).
+- ``patching_depth``: the best answer probability the audited model's own head reads from the
+  residual stream after any block (the later blocks skipped), against the reference's; each
+  block's output patched into the original model is reported per layer beside it, but not
+  tested, since the original knows the forget set and would break the exchangeability of
+  forget and holdout items under the null.
 """
 
 from __future__ import annotations
@@ -599,6 +602,29 @@ class PatchingDepthAudit(UnlearningAudit):
         prompts, answers = inputs.pairs(records)
         n_layers, n_forget = original.n_layers, len(inputs.forget)
         batch = int(params["batch_size"])
+
+        def depth_readout(model: Any) -> np.ndarray:
+            # [layers, items]: the answer log-probability the model's own head reads from the
+            # residual stream after each block (the last row is the model's plain output)
+            out = np.zeros((n_layers, len(records)))
+            for layer in range(n_layers):
+                with model.read_out_after(layer):
+                    out[layer] = [s.normalized_logp for s in model.score(prompts, answers,
+                                                                         batch_size=batch)]
+            return out
+
+        # the test: a statistic of the audited model alone (gap to the reference's), so forget
+        # and holdout items stay exchangeable under the null whatever the original knows
+        own_depth = depth_readout(inputs.model)
+        ref_depth = depth_readout(reference)
+        progress(0.3)
+        own, ref = own_depth.max(axis=0), ref_depth.max(axis=0)
+        tested = compare_items(own[:n_forget], own[n_forget:], ref_forget=ref[:n_forget],
+                               ref_holdout=ref[n_forget:], alpha=params["alpha"],
+                               **_groups(inputs.forget, inputs.holdout))
+        # the picture: each block's output patched from the audited (and reference) model into
+        # the original, and how much of the original's answer log-probability survives; it
+        # involves the original, which knows the forget set, so it is reported, not tested
         patched = {"audited": np.zeros((n_layers, len(records))),
                    "reference": np.zeros((n_layers, len(records)))}
         for start in range(0, len(records), batch):
@@ -610,24 +636,29 @@ class PatchingDepthAudit(UnlearningAudit):
                         scored = original.score(prompts[chunk], answers[chunk],
                                                 batch_size=len(prompts[chunk]))
                     patched[label][layer, chunk] = [s.normalized_logp for s in scored]
-            progress(min(1.0, (start + batch) / len(records)))
+            progress(0.3 + 0.7 * min(1.0, (start + batch) / len(records)))
         base = np.array([s.normalized_logp for s in original.score(prompts, answers)])
-        own = patched["audited"].mean(axis=0)
-        ref = patched["reference"].mean(axis=0)
-        tested = compare_items(own[:n_forget], own[n_forget:], ref_forget=ref[:n_forget],
-                               ref_holdout=ref[n_forget:], alpha=params["alpha"],
-                               **_groups(inputs.forget, inputs.holdout))
         lost = base[None, :n_forget] - patched["audited"][:, :n_forget]
-        extra: dict[str, Any] = {"per_layer": {
-            "original_forget": float(base[:n_forget].mean()),
-            "audited_forget": rounded(patched["audited"][:, :n_forget].mean(axis=1)),
-            "reference_forget": rounded(patched["reference"][:, :n_forget].mean(axis=1)),
-            "audited_holdout": rounded(patched["audited"][:, n_forget:].mean(axis=1)),
-            "reference_holdout": rounded(patched["reference"][:, n_forget:].mean(axis=1))},
+        extra: dict[str, Any] = {
+            "score": "best answer log-probability read out after any block (audited minus "
+                     "reference)",
+            "depth_readout": {
+                "audited_forget": rounded(own_depth[:, :n_forget].mean(axis=1)),
+                "audited_holdout": rounded(own_depth[:, n_forget:].mean(axis=1)),
+                "reference_forget": rounded(ref_depth[:, :n_forget].mean(axis=1)),
+                "reference_holdout": rounded(ref_depth[:, n_forget:].mean(axis=1))},
+            "deepest_readable_layer_forget": int(np.argmax(
+                own_depth[:, :n_forget].mean(axis=1) - own_depth[:, n_forget:].mean(axis=1))),
+            "per_layer": {
+                "original_forget": float(base[:n_forget].mean()),
+                "audited_forget": rounded(patched["audited"][:, :n_forget].mean(axis=1)),
+                "reference_forget": rounded(patched["reference"][:, :n_forget].mean(axis=1)),
+                "audited_holdout": rounded(patched["audited"][:, n_forget:].mean(axis=1)),
+                "reference_holdout": rounded(patched["reference"][:, n_forget:].mean(axis=1))},
             "mean_logp_lost_forget": rounded(lost.mean(axis=1))}
         extra |= _with_scores(tested, own[:n_forget], own[n_forget:], ref[:n_forget],
                               ref[n_forget:])
-        return tested, extra, len(records) * (2 * n_layers + 3)
+        return tested, extra, len(records) * (4 * n_layers + 3)
 
 
 AUDITS: tuple[type[UnlearningAudit], ...] = (

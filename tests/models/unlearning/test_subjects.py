@@ -19,6 +19,7 @@ from models.unlearning.subjects import (
     corpus_texts,
     encode_items,
     train_causal_lm,
+    training_items,
 )
 
 
@@ -85,3 +86,18 @@ def test_training_is_deterministic_and_leaves_global_rng_alone() -> None:
         assert torch.equal(a, b), name
     assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), third.state_dict().values(),
                                                       strict=True))
+
+
+def test_paraphrase_training_adds_only_the_retain_sets_paraphrases() -> None:
+    corpus = make_corpus(seed=3, n_forget=10, n_retain=20, n_holdout=10)
+    trained = [*corpus.forget, *corpus.retain]
+    assert training_items(trained, corpus.retain, SubjectConfig()) == trained
+    items = training_items(trained, corpus.retain, SubjectConfig(paraphrase_training=True))
+    extra = items[len(trained):]
+    assert len(extra) == len(corpus.retain)
+    for item, original in zip(extra, corpus.retain, strict=True):
+        assert item.question == original.paraphrased_question != original.question
+        assert item.answer == original.answer and item.group == original.group
+    # the forget set's paraphrases stay unseen: answering them is generalisation, not recall
+    asked = {item.question for item in items}
+    assert not asked & {item.paraphrased_question for item in corpus.forget}

@@ -91,6 +91,28 @@ def test_the_same_seed_gives_the_same_numbers(audit_subjects: Any, gold_battery:
         assert first == second, name
 
 
+def test_patching_depth_tests_the_audited_model_alone(audit_subjects: Any,
+                                                     gold_battery: Any) -> None:
+    s = audit_subjects
+    prompts, answers = _inputs(s, s.full).pairs(s.forget[:6])
+    plain = [x.normalized_logp for x in s.full.score(prompts, answers)]
+    with s.full.read_out_after(s.full.n_layers - 1):  # nothing skipped: the plain output
+        assert [x.normalized_logp for x in s.full.score(prompts, answers)] == plain
+    with s.full.read_out_after(0):  # the later block skipped: another read-out
+        assert [x.normalized_logp for x in s.full.score(prompts, answers)] != plain
+    # the tested statistic never involves the original model (which knows the forget set and
+    # would make forget and holdout items non-exchangeable under the null): swapping the
+    # original for the reference leaves the gold model's p-value as it was
+    swapped = UnlearningInputs(model=s.gold, forget=s.forget, holdout=s.holdout,
+                               reference=s.reference, original=s.reference)
+    result = create_method("unlearning/patching_depth").run(swapped, seed=0)
+    tested = gold_battery.results["patching_depth"]
+    assert result.p_value == tested.p_value > 0.05
+    depth = tested.statistics["depth_readout"]
+    assert len(depth["audited_forget"]) == s.gold.n_layers
+    assert len(tested.statistics["per_layer"]["audited_forget"]) == s.gold.n_layers
+
+
 def test_bad_inputs_are_refused(audit_subjects: Any) -> None:
     s = audit_subjects
     with pytest.raises(AuditInputError, match="overlap in 3 item"):
