@@ -53,19 +53,6 @@ from benchmarks._common import table  # noqa: E402
 ALPHA = 0.05
 PAIR_SEED_BASE = 1000
 DEFAULT_CACHE = Path("/tmp/unlearning-bench-cache")
-#: Per algorithm: learning rate, step budget and options, tuned on seed 0's subjects (lr grid,
-#: retain weight) for the lowest forget accuracy that keeps retain accuracy >= 0.9; measured there:
-#: grad_diff 0.05 / 0.94, kl_min 0.05 / 0.94, npo 0.0 / 0.90, rmu 0.075 / 0.94, idk 0.275 / 0.94
-#: (forget / retain exact-match accuracy). Gradient ascent has no retain term: only the
-#: utility floor stops it, which is the point of keeping it.
-ALGORITHM_RECIPES: dict[str, tuple[float, int, dict[str, Any]]] = {
-    "grad_ascent": (1e-4, 80, {}),
-    "grad_diff": (3e-4, 80, {"retain_weight": 8.0}),
-    "kl_min": (3e-4, 80, {"retain_weight": 8.0}),
-    "npo": (1e-4, 80, {"retain_weight": 12.0}),
-    "idk": (2e-4, 60, {"retain_weight": 2.0}),
-    "rmu": (5e-4, 80, {"retain_weight": 10.0}),
-}
 
 
 def quantise_8bit(model: torch.nn.Module) -> torch.nn.Module:
@@ -163,7 +150,7 @@ def loss_attack_auc(model: torch.nn.Module, subjects: Any) -> float:
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     from appliance.audits.unlearning import run_battery
-    from models.unlearning.algorithms import unlearn
+    from models.unlearning.algorithms import RECIPES, unlearn
     from models.unlearning.subjects import answer_accuracy, make_subjects, paraphrased_items
 
     started = time.perf_counter()
@@ -195,7 +182,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     audit("full", subjects.full, {})
     audit("gold", subjects.gold, {})
     for name in args.algorithms:
-        lr, steps, options = ALGORITHM_RECIPES[name]
+        lr, steps, options = RECIPES[name]
         clock = time.perf_counter()
         model, report = unlearn(subjects.full, tokenizer, corpus.forget, corpus.retain, algorithm=name,
                                 steps=args.steps or steps, lr=lr, seed=seed, lr_factors=(1.0, 0.5), **options)

@@ -316,6 +316,21 @@ def _accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items:
     return sum(verdicts) / len(verdicts)
 
 
+#: Per algorithm: learning rate, step budget and options, tuned on seed 0's subjects (lr grid,
+#: retain weight) for the lowest forget accuracy that keeps retain accuracy >= 0.9; measured there:
+#: grad_diff 0.05 / 0.94, kl_min 0.05 / 0.94, npo 0.0 / 0.90, rmu 0.075 / 0.94, idk 0.275 / 0.94
+#: (forget / retain exact-match accuracy). Gradient ascent has no retain term: only the
+#: utility floor stops it, which is the point of keeping it.
+RECIPES: dict[str, tuple[float, int, dict[str, Any]]] = {
+    "grad_ascent": (1e-4, 80, {}),
+    "grad_diff": (3e-4, 80, {"retain_weight": 8.0}),
+    "kl_min": (3e-4, 80, {"retain_weight": 8.0}),
+    "npo": (1e-4, 80, {"retain_weight": 12.0}),
+    "idk": (2e-4, 60, {"retain_weight": 2.0}),
+    "rmu": (5e-4, 80, {"retain_weight": 10.0}),
+}
+
+
 def unlearn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, forget: Sequence[QAItem],
             retain: Sequence[QAItem], *, algorithm: str, steps: int = 60, lr: float = 5e-4, seed: int = 0,
             retain_floor: float = 0.9, forget_target: float = 0.05, eval_every: int = 2,

@@ -47,6 +47,7 @@ from appliance.audits.unlearning.base import (
     make_result,
     null_statement,
     rounded,
+    verdict,
 )
 
 T = TypeVar("T")
@@ -451,10 +452,41 @@ class RelearningAudit(UnlearningAudit):
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {"alpha": 0.05, "steps": 10, "lr": 1e-3, "batch_size": 8}
+        return {"alpha": 0.05, "steps": 10, "lr": 1e-3, "batch_size": 8, "probes": 3}
 
     def score_items(self, inputs: UnlearningInputs, params: dict[str, Any], seed: int,
                     progress: ProgressFn, log: LogFn) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """Several independent probes (split and fine-tuning order drawn from ``seed + i``),
+        their p-values combined by twice their mean, which is a valid p-value whatever their
+        dependence (Rüschendorf; Vovk and Wang, 2020). One probe's outcome carries a shared
+        draw: how far fine-tuning on these forget people transfers to the other forget people
+        in this run, for the audited and for the reference model alike; with one probe that
+        draw decides alone (the test subjects' gold model gave p 0.002, 0.23, 0.024 and 0.11 for
+        four draws), several average it out."""
+        probes = int(params["probes"])
+        if not 1 <= probes <= 16:
+            raise AuditParameterError("probes must be 1..16")
+        runs = []
+        for i in range(probes):
+            def step(fraction: float, i: int = i) -> None:
+                progress((i + fraction) / probes)
+
+            runs.append(self._probe(inputs, params, seed + i, step, log))
+        tested, extra, queries = runs[0]
+        if probes > 1:
+            tested = dict(tested)
+            for key in ("p_knowledge", "p_unlearned"):
+                each = [run[0][key] for run in runs]
+                extra[f"probe_{key}"] = each
+                tested[key] = min(1.0, 2.0 * float(np.mean(each)))
+            tested["verdict"] = verdict(tested["p_knowledge"], tested["p_unlearned"],
+                                        float(params["alpha"]))
+            tested["combined"] = f"{probes} probes, p = min(1, 2 x mean of the probes' p-values)"
+            extra["probe_seconds"] = sum(run[1]["probe_seconds"] for run in runs)
+        return tested, extra, sum(run[2] for run in runs)
+
+    def _probe(self, inputs: UnlearningInputs, params: dict[str, Any], seed: int,
+               progress: ProgressFn, log: LogFn) -> tuple[dict[str, Any], dict[str, Any], int]:
         steps, lr = int(params["steps"]), float(params["lr"])
         if not 1 <= steps <= 500 or not 0 < lr <= 1:
             raise AuditParameterError("steps must be 1..500 and lr in (0, 1]")

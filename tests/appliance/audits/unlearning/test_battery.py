@@ -55,14 +55,17 @@ def test_the_full_model_is_flagged(full_battery: Any) -> None:
         assert result.statistics["statistic_auc"] > 0.9, name
         assert result.statistics["p_unlearned"] > 0.5, name
     qa = full_battery.results["knowledge_qa"].statistics
-    assert qa["mean_rouge_l_forget"] > qa["mean_rouge_l_holdout"] + 0.2
+    # ROUGE-L recall credits the answers' shared words (a model that never saw either set scores
+    # about 0.58 on both), so the effect size is read from the answer probability
+    assert qa["mean_rouge_l_forget"] > qa["mean_rouge_l_holdout"]
+    assert qa["mean_answer_probability_forget"] > 5 * qa["mean_answer_probability_holdout"]
     tr = full_battery.results["truth_ratio"].statistics
     assert tr["mean_truth_ratio_forget"] < 0.5 and tr["forget_quality_ks_p"] < 0.01
     assert full_battery.min_adjusted_p() < 0.05
 
 
 def test_the_gold_model_is_not_flagged(gold_battery: Any) -> None:
-    assert gold_battery.verdict == OVERALL_NONE, gold_battery.adjusted_p_knowledge
+    assert gold_battery.verdict == OVERALL_NONE, {k: p for k, p in gold_battery.adjusted_p_knowledge.items() if p < 0.05}
     assert not gold_battery.knowledge_audits and not gold_battery.unlearned_audits
     mia = gold_battery.results["membership_inference"].statistics
     assert 0.3 <= mia["auc_loss"] <= 0.7 and abs(mia["privleak_loss"]) < 0.3
