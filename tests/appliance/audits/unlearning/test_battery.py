@@ -65,7 +65,8 @@ def test_the_full_model_is_flagged(full_battery: Any) -> None:
 
 
 def test_the_gold_model_is_not_flagged(gold_battery: Any) -> None:
-    assert gold_battery.verdict == OVERALL_NONE, {k: p for k, p in gold_battery.adjusted_p_knowledge.items() if p < 0.05}
+    flagged = {k: p for k, p in gold_battery.adjusted_p_knowledge.items() if p < 0.05}
+    assert gold_battery.verdict == OVERALL_NONE, flagged
     assert not gold_battery.knowledge_audits and not gold_battery.unlearned_audits
     mia = gold_battery.results["membership_inference"].statistics
     assert 0.3 <= mia["auc_loss"] <= 0.7 and abs(mia["privleak_loss"]) < 0.3
