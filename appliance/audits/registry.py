@@ -116,10 +116,10 @@ class AuditMethod(ABC):
         report(1.0)
         return result
 
+    @abstractmethod
     def execute(self, inputs: Any, params: dict[str, Any], *, seed: int, progress: ProgressFn,
                 log: LogFn) -> AuditResult:
         """The method itself, on checked inputs and complete parameters."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither execute nor run")
 
     def state_dict(self) -> dict[str, Any]:
         """Serializable state (empty for stateless methods)."""

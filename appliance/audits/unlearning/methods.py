@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -63,10 +63,11 @@ def _noop(_fraction: float) -> None:
 
 
 class UnlearningAudit(AuditMethod):
-    """Shared run loop: resolve parameters, score items, test, time."""
+    """Shared by the unlearning audits: score items, test forget against holdout, time."""
 
     version = VERSION
     short = ""
+    inputs_type = UnlearningInputs
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -77,19 +78,12 @@ class UnlearningAudit(AuditMethod):
         """Return (tested comparison, extra statistics, queries)."""
         raise NotImplementedError
 
-    def run(self, inputs: Any, *, params: Mapping[str, Any] | None = None, seed: int,
-            progress: ProgressFn | None = None, log: LogFn | None = None) -> AuditResult:
-        if not isinstance(inputs, UnlearningInputs):
-            raise AuditInputError("unlearning audits take UnlearningInputs")
-        resolved = self.resolve_params(params)
-        alpha = float(resolved["alpha"])
-        if not 0 < alpha < 1:
-            raise AuditParameterError("alpha must lie in (0, 1)")
+    def execute(self, inputs: UnlearningInputs, params: dict[str, Any], *, seed: int,
+                progress: ProgressFn, log: LogFn) -> AuditResult:
         started = time.perf_counter()
-        tested, extra, queries = self.score_items(inputs, resolved, seed, progress or _noop,
-                                                  log or (lambda _m: None))
-        return make_result(self.name, self.version, tested=tested, extra=extra, alpha=alpha,
-                           queries=queries, parameters={**resolved, "seed": seed},
+        tested, extra, queries = self.score_items(inputs, params, seed, progress, log)
+        return make_result(self.name, self.version, tested=tested, extra=extra,
+                           alpha=float(params["alpha"]), queries=queries, parameters={},
                            timings={"seconds": time.perf_counter() - started},
                            null=null_statement(inputs.reference is not None))
 

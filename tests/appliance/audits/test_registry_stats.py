@@ -49,8 +49,7 @@ def test_register_rejects_conflicts_and_non_methods():
         def defaults(cls):
             return {"a": 1}
 
-        def run(self, inputs, *, params=None, seed, progress=None, log=None):
-            p = self.resolve_params(params)
+        def execute(self, inputs, params, *, seed, progress, log):
             return AuditResult(
                 method=self.name,
                 version="0",
@@ -59,7 +58,7 @@ def test_register_rejects_conflicts_and_non_methods():
                 verdict="not_detected",
                 alpha=0.05,
                 queries=0,
-                parameters=p,
+                parameters={},
             )
 
     register_method("dummy_test", Dummy)
@@ -70,6 +69,14 @@ def test_register_rejects_conflicts_and_non_methods():
         register_method("x", int)  # type: ignore[arg-type]
     with pytest.raises(AuditParameterError, match="unknown parameter 'b'"):
         create_method("dummy_test").run(None, params={"b": 2}, seed=0)
+    # the template fills the effective parameters and the seed, and times the run
+    result = create_method("dummy_test").run(None, params={"a": 3}, seed=7)
+    assert result.parameters == {"a": 3, "seed": 7} and result.timings["total_s"] >= 0
+    with pytest.raises(AuditParameterError, match="seed must be an integer"):
+        create_method("dummy_test").run(None, seed=True)  # type: ignore[arg-type]
+    # an abstract method (no execute) cannot be made at all
+    with pytest.raises(TypeError):
+        type("NoExecute", (AuditMethod,), {"defaults": classmethod(lambda cls: {})})()
 
 
 def test_permutation_test_is_calibrated_and_powerful():
