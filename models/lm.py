@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ def _replace_output(output: Any, hidden: torch.Tensor) -> Any:
 
 
 def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+    return cast("torch.Tensor", output[0] if isinstance(output, tuple) else output)
 
 
 class CausalLM:

@@ -22,7 +22,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -209,7 +209,7 @@ def _export(model_dir: Path, graph: Path, *, tokenizer: Any, input_names: tuple[
             self.inner = model
 
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(input_names, args, strict=True))).last_hidden_state
+            return cast("torch.Tensor", self.inner(**dict(zip(input_names, args, strict=True))).last_hidden_state)
 
     enc = tokenizer(list(_PROBES), padding=True, truncation=True, max_length=max_length,
                     return_tensors="pt")

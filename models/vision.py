@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.reshape(x.shape[0], self.in_channels, self.image_size, self.image_size)
-        return self.out(self.features(x))
+        return cast("torch.Tensor", self.out(self.features(x)))
 
 
 class PoolEncoder(nn.Module):
@@ -95,7 +95,7 @@ class PoolEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.reshape(x.shape[0], self.in_channels, self.image_size, self.image_size)
-        return self.out(self.features(x))
+        return cast("torch.Tensor", self.out(self.features(x)))
 
 
 class ConvClassifier(nn.Module):
@@ -108,7 +108,7 @@ class ConvClassifier(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(64, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return cast("torch.Tensor", self.head(self.backbone(x)))
 
 
 def _conv_encoder(*, in_channels: int = 1, image_size: int = 16, width: int = 32, embed_dim: int = 64) -> nn.Module:
@@ -351,11 +351,11 @@ def _train_momentum(
     n, bs = len(data), min(batch_size, len(data))
 
     def embed_online(v: torch.Tensor) -> torch.Tensor:
-        return predictor(projector(encoder(v)))
+        return cast("torch.Tensor", predictor(projector(encoder(v))))
 
     def embed_target(v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return target[1](target[0](v))
+            return cast("torch.Tensor", target[1](target[0](v)))
 
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
@@ -403,7 +403,7 @@ class Rescaled(nn.Module):
         self.encoder, self.lo, self.hi = encoder, float(lo), float(hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder((x - self.lo) / (self.hi - self.lo))
+        return cast("torch.Tensor", self.encoder((x - self.lo) / (self.hi - self.lo)))
 
 
 class Resized(nn.Module):
@@ -415,7 +415,8 @@ class Resized(nn.Module):
         self.encoder, self.size = encoder, _positive_int(size, "size")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False))
+        resized = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return cast("torch.Tensor", self.encoder(resized))
 
 
 def train_classifier(
@@ -486,7 +487,7 @@ def label_fn(model: nn.Module, *, batch_size: int = 4096) -> Callable[[np.ndarra
     logits = embed_fn(model, batch_size=batch_size)
 
     def label(x: np.ndarray) -> np.ndarray:
-        return np.asarray(logits(x)).argmax(axis=1).astype(np.int64)
+        return cast("np.ndarray", np.asarray(logits(x)).argmax(axis=1).astype(np.int64))
 
     return label
 

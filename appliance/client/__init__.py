@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
@@ -408,7 +408,7 @@ class Client:
 
         private = self._private_clients.get(ensemble_id)
         if private is not None and getattr(private, "_spec", None) == spec:
-            return private
+            return cast("PrivateClient", private)
         path = self.key_store.path_for(self.base_url, spec) if self.key_store else None
         if self.key_store is not None and path is not None:
             private = self.key_store.load(path, spec)

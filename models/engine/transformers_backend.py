@@ -59,7 +59,7 @@ class TransformersModel(LoadedModel):
         )
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        hf_logging.disable_progress_bar()
         self.model_dir = model_dir
         self.device = choose_device(device)
         common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}

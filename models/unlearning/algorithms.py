@@ -31,7 +31,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +251,7 @@ class RMU(UnlearningAlgorithm):
         """The residual stream after block ``layer`` at the positions that predict answer tokens."""
         hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        output_hidden_states=True).hidden_states[self.layer][:, :-1]
-        return hidden[batch.labels[:, 1:] != -100]
+        return cast("torch.Tensor", hidden[batch.labels[:, 1:] != -100])
 
     def trainable_parameters(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:
         transformer: Any = model.transformer  # a GPT-2 layout: RMU trains the blocks up to its layer

@@ -242,7 +242,7 @@ def _slot_pairs(n_global: int, n_views: int) -> dict[str, list[tuple[int, int]]]
 
 def _normalise(e: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(e, axis=-1, keepdims=True)
-    return e / np.maximum(norm, 1e-12)
+    return cast("np.ndarray", e / np.maximum(norm, 1e-12))
 
 
 def _set_binary(sim: np.ndarray, a: np.ndarray, b: np.ndarray, part: slice, k: int) -> float:
@@ -346,13 +346,13 @@ def image_scores(unary: dict[str, np.ndarray], binary: dict[str, np.ndarray]) ->
                 continue
             sd = values.std()
             parts.append(sign * (values - values.mean()) / (sd if sd > 0 else 1.0))
-    return np.mean(parts, axis=0)
+    return cast("np.ndarray", np.mean(parts, axis=0))
 
 
 def centred(emb: np.ndarray) -> np.ndarray:
     """``emb`` ``[..., d]`` minus its mean over every leading axis (all queries of one model)."""
     e = np.asarray(emb, np.float64)
-    return e - e.reshape(-1, e.shape[-1]).mean(axis=0)
+    return cast("np.ndarray", e - e.reshape(-1, e.shape[-1]).mean(axis=0))
 
 
 def shadow_adjusted(suspect: np.ndarray, shadows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

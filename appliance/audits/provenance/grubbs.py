@@ -36,6 +36,7 @@ checks it) and reads more plainly in a report.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -43,7 +44,8 @@ import numpy as np
 from scipy import stats as _st
 
 GrubbsMode = Literal["table", "exact", "designated"]
-_DIVISOR = {"table": lambda n: 2 * n, "exact": lambda n: n, "designated": lambda n: 1}
+_DIVISOR: dict[str, Callable[[int], int]] = {
+    "table": lambda n: 2 * n, "exact": lambda n: n, "designated": lambda n: 1}
 
 Direction = Literal["low", "high"]
 

@@ -59,7 +59,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from scipy import stats as _st
@@ -175,7 +175,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _per_sample(variant: str, probs: np.ndarray, labels: np.ndarray, anchor: np.ndarray | None) -> np.ndarray:
     if variant == "accuracy":
-        return (probs.argmax(axis=1) == labels).astype(np.float64)
+        return cast("np.ndarray", (probs.argmax(axis=1) == labels).astype(np.float64))
     if variant == "entropy":
         return _entropy(probs)
     assert anchor is not None

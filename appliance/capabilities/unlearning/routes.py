@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Flask, g
 from flask_limiter import Limiter
@@ -48,7 +48,7 @@ def register_unlearned_model(store: Any, principal: Any, job_id: str) -> dict[st
     done = store.conn.execute("SELECT model_id FROM unlearned_models WHERE job_id=? AND "
                               "tenant_id=?", (job_id, principal.tenant_id)).fetchone()
     if done is not None:
-        return store.get_owned("models", principal.tenant_id, done["model_id"], "model")
+        return cast("dict[str, Any]", store.get_owned("models", principal.tenant_id, done["model_id"], "model"))
     report = report_body(store.get_owned("reports", principal.tenant_id, job["report_id"],
                                          "report"))
     extra = report.get("extra") or {}
