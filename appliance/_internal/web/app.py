@@ -29,6 +29,7 @@ from appliance._internal.auth import authenticate
 from appliance._internal.config import Settings
 from appliance._internal.identity import identity_for
 from appliance._internal.store import Store
+from appliance._internal.web.bodies import UnreadBodyGuard
 from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, problem_response
 from appliance._internal.web.ratelimit import rate_key, sqlite_storage_uri
@@ -132,8 +133,6 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         headers_enabled=True,
     )
     app.extensions["appliance.limiter"] = limiter
-
-    from appliance._internal.web.bodies import UnreadBodyGuard
 
     app.wsgi_app = UnreadBodyGuard(app.wsgi_app)  # type: ignore[method-assign]
     api = Api()

@@ -96,7 +96,7 @@ from appliance.audits.registry import (
 )
 from appliance.audits.stats import permutation_mean_diff, welch_greater
 from appliance.audits.suspects import CountedQuery, EmbedFn, check_images
-from models.augment import GLOBAL_VIEW, ViewSpec
+from models.augment import GLOBAL_VIEW, ViewSpec, multi_view, to_unit
 
 GLOBAL_SCALE = GLOBAL_VIEW.scale
 
@@ -182,8 +182,6 @@ def flip_invariance(images: np.ndarray, embed: EmbedFn, *, probe: int, seed: int
     """How flip-invariant ``embed`` is on a random sample of ``images`` (label-blind):
     ``(cos(x, flip x) - b) / (cos(x, view x) - b)``, 1 as invariant to flips as to a flip-free
     global view, 0 no more similar than two different images (``b``)."""
-    from models.augment import multi_view
-
     rng = np.random.default_rng([seed, 0xF11B])
     # A canonical order (by content) makes the sample a function of the pooled set alone, not
     # of which images came first: relabelling public and private cannot change the policy.
@@ -449,8 +447,6 @@ class DOV4CL(AuditMethod):
         the pooled set and the seed, never on which images are public. Returns ``views
         [n_pub + n_pvt, V, C, S, S]`` (public first) and ``is_public [n_pub + n_pvt]``.
         """
-        from models.augment import multi_view, to_unit
-
         global_spec, local_spec = specs or view_specs(p.get("views", {}), flip=True)
         rng = np.random.default_rng([seed, 0x1A6E])
         cap = int(p["max_images"])
@@ -479,8 +475,6 @@ class DOV4CL(AuditMethod):
         The public pool has ``min(len(public), len(private))`` images, the private pool up
         to ``private_pool`` times as many; each round draws ``k`` images from each.
         """
-        from models.augment import multi_view
-
         global_spec, local_spec = specs or view_specs(p.get("views", {}), flip=True)
         k, rounds = int(p["k"]), int(p["rounds"])
         rng = np.random.default_rng([seed, 0x0D0F])

@@ -19,6 +19,9 @@ from scipy import stats
 
 from appliance.audits.errors import AuditInputError
 from appliance.audits.registry import AuditResult
+from models.errors import DatasetError
+from models.lm import ContextLengthError
+from models.textdata import check_template
 
 if TYPE_CHECKING:
     from models.lm import CausalLM
@@ -51,9 +54,6 @@ class UnlearningInputs:
 
     def check(self) -> None:
         """Refuse too few items, overlapping sets, a bad template and items past the context."""
-        from models.errors import DatasetError
-        from models.textdata import check_template
-
         if len(self.forget) < MIN_ITEMS or len(self.holdout) < MIN_ITEMS:
             raise AuditInputError(f"need at least {MIN_ITEMS} forget and {MIN_ITEMS} holdout "
                                   f"items, got {len(self.forget)} and {len(self.holdout)}")
@@ -67,8 +67,6 @@ class UnlearningInputs:
             check_template(self.template)
         except DatasetError as exc:
             raise AuditInputError(str(exc)) from None
-        from models.lm import ContextLengthError
-
         for model in (self.model, self.reference, self.original):
             if model is None:
                 continue

@@ -49,6 +49,7 @@ from appliance.audits.unlearning.base import (
     rounded,
     verdict,
 )
+from models.lm import ContextLengthError
 
 T = TypeVar("T")
 VERSION = "1.0.0"
@@ -380,8 +381,6 @@ class AdversarialPromptingAudit(UnlearningAudit):
     def demonstrations(self, inputs: UnlearningInputs, count: int, seed: int) -> str:
         """Up to ``count`` seeded retain items as in-context examples: as many as let every
         item still fit the models' context (none without a retain set)."""
-        from models.lm import ContextLengthError
-
         if not inputs.retain:
             return ""
         rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ from flask_limiter import Limiter
 from werkzeug.wrappers import Response as WebResponse
 
 from appliance import __version__
+from appliance._internal.auth import list_tenant_tokens, mint_tenant_token, parse_duration, revoke_tenant_token
 from appliance._internal.identity import identity_for
 from appliance._internal.jobs.kinds import job_kinds
 from appliance._internal.jobs.service import cancel_job, job_view, submit_job
@@ -328,8 +329,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     @signed_in
     def tokens() -> WebResponse:
         """Tenant admins mint client and auditor tokens (shown once) and see their tenant's."""
-        from appliance._internal.auth import list_tenant_tokens, mint_tenant_token, parse_duration
-
         store = _store()
         error, issued = None, None
         if request.method == "POST":
@@ -349,8 +348,6 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     @bp.route("/tokens/<token_id>/revoke", methods=["POST"])
     @signed_in
     def token_revoke(token_id: str) -> WebResponse:
-        from appliance._internal.auth import revoke_tenant_token
-
         revoke_tenant_token(_store(), g.principal, token_id)
         return redirect(url_for("console.tokens"), code=303)
 

@@ -21,13 +21,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
+from appliance._internal.secrets import unseal_secret
 from appliance._internal.store import Store, loads
 from appliance.audits.egress import EgressGuard, check_endpoint_url
+from appliance.audits.errors import AuditError
+from appliance.audits.ownership.dov4cl import DOV4CLInputs, data_range
+from appliance.audits.ownership.watermark import WatermarkInputs
+from appliance.audits.registry import create_method
+from appliance.audits.suspects import RemoteEndpoint
 from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
 from appliance.errors import JobFailed
 from appliance.schemas import SuspectEndpoint
+from models.augment import to_unit
+from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
 
 VERSION = "1.0.0"
 
@@ -157,8 +165,6 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInput
                 kind: str) -> tuple[Any, str, Any]:
     """A query function for the suspect, the device it runs on, and a closer."""
     if params.suspect_endpoint is not None:
-        from appliance.audits.suspects import RemoteEndpoint
-
         ep = params.suspect_endpoint
         # resolved and checked again now, on every run (a re-queue, a retry): the address
         # may have changed since submission; the endpoint then connects only to what passed
@@ -200,9 +206,6 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
     answer on the data's own scale."""
     from safetensors.torch import load_file, save_file
 
-    from models.augment import to_unit
-    from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
-
     unit = to_unit(data, value_range)
 
     config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
@@ -240,8 +243,6 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
 
 
 def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> JobOutcome:
-    from appliance.audits.registry import create_method
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     method = create_method(params.method)
@@ -258,9 +259,6 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
     closer = None
     try:
         if params.method == "dov4cl":
-            from appliance.audits.errors import AuditError
-            from appliance.audits.ownership.dov4cl import DOV4CLInputs, data_range
-
             assert inputs.public_dataset is not None and inputs.private_dataset is not None
             public, _ = _images(ctx, inputs.public_dataset, "public")
             private, _ = _images(ctx, inputs.private_dataset, "private")
@@ -303,9 +301,6 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                              query_budget=budget),
                 params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
         else:
-            from appliance._internal.secrets import unseal_secret
-            from appliance.audits.ownership.watermark import WatermarkInputs
-
             mark = inputs.watermark
             assert mark is not None and inputs.benign is not None
             key = unseal_secret(ctx.settings, bytes.fromhex(mark.sealed_key),

@@ -14,10 +14,19 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
+from appliance.audits.egress import EgressGuard, check_endpoint_url
+from appliance.audits.errors import AuditError
+from appliance.audits.provenance.trainprove import ProvenanceInputs, ReferenceSet, TrainProVe
+from appliance.audits.suspects import RemoteEndpoint
+from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
+from appliance.capabilities.provenance.plots import register_plots
 from appliance.capabilities.provenance.schemas import ProvenanceParams
+from appliance.capabilities.provenance.service import RemoteGenerator, build_dataset_evidence, build_evidence
 from appliance.errors import JobFailed, UnprocessableInput
+from models.errors import ModelError
+from models.generators import registered_generator
 
 VERSION = "1.0.0"
 
@@ -33,8 +42,6 @@ class ProvenanceInputsJob(BaseModel):
 
 
 def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> ProvenanceInputsJob:
-    from appliance.audits.egress import check_endpoint_url
-
     tenant = principal.tenant_id
     inputs = ProvenanceInputsJob()
     for generator_id in params.generator_model_ids or []:
@@ -66,12 +73,7 @@ def _resolve(store: Store, principal: Principal, params: ProvenanceParams) -> Pr
 
 
 def _suspect(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob) -> tuple[Any, Any, dict[str, Any]]:
-    from appliance.capabilities.catalog.jobs import load_job_model, model_digests
-
     if params.suspect_endpoint is not None:
-        from appliance.audits.egress import EgressGuard
-        from appliance.audits.suspects import RemoteEndpoint
-
         ep = params.suspect_endpoint
         endpoint = RemoteEndpoint(ep.url, kind=params.suspect_output, timeout_s=ep.timeout_s,
                                   retries=ep.retries, query_budget=ep.query_budget, max_batch=ep.max_batch,
@@ -102,21 +104,12 @@ def _real_data(ctx: JobContext, d: DatasetInput, shape: tuple[int, ...],
 
 def _references(ctx: JobContext, datasets: list[DatasetInput], built: list[Any]) -> list[Any]:
     """The reference datasets as :class:`ReferenceSet` (checked by :func:`_real_data`)."""
-    from appliance.audits.provenance.trainprove import ReferenceSet
-
     shape = tuple(built[0].evidence.val_x.shape[1:])
     num_classes = int(built[0].evidence.val_y.max()) + 1
     return [ReferenceSet(f"dataset:{d.id}", *_real_data(ctx, d, shape, num_classes)) for d in datasets]
 
 
 def _run(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob) -> JobOutcome:
-    from appliance.audits.errors import AuditError
-    from appliance.audits.provenance.trainprove import ProvenanceInputs, TrainProVe
-    from appliance.capabilities.catalog.jobs import model_digests
-    from appliance.capabilities.provenance.service import RemoteGenerator, build_dataset_evidence, build_evidence
-    from models.errors import ModelError
-    from models.generators import registered_generator
-
     started = time.perf_counter()
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
     # per tenant: "reused" must not tell one tenant that another audited the same generator
@@ -192,8 +185,6 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob)
 
 def register() -> None:
     """Register the ``provenance`` job kind and its report plots."""
-    from appliance.capabilities.provenance.plots import register_plots
-
     register_job_kind(JobKind(
         name="provenance", params_model=ProvenanceParams, resolve=_resolve, run=_run,
         inputs_model=ProvenanceInputsJob,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance._internal.reports import register_plotter
+
 
 def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
     """Per source: a histogram of the shadows' per-batch values, each shadow model's value on
@@ -51,6 +53,4 @@ def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def register_plots() -> None:
     """Attach :func:`provenance_plots` to the report pages of provenance audits."""
-    from appliance._internal.reports import register_plotter
-
     register_plotter("provenance/trainprove", provenance_plots)

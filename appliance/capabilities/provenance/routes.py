@@ -7,17 +7,16 @@ from typing import Any
 from flask import Blueprint, Flask, g
 from flask_limiter import Limiter
 
+from appliance._internal.jobs.service import job_view, submit_job
 from appliance._internal.web.db import get_enqueue, get_store
 from appliance._internal.web.http import Api
+from appliance.capabilities.catalog.service import model_view
 from appliance.capabilities.provenance.schemas import ProvenanceParams
 from appliance.schemas import JobOut, ModelList
 
 
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add ``/v1/provenance/...`` to the app."""
-    from appliance._internal.jobs.service import job_view, submit_job
-    from appliance.capabilities.catalog.service import model_view
-
     bp = Blueprint("provenance", __name__, url_prefix="/v1/provenance")
 
     @api.op(bp, "/audits", "POST", summary="Start a provenance audit (job kind 'provenance')",

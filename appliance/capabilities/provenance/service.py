@@ -22,7 +22,19 @@ import numpy as np
 from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import AuditInputError, RemoteEndpointError
 from appliance.audits.provenance.trainprove import ProvenanceEvidence
+from appliance.audits.suspects import check_status, post_with_retries
 from appliance.capabilities.provenance.schemas import GeneratorEndpoint, ProvenanceParams
+from models.architectures import create_architecture
+from models.generators import check_labels, check_samples
+from models.provenance import (
+    draw_sets,
+    shadow_config,
+    shadow_pool_specs,
+    shadow_proba,
+    split_real_data,
+    train_shadow_pool,
+    train_shadow_pool_on_data,
+)
 
 CACHE_VERSION = "2"
 LogFn = Callable[[str], None]
@@ -52,8 +64,6 @@ class RemoteGenerator:
 
     def sample(self, labels: np.ndarray, *, seed: int, temperature: float) -> np.ndarray:
         """Samples for ``labels``; chunk ``i`` is asked with seed ``(seed * 7919 + i) mod 2^31``."""
-        from models.generators import check_labels, check_samples
-
         lab = check_labels(labels, self.num_classes)
         budget = self.spec.sample_budget
         if budget is not None and self.samples + len(lab) > budget:
@@ -80,8 +90,6 @@ class RemoteGenerator:
         return np.concatenate(parts)
 
     def _post(self, body: dict[str, Any]) -> Any:
-        from appliance.audits.suspects import check_status, post_with_retries
-
         who = f"generator endpoint {self.spec.url}"
         response = post_with_retries(self._client, self.spec.url, body, retries=self.spec.retries,
                                      backoff_s=self.backoff_s, timeout_s=self.spec.timeout_s,
@@ -101,8 +109,6 @@ def shadow_specs(params: ProvenanceParams, num_classes: int) -> list[Any]:
     """The shadows the audit trains: the paper's MLP on the shadow set, then varied recipes
     (small CNN / MLP, width, learning rate, weight decay, epochs), each on its own draw from the
     generator (:func:`models.provenance.shadow_pool_specs`), all from the audit seed."""
-    from models.provenance import shadow_pool_specs
-
     return shadow_pool_specs(params.shadows, seed=params.seed, epochs=params.shadow_epochs,
                              train_size=params.n_shadow * num_classes)
 
@@ -130,9 +136,6 @@ class BuiltEvidence:
 def _load_cached(folder: Path, specs: list[Any], num_classes: int) -> tuple[Any, list[Any]] | None:
     import torch
     from safetensors.torch import load_file
-
-    from models.architectures import create_architecture
-    from models.provenance import shadow_config
 
     data_path = folder / "sets.npz"
     if not data_path.is_file() or not all((folder / f"shadow-{i}.safetensors").is_file() for i in range(len(specs))):
@@ -173,8 +176,6 @@ def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: l
 def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, params: ProvenanceParams,
                    cache_root: Path | None, log: LogFn) -> BuiltEvidence:
     """Sample, train (or reuse) the shadows for one generator and wrap them as evidence."""
-    from models.provenance import draw_sets, shadow_proba, train_shadow_pool
-
     specs = shadow_specs(params, num_classes)
     key = cache_key(digest, params, num_classes)
     folder = cache_root / key if cache_root is not None else None
@@ -214,8 +215,6 @@ def build_dataset_evidence(name: str, x: np.ndarray, y: np.ndarray, digest: str,
     """Real labelled data as a candidate source: half of each class is the validation set, the
     other half trains the shadow pool (pool shadows on bootstrap resamples of it); cached like a
     generator's shadows, keyed by the dataset's digest."""
-    from models.provenance import shadow_pool_specs, shadow_proba, split_real_data, train_shadow_pool_on_data
-
     t0 = time.perf_counter()
     try:
         sets = split_real_data(x, y, batches=params.batches, seed=params.seed)

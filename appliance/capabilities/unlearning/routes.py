@@ -12,6 +12,9 @@ from appliance._internal.reports import register_plotter, report_body
 from appliance._internal.store import utcnow
 from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api
+from appliance.audits.unlearning import CORRECTION
+from appliance.audits.unlearning.base import null_statement
+from appliance.audits.unlearning.methods import AUDITS
 from appliance.capabilities.catalog.service import model_view, register_model
 from appliance.capabilities.unlearning.plots import audit_plots
 from appliance.capabilities.unlearning.schemas import AuditInfo, AuditInfoList
@@ -26,10 +29,6 @@ def _store() -> Any:
 
 def audit_catalogue() -> dict[str, Any]:
     """Every audit with its defaults, the null hypothesis and the correction."""
-    from appliance.audits.unlearning import CORRECTION
-    from appliance.audits.unlearning.base import null_statement
-    from appliance.audits.unlearning.methods import AUDITS
-
     items = [AuditInfo(name=a.short, method=a.name, defaults=a.defaults(),
                        description=(a.__doc__ or "").strip().splitlines()[0]
                        if a.__doc__ else a.short) for a in AUDITS]

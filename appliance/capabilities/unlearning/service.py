@@ -17,10 +17,18 @@ from appliance._internal.auth import Principal
 from appliance._internal.jobs.kinds import JobOutcome
 from appliance._internal.jobs.runner import JobContext
 from appliance._internal.store import Store
+from appliance.audits.errors import AuditError
+from appliance.audits.unlearning import CORRECTION, UnlearningInputs, run_battery
 from appliance.capabilities.catalog.jobs import job_model_path, model_digests
 from appliance.capabilities.catalog.service import dataset_input, model_input, transformers_dir
 from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
+from appliance.client import _tar_folder
 from appliance.errors import JobFailed, UnprocessableInput
+from models.errors import ModelError
+from models.lm import CausalLM, check_causal_lm_dir
+from models.textdata import parse_jsonl
+from models.unlearning.algorithms import unlearn
+from models.unlearning.corpus import QAItem
 
 VERSION = "1.0.0"
 AUDIT_METHOD = "unlearning/audit"
@@ -29,9 +37,6 @@ UNLEARN_METHOD = "unlearning/unlearn"
 
 # -- resolving inputs (API node) -------------------------------------------------------------------
 def _causal_lm(store: Store, principal: Principal, model_id: str, role: str) -> dict[str, Any]:
-    from models.errors import ModelError
-    from models.lm import check_causal_lm_dir
-
     row = store.get_owned("models", principal.tenant_id, model_id, "model")
     if row["format"] != "transformers" or row["kind"] != "causal_lm":
         raise UnprocessableInput(
@@ -49,8 +54,6 @@ def _causal_lm(store: Store, principal: Principal, model_id: str, role: str) -> 
 
 def _text_dataset(store: Store, principal: Principal, dataset_id: str,
                   role: str) -> tuple[dict[str, Any], list[Any]]:
-    from models.textdata import parse_jsonl
-
     row = store.get_owned("datasets", principal.tenant_id, dataset_id, "dataset")
     dataset = dataset_input(row)
     if dataset["format"] != "jsonl":
@@ -99,15 +102,11 @@ def resolve_unlearn(store: Store, principal: Principal, params: UnlearnParams) -
 
 # -- running (worker) ----------------------------------------------------------------------------
 def _records(ctx: JobContext, dataset: dict[str, Any], limit: int | None = None) -> list[Any]:
-    from models.textdata import parse_jsonl
-
     records = parse_jsonl(ctx.blob_path(dataset["sha256"]).read_bytes())
     return records[:limit] if limit is not None else records
 
 
 def _load(ctx: JobContext, model: dict[str, Any], device: str) -> Any:
-    from models.lm import CausalLM
-
     return CausalLM.from_dir(job_model_path(ctx, model),
                              device=None if device == "auto" else device)
 
@@ -119,10 +118,6 @@ def _dataset_digest(dataset: dict[str, Any], used: int) -> dict[str, Any]:
 
 def run_audit(ctx: JobContext, params: UnlearningAuditParams, inputs: dict[str, Any]) -> JobOutcome:
     """Run the battery; a :class:`JobOutcome` with every audit's statistics and verdicts."""
-    from appliance.audits.errors import AuditError
-    from appliance.audits.unlearning import CORRECTION, UnlearningInputs, run_battery
-    from models.errors import ModelError
-
     started = time.perf_counter()
     models = {role: _load(ctx, inputs[role], params.device)
               for role in ("model", "reference", "original") if role in inputs}
@@ -164,11 +159,6 @@ def run_audit(ctx: JobContext, params: UnlearningAuditParams, inputs: dict[str, 
 def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: dict[str, Any]) -> JobOutcome:
     """Unlearn the forget set, save the model as an artifact, report what was done."""
     import tempfile
-
-    from appliance.client import _tar_folder
-    from models.lm import CausalLM
-    from models.unlearning.algorithms import unlearn
-    from models.unlearning.corpus import QAItem
 
     def items(records: list[Any]) -> list[Any]:
         if any(r.text for r in records):
