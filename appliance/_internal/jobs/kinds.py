@@ -57,19 +57,22 @@ class JobKind:
 
     name: str
     params_model: type[BaseModel]
+    inputs_model: type[BaseModel]
     resolve: ResolveFn
     run: RunFn
     roles: tuple[str, ...] = ("admin", "auditor")
     description: str = ""
-    inputs_model: type[BaseModel] | None = None
 
-    def dump_inputs(self, inputs: Any) -> Any:
+    def dump_inputs(self, inputs: BaseModel) -> dict[str, Any]:
         """The JSON a job message carries."""
-        return inputs.model_dump(mode="json") if isinstance(inputs, BaseModel) else inputs
+        if not isinstance(inputs, self.inputs_model):
+            raise TypeError(f"job kind {self.name!r} resolved {type(inputs).__name__}, "
+                            f"not {self.inputs_model.__name__}")
+        return inputs.model_dump(mode="json")
 
-    def load_inputs(self, raw: Any) -> Any:
+    def load_inputs(self, raw: Any) -> BaseModel:
         """The typed inputs of a job message (validated again: the message crossed a queue)."""
-        return self.inputs_model.model_validate(raw) if self.inputs_model is not None else raw
+        return self.inputs_model.model_validate(raw)
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -23,6 +23,10 @@ class _PingParams(BaseModel):
     word: str = "ping"
 
 
+class _NoInputs(BaseModel):
+    pass
+
+
 def _routes(app: Any, api: Any, limiter: Any) -> None:
     from flask import Blueprint, jsonify
 
@@ -39,8 +43,8 @@ def _jobs() -> None:
     from appliance._internal.jobs.kinds import JobKind, JobOutcome, register_job_kind
 
     register_job_kind(JOB_KIND_HOLDER.setdefault("kind", JobKind(
-        name="throwaway-echo", params_model=_PingParams,
-        resolve=lambda store, principal, params: {},
+        name="throwaway-echo", params_model=_PingParams, inputs_model=_NoInputs,
+        resolve=lambda store, principal, params: _NoInputs(),
         run=lambda ctx, params, inputs: JobOutcome(kind="throwaway-echo", method="echo",
                                                    statistics={"word": params.word}),
         description="echoes a word (a test capability)")))
