@@ -1173,22 +1173,28 @@ class EnsembleEvaluator:
             state["plain"] = plains
         return state["plain"]  # type: ignore[no-any-return]
 
+    def _row_product(self, cts: Sequence[Any], row: Sequence[Any], tmp: Any) -> Any:
+        """``sum_i cts[i] * row[i]`` over the non-zero plaintexts (``None`` if there are none);
+        ``tmp`` is scratch space."""
+        acc: Any = None
+        for ct, plain in zip(cts, row, strict=True):
+            if plain is None:
+                continue
+            if acc is None:
+                acc = sealapi.Ciphertext()
+                self._evaluator.multiply_plain(ct, plain, acc)
+            else:
+                self._evaluator.multiply_plain(ct, plain, tmp)
+                self._evaluator.add_inplace(acc, tmp)
+        return acc
+
     def _wide_logits(self, cts: Sequence[Any]) -> list[Any]:
         """Scaled averaged logit of every class, query ``b`` in slot ``b * block``."""
         ev, lay = self._evaluator, self._wide
         out: list[Any] = []
         tmp = sealapi.Ciphertext()
         for row in self._wide_plains():
-            acc: Any = None
-            for ct, plain in zip(cts, row, strict=True):
-                if plain is None:
-                    continue
-                if acc is None:
-                    acc = sealapi.Ciphertext()
-                    ev.multiply_plain(ct, plain, acc)
-                else:
-                    ev.multiply_plain(ct, plain, tmp)
-                    ev.add_inplace(acc, tmp)
+            acc = self._row_product(cts, row, tmp)
             if acc is not None:
                 ev.rescale_to_next_inplace(acc)
                 for stride in lay.sum_strides:
@@ -1283,18 +1289,9 @@ class EnsembleEvaluator:
         classes = lay.classes
         bias = self._wide_state["bias"]
         accs: list[Any] = []
+        tmp = sealapi.Ciphertext()
         for a, row in enumerate(self._region_plains(regions)):
-            acc: Any = None
-            tmp = sealapi.Ciphertext()
-            for ct, plain in zip(cts, row, strict=True):
-                if plain is None:
-                    continue
-                if acc is None:
-                    acc = sealapi.Ciphertext()
-                    ev.multiply_plain(ct, plain, acc)
-                else:
-                    ev.multiply_plain(ct, plain, tmp)
-                    ev.add_inplace(acc, tmp)
+            acc = self._row_product(cts, row, tmp)
             if acc is None:
                 raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
             ev.rescale_to_next_inplace(acc)
