@@ -94,6 +94,7 @@ from crypto.ckks import (
     public_context_bytes,
 )
 from crypto.ensemble import FLOOD_MARGIN_BITS, HEADS, EnsembleArtifact
+from crypto.framing import FrameReader, FrameWriter
 
 __all__ = [
     "EnsembleEvaluator",
@@ -567,30 +568,21 @@ _FRAME_MAGIC = b"PEB1"
 
 
 def _length_prefixed(header: bytes, blobs: Sequence[bytes]) -> bytes:
-    """``header`` then each blob as (u32 big-endian length, bytes)."""
-    out = bytearray(header)
+    """``header`` then each blob as (u32 big-endian length, bytes), by :mod:`crypto.framing`."""
+    writer = FrameWriter(header)
     for blob in blobs:
-        out += struct.pack(">I", len(blob)) + bytes(blob)
-    return bytes(out)
+        writer.prefixed(bytes(blob), 4)
+    return writer.to_bytes()
 
 
-def _read_length_prefixed(data: bytes, pos: int, count: int, *, body: str, trailing: str) -> list[bytes]:
-    """Inverse of :func:`_length_prefixed` from offset ``pos``: exactly ``count`` blobs, nothing after.
-
-    ``body`` and ``trailing`` name the frame in the :class:`CiphertextError` messages.
-    """
-    out = []
-    for _ in range(count):
-        if pos + 4 > len(data):
-            raise CiphertextError(f"truncated {body}")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        pos += 4
-        if pos + length > len(data):
-            raise CiphertextError(f"truncated {body}")
-        out.append(bytes(data[pos : pos + length]))
-        pos += length
-    if pos != len(data):
-        raise CiphertextError(f"trailing bytes after {trailing}")
+def _read_length_prefixed(data: bytes, pos: int, count: int, *, body: str) -> list[bytes]:
+    """Inverse of :func:`_length_prefixed` after the ``pos`` header bytes the caller has
+    checked: exactly ``count`` blobs, nothing after (a :class:`CiphertextError` naming ``body``
+    otherwise), read by the bounded :class:`crypto.framing.FrameReader`."""
+    raw = bytes(data)
+    reader = FrameReader(raw, magic=raw[:pos], error=CiphertextError, what=body)
+    out = [reader.prefixed(4, limit=len(raw), field="ciphertext") for _ in range(count)]
+    reader.end()
     return out
 
 
@@ -608,7 +600,7 @@ def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
     (count,) = struct.unpack(">I", data[4:8])
     if not 1 <= count <= max_items:
         raise CiphertextError(f"batch holds {count} ciphertexts; allowed 1..{max_items}")
-    return _read_length_prefixed(data, 8, count, body="batch body", trailing="the batch")
+    return _read_length_prefixed(data, 8, count, body="batch body")
 
 
 _WIDE_MAGIC = b"PEW1"
@@ -654,7 +646,7 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
         raise CiphertextError(f"wide body declares {count} queries; allowed 1..{layout.capacity}")
     if n != items:
         raise CiphertextError(f"wide body holds {n} ciphertexts, expected {items}")
-    return count, _read_length_prefixed(data, _WIDE_HEADER.size, n, body="wide body", trailing="the wide body")
+    return count, _read_length_prefixed(data, _WIDE_HEADER.size, n, body="wide body")
 
 
 def wide_query_count(data: bytes) -> int:

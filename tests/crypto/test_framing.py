@@ -220,3 +220,15 @@ def test_random_bytes_after_the_wrap_magic_are_an_unwrap_error(data: bytes) -> N
     with pytest.raises(UnwrapError):
         unwrap_in_enclave(blob, enclave_private_key=ENCLAVE_KEY, accepted_quote_hashes={QUOTE_HASH},
                           label="model")
+
+
+def test_private_inference_batch_bodies_are_frames_with_their_old_bytes() -> None:
+    from crypto.ckks import CiphertextError
+    from crypto.private_inference import decode_blobs, encode_blobs
+
+    body = encode_blobs([b"ab", b"c"])
+    assert body == b"PEB1" + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"ab" + (1).to_bytes(4, "big") + b"c"
+    assert decode_blobs(body, max_items=4, max_bytes=1 << 10) == [b"ab", b"c"]
+    for bad in (body[:-1], body + b"\0", body[:9] + (10**6).to_bytes(4, "big") + body[13:]):
+        with pytest.raises(CiphertextError):
+            decode_blobs(bad, max_items=4, max_bytes=1 << 10)
