@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -681,28 +681,38 @@ class DOV4CL(AuditMethod):
             score = image_scores(unary, binary)
             return np.stack(ref_gaps), named, score
 
+        return {**DOV4CL._suspect_against_shadows(relations, emb_s, emb_0, is_public, p, seed),
+                "design": "images", "views_per_image": int(emb_s.shape[1])}
+
+    @staticmethod
+    def _suspect_against_shadows(
+        relations: Callable[[np.ndarray], tuple[np.ndarray, dict[str, list[float]], np.ndarray]],
+        emb_s: np.ndarray, emb_0: list[np.ndarray], is_public: np.ndarray,
+        p: Mapping[str, Any], seed: int,
+    ) -> dict[str, Any]:
+        """Both designs' tests from their ``relations`` (per-round gaps, named gaps, per-image
+        score): the reference Welch test of the suspect's gaps against the shadows' (averaged
+        per round), and the calibrated permutation test of the suspect's per-image score
+        regressed on every shadow's, over the distinct images."""
         ref_s, named_s, score_s = relations(emb_s)
         shadow_rel = [relations(e) for e in emb_0]
         ref_0 = np.mean([r[0] for r in shadow_rel], axis=0)
         residual, coef = shadow_adjusted(score_s, [r[2] for r in shadow_rel])
         named_0 = {key: list(np.mean([r[1][key] for r in shadow_rel], axis=0)) for key in named_s}
         t_ref, p_ref = welch_greater(ref_s.ravel(), ref_0.ravel())
-        perm_rng = np.random.default_rng([seed, 0x9E47])
+        rng = np.random.default_rng([seed, 0x9E47])
         t_perm, p_perm = permutation_mean_diff(residual, is_public, permutations=int(p["permutations"]),
-                                               rng=perm_rng)
-        summary = {label: {key: float(np.mean(v)) for key, v in gaps.items()}
-                   for label, gaps in (("suspect", named_s), ("shadow", named_0))}
+                                               rng=rng)
         return {
             "reference_t": t_ref,
             "reference_p": p_ref,
             "calibrated_statistic": t_perm,
             "calibrated_p": p_perm,
             "test": p["test"],
-            "design": "images",
-            "mean_gaps": summary,
+            "mean_gaps": {label: {key: float(np.mean(v)) for key, v in gaps.items()}
+                          for label, gaps in (("suspect", named_s), ("shadow", named_0))},
             "distinct_public_images": int(is_public.sum()),
             "distinct_private_images": int((~is_public).sum()),
-            "views_per_image": int(emb_s.shape[1]),
             "shadows": len(emb_0),
             "shadow_coefficients": [float(c) for c in coef],
         }
@@ -749,33 +759,9 @@ class DOV4CL(AuditMethod):
             # Average of one relation over the rounds that drew each distinct image.
             return np.bincount(flat_ids, weights=values, minlength=n_distinct)[seen] / counts[seen]
 
-        ref_s, named_s, score_s = relations(emb_s)
-        shadow_rel = [relations(e) for e in emb_0]
-        # Several shadows: gaps averaged per round for the reference test; for the
-        # calibrated one the suspect's per-image score is regressed on every shadow's.
-        ref_0 = np.mean([r[0] for r in shadow_rel], axis=0)
-        residual, coef = shadow_adjusted(score_s, [r[2] for r in shadow_rel])
-        named_0 = {key: list(np.mean([r[1][key] for r in shadow_rel], axis=0)) for key in named_s}
-        t_ref, p_ref = welch_greater(ref_s.ravel(), ref_0.ravel())
-        type_gaps = {"suspect": named_s, "shadow": named_0}
-
         is_public = (np.arange(n_distinct) < n_pool)[seen]
-        rng = np.random.default_rng([seed, 0x9E47])
-        t_perm, p_perm = permutation_mean_diff(residual, is_public, permutations=int(p["permutations"]), rng=rng)
-        summary = {label: {key: float(np.mean(v)) for key, v in gaps.items()} for label, gaps in type_gaps.items()}
-        return {
-            "reference_t": t_ref,
-            "reference_p": p_ref,
-            "calibrated_statistic": t_perm,
-            "calibrated_p": p_perm,
-            "test": p["test"],
-            "mean_gaps": summary,
-            "distinct_public_images": int(is_public.sum()),
-            "distinct_private_images": int((~is_public).sum()),
-            "design": "rounds",
-            "shadows": len(emb_0),
-            "shadow_coefficients": [float(c) for c in coef],
-        }
+        return {**DOV4CL._suspect_against_shadows(relations, emb_s, emb_0, is_public, p, seed),
+                "design": "rounds"}
 
 
 register_method(DOV4CL.name, DOV4CL)
