@@ -98,8 +98,16 @@ UNLEARNING_TEST_SIZES = {"n_forget": 40, "n_retain": 160, "n_holdout": 40}
 @pytest.fixture(scope="session")
 def unlearning_subjects(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The full, gold and reference subjects, trained once per session under pytest's tmp dir
-    (never a cache from an earlier run, never inside the repository)."""
+    (never a cache from an earlier run, never inside the repository).
+
+    The unlearning tests run on one torch thread: the subjects train on one whatever is set, and
+    the algorithms and audits then take the same numbers whether a folder runs alone or in the
+    whole suite (where modules set one thread at import)."""
+    import torch
+
     from models.unlearning.subjects import make_subjects
+
+    torch.set_num_threads(1)
 
     return make_subjects(seed=0, cache_dir=tmp_path_factory.mktemp("unlearning-subjects"),
                          **UNLEARNING_TEST_SIZES)

@@ -17,7 +17,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from models.unlearning.corpus import (
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 EOS_TOKEN = "<|endoftext|>"
-_SUBJECTS_VERSION = "2"  # 2: the JSONL carries each item's group (its person)
+_SUBJECTS_VERSION = "3"  # 2: the JSONL carries each item's group (its person); 3: one training thread
 
 
 def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
@@ -348,8 +349,31 @@ def make_subjects(*, seed: int, cache_dir: Path | str | None = None, n_forget: i
                     reference=reference, directory=directory, config=config)
 
 
+#: Subjects train on one CPU thread whatever the caller set: float sums reduce in another order
+#: on more threads, so the same seed gave different subjects in a test folder run alone (two
+#: threads) and in the whole suite (where other modules set one thread first).
+SUBJECT_TRAINING_THREADS = 1
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads, restoring the caller's setting after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _train_subjects(directory: Path, recipe: dict[str, object], *, seed: int, sizes: tuple[int, int, int],
                     config: SubjectConfig) -> None:
+    with _torch_threads(SUBJECT_TRAINING_THREADS):
+        _train_subjects_pinned(directory, recipe, seed=seed, sizes=sizes, config=config)
+
+
+def _train_subjects_pinned(directory: Path, recipe: dict[str, object], *, seed: int,
+                           sizes: tuple[int, int, int], config: SubjectConfig) -> None:
     corpus = make_corpus(seed=seed, n_forget=sizes[0], n_retain=sizes[1], n_holdout=sizes[2])
     tokenizer = build_tokenizer(corpus_texts(corpus))
     directory.parent.mkdir(parents=True, exist_ok=True)

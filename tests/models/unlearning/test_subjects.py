@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
@@ -101,3 +102,26 @@ def test_paraphrase_training_adds_only_the_retain_sets_paraphrases() -> None:
     # the forget set's paraphrases stay unseen: answering them is generalisation, not recall
     asked = {item.question for item in items}
     assert not asked & {item.paraphrased_question for item in corpus.forget}
+
+
+def test_subjects_train_on_one_thread_and_restore_the_callers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed gives the same subjects whether the caller runs on one thread or several:
+    training is pinned to one and the caller's setting comes back, even when training fails."""
+    from models.unlearning import subjects as module
+
+    seen: list[int] = []
+
+    def train(*args: object, **kwargs: object) -> None:
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(module, "_train_subjects_pinned", train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="stop before training"):
+            module.make_subjects(seed=123, cache_dir=tmp_path)
+        assert seen == [module.SUBJECT_TRAINING_THREADS] == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
