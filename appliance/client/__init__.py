@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install 
     )
     from appliance.client.inference import InferenceSession, PrivatePrediction
     from crypto.bundle import VerifiedReport
-    from crypto.private_inference import PrivateClient
+    from crypto.private_inference.client import PrivateClient
     from crypto.provisioning import VerifiedQuote
 
 RETRY_STATUSES = (429, 503)
@@ -404,7 +404,7 @@ class Client:
     def _private_client(self, ensemble_id: str, spec: dict[str, Any]) -> PrivateClient:
         """This run's client keys for the ensemble: reused, loaded from the key store, or
         generated (and then saved there)."""
-        from crypto.private_inference import PrivateClient
+        from crypto.private_inference.client import PrivateClient
 
         private = self._private_clients.get(ensemble_id)
         if private is not None and getattr(private, "_spec", None) == spec:
