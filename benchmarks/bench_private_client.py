@@ -104,7 +104,8 @@ def main() -> None:
     from appliance.client import Client
     from appliance.client.inference import default_text_encoder
     from crypto.ensemble import EnsembleArtifact
-    from crypto.private_inference import PrivateClient, embed_with_templates
+    from crypto.private_inference.client import PrivateClient
+    from crypto.private_inference.templates import embed_with_templates
     from models.hub import load_minilm
 
     torch.set_num_threads(os.cpu_count() or 1)

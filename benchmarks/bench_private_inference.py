@@ -45,10 +45,12 @@ import numpy as np
 import tenseal as ts
 
 from crypto import argmax, packing
-from crypto import private_inference as pi
 from crypto.ckks import get_preset, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import EnsembleEvaluator, PrivateClient
+from crypto.private_inference import spec as pi_spec
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.server import EnsembleEvaluator
+from crypto.private_inference.wire import encode_wide
 
 
 def _cpu(fn: Callable[[], object], reps: int) -> float:
@@ -81,14 +83,14 @@ def _trim() -> None:
 def _previous_layout_cpu(art: EnsembleArtifact, emb: np.ndarray, reps: int) -> float:
     """Server CPU per query of the previous single layout (power-of-two class blocks, every
     rotation before the rescale), measured in this run as the baseline."""
-    compact = pi._compact
-    pi._compact = lambda spec: False  # type: ignore[assignment]
+    compact = pi_spec.compact_rows
+    pi_spec.compact_rows = lambda spec: False  # type: ignore[assignment]
     try:
         client = PrivateClient(spec=art.public_spec())
         evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
     finally:
-        pi._compact = compact  # type: ignore[assignment]
-    evaluator._late_rescale = True
+        pi_spec.compact_rows = compact  # type: ignore[assignment]
+    evaluator._circuit.late_rescale = True
     query = client.encrypt(emb)
     reply = evaluator.evaluate(query)
     assert client.decrypt_result(reply).labels[0] == int(np.argmax(art.plaintext_logits(emb)[0]))
@@ -218,7 +220,7 @@ def _hidden_rows(
     agree = 0
     queries = _unit(rng, (reps, k, d))
     for q in queries:
-        diffs = evaluator._differences(evaluator._load_query(client.encrypt(q)))
+        diffs = evaluator._circuit.differences(evaluator._load_query(client.encrypt(q)), evaluator._weights)
         values = np.asarray(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs)).decrypt())
         p = evaluator.layout.pad_classes
         got = values[: p * p].reshape(p, p)[:c, :c] * evaluator._bound
@@ -403,7 +405,7 @@ def _wide_rows(
         )
     # Baseline in the same run: a 16-query batch in one region (PEW1, as before regions).
     rows16 = packing.pack_wide(emb[:16], lay, norm_bound=art.norm_bound)
-    one_region = pi.encode_wide([client._encrypt_values(r) for r in rows16], layout=lay, count=16)
+    one_region = encode_wide([client._encrypt_values(r) for r in rows16], layout=lay, count=16)
     cpu16_old = _cpu(lambda: evaluator.evaluate_wide_batch(one_region), wide_reps)
     # Held-out agreement of the wide path over 240 fresh queries (full and partial batches).
     held = _unit(rng, (240, art.members, art.dim))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import math
 import os
@@ -521,6 +522,18 @@ def extract_transformers_tar(
         raise
 
 
+def tar_folder(folder: Path) -> bytes:
+    """An uncompressed tar of ``folder``'s regular files (links left out), in path order and
+    named relative to ``folder``: the upload form of a transformers directory, which
+    :func:`extract_transformers_tar` unpacks."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
 def _extract(tar_path: Path, dest: Path, *, max_total_bytes: int, max_files: int,
              max_entries: int) -> None:
     root = dest.resolve()
@@ -750,6 +763,7 @@ __all__ = [
     "ModelFormat",
     "extract_transformers_tar",
     "sniff_and_validate",
+    "tar_folder",
     "tokenizer_file_arguments",
     "validate_onnx",
     "validate_transformers_dir",

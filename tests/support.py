@@ -67,7 +67,7 @@ def assert_scaled_win_counts(counts: np.ndarray, reference: np.ndarray, *, tol: 
     """Decrypted win counts equal the reference up to the server's secret per-query factor in
     [OUTPUT_SCALE_MIN, 1] on the comparison sums, plus at most ``tol`` (the result-slot
     flooding and CKKS error); returns the factors."""
-    from crypto.private_inference import OUTPUT_SCALE_MIN
+    from crypto.private_inference.circuits import OUTPUT_SCALE_MIN
 
     c = counts.shape[1]
     raw, ref = 2.0 * counts - (c - 1), 2.0 * reference - (c - 1)

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +42,7 @@ from appliance.schemas import (
     TokenOut,
     WhoAmI,
 )
+from models.formats import tar_folder
 
 if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install has no numpy
     from appliance.capabilities.inference.service import EnsembleOut
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install 
     )
     from appliance.client.inference import InferenceSession, PrivatePrediction
     from crypto.bundle import VerifiedReport
-    from crypto.private_inference import PrivateClient
+    from crypto.private_inference.client import PrivateClient
     from crypto.provisioning import VerifiedQuote
 
 RETRY_STATUSES = (429, 503)
@@ -252,7 +252,7 @@ class Client:
             data["config"] = json.dumps(dict(config))
         if path.is_dir():
             data.setdefault("format", "transformers")
-            handle: Any = io.BytesIO(_tar_folder(path))
+            handle: Any = io.BytesIO(tar_folder(path))
             filename = path.name + ".tar"
         else:
             handle = open(path, "rb")  # noqa: SIM115 - closed below
@@ -404,7 +404,7 @@ class Client:
     def _private_client(self, ensemble_id: str, spec: dict[str, Any]) -> PrivateClient:
         """This run's client keys for the ensemble: reused, loaded from the key store, or
         generated (and then saved there)."""
-        from crypto.private_inference import PrivateClient
+        from crypto.private_inference.client import PrivateClient
 
         private = self._private_clients.get(ensemble_id)
         if private is not None and getattr(private, "_spec", None) == spec:
@@ -740,10 +740,3 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, float], None]]:
         bar.stop()
 
 
-def _tar_folder(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
-    return buf.getvalue()

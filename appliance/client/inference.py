@@ -4,7 +4,7 @@
 >>> scores = session.predict_embeddings(embeddings)                 # doctest: +SKIP
 >>> client.private_predict("ens_...", ["a text"]).labels            # doctest: +SKIP
 
-:class:`InferenceSession` holds the :class:`~crypto.private_inference.PrivateClient` (secret
+:class:`InferenceSession` holds the :class:`~crypto.private_inference.client.PrivateClient` (secret
 key); only evaluation keys and ciphertexts leave the process. :class:`PrivatePrediction` is
 what :meth:`appliance.client.Client.private_predict` returns.
 """
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from appliance.client import Client
-    from crypto.private_inference import PrivateClient, PrivateScores
+    from crypto.private_inference.client import PrivateClient, PrivateScores
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ class InferenceSession:
 
     def _predict(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int,
                  layout: str | None) -> PrivateScores:
-        from crypto.private_inference import PrivateScores, decode_blobs, encode_blobs
+        from crypto.private_inference.client import PrivateScores
+        from crypto.private_inference.wire import decode_blobs, encode_blobs
 
         pc = self.private_client
         if layout is None:
@@ -235,7 +236,7 @@ def _load_minilm() -> Callable[[list[str]], npt.NDArray[np.float32]]:
 def embed_texts(spec: dict[str, Any], texts: Sequence[str],
                 encode: Callable[[list[str]], Any]) -> npt.NDArray[np.float64]:
     """Client-side ``(Q, K, d)`` embeddings of ``texts`` through the spec's templates."""
-    from crypto.private_inference import embed_with_templates
+    from crypto.private_inference.templates import embed_with_templates
 
     emb = embed_with_templates(list(texts), list(spec["templates"]), encode)
     if emb.shape[2] != int(spec["dim"]):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from crypto.private_inference import PrivateClient
+    from crypto.private_inference.client import PrivateClient
 
 _KEY_MAGIC = b"APK1\n"
 _SCRYPT = {"n": 1 << 15, "r": 8, "p": 1}
@@ -89,7 +89,7 @@ class KeyStore:
 
         from appliance.client import KeyStoreError
         from crypto.errors import CryptoError
-        from crypto.private_inference import PrivateClient
+        from crypto.private_inference.client import PrivateClient
 
         if not path.is_file():
             return None

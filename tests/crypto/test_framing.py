@@ -224,7 +224,7 @@ def test_random_bytes_after_the_wrap_magic_are_an_unwrap_error(data: bytes) -> N
 
 def test_private_inference_batch_bodies_are_frames_with_their_old_bytes() -> None:
     from crypto.ckks import CiphertextError
-    from crypto.private_inference import decode_blobs, encode_blobs
+    from crypto.private_inference.wire import decode_blobs, encode_blobs
 
     body = encode_blobs([b"ab", b"c"])
     assert body == b"PEB1" + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"ab" + (1).to_bytes(4, "big") + b"c"

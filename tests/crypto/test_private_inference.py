@@ -15,13 +15,10 @@ from support import assert_argmax_agrees, assert_scaled_win_counts
 from crypto import argmax
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import (
-    EnsembleEvaluator,
-    PrivateClient,
-    decode_blobs,
-    embed_with_templates,
-    encode_blobs,
-)
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.server import EnsembleEvaluator
+from crypto.private_inference.templates import embed_with_templates
+from crypto.private_inference.wire import decode_blobs, encode_blobs
 
 
 def _random_artifact(rng: np.random.Generator, k: int, c: int, d: int) -> EnsembleArtifact:
@@ -47,7 +44,7 @@ def test_encrypted_ensemble_logits_match_numpy(small) -> None:
     emb = rng.normal(size=(art.members, art.dim))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     # The comparison stage's input, decrypted by the client key (a test-only look inside).
-    diffs_ct = evaluator._differences(evaluator._load_query(client.encrypt(emb)))
+    diffs_ct = evaluator._circuit.differences(evaluator._load_query(client.encrypt(emb)), evaluator._weights)
     values = np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs_ct)).decrypt())
     p, c = evaluator.layout.stride, len(art.classes)  # row i * stride + j compares i with j
     got = values[: c * p].reshape(c, p)[:, :c] * evaluator._bound
@@ -164,7 +161,7 @@ def test_second_session_shares_encoded_weights(small) -> None:
     art, _, evaluator = small
     other = PrivateClient(spec=art.public_spec())
     session = evaluator.with_session(other.evaluation_keys())
-    assert session._diagonals is evaluator._diagonals
+    assert session._weights.diagonals is evaluator._weights.diagonals
     emb = np.random.default_rng(5).normal(size=(art.members, art.dim))
     body = encode_blobs(other.encrypt_batch(emb[None]))
     replies = session.evaluate_batch(decode_blobs(body, max_items=4, max_bytes=1 << 24))
@@ -187,7 +184,7 @@ def test_embed_with_templates_shapes_and_order() -> None:
 
 
 def test_compact_rows_only_for_linear_win_counts_and_servers_that_announce_them() -> None:
-    from crypto.private_inference import _layout_for
+    from crypto.private_inference.spec import single_layout
 
     art = EnsembleArtifact(
         templates=["{}", "x {}"],
@@ -196,14 +193,14 @@ def test_compact_rows_only_for_linear_win_counts_and_servers_that_announce_them(
         classes=[str(i) for i in range(10)],
     )
     spec = art.public_spec()
-    compact = _layout_for(spec)
+    compact = single_layout(spec)
     assert (compact.stride, compact.rows, compact.pad_classes) == (10, 128, 16)
     # A server that predates the compact rows serves 16-slot class blocks; its spec says so
     # by a layout without class_stride, and the client follows it.
-    legacy = _layout_for({**spec, "layout": {"pad_classes": 16, "rows": 256}})
+    legacy = single_layout({**spec, "layout": {"pad_classes": 16, "rows": 256}})
     assert (legacy.stride, legacy.rows) == (16, 256)
-    assert _layout_for({**spec, "layout": {"class_stride": 10}}).stride == 10
-    onehot = _layout_for({**spec, "output": "onehot", "preset": "n16384-d8"})
+    assert single_layout({**spec, "layout": {"class_stride": 10}}).stride == 10
+    onehot = single_layout({**spec, "output": "onehot", "preset": "n16384-d8"})
     assert (onehot.stride, onehot.rows) == (16, 256)
 
 
@@ -212,7 +209,7 @@ def test_result_slots_are_flooded_and_scaled_afresh_per_query(small) -> None:
     but to comparison sums that differ by a fresh secret factor in [OUTPUT_SCALE_MIN, 1] and
     fresh noise of amplitude OUTPUT_FLOOD, so their absolute size (the logit gaps' scale) and
     the circuit's exact CKKS error do not come back to the client."""
-    from crypto.private_inference import OUTPUT_FLOOD
+    from crypto.private_inference.circuits import OUTPUT_FLOOD
 
     art, client, evaluator = small
     rng = np.random.default_rng(8)

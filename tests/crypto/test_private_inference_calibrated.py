@@ -7,7 +7,8 @@ import pytest
 
 from crypto import argmax
 from crypto.ensemble import ArtifactError, EnsembleArtifact
-from crypto.private_inference import EnsembleEvaluator, PrivateClient
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.server import EnsembleEvaluator
 
 
 def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

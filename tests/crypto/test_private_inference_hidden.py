@@ -13,7 +13,8 @@ from support import assert_argmax_agrees, assert_scaled_win_counts
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import EnsembleEvaluator, PrivateClient
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.server import EnsembleEvaluator
 
 #: A least-squares quadratic fit of GELU on [-2, 2] (c2, c1, c0).
 GELU_FIT = (0.2277, 0.5, 0.1359)
@@ -54,7 +55,7 @@ def test_encrypted_hidden_logits_match_numpy(small) -> None:
     for _ in range(3):
         emb = _unit(rng, (art.members, art.dim))
         # The comparison stage's input, decrypted by the client key (a test-only look inside).
-        diffs_ct = evaluator._differences(evaluator._load_query(client.encrypt(emb)))
+        diffs_ct = evaluator._circuit.differences(evaluator._load_query(client.encrypt(emb)), evaluator._weights)
         values = np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs_ct)).decrypt())
         p, c = evaluator.layout.pad_classes, len(art.classes)
         got = values[: p * p].reshape(p, p)[:c, :c] * evaluator._bound
@@ -173,4 +174,4 @@ def test_hidden_heads_refuse_the_wide_layout(small) -> None:
     with pytest.raises(packing.LayoutError, match="linear heads only"):
         evaluator.evaluate_wide_batch(b"PEW1" + b"\x00" * 16)
     session = evaluator.with_session(PrivateClient(spec=art.public_spec()).evaluation_keys())
-    assert session._hidden_diagonals is evaluator._hidden_diagonals
+    assert session._weights.hidden_diagonals is evaluator._weights.hidden_diagonals

@@ -12,7 +12,9 @@ from support import assert_argmax_agrees
 from crypto import argmax, packing
 from crypto.ckks import ContextError
 from crypto.ensemble import ArtifactError, EnsembleArtifact
-from crypto.private_inference import EnsembleEvaluator, PrivateClient, sign_rounds
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.server import EnsembleEvaluator
+from crypto.private_inference.spec import sign_rounds
 
 C = 4  # P = 4: a two-level product tree; n8192-d5 fits it with one sign composition
 

@@ -10,13 +10,9 @@ from support import assert_argmax_agrees, assert_scaled_win_counts
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import (
-    EnsembleEvaluator,
-    PrivateClient,
-    decode_wide,
-    encode_blobs,
-    encode_wide,
-)
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.server import EnsembleEvaluator
+from crypto.private_inference.wire import decode_wide, encode_blobs, encode_wide
 
 
 def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -75,7 +71,8 @@ def test_wide_logits_match_numpy(multi) -> None:
     emb = _unit(rng, (40, art.members, art.dim))
     _, blobs = decode_wide(client.encrypt_wide_batch(emb), layout=client.wide_layout, items=3, max_bytes=1 << 26)
     cts = [evaluator._load_query(b) for b in blobs]
-    logits_ct = evaluator._wide_logits(cts)  # test-only look inside, decrypted with the client key
+    # test-only look inside, decrypted with the client key
+    logits_ct = evaluator._circuit.wide_logits(cts, evaluator._wide_plains())
     bound, bias = evaluator._wide_state["bound"], evaluator._wide_state["bias"]
     got = np.stack(
         [

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from models.architectures import create_architecture
 from models.errors import ModelFormatError
-from models.formats import extract_transformers_tar, sniff_and_validate
+from models.formats import extract_transformers_tar, sniff_and_validate, tar_folder
 
 
 def _onnx_file(tmp_path: Path) -> Path:
@@ -152,6 +152,26 @@ def _model_entries(tmp_path: Path) -> dict[str, bytes]:
         "model.safetensors": _safetensors_file(tmp_path).read_bytes(),
         "vocab.txt": b"[PAD]\n[UNK]\n",
     }
+
+
+def test_tar_folder_round_trips_regular_files_in_path_order(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    entries = _model_entries(tmp_path)
+    for name, data in entries.items():
+        (src / name).write_bytes(data)
+    (src / "sub" / "extra.json").write_bytes(b"{}")
+    (src / "link.json").symlink_to(src / "config.json")  # left out: extraction refuses links
+    blob = tar_folder(src)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as archive:
+        names = archive.getnames()
+    assert names == ["config.json", "model.safetensors", "sub/extra.json", "vocab.txt"]
+    assert tar_folder(src) == blob  # deterministic
+    tar_path = tmp_path / "m.tar"
+    tar_path.write_bytes(blob)
+    model_dir = extract_transformers_tar(tar_path, tmp_path / "out", max_total_bytes=1 << 20)
+    for name, data in entries.items():
+        assert (model_dir / name).read_bytes() == data
 
 
 @pytest.mark.parametrize("prefix, gz", [("", False), ("my-model/", True)])

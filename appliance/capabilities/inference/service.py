@@ -41,7 +41,7 @@ from appliance.errors import Conflict, Gone, NotFound, PayloadTooLarge, Unproces
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from appliance._internal.auth import Principal
     from crypto.ensemble import EnsembleArtifact
-    from crypto.private_inference import EnsembleEvaluator
+    from crypto.private_inference.server import EnsembleEvaluator
 
 #: Largest ``ensemble.json`` accepted (the public part of the artifact).
 MAX_SPEC_BYTES = 1 << 20
@@ -206,9 +206,9 @@ def _load_artifact(files: dict[str, bytes]) -> EnsembleArtifact:
 
 
 def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
-    from crypto.private_inference import _layout_for
+    from crypto.private_inference.spec import single_layout
 
-    layout = _layout_for(spec)
+    layout = single_layout(spec)
     return {
         "slots": layout.slots, "block": layout.block, "n": layout.n, "lane": layout.lane,
         "pad_classes": layout.pad_classes, "class_stride": layout.stride, "rows": layout.rows,
@@ -283,7 +283,7 @@ def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
         _layout_info(spec)
     except CryptoError as exc:
         raise UnprocessableInput(f"the ensemble does not fit preset {art.preset!r}: {exc}") from None
-    from crypto.private_inference import encoded_weight_bytes
+    from crypto.private_inference.spec import encoded_weight_bytes
 
     encoded, limit = encoded_weight_bytes(spec), _weight_limit(art.preset)
     if encoded > limit:
@@ -442,7 +442,7 @@ class EvaluatorCache:
         malformed.
         """
         from crypto.ckks import ContextError
-        from crypto.private_inference import EnsembleEvaluator
+        from crypto.private_inference.server import EnsembleEvaluator
 
         sibling = None
         with self._lock:
@@ -603,16 +603,16 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
     """Evaluate the ensemble and the encrypted argmax on the body's ciphertext(s).
 
     ``body`` may be a callable, read only once the ensemble and session are known to be
-    usable. ``batch`` bodies are framed with :func:`crypto.private_inference.encode_blobs`
+    usable. ``batch`` bodies are framed with :func:`crypto.private_inference.wire.encode_blobs`
     and so is the reply. ``layout="wide"`` bodies come from
-    :meth:`~crypto.private_inference.PrivateClient.encrypt_wide_batch` (many queries, slots
+    :meth:`~crypto.private_inference.client.PrivateClient.encrypt_wide_batch` (many queries, slots
     index queries) and the reply is one ciphertext per class, framed the same way; a body of
     the other layout is refused (422). Errors: 404 (unknown ensemble or session, or another tenant's), 409
     (session of another ensemble), 410 (expired session), 413 (oversize), 422 (malformed,
     truncated or foreign-parameter ciphertexts).
     """
     from crypto.ckks import CiphertextError
-    from crypto.private_inference import decode_blobs, encode_blobs
+    from crypto.private_inference.wire import decode_blobs, encode_blobs
 
     ensemble = get_ensemble(store, principal, ensemble_id)
     session = get_session(store, principal, session_id)
@@ -652,7 +652,7 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
 
 def is_wide_body(data: bytes) -> bool:
     """Whether ``data`` starts like a wide-layout body (PEW1, or PEW2 for partial batches)."""
-    from crypto.private_inference import is_wide_body as _is_wide
+    from crypto.private_inference.wire import is_wide_body as _is_wide
 
     return _is_wide(data)
 
@@ -689,7 +689,7 @@ def _refused(what: str, *, context_hint: str | None = None) -> Iterator[None]:
 
 def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
                   session: dict[str, Any], body: bytes) -> bytes:
-    from crypto.private_inference import wide_query_count
+    from crypto.private_inference.wire import wide_query_count
 
     if not body:
         raise UnprocessableInput("the body must hold a wide batch")

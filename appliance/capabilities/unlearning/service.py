@@ -25,9 +25,9 @@ from appliance.capabilities.catalog.jobs import job_model_path, model_digests
 from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, transformers_dir
 from appliance.capabilities.unlearning.schemas import UnlearningAuditParams, UnlearnParams
-from appliance.client import _tar_folder
 from appliance.errors import JobFailed, UnprocessableInput
 from models.errors import ModelError
+from models.formats import tar_folder
 from models.lm import CausalLM, check_causal_lm_dir
 from models.textdata import parse_jsonl
 from models.unlearning.algorithms import unlearn
@@ -216,7 +216,7 @@ def run_unlearn(ctx: JobContext, params: UnlearnParams, inputs: UnlearnInputs) -
         folder = Path(tmp) / "model"
         model.save_pretrained(folder, safe_serialization=True)
         source.tokenizer.save_pretrained(folder)
-        digest = ctx.save_artifact(_tar_folder(folder))
+        digest = ctx.save_artifact(tar_folder(folder))
     name = params.name or f"unlearned-{params.algorithm}-{inputs.model.name}"[:128]
     return JobOutcome(
         method=UNLEARN_METHOD, version=VERSION, parameters=params.model_dump(mode="json"),

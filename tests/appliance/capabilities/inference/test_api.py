@@ -16,7 +16,8 @@ from support import auth, make_token
 
 from crypto.ckks import make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import PrivateClient, decode_blobs, encode_blobs
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.wire import decode_blobs, encode_blobs
 
 OCTET = {"Content-Type": "application/octet-stream"}
 

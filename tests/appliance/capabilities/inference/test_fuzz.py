@@ -21,7 +21,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from appliance._internal.config import Settings
     from appliance._internal.web.app import create_app
     from crypto.ensemble import EnsembleArtifact
-    from crypto.private_inference import PrivateClient
+    from crypto.private_inference.client import PrivateClient
 
     settings = Settings(home=tmp_path_factory.mktemp("fuzz-inference") / "home",
                         rate_limit="100000 per minute", log_level="ERROR")
@@ -111,7 +111,7 @@ def test_mutated_ciphertexts_and_keys_get_4xx_or_a_reply(fuzz_app: Any, data: An
     else:
         body = bytes(blob)
         if target == "batch":
-            from crypto.private_inference import encode_blobs
+            from crypto.private_inference.wire import encode_blobs
 
             body = encode_blobs([body])
         flag = "&batch=true" if target == "batch" else ""

@@ -128,7 +128,7 @@ def test_private_docstring_topics_end_to_end(live: dict[str, Any]) -> None:
 
     from appliance.client import ApiError, Client
     from crypto.ensemble import EnsembleArtifact
-    from crypto.private_inference import embed_with_templates
+    from crypto.private_inference.templates import embed_with_templates
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -8,7 +8,7 @@ import numpy as np
 
 from appliance.capabilities.inference.service import EvaluatorCache, release_memory
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import PrivateClient
+from crypto.private_inference.client import PrivateClient
 
 
 def test_dropped_sessions_are_collected_and_memory_released() -> None:

@@ -12,7 +12,8 @@ from support import auth, make_token
 
 from appliance.client import Client
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import PrivateClient, embed_with_templates
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.templates import embed_with_templates
 
 OCTET = {"Content-Type": "application/octet-stream"}
 

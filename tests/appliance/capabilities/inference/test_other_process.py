@@ -48,7 +48,7 @@ def _encode(texts: list[str]) -> np.ndarray:
 def test_client_process_with_a_minted_token_and_tenant_isolation(tmp_path: Path) -> None:
     from appliance.client import ApiError, Client
     from crypto.ensemble import EnsembleArtifact
-    from crypto.private_inference import embed_with_templates
+    from crypto.private_inference.templates import embed_with_templates
 
     env = env_for(tmp_path / "home")
     acme_admin, globex_admin = cli_token(env, "acme", "admin"), cli_token(env, "globex", "admin")

@@ -60,7 +60,7 @@ def _open_sessions(settings: Any) -> int:
 
 def test_keys_persist_encrypted_and_sessions_close(sdk_env: dict[str, Any], settings: Any) -> None:
     from appliance.client import KeyStoreError
-    from crypto.private_inference import embed_with_templates
+    from crypto.private_inference.templates import embed_with_templates
 
     texts = ["hello there", "zzz", "a longer sentence about nothing"]
     first = sdk_env["sdk"](key_passphrase="correct horse", keys_dir=sdk_env["keys"])
@@ -100,7 +100,7 @@ def test_keys_persist_encrypted_and_sessions_close(sdk_env: dict[str, Any], sett
 def test_sessions_recover_from_404_and_410(sdk_env: dict[str, Any], settings: Any) -> None:
     import time
 
-    from crypto.private_inference import embed_with_templates
+    from crypto.private_inference.templates import embed_with_templates
 
     sdk = sdk_env["sdk"]()
     emb = embed_with_templates(["one", "two"], TEMPLATES, _encode)

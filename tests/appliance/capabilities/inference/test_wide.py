@@ -9,7 +9,8 @@ import numpy as np
 from support import auth, make_token
 
 from crypto.ensemble import EnsembleArtifact
-from crypto.private_inference import PrivateClient, encode_blobs
+from crypto.private_inference.client import PrivateClient
+from crypto.private_inference.wire import encode_blobs
 
 OCTET = {"Content-Type": "application/octet-stream"}
 

@@ -214,7 +214,7 @@ def test_signed_folder_upload_binds_every_file(client: Any, token_a: str, settin
                                                tmp_path: Path) -> None:
     from safetensors.numpy import save_file
 
-    from appliance.client import _tar_folder
+    from models.formats import tar_folder
 
     folder = tmp_path / "encoder"
     folder.mkdir()
@@ -227,7 +227,7 @@ def test_signed_folder_upload_binds_every_file(client: Any, token_a: str, settin
     def upload(name: str) -> Any:
         return client.post("/v1/models", headers=auth(token_a),
                            content_type="multipart/form-data",
-                           data={"name": name, "file": (io.BytesIO(_tar_folder(folder)),
+                           data={"name": name, "file": (io.BytesIO(tar_folder(folder)),
                                                         "encoder.tar"),
                                  "signature": (io.BytesIO(signature), "model.sig")})
 

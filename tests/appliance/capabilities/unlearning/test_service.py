@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from support import auth
 
-from appliance.client import _tar_folder
+from models.formats import tar_folder
 
 SUBSET = ["extraction", "membership_inference", "relearning"]
 
@@ -27,7 +27,7 @@ def subjects(unlearning_subjects: Any) -> Any:
 def _upload_model(client: Any, token: str, folder: Path, name: str) -> dict[str, Any]:
     resp = client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
                        data={"name": name, "format": "transformers",
-                             "file": (io.BytesIO(_tar_folder(folder)), f"{name}.tar")})
+                             "file": (io.BytesIO(tar_folder(folder)), f"{name}.tar")})
     assert resp.status_code == 201, resp.get_json()
     return dict(resp.get_json())
 

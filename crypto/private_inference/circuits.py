@@ -1,0 +1,593 @@
+"""The homomorphic circuits of the ensemble on SEAL objects (public evaluation keys only).
+
+    circuit = Circuit(seal=keys, preset=p, rounds=r, hidden=False, onehot=False,
+                      late_rescale=True, layout=lay, wide=wide_lay)
+    reply_ct = circuit.single(query_ct, weights)             # one ciphertext, single layout
+    reply_cts = circuit.wide(cts, count, plains, bias)       # one ciphertext per class
+
+Pieces: the plaintext-diagonal matrix-vector product (baby-step/giant-step) and the optional
+square of a hidden layer; the sign polynomial ``f(z) = z (3 - z^2) / 2`` composed
+``rounds`` times on pairwise logit differences; per-class win-count sums (a window sum, or
+per-pair sums in the wide layout) or one-hot products (a rotate-and-multiply tree, or a
+balanced product); row products of plaintext weight pieces for the wide and region layouts;
+and fresh output noise. Encoding the owner's weights as SEAL plaintexts happens here too, so
+the server only decides what to encode and keep.
+
+Circuit privacy of the result slots: each gets fresh uniform noise of :data:`OUTPUT_FLOOD`
+(the units the slot decrypts to), unused slots noise as large as the headroom allows, and
+win-count sums a fresh secret factor in [:data:`OUTPUT_SCALE_MIN`, 1] per query.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tenseal.sealapi as sealapi
+
+from crypto import packing
+from crypto.ckks import CkksPreset, ContextError
+from crypto.ensemble import FLOOD_MARGIN_BITS
+
+__all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWeights"]
+
+#: Circuit privacy of the result slots: each gets fresh uniform noise of this amplitude (the
+#: units the slot decrypts to: comparison sums, or one-hot values), and win-count sums are
+#: scaled by a fresh secret factor in [OUTPUT_SCALE_MIN, 1] per query. The circuit's own CKKS
+#: error on a comparison sum is ~5e-6 at n8192-d3 (measured), so the decrypted value is within
+#: total-variation distance error / amplitude (~0.05 per slot) of "exact value + uniform noise":
+#: it hides the error's dependence on the weights, not the soft value itself. Labels stay exact
+#: while the top-2 win-count margin exceeds OUTPUT_FLOOD["scores"] / OUTPUT_SCALE_MIN (1.3e-4;
+#: the benchmark's held-out queries have >= 2.9e-4).
+OUTPUT_FLOOD = {"scores": 1e-4, "onehot": 1e-6}
+OUTPUT_SCALE_MIN = 0.75
+
+
+@dataclass(frozen=True)
+class SealKeys:
+    """One session's SEAL objects: context, evaluator, encoder, relinearisation and Galois keys."""
+
+    context: Any
+    evaluator: Any
+    encoder: Any
+    relin: Any
+    galois: Any
+
+
+@dataclass(frozen=True)
+class SingleWeights:
+    """The single layout's encoded weights (plaintexts, ``None`` where a diagonal is zero) and
+    slot constants; shared by every session of one artifact and parameter set."""
+
+    diagonals: list[Any]
+    bias: npt.NDArray[np.float64]
+    hidden_diagonals: list[Any]
+    hidden_bias: npt.NDArray[np.float64]
+    keep: npt.NDArray[np.bool_]
+    onehot_constants: list[float]
+
+
+class Circuit:
+    """The ensemble's circuits for one session's keys: single, wide and region layouts.
+
+    ``rounds`` compositions of the sign polynomial; ``hidden`` heads add a stage-1 product and a
+    square; ``onehot`` selects one-hot products over
+    win-count sums; with ``late_rescale`` rotations act before the rescale (less key-switching
+    noise at small scales).
+    """
+
+    def __init__(
+        self,
+        *,
+        seal: SealKeys,
+        preset: CkksPreset,
+        rounds: int,
+        hidden: bool,
+        onehot: bool,
+        late_rescale: bool,
+        layout: packing.EnsembleLayout,
+        wide: packing.WideLayout,
+    ) -> None:
+        self._seal_ctx = seal.context
+        self._evaluator = seal.evaluator
+        self._encoder = seal.encoder
+        self._relin = seal.relin
+        self._galois = seal.galois
+        self._preset = preset
+        self._rounds = rounds
+        self._hidden = hidden
+        self._onehot = onehot
+        self.late_rescale = late_rescale
+        self._layout = layout
+        self._wide = wide
+
+    # -- encoding the owner's weights ------------------------------------------------------
+
+    def encode_diagonals(self, diags: list[npt.NDArray[np.float64]], level: Any) -> list[Any]:
+        """NTT plaintexts at ``level`` (SEAL context data), ``None`` for all-zero diagonals.
+
+        The scale is the prime the next rescale drops, so each product comes back to the
+        ciphertext's own scale exactly.
+        """
+        drop_prime = float(level.parms().coeff_modulus()[-1].value())
+        out: list[Any] = []
+        for diag in diags:
+            if not np.any(diag):
+                out.append(None)  # SEAL refuses products that are exactly zero
+                continue
+            pt = sealapi.Plaintext()
+            self._encoder.encode(diag.tolist(), level.parms_id(), drop_prime, pt)
+            out.append(pt)
+        return out
+
+    def encode_wide_weights(self, weights: Sequence[Sequence[npt.NDArray[np.float64]]]) -> list[list[Any]]:
+        """Plaintext weight pieces ``[class][chunk]`` (``None`` where all zero) of
+        :func:`crypto.packing.wide_weights`."""
+        first = self._seal_ctx.first_context_data()
+        drop_prime = float(first.parms().coeff_modulus()[-1].value())
+        plains: list[list[Any]] = []
+        for cls_pieces in weights:
+            row: list[Any] = []
+            for piece in cls_pieces:
+                if not np.any(piece):
+                    row.append(None)
+                    continue
+                pt = sealapi.Plaintext()
+                values = packing.wide_weight_slots(piece, self._wide).tolist()
+                self._encoder.encode(values, first.parms_id(), drop_prime, pt)
+                row.append(pt)
+            plains.append(row)
+        return plains
+
+    def encode_region_weights(self, weights: npt.NDArray[np.float64], regions: int) -> list[list[Any]]:
+        """Plaintext weight pieces ``[accumulator][chunk]`` of ``weights`` ``(C, chunks, block)``:
+        accumulator ``a`` carries class ``a * R + k`` in region ``k`` (zero where that class
+        does not exist)."""
+        lay = self._wide
+        first = self._seal_ctx.first_context_data()
+        drop_prime = float(first.parms().coeff_modulus()[-1].value())
+        size = lay.slots // regions
+        plains: list[list[Any]] = []
+        for a in range(-(-lay.classes // regions)):
+            row: list[Any] = []
+            for t in range(lay.chunks):
+                values = np.zeros(lay.slots)
+                for k in range(regions):
+                    c = a * regions + k
+                    if c < lay.classes:
+                        values[k * size : (k + 1) * size] = np.tile(weights[c, t], size // lay.block)
+                if not np.any(values):
+                    row.append(None)
+                    continue
+                pt = sealapi.Plaintext()
+                self._encoder.encode(values.tolist(), first.parms_id(), drop_prime, pt)
+                row.append(pt)
+            plains.append(row)
+        return plains
+
+    # -- primitives --------------------------------------------------------------------------
+
+    def _rotate(self, ct: Any, step: int) -> Any:
+        out = sealapi.Ciphertext()
+        self._evaluator.rotate_vector(ct, step, self._galois, out)
+        return out
+
+    def _encode_like(self, values: Any, ct: Any) -> Any:
+        pt = sealapi.Plaintext()
+        self._encoder.encode(values, ct.parms_id(), ct.scale, pt)
+        return pt
+
+    def _mul_rescale(self, a: Any, b: Any, *, rescale: bool = True) -> Any:
+        out = sealapi.Ciphertext()
+        self._evaluator.multiply(a, b, out)
+        self._evaluator.relinearize_inplace(out, self._relin)
+        if rescale:
+            self._evaluator.rescale_to_next_inplace(out)
+        return out
+
+    def _half(self, ct: Any, value: float | list[float] = 0.5) -> Any:
+        data = self._seal_ctx.get_context_data(ct.parms_id())
+        prime = float(data.parms().coeff_modulus()[-1].value())
+        pt = sealapi.Plaintext()
+        self._encoder.encode(value, ct.parms_id(), prime, pt)
+        out = sealapi.Ciphertext()
+        self._evaluator.multiply_plain(ct, pt, out)
+        self._evaluator.rescale_to_next_inplace(out)
+        return out
+
+    def _sign_step(self, z: Any, *, rescale: bool = True, half: float | list[float] = 0.5) -> Any:
+        """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional);
+        ``half=0.25`` gives f(z) / 2 at no extra level (the one-hot factors' slope), a slot
+        vector ``0.5 * a`` gives ``a * f(z)`` (the secret output scale)."""
+        square = self._mul_rescale(z, z)
+        self._evaluator.negate_inplace(square)
+        self._evaluator.add_plain_inplace(square, self._encode_like(3.0, square))
+        return self._mul_rescale(self._half(z, half), square, rescale=rescale)
+
+    def _signs(self, z: Any, *, rescale: bool, scale: npt.NDArray[np.float64] | None = None) -> Any:
+        """``f^(r)(z)`` (times the per-slot ``scale`` if given), or ``f^(r)(z) / 2`` in one-hot
+        mode; the last rescale optional."""
+        for r in range(self._rounds):
+            last = r == self._rounds - 1
+            half: float | list[float] = 0.5
+            if last and self._onehot:
+                half = 0.25
+            elif last and scale is not None:
+                half = (0.5 * scale).tolist()
+            z = self._sign_step(z, rescale=rescale or not last, half=half)
+        return z
+
+    def _output_scale(self, rng: np.random.Generator, count: int, width: int) -> npt.NDArray[np.float64]:
+        """Secret factors in [OUTPUT_SCALE_MIN, 1], one per run of ``width`` slots (a query)."""
+        factors = rng.uniform(OUTPUT_SCALE_MIN, 1.0, count)
+        out: npt.NDArray[np.float64] = np.repeat(factors, width)[: self._preset.slot_count]
+        return out
+
+    def _window_sum(self, z: Any, length: int) -> Any:
+        """``sum_{u < length} rot(z, u)`` with power-of-two rotations (:func:`packing.window_plan`)."""
+        ev = self._evaluator
+        top, extras = packing.window_plan(length)
+        kept: dict[int, Any] = {}
+        width = 1
+        while width < top:
+            if width in extras:
+                kept[width] = sealapi.Ciphertext()
+                ev.negate(z, kept[width])
+                ev.negate_inplace(kept[width])  # a copy: SEAL's Python binding has no copy constructor
+            ev.add_inplace(z, self._rotate(z, width))
+            width *= 2
+        for b in extras:
+            z = self._rotate(z, b)
+            ev.add_inplace(z, kept[b])
+        return z
+
+    def _product_tree(self, y: Any, strides: Sequence[int]) -> Any:
+        """``prod_{t < 2 * strides[-1]} rot(y, t)`` in every slot: one level per stride.
+
+        ``y`` comes unrescaled; each rotation acts on a product before its rescale, where the
+        scale is a prime larger, so key-switching noise stays negligible (as in the block sums).
+        """
+        ev = self._evaluator
+        rot = self._rotate(y, strides[0])
+        for k in range(len(strides)):
+            ev.rescale_to_next_inplace(y)
+            ev.rescale_to_next_inplace(rot)
+            y = self._mul_rescale(y, rot, rescale=False)
+            if k + 1 < len(strides):
+                rot = self._rotate(y, strides[k + 1])
+        ev.rescale_to_next_inplace(y)
+        return y
+
+    def _balanced_product(self, factors: list[Any]) -> Any:
+        """Product of rescaled ciphertexts in ``ceil(log2 len)`` levels (an odd one waits a level)."""
+        while len(factors) > 1:
+            paired = [self._mul_rescale(a, b) for a, b in zip(factors[0::2], factors[1::2], strict=False)]
+            if len(factors) % 2:
+                waiting = sealapi.Ciphertext()
+                self._evaluator.mod_switch_to_next(factors[-1], waiting)
+                paired.append(waiting)
+            factors = paired
+        return factors[0]
+
+    def _flood(self, ct: Any, keep: npt.NDArray[np.bool_], rng: np.random.Generator) -> None:
+        """Add fresh uniform noise to every slot: as large as the headroom allows outside
+        ``keep`` (no partial results leak), :data:`OUTPUT_FLOOD` on the result slots."""
+        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
+        noise = rng.uniform(-amplitude, amplitude, keep.size)
+        small = OUTPUT_FLOOD["onehot" if self._onehot else "scores"]
+        noise[keep] = rng.uniform(-small, small, int(keep.sum()))
+        self._evaluator.add_plain_inplace(ct, self._encode_like(noise.tolist(), ct))
+
+    def _babies(self, x: Any, count: int) -> list[Any]:
+        """``rot(x, a)`` for ``a < count``, each built from power-of-two rotations (at most
+        ``log2(count)`` deep instead of ``a``: key-switching noise adds up along the chain)."""
+        babies = [x]
+        for a in range(1, count):
+            low = a & -a
+            babies.append(self._rotate(babies[a - low], low))
+        return babies
+
+    def _matvec(
+        self,
+        x: Any,
+        plains: Sequence[Any],
+        *,
+        baby: int,
+        giant: int,
+        strides: Sequence[int],
+        bias: npt.NDArray[np.float64],
+    ) -> Any:
+        """Diagonal method in baby-step/giant-step form, rotate-and-sum, one rescale, bias.
+
+        With ``late_rescale`` the giant steps and the rotate-and-sum act before the rescale,
+        where the ciphertext's scale is a prime larger, so their key-switching noise is
+        negligible (needed at small scales such as n8192-d5's 2^27). Otherwise each giant
+        step's inner sum is rescaled first, so those rotations run one prime lower (about 40%
+        cheaper at n8192-d3, whose 2^37 scale keeps their noise near 1e-7).
+        """
+        ev = self._evaluator
+        babies = self._babies(x, baby)
+        acc: Any = None
+        late = self.late_rescale
+        for b in reversed(range(giant)):
+            inner: Any = None
+            for a in range(baby):
+                plain = plains[a + baby * b]
+                if plain is None:
+                    continue
+                prod = sealapi.Ciphertext()
+                ev.multiply_plain(babies[a], plain, prod)
+                if inner is None:
+                    inner = prod
+                else:
+                    ev.add_inplace(inner, prod)
+            if inner is not None and not late:
+                ev.rescale_to_next_inplace(inner)
+            if acc is not None:
+                acc = self._rotate(acc, baby)
+                if inner is not None:
+                    ev.add_inplace(acc, inner)
+            else:
+                acc = inner
+        if acc is None:
+            raise ContextError("the ensemble's difference matrix is identically zero")
+        for stride in strides:
+            ev.add_inplace(acc, self._rotate(acc, stride))
+        if late:
+            ev.rescale_to_next_inplace(acc)
+        ev.add_plain_inplace(acc, self._encode_like(bias.tolist(), acc))
+        return acc
+
+    def _row_product(self, cts: Sequence[Any], row: Sequence[Any], tmp: Any) -> Any:
+        """``sum_i cts[i] * row[i]`` over the non-zero plaintexts (``None`` if there are none);
+        ``tmp`` is scratch space."""
+        acc: Any = None
+        for ct, plain in zip(cts, row, strict=True):
+            if plain is None:
+                continue
+            if acc is None:
+                acc = sealapi.Ciphertext()
+                self._evaluator.multiply_plain(ct, plain, acc)
+            else:
+                self._evaluator.multiply_plain(ct, plain, tmp)
+                self._evaluator.add_inplace(acc, tmp)
+        return acc
+
+    def _rotate_pow2(self, ct: Any, step: int) -> Any:
+        """Rotation by ``step`` as a product of power-of-two rotations (keys exist for those)."""
+        out = ct
+        bit = 1
+        while step:
+            if step & 1:
+                out = self._rotate(out, bit)
+            step >>= 1
+            bit <<= 1
+        return out
+
+    # -- single layout -----------------------------------------------------------------------
+
+    def differences(self, x: Any, weights: SingleWeights) -> Any:
+        """Scaled pairwise differences ``(L_i - L_j) / bound`` in slots ``i * P + j``."""
+        lay = self._layout
+        if self._hidden:
+            s = self._matvec(
+                x,
+                weights.hidden_diagonals,
+                baby=lay.hidden_baby,
+                giant=lay.hidden_giant,
+                strides=lay.hidden_sum_strides,
+                bias=weights.hidden_bias,
+            )
+            x = self._mul_rescale(s, s)  # s^2, replicated with period m1 over lane slots [0, n]
+        return self._matvec(
+            x, weights.diagonals, baby=lay.baby, giant=lay.giant, strides=lay.sum_strides, bias=weights.bias
+        )
+
+    def single(self, ct: Any, weights: SingleWeights) -> Any:
+        """The reply to one single-layout query ciphertext: win-count sums or one-hot values
+        in the result slots, every slot flooded."""
+        # The block sums and the product tree rotate before the last rescale (less noise).
+        rng = np.random.default_rng(secrets.randbits(128))
+        lay = self._layout
+        scale = None if self._onehot else self._output_scale(rng, lay.queries_per_ciphertext, lay.lane)
+        z = self._signs(self.differences(ct, weights), rescale=False, scale=scale)
+        if self._onehot:
+            # (1 + s) / 2 in comparison slots, 1 in padded and diagonal ones (s = 0 there).
+            self._evaluator.add_plain_inplace(z, self._encode_like(weights.onehot_constants, z))
+            z = self._product_tree(z, self._layout.block_strides)
+        else:
+            z = self._window_sum(z, self._layout.stride)
+            self._evaluator.rescale_to_next_inplace(z)
+        self._flood(z, weights.keep, rng)
+        return z
+
+    # -- wide layout -------------------------------------------------------------------------
+
+    def wide_logits(self, cts: Sequence[Any], plains: Sequence[Sequence[Any]]) -> list[Any]:
+        """Scaled averaged logit of every class, query ``b`` in slot ``b * block``."""
+        ev, lay = self._evaluator, self._wide
+        out: list[Any] = []
+        tmp = sealapi.Ciphertext()
+        for row in plains:
+            acc = self._row_product(cts, row, tmp)
+            if acc is not None:
+                ev.rescale_to_next_inplace(acc)
+                for stride in lay.sum_strides:
+                    ev.add_inplace(acc, self._rotate(acc, stride))
+            out.append(acc)
+        return out
+
+    def wide(
+        self, cts: Sequence[Any], count: int, plains: Sequence[Sequence[Any]], bias: npt.NDArray[np.float64]
+    ) -> list[Any]:
+        """One reply ciphertext per class for a wide batch of ``count`` queries in one region."""
+        ev, lay = self._evaluator, self._wide
+        logits = self.wide_logits(cts, plains)
+        c = lay.classes
+        rng = np.random.default_rng(secrets.randbits(128))
+        scale = None if self._onehot else self._output_scale(rng, lay.capacity, lay.block)
+        signs: dict[tuple[int, int], Any] = {}
+        for i in range(c):
+            for j in range(i + 1, c):
+                a, b = logits[i], logits[j]
+                if a is None and b is None:
+                    raise ContextError("two classes have all-zero weights; the wide circuit cannot compare them")
+                diff = sealapi.Ciphertext()
+                if a is None:
+                    ev.negate(b, diff)
+                elif b is None:
+                    ev.negate(a, diff)  # a copy: SEAL's Python binding has no copy constructor
+                    ev.negate_inplace(diff)
+                else:
+                    ev.sub(a, b, diff)
+                ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
+                signs[(i, j)] = self._signs(diff, rescale=True, scale=scale)
+        keep = packing.wide_output_mask(lay, count)
+        replies = []
+        for i in range(c):
+            acc = self._onehot_wide(signs, i) if self._onehot else self._wins_wide(signs, i)
+            self._flood(acc, keep, rng)
+            replies.append(acc)
+        return replies
+
+    def _wins_wide(self, signs: dict[tuple[int, int], Any], i: int) -> Any:
+        """``sum_{j != i} s_ij`` from the signs of the pairs ``i < j`` (``s_ji = -s_ij``)."""
+        ev = self._evaluator
+        acc: Any = None
+        for j in range(self._wide.classes):
+            if j == i:
+                continue
+            term = signs[(min(i, j), max(i, j))]
+            if acc is None:
+                acc = sealapi.Ciphertext()
+                ev.negate(term, acc)  # -s_ji = s_ij for j < i; negated twice (a copy) for j > i
+                if j > i:
+                    ev.negate_inplace(acc)
+            elif j > i:
+                ev.add_inplace(acc, term)
+            else:
+                ev.sub_inplace(acc, term)
+        return acc
+
+    def _onehot_wide(self, halves: dict[tuple[int, int], Any], i: int) -> Any:
+        """``prod_{j != i} (1 + s_ij) / 2`` from ``s_ij / 2`` of the pairs ``i < j``."""
+        ev = self._evaluator
+        factors = []
+        for j in range(self._wide.classes):
+            if j == i:
+                continue
+            factor = sealapi.Ciphertext()
+            if j > i:
+                ev.negate(halves[(i, j)], factor)
+                ev.negate_inplace(factor)  # a copy: SEAL's Python binding has no copy constructor
+            else:
+                ev.negate(halves[(j, i)], factor)  # s_ij / 2 = -s_ji / 2
+            ev.add_plain_inplace(factor, self._encode_like(0.5, factor))
+            factors.append(factor)
+        return self._balanced_product(factors)
+
+    # -- region layout (partial wide batches, PEW2) ------------------------------------------
+
+    def regions(
+        self,
+        cts: Sequence[Any],
+        count: int,
+        regions: int,
+        plains: Sequence[Sequence[Any]],
+        bias: npt.NDArray[np.float64],
+    ) -> list[Any]:
+        """Win counts of a partial batch replicated into ``regions`` regions (PEW2 bodies).
+
+        Accumulator ``a`` holds class ``a * R + k``'s scaled logit in region ``k``; pairs are
+        differences of an accumulator and a region-rotated one (``R`` pairs per ciphertext),
+        so the linear stage, the rotate-and-sums and the sign evaluations all shrink by about
+        ``R``. Each class's win count is then gathered into region 0, where the client reads
+        it (the reply is the same as for a one-region batch).
+        """
+        ev, lay = self._evaluator, self._wide
+        size = lay.slots // regions
+        classes = lay.classes
+        accs: list[Any] = []
+        tmp = sealapi.Ciphertext()
+        for a, row in enumerate(plains):
+            acc = self._row_product(cts, row, tmp)
+            if acc is None:
+                raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
+            ev.rescale_to_next_inplace(acc)
+            for stride in lay.sum_strides:
+                ev.add_inplace(acc, self._rotate(acc, stride))
+            shift = np.zeros(lay.slots)
+            for k in range(regions):
+                if a * regions + k < classes:
+                    shift[k * size : (k + 1) * size] = bias[a * regions + k]
+            ev.add_plain_inplace(acc, self._encode_like(shift.tolist(), acc))
+            accs.append(acc)
+        rotated: dict[tuple[int, int], Any] = {}
+
+        def moved(b: int, r: int) -> Any:  # accumulator b with region k + r moved to region k
+            if r == 0:
+                return accs[b]
+            if (b, r) not in rotated:
+                rotated[(b, r)] = self._rotate_pow2(accs[b], r * size)
+            return rotated[(b, r)]
+
+        rng = np.random.default_rng(secrets.randbits(128))
+        scale = np.tile(np.repeat(rng.uniform(OUTPUT_SCALE_MIN, 1.0, lay.capacity // regions), lay.block), regions)
+        # (sign ciphertext, region) of each unordered pair i < j, with the sign of s_ij there.
+        where: dict[tuple[int, int], tuple[int, int, float]] = {}
+        signs: list[Any] = []
+        for a in range(len(accs)):
+            for b in range(a, len(accs)):
+                for r in range(regions) if b > a else range(1, regions // 2 + 1):
+                    pairs = []
+                    for k in range(regions):
+                        i, j = a * regions + k, b * regions + (k + r) % regions
+                        if i < classes and j < classes and i != j and (min(i, j), max(i, j)) not in where:
+                            pairs.append((k, i, j))
+                    if not pairs:
+                        continue
+                    diff = sealapi.Ciphertext()
+                    ev.sub(accs[a], moved(b, r), diff)
+                    # Rescaled now: gathering them into region 0 then rotates at the last level,
+                    # the cheapest key switch (its noise, at the 2^37 scale, is far below the flood).
+                    signs.append(self._signs(diff, rescale=True, scale=scale))
+                    for k, i, j in pairs:
+                        where[(min(i, j), max(i, j))] = (len(signs) - 1, k, 1.0 if i < j else -1.0)
+        keep = packing.wide_output_mask(lay, count)
+        replies = []
+        for i in range(classes):
+            # T_k: class i's comparisons that sit in region k; then Horner over the regions,
+            # T_0 + rot(T_1 + rot(T_2 + ..., size), size), one region-size rotation per region.
+            parts: list[Any] = [None] * regions
+            for j in range(classes):
+                if j == i:
+                    continue
+                idx, k, sign = where[(min(i, j), max(i, j))]
+                positive = sign > 0 if i < j else sign < 0  # s_ij = sign * value, s_ji = -s_ij
+                if parts[k] is None:
+                    parts[k] = sealapi.Ciphertext()
+                    ev.negate(signs[idx], parts[k])
+                    if positive:
+                        ev.negate_inplace(parts[k])  # a copy: SEAL's Python binding has no copy constructor
+                elif positive:
+                    ev.add_inplace(parts[k], signs[idx])
+                else:
+                    ev.sub_inplace(parts[k], signs[idx])
+            out: Any = None
+            for k in reversed(range(regions)):
+                if out is not None:
+                    out = self._rotate(out, size)
+                if parts[k] is not None:
+                    if out is None:
+                        out = parts[k]
+                    else:
+                        ev.add_inplace(out, parts[k])
+            if out is None:
+                raise ContextError("a class has no comparisons")
+            self._flood(out, keep, rng)
+            replies.append(out)
+        return replies

@@ -1,0 +1,343 @@
+"""Client role: the secret key, encryption of embeddings, and decoding of the server's replies.
+
+    client = PrivateClient(spec=art.public_spec())            # keygen on the client
+    keys = client.evaluation_keys()                            # public: what the server gets
+    reply = server_evaluate(client.encrypt(embeddings))        # embeddings: (K, d)
+    scores = client.decrypt_result(reply)                      # scores.labels[0], scores.win_counts
+
+The client learns per-class win counts (score mode) or one-hot values (``output: "onehot"``
+in the public spec) but neither the heads' weights nor per-member logits. A client can be
+reopened from its saved secret context; it cannot be pickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+import tenseal as ts
+import tenseal.sealapi as sealapi
+
+from crypto import argmax, packing
+from crypto.ckks import (
+    CiphertextError,
+    ContextError,
+    _decode_parameters,
+    _parse_fields,
+    get_preset,
+    load_ckks_vector,
+    make_context,
+    public_context_bytes,
+)
+from crypto.private_inference import spec as specs
+from crypto.private_inference.wire import decode_wide, encode_wide, vector_message
+from crypto.seal_bridge import seal_from_bytes, seal_to_bytes
+
+__all__ = [
+    "WIDE_MAX_CIPHERTEXTS_PER_QUERY",
+    "WIDE_MAX_SLOTS",
+    "WIDE_MIN_QUERIES",
+    "PrivateClient",
+    "PrivateScores",
+]
+
+#: The SDK's automatic choice of the wide layout (see :meth:`PrivateClient.prefers_wide`).
+WIDE_MIN_QUERIES = 8
+WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
+WIDE_MAX_SLOTS = 4096
+
+
+@dataclass(frozen=True)
+class PrivateScores:
+    """Decrypted result: the predicted class per query and, by the ensemble's output mode,
+    ``win_counts`` ``(Q, C)`` (``"scores"``) or ``one_hot`` ``(Q, C)`` (``"onehot"``: values in
+    [0, 1], the winner's the largest; see :mod:`crypto.argmax`). The other one is ``None``."""
+
+    win_counts: npt.NDArray[np.float64] | None
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+    one_hot: npt.NDArray[np.float64] | None = None
+
+    @property
+    def predicted_classes(self) -> tuple[str, ...]:
+        """Class names of :attr:`labels`."""
+        return tuple(self.class_names[i] for i in self.labels)
+
+    @classmethod
+    def decode(cls, raw: npt.NDArray[np.float64], *, output: str, class_names: tuple[str, ...]) -> PrivateScores:
+        """Scores of ``(Q, C)`` decrypted result slots: comparison sums or one-hot products."""
+        values = np.asarray(raw, dtype=np.float64)
+        if output == "onehot":
+            return cls(None, tuple(int(v) for v in argmax.winner(values)), class_names, one_hot=values)
+        counts = argmax.win_counts(values, len(class_names))
+        return cls(counts, tuple(int(v) for v in argmax.winner(counts)), class_names)
+
+    @classmethod
+    def concat(cls, parts: Sequence[PrivateScores]) -> PrivateScores:
+        """The scores of several replies, in order (all of one ensemble)."""
+
+        def stack(arrays: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float64] | None:
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)  # type: ignore[arg-type]
+
+        return cls(
+            win_counts=stack([p.win_counts for p in parts]),
+            labels=tuple(lb for p in parts for lb in p.labels),
+            class_names=parts[0].class_names,
+            one_hot=stack([p.one_hot for p in parts]),
+        )
+
+
+def _restore_secret_context(data: bytes, preset: str) -> Any:
+    """A secret-bearing context saved by :meth:`PrivateClient.secret_context`, checked
+    against ``preset`` (ring degree and modulus chain)."""
+    want = get_preset(preset)
+    try:
+        params = next(v for f, w, v in _parse_fields(bytes(data)) if f == 1 and w == 2)
+        assert isinstance(params, bytes)
+        degree, bits = _decode_parameters(params)
+        ctx = ts.context_from(bytes(data))
+    except (ValueError, RuntimeError, TypeError, StopIteration, AssertionError, ContextError):
+        raise ContextError("the saved client keys are malformed") from None
+    if degree != want.poly_modulus_degree or tuple(bits) != tuple(want.coeff_mod_bit_sizes):
+        raise ContextError(f"the saved client keys are not for preset {preset!r}")
+    if not ctx.has_secret_key():
+        raise ContextError("the saved client keys hold no secret key")
+    return ctx
+
+
+class PrivateClient:
+    """Client role: holds the secret key; exports only public evaluation keys and ciphertexts.
+
+    ``spec`` is :meth:`EnsembleArtifact.public_spec` (no weights). Cannot be pickled or
+    serialized with its secret key.
+    """
+
+    def __init__(
+        self, *, spec: dict[str, Any], secret_context: bytes | None = None, evaluation_keys: bytes | None = None
+    ) -> None:
+        self._spec = dict(spec)
+        self._layout = specs.single_layout(self._spec)
+        self._preset = str(self._spec["preset"])
+        self._norm_bound = float(self._spec["norm_bound"])
+        self._classes = tuple(str(c) for c in self._spec["classes"])
+        self._head = specs.head_kind(self._spec)
+        self._output = specs.output_mode(self._spec)
+        specs.sign_rounds(self._spec)  # refuse a spec whose preset cannot run its output mode
+        self._wide = specs.wide_layout(self._spec)
+        # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
+        layouts = self._spec.get("layouts")
+        self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
+        # Partial batches go in regions (PEW2) unless a server's spec predates them.
+        served_wide = self._spec.get("wide_layout")
+        self._regions_ok = not isinstance(served_wide, dict) or int(served_wide.get("max_regions") or 1) > 1
+        # One session serves both layouts: keys for the union of their rotation steps (the
+        # single layout's only for hidden-layer heads, which the wide layout does not serve,
+        # and beyond N=8192, where its encoded weights exceed the service's limit). One-hot
+        # bodies stay in one region, so they need no region moves.
+        self._wide_keys = self._serves_wide and self._wide.slots <= WIDE_MAX_SLOTS
+        wide_steps: tuple[int, ...] = ()
+        if self._wide_keys:
+            wide_steps = self._wide.galois_steps if self._output == "scores" else self._wide.sum_strides
+        self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
+        if secret_context is None:
+            self._ctx = make_context(self._preset, galois_steps=self._steps)
+            self._public: bytes | None = None
+        else:  # keys kept from an earlier run (see secret_context())
+            self._ctx = _restore_secret_context(secret_context, self._preset)
+            self._public = evaluation_keys
+        self._sym: tuple[Any, Any, Any] | None = None  # SEAL context, encryptor, encoder
+
+    def _secret_encryptor(self) -> tuple[Any, Any, Any]:
+        """SEAL's secret-key encryptor for this client's key (built once).
+
+        Secret-key encryption has about a tenth of public-key encryption's noise (which
+        matters at n8192-d5's 2^28 scale) and is sent seeded: half the query bytes. TenSEAL
+        does not expose it, so the key crosses into ``sealapi`` through
+        :mod:`crypto.seal_bridge`'s private RAM-backed scratch file, deleted at once.
+        """
+        if self._sym is None:
+            raw = self._ctx.serialize(
+                save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+            )
+            params_blob = next(v for f, w, v in _parse_fields(raw) if f == 1 and w == 2)
+            assert isinstance(params_blob, bytes)
+            parms = seal_from_bytes(
+                sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS), params_blob, max_bytes=len(params_blob)
+            )
+            seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+            secret_blob = seal_to_bytes(self._ctx.data.secret_key())
+            secret = seal_from_bytes(sealapi.SecretKey(), secret_blob, seal_ctx, max_bytes=len(secret_blob))
+            self._sym = (seal_ctx, sealapi.Encryptor(seal_ctx, secret), sealapi.CKKSEncoder(seal_ctx))
+        return self._sym
+
+    def _encrypt_values(self, values: npt.NDArray[np.float64]) -> bytes:
+        """One CKKS vector of ``values`` (all slots) in TenSEAL's wire form, secret-key encrypted."""
+        seal_ctx, encryptor, encoder = self._secret_encryptor()
+        pt = sealapi.Plaintext()
+        scale = 2.0 ** get_preset(self._preset).global_scale_bits
+        encoder.encode(np.asarray(values, dtype=np.float64).tolist(), seal_ctx.first_parms_id(), scale, pt)
+        return vector_message(len(values), seal_to_bytes(encryptor.encrypt_symmetric(pt)), scale)
+
+    @property
+    def layout(self) -> packing.EnsembleLayout:
+        """Slot layout shared with the server."""
+        return self._layout
+
+    @property
+    def batch_capacity(self) -> int:
+        """Queries packed into one ciphertext by :meth:`encrypt_batch`."""
+        return self._layout.queries_per_ciphertext
+
+    def secret_context(self) -> bytes:
+        """The context WITH its secret key (no Galois keys), to reopen this client later with
+        ``PrivateClient(spec=..., secret_context=..., evaluation_keys=...)``; never send it
+        anywhere, and store it only encrypted."""
+        return bytes(
+            self._ctx.serialize(
+                save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+            )
+        )
+
+    def evaluation_keys(self) -> bytes:
+        """Public context (public key, relin keys, only the circuit's Galois keys); no secret."""
+        if self._public is None:
+            self._public = public_context_bytes(self._ctx, galois_steps=self._steps)
+        return self._public
+
+    def _encrypt_packed(self, embeddings: npt.NDArray[np.float64]) -> bytes:
+        packed = packing.pack_queries(embeddings, self._layout, norm_bound=self._norm_bound)
+        return self._encrypt_values(packed)
+
+    def encrypt(self, embeddings: npt.ArrayLike) -> bytes:
+        """Encrypt one query's ``(K, d)`` embeddings (one per template) into one ciphertext."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        if emb.ndim != 2:
+            raise packing.LayoutError(f"embeddings must be (members, dim), got {emb.shape}")
+        return self._encrypt_packed(emb[None])
+
+    def encrypt_batch(self, embeddings: npt.ArrayLike) -> list[bytes]:
+        """Encrypt ``(Q, K, d)`` embeddings, :attr:`batch_capacity` queries per ciphertext."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        if emb.ndim != 3 or emb.shape[0] == 0:
+            raise packing.LayoutError(f"embeddings must be (queries, members, dim), got {emb.shape}")
+        cap = self.batch_capacity
+        return [self._encrypt_packed(emb[i : i + cap]) for i in range(0, emb.shape[0], cap)]
+
+    @property
+    def output(self) -> str:
+        """The ensemble's output mode, ``"scores"`` or ``"onehot"`` (from the public spec)."""
+        return self._output
+
+    def decrypt_result(self, data: bytes, *, count: int = 1) -> PrivateScores:
+        """Decrypt one evaluator reply holding ``count`` queries into labels and win counts
+        (or one-hot values, by the ensemble's :attr:`output`)."""
+        if not 1 <= count <= self.batch_capacity:
+            raise CiphertextError(f"count must lie in [1, {self.batch_capacity}]")
+        vec = load_ckks_vector(
+            self._ctx, data, expected_size=self._layout.slots, max_bytes=specs.max_query_bytes(self._preset)
+        )
+        raw = packing.score_slots(np.asarray(vec.decrypt()), self._layout, count)
+        return PrivateScores.decode(raw, output=self._output, class_names=self._classes)
+
+    def decrypt_batch(self, replies: Sequence[bytes], *, total: int) -> PrivateScores:
+        """Decrypt the replies to :meth:`encrypt_batch` of ``total`` queries, in order."""
+        cap = self.batch_capacity
+        if len(replies) != -(-total // cap):
+            raise CiphertextError(f"{len(replies)} replies for {total} queries (capacity {cap})")
+        return PrivateScores.concat(
+            [self.decrypt_result(r, count=min(cap, total - i * cap)) for i, r in enumerate(replies)]
+        )
+
+    # -- wide batch layout (slots index queries; throughput mode) ------------------------
+
+    @property
+    def wide_layout(self) -> packing.WideLayout:
+        """Wide batch layout shared with the server (see :mod:`crypto.packing`)."""
+        return self._wide
+
+    @property
+    def wide_capacity(self) -> int:
+        """Most queries one :meth:`encrypt_wide_batch` body carries."""
+        return self._wide.capacity
+
+    def prefers_wide(self, count: int) -> bool:
+        """Whether ``count`` queries are better sent in the wide layout than the single one.
+
+        True from :data:`WIDE_MIN_QUERIES` queries on, as long as the wide bodies upload at
+        most :data:`WIDE_MAX_CIPHERTEXTS_PER_QUERY` ciphertexts per query (about 1.6 MB at
+        n8192-d3, within the 2 MB per-query budget). At K=8 x 384-d this means 12 or more.
+        Always false where the spec's ``layouts`` (a server's spec) omits ``"wide"``, for
+        hidden-layer heads (the wide layout serves linear heads only) and for
+        presets beyond N=8192 (one-hot ensembles: at n16384-d8 the wide layout's encoded
+        weights, ~570 MB at K=8 x 384-d and 10 classes, exceed the service's limit).
+        """
+        if count < WIDE_MIN_QUERIES or not self._serves_wide or self._wide.slots > WIDE_MAX_SLOTS:
+            return False
+        wide_cts = -(-count // self._wide.capacity) * self._wide.chunks
+        return wide_cts <= WIDE_MAX_CIPHERTEXTS_PER_QUERY * count
+
+    def encrypt_wide_batch(self, embeddings: npt.ArrayLike) -> bytes:
+        """Encrypt ``(Q, K, d)`` embeddings (``1 <= Q <= wide_capacity``) in the wide layout.
+
+        Returns one framed body (:func:`~crypto.private_inference.wire.encode_wide`) of
+        ``wide_layout.chunks`` ciphertexts, for :meth:`EnsembleEvaluator.evaluate_wide_batch`;
+        its size does not depend on ``Q``. Raises :class:`~crypto.packing.LayoutError` for
+        hidden-layer heads.
+        """
+        specs.refuse_wide(self._head)
+        if not self._serves_wide:
+            raise packing.LayoutError(
+                f"the server does not serve the wide layout for this ensemble: "
+                f"{self._spec.get('wide_refusal') or 'its spec lists only ' + str(self._spec.get('layouts'))}",
+                hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
+            )
+        if not self._wide_keys:
+            raise packing.LayoutError(
+                f"this session's keys leave out the wide layout's rotations (N={2 * self._wide.slots} > "
+                f"{2 * WIDE_MAX_SLOTS}: its encoded weights exceed the service's limit)",
+                hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
+            )
+        emb = np.asarray(embeddings, dtype=np.float64)
+        count = int(emb.shape[0]) if emb.ndim == 3 else 0
+        # A partial batch of win counts is replicated into regions (PEW2): the server then
+        # evaluates several classes and pairs per operation. One-hot bodies stay in one region.
+        regions = 1
+        if self._output == "scores" and self._regions_ok and count >= 1:
+            regions = packing.wide_regions(self._wide, count)
+        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound, regions=regions)
+        blobs = [self._encrypt_values(row) for row in rows]
+        return encode_wide(blobs, layout=self._wide, count=count, regions=regions)
+
+    def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
+        """Decrypt the reply to a wide batch of ``count`` queries (as :meth:`decrypt_result`)."""
+        specs.refuse_wide(self._head)
+        lay = self._wide
+        if not 1 <= count <= lay.capacity:
+            raise CiphertextError(f"count must lie in [1, {lay.capacity}]")
+        got, blobs = decode_wide(reply, layout=lay, items=lay.classes, max_bytes=specs.max_wide_bytes(self._preset))
+        if got != count:
+            raise CiphertextError(f"the reply is for {got} queries, expected {count}")
+        per_class = np.stack(
+            [
+                np.asarray(
+                    load_ckks_vector(
+                        self._ctx, b, expected_size=lay.slots, max_bytes=specs.max_query_bytes(self._preset)
+                    ).decrypt()
+                )
+                for b in blobs
+            ]
+        )
+        raw = packing.wide_score_slots(per_class, lay, count)
+        return PrivateScores.decode(raw, output=self._output, class_names=self._classes)
+
+    def __repr__(self) -> str:
+        return f"PrivateClient(preset={self._preset!r}, classes={len(self._classes)})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("PrivateClient holds a secret key and cannot be pickled or copied")
+
+    def __getstate__(self) -> NoReturn:
+        raise TypeError("PrivateClient holds a secret key and cannot be serialized")

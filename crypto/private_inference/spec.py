@@ -1,0 +1,154 @@
+"""What both roles read from an ensemble's public spec: head and output mode, sign rounds,
+slot layouts and size limits.
+
+    layout = single_layout(art.public_spec())                # packing.EnsembleLayout
+    rounds = sign_rounds(art.public_spec())                  # sign compositions that fit
+
+``spec`` is :meth:`crypto.ensemble.EnsembleArtifact.public_spec` (no weights), or a server's
+copy of it with the layouts it serves. Nothing here touches keys or ciphertexts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypto import argmax, packing
+from crypto.ckks import PRESETS, ContextError, get_preset
+from crypto.ensemble import HEADS
+
+__all__ = [
+    "DEFAULT_MAX_CONTEXT_BYTES",
+    "DEFAULT_MAX_QUERY_BYTES",
+    "DEFAULT_MAX_WIDE_BYTES",
+    "compact_rows",
+    "encoded_weight_bytes",
+    "head_kind",
+    "max_query_bytes",
+    "max_wide_bytes",
+    "output_mode",
+    "refuse_wide",
+    "sign_rounds",
+    "single_layout",
+    "size_factor",
+    "wide_layout",
+]
+
+#: Default size limits at n8192-d3; deeper presets scale them by :func:`size_factor`.
+DEFAULT_MAX_CONTEXT_BYTES = 64 << 20
+DEFAULT_MAX_QUERY_BYTES = 4 << 20
+#: Largest wide-batch body (``chunks`` ciphertexts; ~19.5 MB for K=8 x 384-d at n8192-d3).
+DEFAULT_MAX_WIDE_BYTES = 64 << 20
+
+
+def size_factor(preset: str) -> int:
+    """How many n8192-d3 ciphertexts (or key sets) one of ``preset``'s weighs: ring degree
+    times primes, rounded up (16 at n32768-d18, whose keys are ~0.9 GB at K=8 x 384-d)."""
+    p, base = get_preset(preset), get_preset("n8192-d3")
+    size, base_size = (x.poly_modulus_degree * len(x.coeff_mod_bit_sizes) for x in (p, base))
+    return -(-size // base_size)
+
+
+def max_query_bytes(preset: str) -> int:
+    """Largest single-layout ciphertext accepted at ``preset``."""
+    return DEFAULT_MAX_QUERY_BYTES * size_factor(preset)
+
+
+def max_wide_bytes(preset: str) -> int:
+    """Largest wide-layout body accepted at ``preset``."""
+    return DEFAULT_MAX_WIDE_BYTES * size_factor(preset)
+
+
+def head_kind(spec: dict[str, Any]) -> str:
+    """The spec's head kind (one of :data:`crypto.ensemble.HEADS`); raises :class:`~crypto.packing.LayoutError`."""
+    head = str(spec.get("head", "linear"))
+    if head not in HEADS:
+        raise packing.LayoutError(f"unknown head kind {head!r}; expected one of {list(HEADS)}")
+    return head
+
+
+def output_mode(spec: dict[str, Any]) -> str:
+    """The spec's output mode (one of :data:`crypto.argmax.OUTPUTS`); raises :class:`~crypto.packing.LayoutError`."""
+    output = str(spec.get("output", "scores"))
+    if output not in argmax.OUTPUTS:
+        raise packing.LayoutError(f"unknown output mode {output!r}; expected one of {list(argmax.OUTPUTS)}")
+    return output
+
+
+def sign_rounds(spec: dict[str, Any]) -> int:
+    """Compositions of the sign polynomial that fit the spec's preset after its heads and the
+    output mode's product (see :mod:`crypto.argmax`); raises :class:`ContextError` if none does."""
+    preset = get_preset(str(spec["preset"]))
+    levels = argmax.HIDDEN_LEVELS if head_kind(spec) == "quadratic_mlp" else argmax.LINEAR_LEVELS
+    output, classes = output_mode(spec), len(spec["classes"])
+    rounds = argmax.rounds_for(preset.depth, levels, output, classes)
+    if rounds < 1:
+        need = argmax.min_depth(levels, output, classes)
+        deeper = sorted((p.poly_modulus_degree, p.depth, p.name) for p in PRESETS.values() if p.depth >= need)
+        product = f" and the {argmax.onehot_levels(classes)}-level one-hot product" if output == "onehot" else ""
+        raise ContextError(
+            f"preset {preset.name!r} (depth {preset.depth}) has no depth left for the comparisons{product}; "
+            f"{need} levels are needed",
+            hint=f"register the ensemble with preset {deeper[0][2]!r}" if deeper else "use output 'scores'",
+        )
+    return rounds
+
+
+def compact_rows(spec: dict[str, Any]) -> bool:
+    """Whether the single layout reads ``C`` comparisons per class (a window sum) instead of
+    ``P``: linear heads with win counts do, unless the spec comes from a server whose layout
+    predates the compact rows (its ``layout`` lacks ``class_stride``). One-hot products and
+    hidden heads keep power-of-two class blocks."""
+    if head_kind(spec) != "linear" or output_mode(spec) != "scores":
+        return False
+    served = spec.get("layout")
+    return not isinstance(served, dict) or int(served.get("class_stride") or 0) == len(spec["classes"])
+
+
+def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
+    """The single (one query per lane) slot layout of ``spec``."""
+    preset = get_preset(str(spec["preset"]))
+    hidden = int(spec["hidden"]) if head_kind(spec) == "quadratic_mlp" else 0
+    if head_kind(spec) == "quadratic_mlp" and hidden < 1:
+        raise packing.LayoutError("hidden-layer heads need hidden >= 1 units")
+    return packing.make_layout(
+        members=int(spec["members"]),
+        dim=int(spec["dim"]),
+        classes=len(spec["classes"]),
+        slots=preset.slot_count,
+        hidden=hidden,
+        compact=compact_rows(spec),
+    )
+
+
+def wide_layout(spec: dict[str, Any]) -> packing.WideLayout:
+    """The wide batch slot layout of ``spec`` (slots index queries, see :mod:`crypto.packing`)."""
+    preset = get_preset(str(spec["preset"]))
+    return packing.make_wide_layout(
+        members=int(spec["members"]),
+        dim=int(spec["dim"]),
+        classes=len(spec["classes"]),
+        slots=preset.slot_count,
+    )
+
+
+def refuse_wide(head: str) -> None:
+    """Raise :class:`~crypto.packing.LayoutError` unless ``head`` is served by the wide layout (linear only)."""
+    if head != "linear":
+        raise packing.LayoutError(
+            f"the wide layout serves linear heads only; this ensemble has {head} heads",
+            hint="send single-layout ciphertexts (PrivateClient.encrypt / encrypt_batch, layout=single)",
+        )
+
+
+def encoded_weight_bytes(spec: dict[str, Any]) -> int:
+    """Memory of the plaintext-encoded weights one evaluator holds for ``spec`` (single layout).
+
+    Each diagonal is an NTT-form plaintext of ``N`` coefficients per prime of its level.
+    """
+    preset = get_preset(str(spec["preset"]))
+    lay = single_layout(spec)
+    primes = len(preset.coeff_mod_bit_sizes) - 1  # data primes of the top level
+    if not lay.hidden_rows:
+        return lay.rows * preset.poly_modulus_degree * primes * 8
+    stage2 = lay.baby * lay.giant * (primes - 2)
+    return (lay.hidden_rows * primes + stage2) * preset.poly_modulus_degree * 8
