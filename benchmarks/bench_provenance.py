@@ -7,6 +7,10 @@ split with and without a cached shadow pool.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 16     # the size
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 4 --quick
+    # a fresh set of suspects (grid picks, init and sampling seeds), and every model's labels saved
+    OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspect-seed 2 --dump-labels labels.npz
+
+The tests per pair also include the error-location test (``decision="error_location"``).
 
 Sources: three generator families (cVAE, conditional GAN -- or with ``--second gmmn`` the
 moment-matching net --, per-class PCA) each trained on

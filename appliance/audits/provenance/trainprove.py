@@ -68,7 +68,8 @@ The verdict follows ``decision`` ("calibrated" by default: on the digits benchma
 test keeps false "not G_d" verdicts nearest alpha; the model-level and contrast tests' calibration
 depends on how well the shadow pool's recipes cover the suspects': under-training lowers a
 model's accuracy on its own source far more than on others, so the contrast does not cancel it
-at the accuracy ceiling; see the README's figures).
+at the accuracy ceiling; the error-location test stays calibrated on both benchmark source sets
+but reaches the accuracy goal on one only; see the README's figures).
 
 :func:`attribute` runs the test against several candidate sources and names the one that
 explains the suspect best (smallest statistic among the sources it is consistent with).
