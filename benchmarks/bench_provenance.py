@@ -7,6 +7,10 @@ split with and without a cached shadow pool.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 16     # the size
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 4 --quick
+    # a fresh set of suspects (grid picks, init and sampling seeds), and every model's labels saved
+    OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspect-seed 2 --dump-labels labels.npz
+
+The tests per pair also include the error-location test (``decision="error_location"``).
 
 Sources: three generator families (cVAE, conditional GAN -- or with ``--second gmmn`` the
 moment-matching net --, per-class PCA) each trained on
@@ -61,6 +65,12 @@ def main() -> None:
     parser.add_argument("--second", choices=("cgan", "gmmn"), default="cgan",
                         help="the generator trained on the second quarter: conditional GAN or moment-matching net")
     parser.add_argument("--dump", default=None, help="write the shadows' and suspects' accuracies to this JSON")
+    parser.add_argument("--dump-labels", default=None,
+                        help="write every shadow's and suspect's labels on every validation/reference set to this "
+                             ".npz (plain arrays, no pickle) to study statistics offline")
+    parser.add_argument("--suspect-seed", type=int, default=0,
+                        help="suspect set: picks from the grid, init and sampling seeds (0: the original set; "
+                             "use another to report on suspects the statistic was not chosen on)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = digits_provenance_splits(seed=0)
@@ -95,12 +105,16 @@ def main() -> None:
               f"{np.std(accs, ddof=1):.4f}, range [{min(accs):.4f}, {max(accs):.4f}]")
     grid = list(itertools.product([("mlp", {"hidden": 64}), ("mlp", {"hidden": 128}), ("small_cnn", {"width": 8}),
                                    ("small_cnn", {"width": 16})], [1e-3, 3e-3], [0.0, 1e-3], [10, 25]))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.suspect_seed)
     picks = [grid[i] for i in rng.permutation(len(grid))[: args.suspects]]
     sources = [*gens, "real"]
     # the real data each generator's owner holds (the quarter it trained the generator on): the
     # optional real reference of the contrast test; the real-data suspects train on the fourth
     owner_real = {o: ReferenceSet(f"real_{o}", *parts[k]) for k, o in enumerate(gens)}
+    # off-distribution probes (dumped only): each generator's samples at a high temperature
+    hot_y = balanced_labels(10, 50)
+    hot = {f"hot_{o}": (gen.sample(hot_y, seed=77, temperature=2.0), hot_y) for o, gen in gens.items()} \
+        if args.dump_labels else {}
     answers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in sources}
     query_seconds = []
     for s_index, source in enumerate(sources):
@@ -109,15 +123,18 @@ def main() -> None:
                 x, y = parts[3]
             else:
                 y = balanced_labels(10, n_shadow)
-                x = gens[source].sample(y, seed=1000 + 100 * s_index + j, temperature=1.0)
+                x = gens[source].sample(y, seed=1000 + 100 * s_index + j + 10_000 * args.suspect_seed,
+                                        temperature=1.0)
             model = train_shadow(x, y, ShadowSpec(arch, config, epochs=ep, lr=lr, weight_decay=wd,
-                                                  seed=500 + j), num_classes=10)
+                                                  seed=500 + j + 1_000 * args.suspect_seed), num_classes=10)
             fn = shadow_proba(model)
             q0 = time.perf_counter()
             answers[source].append({o: fn(evidence[o].val_x).argmax(1) for o in gens})
             query_seconds.append((time.perf_counter() - q0) / len(gens))
             for ref in owner_real.values():
                 answers[source][-1][ref.name] = fn(ref.x).argmax(1)
+            for k, (hx, _) in hot.items():
+                answers[source][-1][k] = fn(hx).argmax(1)
     if args.dump:
         record = {"shadows": [s.to_dict() for s in specs],
                   "shadow_batch_accuracy": {}, "suspect_accuracy": {},
@@ -133,9 +150,26 @@ def main() -> None:
             record["suspect_accuracy"][source] = [{k: float((a[k] == y).mean()) for k, (_, y) in sets.items()}
                                                   for a in answers[source]]
         Path(args.dump).write_text(json.dumps(record))
+    if args.dump_labels:
+        arrays: dict[str, np.ndarray] = {}
+        label_sets = {**{o: (ev.val_x, ev.val_y) for o, ev in evidence.items()},
+                      **{r.name: (r.x, r.y) for r in owner_real.values()}, **hot}
+        for k, (_x, y) in label_sets.items():
+            arrays[f"y/{k}"] = y
+        for o, ev in evidence.items():
+            arrays[f"batches/{o}"] = np.stack(ev.batches)
+            for k, (x, _) in label_sets.items():
+                shadow_p = np.stack([fn(x) for fn in ev.shadows])
+                arrays[f"shadow/{o}/{k}"] = shadow_p.argmax(2)
+                arrays[f"shadow_proba/{o}/{k}"] = shadow_p.astype(np.float32)
+        for source in sources:
+            for k in label_sets:
+                arrays[f"suspect/{source}/{k}"] = np.stack([a[k] for a in answers[source]])
+        np.savez_compressed(args.dump_labels, **arrays)  # type: ignore[arg-type]
     print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")
     print("number of suspects judged 'not G_d' by each test:")
-    tests = ("paper", "pooled", "pooled+designated", "model_level", "contrast", "contrast+real", "contrast/real")
+    tests = ("paper", "pooled", "pooled+designated", "model_level", "contrast", "contrast+real", "contrast/real",
+             "error_location")
     print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t:>17}" for t in tests))
     totals = {t: [0, 0] for t in tests}
     false_neg = {t: [0, 0] for t in tests}
@@ -149,6 +183,7 @@ def main() -> None:
                 rejects["pooled"] += int(t.calibrated.outlier)
                 rejects["pooled+designated"] += int(d.calibrated.outlier)
                 rejects["model_level"] += int(t.model_level is not None and t.model_level.outlier)
+                rejects["error_location"] += int(t.error_location is not None and t.error_location.outlier)
                 others = [o for o in gens if o != owner]
                 refs = [ReferenceSet.of(evidence[o]) for o in others]
                 c = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
@@ -178,7 +213,7 @@ def main() -> None:
         flo, fhi = wilson(fk, fn_)
         print(f"{test:18}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
               f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
-    for decision in ("calibrated", "model_level", "contrast"):
+    for decision in ("calibrated", "model_level", "contrast", "error_location"):
         correct = total = 0
         confusion: dict[str, dict[str, int]] = {s: {} for s in sources}
         for source in sources:

@@ -19,8 +19,13 @@ def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
         contrast = source.get("contrast") if source.get("decision") == "contrast" else None
-        if contrast:  # the deciding values: one log-odds contrast per shadow model
-            batches: list[float] = []
+        location = source.get("error_location") if source.get("decision") == "error_location" else None
+        batches: list[float] = []
+        if location:  # the deciding values: one skill-matched error-location AUC per shadow model
+            models = source.get("shadow_error_location_values") or []
+            ax.hist(models, bins=12, alpha=0.45, color="grey", label="shadow models (same error count)")
+            marked, label = location["tested"], "error-location AUC (errors where G_d models are unsure)"
+        elif contrast:  # the deciding values: one log-odds contrast per shadow model
             models = source.get("shadow_contrast_values") or []
             ax.hist(models, bins=12, alpha=0.45, color="grey", label="shadow models")
             marked, label = contrast["tested"], "log-odds accuracy, generator minus reference"

@@ -43,9 +43,11 @@ class ProvenanceParams(BaseModel):
         default=None, min_length=1, max_length=4,
         description="registered labelled .npz datasets of real data (samples of the generator's shape): "
         "references of the contrast test beside the other candidate generators' samples")
-    decision: Literal["contrast", "model_level", "calibrated", "paper"] = Field(
+    decision: Literal["error_location", "contrast", "model_level", "calibrated", "paper"] = Field(
         default="calibrated", description="which test decides: all shadows' batches pooled (Grubbs, the "
-        "default: the only test whose false 'not G_d' rate stayed near alpha on the digits benchmark), the "
+        "default: the only test whose false 'not G_d' rate stayed near alpha on the digits benchmark), where "
+        "the suspect errs on the generator's samples given how often, against the shadows' lowest-margin "
+        "samples at the same error count (error_location; labels suffice, shadows >= 3), the "
         "suspect's accuracy on the generator's samples relative to reference samples against the shadow "
         "models' (contrast; needs a reference: another candidate source or a reference dataset), the "
         "suspect against the shadow models' values (prediction interval), or the first shadow's batches "
@@ -86,13 +88,13 @@ class ProvenanceParams(BaseModel):
             raise ValueError("n_val must be a multiple of batches")
         if self.variant == "similarity" and self.shadows < 2:
             raise ValueError("the similarity variant needs shadows >= 2")
-        if self.decision in ("model_level", "contrast") and self.shadows < 3:
+        if self.decision in ("model_level", "contrast", "error_location") and self.shadows < 3:
             raise ValueError(f"the {self.decision} test needs shadows >= 3")
         if self.decision == "contrast" and not self.has_reference:
             raise ValueError("the contrast test needs a reference: several generator_model_ids or "
                              "reference_dataset_ids")
-        if self.decision == "contrast" and self.variant != "accuracy":
-            raise ValueError("the contrast test uses the accuracy variant")
+        if self.decision in ("contrast", "error_location") and self.variant != "accuracy":
+            raise ValueError(f"the {self.decision} test uses the accuracy variant")
         datasets = (self.reference_dataset_ids or []) + (self.candidate_dataset_ids or [])
         if len(set(datasets)) != len(datasets):
             raise ValueError("reference_dataset_ids and candidate_dataset_ids must be distinct")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from appliance.audits.errors import AuditParameterError, QueryBudgetExceeded
+from appliance.audits.provenance.grubbs import prediction_interval_outlier
 from appliance.audits.provenance.trainprove import (
     VERDICT_CONSISTENT,
     VERDICT_NOT_FROM_GENERATOR,
@@ -19,7 +20,10 @@ from appliance.audits.provenance.trainprove import (
     ReferenceSet,
     TrainProVe,
     contrast_value,
+    error_location_auc,
+    error_location_test,
     smoothed_logit,
+    true_class_margins,
 )
 from appliance.audits.registry import create_method
 from models.generators import fit_linear_gaussian
@@ -179,3 +183,72 @@ def test_contrast_value_cancels_a_common_log_odds_shift() -> None:
     values = [contrast_value(correct(1.5 + q), correct(0.5 + q)) for q in (-1.0, 0.0, 1.0)]
     assert np.allclose(values, 1.0, atol=0.01)
     assert smoothed_logit(0, 10) < 0 < smoothed_logit(10, 10)
+
+
+def test_error_location_decides_on_real_suspects(world) -> None:
+    own = _run(world, "owner_data", decision="error_location")
+    assert own.verdict == VERDICT_CONSISTENT, own.statistics
+    source = own.statistics["sources"][0]
+    assert own.statistics["decision"] == "error_location" and own.statistics["n"] == 5
+    assert len(source["shadow_error_location_values"]) == 4
+    assert source["error_location"]["mode"] in ("prediction_interval", "no_errors")
+    assert _run(world, "random_init", decision="error_location").verdict == VERDICT_NOT_FROM_GENERATOR
+    real = _run(world, "real_data", decision="error_location")
+    assert real.statistics["G"] != own.statistics["G"]  # the statistic comes from the suspect
+    assert real.statistics["sources"][0]["error_location"]["tested"] != source["error_location"]["tested"]
+
+
+def _margin_probs(margins: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Probabilities over 10 classes whose true-class log-margin over the runner-up is ``margins``."""
+    n = len(labels)
+    logits = np.full((n, 10), -30.0)
+    logits[np.arange(n), runner_up] = 0.0
+    logits[np.arange(n), labels] = margins
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_error_location_null_is_calibrated_whatever_the_suspects_skill() -> None:
+    # per-sample margins mu_f = delta + b_f + noise: shadows well trained (b in [3, 4]); suspects
+    # trained on the same data at any skill (b in [0.5, 4], up to ~40% errors) are the null,
+    # suspects whose difficulties come from other data (delta') the alternative
+    rng = np.random.default_rng(0)
+    n, m, alpha = 1000, 24, 0.05
+    labels = rng.integers(0, 10, n)
+    runner_up = (labels + rng.integers(1, 10, n)) % 10
+    delta, other_delta = rng.normal(0, 2, n), rng.normal(0, 2, n)
+    shadows = [_margin_probs(delta + rng.uniform(3, 4) + rng.normal(0, 1, n), runner_up, labels) for _ in range(m)]
+
+    def suspect_labels(base: np.ndarray) -> np.ndarray:
+        margin = base + rng.uniform(0.5, 4) + rng.normal(0, 1, n)
+        return np.where(margin > 0, labels, runner_up)
+
+    null = [error_location_test(shadows, labels, suspect_labels(delta), alpha=alpha)[0] for _ in range(300)]
+    size = np.mean([r.outlier for r in null])
+    assert 0.01 <= size <= 0.09, size
+    p = np.array([r.p_value for r in null])
+    assert abs(float(np.mean(p <= 0.5)) - 0.5) < 0.1  # p roughly uniform, not only its tail
+    # the accuracy test on the same null suspects rejects the under-trained ones: the confound
+    accs = [float((s.argmax(1) == labels).mean()) for s in shadows]
+    acc_rejects = np.mean([prediction_interval_outlier(accs, float((suspect_labels(delta) == labels).mean()),
+                                                       direction="low").outlier for _ in range(100)])
+    assert acc_rejects > 0.5
+    power = np.mean([error_location_test(shadows, labels, suspect_labels(other_delta), alpha=alpha)[0].outlier
+                     for _ in range(100)])
+    assert power > 0.9, power
+
+
+def test_error_location_values_and_edge_cases() -> None:
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    assert error_location_auc(np.array([1, 0, 0, 0, 0, 0], bool), np.arange(6.0)) == 1.0  # the least sure
+    assert error_location_auc(np.array([0, 0, 0, 0, 0, 1], bool), np.arange(6.0)) == 0.0  # the surest
+    assert np.isnan(error_location_auc(np.zeros(6, bool), np.arange(6.0)))
+    true_p = np.array([0.9, 0.8, 0.7, 0.6, 0.45, 0.3])
+    one = np.where(labels[:, None] == np.arange(2), true_p[:, None], 1 - true_p[:, None])
+    probs = [one, one, one]
+    margins = true_class_margins(np.stack(probs), labels)
+    assert margins.shape == (3, 6) and np.allclose(margins[0], np.log(true_p / (1 - true_p)))
+    perfect, _ = error_location_test(probs, labels, labels, alpha=0.05)
+    assert perfect.mode == "no_errors" and not perfect.outlier and perfect.p_value == 1.0
+    wrong, _ = error_location_test(probs, labels, 1 - labels, alpha=0.05)
+    assert wrong.outlier  # every answer wrong: no better than chance
