@@ -43,15 +43,17 @@ class ProvenanceParams(BaseModel):
         default=None, min_length=1, max_length=4,
         description="registered labelled .npz datasets of real data (samples of the generator's shape): "
         "references of the contrast test beside the other candidate generators' samples")
-    decision: Literal["error_location", "contrast", "model_level", "calibrated", "paper"] = Field(
-        default="calibrated", description="which test decides: all shadows' batches pooled (Grubbs, the "
-        "default: the only test whose false 'not G_d' rate stayed near alpha on the digits benchmark), where "
-        "the suspect errs on the generator's samples given how often, against the shadows' lowest-margin "
-        "samples at the same error count (error_location; labels suffice, shadows >= 3), the "
-        "suspect's accuracy on the generator's samples relative to reference samples against the shadow "
-        "models' (contrast; needs a reference: another candidate source or a reference dataset), the "
-        "suspect against the shadow models' values (prediction interval), or the first shadow's batches "
-        "(Grubbs, the paper's); the report has all of them")
+    decision: Literal["auto", "error_location", "contrast", "model_level", "calibrated", "paper"] = Field(
+        default="auto", description="which test decides: auto (the default) takes error_location where it "
+        "applies (accuracy variant, shadows >= 3) and calibrated otherwise; error_location asks where the "
+        "suspect errs on the generator's samples given how often, against the shadows' lowest-margin "
+        "samples at the same error count (labels suffice; on the digits benchmark calibrated on both "
+        "source sets and the most accurate); calibrated pools all shadows' batches (Grubbs); contrast "
+        "takes the suspect's accuracy on the generator's samples relative to reference samples against "
+        "the shadow models' (needs a reference: another candidate source or a reference dataset); "
+        "model_level tests the suspect against the shadow models' values (prediction interval); paper "
+        "takes the first shadow's batches (Grubbs, the paper's). The report has all of them and names "
+        "the one that decided")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     grubbs_mode: Literal["table", "exact", "designated"] = Field(
         default="table", description="Grubbs critical value: the published table (alpha/2n, the paper's), "

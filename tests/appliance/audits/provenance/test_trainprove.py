@@ -252,3 +252,14 @@ def test_error_location_values_and_edge_cases() -> None:
     assert perfect.mode == "no_errors" and not perfect.outlier and perfect.p_value == 1.0
     wrong, _ = error_location_test(probs, labels, 1 - labels, alpha=0.05)
     assert wrong.outlier  # every answer wrong: no better than chance
+
+
+def test_default_decision_is_error_location_where_it_applies(world) -> None:
+    """``auto``: the error-location test decides for labels with >= 3 shadows; the pooled Grubbs
+    test where it cannot run (a variant on probabilities); the report names the one that decided."""
+    owner = _run(world, "owner_data")
+    assert owner.statistics["decision"] == "error_location"
+    assert owner.verdict == VERDICT_CONSISTENT, owner.statistics
+    assert _run(world, "random_init").verdict == VERDICT_NOT_FROM_GENERATOR
+    entropy = _run(world, "owner_data", kind="proba", variant="entropy")
+    assert entropy.statistics["decision"] == "calibrated"
