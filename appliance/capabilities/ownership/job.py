@@ -264,9 +264,11 @@ def shadow_recipe(spec: ShadowTraining, data: DatasetInput, shape: tuple[int, ..
 
 
 def shadow_model_id(tenant_id: str, recipe: dict[str, Any]) -> str:
-    """The model id of a shadow: a digest of the tenant and the recipe, so the same recipe and
-    seed name one model (two jobs at once register it once) and another tenant's never match."""
-    named = json.dumps({"tenant": tenant_id, "recipe": recipe}, sort_keys=True).encode()
+    """The model id of a shadow: a digest of the tenant and the recipe (the data by its content,
+    not by which upload of it was named), so the same recipe and seed name one model (two jobs
+    at once register it once) and another tenant's never match."""
+    keyed = {**recipe, "data": {k: v for k, v in recipe["data"].items() if k != "dataset_id"}}
+    named = json.dumps({"tenant": tenant_id, "recipe": keyed}, sort_keys=True).encode()
     return f"mdl_{hashlib.sha256(named).hexdigest()[:20]}"
 
 

@@ -250,6 +250,12 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         assert [m["weights_sha256"] for m in body2["inputs"]["shadows"]["models"]] == \
             [m["weights_sha256"] for m in shadows["models"]]
         assert body2["statistics"]["calibrated_p"] == body["statistics"]["calibrated_p"]
+        # the same data uploaded again is the same data: the shadows are found by its content
+        alt2 = _upload_dataset(client, token_a, "alt-again", x=digits.alternative[0][:64])
+        again = _report(client, token_a, submit({
+            **params, "shadow_training": {**params["shadow_training"], "dataset_id": alt2["id"]}}))
+        assert [m["model_id"] for m in again["inputs"]["shadows"]["models"]] == ids
+        assert again["inputs"]["shadows"]["reused"] == 2
         listed_again = client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
         assert len(listed_again) == len(listed)  # nothing registered twice
 
