@@ -302,6 +302,36 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         server.shutdown()
 
 
+def test_two_audits_at_once_train_the_same_shadows(client: Any, token_a: str, digits: Any,
+                                                   tmp_path: Path) -> None:
+    """Two audits submitted together, each training its shadows in its own worker thread at the
+    same time: the same seeds give the same weights, the reports match, each shadow is one model."""
+    from models.vision import ENCODERS, build_model
+
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    suspect = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=1, **config),
+                            "conv_encoder", config, tmp_path, "suspect")
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
+    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    params = {"method": "dov4cl", "suspect_model_id": suspect["id"], "public_dataset_id": pub["id"],
+              "private_dataset_id": pvt["id"], "seed": 4,
+              "shadow_training": {"dataset_id": alt["id"], "epochs": 3, "count": 2, "seed": 11,
+                                  "config": {"width": 8, "embed_dim": 16}},
+              "method_params": {"n_global": 2, "n_local": 2}}
+    jobs = [client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": params})
+            for _ in range(2)]
+    first, second = (_report(client, token_a, job) for job in jobs)
+    for body in (first, second):
+        assert body["inputs"]["shadows"]["trained"] == 2  # neither found the other's shadows
+    assert [(m["model_id"], m["weights_sha256"]) for m in first["inputs"]["shadows"]["models"]] == \
+        [(m["model_id"], m["weights_sha256"]) for m in second["inputs"]["shadows"]["models"]]
+    assert first["statistics"] == second["statistics"] and first["p_value"] == second["p_value"]
+    tagged = [m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
+              if (m["origin"] or {}).get("tag") == "dov4cl_shadow"]
+    assert sorted(m["id"] for m in tagged) == sorted(m["model_id"] for m in first["inputs"]["shadows"]["models"])
+
+
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
     flat = _upload_dataset(client, token_a, "flat", x=np.zeros((10, 64), np.float32),
                            y=np.zeros(10, np.int64))
