@@ -285,8 +285,9 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
     same recipe and seed; returns their embed functions and, per shadow, its model id, seed,
     weights digest and whether it was trained or reused. A trained shadow's weights are saved
     as a blob; the API node registers it as the tenant's model once the job's report is
-    signed, before the job shows as succeeded (:func:`_register_shadows`). Shadows train on the data mapped from ``value_range`` to
-    [0, 1] (where the augmentations work) and answer on the data's own scale."""
+    signed, before the job shows as succeeded (:func:`_register_shadows`). Shadows train on
+    the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and answer
+    on the data's own scale."""
     from safetensors.torch import save
 
     unit = to_unit(data, value_range)
