@@ -79,6 +79,9 @@ class ModelOut(BaseModel):
     size: int | None = None
     signer: dict[str, Any] | None = Field(
         default=None, description="who signed the uploaded model.sig, when one was verified")
+    origin: dict[str, Any] | None = Field(
+        default=None, description="for a model the appliance trained: its tag (what it is for, "
+        "e.g. 'dov4cl_shadow'), the job that trained it and its recipe; null for uploads")
     created_at: str
 
 

@@ -20,7 +20,7 @@ set, through the same code the service runs. Audits use the service's defaults.
 Seeds below 1000 are the development part; ``--final`` reports only the part kept aside
 (seeds 1000+), which was not looked at while the method was tuned.
 
-Prints: TPR and FPR at alpha 0.05 with 95% Wilson intervals (calibrated and reference tests),
+Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
 of an audit, null sets under each view policy (random public/private splits of one pool: of
 D_pub with the positives, which saw every image, and of D_pub + D_pvt with the negatives, which
@@ -31,6 +31,7 @@ queries.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -76,8 +77,7 @@ def _independent_encoder(seed: int) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Conv2d(1, 16, 3, padding=1)
-            self.blocks = nn.Sequential(SeparableBlock(16, 32, 2), SeparableBlock(32, 48, 2),
-                                        SeparableBlock(48, 48, 1))
+            self.blocks = nn.Sequential(SeparableBlock(16, 32, 2), SeparableBlock(32, 48, 2), SeparableBlock(48, 48, 1))
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(48 * 16, 96), nn.SiLU(), nn.Linear(96, 48))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,9 +138,13 @@ def train_suspect(task: tuple[str, int]) -> tuple[str, int, float]:
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x) - 127, 128):
-            batch = x[order[start:start + 128]]
-            z = F.normalize(torch.cat([projector(encoder(_suspect_views(batch, gen))),
-                                       projector(encoder(_suspect_views(batch, gen)))]), dim=1)
+            batch = x[order[start : start + 128]]
+            z = F.normalize(
+                torch.cat(
+                    [projector(encoder(_suspect_views(batch, gen))), projector(encoder(_suspect_views(batch, gen)))]
+                ),
+                dim=1,
+            )
             logits = z @ z.T / 0.3
             logits.fill_diagonal_(float("-inf"))
             n = len(batch)
@@ -181,121 +185,233 @@ def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float]) -> list
             encoder.load_state_dict(load_file(str(path)))
             encoder.eval()
         else:
-            encoder = train_contrastive(encoder, to_unit(alt, value_range), objective=spec.objective, seed=seed,
-                                        epochs=spec.epochs, batch_size=min(spec.batch_size, len(alt)))
+            encoder = train_contrastive(
+                encoder,
+                to_unit(alt, value_range),
+                objective=spec.objective,
+                seed=seed,
+                epochs=spec.epochs,
+                batch_size=min(spec.batch_size, len(alt)),
+            )
             CACHE.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
         shadows.append(embed_fn(Rescaled(encoder, *value_range)))
     return shadows
 
 
-def wilson(k: int, n: int) -> str:
+def clopper_pearson(k: int, n: int) -> str:
+    """k/n with its exact (Clopper-Pearson) 95% interval."""
     if n == 0:
         return "-"
-    z = 1.96
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return f"{k}/{n} = {p:.0%} [{max(0.0, centre - half):.0%}, {min(1.0, centre + half):.0%}]"
+    from scipy.stats import beta
+
+    low = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+    return f"{k}/{n} = {k / n:.0%} [{low:.0%}, {high:.0%}]"
+
+
+def _interleaved(n_pos: int, n_neg: int, n_part: int, base: int) -> list[tuple[str, int]]:
+    """Positives, negatives and partials taken in turn, so a run stopped early is still balanced."""
+    tasks: list[tuple[str, int]] = []
+    for i in range(max(n_pos, n_neg, n_part)):
+        tasks += [("positive", base + i)] if i < n_pos else []
+        tasks += [("negative", base + 100 + i)] if i < n_neg else []
+        tasks += [("partial", base + 200 + i)] if i < n_part else []
+    return tasks
+
+
+def _load_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def summarise(records: list[dict[str, Any]]) -> None:
+    """Print the tables from the records kept so far (all of them, or a run stopped early)."""
+    suspects = [r for r in records if r["kind"] == "suspect"]
+    rows: dict[str, list[dict[str, Any]]] = {"positive": [], "negative": [], "partial": []}
+    for record in suspects:
+        rows[record["role"]].append(record)
+    detected = {role: sum(r["p"] < ALPHA for r in rs) for role, rs in rows.items()}
+    reference = {role: sum(r["reference_p"] < ALPHA for r in rs) for role, rs in rows.items()}
+    stats = {role: [r["statistic"] for r in rs] for role, rs in rows.items()}
+    walls = np.array([r["wall"] for r in suspects]) if suspects else np.zeros(0)
+    bares = np.array([r["bare"] for r in suspects]) if suspects else np.ones(0)
+    print()
+    print(
+        table(
+            "DOV4CL on independent suspects (alpha 0.05, 95% Clopper-Pearson intervals)",
+            ["figure", "value"],
+            [
+                ["TPR (positives)", clopper_pearson(detected["positive"], len(rows["positive"]))],
+                ["FPR (negatives)", clopper_pearson(detected["negative"], len(rows["negative"]))],
+                ["partials detected", f"{detected['partial']}/{len(rows['partial'])}"],
+                ["reference t-test: TPR", clopper_pearson(reference["positive"], len(rows["positive"]))],
+                ["reference t-test: FPR", clopper_pearson(reference["negative"], len(rows["negative"]))],
+                ["audit size", suspects[-1]["shape"] if suspects else "-"],
+                ["statistic: positives (min..max)", _span(stats["positive"])],
+                ["statistic: partials", _span(stats["partial"])],
+                ["statistic: negatives", _span(stats["negative"])],
+                [
+                    "ordered positive > partial > negative",
+                    _ordered(stats["positive"], stats["partial"], stats["negative"]),
+                ],
+                ["view policy chosen (first suspects)", "; ".join(r["views"] for r in rows["positive"][:2])],
+                [
+                    "audit wall / (suspect + shadow queries), median",
+                    f"{np.median(walls / bares):.2f}x" if len(walls) else "-",
+                ],
+                ["audit wall with kept shadows, median", f"{np.median(walls):.1f} s" if len(walls) else "-"],
+            ],
+        )
+    )
+    nulls = [r for r in records if r["kind"] == "null"]
+    if nulls:
+        policies = list(dict.fromkeys(r["policy"] for r in nulls))
+        null_rows = [
+            [
+                f"flip={policy}",
+                clopper_pearson(
+                    sum(r["p"] < ALPHA for r in nulls if r["policy"] == policy),
+                    sum(1 for r in nulls if r["policy"] == policy),
+                ),
+            ]
+            for policy in policies
+        ]
+        print()
+        print(
+            table(
+                "Null sets: random public/private splits of one pool (D_pub + D_pvt with the negatives, "
+                "D_pub with the positives)",
+                ["view policy", "p < 0.05"],
+                null_rows,
+            )
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 positives, 4 negatives, 1 partial, 8 null sets")
     parser.add_argument("--final", action="store_true", help="report the part kept aside (seeds 1000+)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="suspects trained at once (1: in this process)")
     parser.add_argument("--positives", type=int, help="override the number of positives")
     parser.add_argument("--negatives", type=int, help="override the number of negatives")
     parser.add_argument("--partials", type=int, help="override the number of partials")
     parser.add_argument("--nulls", type=int, help="null sets per view policy")
     parser.add_argument("--policies", default="auto,false,true", help="view policies for the null sets")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="JSON lines, one per audit, appended as each ends; a "
+        "rerun resumes from it (default: in the cache, per part)",
+    )
+    parser.add_argument("--summary", action="store_true", help="only print the tables from --results")
     args = parser.parse_args()
+    results = args.results or CACHE / f"results-{'final' if args.final else 'development'}.jsonl"
+    if args.summary:
+        summarise(_load_results(results))
+        return
+    import torch
+
     from appliance.audits.ownership.dov4cl import DOV4CLInputs
     from appliance.audits.registry import create_method
 
+    torch.set_num_threads(1)
     base = 1000 if args.final else 0
     n_pos, n_neg, n_part, n_null = (4, 4, 1, 8) if args.quick else (10, 10, 2, 32)
     n_pos = n_pos if args.positives is None else args.positives
     n_neg = n_neg if args.negatives is None else args.negatives
     n_part = n_part if args.partials is None else args.partials
     n_null = n_null if args.nulls is None else args.nulls
-    tasks = ([("positive", base + i) for i in range(n_pos)] + [("negative", base + 100 + i) for i in range(n_neg)]
-             + [("partial", base + 200 + i) for i in range(n_part)])
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        trained = list(pool.map(train_suspect, tasks))
-    print(f"suspects: {len(trained)} ({sum(1 for *_, s in trained if s > 0)} trained now, "
-          f"{time.perf_counter() - t0:.0f} s)")
+    tasks = _interleaved(n_pos, n_neg, n_part, base)
+    records = _load_results(results)
+    done = {(r["role"], r["seed"]) for r in records if r["kind"] == "suspect"}
+    print(f"results: {results} ({len(records)} kept from an earlier run)", flush=True)
     pub, pvt, alt = digits_native()
     value_range = (0.0, 16.0)
     t0 = time.perf_counter()
     shadows = appliance_shadows(alt, value_range)
-    print(f"shadows: {len(shadows)} (appliance defaults; {time.perf_counter() - t0:.0f} s including training)")
+    print(
+        f"shadows: {len(shadows)} (appliance defaults; {time.perf_counter() - t0:.0f} s including training)", flush=True
+    )
 
     method = create_method("dov4cl")
-    rows: dict[str, list[tuple[float, float, str]]] = {"positive": [], "negative": [], "partial": []}
-    reference: dict[str, int] = {"positive": 0, "negative": 0, "partial": 0}
-    walls, bares = [], []
-    shape = ""
-    for role, seed, _ in trained:
+    todo = [task for task in tasks if task not in done]
+    if args.workers <= 1:
+        trained_iter: Any = map(train_suspect, todo)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=args.workers)
+        trained_iter = pool.map(train_suspect, todo)
+    for role, seed, train_s in trained_iter:
         suspect = load_suspect(role, seed)
         started = time.perf_counter()
         result = method.run(DOV4CLInputs(public=pub, private=pvt, suspect=suspect, shadow=shadows), seed=seed)
-        walls.append(time.perf_counter() - started)
-        bares.append(result.timings["suspect_query_s"] + result.timings["shadow_query_s"])
-        reference[role] += result.statistics["reference_p"] < ALPHA
+        wall = time.perf_counter() - started
         st = result.statistics
-        shape = (f"{st['distinct_public_images']} + {st['distinct_private_images']} images x "
-                 f"{st.get('views_per_image', '-')} views; {st['queries']} suspect queries "
-                 f"({st['queries'] - st.get('audit_queries', st['queries'])} for the view policy)")
-        print(f"  {role} {seed}: p = {result.p_value:.4f}, statistic {st['calibrated_statistic']:+.4f}, "
-              f"reference p = {st['reference_p']:.2g}, {walls[-1]:.1f} s", flush=True)
-        rows[role].append((result.p_value, result.statistics["calibrated_statistic"],
-                           f"flip={result.statistics['views']['flip']} "
-                           f"inv={result.statistics['views']['flip_invariance']:.2f}"))
-    detected = {role: sum(p < ALPHA for p, *_ in r) for role, r in rows.items()}
-    print()
-    print(table("DOV4CL on independent suspects (alpha 0.05, 95% Wilson intervals)", ["figure", "value"], [
-        ["TPR (positives)", wilson(detected["positive"], len(rows["positive"]))],
-        ["FPR (negatives)", wilson(detected["negative"], len(rows["negative"]))],
-        ["partials detected", f"{detected['partial']}/{len(rows['partial'])}"],
-        ["reference t-test: TPR", wilson(reference["positive"], len(rows["positive"]))],
-        ["reference t-test: FPR", wilson(reference["negative"], len(rows["negative"]))],
-        ["audit size", shape],
-        ["statistic: positives (min..max)", _span([s for _, s, _ in rows["positive"]])],
-        ["statistic: partials", _span([s for _, s, _ in rows["partial"]])],
-        ["statistic: negatives", _span([s for _, s, _ in rows["negative"]])],
-        ["ordered positive > partial > negative",
-         _ordered([s for _, s, _ in rows["positive"]], [s for _, s, _ in rows["partial"]],
-                  [s for _, s, _ in rows["negative"]])],
-        ["view policy chosen (first suspects)", "; ".join(v for *_, v in rows["positive"][:2])],
-        ["audit wall / (suspect + shadow queries), median", f"{np.median(np.array(walls) / np.array(bares)):.2f}x"],
-        ["audit wall with kept shadows, median", f"{np.median(walls):.1f} s"],
-    ]))
+        shape = (
+            f"{st['distinct_public_images']} + {st['distinct_private_images']} images x "
+            f"{st.get('views_per_image', '-')} views; {st['queries']} suspect queries "
+            f"({st['queries'] - st.get('audit_queries', st['queries'])} for the view policy)"
+        )
+        record = {
+            "kind": "suspect",
+            "role": role,
+            "seed": seed,
+            "p": result.p_value,
+            "statistic": st["calibrated_statistic"],
+            "reference_p": st["reference_p"],
+            "wall": wall,
+            "bare": result.timings["suspect_query_s"] + result.timings["shadow_query_s"],
+            "shape": shape,
+            "views": f"flip={st['views']['flip']} inv={st['views']['flip_invariance']:.2f}",
+            "train_s": train_s,
+        }
+        _append(results, record)
+        records.append(record)
+        print(
+            f"  {role} {seed}: p = {result.p_value:.4f}, statistic {st['calibrated_statistic']:+.4f}, "
+            f"reference p = {st['reference_p']:.2g}, {wall:.1f} s (trained in {train_s:.0f} s)",
+            flush=True,
+        )
+    if pool is not None:
+        pool.shutdown()
+    summarise(records)
 
     pool_images = np.concatenate([pub, pvt])
-    null_rows = []
     named = {"auto": "auto", "false": False, "true": True}
-    for policy in [named[name.strip().lower()] for name in args.policies.split(",")]:
-        hits, rng = 0, np.random.default_rng(7)
+    done_nulls = {(r["policy"], r["i"]) for r in records if r["kind"] == "null"}
+    for name in args.policies.split(","):
+        policy = named[name.strip().lower()]
         for i in range(n_null):
+            if (str(policy), i) in done_nulls:
+                continue
             # even: the negatives on a split of D_pub + D_pvt (never seen); odd: the positives on
             # a split of D_pub (every image seen): both are nulls, the second the harder one
             if i % 2 == 0 or not n_pos:
                 images, suspect = pool_images, load_suspect("negative", base + 100 + (i // 2) % n_neg)
             else:
                 images, suspect = pub, load_suspect("positive", base + (i // 2) % n_pos)
-            order = rng.permutation(len(images))
+            order = np.random.default_rng([7, i]).permutation(len(images))
             half = len(images) // 2
-            result = method.run(DOV4CLInputs(public=images[order[:half]], private=images[order[half:]],
-                                             suspect=suspect, shadow=shadows),
-                                params={"views": {"flip": policy}}, seed=10_000 + i)
-            hits += result.p_value < ALPHA
-        null_rows.append([f"flip={policy}", wilson(hits, n_null)])
-        print(f"  null sets, flip={policy}: {hits}/{n_null}", flush=True)
-    print()
-    print(table("Null sets: random public/private splits of one pool (D_pub + D_pvt with the negatives, "
-                "D_pub with the positives)", ["view policy", "p < 0.05"], null_rows))
+            result = method.run(
+                DOV4CLInputs(
+                    public=images[order[:half]], private=images[order[half:]], suspect=suspect, shadow=shadows
+                ),
+                params={"views": {"flip": policy}},
+                seed=10_000 + i,
+            )
+            record = {"kind": "null", "policy": str(policy), "i": i, "p": result.p_value}
+            _append(results, record)
+            records.append(record)
+            print(f"  null set {i}, flip={policy}: p = {result.p_value:.4f}", flush=True)
+    summarise(records)
 
 
 def _span(values: list[float]) -> str:
@@ -305,9 +421,12 @@ def _span(values: list[float]) -> str:
 def _ordered(pos: list[float], part: list[float], neg: list[float]) -> str:
     if not (pos and part and neg):
         return "-"
-    return "yes" if min(pos) > max(part) and min(part) > max(neg) else \
-        f"no (median {np.median(pos):+.4f} > {np.median(part):+.4f} > {np.median(neg):+.4f}: " \
+    return (
+        "yes"
+        if min(pos) > max(part) and min(part) > max(neg)
+        else f"no (median {np.median(pos):+.4f} > {np.median(part):+.4f} > {np.median(neg):+.4f}: "
         f"{np.median(pos) > np.median(part) > np.median(neg)})"
+    )
 
 
 if __name__ == "__main__":

@@ -457,6 +457,42 @@ def train_classifier(
     return model.eval()
 
 
+def _scaled_encoder(
+    *,
+    family: str,
+    value_range: list[float],
+    family_config: dict[str, int] | None = None,
+    input_size: int | None = None,
+) -> nn.Module:
+    """An encoder of ``family`` (``conv_encoder``, ``pool_encoder``) trained on images in [0, 1],
+    answering on ``value_range`` (:class:`Rescaled`), optionally at another input resolution
+    inside the model (:class:`Resized`): how the ownership audit's shadows are kept."""
+    if family not in ENCODERS:
+        raise ValueError(f"family must be one of {sorted(ENCODERS)}, got {family!r}")
+    if not isinstance(value_range, list | tuple) or len(value_range) != 2:
+        raise ValueError(f"value_range must be [lo, hi], got {value_range!r}")
+    lo, hi = (float(v) for v in value_range)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"value_range must be finite, got {value_range!r}")
+    encoder = ENCODERS[family](**(family_config or {}))
+    if input_size is not None:
+        encoder = Resized(encoder, input_size)
+    return Rescaled(encoder, lo, hi)
+
+
+register_architecture("scaled_encoder", _scaled_encoder, task="encoder")
+
+
+def encoder_output_dim(encoder: nn.Module, in_channels: int, image_size: int) -> int:
+    """The embedding dimension of ``encoder`` on ``[n, in_channels, image_size, image_size]``
+    inputs, found by a forward pass on the meta device (nothing computed or allocated)."""
+    meta = torch.empty(1, in_channels, image_size, image_size, device="meta")
+    with torch.device("meta"):
+        probe = encoder.to("meta") if next(encoder.parameters(), None) is not None else encoder
+        out = probe(meta)
+    return int(out.shape[-1])
+
+
 def embed_fn(model: nn.Module, *, batch_size: int = 4096) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap an eval-mode module as a black-box ``embed(x) -> np.ndarray`` query function."""
 
@@ -510,6 +546,7 @@ __all__ = [
     "embed_fn",
     "label_fn",
     "load_digits_images",
+    "encoder_output_dim",
     "proba_fn",
     "train_classifier",
     "train_contrastive",

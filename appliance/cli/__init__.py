@@ -378,6 +378,26 @@ def models_upload(path: str, name: str, fmt: str | None, kind: str | None,
     click.echo(model.id if id_only else model.model_dump_json(indent=2))
 
 
+@models.command("list")
+@click.option("--tag", help="only models the appliance trained with this tag (e.g. dov4cl_shadow)")
+@click.option("--json", "as_json", is_flag=True, help="print the models as JSON")
+@_http_options
+def models_list(tag: str | None, as_json: bool, url: str, token: str) -> None:
+    """List your tenant's models: id, kind, format, tag (for models the appliance trained), name."""
+    items = _run_sdk(lambda: _client(url, token).list_models())
+    if tag is not None:
+        items = [m for m in items if (m.origin or {}).get("tag") == tag]
+    if as_json:
+        click.echo(json.dumps([m.model_dump() for m in items], indent=2))
+        return
+    for m in items:
+        origin = m.origin or {}
+        recipe = origin.get("recipe") or {}
+        trained = (f" ({recipe.get('objective')} {recipe.get('family')}, {recipe.get('epochs')} epochs, "
+                   f"seed {recipe.get('seed')}, job {origin.get('job_id')})" if recipe else "")
+        click.echo(f"{m.id}  {m.kind:<10} {m.format:<12} {origin.get('tag', '-'):<14} {m.name}{trained}")
+
+
 @models.command("manifest")
 @click.argument("model_id")
 @click.option("--out", type=click.Path(dir_okay=False), required=True)

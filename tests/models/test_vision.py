@@ -30,6 +30,40 @@ def test_architectures_registered():
     assert pool.eval()(torch.zeros(3, 256)).shape == (3, 64)
 
 
+def test_scaled_encoder_is_the_shadow_it_wraps(tmp_path):
+    """``scaled_encoder`` rebuilds a shadow as the ownership audit keeps it: the family's encoder,
+    resized inside, answering on the data's own scale; its weights load back from safetensors
+    and answer as the wrapped module does."""
+    from safetensors.torch import save_file
+
+    from models.engine import load_model
+    from models.errors import ModelFormatError
+    from models.vision import Rescaled, Resized, encoder_output_dim
+
+    inner = build_model(ENCODERS["pool_encoder"], seed=3, in_channels=1, image_size=16, width=8, embed_dim=12)
+    shadow = Rescaled(Resized(inner, 16), 0.0, 16.0).eval()
+    config = {"family": "pool_encoder", "family_config": {"in_channels": 1, "image_size": 16, "width": 8,
+                                                          "embed_dim": 12},
+              "input_size": 16, "value_range": [0.0, 16.0]}
+    path = tmp_path / "shadow.safetensors"
+    save_file({k: v.contiguous() for k, v in shadow.state_dict().items()}, str(path))
+    loaded = load_model(path, format="safetensors", architecture="scaled_encoder", config=config, device="cpu")
+    x = np.random.default_rng(0).uniform(0, 16, (5, 1, 8, 8)).astype(np.float32)
+    assert np.allclose(loaded.embed(x), embed_fn(shadow)(x), atol=1e-6)
+    # the same numbers as the bare encoder on [0, 1] data at 16x16
+    unit = torch.nn.functional.interpolate(torch.from_numpy(x / 16.0), size=(16, 16), mode="bilinear",
+                                           align_corners=False)
+    with torch.no_grad():
+        assert np.allclose(loaded.embed(x), inner(unit).numpy(), atol=1e-5)
+    with torch.device("meta"):
+        meta = create_architecture("scaled_encoder", config)
+    assert encoder_output_dim(meta, 1, 8) == 12
+    for bad in ({**config, "family": "mlp"}, {**config, "value_range": [1.0, 1.0]},
+                {**config, "value_range": [0.0]}):
+        with pytest.raises(ModelFormatError):
+            create_architecture("scaled_encoder", bad)
+
+
 def test_digits_splits_are_disjoint_and_scaled():
     s = digits_splits(seed=0)
     sizes = [len(s.public[0]), len(s.private[0]), len(s.alternative[0])]

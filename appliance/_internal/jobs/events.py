@@ -14,9 +14,10 @@ from typing import Any
 
 from appliance._internal.config import Settings
 from appliance._internal.identity import identity_for
-from appliance._internal.jobs.kinds import JobOutcome
+from appliance._internal.jobs.kinds import JobOutcome, get_job_kind
 from appliance._internal.reports import build_report, new_report_id, publish_report, sign_and_log
 from appliance._internal.store import Store, utcnow
+from appliance.errors import ValidationFailed
 
 logger = logging.getLogger("appliance.jobs")
 
@@ -115,6 +116,8 @@ def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[s
         # sign and log before taking the store's write lock; if a cancel lands in between,
         # the log keeps a true but unpublished entry (as after a crash at this point)
         signed = sign_and_log(identity, body)
+        # before the job shows as succeeded, so whoever sees it succeeded sees what it made
+        _before_success(store, job, outcome)
     with store.transaction():
         current = store.conn.execute(
             "SELECT state, worker, cancel_requested FROM jobs WHERE id=?", (job["id"],)
@@ -139,6 +142,23 @@ def _finish(store: Store, settings: Settings, job: dict[str, Any], event: dict[s
         )
         store.add_job_log(job["id"], f"succeeded; report {report_id}")
     return True
+
+
+def _before_success(store: Store, job: dict[str, Any], outcome: JobOutcome) -> None:
+    """The job kind's ``on_succeeded``, run once the report is signed and before it is
+    published (it writes the store in its own transactions); a failure there is logged on the
+    job and the report is published all the same."""
+    try:
+        hook = get_job_kind(job["kind"]).on_succeeded
+    except ValidationFailed:  # a kind no longer installed here
+        return
+    if hook is None:
+        return
+    try:
+        hook(store, job, outcome)
+    except Exception as exc:  # noqa: BLE001 (the report stands; say what did not follow it)
+        logger.exception("after-success step of job %s failed", job["id"])
+        store.add_job_log(job["id"], f"after the report: {type(exc).__name__}: {exc}"[:2000], "error")
 
 
 class EventSink(ABC):

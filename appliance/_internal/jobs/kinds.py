@@ -47,6 +47,7 @@ class JobOutcome:
 
 ResolveFn = Callable[[Store, Principal, Any], Any]
 RunFn = Callable[["JobContext", Any, Any], JobOutcome]
+SucceededFn = Callable[[Store, dict[str, Any], JobOutcome], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class JobKind:
     run: RunFn
     roles: tuple[str, ...] = ("admin", "auditor")
     description: str = ""
+    # run on the API node when the job's report is signed, before the job shows as succeeded
+    # (the models a job trained are registered here: the node that owns the store, whichever
+    # worker ran the job)
+    on_succeeded: SucceededFn | None = None
 
     def dump_inputs(self, inputs: BaseModel) -> dict[str, Any]:
         """The JSON a job message carries."""

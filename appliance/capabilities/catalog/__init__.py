@@ -20,4 +20,12 @@ def _routes(app: Flask, api: Api, limiter: Limiter) -> None:
     register(app, api, limiter)
 
 
-CAPABILITY = Capability(name="catalog", routes=_routes)
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    # where a model came from when the appliance trained it (a job), as JSON: its tag (what
+    # it is for, e.g. "dov4cl_shadow"), the job and the recipe; NULL for uploaded models
+    (100, """
+        ALTER TABLE models ADD COLUMN origin TEXT;
+    """),
+)
+
+CAPABILITY: Capability = Capability(name="catalog", routes=_routes, migrations=MIGRATIONS)

@@ -22,6 +22,7 @@ class ModelInput(BaseModel):
     blob: str
     files: Any = None
     signer: dict[str, Any] | None = None
+    origin: dict[str, Any] | None = None
 
 
 class DatasetInput(BaseModel):

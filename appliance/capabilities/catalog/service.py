@@ -278,7 +278,8 @@ def model_view(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"], "name": row["name"], "format": row["format"], "kind": row["kind"],
         "architecture": row["architecture"], "config": loads(row["config"]),
         "files": loads(row["files"]), "size": storage.get("size"),
-        "signer": loads(row.get("signer")), "created_at": row["created_at"],
+        "signer": loads(row.get("signer")), "origin": loads(row.get("origin")),
+        "created_at": row["created_at"],
     }
 
 
@@ -288,8 +289,48 @@ def model_input(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"], "name": row["name"], "format": row["format"], "kind": row["kind"],
         "architecture": row["architecture"], "config": loads(row["config"]),
         "blob": loads(row["storage"])["blob"], "files": loads(row["files"]),
-        "signer": loads(row.get("signer")),
+        "signer": loads(row.get("signer")), "origin": loads(row.get("origin")),
     }
+
+
+def record_trained_model(store: Store, tenant_id: str, *, model_id: str, name: str, digest: str,
+                         kind: str, architecture: str, config: dict[str, Any],
+                         origin: dict[str, Any]) -> bool:
+    """Register safetensors weights a job trained and saved as blob ``digest`` as the tenant's
+    model ``model_id`` (given by the job, so its report can name it), with a signed manifest
+    and its ``origin``. Idempotent: a model of that id already there is kept. Returns whether
+    a row was added; weights that do not load into the architecture are refused."""
+    _check_name(name, "model")
+    if kind not in MODEL_KINDS:
+        raise ValidationFailed(f"kind must be one of {', '.join(MODEL_KINDS)}")
+    if store.conn.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone():
+        return False
+    blob_path = store.blobs.path(digest)
+    if not blob_path.is_file():
+        raise UnprocessableInput(f"the weights of model {model_id} (blob {digest}) are missing")
+    try:
+        _check_safetensors_loads(blob_path, architecture, config)
+    except ModelError as exc:
+        raise UnprocessableInput(str(exc)) from None
+    filename = "model.safetensors"
+    with tempfile.TemporaryDirectory(dir=store.settings.tmp_dir) as tmp:
+        link = Path(tmp) / filename
+        os.link(blob_path, link)
+        statement = build_manifest(link, model_name=name)
+    envelope = sign_envelope(canonical_json(statement), MANIFEST_PAYLOAD_TYPE,
+                             identity_for(store.settings).signing_key)
+    files = [{"name": r["name"], "sha256": r["digest"]} for r in statement["predicate"]["resources"]]
+    size = blob_path.stat().st_size
+    with store.transaction():
+        store.record_blob(digest, size)
+        cur = store.conn.execute(
+            "INSERT OR IGNORE INTO models (id, tenant_id, name, format, kind, architecture, config, "
+            "files, storage, manifest, origin, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (model_id, tenant_id, name, "safetensors", kind, architecture, dumps(config), dumps(files),
+             dumps({"blob": digest, "size": size, "filename": filename}), dumps(envelope),
+             dumps(origin), utcnow()),
+        )
+    return cur.rowcount == 1
 
 
 def read_dataset(settings: Settings, path: Path, *, require_labels: bool = False) -> LabelledArray:

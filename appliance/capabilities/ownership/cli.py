@@ -128,10 +128,14 @@ def audit(method: str, suspect: str | None, suspect_endpoint: str | None,
     except ClientError as exc:
         _fail(exc.diagnostics())
         return
-    click.echo(json.dumps({"job": result.job.id, "report": result.report_id,
-                           "method": result.method, "verdict": result.verdict,
-                           "p_value": result.p_value, "alpha": result.alpha,
-                           "queries": result.queries}, indent=1))
+    printed: dict[str, Any] = {"job": result.job.id, "report": result.report_id, "method": result.method,
+                               "verdict": result.verdict, "p_value": result.p_value, "alpha": result.alpha,
+                               "queries": result.queries}
+    shadows = result.report.inputs.get("shadows")
+    if isinstance(shadows, dict):  # DOV4CL: each shadow's model id, trained here or reused
+        printed["shadows"] = [{"model_id": m.get("model_id"), "status": m.get("status")}
+                              for m in shadows.get("models", [])]
+    click.echo(json.dumps(printed, indent=1))
 
 
 def group() -> click.Group:

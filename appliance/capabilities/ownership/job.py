@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 import time
 from typing import Any, Literal
 
@@ -31,8 +29,8 @@ from appliance.audits.registry import create_method
 from appliance.audits.suspects import RemoteEndpoint
 from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
-from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
-from appliance.errors import JobFailed
+from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset, record_trained_model
+from appliance.errors import JobFailed, UnprocessableInput
 from appliance.schemas import SuspectEndpoint
 from models.augment import to_unit
 from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
@@ -113,6 +111,7 @@ class OwnershipInputs(BaseModel):
     private_dataset: DatasetInput | None = None
     shadows: list[ModelInput] | None = None
     shadow_data: DatasetInput | None = None
+    kept_shadows: list[ModelInput] = Field(default_factory=list)
     watermark: WatermarkInput | None = None
     benign: DatasetInput | None = None
 
@@ -139,9 +138,11 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> Own
         inputs.private_dataset = _dataset(store, tenant, params.private_dataset_id or "")
         if params.shadow_model_ids:
             inputs.shadows = [_model(store, tenant, shadow_id) for shadow_id in params.shadow_model_ids]
+            _check_shadows(inputs.shadows, inputs.public_dataset)
         else:
             assert params.shadow_training is not None
             inputs.shadow_data = _dataset(store, tenant, params.shadow_training.dataset_id)
+            inputs.kept_shadows = _kept_shadows(store, tenant, inputs.shadow_data.sha256)
     else:
         mark = store.get_owned("watermarks", tenant, params.watermark_id or "", "watermark")
         inputs.watermark = WatermarkInput(id=mark["id"], sealed_key=bytes(mark["sealed_key"]).hex(),
@@ -149,6 +150,73 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> Own
                                           marked_dataset_id=mark["marked_dataset_id"])
         inputs.benign = _dataset(store, tenant, params.benign_dataset_id or "")
     return inputs
+
+
+SHADOW_TAG = "dov4cl_shadow"
+
+
+def _kept_shadows(store: Store, tenant: str, data_digest: str) -> list[ModelInput]:
+    """The tenant's registered DOV4CL shadows trained on this data (the worker takes the ones
+    whose recipe and seed match, by model id, and trains the others)."""
+    rows = store.conn.execute(
+        "SELECT * FROM models WHERE tenant_id = ? AND json_extract(origin, '$.tag') = ? "
+        "AND json_extract(origin, '$.recipe.data.sha256') = ? ORDER BY created_at DESC LIMIT 256",
+        (tenant, SHADOW_TAG, data_digest)).fetchall()
+    return [ModelInput.model_validate(model_input(dict(row))) for row in rows]
+
+
+def _embedding_dim(model: ModelInput) -> int | None:
+    """A registered encoder's embedding dimension where its architecture tells it (safetensors),
+    else None (ONNX and transformers models are not loaded at submission)."""
+    if model.format != "safetensors" or not model.architecture:
+        return None
+    import torch
+
+    from models.architectures import create_architecture
+    from models.vision import encoder_output_dim
+
+    config = dict(model.config or {})
+    inner = config.get("family_config", config)
+    try:
+        with torch.device("meta"):
+            module = create_architecture(model.architecture, config)
+        return encoder_output_dim(module, int(inner.get("in_channels", 1)), int(inner.get("image_size", 16)))
+    except Exception:  # noqa: BLE001 (an architecture this probe cannot run: no dimension known)
+        return None
+
+
+def _is_encoder(model: ModelInput) -> bool:
+    """Registered as an encoder, or safetensors of an encoder architecture (uploads without a
+    kind are recorded as classifiers)."""
+    if model.kind == "encoder":
+        return True
+    if model.format != "safetensors" or not model.architecture:
+        return False
+    from models.architectures import architecture_task
+
+    try:
+        return architecture_task(model.architecture) == "encoder"
+    except ValueError:
+        return False
+
+
+def _check_shadows(shadows: list[ModelInput], public: DatasetInput | None) -> None:
+    """Shadows given by id must be encoders that embed in one dimension (they stand for one
+    recipe); a shadow the appliance trained must take the audited images' shape. A suspect of
+    another dimension is not refused: the audit compares relations between views, not the
+    embeddings, and reports the difference as a caution."""
+    for shadow in shadows:
+        if not _is_encoder(shadow):
+            raise UnprocessableInput(f"shadow model {shadow.id} is a {shadow.kind}, not an encoder")
+        trained_on = ((shadow.origin or {}).get("recipe") or {}).get("data", {}).get("shape")
+        # a dataset's shape is its items' ([C, H, W]); the recipe records the array's ([n, C, H, W])
+        if public is not None and public.shape and trained_on and list(trained_on[1:]) != list(public.shape):
+            raise UnprocessableInput(
+                f"shadow model {shadow.id} was trained on images of shape {list(trained_on[1:])}; the "
+                f"public dataset holds images of shape {list(public.shape)}")
+    dims = {shadow.id: _embedding_dim(shadow) for shadow in shadows}
+    if len({d for d in dims.values() if d is not None}) > 1:
+        raise UnprocessableInput(f"the shadow models embed in different dimensions: {dims}")
 
 
 def _images(ctx: JobContext, dataset: DatasetInput | None, what: str, *,
@@ -182,64 +250,102 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInput
     return (lambda x: np.argmax(model.predict(x), axis=1)), model.device, None
 
 
-def _shadow_cache_key(ctx: JobContext, spec: ShadowTraining, data_digest: str, seed: int,
-                      config: dict[str, int], value_range: tuple[float, float]) -> str:
-    """Names a trained shadow: the tenant (a cache hit must not tell one tenant what another
-    trained), the training data's digest, the recipe and the seed."""
+def shadow_recipe(spec: ShadowTraining, data: DatasetInput, shape: tuple[int, ...], seed: int,
+                  config: dict[str, int], value_range: tuple[float, float]) -> dict[str, Any]:
+    """What makes one trained shadow: recorded on its model and in the report."""
     import torch
 
-    recipe = {"tenant": ctx.tenant_id, "data": data_digest, "architecture": spec.architecture,
-              "config": config, "objective": spec.objective, "epochs": spec.epochs,
-              "batch_size": spec.batch_size, "input_size": spec.input_size, "seed": seed,
-              "value_range": list(value_range),
-              "torch": torch.__version__,
-              "version": VERSION}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return {"family": spec.architecture, "objective": spec.objective, "epochs": spec.epochs,
+            "batch_size": spec.batch_size, "seed": seed, "input_size": spec.input_size,
+            "config": config, "value_range": [float(value_range[0]), float(value_range[1])],
+            "data": {"dataset_id": data.id, "sha256": data.sha256, "n": int(shape[0]),
+                     "shape": [int(v) for v in shape]},
+            "torch": torch.__version__, "version": VERSION}
 
 
-def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray,
-                   data_digest: str, value_range: tuple[float, float]) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Train (or reuse from the home's shadow cache) ``spec.count`` shadow encoders; returns
-    their embed functions and, per shadow, its seed, weights digest and whether it was reused.
-    Kept shadows are safetensors files named by tenant, data digest, recipe and seed. They
-    train on the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and
-    answer on the data's own scale."""
-    from safetensors.torch import load_file, save_file
+def shadow_model_id(tenant_id: str, recipe: dict[str, Any]) -> str:
+    """The model id of a shadow: a digest of the tenant and the recipe (the data by its content,
+    not by which upload of it was named), so the same recipe and seed name one model (two jobs
+    at once register it once) and another tenant's never match."""
+    keyed = {**recipe, "data": {k: v for k, v in recipe["data"].items() if k != "dataset_id"}}
+    named = json.dumps({"tenant": tenant_id, "recipe": keyed}, sort_keys=True).encode()
+    return f"mdl_{hashlib.sha256(named).hexdigest()[:20]}"
+
+
+def _shadow_model_config(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The ``scaled_encoder`` config a registered shadow loads with."""
+    return {"family": recipe["family"], "family_config": recipe["config"],
+            "input_size": recipe["input_size"], "value_range": recipe["value_range"]}
+
+
+def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, dataset: DatasetInput,
+                   kept: list[ModelInput], value_range: tuple[float, float],
+                   device: str) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Train ``spec.count`` shadow encoders, or reuse the tenant's registered shadows of the
+    same recipe and seed; returns their embed functions and, per shadow, its model id, seed,
+    weights digest and whether it was trained or reused. A trained shadow's weights are saved
+    as a blob; the API node registers it as the tenant's model once the job's report is
+    signed, before the job shows as succeeded (:func:`_register_shadows`). Shadows train on
+    the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and answer
+    on the data's own scale."""
+    from safetensors.torch import save
 
     unit = to_unit(data, value_range)
-
     config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
               **spec.config}
-    cache = ctx.cache_dir("shadows")
+    by_id = {model.id: model for model in kept}
     shadows, provenance = [], []
     for i in range(spec.count):
         seed = spec.seed + i
-        try:
-            encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
-        except (TypeError, ValueError) as exc:
-            raise JobFailed(f"bad shadow architecture config: {exc}") from None
-        if spec.input_size is not None:
-            encoder = Resized(encoder, spec.input_size)
-        key = _shadow_cache_key(ctx, spec, data_digest, seed, config, value_range)
-        path = cache / f"{key}.safetensors"
-        reused = path.is_file()
-        if reused:
-            ctx.log(f"reusing kept {spec.objective} shadow {i + 1}/{spec.count} (seed {seed})")
-            encoder.load_state_dict(load_file(str(path)))
-            encoder.eval()
+        recipe = shadow_recipe(spec, dataset, tuple(data.shape), seed, config, value_range)
+        model_id = shadow_model_id(ctx.tenant_id, recipe)
+        registered = by_id.get(model_id)
+        if registered is not None:
+            ctx.log(f"reusing {spec.objective} shadow {i + 1}/{spec.count} (seed {seed}): model {model_id}")
+            loaded = load_job_model(ctx, registered, device)
+            shadows.append(loaded.embed)
+            digest = registered.blob
         else:
+            try:
+                encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
+            except (TypeError, ValueError) as exc:
+                raise JobFailed(f"bad shadow architecture config: {exc}") from None
+            if spec.input_size is not None:
+                encoder = Resized(encoder, spec.input_size)
             ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
-                    f"{spec.epochs} epochs, {len(data)} images, seed {seed})")
+                    f"{spec.epochs} epochs, {len(data)} images, seed {seed}) as model {model_id}")
             encoder = train_contrastive(encoder, unit, objective=spec.objective, seed=seed,
                                         epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
-            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)  # atomic: a concurrent job sees the whole file or none
-        provenance.append({"seed": seed, "reused": reused,
-                           "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-        shadows.append(embed_fn(Rescaled(encoder, *value_range)))
+            shadow = Rescaled(encoder, *value_range).eval()
+            digest = ctx.save_artifact(save({k: v.contiguous() for k, v in shadow.state_dict().items()}))
+            shadows.append(embed_fn(shadow))
+        provenance.append({"model_id": model_id, "seed": seed,
+                           "status": "reused" if registered is not None else "trained",
+                           "reused": registered is not None, "weights_sha256": digest,
+                           "recipe": recipe})
         ctx.progress(0.1 * (i + 1) / spec.count)
     return shadows, provenance
+
+
+def _register_shadows(store: Store, job: dict[str, Any], outcome: JobOutcome) -> None:
+    """Register the shadows a DOV4CL job trained as the tenant's models (ids as its report
+    names them; a model already there, trained by a job that ran alongside, is kept)."""
+    shadows = outcome.inputs.get("shadows")
+    if not isinstance(shadows, dict):
+        return
+    for entry in shadows.get("models", []):
+        if entry.get("status") != "trained":
+            continue
+        recipe = entry["recipe"]
+        name = (f"dov4cl-shadow {recipe['objective']} {recipe['family']} e{recipe['epochs']} "
+                f"s{recipe['seed']} {recipe['data']['dataset_id']}")[:128]
+        added = record_trained_model(
+            store, job["tenant_id"], model_id=entry["model_id"], name=name, digest=entry["weights_sha256"],
+            kind="encoder", architecture="scaled_encoder", config=_shadow_model_config(recipe),
+            origin={"tag": SHADOW_TAG, "job_id": job["id"], "recipe": recipe})
+        store.add_job_log(job["id"], f"shadow seed {recipe['seed']} registered as model {entry['model_id']}"
+                          if added else f"shadow seed {recipe['seed']}: model {entry['model_id']} "
+                          "was already registered")
 
 
 def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> JobOutcome:
@@ -271,7 +377,11 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
             if inputs.shadows:
                 loaded = [load_job_model(ctx, m, params.device) for m in inputs.shadows]
                 shadow = [m.embed for m in loaded]
-                digests["shadows"] = [model_digests(m) for m in inputs.shadows]
+                digests["shadows"] = {
+                    "models": [{**model_digests(m), "model_id": m.id, "status": "reused", "reused": True,
+                                "weights_sha256": m.blob, "recipe": (m.origin or {}).get("recipe")}
+                               for m in inputs.shadows],
+                    "trained": 0, "reused": len(inputs.shadows)}
             else:
                 assert params.shadow_training is not None and inputs.shadow_data is not None
                 shadow_data, _ = _images(ctx, inputs.shadow_data, "shadow training")
@@ -283,8 +393,8 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                                     max(shadow_range[1], float(shadow_data.max())))
                 except (TypeError, ValueError, IndexError, AuditError) as exc:
                     raise JobFailed(f"cannot tell the images' value range: {exc}") from None
-                shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data,
-                                              inputs.shadow_data.sha256, shadow_range)
+                shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data, inputs.shadow_data,
+                                              inputs.kept_shadows, shadow_range, params.device)
                 digests["shadows"] = {"trained_on": inputs.shadow_data.model_dump(mode="json"),
                                       "recipe": params.shadow_training.model_dump(),
                                       "models": kept,
@@ -350,6 +460,7 @@ register_job_kind(
         resolve=_resolve,
         run=_run,
         inputs_model=OwnershipInputs,
+        on_succeeded=_register_shadows,
         description="Dataset-ownership verification: DOV4CL for encoders, keyed watermark for "
         "classifiers; a p-value and a verdict at alpha.",
     )

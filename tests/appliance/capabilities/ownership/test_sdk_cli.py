@@ -111,8 +111,13 @@ def test_ownership_bad_input_is_a_clear_error(live_url: str, token_a: str, tmp_p
     # a job that fails when it runs (flat vectors are no images): the reason, exit 2
     onnx, _, _ = trained_linear_onnx(tmp_path / "linear.onnx")
     model = client.upload_model(onnx, name="linear")
+    # a classifier is refused as a shadow at submission
+    out = _cli(live_url, token_a, "ownership", "audit", "--method", "dov4cl", "--suspect", model.id,
+               "--public", flat.id, "--private", flat.id, "--shadow", model.id)
+    assert out.exit_code == 1 and "not an encoder" in out.output
+    encoder = client.upload_model(onnx, name="linear-encoder", kind="encoder")
     args = ("ownership", "audit", "--method", "dov4cl", "--suspect", model.id, "--public",
-            flat.id, "--private", flat.id, "--shadow", model.id)
+            flat.id, "--private", flat.id, "--shadow", encoder.id)
     out = _cli(live_url, token_a, *args)
     assert out.exit_code == 2 and "failed" in out.output and "[n, C, H, W]" in out.output
     job_id = _cli(live_url, token_a, *args, "--no-wait", "--id-only").stdout.strip()
@@ -121,3 +126,53 @@ def test_ownership_bad_input_is_a_clear_error(live_url: str, token_a: str, tmp_p
     evaluation = client.create_job("evaluation", {"model_id": model.id, "dataset_id": flat.id})
     with pytest.raises(JobNotSucceeded, match="not an ownership audit"):
         client.ownership.result(evaluation)
+
+
+def test_dov4cl_shadows_are_listed_and_reused_through_cli(live_url: str, token_a: str,
+                                                          tmp_path: Path) -> None:
+    """The shadows an audit trains show in ``appliance models list --tag dov4cl_shadow``, and a
+    later audit takes them by id (``--shadow``); the printed result names them."""
+    from safetensors.torch import save_file
+
+    from models.vision import ENCODERS, build_model, digits_splits
+
+    torch.set_num_threads(1)
+    digits = digits_splits(seed=0, size=8, fractions=(0.6, 0.2))
+    client = Client(live_url, token=token_a)
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    path = tmp_path / "suspect.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(ENCODERS["conv_encoder"], seed=1, **config)
+               .state_dict().items()}, str(path))
+    suspect = client.upload_model(path, name="suspect", kind="encoder", architecture="conv_encoder",
+                                  config=config).id
+    pub = client.upload_dataset({"x": digits.public[0][:32]}, name="pub").id
+    pvt = client.upload_dataset({"x": digits.private[0][:32]}, name="pvt").id
+    alt = client.upload_dataset({"x": digits.alternative[0][:64]}, name="alt").id
+    common = ["ownership", "audit", "--method", "dov4cl", "--suspect", suspect, "--public", pub,
+              "--private", pvt, "-p", "k=8", "-p", "n_global=2", "-p", "n_local=2"]
+    out = _cli(live_url, token_a, *common, "--shadow-training", json.dumps(
+        {"dataset_id": alt, "epochs": 2, "count": 2, "config": {"width": 8, "embed_dim": 16}}))
+    assert out.exit_code == 0, out.output
+    first = _json_out(out)
+    assert [s["status"] for s in first["shadows"]] == ["trained", "trained"]
+    ids = [s["model_id"] for s in first["shadows"]]
+
+    listed = _cli(live_url, token_a, "models", "list", "--tag", "dov4cl_shadow")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.strip().splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(ids)
+    assert all("dov4cl_shadow" in line and "simclr conv_encoder, 2 epochs" in line for line in lines)
+    assert suspect not in listed.output  # the uploaded model has no tag
+    everything = _cli(live_url, token_a, "models", "list", "--json")
+    assert {m["id"] for m in json.loads(everything.output)} >= {*ids, suspect}
+
+    out = _cli(live_url, token_a, *common, "--shadow", ids[0], "--shadow", ids[1])
+    assert out.exit_code == 0, out.output
+    second = _json_out(out)
+    assert second["shadows"] == [{"model_id": i, "status": "reused"} for i in ids]
+    assert second["p_value"] == first["p_value"]
+    # a classifier is no shadow: refused before anything runs
+    out = _cli(live_url, token_a, *common, "--shadow", suspect, "--shadow", ids[0], "--shadow",
+               _upload_classifier(client, digits.public[0][:64], digits.public[1][:64],
+                                  tmp_path / "clf.safetensors"))
+    assert out.exit_code != 0 and "not an encoder" in out.output

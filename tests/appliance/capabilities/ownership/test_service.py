@@ -179,8 +179,21 @@ def test_dov4cl_against_remote_endpoint_counts_queries(client: Any, token_a: str
             server.shutdown()
 
 
-def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, digits: Any,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def _report(client: Any, token: str, job: Any, timeout: float = 180) -> dict:
+    assert job.status_code == 202, job.get_json()
+    final = wait_job(client, token, job.get_json()["id"], timeout=timeout)
+    assert final["state"] == "succeeded", final
+    body = client.get(f"/v1/reports/{final['report_id']}", headers=auth(token)).get_json()["report"]
+    return {**body, "_job": final}
+
+
+def _trained_lines(client: Any, token: str, job_id: str) -> int:
+    logs = client.get(f"/v1/jobs/{job_id}/logs", headers=auth(token)).get_json()
+    return sum("training simclr shadow" in line["message"] for line in logs["items"])
+
+
+def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, digits: Any,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from models.vision import ENCODERS, build_model
 
     monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
@@ -190,6 +203,10 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, digits: Any,
     pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
     alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
     server, url, _ = _embedding_server(suspect)
+
+    def submit(params: dict, token: str = token_a) -> Any:
+        return client.post("/v1/jobs", headers=auth(token), json={"kind": "ownership", "params": params})
+
     try:
         params = {
             "method": "dov4cl", "suspect_endpoint": {"url": url},
@@ -197,36 +214,122 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, digits: Any,
             "shadow_training": {"dataset_id": alt["id"], "epochs": 2, "count": 2,
                                 "config": {"width": 8, "embed_dim": 16}},
             "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 2}}
-        job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": params})
-        assert job.status_code == 202, job.get_json()
-        final = wait_job(client, token_a, job.get_json()["id"], timeout=180)
-        assert final["state"] == "succeeded", final
-        logs = client.get(f"/v1/jobs/{final['id']}/logs", headers=auth(token_a)).get_json()
-        assert sum("training simclr shadow" in line["message"] for line in logs["items"]) == 2
-        body = client.get(f"/v1/reports/{final['report_id']}", headers=auth(token_a)).get_json()[
-            "report"]
-        assert body["inputs"]["shadows"]["recipe"]["count"] == 2
-        assert body["statistics"]["shadows"] == 2
-        assert body["inputs"]["shadows"]["trained"] == 2 and body["inputs"]["shadows"]["reused"] == 0
-        # the same audit again reuses the kept shadows: same weights, same report figures
-        again = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": params})
-        second = wait_job(client, token_a, again.get_json()["id"], timeout=180)
-        assert second["state"] == "succeeded", second
-        logs = client.get(f"/v1/jobs/{second['id']}/logs", headers=auth(token_a)).get_json()
-        assert not any("training simclr shadow" in line["message"] for line in logs["items"])
-        body2 = client.get(f"/v1/reports/{second['report_id']}", headers=auth(token_a)).get_json()["report"]
+        body = _report(client, token_a, submit(params))
+        assert _trained_lines(client, token_a, body["_job"]["id"]) == 2
+        shadows = body["inputs"]["shadows"]
+        assert shadows["recipe"]["count"] == 2 and body["statistics"]["shadows"] == 2
+        assert shadows["trained"] == 2 and shadows["reused"] == 0
+        assert [m["status"] for m in shadows["models"]] == ["trained", "trained"]
+        ids = [m["model_id"] for m in shadows["models"]]
+        # each trained shadow is now a model of the tenant, tagged, with its recipe
+        listed = {m["id"]: m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]}
+        assert set(ids) <= set(listed)
+        for seed, model_id, entry in zip((0, 1), ids, shadows["models"], strict=True):
+            model = listed[model_id]
+            assert model["kind"] == "encoder" and model["format"] == "safetensors"
+            assert model["architecture"] == "scaled_encoder"
+            origin = model["origin"]
+            assert origin["tag"] == "dov4cl_shadow" and origin["job_id"] == body["_job"]["id"]
+            recipe = origin["recipe"]
+            assert (recipe["family"], recipe["objective"], recipe["epochs"], recipe["seed"]) == \
+                ("conv_encoder", "simclr", 2, seed)
+            assert recipe["data"]["sha256"] == alt["sha256"] and recipe["data"]["n"] == 64
+            assert recipe["input_size"] is None and recipe["config"]["image_size"] == 8
+            assert model["files"][0]["sha256"] == entry["weights_sha256"]
+        # and nobody else's
+        others = client.get("/v1/models", headers=auth(token_b)).get_json()["items"]
+        assert not set(ids) & {m["id"] for m in others}
+        assert client.get(f"/v1/models/{ids[0]}", headers=auth(token_b)).status_code == 404
+
+        # the same audit again reuses the registered shadows: same models, same report figures
+        body2 = _report(client, token_a, submit(params))
+        assert _trained_lines(client, token_a, body2["_job"]["id"]) == 0
         assert body2["inputs"]["shadows"]["reused"] == 2
+        assert [m["status"] for m in body2["inputs"]["shadows"]["models"]] == ["reused", "reused"]
+        assert [m["model_id"] for m in body2["inputs"]["shadows"]["models"]] == ids
         assert [m["weights_sha256"] for m in body2["inputs"]["shadows"]["models"]] == \
-            [m["weights_sha256"] for m in body["inputs"]["shadows"]["models"]]
+            [m["weights_sha256"] for m in shadows["models"]]
         assert body2["statistics"]["calibrated_p"] == body["statistics"]["calibrated_p"]
-        # another seed is another shadow
-        other = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
-            **params, "shadow_training": {**params["shadow_training"], "seed": 5, "count": 1}}})
-        third = wait_job(client, token_a, other.get_json()["id"], timeout=180)
-        body3 = client.get(f"/v1/reports/{third['report_id']}", headers=auth(token_a)).get_json()["report"]
-        assert body3["inputs"]["shadows"]["trained"] == 1
+        # the same data uploaded again is the same data: the shadows are found by its content
+        alt2 = _upload_dataset(client, token_a, "alt-again", x=digits.alternative[0][:64])
+        again = _report(client, token_a, submit({
+            **params, "shadow_training": {**params["shadow_training"], "dataset_id": alt2["id"]}}))
+        assert [m["model_id"] for m in again["inputs"]["shadows"]["models"]] == ids
+        assert again["inputs"]["shadows"]["reused"] == 2
+        listed_again = client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
+        assert len(listed_again) == len(listed)  # nothing registered twice
+
+        # reused by id in another audit: the report names them, same figures
+        by_id = {k: v for k, v in params.items() if k != "shadow_training"}
+        body3 = _report(client, token_a, submit({**by_id, "shadow_model_ids": ids}))
+        assert [m["model_id"] for m in body3["inputs"]["shadows"]["models"]] == ids
+        assert body3["inputs"]["shadows"]["reused"] == 2 and body3["inputs"]["shadows"]["trained"] == 0
+        assert body3["inputs"]["shadows"]["models"][0]["recipe"]["seed"] == 0
+        assert body3["statistics"]["calibrated_p"] == body["statistics"]["calibrated_p"]
+
+        # another seed is another shadow, registered beside the first two
+        body4 = _report(client, token_a, submit({
+            **params, "shadow_training": {**params["shadow_training"], "seed": 5, "count": 1}}))
+        assert body4["inputs"]["shadows"]["trained"] == 1
+        new_id = body4["inputs"]["shadows"]["models"][0]["model_id"]
+        assert new_id not in ids
+        assert client.get(f"/v1/models/{new_id}", headers=auth(token_a)).get_json()["origin"]["recipe"]["seed"] == 5
+
+        # refused at submission: another tenant's shadow, a classifier, shadows of two dimensions,
+        # a shadow trained on images of another shape
+        assert submit({**by_id, "shadow_model_ids": ids}, token_b).status_code == 404
+        classifier = _upload_torch(client, token_a, build_model(
+            ENCODERS["conv_encoder"], seed=3, **config), "conv_encoder", config, tmp_path, "enc16")
+        wide = {**config, "embed_dim": 8}
+        narrow = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=4, **wide),
+                               "conv_encoder", wide, tmp_path, "enc8")
+        from models.vision import ConvClassifier
+        clf_config = {"in_channels": 1, "image_size": 8, "num_classes": 10, "width": 8}
+        clf = _upload_torch(client, token_a, build_model(lambda **c: ConvClassifier(**c), seed=5, **clf_config),
+                            "conv_classifier", clf_config, tmp_path, "clf")
+        big = _upload_dataset(client, token_a, "pub16", x=np.zeros((32, 1, 16, 16), np.float32))
+        pvt16 = _upload_dataset(client, token_a, "pvt16", x=np.zeros((32, 1, 16, 16), np.float32))
+        for shadow_ids, extra, needle in (
+                ([clf["id"]], {}, "not an encoder"),
+                ([classifier["id"], narrow["id"]], {}, "different dimensions"),
+                ([ids[0], narrow["id"]], {}, "different dimensions"),
+                (ids, {"public_dataset_id": big["id"], "private_dataset_id": pvt16["id"]}, "shape")):
+            resp = submit({**by_id, **extra, "shadow_model_ids": shadow_ids})
+            assert resp.status_code == 422, (shadow_ids, resp.get_json())
+            assert needle in resp.get_json()["detail"]
+            assert resp.headers["Content-Type"].startswith("application/problem+json")
     finally:
         server.shutdown()
+
+
+def test_two_audits_at_once_train_the_same_shadows(client: Any, token_a: str, digits: Any,
+                                                   tmp_path: Path) -> None:
+    """Two audits submitted together, each training its shadows in its own worker thread at the
+    same time: the same seeds give the same weights, the reports match, each shadow is one model."""
+    from models.vision import ENCODERS, build_model
+
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    suspect = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=1, **config),
+                            "conv_encoder", config, tmp_path, "suspect")
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
+    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    params = {"method": "dov4cl", "suspect_model_id": suspect["id"], "public_dataset_id": pub["id"],
+              "private_dataset_id": pvt["id"], "seed": 4,
+              "shadow_training": {"dataset_id": alt["id"], "epochs": 3, "count": 2, "seed": 11,
+                                  "config": {"width": 8, "embed_dim": 16}},
+              "method_params": {"n_global": 2, "n_local": 2}}
+    jobs = [client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": params})
+            for _ in range(2)]
+    first, second = (_report(client, token_a, job) for job in jobs)
+    for body in (first, second):
+        assert body["inputs"]["shadows"]["trained"] == 2  # neither found the other's shadows
+    assert [(m["model_id"], m["weights_sha256"]) for m in first["inputs"]["shadows"]["models"]] == \
+        [(m["model_id"], m["weights_sha256"]) for m in second["inputs"]["shadows"]["models"]]
+    assert first["statistics"] == second["statistics"] and first["p_value"] == second["p_value"]
+    tagged = [m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
+              if (m["origin"] or {}).get("tag") == "dov4cl_shadow"]
+    assert sorted(m["id"] for m in tagged) == sorted(m["model_id"] for m in first["inputs"]["shadows"]["models"])
 
 
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
