@@ -258,7 +258,8 @@ def test_error_location_values_and_edge_cases() -> None:
 
 def test_default_decision_is_error_location_where_it_applies(world) -> None:
     """``auto``: the error-location test decides for labels with >= 3 shadows (on the validation set
-    alone where the source has no hot probes); the pooled Grubbs test where it cannot run (a variant on probabilities); the report names the one that decided."""
+    alone where the source has no hot probes); the pooled Grubbs test where it cannot run (a variant
+    on probabilities); the report names the one that decided."""
     owner = _run(world, "owner_data")
     assert owner.statistics["decision"] == "error_location"
     assert owner.verdict == VERDICT_CONSISTENT, owner.statistics
