@@ -217,12 +217,13 @@ def main() -> None:
         flo, fhi = wilson(fk, fn_)
         print(f"{test:18}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
               f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
-    for decision in ("calibrated", "model_level", "contrast", "error_location"):
+    for decision in ("calibrated", "model_level", "contrast", "error_location", "error_location_hot"):
         correct = total = 0
         confusion: dict[str, dict[str, int]] = {s: {} for s in sources}
         for source in sources:
             for a in answers[source]:
-                best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens], decision=decision)  # type: ignore[arg-type]
+                best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens], decision=decision,  # type: ignore[arg-type]
+                                    probe_answers=[a[f"hot_{o}"] for o in gens])
                 expected = source if source in gens else "no_candidate_explains_the_suspect"
                 correct += int(best == expected)
                 total += 1

@@ -642,17 +642,20 @@ class TrainProVe(AuditMethod):
 def attribute(sources: Sequence[ProvenanceEvidence], suspect_answers: Sequence[np.ndarray], *,
               alpha: float = 0.05, variant: Variant = "accuracy", decision: Decision = "calibrated",
               mode: GrubbsMode = "table", references: Sequence[ReferenceSet] = (),
-              reference_answers: Sequence[np.ndarray] = ()) -> tuple[str, list[SourceTest]]:
+              reference_answers: Sequence[np.ndarray] = (),
+              probe_answers: Sequence[np.ndarray | None] | None = None) -> tuple[str, list[SourceTest]]:
     """Best source for a suspect already queried on each source's validation set (and on the
-    extra ``references``) (benchmark helper): the smallest statistic of ``decision``'s test;
-    ``VERDICT_NO_SOURCE`` when every test rejects. Each source's contrast reference is the other
-    sources' validation sets plus ``references``."""
+    extra ``references``, and on each source's hot probes: ``probe_answers``) (benchmark helper):
+    the smallest statistic of ``decision``'s test; ``VERDICT_NO_SOURCE`` when every test rejects.
+    Each source's contrast reference is the other sources' validation sets plus ``references``."""
     tests = []
-    for s, a in zip(sources, suspect_answers, strict=True):
+    probes = list(probe_answers) if probe_answers is not None else [None] * len(sources)
+    for s, a, h in zip(sources, suspect_answers, probes, strict=True):
         others = [(ReferenceSet.of(o), b) for o, b in zip(sources, suspect_answers, strict=True) if o is not s]
         pairs = others + list(zip(references, reference_answers, strict=True))
         tests.append(evaluate_source(s, a, variant=variant, alpha=alpha, decision=decision, mode=mode,
-                                     references=[r for r, _ in pairs], reference_answers=[b for _, b in pairs]))
+                                     references=[r for r, _ in pairs], reference_answers=[b for _, b in pairs],
+                                     probe_answers=h))
     best = min(tests, key=lambda t: t.chosen.statistic)
     return (best.source if not best.chosen.outlier else VERDICT_NO_SOURCE), tests
 

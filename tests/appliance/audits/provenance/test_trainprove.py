@@ -19,6 +19,7 @@ from appliance.audits.provenance.trainprove import (
     ProvenanceInputs,
     ReferenceSet,
     TrainProVe,
+    attribute,
     contrast_value,
     error_location_auc,
     error_location_hot_test,
@@ -299,6 +300,11 @@ def test_error_location_hot_decides_on_real_suspects(world) -> None:
     assert auto.statistics["decision"] == "error_location_hot" and auto.statistics["G"] == own.statistics["G"]
     with pytest.raises(AuditParameterError, match="hot-probe"):
         _run(world, "owner_data", decision="error_location_hot")
+    label = world["suspects"]["owner_data"]
+    best, tests = attribute([evidence], [label(evidence.val_x).argmax(1)], decision="error_location_hot",
+                            probe_answers=[label(evidence.probe_x).argmax(1)])
+    assert best == "owner" and tests[0].error_location_hot is not None
+    assert tests[0].error_location_hot.tested == source["error_location_hot"]["tested"]
 
 
 def test_error_location_hot_null_is_calibrated_and_adds_power() -> None:
