@@ -479,16 +479,14 @@ def error_location_hot_test(shadow_probs: Sequence[np.ndarray], labels: np.ndarr
     probe_errors = ~_correct(probe_answers, probe_labels)
     if not probe_errors.any() or probe_errors.all():
         return own, own_values
-    correct = _correct(suspect_answers, labels)
-    own_suspect, own_null = error_location_values(shadow_probs, labels, ~correct)
     hot_suspect, hot_null = error_location_values(probe_probs, probe_labels, probe_errors)
-    a, h = _standardised(own_suspect, own_null), _standardised(hot_suspect, hot_null)
+    a, h = _standardised(own.tested, own_values), _standardised(hot_suspect, hot_null)
     if a is None or h is None:
         return own, own_values
     values = (a[1] + h[1]).tolist()
     result = dataclasses.replace(prediction_interval_outlier(values, a[0] + h[0], direction="low", alpha=alpha),
                                  mode="prediction_interval_sum")
-    if above_chance_p_value(correct, labels) >= alpha and not result.outlier:
+    if above_chance_p_value(_correct(suspect_answers, labels), labels) >= alpha and not result.outlier:
         result = dataclasses.replace(result, outlier=True, mode="prediction_interval_sum+chance")
     return result, values
 
