@@ -45,14 +45,14 @@ class ProvenanceParams(BaseModel):
         "references of the contrast test beside the other candidate generators' samples")
     decision: Literal["auto", "error_location_hot", "error_location", "contrast", "model_level", "calibrated",
                       "paper"] = Field(
-        default="auto", description="which test decides: auto (the default) takes error_location_hot where "
-        "it applies (accuracy variant, shadows >= 3, generator sources), error_location for real-data "
-        "candidates and calibrated otherwise; error_location_hot adds the error-location statistic on hot "
-        "probes (n_probe per class drawn from the generator at t_probe, queried too) and tests the sum of "
-        "the two standardised statistics once (on the digits benchmark calibrated on both source sets and "
-        "the most accurate of the two); error_location asks where the "
+        default="auto", description="which test decides: auto (the default) takes error_location where it "
+        "applies (accuracy variant, shadows >= 3) and calibrated otherwise; error_location asks where the "
         "suspect errs on the generator's samples given how often, against the shadows' lowest-margin "
-        "samples at the same error count (labels suffice); calibrated pools all shadows' batches (Grubbs); contrast "
+        "samples at the same error count (labels suffice; on the digits benchmark calibrated on both "
+        "source sets and the most accurate); error_location_hot adds the same statistic on hot probes "
+        "(n_probe per class drawn from the generator at t_probe, queried too) and tests the sum of the two "
+        "standardised statistics once (calibrated on the benchmark, its gain depends on the probe draw); "
+        "calibrated pools all shadows' batches (Grubbs); contrast "
         "takes the suspect's accuracy on the generator's samples relative to reference samples against "
         "the shadow models' (needs a reference: another candidate source or a reference dataset); "
         "model_level tests the suspect against the shadow models' values (prediction interval); paper "

@@ -258,9 +258,8 @@ def test_error_location_values_and_edge_cases() -> None:
 
 
 def test_default_decision_is_error_location_where_it_applies(world) -> None:
-    """``auto``: the error-location test decides for labels with >= 3 shadows (on the validation set
-    alone where the source has no hot probes); the pooled Grubbs test where it cannot run (a variant
-    on probabilities); the report names the one that decided."""
+    """``auto``: the error-location test decides for labels with >= 3 shadows; the pooled Grubbs
+    test where it cannot run (a variant on probabilities); the report names the one that decided."""
     owner = _run(world, "owner_data")
     assert owner.statistics["decision"] == "error_location"
     assert owner.verdict == VERDICT_CONSISTENT, owner.statistics
@@ -294,10 +293,10 @@ def test_error_location_hot_decides_on_real_suspects(world) -> None:
     assert _run_on(evidence, world, "random_init", decision="error_location_hot").verdict == VERDICT_NOT_FROM_GENERATOR
     real = _run_on(evidence, world, "real_data", decision="error_location_hot")
     assert real.statistics["sources"][0]["error_location_hot"]["tested"] != source["error_location_hot"]["tested"]
-    # the probes cost queries only where the hot test may decide; "auto" takes it where probes exist
+    # the probes cost queries only where the hot test may decide ("auto" takes error_location)
     assert _run_on(evidence, world, "owner_data", decision="error_location").queries == len(evidence.val_x)
     auto = _run_on(evidence, world, "owner_data")
-    assert auto.statistics["decision"] == "error_location_hot" and auto.statistics["G"] == own.statistics["G"]
+    assert auto.statistics["decision"] == "error_location" and auto.queries == len(evidence.val_x)
     with pytest.raises(AuditParameterError, match="hot-probe"):
         _run(world, "owner_data", decision="error_location_hot")
     label = world["suspects"]["owner_data"]
