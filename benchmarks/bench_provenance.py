@@ -39,6 +39,7 @@ from models.provenance import (
     ShadowSpec,
     balanced_labels,
     digits_provenance_splits,
+    draw_probes,
     draw_sets,
     shadow_pool_specs,
     shadow_proba,
@@ -97,8 +98,9 @@ def main() -> None:
         specs = shadow_pool_specs(args.shadows, seed=0, epochs=epochs, train_size=10 * n_shadow)
         shadows = train_shadow_pool(gen, sets, specs, num_classes=10, seed=0)
         t2 = time.perf_counter()
+        probe_x, probe_y = draw_probes(gen, num_classes=10, n_probe=50, seed=0, temperature=2.0)
         evidence[name] = ProvenanceEvidence(name, sets.val_x, sets.val_y, sets.batches,
-                                            [shadow_proba(m) for m in shadows])
+                                            [shadow_proba(m) for m in shadows], probe_x=probe_x, probe_y=probe_y)
         timing[name] = {"sampling": t1 - t0, "shadow_training": t2 - t1}
         accs = [float((shadow_proba(m)(sets.val_x).argmax(1) == sets.val_y).mean()) for m in shadows]
         print(f"{name}: {len(shadows)} shadows' validation accuracy: mean {np.mean(accs):.4f}, sd "
@@ -111,10 +113,9 @@ def main() -> None:
     # the real data each generator's owner holds (the quarter it trained the generator on): the
     # optional real reference of the contrast test; the real-data suspects train on the fourth
     owner_real = {o: ReferenceSet(f"real_{o}", *parts[k]) for k, o in enumerate(gens)}
-    # off-distribution probes (dumped only): each generator's samples at a high temperature
-    hot_y = balanced_labels(10, 50)
-    hot = {f"hot_{o}": (gen.sample(hot_y, seed=77, temperature=2.0), hot_y) for o, gen in gens.items()} \
-        if args.dump_labels else {}
+    # hot probes (the error_location_hot test): each generator's samples at temperature 2, as the
+    # appliance draws them (models.provenance.draw_probes)
+    hot = {f"hot_{o}": (ev.probe_x, ev.probe_y) for o, ev in evidence.items()}
     answers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in sources}
     query_seconds = []
     for s_index, source in enumerate(sources):
@@ -169,7 +170,7 @@ def main() -> None:
     print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")
     print("number of suspects judged 'not G_d' by each test:")
     tests = ("paper", "pooled", "pooled+designated", "model_level", "contrast", "contrast+real", "contrast/real",
-             "error_location")
+             "error_location", "error_location_hot")
     print(f"{'owner':6} {'source':6} | " + " | ".join(f"{t:>17}" for t in tests))
     totals = {t: [0, 0] for t in tests}
     false_neg = {t: [0, 0] for t in tests}
@@ -184,6 +185,9 @@ def main() -> None:
                 rejects["pooled+designated"] += int(d.calibrated.outlier)
                 rejects["model_level"] += int(t.model_level is not None and t.model_level.outlier)
                 rejects["error_location"] += int(t.error_location is not None and t.error_location.outlier)
+                h = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05,
+                                    decision="error_location_hot", probe_answers=a[f"hot_{owner}"])
+                rejects["error_location_hot"] += int(h.chosen.outlier)
                 others = [o for o in gens if o != owner]
                 refs = [ReferenceSet.of(evidence[o]) for o in others]
                 c = evaluate_source(evidence[owner], a[owner], variant="accuracy", alpha=0.05, decision="contrast",
@@ -213,12 +217,13 @@ def main() -> None:
         flo, fhi = wilson(fk, fn_)
         print(f"{test:18}: accuracy {k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]; 'not G_d' among true G_d "
               f"suspects {fk}/{fn_} = {fk / fn_:.3f} [{flo:.3f}, {fhi:.3f}]")
-    for decision in ("calibrated", "model_level", "contrast", "error_location"):
+    for decision in ("calibrated", "model_level", "contrast", "error_location", "error_location_hot"):
         correct = total = 0
         confusion: dict[str, dict[str, int]] = {s: {} for s in sources}
         for source in sources:
             for a in answers[source]:
-                best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens], decision=decision)  # type: ignore[arg-type]
+                best, _ = attribute([evidence[o] for o in gens], [a[o] for o in gens], decision=decision,  # type: ignore[arg-type]
+                                    probe_answers=[a[f"hot_{o}"] for o in gens])
                 expected = source if source in gens else "no_candidate_explains_the_suspect"
                 correct += int(best == expected)
                 total += 1

@@ -67,6 +67,20 @@ def draw_sets(
     return ProvenanceSets(shadow_x, shadow_y, val_x, val_y, split_batches(val_y, batches, seed=seed + 2))
 
 
+def probe_seed(seed: int) -> int:
+    """The sampling seed of the hot probes (never ``seed``, ``seed + 1`` or a shadow's own draw)."""
+    return int(np.random.SeedSequence([int(seed), 0x9B0B]).generate_state(1)[0] % 2**31)
+
+
+def draw_probes(generator: Generator, *, num_classes: int, n_probe: int, seed: int,
+                temperature: float = 2.0, sample_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hot probes: ``n_probe`` samples per class at ``temperature`` (seed :func:`probe_seed`)."""
+    y = balanced_labels(num_classes, n_probe)
+    x = check_samples(generator.sample(y, seed=probe_seed(seed), temperature=temperature), len(y), sample_shape,
+                      "the generator")
+    return x, y
+
+
 def split_batches(labels: np.ndarray, batches: int, *, seed: int) -> list[np.ndarray]:
     """Cut indices of ``labels`` into ``batches`` groups holding each class equally often."""
     rng = np.random.default_rng(seed)
@@ -260,7 +274,9 @@ __all__ = [
     "balanced_labels",
     "default_shadow_specs",
     "digits_provenance_splits",
+    "draw_probes",
     "draw_sets",
+    "probe_seed",
     "shadow_config",
     "shadow_draw_seed",
     "shadow_pool_specs",

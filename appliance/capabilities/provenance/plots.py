@@ -20,8 +20,13 @@ def provenance_plots(report: dict[str, Any]) -> list[tuple[str, Any]]:
         ax = fig.add_subplot()
         contrast = source.get("contrast") if source.get("decision") == "contrast" else None
         location = source.get("error_location") if source.get("decision") == "error_location" else None
+        hot = source.get("error_location_hot") if source.get("decision") == "error_location_hot" else None
         batches: list[float] = []
-        if location:  # the deciding values: one skill-matched error-location AUC per shadow model
+        if hot:  # the deciding values: each shadow's standardised error-location sum (validation + hot probes)
+            models = source.get("shadow_error_location_hot_values") or []
+            ax.hist(models, bins=12, alpha=0.45, color="grey", label="shadow models (same error counts)")
+            marked, label = hot["tested"], "standardised error-location sum, validation + hot probes"
+        elif location:  # the deciding values: one skill-matched error-location AUC per shadow model
             models = source.get("shadow_error_location_values") or []
             ax.hist(models, bins=12, alpha=0.45, color="grey", label="shadow models (same error count)")
             marked, label = location["tested"], "error-location AUC (errors where G_d models are unsure)"

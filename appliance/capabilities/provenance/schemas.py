@@ -43,12 +43,16 @@ class ProvenanceParams(BaseModel):
         default=None, min_length=1, max_length=4,
         description="registered labelled .npz datasets of real data (samples of the generator's shape): "
         "references of the contrast test beside the other candidate generators' samples")
-    decision: Literal["auto", "error_location", "contrast", "model_level", "calibrated", "paper"] = Field(
+    decision: Literal["auto", "error_location_hot", "error_location", "contrast", "model_level", "calibrated",
+                      "paper"] = Field(
         default="auto", description="which test decides: auto (the default) takes error_location where it "
         "applies (accuracy variant, shadows >= 3) and calibrated otherwise; error_location asks where the "
         "suspect errs on the generator's samples given how often, against the shadows' lowest-margin "
         "samples at the same error count (labels suffice; on the digits benchmark calibrated on both "
-        "source sets and the most accurate); calibrated pools all shadows' batches (Grubbs); contrast "
+        "source sets and the most accurate); error_location_hot adds the same statistic on hot probes "
+        "(n_probe per class drawn from the generator at t_probe, queried too) and tests the sum of the two "
+        "standardised statistics once (calibrated on the benchmark, its gain depends on the probe draw); "
+        "calibrated pools all shadows' batches (Grubbs); contrast "
         "takes the suspect's accuracy on the generator's samples relative to reference samples against "
         "the shadow models' (needs a reference: another candidate source or a reference dataset); "
         "model_level tests the suspect against the shadow models' values (prediction interval); paper "
@@ -63,6 +67,8 @@ class ProvenanceParams(BaseModel):
     batches: int = Field(default=20, ge=2, le=200, description="validation batches (divides n_val)")
     t_shadow: float = Field(default=1.0, gt=0, le=10)
     t_val: float = Field(default=1.2, gt=0, le=10)
+    n_probe: int = Field(default=50, ge=2, le=5000, description="hot probes per class (error_location_hot)")
+    t_probe: float = Field(default=2.0, gt=0, le=10, description="temperature of the hot probes")
     shadows: int = Field(default=12, ge=1, le=64, description="shadow models: the paper's MLP on the shadow "
                          "set, then varied recipes (small CNN / MLP), each on its own draw from the generator")
     shadow_epochs: int = Field(default=20, ge=1, le=500)
@@ -90,12 +96,15 @@ class ProvenanceParams(BaseModel):
             raise ValueError("n_val must be a multiple of batches")
         if self.variant == "similarity" and self.shadows < 2:
             raise ValueError("the similarity variant needs shadows >= 2")
-        if self.decision in ("model_level", "contrast", "error_location") and self.shadows < 3:
+        if self.decision == "error_location_hot" and self.candidate_dataset_ids:
+            raise ValueError("the error_location_hot test draws hot probes from generators; candidate datasets "
+                             "have none (use error_location)")
+        if self.decision in ("model_level", "contrast", "error_location", "error_location_hot") and self.shadows < 3:
             raise ValueError(f"the {self.decision} test needs shadows >= 3")
         if self.decision == "contrast" and not self.has_reference:
             raise ValueError("the contrast test needs a reference: several generator_model_ids or "
                              "reference_dataset_ids")
-        if self.decision in ("contrast", "error_location") and self.variant != "accuracy":
+        if self.decision in ("contrast", "error_location", "error_location_hot") and self.variant != "accuracy":
             raise ValueError(f"the {self.decision} test uses the accuracy variant")
         datasets = (self.reference_dataset_ids or []) + (self.candidate_dataset_ids or [])
         if len(set(datasets)) != len(datasets):

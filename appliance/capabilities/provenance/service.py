@@ -21,12 +21,13 @@ import numpy as np
 
 from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import AuditInputError, RemoteEndpointError
-from appliance.audits.provenance.trainprove import ProvenanceEvidence
+from appliance.audits.provenance.trainprove import AUTO_TAKES_HOT, ProvenanceEvidence
 from appliance.audits.suspects import check_status, post_with_retries
 from appliance.capabilities.provenance.schemas import GeneratorEndpoint, ProvenanceParams
 from models.architectures import create_architecture
 from models.generators import check_labels, check_samples
 from models.provenance import (
+    draw_probes,
     draw_sets,
     shadow_config,
     shadow_pool_specs,
@@ -173,6 +174,29 @@ def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: l
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def needs_probes(params: ProvenanceParams) -> bool:
+    """Whether the audit's decision may use the hot probes (then they are drawn and queried)."""
+    hot_auto = params.decision == "auto" and AUTO_TAKES_HOT and params.variant == "accuracy" and params.shadows >= 3
+    return params.decision == "error_location_hot" or hot_auto
+
+
+def _probes(generator: Any, folder: Path | None, params: ProvenanceParams, num_classes: int,
+            sample_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The hot probes, cached beside the shadows (one file per probe count and temperature; the
+    shadows' key already fixes the generator, the seed and the class count)."""
+    path = folder / f"probes-{params.n_probe}-{params.t_probe!r}.npz" if folder is not None else None
+    if path is not None and params.use_cache and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], data["y"], "reused"
+    x, y = draw_probes(generator, num_classes=num_classes, n_probe=params.n_probe, seed=params.seed,
+                       temperature=params.t_probe, sample_shape=sample_shape)
+    if path is not None and params.use_cache and folder is not None and folder.is_dir():
+        tmp = path.with_name(path.name + f".tmp{time.monotonic_ns()}.npz")
+        np.savez(tmp, x=x, y=y)
+        tmp.replace(path)
+    return x, y, "drawn"
+
+
 def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, params: ProvenanceParams,
                    cache_root: Path | None, log: LogFn) -> BuiltEvidence:
     """Sample, train (or reuse) the shadows for one generator and wrap them as evidence."""
@@ -205,8 +229,15 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
                   "n_val_per_class": params.n_val, "batches": params.batches,
                   "t_shadow": params.t_shadow, "t_val": params.t_val,
                   "sample_shape": list(val_x.shape[1:])}
+    probe_x = probe_y = None
+    if needs_probes(params):
+        t0 = time.perf_counter()
+        probe_x, probe_y, probe_status = _probes(generator, folder, params, num_classes, tuple(val_x.shape[1:]))
+        timings["sampling_seconds"] += time.perf_counter() - t0
+        provenance["hot_probes"] = {"status": probe_status, "n_probe_per_class": params.n_probe,
+                                    "t_probe": params.t_probe}
     evidence = ProvenanceEvidence(name, val_x, val_y, list(batches), [shadow_proba(m) for m in models],
-                                  [s.to_dict() for s in specs])
+                                  [s.to_dict() for s in specs], probe_x=probe_x, probe_y=probe_y)
     return BuiltEvidence(evidence, provenance, timings)
 
 
@@ -249,4 +280,5 @@ def build_dataset_evidence(name: str, x: np.ndarray, y: np.ndarray, digest: str,
     return BuiltEvidence(evidence, provenance, timings)
 
 
-__all__ = ["BuiltEvidence", "build_dataset_evidence", "RemoteGenerator", "build_evidence", "cache_key", "shadow_specs"]
+__all__ = ["BuiltEvidence", "build_dataset_evidence", "RemoteGenerator", "build_evidence", "cache_key", "needs_probes",
+           "shadow_specs"]

@@ -19,8 +19,10 @@ from appliance.audits.provenance.trainprove import (
     ProvenanceInputs,
     ReferenceSet,
     TrainProVe,
+    attribute,
     contrast_value,
     error_location_auc,
+    error_location_hot_test,
     error_location_test,
     smoothed_logit,
     true_class_margins,
@@ -31,6 +33,7 @@ from models.provenance import (
     ShadowSpec,
     balanced_labels,
     digits_provenance_splits,
+    draw_probes,
     draw_sets,
     shadow_pool_specs,
     shadow_proba,
@@ -62,7 +65,7 @@ def world() -> dict[str, Any]:
                                     num_classes=10),
         "real_data": train_shadow(*parts[3], ShadowSpec("mlp", {"hidden": 64}, epochs=15, seed=6), num_classes=10),
     }
-    return {"owner": _evidence("owner", owner, 0), "other": _evidence("other", other, 10),
+    return {"owner": _evidence("owner", owner, 0), "other": _evidence("other", other, 10), "owner_gen": owner,
             "suspects": {k: shadow_proba(m) for k, m in suspects.items()}}
 
 
@@ -263,3 +266,95 @@ def test_default_decision_is_error_location_where_it_applies(world) -> None:
     assert _run(world, "random_init").verdict == VERDICT_NOT_FROM_GENERATOR
     entropy = _run(world, "owner_data", kind="proba", variant="entropy")
     assert entropy.statistics["decision"] == "calibrated"
+
+
+def _with_probes(world: dict[str, Any]) -> ProvenanceEvidence:
+    owner = world["owner"]
+    px, py = draw_probes(world["owner_gen"], num_classes=10, n_probe=20, seed=0, temperature=2.0)
+    return ProvenanceEvidence("owner", owner.val_x, owner.val_y, owner.batches, owner.shadows, owner.shadow_info,
+                              probe_x=px, probe_y=py)
+
+
+def _run_on(evidence: ProvenanceEvidence, world: dict[str, Any], suspect: str, **params: Any) -> Any:
+    proba = world["suspects"][suspect]
+    inputs = ProvenanceInputs([evidence], lambda x: proba(x).argmax(axis=1), suspect_kind="label")
+    return create_method("trainprove").run(inputs, params=params, seed=0)
+
+
+def test_error_location_hot_decides_on_real_suspects(world) -> None:
+    evidence = _with_probes(world)
+    assert evidence.probe_x is not None and evidence.probe_x.shape == (200, *evidence.val_x.shape[1:])
+    own = _run_on(evidence, world, "owner_data", decision="error_location_hot")
+    assert own.verdict == VERDICT_CONSISTENT, own.statistics
+    assert own.statistics["decision"] == "error_location_hot"
+    source = own.statistics["sources"][0]
+    assert source["error_location_hot"]["mode"] in ("prediction_interval_sum", "prediction_interval", "no_errors")
+    assert own.queries == len(evidence.val_x) + len(evidence.probe_x)  # the probes are queried and counted
+    assert _run_on(evidence, world, "random_init", decision="error_location_hot").verdict == VERDICT_NOT_FROM_GENERATOR
+    real = _run_on(evidence, world, "real_data", decision="error_location_hot")
+    assert real.statistics["sources"][0]["error_location_hot"]["tested"] != source["error_location_hot"]["tested"]
+    # the probes cost queries only where the hot test may decide ("auto" takes error_location)
+    assert _run_on(evidence, world, "owner_data", decision="error_location").queries == len(evidence.val_x)
+    auto = _run_on(evidence, world, "owner_data")
+    assert auto.statistics["decision"] == "error_location" and auto.queries == len(evidence.val_x)
+    with pytest.raises(AuditParameterError, match="hot-probe"):
+        _run(world, "owner_data", decision="error_location_hot")
+    label = world["suspects"]["owner_data"]
+    best, tests = attribute([evidence], [label(evidence.val_x).argmax(1)], decision="error_location_hot",
+                            probe_answers=[label(evidence.probe_x).argmax(1)])
+    assert best == "owner" and tests[0].error_location_hot is not None
+    assert tests[0].error_location_hot.tested == source["error_location_hot"]["tested"]
+
+
+def test_error_location_hot_null_is_calibrated_and_adds_power() -> None:
+    # margins on the validation set delta + b + noise, on the hot probes delta_p + b - 2 + noise
+    # (harder samples, same skill b); shadows well trained, null suspects of any skill; the
+    # alternative's difficulties are only partly the generator's, on both sets
+    rng = np.random.default_rng(3)
+    n, n_p, m, alpha = 600, 300, 24, 0.05
+    labels, probe_labels = rng.integers(0, 10, n), rng.integers(0, 10, n_p)
+    runner, probe_runner = (labels + rng.integers(1, 10, n)) % 10, (probe_labels + rng.integers(1, 10, n_p)) % 10
+    delta, delta_p = rng.normal(0, 2, n), rng.normal(0, 2, n_p)
+    other, other_p = rng.normal(0, 2, n), rng.normal(0, 2, n_p)
+    shadows, probes = [], []
+    for _ in range(m):
+        b = rng.uniform(3, 4)
+        shadows.append(_margin_probs(delta + b + rng.normal(0, 1, n), runner, labels))
+        probes.append(_margin_probs(delta_p + b - 2 + rng.normal(0, 1, n_p), probe_runner, probe_labels))
+
+    def suspect(base: np.ndarray, base_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        b = rng.uniform(0.5, 4)
+        own = np.where(base + b + rng.normal(0, 1, n) > 0, labels, runner)
+        hot = np.where(base_p + b - 2 + rng.normal(0, 1, n_p) > 0, probe_labels, probe_runner)
+        return own, hot
+
+    def test(answers: tuple[np.ndarray, np.ndarray]) -> tuple[bool, bool]:
+        combined = error_location_hot_test(shadows, labels, answers[0], probes, probe_labels, answers[1],
+                                           alpha=alpha)[0]
+        return combined.outlier, error_location_test(shadows, labels, answers[0], alpha=alpha)[0].outlier
+
+    null = [error_location_hot_test(shadows, labels, a, probes, probe_labels, h, alpha=alpha)[0]
+            for a, h in (suspect(delta, delta_p) for _ in range(300))]
+    assert {r.mode for r in null} == {"prediction_interval_sum"}
+    size = np.mean([r.outlier for r in null])
+    assert 0.01 <= size <= 0.09, size
+    p = np.array([r.p_value for r in null])
+    assert abs(float(np.mean(p <= 0.5)) - 0.5) < 0.1
+    mixed = [test(suspect(0.97 * delta + 0.25 * other, 0.97 * delta_p + 0.25 * other_p)) for _ in range(200)]
+    hot_power, own_power = np.mean([c for c, _ in mixed]), np.mean([o for _, o in mixed])
+    assert hot_power > own_power + 0.1, (hot_power, own_power)
+
+
+def test_error_location_hot_falls_back_to_the_validation_set() -> None:
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    true_p = np.array([0.9, 0.8, 0.7, 0.6, 0.45, 0.3])
+    one = np.where(labels[:, None] == np.arange(2), true_p[:, None], 1 - true_p[:, None])
+    probs = [one, one * 0.98 + 0.01, one * 0.96 + 0.02]
+    perfect, _ = error_location_hot_test(probs, labels, labels, probs, labels, 1 - labels, alpha=0.05)
+    assert perfect.mode == "no_errors" and not perfect.outlier  # no error on the validation set
+    some = labels.copy()
+    some[5] = 0
+    alone, _ = error_location_test(probs, labels, some, alpha=0.05)
+    for probe_answers in (labels, 1 - labels):  # no error or only errors on the probes
+        fallback, _ = error_location_hot_test(probs, labels, some, probs, labels, probe_answers, alpha=0.05)
+        assert fallback == alone

@@ -256,3 +256,32 @@ def test_remote_generator_failures(client: Any, token_a: str, assets: dict[str, 
         assert job["state"] == "failed" and reason in job["error"], job
     finally:
         server.shutdown()
+
+
+def test_hot_probe_decision_draws_queries_and_caches_the_probes(client: Any, token_a: str,
+                                                                 assets: dict[str, Path]) -> None:
+    resp = _upload(client, token_a, assets["gen"], name="pca-gen-hot", kind="generator", config={"num_classes": 10})
+    assert resp.status_code == 201, resp.get_json()
+    gen = resp.get_json()["id"]
+    trained, random_init = _suspect(client, token_a, assets["trained"]), _suspect(client, token_a, assets["random"])
+    first = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen], suspect_model_id=trained,
+                                            decision="error_location_hot", n_probe=10))
+    stats = first["statistics"]
+    assert stats["decision"] == "error_location_hot" and first["verdict"] == "consistent_with_generator_data"
+    assert stats["queries"] == 400 + 100  # the validation set and 10 hot probes per class
+    assert stats["shadow_provenance"][0]["hot_probes"] == {"status": "drawn", "n_probe_per_class": 10,
+                                                           "t_probe": 2.0}
+    assert stats["sources"][0]["error_location_hot"] is not None
+    second = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen], suspect_model_id=random_init,
+                                             decision="error_location_hot", n_probe=10))
+    assert second["verdict"] == "not_trained_on_generator_data"
+    assert second["statistics"]["shadow_provenance"][0]["hot_probes"]["status"] == "reused"
+    assert second["statistics"]["shadow_provenance"][0]["status"] == "reused"
+    plain = _report(client, token_a, _audit(client, token_a, generator_model_ids=[gen], suspect_model_id=trained,
+                                            decision="error_location"))
+    assert plain["statistics"]["queries"] == 400 and "hot_probes" not in plain["statistics"]["shadow_provenance"][0]
+    for bad in ({"shadows": 2}, {"variant": "entropy", "suspect_output": "proba"}, {"candidate_dataset_ids": ["x"]}):
+        resp = client.post("/v1/provenance/audits", headers=auth(token_a),
+                           json={**SMALL, "generator_model_ids": [gen], "suspect_model_id": trained,
+                                 "decision": "error_location_hot", **bad})
+        assert resp.status_code == 422, (bad, resp.get_json())
