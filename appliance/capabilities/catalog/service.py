@@ -177,12 +177,7 @@ def register_model(
         model_id = new_id("mdl")
         signer: dict[str, Any] | None = None
         if manifest_target is None:
-            with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as tmp:
-                link = Path(tmp) / safe_name
-                os.link(store.blobs.path(digest), link)
-                statement = build_manifest(link, model_name=name)
-                if check_signature is not None:
-                    signer = check_signature(link)
+            statement, signer = _blob_manifest(store, digest, safe_name, name, check_signature)
         else:
             statement = build_manifest(manifest_target, model_name=name)
             if check_signature is not None:
@@ -198,13 +193,7 @@ def register_model(
     except BaseException:
         store.drop_refused_upload(pin, digest)
         raise
-    envelope = sign_envelope(
-        canonical_json(statement), MANIFEST_PAYLOAD_TYPE, identity_for(settings).signing_key
-    )
-    files = [
-        {"name": r["name"], "sha256": r["digest"]}
-        for r in statement["predicate"]["resources"]
-    ]
+    envelope, files = _signed_manifest(settings, statement)
     with store.transaction():
         store.record_blob(digest, size)
         store.unpin(pin)
@@ -222,6 +211,27 @@ def register_model(
             store.conn.execute("UPDATE models SET signer = ? WHERE id = ?",
                                (dumps(signer), model_id))
     return store.get_owned("models", principal.tenant_id, model_id, "model")
+
+
+def _blob_manifest(store: Store, digest: str, filename: str, name: str,
+                   check_signature: Callable[[Path], dict[str, Any]] | None
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The model-signing statement of a single-file model stored as blob ``digest`` (linked
+    under ``filename``, the name its manifest records) and, given ``check_signature``, the
+    verified signer of that file."""
+    with tempfile.TemporaryDirectory(dir=store.settings.tmp_dir) as tmp:
+        link = Path(tmp) / filename
+        os.link(store.blobs.path(digest), link)
+        statement = build_manifest(link, model_name=name)
+        signer = check_signature(link) if check_signature is not None else None
+    return statement, signer
+
+
+def _signed_manifest(settings: Settings, statement: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The statement signed by the appliance (a DSSE envelope) and the files it names."""
+    envelope = sign_envelope(canonical_json(statement), MANIFEST_PAYLOAD_TYPE, identity_for(settings).signing_key)
+    files = [{"name": r["name"], "sha256": r["digest"]} for r in statement["predicate"]["resources"]]
+    return envelope, files
 
 
 def _named_copy(store: Store, blob_path: Path, name: str) -> Path:
@@ -313,13 +323,8 @@ def record_trained_model(store: Store, tenant_id: str, *, model_id: str, name: s
     except ModelError as exc:
         raise UnprocessableInput(str(exc)) from None
     filename = "model.safetensors"
-    with tempfile.TemporaryDirectory(dir=store.settings.tmp_dir) as tmp:
-        link = Path(tmp) / filename
-        os.link(blob_path, link)
-        statement = build_manifest(link, model_name=name)
-    envelope = sign_envelope(canonical_json(statement), MANIFEST_PAYLOAD_TYPE,
-                             identity_for(store.settings).signing_key)
-    files = [{"name": r["name"], "sha256": r["digest"]} for r in statement["predicate"]["resources"]]
+    statement, _ = _blob_manifest(store, digest, filename, name, None)
+    envelope, files = _signed_manifest(store.settings, statement)
     size = blob_path.stat().st_size
     with store.transaction():
         store.record_blob(digest, size)
