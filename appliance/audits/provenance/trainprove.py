@@ -125,8 +125,6 @@ Decision = Literal["auto", "error_location_hot", "error_location", "contrast", "
 DECISIONS = ("auto", "error_location_hot", "error_location", "contrast", "model_level", "calibrated", "paper")
 ProbaFn = Callable[[np.ndarray], np.ndarray]
 _DIRECTION: dict[str, Direction] = {"accuracy": "low", "entropy": "high", "similarity": "low"}
-#: whether ``decision="auto"`` takes ``error_location_hot`` where it applies (else ``error_location``)
-AUTO_TAKES_HOT = False
 
 
 @dataclass(frozen=True)
@@ -432,12 +430,9 @@ def evaluate_source(
     if location is not None and probe_answers is not None and evidence.probe_y is not None:
         hot, hot_values = error_location_hot_test(
             shadow_probs, evidence.val_y, suspect_answers, evidence.shadow_probe_probabilities(), evidence.probe_y,
-            probe_answers, alpha=alpha)
+            probe_answers, alpha=alpha, own=(location, location_values))
     if decision == "auto":
-        if hot is not None and AUTO_TAKES_HOT:
-            decision = "error_location_hot"
-        else:
-            decision = "error_location" if location is not None else "calibrated"
+        decision = "error_location" if location is not None else "calibrated"
     if decision == "error_location_hot" and hot is None:
         raise AuditParameterError(
             f"the hot-probe error-location test needs the accuracy variant, at least three shadows and the "
@@ -467,23 +462,26 @@ def _standardised(tested: float, values: Sequence[float]) -> tuple[float, np.nda
 
 def error_location_hot_test(shadow_probs: Sequence[np.ndarray], labels: np.ndarray, suspect_answers: np.ndarray,
                             probe_probs: Sequence[np.ndarray], probe_labels: np.ndarray,
-                            probe_answers: np.ndarray, *, alpha: float) -> tuple[GrubbsResult, list[float]]:
+                            probe_answers: np.ndarray, *, alpha: float,
+                            own: tuple[GrubbsResult, list[float]] | None = None) -> tuple[GrubbsResult, list[float]]:
     """The error-location test on the validation set and the hot probes at once (see the module):
     each part's statistic standardised by its shadows' skill-matched values, the suspect's sum
     tested against the shadows' sums with one prediction interval. Falls back to the validation
     set's test (:func:`error_location_test`) where the suspect makes no error on it, where its
     errors on the probes are none or all, or where a part's null values do not spread; the
-    chance rule applies as there."""
-    own, own_values = error_location_test(shadow_probs, labels, suspect_answers, alpha=alpha)
-    if own.mode == "no_errors" or not own_values:
-        return own, own_values
+    chance rule applies as there. ``own``: that test's result and null values where the caller
+    has them already (the same arguments give the same)."""
+    own_result, own_values = own if own is not None else \
+        error_location_test(shadow_probs, labels, suspect_answers, alpha=alpha)
+    if own_result.mode == "no_errors" or not own_values:
+        return own_result, own_values
     probe_errors = ~_correct(probe_answers, probe_labels)
     if not probe_errors.any() or probe_errors.all():
-        return own, own_values
+        return own_result, own_values
     hot_suspect, hot_null = error_location_values(probe_probs, probe_labels, probe_errors)
-    a, h = _standardised(own.tested, own_values), _standardised(hot_suspect, hot_null)
+    a, h = _standardised(own_result.tested, own_values), _standardised(hot_suspect, hot_null)
     if a is None or h is None:
-        return own, own_values
+        return own_result, own_values
     values = (a[1] + h[1]).tolist()
     result = dataclasses.replace(prediction_interval_outlier(values, a[0] + h[0], direction="low", alpha=alpha),
                                  mode="prediction_interval_sum")
@@ -595,8 +593,7 @@ class TrainProVe(AuditMethod):
         answers = {s.name: query_suspect(suspect, s.val_x) for s in inputs.sources}
         use_refs = p["variant"] == "accuracy"
         # the hot probes cost queries only where the hot-probe test may decide
-        use_probes = use_refs and (p["decision"] == "error_location_hot" or
-                                   (p["decision"] == "auto" and AUTO_TAKES_HOT))
+        use_probes = use_refs and p["decision"] == "error_location_hot"
         probe_answers = {s.name: query_suspect(suspect, cast("np.ndarray", s.probe_x))
                          for s in inputs.sources if use_probes and s.has_probes}
         ref_answers = {r.name: query_suspect(suspect, r.x) for r in inputs.references} if use_refs else {}

@@ -21,7 +21,7 @@ import numpy as np
 
 from appliance.audits.egress import EgressGuard
 from appliance.audits.errors import AuditInputError, RemoteEndpointError
-from appliance.audits.provenance.trainprove import AUTO_TAKES_HOT, ProvenanceEvidence
+from appliance.audits.provenance.trainprove import ProvenanceEvidence
 from appliance.audits.suspects import check_status, post_with_retries
 from appliance.capabilities.provenance.schemas import GeneratorEndpoint, ProvenanceParams
 from models.architectures import create_architecture
@@ -176,8 +176,7 @@ def _store_cached(folder: Path, val_x: np.ndarray, val_y: np.ndarray, batches: l
 
 def needs_probes(params: ProvenanceParams) -> bool:
     """Whether the audit's decision may use the hot probes (then they are drawn and queried)."""
-    hot_auto = params.decision == "auto" and AUTO_TAKES_HOT and params.variant == "accuracy" and params.shadows >= 3
-    return params.decision == "error_location_hot" or hot_auto
+    return params.decision == "error_location_hot"
 
 
 def _probes(generator: Any, folder: Path | None, params: ProvenanceParams, num_classes: int,
