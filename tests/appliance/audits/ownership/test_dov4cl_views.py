@@ -190,3 +190,27 @@ def test_shadow_that_does_not_match_the_suspect_is_a_caution(digits):
         params=PARAMS, seed=0)
     cautions = " ".join(mismatched.statistics["cautions"])
     assert "24 dimensions" in cautions and "flip invariance" in cautions
+
+
+@pytest.mark.parametrize("policy", ["auto", False, True])
+def test_every_per_image_score_is_blind_to_which_images_are_public(digits, policy):
+    # The permutation test is exact only if each image's residual score is a function of the
+    # pooled images and the seed, never of the labels (views, flip policy, centring,
+    # standardisation, the shadows' fit). Then swapping the sets must give exactly -T and
+    # shuffling within a set exactly T. The suspect memorised the public images: a real signal
+    # under flip-free views (T ~ 0.15), little under forced flips (it is not flip-invariant).
+    public, private = digits
+    suspect = _memoriser(public, 3)
+    shadows = [_embed(_projection(8)), _flip_symmetric(_projection(9))]
+    params = {**PARAMS, "views": {"flip": policy}}
+
+    def statistic(pub: np.ndarray, pvt: np.ndarray) -> float:
+        result = create_method("dov4cl").run(
+            DOV4CLInputs(public=pub, private=pvt, suspect=suspect, shadow=shadows), params=params, seed=3)
+        return float(result.statistics["calibrated_statistic"])
+
+    t = statistic(public, private)
+    assert abs(t) > 0.01 and (t > 0.1 or policy is True)
+    assert statistic(private, public) == pytest.approx(-t, abs=1e-9)
+    order = np.random.default_rng(1).permutation(len(public))
+    assert statistic(public[order], private[::-1]) == pytest.approx(t, abs=1e-9)
