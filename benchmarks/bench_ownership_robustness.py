@@ -127,7 +127,10 @@ def train_suspect(task: tuple[str, int]) -> tuple[str, int, float]:
     elif role == "negative":
         data = alt[rng.choice(len(alt), 600, replace=True)]
     else:
-        data = np.concatenate([pub[rng.choice(700, 350, replace=False)], alt[rng.choice(len(alt), 350, replace=False)]])
+        seen = round(700 * share_of(role))
+        data = np.concatenate(
+            [pub[rng.choice(700, seen, replace=False)], alt[rng.choice(len(alt), 700 - seen, replace=False)]]
+        )
     started = time.perf_counter()
     encoder = _independent_encoder(seed)
     projector = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32))
@@ -155,6 +158,25 @@ def train_suspect(task: tuple[str, int]) -> tuple[str, int, float]:
     CACHE.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
     return role, seed, time.perf_counter() - started
+
+
+class RowCache:
+    """An embedding function that remembers the embedding of every row it was asked for (keyed
+    by the row's bytes): a null set that differs from the last only in its split costs no
+    forward passes."""
+
+    def __init__(self, embed: Any) -> None:
+        self.embed = embed
+        self.rows: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        keys = [row.tobytes() for row in x]
+        missing = [i for i, key in enumerate(keys) if key not in self.rows]
+        if missing:
+            for i, row in zip(missing, np.asarray(self.embed(x[missing])), strict=True):
+                self.rows[keys[i]] = row
+        return np.stack([self.rows[key] for key in keys])
 
 
 def load_suspect(role: str, seed: int) -> Any:
@@ -210,13 +232,24 @@ def clopper_pearson(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.0%} [{low:.0%}, {high:.0%}]"
 
 
-def _interleaved(n_pos: int, n_neg: int, n_part: int, base: int) -> list[tuple[str, int]]:
-    """Positives, negatives and partials taken in turn, so a run stopped early is still balanced."""
+#: partial suspects: role -> (share of their 700 training images taken from D_pub, seed offset)
+PARTIALS = {"partial": (0.5, 200), "partial-25": (0.25, 300), "partial-75": (0.75, 400)}
+
+
+def share_of(role: str) -> float:
+    """The share of D_pub in a suspect's training set (the rest from the alternative set)."""
+    fixed = {"positive": 1.0, "negative": 0.0}
+    return fixed[role] if role in fixed else PARTIALS[role][0]
+
+
+def _interleaved(n_pos: int, n_neg: int, n_part: int, base: int, shares: list[str]) -> list[tuple[str, int]]:
+    """Positives, negatives and partials (``n_part`` per share) taken in turn, so a run stopped
+    early is still balanced."""
     tasks: list[tuple[str, int]] = []
     for i in range(max(n_pos, n_neg, n_part)):
         tasks += [("positive", base + i)] if i < n_pos else []
         tasks += [("negative", base + 100 + i)] if i < n_neg else []
-        tasks += [("partial", base + 200 + i)] if i < n_part else []
+        tasks += [(role, base + PARTIALS[role][1] + i) for role in shares] if i < n_part else []
     return tasks
 
 
@@ -234,15 +267,20 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 def summarise(records: list[dict[str, Any]]) -> None:
     """Print the tables from the records kept so far (all of them, or a run stopped early)."""
+    from scipy.stats import spearmanr
+
     suspects = [r for r in records if r["kind"] == "suspect"]
-    rows: dict[str, list[dict[str, Any]]] = {"positive": [], "negative": [], "partial": []}
+    rows: dict[str, list[dict[str, Any]]] = {"positive": [], "negative": [], **{role: [] for role in PARTIALS}}
     for record in suspects:
         rows[record["role"]].append(record)
     detected = {role: sum(r["p"] < ALPHA for r in rs) for role, rs in rows.items()}
     reference = {role: sum(r["reference_p"] < ALPHA for r in rs) for role, rs in rows.items()}
-    stats = {role: [r["statistic"] for r in rs] for role, rs in rows.items()}
     walls = np.array([r["wall"] for r in suspects]) if suspects else np.zeros(0)
     bares = np.array([r["bare"] for r in suspects]) if suspects else np.ones(0)
+    by_share = sorted((share_of(role), role) for role, rs in rows.items() if rs)
+    medians = [float(np.median([r["statistic"] for r in rows[role]])) for _, role in by_share]
+    shares = [share_of(r["role"]) for r in suspects]
+    rho = spearmanr(shares, [r["statistic"] for r in suspects]) if len(set(shares)) > 1 else None
     print()
     print(
         table(
@@ -251,16 +289,29 @@ def summarise(records: list[dict[str, Any]]) -> None:
             [
                 ["TPR (positives)", clopper_pearson(detected["positive"], len(rows["positive"]))],
                 ["FPR (negatives)", clopper_pearson(detected["negative"], len(rows["negative"]))],
-                ["partials detected", f"{detected['partial']}/{len(rows['partial'])}"],
+                *[
+                    [f"detected: {role} ({share:.0%} of D_pub)", f"{detected[role]}/{len(rows[role])}"]
+                    for share, role in by_share
+                    if role in PARTIALS
+                ],
                 ["reference t-test: TPR", clopper_pearson(reference["positive"], len(rows["positive"]))],
                 ["reference t-test: FPR", clopper_pearson(reference["negative"], len(rows["negative"]))],
                 ["audit size", suspects[-1]["shape"] if suspects else "-"],
-                ["statistic: positives (min..max)", _span(stats["positive"])],
-                ["statistic: partials", _span(stats["partial"])],
-                ["statistic: negatives", _span(stats["negative"])],
+                *[
+                    [
+                        f"statistic, {share:.0%} of D_pub ({role}): median [min..max]",
+                        f"{np.median([r['statistic'] for r in rows[role]]):+.4f} "
+                        f"[{_span([r['statistic'] for r in rows[role]])}]",
+                    ]
+                    for share, role in by_share
+                ],
                 [
-                    "ordered positive > partial > negative",
-                    _ordered(stats["positive"], stats["partial"], stats["negative"]),
+                    "medians monotone in the share of D_pub",
+                    "yes" if all(a < b for a, b in zip(medians, medians[1:], strict=False)) else "no",
+                ],
+                [
+                    "Spearman rho (statistic vs share), p",
+                    f"{rho.statistic:+.3f}, p = {rho.pvalue:.2g} ({len(suspects)} suspects)" if rho else "-",
                 ],
                 ["view policy chosen (first suspects)", "; ".join(r["views"] for r in rows["positive"][:2])],
                 [
@@ -299,6 +350,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 positives, 4 negatives, 1 partial, 8 null sets")
     parser.add_argument("--final", action="store_true", help="report the part kept aside (seeds 1000+)")
+    parser.add_argument(
+        "--replicate",
+        action="store_true",
+        help="a second part kept aside (seeds 3000+), for a replicate after --final was reported",
+    )
+    parser.add_argument(
+        "--shares",
+        default="0.5",
+        help="shares of D_pub in the partials' training sets, of 0.25, 0.5, 0.75 (--partials per share)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="suspects trained at once (1: in this process)")
     parser.add_argument("--positives", type=int, help="override the number of positives")
     parser.add_argument("--negatives", type=int, help="override the number of negatives")
@@ -313,7 +374,10 @@ def main() -> None:
     )
     parser.add_argument("--summary", action="store_true", help="only print the tables from --results")
     args = parser.parse_args()
-    results = args.results or CACHE / f"results-{'final' if args.final else 'development'}.jsonl"
+    part = "replicate" if args.replicate else "final" if args.final else "development"
+    results = args.results or CACHE / f"results-{part}.jsonl"
+    named_shares = {str(share): role for role, (share, _) in PARTIALS.items()}
+    shares = [named_shares[share.strip()] for share in args.shares.split(",") if share.strip()]
     if args.summary:
         summarise(_load_results(results))
         return
@@ -323,13 +387,13 @@ def main() -> None:
     from appliance.audits.registry import create_method
 
     torch.set_num_threads(1)
-    base = 1000 if args.final else 0
+    base = {"replicate": 3000, "final": 1000, "development": 0}[part]
     n_pos, n_neg, n_part, n_null = (4, 4, 1, 8) if args.quick else (10, 10, 2, 32)
     n_pos = n_pos if args.positives is None else args.positives
     n_neg = n_neg if args.negatives is None else args.negatives
     n_part = n_part if args.partials is None else args.partials
     n_null = n_null if args.nulls is None else args.nulls
-    tasks = _interleaved(n_pos, n_neg, n_part, base)
+    tasks = _interleaved(n_pos, n_neg, n_part, base, shares)
     records = _load_results(results)
     done = {(r["role"], r["seed"]) for r in records if r["kind"] == "suspect"}
     print(f"results: {results} ({len(records)} kept from an earlier run)", flush=True)
@@ -389,44 +453,43 @@ def main() -> None:
     done_nulls = {(r["policy"], r["i"]) for r in records if r["kind"] == "null"}
     for name in args.policies.split(","):
         policy = named[name.strip().lower()]
-        for i in range(n_null):
+        # Null set i: even i, a negative on a split of D_pub + D_pvt (never seen); odd i, a positive
+        # on a split of D_pub (every image seen): both nulls, the second the harder one. The seed
+        # (hence the views) is one per suspect and pool, so the sets of one suspect differ only
+        # in the split and its embeddings are computed once (cached by the rows' bytes); sets
+        # are taken suspect by suspect so the cache stays small.
+        def null_suspect(i: int) -> tuple[str, int]:
+            if i % 2 == 0 or not n_pos:
+                return "negative", base + 100 + (i // 2) % n_neg
+            return "positive", base + (i // 2) % n_pos
+
+        cached: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
+        for i in sorted(range(n_null), key=lambda i: (null_suspect(i), i)):
             if (str(policy), i) in done_nulls:
                 continue
-            # even: the negatives on a split of D_pub + D_pvt (never seen); odd: the positives on
-            # a split of D_pub (every image seen): both are nulls, the second the harder one
-            if i % 2 == 0 or not n_pos:
-                images, suspect = pool_images, load_suspect("negative", base + 100 + (i // 2) % n_neg)
-            else:
-                images, suspect = pub, load_suspect("positive", base + (i // 2) % n_pos)
+            role, seed = null_suspect(i)
+            if (role, seed) not in cached:
+                cached = {(role, seed): (RowCache(load_suspect(role, seed)), [RowCache(s) for s in shadows])}
+            suspect, kept_shadows = cached[(role, seed)]
+            images = pool_images if role == "negative" else pub
             order = np.random.default_rng([7, i]).permutation(len(images))
             half = len(images) // 2
             result = method.run(
                 DOV4CLInputs(
-                    public=images[order[:half]], private=images[order[half:]], suspect=suspect, shadow=shadows
+                    public=images[order[:half]], private=images[order[half:]], suspect=suspect, shadow=kept_shadows
                 ),
                 params={"views": {"flip": policy}},
-                seed=10_000 + i,
+                seed=10_000 + 2 * (seed % 100) + (role == "positive"),
             )
-            record = {"kind": "null", "policy": str(policy), "i": i, "p": result.p_value}
+            record = {"kind": "null", "policy": str(policy), "i": i, "p": result.p_value, "suspect": f"{role}-{seed}"}
             _append(results, record)
             records.append(record)
-            print(f"  null set {i}, flip={policy}: p = {result.p_value:.4f}", flush=True)
+            print(f"  null set {i} ({role} {seed}), flip={policy}: p = {result.p_value:.4f}", flush=True)
     summarise(records)
 
 
 def _span(values: list[float]) -> str:
     return f"{min(values):+.4f}..{max(values):+.4f}" if values else "-"
-
-
-def _ordered(pos: list[float], part: list[float], neg: list[float]) -> str:
-    if not (pos and part and neg):
-        return "-"
-    return (
-        "yes"
-        if min(pos) > max(part) and min(part) > max(neg)
-        else f"no (median {np.median(pos):+.4f} > {np.median(part):+.4f} > {np.median(neg):+.4f}: "
-        f"{np.median(pos) > np.median(part) > np.median(neg)})"
-    )
 
 
 if __name__ == "__main__":
