@@ -451,13 +451,14 @@ def main() -> None:
     pool_images = np.concatenate([pub, pvt])
     named = {"auto": "auto", "false": False, "true": True}
     done_nulls = {(r["policy"], r["i"]) for r in records if r["kind"] == "null"}
-    for name in args.policies.split(","):
+    for k, name in enumerate(args.policies.split(",")):
         policy = named[name.strip().lower()]
         # Null set i: even i, a negative on a split of D_pub + D_pvt (never seen); odd i, a positive
         # on a split of D_pub (every image seen): both nulls, the second the harder one. The seed
         # (hence the views) is one per suspect and pool, so the sets of one suspect differ only
         # in the split and its embeddings are computed once (cached by the rows' bytes); sets
-        # are taken suspect by suspect so the cache stays small.
+        # are taken suspect by suspect so the cache stays small. Each policy has its own seeds:
+        # where "auto" picks the same flips as a fixed policy, its sets are still other draws.
         def null_suspect(i: int) -> tuple[str, int]:
             if i % 2 == 0 or not n_pos:
                 return "negative", base + 100 + (i // 2) % n_neg
@@ -479,7 +480,7 @@ def main() -> None:
                     public=images[order[:half]], private=images[order[half:]], suspect=suspect, shadow=kept_shadows
                 ),
                 params={"views": {"flip": policy}},
-                seed=10_000 + 2 * (seed % 100) + (role == "positive"),
+                seed=10_000 + 1000 * k + 2 * (seed % 100) + (role == "positive"),
             )
             record = {"kind": "null", "policy": str(policy), "i": i, "p": result.p_value, "suspect": f"{role}-{seed}"}
             _append(results, record)
