@@ -190,18 +190,27 @@ def _dov4cl_audit(task: tuple[Job, list[Job], int, int | None]) -> dict[str, Any
     shadows = [_load_cached(j) for j in shadow_jobs]
     method = create_method("dov4cl")
     params = {"rounds": DOV4CL_ROUNDS}
+    # Every batch each model is asked for, to time the bare forward of exactly the audit's
+    # queries (view-policy probe included) afterwards, same batching, same process.
+    asked: list[tuple[Any, np.ndarray]] = []
+
+    def recorded(fn: Any) -> Any:
+        def embed(x: np.ndarray) -> np.ndarray:
+            asked.append((fn, np.array(x)))
+            return fn(x)
+
+        return embed
+
     inputs = DOV4CLInputs(
-        public=public, private=private, suspect=embed_fn(suspect), shadow=[embed_fn(m) for m in shadows]
+        public=public,
+        private=private,
+        suspect=recorded(embed_fn(suspect)),
+        shadow=[recorded(embed_fn(m)) for m in shadows],
     )
     res = method.run(inputs, params=params, seed=seed)
-    # Bare forward time of exactly the same queries, same batching, same process.
-    p = method.resolve_params(params)
-    _, views, _ = method.build_queries(public, private, p, seed)
-    flat = views.reshape(-1, *views.shape[3:])
     t0 = time.perf_counter()
-    for fn in [embed_fn(suspect)] + [embed_fn(m) for m in shadows]:
-        for start in range(0, len(flat), p["max_batch"]):
-            fn(flat[start : start + p["max_batch"]])
+    for fn, batch in asked:
+        fn(batch)
     bare = time.perf_counter() - t0
     return {
         "cal": res.statistics["calibrated_p"],
