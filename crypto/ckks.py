@@ -18,16 +18,16 @@ import time and again for every context loaded from bytes.
 from __future__ import annotations
 
 import os
-import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from crypto.errors import CryptoError
+from crypto.seal_bridge import scratch_path, seal_from_bytes, seal_to_bytes
 
 __all__ = [
     "HE_STANDARD_MAX_MODULUS_BITS",
@@ -313,15 +313,6 @@ _CTX_PARAMS, _CTX_PUBLIC, _CTX_PRIVATE = 1, 2, 3
 _PUB_RELIN, _PUB_GALOIS = 4, 5
 
 
-@contextmanager
-def _scratch_dir() -> Iterator[str]:
-    """Private temporary directory (RAM-backed where available) for SEAL's file-based I/O."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="ckks-", dir=base) as path:
-        os.chmod(path, 0o700)
-        yield path
-
-
 def _seeded_key_blobs(ctx: ts.Context, steps: Sequence[int], *, relin: bool) -> tuple[bytes, bytes | None]:
     """Galois keys for ``steps`` (and relin keys) in SEAL's seeded form, about half the size.
 
@@ -334,31 +325,21 @@ def _seeded_key_blobs(ctx: ts.Context, steps: Sequence[int], *, relin: bool) -> 
     raw = ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
     params_blob = next(v for f, w, v in _parse_fields(raw) if f == _CTX_PARAMS and w == 2)
     assert isinstance(params_blob, bytes)
-    with _scratch_dir() as tmp:
-        paths = {name: os.path.join(tmp, name) for name in ("parms", "sk", "galois", "relin")}
-        with open(paths["parms"], "wb") as fh:
-            fh.write(params_blob)
-        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-        parms.load(paths["parms"])
-        seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
-        secret = sealapi.SecretKey()
-        try:
-            ctx.data.secret_key().save(paths["sk"])
-            secret.load(seal_ctx, paths["sk"])
-        finally:
-            if os.path.exists(paths["sk"]):
-                os.remove(paths["sk"])
-        keygen = sealapi.KeyGenerator(seal_ctx, secret)
-        galois_blob = b""
-        if elements:
-            keygen.create_galois_keys(elements).save(paths["galois"])
-            with open(paths["galois"], "rb") as fh:
-                galois_blob = fh.read()
-        relin_blob = None
-        if relin:
-            keygen.create_relin_keys().save(paths["relin"])
-            with open(paths["relin"], "rb") as fh:
-                relin_blob = fh.read()
+    parms = seal_from_bytes(sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS), params_blob,
+                            max_bytes=len(params_blob))
+    seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    # The secret key goes file to file through the bridge's private scratch path, never
+    # through Python bytes, and the file is removed at once.
+    secret, path = sealapi.SecretKey(), scratch_path()
+    try:
+        ctx.data.secret_key().save(path)
+        secret.load(seal_ctx, path)
+    finally:
+        with suppress(FileNotFoundError):
+            os.remove(path)
+    keygen = sealapi.KeyGenerator(seal_ctx, secret)
+    galois_blob = seal_to_bytes(keygen.create_galois_keys(elements)) if elements else b""
+    relin_blob = seal_to_bytes(keygen.create_relin_keys()) if relin else None
     return galois_blob, relin_blob
 
 
@@ -402,12 +383,8 @@ def context_parameters(ctx: ts.Context) -> tuple[int, tuple[int, ...]]:
 
 
 def _decode_parameters(blob: bytes) -> tuple[int, tuple[int, ...]]:
-    with _scratch_dir() as tmp:
-        path = os.path.join(tmp, "parms")
-        with open(path, "wb") as fh:
-            fh.write(blob)
-        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-        parms.load(path)
+    parms = seal_from_bytes(sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS), blob,
+                            max_bytes=max(1, len(blob)))
     if parms.scheme() != sealapi.SCHEME_TYPE.CKKS:
         raise ContextError("context is not a CKKS context")
     return parms.poly_modulus_degree(), tuple(m.bit_count() for m in parms.coeff_modulus())
