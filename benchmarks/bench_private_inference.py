@@ -80,6 +80,94 @@ def _trim() -> None:
         pass
 
 
+def _rss_of(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _hosted_memory_rows(art: EnsembleArtifact, sessions: int) -> list[tuple[str, str, str]]:
+    """The same through the service's evaluator process (``inference_evaluators="process"``):
+    this (API) process before, with ``sessions`` open (plus the child), after they close."""
+    import tempfile
+    from pathlib import Path
+
+    from appliance._internal.store import BlobStore
+    from appliance.capabilities.inference.host import HostedEvaluators
+
+    clients = [PrivateClient(spec=art.public_spec()) for _ in range(sessions)]
+    keys = [c.evaluation_keys() for c in clients]
+    emb = np.full((art.members, art.dim), 1.0 / np.sqrt(art.dim))
+    queries = [c.encrypt(emb) for c in clients]
+    with tempfile.TemporaryDirectory() as tmp:
+        blobs = BlobStore(root=Path(tmp) / "blobs", tmp_dir=Path(tmp) / "tmp")
+        files = art.dumps()
+        ensemble = {
+            "id": "ens",
+            "json_digest": blobs.put_bytes(files["ensemble.json"])[0],
+            "tensors_digest": blobs.put_bytes(files["ensemble.safetensors"])[0],
+        }
+        _trim()
+        idle = _rss_mb()
+        host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
+        started = time.perf_counter()
+        for i, (k, q) in enumerate(zip(keys, queries, strict=True)):
+            host.open(blobs, ensemble, f"s{i}", k)
+            reply = host.evaluate(blobs, ensemble, {"id": f"s{i}", "keys_digest": None}, [q])[0]
+            assert clients[i].decrypt_result(reply).labels[0] == int(np.argmax(art.plaintext_logits(emb)[0]))
+        opened = time.perf_counter() - started
+        held, child = _rss_mb(), _rss_of(host.pid)
+        for i in range(sessions):
+            host.drop("ens", f"s{i}")
+        gone = host.pid is None
+        _trim()
+        closed = _rss_mb()
+        host.clear()
+    return [
+        (
+            f"hosted: API RSS before / {sessions} sessions (+ child) / closed",
+            f"{idle:.0f} / {held:.0f} + {child:.0f} / {closed:.0f} MB",
+            f"closed - before = {closed - idle:+.0f} MB ({(closed - idle) / idle:+.1%}; goal within 10%); "
+            f"child exited: {gone}",
+        ),
+        (f"hosted: {sessions} sessions opened + one query each", f"{opened:.2f} s", "child start included"),
+        *_hosted_latency_rows(art, ensemble_files=files),
+    ]
+
+
+def _hosted_latency_rows(art: EnsembleArtifact, *, ensemble_files: dict[str, bytes],
+                         reps: int = 10) -> list[tuple[str, str, str]]:
+    """Wall time of one query through the evaluator process against the same in this process."""
+    import tempfile
+    from pathlib import Path
+
+    from appliance._internal.store import BlobStore
+    from appliance.capabilities.inference.host import HostedEvaluators
+
+    client = PrivateClient(spec=art.public_spec())
+    keys = client.evaluation_keys()
+    query = client.encrypt(np.full((art.members, art.dim), 1.0 / np.sqrt(art.dim)))
+    with tempfile.TemporaryDirectory() as tmp:
+        blobs = BlobStore(root=Path(tmp) / "blobs", tmp_dir=Path(tmp) / "tmp")
+        ensemble = {
+            "id": "ens",
+            "json_digest": blobs.put_bytes(ensemble_files["ensemble.json"])[0],
+            "tensors_digest": blobs.put_bytes(ensemble_files["ensemble.safetensors"])[0],
+        }
+        host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
+        host.open(blobs, ensemble, "s", keys)
+        session = {"id": "s", "keys_digest": None}
+        hosted = _timed(lambda: host.evaluate(blobs, ensemble, session, [query]), reps)
+        host.clear()
+    inline = EnsembleEvaluator(artifact=art, public_context=keys)
+    local = _timed(lambda: inline.evaluate(query), reps)
+    return [("hosted / in-process wall per query", f"{hosted:.3f} / {local:.3f} s", f"{hosted / local:.2f}x")]
+
+
 def _previous_layout_cpu(art: EnsembleArtifact, emb: np.ndarray, reps: int) -> float:
     """Server CPU per query of the previous single layout (power-of-two class blocks, every
     rotation before the rescale), measured in this run as the baseline."""
@@ -457,6 +545,7 @@ def main() -> None:
     )
     parser.add_argument("--onehot-queries", type=int, default=24, help="random queries per one-hot shape")
     parser.add_argument("--sharpness", action="store_true", help="only the calibrated-scale and sharpness rows")
+    parser.add_argument("--memory", action="store_true", help="only the memory rows (in process and hosted)")
     parser.add_argument(
         "--wide-blocks", default=str(packing.WIDE_BLOCK), help="comma-separated wide-layout block sizes to measure"
     )
@@ -467,6 +556,10 @@ def main() -> None:
     preset = get_preset(args.preset)
     if args.sharpness:
         _print(_sharpness_rows(rng, k, c, d, reps, 48 if args.quick else 240), reps)
+        return
+    if args.memory:
+        art = _artifact(rng, k, c, d, args.preset)
+        _print(_memory_rows(art, 3) + _hosted_memory_rows(art, 3), reps)
         return
     if args.onehot:
         rows = []
@@ -497,7 +590,7 @@ def main() -> None:
     server_cpu = _cpu(lambda: evaluator.evaluate(query), reps)
     previous_cpu = _previous_layout_cpu(art, emb, reps)
     held_rows = _held_out_rows(art, client, evaluator, rng, 48 if args.quick else 240)
-    memory_rows = _memory_rows(art, 3)
+    memory_rows = _memory_rows(art, 3) + _hosted_memory_rows(art, 3)
     encrypt_s = _timed(lambda: client.encrypt(emb), reps)
     decrypt_s = _timed(lambda: client.decrypt_result(reply), reps)
     plain_s = _timed(lambda: art.plaintext_logits(emb).argmax(), 200)

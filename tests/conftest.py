@@ -67,6 +67,7 @@ def app(settings: Any) -> Iterator[Any]:
     application.extensions["test.queue"] = queue
     yield application
     queue.join()
+    application.extensions["appliance.inference_cache"].clear()  # stops an evaluator process
 
 
 @pytest.fixture

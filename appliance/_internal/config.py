@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +40,13 @@ class Settings(BaseModel):
     max_job_attempts: int = Field(default=2, ge=1)
     consumer_workers: int = Field(default=2, ge=1)
     inference_session_ttl_seconds: int = Field(default=3600, gt=0)
+    inference_evaluators: Literal["process", "inline"] = Field(
+        default="process",
+        description="Where sessions' HE evaluators live: 'process', a child process that exits a "
+        "few seconds after the last session closes (its memory goes back to the system); "
+        "'inline', this process (SEAL keeps what it freed for reuse, never returns it)")
+    inference_idle_seconds: float = Field(
+        default=5.0, ge=0, description="How long the evaluator process stays after its last session closes")
     device: str | None = None
     cluster_token: str | None = None
     api_url: str | None = Field(default=None, description="API node URL for cluster workers")

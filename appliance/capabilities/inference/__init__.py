@@ -27,4 +27,4 @@ def _cli() -> list[click.Command]:
     return [ensembles, predict]
 
 
-CAPABILITY = Capability(name="inference", routes=_routes, cli=_cli)
+CAPABILITY: Capability = Capability(name="inference", routes=_routes, cli=_cli)

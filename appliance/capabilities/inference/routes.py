@@ -19,6 +19,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
+from appliance._internal.config import Settings
 from appliance._internal.store import loads
 from appliance._internal.web.db import get_store
 from appliance._internal.web.http import Api, read_bounded
@@ -34,6 +35,7 @@ from appliance.capabilities.inference.service import (
     EnsembleSpec,
     EnsembleUpload,
     EvaluatorCache,
+    Evaluators,
     PredictQuery,
     SessionCreateQuery,
     SessionOut,
@@ -59,10 +61,21 @@ def _store() -> Any:
     return get_store()
 
 
-def _cache() -> EvaluatorCache:
+def evaluators_for(settings: Settings) -> Evaluators:
+    """The sessions' evaluators the settings ask for (see ``inference_evaluators``)."""
+    if settings.inference_evaluators == "inline":
+        return EvaluatorCache()
+    from appliance.capabilities.inference.host import HostedEvaluators
+
+    return HostedEvaluators(blobs=settings.blob_dir, tmp_dir=settings.tmp_dir,
+                            idle_seconds=settings.inference_idle_seconds)
+
+
+def _cache() -> Evaluators:
     cache = current_app.extensions.get("appliance.inference_cache")
     if cache is None:
-        cache = current_app.extensions.setdefault("appliance.inference_cache", EvaluatorCache())
+        cache = current_app.extensions.setdefault(
+            "appliance.inference_cache", evaluators_for(current_app.config["APPLIANCE_SETTINGS"]))
     return cache  # type: ignore[no-any-return]
 
 
@@ -99,7 +112,7 @@ def _file_part(name: str, limit: int) -> bytes:
 def register(app: Flask, api: Api, limiter: Limiter) -> None:
     """Add the private-inference routes to ``app`` and document them in ``api``."""
     v1 = Blueprint("inference", __name__, url_prefix="/v1")
-    app.extensions.setdefault("appliance.inference_cache", EvaluatorCache())
+    app.extensions.setdefault("appliance.inference_cache", evaluators_for(app.config["APPLIANCE_SETTINGS"]))
 
     @api.op(v1, "/ensembles", "POST", summary="Register a private ensemble (owner: admin, auditor)",
             tag="inference", form=EnsembleUpload, response=EnsembleOut, status=201)

@@ -13,7 +13,9 @@ content-addressed blobs; only :func:`ensemble_spec` (templates, classes, encoder
 norm bound, slot layout; never weights) is shown to callers. A session's evaluation keys (public
 keys only; a secret-bearing context is refused *before* anything is written) are a blob too,
 so every gunicorn process can lazily build the session's evaluator; :class:`EvaluatorCache`
-keeps the most recently used ones per process. Ciphertexts and keys are never logged, and
+keeps the most recently used ones per process (by default in a child process of each server
+process, :mod:`appliance.capabilities.inference.host`, so that their memory goes back to the
+system when the sessions close). Ciphertexts and keys are never logged, and
 plaintext never reaches the server: clients embed and encrypt locally.
 
 The client side (sessions holding the secret key, embedding, decryption) lives in the SDK:
@@ -31,11 +33,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance._internal.store import Store, dumps, loads, new_id, utcnow
+from appliance._internal.store import BlobStore, Store, dumps, loads, new_id, utcnow
 from appliance.errors import Conflict, Gone, NotFound, PayloadTooLarge, UnprocessableInput, ValidationFailed
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -351,6 +353,30 @@ def get_ensemble(store: Store, principal: Principal, ensemble_id: str) -> dict[s
     return store.get_owned("ensembles", principal.tenant_id, ensemble_id, "ensemble")
 
 
+# -- evaluators ----------------------------------------------------------------------------------
+class Evaluators(Protocol):
+    """Where sessions' evaluators live: :class:`EvaluatorCache` (in this process) or
+    :class:`~appliance.capabilities.inference.host.HostedEvaluators` (in a child process that
+    exits when the last session closes, so its memory goes back to the system)."""
+
+    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes) -> None:
+        """Validate ``keys`` against the ensemble by building the session's evaluator, and keep it."""
+
+    def evaluate(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
+                 queries: list[bytes]) -> list[bytes]:
+        """One reply per single-layout query ciphertext."""
+
+    def evaluate_wide(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
+                      body: bytes) -> bytes:
+        """The reply to a wide-layout body."""
+
+    def drop(self, ensemble_id: str, session_id: str) -> None:
+        """Forget a session's evaluator."""
+
+    def clear(self) -> None:
+        """Forget every evaluator."""
+
+
 # -- evaluator cache (per process) ---------------------------------------------------------------
 @dataclass
 class _Entry:
@@ -412,7 +438,7 @@ class EvaluatorCache:
             del entry
             release_memory()
 
-    def artifact(self, store: Store, row: dict[str, Any]) -> EnsembleArtifact:
+    def artifact(self, blobs: BlobStore, row: dict[str, Any]) -> EnsembleArtifact:
         """The ensemble's artifact, read from its blobs once per process."""
         with self._lock:
             art = self._artifacts.get(row["id"])
@@ -423,7 +449,7 @@ class EvaluatorCache:
 
         files = {}
         for name, digest in ((JSON_NAME, row["json_digest"]), (TENSORS_NAME, row["tensors_digest"])):
-            path = store.blobs.path(digest)
+            path = blobs.path(digest)
             if not path.is_file():
                 raise Gone(f"the artifact of ensemble {row['id']!r} is no longer stored")
             files[name] = path.read_bytes()
@@ -471,7 +497,7 @@ class EvaluatorCache:
                 self._entries.popitem(last=False)
         return entry
 
-    def get_or_load(self, store: Store, ensemble: dict[str, Any],
+    def get_or_load(self, blobs: BlobStore, ensemble: dict[str, Any],
                     session: dict[str, Any]) -> _Entry:
         """The session's evaluator: cached, or rebuilt from the stored evaluation keys."""
         key = (ensemble["id"], session["id"])
@@ -487,15 +513,31 @@ class EvaluatorCache:
             if entry is not None:
                 return entry
             digest = session["keys_digest"]
-            path = store.blobs.path(digest) if digest else None
+            path = blobs.path(digest) if digest else None
             if path is None or not path.is_file():
                 raise Gone(f"inference session {session['id']!r} has expired or was closed")
-            artifact = self.artifact(store, ensemble)
+            artifact = self.artifact(blobs, ensemble)
             evaluator = self.build(artifact, ensemble["id"], path.read_bytes())
             entry = self.put(ensemble["id"], session["id"], evaluator)
         with self._lock:
             self._building.pop(key, None)
         return entry
+
+    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes) -> None:
+        """Build the session's evaluator from ``keys`` (422 if refused) and keep it."""
+        self.put(ensemble["id"], session_id, self.build(self.artifact(blobs, ensemble), ensemble["id"], keys))
+
+    def evaluate(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
+                 queries: list[bytes]) -> list[bytes]:
+        entry = self.get_or_load(blobs, ensemble, session)
+        with _refused("ciphertext"), entry.lock:
+            return [entry.evaluator.evaluate(q) for q in queries]
+
+    def evaluate_wide(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
+                      body: bytes) -> bytes:
+        entry = self.get_or_load(blobs, ensemble, session)
+        with _refused("wide batch", context_hint="open a new session with keys from this SDK version"), entry.lock:
+            return entry.evaluator.evaluate_wide_batch(body)
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -541,7 +583,7 @@ def sweep_expired(store: Store, *, now: float | None = None) -> int:
     return len(rows)
 
 
-def open_session(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemble_id: str,
+def open_session(store: Store, cache: Evaluators, principal: Principal, *, ensemble_id: str,
                  keys: bytes, ttl_seconds: int) -> dict[str, Any]:
     """Validate uploaded evaluation keys against the ensemble and open a session.
 
@@ -558,21 +600,24 @@ def open_session(store: Store, cache: EvaluatorCache, principal: Principal, *, e
                               hint=KEYS_HINT)
     if not keys:
         raise UnprocessableInput("the body must hold the evaluation keys (public context)")
-    artifact = cache.artifact(store, ensemble)
-    evaluator = cache.build(artifact, ensemble["id"], keys)
-    sweep_expired(store)
-    digest, size = store.blobs.put_bytes(keys)
-    created = time.time()
-    row = {"id": new_id("ses"), "tenant_id": principal.tenant_id, "ensemble_id": ensemble["id"],
-           "keys_digest": digest, "keys_size": size, "token_id": principal.token_id,
-           "created_at": _iso(created), "expires_at": created + ttl_seconds}
-    with store.transaction():
-        store.record_blob(digest, size)
-        store.conn.execute(
-            "INSERT INTO inference_sessions (id, tenant_id, ensemble_id, keys_digest, keys_size, "
-            "token_id, created_at, expires_at) VALUES (:id, :tenant_id, :ensemble_id, "
-            ":keys_digest, :keys_size, :token_id, :created_at, :expires_at)", row)
-    cache.put(ensemble["id"], row["id"], evaluator)
+    session_id = new_id("ses")
+    cache.open(store.blobs, ensemble, session_id, keys)
+    try:
+        sweep_expired(store)
+        digest, size = store.blobs.put_bytes(keys)
+        created = time.time()
+        row = {"id": session_id, "tenant_id": principal.tenant_id, "ensemble_id": ensemble["id"],
+               "keys_digest": digest, "keys_size": size, "token_id": principal.token_id,
+               "created_at": _iso(created), "expires_at": created + ttl_seconds}
+        with store.transaction():
+            store.record_blob(digest, size)
+            store.conn.execute(
+                "INSERT INTO inference_sessions (id, tenant_id, ensemble_id, keys_digest, keys_size, "
+                "token_id, created_at, expires_at) VALUES (:id, :tenant_id, :ensemble_id, "
+                ":keys_digest, :keys_size, :token_id, :created_at, :expires_at)", row)
+    except BaseException:
+        cache.drop(ensemble["id"], session_id)
+        raise
     return row
 
 
@@ -587,7 +632,7 @@ def get_session(store: Store, principal: Principal, session_id: str) -> dict[str
     return row
 
 
-def close_session(store: Store, cache: EvaluatorCache, principal: Principal,
+def close_session(store: Store, cache: Evaluators, principal: Principal,
                   session_id: str) -> None:
     """Delete a session and its stored evaluation keys (404 for another token's)."""
     row = get_session(store, principal, session_id)
@@ -597,7 +642,7 @@ def close_session(store: Store, cache: EvaluatorCache, principal: Principal,
     cache.drop(row["ensemble_id"], row["id"])
 
 
-def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemble_id: str,
+def predict(store: Store, cache: Evaluators, principal: Principal, *, ensemble_id: str,
             session_id: str, body: bytes | Callable[[], bytes], batch: bool,
             layout: str = "single") -> bytes:
     """Evaluate the ensemble and the encrypted argmax on the body's ciphertext(s).
@@ -642,9 +687,7 @@ def predict(store: Store, cache: EvaluatorCache, principal: Principal, *, ensemb
         queries = [body]
     if not any(queries) and not body:
         raise UnprocessableInput("the body must hold a ciphertext")
-    entry = cache.get_or_load(store, ensemble, session)
-    with _refused("ciphertext"), entry.lock:
-        replies = [entry.evaluator.evaluate(q) for q in queries]
+    replies = cache.evaluate(store.blobs, ensemble, session, queries)
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (len(queries), session["id"]))
     return encode_blobs(replies) if batch else replies[0]
@@ -687,7 +730,7 @@ def _refused(what: str, *, context_hint: str | None = None) -> Iterator[None]:
                                  hint=CiphertextError.hint) from None
 
 
-def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
+def _predict_wide(store: Store, cache: Evaluators, ensemble: dict[str, Any],
                   session: dict[str, Any], body: bytes) -> bytes:
     from crypto.private_inference.wire import wide_query_count
 
@@ -697,9 +740,7 @@ def _predict_wide(store: Store, cache: EvaluatorCache, ensemble: dict[str, Any],
     if refusal is not None:
         raise UnprocessableInput(refusal, hint="send single-layout ciphertexts (layout=single); the "
                                                "spec's 'layouts' lists what this ensemble accepts")
-    entry = cache.get_or_load(store, ensemble, session)
-    with _refused("wide batch", context_hint="open a new session with keys from this SDK version"), entry.lock:
-        reply = entry.evaluator.evaluate_wide_batch(body)
+    reply = cache.evaluate_wide(store.blobs, ensemble, session, body)
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (wide_query_count(body), session["id"]))
     return reply
