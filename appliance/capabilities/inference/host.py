@@ -50,6 +50,7 @@ from appliance.capabilities.inference.service import (
 from appliance.errors import (
     ApplianceError,
     Conflict,
+    Error,
     Gone,
     NotFound,
     PayloadTooLarge,
@@ -305,6 +306,8 @@ def _serve(conn: Connection, cache: EvaluatorCache, blobs: BlobStore) -> None:
                 raise ValidationFailed(f"unknown operation {op!r}")
         except ApplianceError as exc:
             reply["error"] = {"type": type(exc).__name__, "detail": exc.detail, "hint": exc.hint}
+        except Error as exc:  # a library's refusal of the caller's input: a 422, as the app maps it
+            reply["error"] = {"type": "UnprocessableInput", "detail": exc.detail, "hint": exc.hint}
         except Exception as exc:  # reported as a 500 by the API process; never its contents
             log.error("private inference: %s failed in the evaluator process: %s", header.get("op"),
                       type(exc).__name__)

@@ -168,3 +168,40 @@ def test_the_evaluator_process_speaks_only_to_a_peer_with_its_key(
         assert private.decrypt_result(reply[0]).labels[0] == int(np.argmax(art.plaintext_logits(emb[None])[0]))
     finally:
         host.clear()
+
+
+class _Refusing:
+    """Stands in for the child's evaluator cache: every evaluation raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.builds = error, 0
+
+    def __len__(self) -> int:
+        return 1
+
+    def evaluate(self, *args: Any) -> list[bytes]:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    ("ciphertext", "UnprocessableInput"),  # a library's refusal (crypto.errors.Error): 422 as in process
+    ("gone", "Gone"),
+    ("bug", "internal"),
+])
+def test_the_child_reports_refusals_as_the_api_process_would(error: str, expected: str) -> None:
+    from multiprocessing import Pipe
+
+    from appliance.capabilities.inference.host import _receive, _send, _serve
+    from appliance.errors import Gone
+    from crypto.ckks import CiphertextError
+
+    raised = {"ciphertext": CiphertextError("not a ciphertext of this session"),
+              "gone": Gone("inference session 'ses_1' has expired or was closed"),
+              "bug": KeyError("secret detail")}[error]
+    parent, child = Pipe()
+    _send(parent, {"op": "evaluate", "ensemble": {}, "session": {}}, [b"\x00"])
+    _serve(child, _Refusing(raised), None)  # type: ignore[arg-type]
+    header, frames = _receive(parent)
+    assert header["error"]["type"] == expected and frames == [] and header["live"] == 1
+    # an unexpected failure says nothing of its contents
+    assert "secret" not in str(header)
