@@ -99,6 +99,7 @@ class HostedEvaluators:
         self._authkey = b""
         self._inflight = 0
         self._live = 0
+        self._seq = -1  # the child's counter on the reply that set _live (replies may cross)
         self._timer: threading.Timer | None = None
         self._finalizer: weakref.finalize[..., Any] | None = None
 
@@ -163,8 +164,9 @@ class HostedEvaluators:
             with self._lock:
                 self._inflight -= 1
                 if reply:
-                    self._live = int(reply.get("live", self._live))
                     self.builds += int(reply.get("built", 0))
+                    if int(reply.get("seq", 0)) > self._seq:
+                        self._live, self._seq = int(reply.get("live", self._live)), int(reply.get("seq", 0))
                 if self._live == 0 and self._inflight == 0:
                     self._stop_later_locked()
         error = reply.get("error")
@@ -205,7 +207,7 @@ class HostedEvaluators:
             raise ServiceUnavailable("the private-inference evaluator process did not start",
                                      hint="see the server log; retry")
         self._proc = proc
-        self._live = 0
+        self._live, self._seq = 0, -1
         self.starts += 1
         # an instance dropped with sessions still open (a discarded app) stops its child too
         self._finalizer = weakref.finalize(self, _reap, proc, self._folder)
@@ -283,6 +285,10 @@ def _readline(stream: Any, timeout: float) -> bytes:
 
 
 # -- the child ------------------------------------------------------------------------------
+_replies = threading.Lock()
+_counter = [0]
+
+
 def _serve(conn: Connection, cache: EvaluatorCache, blobs: BlobStore) -> None:
     with conn:
         try:
@@ -312,7 +318,9 @@ def _serve(conn: Connection, cache: EvaluatorCache, blobs: BlobStore) -> None:
             log.error("private inference: %s failed in the evaluator process: %s", header.get("op"),
                       type(exc).__name__)
             reply["error"] = {"type": "internal"}
-        reply.update(live=len(cache), built=cache.builds - builds)
+        with _replies:  # the count of live evaluators and its sequence number go together
+            _counter[0] += 1
+            reply.update(live=len(cache), built=cache.builds - builds, seq=_counter[0])
         try:
             _send(conn, reply, out)
         except (OSError, EOFError):
