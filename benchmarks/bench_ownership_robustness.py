@@ -18,7 +18,11 @@ defaults (``ShadowTraining()``: conv_encoder, SimCLR, 400 epochs, 3 seeds) on th
 set, through the same code the service runs. Audits use the service's defaults.
 
 Seeds below 1000 are the development part; ``--final`` reports only the part kept aside
-(seeds 1000+), which was not looked at while the method was tuned.
+(seeds 1000+), which was not looked at while the method was tuned; ``--replicate`` (3000+) is a
+second such part, run after ``--final`` was reported. In those three parts every suspect is
+audited on one fixed D_pub / D_pvt split, so their FPR is conditional on that single draw;
+``--owners`` (5000+) makes every suspect its own data owner with its own random split (see
+``OWNERS_BASE``), which is what the test's guarantee averages over.
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -109,6 +113,24 @@ def _suspect_views(batch: Any, gen: Any) -> Any:
     return out.clamp(0.0, 16.0)
 
 
+#: Seeds from here on (``--owners``) are each their own data owner: D_pub and D_pvt are that seed's
+#: own random split of the 1100 images (700 / 400), the positives and partials train on it and
+#: every audit of the seed uses it. Below, every suspect shares the one fixed split of
+#: :func:`digits_native`, so its TPR and FPR are conditional on a single draw of the split (the
+#: randomness the permutation test's guarantee is over).
+OWNERS_BASE = 5000
+
+
+def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (D_pub, D_pvt) a suspect of ``seed`` is audited on (and, if it saw D_pub, trained on)."""
+    pub, pvt, _ = digits_native()
+    if seed < OWNERS_BASE:
+        return pub, pvt
+    pool = np.concatenate([pub, pvt])
+    order = np.random.default_rng([2026, seed]).permutation(len(pool))
+    return pool[order[: len(pub)]], pool[order[len(pub) :]]
+
+
 def train_suspect(task: tuple[str, int]) -> tuple[str, int, float]:
     """Train one independent suspect (SimCLR with an MLP projector) and cache its weights."""
     import torch
@@ -120,7 +142,8 @@ def train_suspect(task: tuple[str, int]) -> tuple[str, int, float]:
     path = CACHE / f"{role}-{seed}.safetensors"
     if path.is_file():
         return role, seed, 0.0
-    pub, _, alt = digits_native()
+    _, _, alt = digits_native()
+    pub, _ = owner_sets(seed)
     rng = np.random.default_rng(seed)
     if role == "positive":
         data = pub
@@ -356,6 +379,11 @@ def main() -> None:
         help="a second part kept aside (seeds 3000+), for a replicate after --final was reported",
     )
     parser.add_argument(
+        "--owners",
+        action="store_true",
+        help=f"a third part kept aside (seeds {OWNERS_BASE}+), every suspect its own owner with its own random split",
+    )
+    parser.add_argument(
         "--shares",
         default="0.5",
         help="shares of D_pub in the partials' training sets, of 0.25, 0.5, 0.75 (--partials per share)",
@@ -374,7 +402,7 @@ def main() -> None:
     )
     parser.add_argument("--summary", action="store_true", help="only print the tables from --results")
     args = parser.parse_args()
-    part = "replicate" if args.replicate else "final" if args.final else "development"
+    part = "owners" if args.owners else "replicate" if args.replicate else "final" if args.final else "development"
     results = args.results or CACHE / f"results-{part}.jsonl"
     named_shares = {str(share): role for role, (share, _) in PARTIALS.items()}
     shares = [named_shares[share.strip()] for share in args.shares.split(",") if share.strip()]
@@ -387,7 +415,7 @@ def main() -> None:
     from appliance.audits.registry import create_method
 
     torch.set_num_threads(1)
-    base = {"replicate": 3000, "final": 1000, "development": 0}[part]
+    base = {"owners": OWNERS_BASE, "replicate": 3000, "final": 1000, "development": 0}[part]
     n_pos, n_neg, n_part, n_null = (4, 4, 1, 8) if args.quick else (10, 10, 2, 32)
     n_pos = n_pos if args.positives is None else args.positives
     n_neg = n_neg if args.negatives is None else args.negatives
@@ -416,7 +444,10 @@ def main() -> None:
     for role, seed, train_s in trained_iter:
         suspect = load_suspect(role, seed)
         started = time.perf_counter()
-        result = method.run(DOV4CLInputs(public=pub, private=pvt, suspect=suspect, shadow=shadows), seed=seed)
+        owner_pub, owner_pvt = owner_sets(seed)
+        result = method.run(
+            DOV4CLInputs(public=owner_pub, private=owner_pvt, suspect=suspect, shadow=shadows), seed=seed
+        )
         wall = time.perf_counter() - started
         st = result.statistics
         shape = (
@@ -472,7 +503,7 @@ def main() -> None:
             if (role, seed) not in cached:
                 cached = {(role, seed): (RowCache(load_suspect(role, seed)), [RowCache(s) for s in shadows])}
             suspect, kept_shadows = cached[(role, seed)]
-            images = pool_images if role == "negative" else pub
+            images = pool_images if role == "negative" else owner_sets(seed)[0]
             order = np.random.default_rng([7, i]).permutation(len(images))
             half = len(images) // 2
             result = method.run(
