@@ -401,6 +401,13 @@ def main() -> None:
         "rerun resumes from it (default: in the cache, per part)",
     )
     parser.add_argument("--summary", action="store_true", help="only print the tables from --results")
+    parser.add_argument(
+        "--split-study",
+        type=int,
+        metavar="K",
+        help="only audit the part's (trained) negatives on the owner's split and K - 1 other random "
+        "splits of the same pool, every negative on every split: FPR and median statistic per split",
+    )
     args = parser.parse_args()
     part = "owners" if args.owners else "replicate" if args.replicate else "final" if args.final else "development"
     results = args.results or CACHE / f"results-{part}.jsonl"
@@ -434,6 +441,9 @@ def main() -> None:
     )
 
     method = create_method("dov4cl")
+    if args.split_study:
+        split_study(method, shadows, base, n_neg, args.split_study)
+        return
     todo = [task for task in tasks if task not in done]
     if args.workers <= 1:
         trained_iter: Any = map(train_suspect, todo)
@@ -518,6 +528,45 @@ def main() -> None:
             records.append(record)
             print(f"  null set {i} ({role} {seed}), flip={policy}: p = {result.p_value:.4f}", flush=True)
     summarise(records)
+
+
+def split_study(method: Any, shadows: list[Any], base: int, n_neg: int, k: int) -> None:
+    """Every negative audited on the same K splits of D_pub + D_pvt (split 0 the owner's): the
+    test is exact over the randomness of the split, so over many splits its FPR is alpha,
+    while on any one split the negatives share that split's draw and their FPR may be above or
+    below it."""
+    from appliance.audits.ownership.dov4cl import DOV4CLInputs
+
+    pub, pvt, _ = digits_native()
+    pool = np.concatenate([pub, pvt])
+    splits = [np.arange(len(pool))] + [np.random.default_rng([99, s]).permutation(len(pool)) for s in range(1, k)]
+    kept = [RowCache(s) for s in shadows]
+    found: list[list[tuple[float, float]]] = [[] for _ in splits]
+    for j in range(n_neg):
+        seed = base + 100 + j
+        suspect = RowCache(load_suspect("negative", seed))
+        for s, order in enumerate(splits):
+            result = method.run(
+                DOV4CLInputs(public=pool[order[: len(pub)]], private=pool[order[len(pub) :]], suspect=suspect,
+                             shadow=kept),
+                seed=seed,
+            )
+            found[s].append((result.p_value, result.statistics["calibrated_statistic"]))
+        print(f"  negative {seed}: p = " + ", ".join(f"{found[s][-1][0]:.3f}" for s in range(k)), flush=True)
+    rows = []
+    for s, values in enumerate(found):
+        p = np.array([v[0] for v in values])
+        rows.append([
+            "owner's" if s == 0 else f"random {s}",
+            clopper_pearson(int((p < ALPHA).sum()), len(p)),
+            f"{np.median([v[1] for v in values]):+.4f}",
+            f"{p.mean():.2f}",
+        ])
+    every = np.array([v[0] for values in found for v in values])
+    rows.append(["all", clopper_pearson(int((every < ALPHA).sum()), len(every)), "", f"{every.mean():.2f}"])
+    print()
+    header = ["split", "FPR", "median statistic", "mean p"]
+    print(table(f"{n_neg} negatives, each on the same {k} splits", header, rows))
 
 
 def _span(values: list[float]) -> str:
