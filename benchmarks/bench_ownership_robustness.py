@@ -402,6 +402,14 @@ def main() -> None:
     )
     parser.add_argument("--summary", action="store_true", help="only print the tables from --results")
     parser.add_argument(
+        "--family-shadows",
+        type=int,
+        metavar="N",
+        help="only audit the part's (trained) suspects on their split three ways: against the appliance's "
+        "shadows, against the last N negatives (the suspects' own family, never saw D_pub) as shadows, and "
+        "against both",
+    )
+    parser.add_argument(
         "--split-study",
         type=int,
         metavar="K",
@@ -443,6 +451,9 @@ def main() -> None:
     method = create_method("dov4cl")
     if args.split_study:
         split_study(method, shadows, base, n_neg, args.split_study)
+        return
+    if args.family_shadows:
+        family_shadows(method, shadows, base, n_pos, n_neg, args.family_shadows)
         return
     todo = [task for task in tasks if task not in done]
     if args.workers <= 1:
@@ -567,6 +578,38 @@ def split_study(method: Any, shadows: list[Any], base: int, n_neg: int, k: int) 
     print()
     header = ["split", "FPR", "median statistic", "mean p"]
     print(table(f"{n_neg} negatives, each on the same {k} splits", header, rows))
+
+
+def family_shadows(method: Any, shadows: list[Any], base: int, n_pos: int, n_neg: int, n_family: int) -> None:
+    """The appliance's shadows against shadows of the suspects' own family: the last
+    ``n_family`` negatives (trained on the alternative set, like the appliance's shadows) serve
+    as shadows for the other negatives and the positives, on each suspect's split."""
+    from appliance.audits.ownership.dov4cl import DOV4CLInputs
+
+    appliance = [RowCache(s) for s in shadows]
+    family = [RowCache(load_suspect("negative", base + 100 + j)) for j in range(n_neg - n_family, n_neg)]
+    designs = {"appliance's": appliance, "own family": family, "both": appliance + family}
+    found: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    roles = [("negative", base + 100 + j) for j in range(n_neg - n_family)] + [
+        ("positive", base + j) for j in range(n_pos)
+    ]
+    for role, seed in roles:
+        suspect = RowCache(load_suspect(role, seed))
+        public, private = owner_sets(seed)
+        line = []
+        for name, kept in designs.items():
+            result = method.run(DOV4CLInputs(public=public, private=private, suspect=suspect, shadow=kept), seed=seed)
+            found.setdefault((role, name), []).append((result.p_value, result.statistics["calibrated_statistic"]))
+            line.append(f"{name} p = {result.p_value:.4f} ({result.statistics['calibrated_statistic']:+.4f})")
+        print(f"  {role} {seed}: " + "; ".join(line), flush=True)
+    rows = []
+    for (role, name), values in found.items():
+        p = np.array([v[0] for v in values])
+        rows.append([role, name, clopper_pearson(int((p < ALPHA).sum()), len(p)),
+                     f"{np.median([v[1] for v in values]):+.4f}", f"{np.median(p):.4f}"])
+    print()
+    header = ["suspects", "shadows", "p < 0.05", "median statistic", "median p"]
+    print(table(f"Shadows of the appliance's recipe vs of the suspects' own family ({n_family})", header, rows))
 
 
 def _span(values: list[float]) -> str:
