@@ -165,26 +165,6 @@ def _kept_shadows(store: Store, tenant: str, data_digest: str) -> list[ModelInpu
     return [ModelInput.model_validate(model_input(dict(row))) for row in rows]
 
 
-def _embedding_dim(model: ModelInput) -> int | None:
-    """A registered encoder's embedding dimension where its architecture tells it (safetensors),
-    else None (ONNX and transformers models are not loaded at submission)."""
-    if model.format != "safetensors" or not model.architecture:
-        return None
-    import torch
-
-    from models.architectures import create_architecture
-    from models.vision import encoder_output_dim
-
-    config = dict(model.config or {})
-    inner = config.get("family_config", config)
-    try:
-        with torch.device("meta"):
-            module = create_architecture(model.architecture, config)
-        return encoder_output_dim(module, int(inner.get("in_channels", 1)), int(inner.get("image_size", 16)))
-    except Exception:  # noqa: BLE001 (an architecture this probe cannot run: no dimension known)
-        return None
-
-
 def _is_encoder(model: ModelInput) -> bool:
     """Registered as an encoder, or safetensors of an encoder architecture (uploads without a
     kind are recorded as classifiers)."""
@@ -201,10 +181,11 @@ def _is_encoder(model: ModelInput) -> bool:
 
 
 def _check_shadows(shadows: list[ModelInput], public: DatasetInput | None) -> None:
-    """Shadows given by id must be encoders that embed in one dimension (they stand for one
-    recipe); a shadow the appliance trained must take the audited images' shape. A suspect of
-    another dimension is not refused: the audit compares relations between views, not the
-    embeddings, and reports the difference as a caution."""
+    """Shadows given by id must be encoders; a shadow the appliance trained must take the
+    audited images' shape. Shadows (and the suspect) may embed in different dimensions: the
+    audit compares relations between views (cosines), never embeddings, and regresses the
+    suspect's per-image scores on each shadow's separately, so the appliance's shadows and
+    encoders of the suspect's own family (uploaded, e.g. as ONNX) can serve together."""
     for shadow in shadows:
         if not _is_encoder(shadow):
             raise UnprocessableInput(f"shadow model {shadow.id} is a {shadow.kind}, not an encoder")
@@ -214,9 +195,6 @@ def _check_shadows(shadows: list[ModelInput], public: DatasetInput | None) -> No
             raise UnprocessableInput(
                 f"shadow model {shadow.id} was trained on images of shape {list(trained_on[1:])}; the "
                 f"public dataset holds images of shape {list(public.shape)}")
-    dims = {shadow.id: _embedding_dim(shadow) for shadow in shadows}
-    if len({d for d in dims.values() if d is not None}) > 1:
-        raise UnprocessableInput(f"the shadow models embed in different dimensions: {dims}")
 
 
 def _images(ctx: JobContext, dataset: DatasetInput | None, what: str, *,

@@ -275,14 +275,18 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         assert new_id not in ids
         assert client.get(f"/v1/models/{new_id}", headers=auth(token_a)).get_json()["origin"]["recipe"]["seed"] == 5
 
-        # refused at submission: another tenant's shadow, a classifier, shadows of two dimensions,
-        # a shadow trained on images of another shape
+        # shadows of two dimensions serve together (relations are cosines; the fit takes each
+        # shadow's scores separately): the appliance's own and, say, an uploaded one of another family
+        narrow_cfg = {**config, "embed_dim": 8}
+        narrow = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=4, **narrow_cfg),
+                               "conv_encoder", narrow_cfg, tmp_path, "enc8")
+        mixed = _report(client, token_a, submit({**by_id, "shadow_model_ids": [ids[0], narrow["id"]]}))
+        assert [m["model_id"] for m in mixed["inputs"]["shadows"]["models"]] == [ids[0], narrow["id"]]
+        assert len(mixed["statistics"]["shadow_coefficients"]) == 3
+
+        # refused at submission: another tenant's shadow, a classifier, a shadow trained on
+        # images of another shape
         assert submit({**by_id, "shadow_model_ids": ids}, token_b).status_code == 404
-        classifier = _upload_torch(client, token_a, build_model(
-            ENCODERS["conv_encoder"], seed=3, **config), "conv_encoder", config, tmp_path, "enc16")
-        wide = {**config, "embed_dim": 8}
-        narrow = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=4, **wide),
-                               "conv_encoder", wide, tmp_path, "enc8")
         from models.vision import ConvClassifier
         clf_config = {"in_channels": 1, "image_size": 8, "num_classes": 10, "width": 8}
         clf = _upload_torch(client, token_a, build_model(lambda **c: ConvClassifier(**c), seed=5, **clf_config),
@@ -291,8 +295,6 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         pvt16 = _upload_dataset(client, token_a, "pvt16", x=np.zeros((32, 1, 16, 16), np.float32))
         for shadow_ids, extra, needle in (
                 ([clf["id"]], {}, "not an encoder"),
-                ([classifier["id"], narrow["id"]], {}, "different dimensions"),
-                ([ids[0], narrow["id"]], {}, "different dimensions"),
                 (ids, {"public_dataset_id": big["id"], "private_dataset_id": pvt16["id"]}, "shape")):
             resp = submit({**by_id, **extra, "shadow_model_ids": shadow_ids})
             assert resp.status_code == 422, (shadow_ids, resp.get_json())
