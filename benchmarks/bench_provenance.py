@@ -9,6 +9,9 @@ split with and without a cached shadow pool.
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspects 4 --quick
     # a fresh set of suspects (grid picks, init and sampling seeds), and every model's labels saved
     OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --suspect-seed 2 --dump-labels labels.npz
+    # ... with extra sets per generator (600 more validation samples per class, 200 hot probes per
+    # class, 200 per class at temperature 1.6) in the dump, for benchmarks/provenance_offline.py
+    OMP_NUM_THREADS=1 python benchmarks/bench_provenance.py --shadows 24 --extra-sets --dump-labels labels.npz
 
 The tests per pair also include the error-location test (``decision="error_location"``).
 
@@ -72,6 +75,12 @@ def main() -> None:
     parser.add_argument("--suspect-seed", type=int, default=0,
                         help="suspect set: picks from the grid, init and sampling seeds (0: the original set; "
                              "use another to report on suspects the statistic was not chosen on)")
+    parser.add_argument("--n-val", type=int, default=200,
+                        help="validation samples per class (200, the appliance's default)")
+    parser.add_argument("--extra-sets", action="store_true",
+                        help="with --dump-labels: also query every model on each generator's extra sets (a second "
+                             "validation set of 600 per class at t_val 1.2, 200 hot probes per class at 2.0, 200 per "
+                             "class at 1.6; own seeds) and dump them, to study larger sets offline")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts = digits_provenance_splits(seed=0)
@@ -89,7 +98,7 @@ def main() -> None:
         y = balanced_labels(10, 50)
         right = float((judge(gen.sample(y, seed=7, temperature=1.0)).argmax(1) == y).mean())
         print(f"{name}: a real-data MLP labels {right:.3f} of its samples correctly")
-    n_shadow, n_val, epochs = (100, 100, 15) if args.quick else (300, 200, 20)
+    n_shadow, n_val, epochs = (100, 100, 15) if args.quick else (300, args.n_val, 20)
     evidence, timing = {}, {}
     for name, gen in gens.items():
         t0 = time.perf_counter()
@@ -116,6 +125,15 @@ def main() -> None:
     # hot probes (the error_location_hot test): each generator's samples at temperature 2, as the
     # appliance draws them (models.provenance.draw_probes)
     hot = {f"hot_{o}": (ev.probe_x, ev.probe_y) for o, ev in evidence.items()}
+    # extra sets (offline study only; not used by the tests printed below), each seed unused elsewhere
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if args.extra_sets:
+        for o, gen in gens.items():
+            y2 = balanced_labels(10, 600)
+            extra[f"val2_{o}"] = (gen.sample(y2, seed=7_770_001, temperature=1.2), y2)
+            extra[f"hot200_{o}"] = draw_probes(gen, num_classes=10, n_probe=200, seed=7_770_002, temperature=2.0)
+            y3 = balanced_labels(10, 200)
+            extra[f"warm_{o}"] = (gen.sample(y3, seed=7_770_003, temperature=1.6), y3)
     answers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in sources}
     query_seconds = []
     for s_index, source in enumerate(sources):
@@ -134,7 +152,7 @@ def main() -> None:
             query_seconds.append((time.perf_counter() - q0) / len(gens))
             for ref in owner_real.values():
                 answers[source][-1][ref.name] = fn(ref.x).argmax(1)
-            for k, (hx, _) in hot.items():
+            for k, (hx, _) in {**hot, **extra}.items():
                 answers[source][-1][k] = fn(hx).argmax(1)
     if args.dump:
         record = {"shadows": [s.to_dict() for s in specs],
@@ -163,8 +181,14 @@ def main() -> None:
                 shadow_p = np.stack([fn(x) for fn in ev.shadows])
                 arrays[f"shadow/{o}/{k}"] = shadow_p.argmax(2)
                 arrays[f"shadow_proba/{o}/{k}"] = shadow_p.astype(np.float32)
+        for k, (x, y) in extra.items():  # an extra set is evaluated by its own generator's shadows only
+            o = k.split("_", 1)[1]
+            arrays[f"y/{k}"] = y
+            shadow_p = np.stack([fn(x) for fn in evidence[o].shadows])
+            arrays[f"shadow/{o}/{k}"] = shadow_p.argmax(2)
+            arrays[f"shadow_proba/{o}/{k}"] = shadow_p.astype(np.float32)
         for source in sources:
-            for k in label_sets:
+            for k in [*label_sets, *extra]:
                 arrays[f"suspect/{source}/{k}"] = np.stack([a[k] for a in answers[source]])
         np.savez_compressed(args.dump_labels, **arrays)  # type: ignore[arg-type]
     print(f"\n{args.suspects} suspects per source; alpha 0.05; verdict 'consistent' expected iff source == owner")

@@ -241,6 +241,33 @@ def test_error_location_null_is_calibrated_whatever_the_suspects_skill() -> None
     assert power > 0.9, power
 
 
+def test_error_location_locates_more_on_a_larger_validation_set() -> None:
+    # suspects near the accuracy ceiling (b in [2.5, 4]: few errors) as on the digits benchmark:
+    # four times the validation samples keep the null's size (under this shift model) and raise the
+    # power against a suspect whose difficulties are only partly the generator's: n_val is a power
+    # knob (on the benchmark's held-out suspects 800 per class also raised false "not G_d": README)
+    rng = np.random.default_rng(5)
+    m, alpha, rates = 24, 0.05, {}
+    for n in (500, 2000):
+        labels = rng.integers(0, 10, n)
+        runner_up = (labels + rng.integers(1, 10, n)) % 10
+        delta, other = rng.normal(0, 2, n), rng.normal(0, 2, n)
+        shadows = [_margin_probs(delta + rng.uniform(3, 4) + rng.normal(0, 1, n), runner_up, labels)
+                   for _ in range(m)]
+
+        def suspect(base: np.ndarray, n: int = n, labels: np.ndarray = labels,
+                    runner_up: np.ndarray = runner_up) -> np.ndarray:
+            return np.where(base + rng.uniform(2.5, 4) + rng.normal(0, 1, n) > 0, labels, runner_up)
+
+        size = np.mean([error_location_test(shadows, labels, suspect(delta), alpha=alpha)[0].outlier
+                        for _ in range(150)])
+        power = np.mean([error_location_test(shadows, labels, suspect(0.97 * delta + 0.25 * other),
+                                             alpha=alpha)[0].outlier for _ in range(150)])
+        rates[n] = (float(size), float(power))
+    assert all(size <= 0.09 for size, _ in rates.values()), rates
+    assert rates[2000][1] > rates[500][1] + 0.08, rates
+
+
 def test_error_location_values_and_edge_cases() -> None:
     labels = np.array([0, 1, 0, 1, 0, 1])
     assert error_location_auc(np.array([1, 0, 0, 0, 0, 0], bool), np.arange(6.0)) == 1.0  # the least sure
