@@ -179,7 +179,10 @@ class HostedEvaluators:
 
     def _start_locked(self) -> None:
         if self._owner != os.getpid():  # inherited through fork: the child is the parent's
-            self._proc, self._folder, self._timer, self._owner = None, None, None, os.getpid()
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self._proc, self._folder, self._timer, self._finalizer = None, None, None, None
+            self._owner = os.getpid()
         if self._proc is not None and self._proc.poll() is None:
             return
         self._stop_locked()
@@ -210,7 +213,7 @@ class HostedEvaluators:
         self._live, self._seq = 0, -1
         self.starts += 1
         # an instance dropped with sessions still open (a discarded app) stops its child too
-        self._finalizer = weakref.finalize(self, _reap, proc, self._folder)
+        self._finalizer = weakref.finalize(self, _reap, proc, self._folder, os.getpid())
 
     def _stop_later_locked(self) -> None:
         if self._proc is None:
@@ -236,14 +239,16 @@ class HostedEvaluators:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        _reap(self._proc, self._folder)
+        _reap(self._proc, self._folder, self._owner)
         self._proc, self._folder = None, None
         self._live = 0
 
 
-def _reap(proc: subprocess.Popen[bytes] | None, folder: str | None) -> None:
+def _reap(proc: subprocess.Popen[bytes] | None, folder: str | None, owner: int | None = None) -> None:
     """Stop the child (it exits on end of input; killed if it does not within 10 s) and
-    remove its socket folder."""
+    remove its socket folder; in a forked copy of the ``owner`` process, leave both alone."""
+    if owner is not None and owner != os.getpid():
+        return
     if proc is not None:
         assert proc.stdin is not None and proc.stdout is not None
         try:

@@ -205,3 +205,34 @@ def test_the_child_reports_refusals_as_the_api_process_would(error: str, expecte
     assert header["error"]["type"] == expected and frames == [] and header["live"] == 1
     # an unexpected failure says nothing of its contents
     assert "secret" not in str(header)
+
+
+def _in_forked_copy(host: HostedEvaluators) -> None:
+    host.clear()  # a forked copy (a gunicorn worker forked after first use) forgets, never stops
+    del host
+
+
+def test_a_forked_copy_never_stops_the_parents_evaluator_process(
+        tmp_path: Path, art: EnsembleArtifact, private: PrivateClient) -> None:
+    import multiprocessing
+
+    from appliance._internal.store import BlobStore
+
+    blobs = BlobStore(root=tmp_path / "blobs", tmp_dir=tmp_path / "tmp")
+    art_files = art.dumps()
+    ensemble = {"id": "ens_1", "json_digest": blobs.put_bytes(art_files["ensemble.json"])[0],
+                "tensors_digest": blobs.put_bytes(art_files["ensemble.safetensors"])[0]}
+    host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
+    try:
+        host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
+        pid = host.pid
+        child = multiprocessing.get_context("fork").Process(target=_in_forked_copy, args=(host,))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        assert host.pid == pid and pid is not None and _alive(pid)
+        emb = np.ones((art.members, art.dim)) / np.sqrt(art.dim)
+        reply = host.evaluate(blobs, ensemble, {"id": "ses_1", "keys_digest": None}, [private.encrypt(emb)])
+        assert private.decrypt_result(reply[0]).labels[0] == int(np.argmax(art.plaintext_logits(emb[None])[0]))
+    finally:
+        host.clear()
