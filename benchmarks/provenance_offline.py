@@ -74,6 +74,24 @@ def _answers_for(parts: tuple[str, ...], get: Callable[[str], np.ndarray]) -> np
     return np.concatenate([get(p) for p in parts])
 
 
+def _prepared(d: OwnerData, get: Callable[[str], np.ndarray], keep: list[int] | None, parts: tuple[str, ...]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool | None]:
+    """The shadows' probabilities (``keep`` of them), labels, the suspect's answers and errors on
+    ``parts``, and the verdict where the errors alone settle it (none: consistent; at chance or
+    all wrong: not G_d), else None."""
+    probs, y = d.joined(parts)
+    if keep is not None:
+        probs = probs[keep]
+    answers = _answers_for(parts, get)
+    errors = answers != y
+    verdict: bool | None = None
+    if not errors.any():
+        verdict = False
+    elif above_chance_p_value(~errors, y) >= ALPHA or errors.all():
+        verdict = True
+    return probs, y, answers, errors, verdict
+
+
 def el_rule(parts: tuple[str, ...]) -> Rule:
     """The error-location test on the sets ``parts`` joined."""
     def rule(d: OwnerData, get: Callable[[str], np.ndarray], keep: list[int] | None) -> bool:
@@ -88,15 +106,9 @@ def el_rule(parts: tuple[str, ...]) -> Rule:
 def robust_rule(parts: tuple[str, ...]) -> Rule:
     """The error-location statistic, null centred by its median and scaled by 1.4826 MAD (t_{m-1} critical)."""
     def rule(d: OwnerData, get: Callable[[str], np.ndarray], keep: list[int] | None) -> bool:
-        probs, y = d.joined(parts)
-        if keep is not None:
-            probs = probs[keep]
-        answers = _answers_for(parts, get)
-        errors = answers != y
-        if not errors.any():
-            return False
-        if above_chance_p_value(~errors, y) >= ALPHA or errors.all():
-            return True
+        probs, y, answers, errors, verdict = _prepared(d, get, keep, parts)
+        if verdict is not None:
+            return verdict
         suspect, null = error_location_values(list(probs), y, errors)
         v = np.asarray(null)
         med = float(np.median(v))
@@ -142,15 +154,9 @@ def reg_rule(parts: tuple[str, ...], probe: str | None = None) -> Rule:
         return suspect, null, skills, _logit_rate(int(errors.sum()), n)
 
     def rule(d: OwnerData, get: Callable[[str], np.ndarray], keep: list[int] | None) -> bool:
-        probs, y = d.joined(parts)
-        if keep is not None:
-            probs = probs[keep]
-        answers = _answers_for(parts, get)
-        errors = answers != y
-        if not errors.any():
-            return False
-        if above_chance_p_value(~errors, y) >= ALPHA or errors.all():
-            return True
+        probs, y, answers, errors, verdict = _prepared(d, get, keep, parts)
+        if verdict is not None:
+            return verdict
         a, null, skills, skill = one(probs, y, answers)
         m = len(null)
         if probe is None:

@@ -44,6 +44,17 @@ def private(art: EnsembleArtifact) -> PrivateClient:
     return PrivateClient(spec=art.public_spec())
 
 
+@pytest.fixture
+def stored(tmp_path: Path, art: EnsembleArtifact) -> tuple[Any, dict[str, Any]]:
+    """A blob store holding the ensemble's artifact, and the ensemble's row fields the child reads."""
+    from appliance._internal.store import BlobStore
+
+    blobs = BlobStore(root=tmp_path / "blobs", tmp_dir=tmp_path / "tmp")
+    files = art.dumps()
+    return blobs, {"id": "ens_1", "json_digest": blobs.put_bytes(files["ensemble.json"])[0],
+                   "tensors_digest": blobs.put_bytes(files["ensemble.safetensors"])[0]}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,14 +131,8 @@ def test_a_killed_evaluator_process_is_replaced_and_the_session_rebuilt(
 
 
 def test_the_process_stays_for_the_grace_period_then_goes(
-        tmp_path: Path, art: EnsembleArtifact, private: PrivateClient) -> None:
-    from appliance._internal.store import BlobStore
-
-    blobs = BlobStore(root=tmp_path / "blobs", tmp_dir=tmp_path / "tmp")
-    art_files = art.dumps()
-    json_digest, _ = blobs.put_bytes(art_files["ensemble.json"])
-    tensors_digest, _ = blobs.put_bytes(art_files["ensemble.safetensors"])
-    ensemble = {"id": "ens_1", "json_digest": json_digest, "tensors_digest": tensors_digest}
+        stored: tuple[Any, dict[str, Any]], art: EnsembleArtifact, private: PrivateClient) -> None:
+    blobs, ensemble = stored
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0.5)
     try:
         host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
@@ -148,13 +153,8 @@ def test_the_process_stays_for_the_grace_period_then_goes(
 
 
 def test_the_evaluator_process_speaks_only_to_a_peer_with_its_key(
-        tmp_path: Path, art: EnsembleArtifact, private: PrivateClient) -> None:
-    from appliance._internal.store import BlobStore
-
-    blobs = BlobStore(root=tmp_path / "blobs", tmp_dir=tmp_path / "tmp")
-    art_files = art.dumps()
-    ensemble = {"id": "ens_1", "json_digest": blobs.put_bytes(art_files["ensemble.json"])[0],
-                "tensors_digest": blobs.put_bytes(art_files["ensemble.safetensors"])[0]}
+        stored: tuple[Any, dict[str, Any]], art: EnsembleArtifact, private: PrivateClient) -> None:
+    blobs, ensemble = stored
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
     try:
         host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
@@ -213,15 +213,10 @@ def _in_forked_copy(host: HostedEvaluators) -> None:
 
 
 def test_a_forked_copy_never_stops_the_parents_evaluator_process(
-        tmp_path: Path, art: EnsembleArtifact, private: PrivateClient) -> None:
+        stored: tuple[Any, dict[str, Any]], art: EnsembleArtifact, private: PrivateClient) -> None:
     import multiprocessing
 
-    from appliance._internal.store import BlobStore
-
-    blobs = BlobStore(root=tmp_path / "blobs", tmp_dir=tmp_path / "tmp")
-    art_files = art.dumps()
-    ensemble = {"id": "ens_1", "json_digest": blobs.put_bytes(art_files["ensemble.json"])[0],
-                "tensors_digest": blobs.put_bytes(art_files["ensemble.safetensors"])[0]}
+    blobs, ensemble = stored
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
     try:
         host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
