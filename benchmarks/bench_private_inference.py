@@ -40,6 +40,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tenseal as ts
@@ -127,6 +128,7 @@ def _hosted_memory_rows(art: EnsembleArtifact, sessions: int) -> list[tuple[str,
         _trim()
         closed = _rss_mb()
         host.clear()
+        latency = _hosted_latency_rows(art, blobs, ensemble)  # after the memory reading: it builds in process
     return [
         (
             f"hosted: API RSS before / {sessions} sessions (+ child) / closed",
@@ -135,34 +137,24 @@ def _hosted_memory_rows(art: EnsembleArtifact, sessions: int) -> list[tuple[str,
             f"child exited: {gone}",
         ),
         (f"hosted: {sessions} sessions opened + one query each", f"{opened:.2f} s", "child start included"),
-        *_hosted_latency_rows(art, ensemble_files=files),
+        *latency,
     ]
 
 
-def _hosted_latency_rows(art: EnsembleArtifact, *, ensemble_files: dict[str, bytes],
+def _hosted_latency_rows(art: EnsembleArtifact, blobs: Any, ensemble: dict[str, Any],
                          reps: int = 10) -> list[tuple[str, str, str]]:
-    """Wall time of one query through the evaluator process against the same in this process."""
-    import tempfile
-    from pathlib import Path
-
-    from appliance._internal.store import BlobStore
+    """Wall time of one query through the evaluator process against the same in this process
+    (``blobs`` holds the ensemble's artifact)."""
     from appliance.capabilities.inference.host import HostedEvaluators
 
     client = PrivateClient(spec=art.public_spec())
     keys = client.evaluation_keys()
     query = client.encrypt(np.full((art.members, art.dim), 1.0 / np.sqrt(art.dim)))
-    with tempfile.TemporaryDirectory() as tmp:
-        blobs = BlobStore(root=Path(tmp) / "blobs", tmp_dir=Path(tmp) / "tmp")
-        ensemble = {
-            "id": "ens",
-            "json_digest": blobs.put_bytes(ensemble_files["ensemble.json"])[0],
-            "tensors_digest": blobs.put_bytes(ensemble_files["ensemble.safetensors"])[0],
-        }
-        host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
-        host.open(blobs, ensemble, "s", keys)
-        session = {"id": "s", "keys_digest": None}
-        hosted = _timed(lambda: host.evaluate(blobs, ensemble, session, [query]), reps)
-        host.clear()
+    host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
+    host.open(blobs, ensemble, "s", keys)
+    session = {"id": "s", "keys_digest": None}
+    hosted = _timed(lambda: host.evaluate(blobs, ensemble, session, [query]), reps)
+    host.clear()
     inline = EnsembleEvaluator(artifact=art, public_context=keys)
     local = _timed(lambda: inline.evaluate(query), reps)
     return [("hosted / in-process wall per query", f"{hosted:.3f} / {local:.3f} s", f"{hosted / local:.2f}x")]

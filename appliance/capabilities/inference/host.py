@@ -207,6 +207,7 @@ class HostedEvaluators:
             proc.kill()
             proc.wait()
             shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
             raise ServiceUnavailable("the private-inference evaluator process did not start",
                                      hint="see the server log; retry")
         self._proc = proc
