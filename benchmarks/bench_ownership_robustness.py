@@ -213,14 +213,15 @@ def load_suspect(role: str, seed: int) -> Any:
 
 
 def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float]) -> list[Any]:
-    """Shadows exactly as the service trains them with its defaults (kept in the cache)."""
+    """Shadows exactly as the service trains them with its defaults where it cannot use the
+    suspect's graph (a remote suspect): conv_encoder (kept in the cache)."""
     from safetensors.torch import load_file, save_file
 
     from appliance.capabilities.ownership.job import ShadowTraining
     from models.augment import to_unit
     from models.vision import ENCODERS, Rescaled, build_model, embed_fn, train_contrastive
 
-    spec = ShadowTraining(dataset_id="alt")
+    spec = ShadowTraining(dataset_id="alt", architecture="conv_encoder")
     shadows = []
     for i in range(spec.count):
         seed = spec.seed + i
@@ -241,6 +242,47 @@ def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float]) -> list
             CACHE.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
         shadows.append(embed_fn(Rescaled(encoder, *value_range)))
+    return shadows
+
+
+def suspect_onnx(role: str, seed: int) -> bytes:
+    """The suspect as its owner would register it: its trained weights exported to ONNX."""
+    import io
+
+    import torch
+    from safetensors.torch import load_file
+
+    encoder = _independent_encoder(seed)
+    encoder.load_state_dict(load_file(str(CACHE / f"{role}-{seed}.safetensors")))
+    out = io.BytesIO()
+    torch.onnx.export(encoder.eval(), (torch.zeros(2, 1, 8, 8),), out, input_names=["x"], output_names=["e"],
+                      dynamic_axes={"x": {0: "b"}, "e": {0: "b"}}, dynamo=False)
+    return out.getvalue()
+
+
+def graph_shadows(graph: bytes, alt: np.ndarray, value_range: tuple[float, float]) -> list[Any]:
+    """Shadows as the service trains them with ``architecture: "suspect"``: the suspect's graph,
+    every weight redrawn, trained by the appliance's default recipe (kept in the cache by the
+    graph's structure digest)."""
+    import onnxruntime as ort
+
+    from appliance.capabilities.ownership.job import ShadowTraining
+    from models.augment import to_unit
+    from models.onnx_train import structure_digest, train_graph_encoder
+
+    spec = ShadowTraining(dataset_id="alt")
+    shadows = []
+    for i in range(spec.count):
+        seed = spec.seed + i
+        path = CACHE / f"graph-{structure_digest(graph)[:16]}-{spec.objective}-{spec.epochs}-{seed}.onnx"
+        if not path.is_file():
+            module = train_graph_encoder(graph, to_unit(alt, value_range), value_range, objective=spec.objective,
+                                         seed=seed, epochs=spec.epochs, batch_size=spec.batch_size)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(module.to_onnx())
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        shadows.append(lambda x, s=session, n=name: s.run(None, {n: np.ascontiguousarray(x, np.float32)})[0])
     return shadows
 
 
@@ -410,6 +452,12 @@ def main() -> None:
         "against both",
     )
     parser.add_argument(
+        "--graph-shadows",
+        action="store_true",
+        help="only audit the part's (trained) suspects against the appliance's shadows and against shadows "
+        "of the suspect's own graph (architecture: suspect), both trained by the appliance's default recipe",
+    )
+    parser.add_argument(
         "--split-study",
         type=int,
         metavar="K",
@@ -454,6 +502,14 @@ def main() -> None:
         return
     if args.family_shadows:
         family_shadows(method, shadows, base, n_pos, n_neg, args.family_shadows)
+        return
+    if args.graph_shadows:
+        t0 = time.perf_counter()
+        graph = graph_shadows(suspect_onnx("positive", base), alt, value_range)
+        print(f"graph shadows: {len(graph)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
+        compare_shadows(method, {"appliance's": shadows, "suspect's graph": graph, "both": shadows + graph},
+                        base, n_pos, n_neg, "Shadows of the appliance's architecture vs of the suspect's graph "
+                        "(both by the appliance's recipe)")
         return
     todo = [task for task in tasks if task not in done]
     if args.workers <= 1:
@@ -584,15 +640,20 @@ def family_shadows(method: Any, shadows: list[Any], base: int, n_pos: int, n_neg
     """The appliance's shadows against shadows of the suspects' own family: the last
     ``n_family`` negatives (trained on the alternative set, like the appliance's shadows) serve
     as shadows for the other negatives and the positives, on each suspect's split."""
+    family = [RowCache(load_suspect("negative", base + 100 + j)) for j in range(n_neg - n_family, n_neg)]
+    compare_shadows(method, {"appliance's": shadows, "own family": family, "both": shadows + family},
+                    base, n_pos, n_neg - n_family, f"Shadows of the appliance's recipe vs of the suspects' own "
+                    f"family ({n_family})")
+
+
+def compare_shadows(method: Any, designs: dict[str, list[Any]], base: int, n_pos: int, n_neg: int, title: str) -> None:
+    """The part's first ``n_neg`` negatives and ``n_pos`` positives, each on its own split,
+    audited against every design of shadows."""
     from appliance.audits.ownership.dov4cl import DOV4CLInputs
 
-    appliance = [RowCache(s) for s in shadows]
-    family = [RowCache(load_suspect("negative", base + 100 + j)) for j in range(n_neg - n_family, n_neg)]
-    designs = {"appliance's": appliance, "own family": family, "both": appliance + family}
+    designs = {name: [RowCache(s) for s in kept] for name, kept in designs.items()}
     found: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    roles = [("negative", base + 100 + j) for j in range(n_neg - n_family)] + [
-        ("positive", base + j) for j in range(n_pos)
-    ]
+    roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
     for role, seed in roles:
         suspect = RowCache(load_suspect(role, seed))
         public, private = owner_sets(seed)
@@ -609,7 +670,7 @@ def family_shadows(method: Any, shadows: list[Any], base: int, n_pos: int, n_neg
                      f"{np.median([v[1] for v in values]):+.4f}", f"{np.median(p):.4f}"])
     print()
     header = ["suspects", "shadows", "p < 0.05", "median statistic", "median p"]
-    print(table(f"Shadows of the appliance's recipe vs of the suspects' own family ({n_family})", header, rows))
+    print(table(title, header, rows))
 
 
 def _span(values: list[float]) -> str:

@@ -26,7 +26,7 @@ from models.bounded_json import load_bounded_json
 from models.datasets import load_npz_dataset
 from models.engine import load_model
 from models.errors import DatasetError, LimitExceeded, ModelError, ModelFormatError
-from models.formats import extract_transformers_tar, sniff_and_validate, validate_safetensors_header
+from models.formats import extract_transformers_tar, sniff_and_validate, validate_onnx, validate_safetensors_header
 from models.generators import generator_config, safetensors_generator_config
 from models.manifest import build_manifest
 from models.textdata import looks_like_jsonl, parse_jsonl, summarize
@@ -304,12 +304,14 @@ def model_input(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_trained_model(store: Store, tenant_id: str, *, model_id: str, name: str, digest: str,
-                         kind: str, architecture: str, config: dict[str, Any],
+                         kind: str, architecture: str | None, config: dict[str, Any],
                          origin: dict[str, Any]) -> bool:
-    """Register safetensors weights a job trained and saved as blob ``digest`` as the tenant's
-    model ``model_id`` (given by the job, so its report can name it), with a signed manifest
-    and its ``origin``. Idempotent: a model of that id already there is kept. Returns whether
-    a row was added; weights that do not load into the architecture are refused."""
+    """Register weights a job trained and saved as blob ``digest`` as the tenant's model
+    ``model_id`` (given by the job, so its report can name it), with a signed manifest and its
+    ``origin``: safetensors of ``architecture``, or (``architecture`` None) an ONNX graph.
+    Idempotent: a model of that id already there is kept. Returns whether a row was added;
+    weights that do not load into the architecture, or a graph that fails validation, are
+    refused."""
     _check_name(name, "model")
     if kind not in MODEL_KINDS:
         raise ValidationFailed(f"kind must be one of {', '.join(MODEL_KINDS)}")
@@ -319,10 +321,14 @@ def record_trained_model(store: Store, tenant_id: str, *, model_id: str, name: s
     if not blob_path.is_file():
         raise UnprocessableInput(f"the weights of model {model_id} (blob {digest}) are missing")
     try:
-        _check_safetensors_loads(blob_path, architecture, config)
+        if architecture is None:
+            validate_onnx(blob_path)
+        else:
+            _check_safetensors_loads(blob_path, architecture, config)
     except ModelError as exc:
         raise UnprocessableInput(str(exc)) from None
-    filename = "model.safetensors"
+    fmt = "safetensors" if architecture is not None else "onnx"
+    filename = f"model.{fmt}"
     statement, _ = _blob_manifest(store, digest, filename, name, None)
     envelope, files = _signed_manifest(store.settings, statement)
     size = blob_path.stat().st_size
@@ -331,7 +337,7 @@ def record_trained_model(store: Store, tenant_id: str, *, model_id: str, name: s
         cur = store.conn.execute(
             "INSERT OR IGNORE INTO models (id, tenant_id, name, format, kind, architecture, config, "
             "files, storage, manifest, origin, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (model_id, tenant_id, name, "safetensors", kind, architecture, dumps(config), dumps(files),
+            (model_id, tenant_id, name, fmt, kind, architecture, dumps(config), dumps(files),
              dumps({"blob": digest, "size": size, "filename": filename}), dumps(envelope),
              dumps(origin), utcnow()),
         )

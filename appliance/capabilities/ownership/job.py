@@ -33,6 +33,8 @@ from appliance.capabilities.catalog.service import dataset_input, model_input, r
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.schemas import SuspectEndpoint
 from models.augment import to_unit
+from models.errors import ModelFormatError
+from models.onnx_train import check_graph, graph_summary, train_graph_encoder
 from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
 
 VERSION = "1.0.0"
@@ -44,7 +46,12 @@ class ShadowTraining(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    architecture: Literal["conv_encoder", "pool_encoder"] = "conv_encoder"
+    architecture: Literal["auto", "suspect", "conv_encoder", "pool_encoder"] = Field(
+        default="auto", description="the shadow's layers. 'suspect': the suspect's own ONNX graph with "
+        "every weight redrawn before training (the suspect must be registered as ONNX; config and "
+        "input_size do not apply, the graph fixes both). conv_encoder or pool_encoder: the appliance's "
+        "encoders. 'auto' (default): 'suspect' where the suspect is a registered ONNX graph the appliance "
+        "can train and config and input_size are unset, else conv_encoder, with a caution in the report")
     config: dict[str, int] = Field(default_factory=dict)
     objective: Literal["simclr", "simsiam", "byol", "mocov3", "dino"] = Field(
         default="simclr", description="the suspect's recipe family: SimCLR, SimSiam, BYOL, MoCo v3 or DINO")
@@ -58,6 +65,13 @@ class ShadowTraining(BaseModel):
     count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
                        "seed+1, ...; their relations are averaged (one unlucky shadow shifts "
                        "every audit that uses it)")
+
+    @model_validator(mode="after")
+    def _graph_fixes_layers(self) -> ShadowTraining:
+        if self.architecture == "suspect" and (self.config or self.input_size is not None):
+            raise ValueError("architecture 'suspect' takes the suspect's graph as it is: leave config and "
+                             "input_size unset")
+        return self
 
 
 class OwnershipParams(BaseModel):
@@ -112,6 +126,9 @@ class OwnershipInputs(BaseModel):
     shadows: list[ModelInput] | None = None
     shadow_data: DatasetInput | None = None
     kept_shadows: list[ModelInput] = Field(default_factory=list)
+    #: the shadows' architecture once ``auto`` is settled at submission, and why, if not the suspect's
+    shadow_architecture: str | None = None
+    shadow_caution: str | None = None
     watermark: WatermarkInput | None = None
     benign: DatasetInput | None = None
 
@@ -141,6 +158,8 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> Own
             _check_shadows(inputs.shadows, inputs.public_dataset)
         else:
             assert params.shadow_training is not None
+            inputs.shadow_architecture, inputs.shadow_caution = _shadow_architecture(
+                store, params.shadow_training, inputs.suspect)
             inputs.shadow_data = _dataset(store, tenant, params.shadow_training.dataset_id)
             inputs.kept_shadows = _kept_shadows(store, tenant, inputs.shadow_data.sha256)
     else:
@@ -153,6 +172,38 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> Own
 
 
 SHADOW_TAG = "dov4cl_shadow"
+
+
+def _shadow_architecture(store: Store, spec: ShadowTraining,
+                         suspect: ModelInput | None) -> tuple[str, str | None]:
+    """The shadows' architecture, and a caution where it is not the suspect's. Shadows of the
+    suspect's architecture need its graph: a registered ONNX suspect whose operators the
+    trainable interpreter runs (``suspect`` refuses anything else with a 422, ``auto`` falls
+    back to conv_encoder)."""
+    if spec.architecture in ("conv_encoder", "pool_encoder"):
+        return spec.architecture, None
+    problem = None
+    if suspect is None or suspect.format != "onnx":
+        what = "a remote endpoint" if suspect is None else f"a {suspect.format} model"
+        problem = f"the suspect is {what}, not a registered ONNX graph"
+    elif spec.config or spec.input_size is not None:
+        problem = "shadow_training sets config or input_size, which apply to the appliance's encoders"
+    else:
+        try:
+            check_graph(store.blobs.path(suspect.blob).read_bytes())
+        except ModelFormatError as exc:
+            problem = f"the appliance cannot train the suspect's graph ({exc})"
+    if problem is None:
+        return "suspect", None
+    if spec.architecture == "suspect":
+        raise UnprocessableInput(f"shadow_training.architecture 'suspect' trains shadows of the suspect's own "
+                                 f"ONNX graph, and {problem}; register the suspect as ONNX, or use "
+                                 "conv_encoder or pool_encoder")
+    return "conv_encoder", (f"the shadows are the appliance's conv_encoder, not the suspect's architecture: "
+                            f"{problem}. Shadows of another architecture than the suspect's explain less of "
+                            "its per-image scores, which raises the false-positive rate (see the README's "
+                            "DOV4CL robustness figures); register the suspect as ONNX, or name shadows of "
+                            "its architecture in shadow_model_ids")
 
 
 def _kept_shadows(store: Store, tenant: str, data_digest: str) -> list[ModelInput]:
@@ -229,8 +280,11 @@ def _suspect_fn(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInput
 
 
 def shadow_recipe(spec: ShadowTraining, data: DatasetInput, shape: tuple[int, ...], seed: int,
-                  config: dict[str, int], value_range: tuple[float, float]) -> dict[str, Any]:
-    """What makes one trained shadow: recorded on its model and in the report."""
+                  config: dict[str, Any], value_range: tuple[float, float]) -> dict[str, Any]:
+    """What makes one trained shadow: recorded on its model and in the report. For shadows of
+    the suspect's graph, ``config`` is the graph's structure digest and how many of its
+    tensors are redrawn weights and kept constants (not which suspect's weights it carried:
+    suspects of one architecture share their shadows)."""
     import torch
 
     return {"family": spec.architecture, "objective": spec.objective, "epochs": spec.epochs,
@@ -257,20 +311,31 @@ def _shadow_model_config(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, dataset: DatasetInput,
-                   kept: list[ModelInput], value_range: tuple[float, float],
-                   device: str) -> tuple[list[Any], list[dict[str, Any]]]:
+                   kept: list[ModelInput], value_range: tuple[float, float], device: str,
+                   graph: bytes | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
     """Train ``spec.count`` shadow encoders, or reuse the tenant's registered shadows of the
     same recipe and seed; returns their embed functions and, per shadow, its model id, seed,
     weights digest and whether it was trained or reused. A trained shadow's weights are saved
     as a blob; the API node registers it as the tenant's model once the job's report is
     signed, before the job shows as succeeded (:func:`_register_shadows`). Shadows train on
     the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and answer
-    on the data's own scale."""
+    on the data's own scale. With ``architecture: "suspect"``, ``graph`` is the suspect's ONNX
+    graph: each shadow is that graph with every weight redrawn from its seed, trained the
+    same way, and saved as ONNX."""
     from safetensors.torch import save
 
     unit = to_unit(data, value_range)
-    config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
-              **spec.config}
+    config: dict[str, Any]
+    if spec.architecture == "suspect":
+        if graph is None:
+            raise JobFailed("shadows of the suspect's graph need a registered ONNX suspect")
+        try:
+            config = graph_summary(graph)
+        except ModelFormatError as exc:
+            raise JobFailed(f"cannot train shadows of the suspect's graph: {exc}") from None
+    else:
+        config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
+                  **spec.config}
     by_id = {model.id: model for model in kept}
     shadows, provenance = [], []
     for i in range(spec.count):
@@ -283,6 +348,14 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
             loaded = load_job_model(ctx, registered, device)
             shadows.append(loaded.embed)
             digest = registered.blob
+        elif graph is not None:
+            ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} (the suspect's graph, "
+                    f"{config['learned']} weights redrawn, {spec.epochs} epochs, {len(data)} images, "
+                    f"seed {seed}) as model {model_id}")
+            module = train_graph_encoder(graph, unit, value_range, objective=spec.objective, seed=seed,
+                                         epochs=spec.epochs, batch_size=spec.batch_size)
+            digest = ctx.save_artifact(module.to_onnx())
+            shadows.append(embed_fn(module))
         else:
             try:
                 encoder = build_model(ENCODERS[spec.architecture], seed=seed, **config)
@@ -317,9 +390,11 @@ def _register_shadows(store: Store, job: dict[str, Any], outcome: JobOutcome) ->
         recipe = entry["recipe"]
         name = (f"dov4cl-shadow {recipe['objective']} {recipe['family']} e{recipe['epochs']} "
                 f"s{recipe['seed']} {recipe['data']['dataset_id']}")[:128]
+        graph = recipe["family"] == "suspect"  # the suspect's graph, trained: an ONNX encoder
         added = record_trained_model(
             store, job["tenant_id"], model_id=entry["model_id"], name=name, digest=entry["weights_sha256"],
-            kind="encoder", architecture="scaled_encoder", config=_shadow_model_config(recipe),
+            kind="encoder", architecture=None if graph else "scaled_encoder",
+            config={} if graph else _shadow_model_config(recipe),
             origin={"tag": SHADOW_TAG, "job_id": job["id"], "recipe": recipe})
         store.add_job_log(job["id"], f"shadow seed {recipe['seed']} registered as model {entry['model_id']}"
                           if added else f"shadow seed {recipe['seed']}: model {entry['model_id']} "
@@ -371,10 +446,16 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                                     max(shadow_range[1], float(shadow_data.max())))
                 except (TypeError, ValueError, IndexError, AuditError) as exc:
                     raise JobFailed(f"cannot tell the images' value range: {exc}") from None
-                shadow, kept = _train_shadows(ctx, params.shadow_training, shadow_data, inputs.shadow_data,
-                                              inputs.kept_shadows, shadow_range, params.device)
+                asked = params.shadow_training.architecture  # settled at submission; before, auto was conv
+                spec = params.shadow_training.model_copy(update={"architecture": inputs.shadow_architecture or (
+                    "conv_encoder" if asked == "auto" else asked)})
+                graph = None
+                if spec.architecture == "suspect" and inputs.suspect is not None:
+                    graph = ctx.blob_path(inputs.suspect.blob).read_bytes()
+                shadow, kept = _train_shadows(ctx, spec, shadow_data, inputs.shadow_data,
+                                              inputs.kept_shadows, shadow_range, params.device, graph)
                 digests["shadows"] = {"trained_on": inputs.shadow_data.model_dump(mode="json"),
-                                      "recipe": params.shadow_training.model_dump(),
+                                      "recipe": spec.model_dump(),
                                       "models": kept,
                                       "trained": sum(not k["reused"] for k in kept),
                                       "reused": sum(k["reused"] for k in kept)}
@@ -416,6 +497,8 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
     timings["audit_seconds"] = time.perf_counter() - started
     statistics = dict(result.statistics)
     statistics["queries"] = result.queries
+    if inputs.shadow_caution:
+        statistics["cautions"] = [*statistics.get("cautions", []), inputs.shadow_caution]
     ctx.log(f"{result.method}: p = {result.p_value:.4g}, verdict {result.verdict} "
             f"({result.queries} queries)")
     return JobOutcome(

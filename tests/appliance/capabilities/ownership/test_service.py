@@ -7,6 +7,7 @@ import io
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,91 @@ def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
                        data={"name": "empty", "file": (io.BytesIO(npz_bytes(
                            x=np.zeros((0, 1, 8, 8), np.float32))), "e.npz")})
     assert resp.status_code == 422
+
+
+class _SeparableEncoder(torch.nn.Module):
+    """An encoder of a family the appliance does not have (depthwise-separable convolutions,
+    GroupNorm, SiLU, an input scale and an upsampling inside the graph), as a suspect's owner
+    would build it: the appliance sees only its ONNX export."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.depthwise = nn.Conv2d(width, width, 3, stride=2, padding=1, groups=width)
+        self.pointwise = nn.Conv2d(width, 2 * width, 1)
+        self.norm = nn.GroupNorm(2, 2 * width)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 36, 12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x / 16.0, size=(12, 12), mode="bilinear", align_corners=False)
+        x = torch.nn.functional.silu(self.stem(x))
+        return self.head(torch.nn.functional.silu(self.norm(self.pointwise(self.depthwise(x)))))
+
+
+def _upload_onnx(client: Any, token: str, module: torch.nn.Module, name: str) -> dict:
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on GroupNorm's shape arithmetic
+        torch.onnx.export(module.eval(), (torch.zeros(2, 1, 8, 8),), out, input_names=["x"], output_names=["e"],
+                          dynamic_axes={"x": {0: "b"}, "e": {0: "b"}}, dynamo=False)
+    resp = client.post("/v1/models", headers=auth(token), content_type="multipart/form-data",
+                       data={"name": name, "kind": "encoder", "file": (io.BytesIO(out.getvalue()), f"{name}.onnx")})
+    assert resp.status_code == 201, resp.get_json()
+    return dict(resp.get_json())
+
+
+def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: str, digits: Any,
+                                                         tmp_path: Path) -> None:
+    """``architecture: "suspect"`` (what the default, ``auto``, picks for an ONNX suspect): each
+    shadow is the suspect's ONNX graph with every weight redrawn, trained here, registered as
+    an ONNX encoder and reused for another suspect of the same architecture (not for one of
+    another). A suspect without a graph gets the appliance's encoder and a caution, or a 422
+    where ``suspect`` was asked for."""
+    torch.manual_seed(0)
+    suspects = [_upload_onnx(client, token_a, _SeparableEncoder(), f"sep{i}") for i in range(2)]
+    other = _upload_onnx(client, token_a, _SeparableEncoder(width=4), "sep-narrow")
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32] * 16)
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32] * 16)
+    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64] * 16)
+    params = {"method": "dov4cl", "suspect_model_id": suspects[0]["id"], "public_dataset_id": pub["id"],
+              "private_dataset_id": pvt["id"],
+              "shadow_training": {"dataset_id": alt["id"], "epochs": 2, "count": 2},
+              "method_params": {"n_global": 2, "n_local": 2, "rounds": 2}}
+
+    def submit(extra: dict) -> Any:
+        return client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {**params, **extra}})
+
+    body = _report(client, token_a, submit({}))
+    shadows = body["inputs"]["shadows"]
+    assert shadows["trained"] == 2 and shadows["recipe"]["architecture"] == "suspect"
+    assert not any("not the suspect's architecture" in c for c in body["statistics"]["cautions"])
+    listed = {m["id"]: m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]}
+    for entry in shadows["models"]:
+        recipe = entry["recipe"]
+        assert recipe["family"] == "suspect" and recipe["config"]["learned"] >= 8
+        model = listed[entry["model_id"]]
+        assert (model["kind"], model["format"], model["architecture"]) == ("encoder", "onnx", None)
+    # the second suspect (same architecture, other weights) reuses them; the narrow one does not
+    again = _report(client, token_a, submit({"suspect_model_id": suspects[1]["id"]}))
+    assert again["inputs"]["shadows"]["reused"] == 2
+    assert [m["model_id"] for m in again["inputs"]["shadows"]["models"]] == \
+        [m["model_id"] for m in shadows["models"]]
+    narrow = _report(client, token_a, submit({"suspect_model_id": other["id"]}))
+    assert narrow["inputs"]["shadows"]["trained"] == 2
+
+    # refused at submission: a suspect without a graph, and settings the graph fixes
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    from models.vision import ENCODERS, build_model
+    safetensors = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=1, **config),
+                                "conv_encoder", config, tmp_path, "st")
+    fallback = _report(client, token_a, submit({"suspect_model_id": safetensors["id"]}))
+    assert fallback["inputs"]["shadows"]["recipe"]["architecture"] == "conv_encoder"
+    assert any("not the suspect's architecture" in c for c in fallback["statistics"]["cautions"])
+    suspect_graph = {**params["shadow_training"], "architecture": "suspect"}
+    for extra, needle in (
+            ({"suspect_model_id": safetensors["id"], "shadow_training": suspect_graph}, "register the suspect as ONNX"),
+            ({"shadow_training": {**suspect_graph, "input_size": 16}}, "input_size")):
+        resp = submit(extra)
+        assert resp.status_code == 422, resp.get_json()
+        assert needle in json.dumps(resp.get_json())
