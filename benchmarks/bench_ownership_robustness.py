@@ -14,15 +14,21 @@ The suspects differ from the appliance's shadows along four axes at once:
 Data: scikit-learn digits on their own 0..16 scale, cut once into D_pub (700), D_pvt (400)
 and an alternative set (697). Positives train on D_pub, negatives on bootstrap resamples of
 the alternative set, partials on half of each. Shadows are trained by the appliance's own
-defaults (``ShadowTraining()``: conv_encoder, SimCLR, 400 epochs, 3 seeds) on the alternative
-set, through the same code the service runs. Audits use the service's defaults.
+defaults (``ShadowTraining()``: SimCLR with the appliance's augmentations, 400 epochs, 3 seeds)
+on the alternative set, through the same code the service runs: the suspect registered as ONNX,
+the default (``architecture: auto``) trains shadows of its graph with every weight redrawn
+(``--shadows graph``); ``--shadows conv`` gives the appliance's conv_encoder instead (its
+default for a remote suspect, and the only shadows before). Either way the shadows differ from
+the suspects in recipe (augmentations with flips, no projection MLP, 400 epochs), and conv
+shadows in architecture and resolution too. Audits use the service's defaults.
 
 Seeds below 1000 are the development part; ``--final`` reports only the part kept aside
 (seeds 1000+), which was not looked at while the method was tuned; ``--replicate`` (3000+) is a
 second such part, run after ``--final`` was reported. In those three parts every suspect is
 audited on one fixed D_pub / D_pvt split, so their FPR is conditional on that single draw;
 ``--owners`` (5000+) makes every suspect its own data owner with its own random split (see
-``OWNERS_BASE``), which is what the test's guarantee averages over.
+``OWNERS_BASE``), which is what the test's guarantee averages over; ``--holdout`` (7000+) is
+another such part, kept aside until the graph shadows were the default.
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -119,6 +125,9 @@ def _suspect_views(batch: Any, gen: Any) -> Any:
 #: :func:`digits_native`, so its TPR and FPR are conditional on a single draw of the split (the
 #: randomness the permutation test's guarantee is over).
 OWNERS_BASE = 5000
+#: ``--holdout``: seeds from here on are a fourth part, each its own owner (as ``--owners``),
+#: kept aside until the shadows of the suspect's graph were the default.
+HOLDOUT_BASE = 7000
 
 
 def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -255,8 +264,15 @@ def suspect_onnx(role: str, seed: int) -> bytes:
     encoder = _independent_encoder(seed)
     encoder.load_state_dict(load_file(str(CACHE / f"{role}-{seed}.safetensors")))
     out = io.BytesIO()
-    torch.onnx.export(encoder.eval(), (torch.zeros(2, 1, 8, 8),), out, input_names=["x"], output_names=["e"],
-                      dynamic_axes={"x": {0: "b"}, "e": {0: "b"}}, dynamo=False)
+    torch.onnx.export(
+        encoder.eval(),
+        (torch.zeros(2, 1, 8, 8),),
+        out,
+        input_names=["x"],
+        output_names=["e"],
+        dynamic_axes={"x": {0: "b"}, "e": {0: "b"}},
+        dynamo=False,
+    )
     return out.getvalue()
 
 
@@ -276,8 +292,15 @@ def graph_shadows(graph: bytes, alt: np.ndarray, value_range: tuple[float, float
         seed = spec.seed + i
         path = CACHE / f"graph-{structure_digest(graph)[:16]}-{spec.objective}-{spec.epochs}-{seed}.onnx"
         if not path.is_file():
-            module = train_graph_encoder(graph, to_unit(alt, value_range), value_range, objective=spec.objective,
-                                         seed=seed, epochs=spec.epochs, batch_size=spec.batch_size)
+            module = train_graph_encoder(
+                graph,
+                to_unit(alt, value_range),
+                value_range,
+                objective=spec.objective,
+                seed=seed,
+                epochs=spec.epochs,
+                batch_size=spec.batch_size,
+            )
             CACHE.mkdir(parents=True, exist_ok=True)
             path.write_bytes(module.to_onnx())
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -416,6 +439,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 positives, 4 negatives, 1 partial, 8 null sets")
     parser.add_argument("--final", action="store_true", help="report the part kept aside (seeds 1000+)")
     parser.add_argument(
+        "--holdout",
+        action="store_true",
+        help=f"a fourth part kept aside (seeds {HOLDOUT_BASE}+), every suspect its own owner, first run with "
+        "the suspect's-graph shadows as the default",
+    )
+    parser.add_argument(
+        "--shadows",
+        choices=("graph", "conv"),
+        default="graph",
+        help="the appliance's shadows: of the suspect's ONNX graph (graph: the service's default for a suspect "
+        "registered as ONNX) or its conv_encoder (conv: its default for a remote suspect, and before)",
+    )
+    parser.add_argument(
         "--replicate",
         action="store_true",
         help="a second part kept aside (seeds 3000+), for a replicate after --final was reported",
@@ -465,8 +501,19 @@ def main() -> None:
         "splits of the same pool, every negative on every split: FPR and median statistic per split",
     )
     args = parser.parse_args()
-    part = "owners" if args.owners else "replicate" if args.replicate else "final" if args.final else "development"
-    results = args.results or CACHE / f"results-{part}.jsonl"
+    part = (
+        "holdout"
+        if args.holdout
+        else "owners"
+        if args.owners
+        else "replicate"
+        if args.replicate
+        else "final"
+        if args.final
+        else "development"
+    )
+    suffix = "" if args.shadows == "conv" else "-graph"
+    results = args.results or CACHE / f"results-{part}{suffix}.jsonl"
     named_shares = {str(share): role for role, (share, _) in PARTIALS.items()}
     shares = [named_shares[share.strip()] for share in args.shares.split(",") if share.strip()]
     if args.summary:
@@ -478,7 +525,7 @@ def main() -> None:
     from appliance.audits.registry import create_method
 
     torch.set_num_threads(1)
-    base = {"owners": OWNERS_BASE, "replicate": 3000, "final": 1000, "development": 0}[part]
+    base = {"holdout": HOLDOUT_BASE, "owners": OWNERS_BASE, "replicate": 3000, "final": 1000, "development": 0}[part]
     n_pos, n_neg, n_part, n_null = (4, 4, 1, 8) if args.quick else (10, 10, 2, 32)
     n_pos = n_pos if args.positives is None else args.positives
     n_neg = n_neg if args.negatives is None else args.negatives
@@ -492,9 +539,11 @@ def main() -> None:
     value_range = (0.0, 16.0)
     t0 = time.perf_counter()
     shadows = appliance_shadows(alt, value_range)
-    print(
-        f"shadows: {len(shadows)} (appliance defaults; {time.perf_counter() - t0:.0f} s including training)", flush=True
-    )
+    print(f"conv_encoder shadows: {len(shadows)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
+
+    def shadows_for(role: str, seed: int) -> list[Any]:
+        """What the service's default shadows are for this suspect, registered as ONNX."""
+        return graph_shadows(suspect_onnx(role, seed), alt, value_range) if args.shadows == "graph" else shadows
 
     method = create_method("dov4cl")
     if args.split_study:
@@ -507,9 +556,14 @@ def main() -> None:
         t0 = time.perf_counter()
         graph = graph_shadows(suspect_onnx("positive", base), alt, value_range)
         print(f"graph shadows: {len(graph)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
-        compare_shadows(method, {"appliance's": shadows, "suspect's graph": graph, "both": shadows + graph},
-                        base, n_pos, n_neg, "Shadows of the appliance's architecture vs of the suspect's graph "
-                        "(both by the appliance's recipe)")
+        compare_shadows(
+            method,
+            {"appliance's": shadows, "suspect's graph": graph, "both": shadows + graph},
+            base,
+            n_pos,
+            n_neg,
+            "Shadows of the appliance's architecture vs of the suspect's graph (both by the appliance's recipe)",
+        )
         return
     todo = [task for task in tasks if task not in done]
     if args.workers <= 1:
@@ -523,7 +577,8 @@ def main() -> None:
         started = time.perf_counter()
         owner_pub, owner_pvt = owner_sets(seed)
         result = method.run(
-            DOV4CLInputs(public=owner_pub, private=owner_pvt, suspect=suspect, shadow=shadows), seed=seed
+            DOV4CLInputs(public=owner_pub, private=owner_pvt, suspect=suspect, shadow=shadows_for(role, seed)),
+            seed=seed,
         )
         wall = time.perf_counter() - started
         st = result.statistics
@@ -561,6 +616,7 @@ def main() -> None:
     done_nulls = {(r["policy"], r["i"]) for r in records if r["kind"] == "null"}
     for k, name in enumerate(args.policies.split(",")):
         policy = named[name.strip().lower()]
+
         # Null set i: even i, a negative on a split of D_pub + D_pvt (never seen); odd i, a positive
         # on a split of D_pub (every image seen): both nulls, the second the harder one. The seed
         # (hence the views) is one per suspect and pool, so the sets of one suspect differ only
@@ -578,7 +634,9 @@ def main() -> None:
                 continue
             role, seed = null_suspect(i)
             if (role, seed) not in cached:
-                cached = {(role, seed): (RowCache(load_suspect(role, seed)), [RowCache(s) for s in shadows])}
+                cached = {
+                    (role, seed): (RowCache(load_suspect(role, seed)), [RowCache(s) for s in shadows_for(role, seed)])
+                }
             suspect, kept_shadows = cached[(role, seed)]
             images = pool_images if role == "negative" else owner_sets(seed)[0]
             order = np.random.default_rng([7, i]).permutation(len(images))
@@ -614,8 +672,9 @@ def split_study(method: Any, shadows: list[Any], base: int, n_neg: int, k: int) 
         suspect = RowCache(load_suspect("negative", seed))
         for s, order in enumerate(splits):
             result = method.run(
-                DOV4CLInputs(public=pool[order[: len(pub)]], private=pool[order[len(pub) :]], suspect=suspect,
-                             shadow=kept),
+                DOV4CLInputs(
+                    public=pool[order[: len(pub)]], private=pool[order[len(pub) :]], suspect=suspect, shadow=kept
+                ),
                 seed=seed,
             )
             found[s].append((result.p_value, result.statistics["calibrated_statistic"]))
@@ -623,12 +682,14 @@ def split_study(method: Any, shadows: list[Any], base: int, n_neg: int, k: int) 
     rows = []
     for s, values in enumerate(found):
         p = np.array([v[0] for v in values])
-        rows.append([
-            "owner's" if s == 0 else f"random {s}",
-            clopper_pearson(int((p < ALPHA).sum()), len(p)),
-            f"{np.median([v[1] for v in values]):+.4f}",
-            f"{p.mean():.2f}",
-        ])
+        rows.append(
+            [
+                "owner's" if s == 0 else f"random {s}",
+                clopper_pearson(int((p < ALPHA).sum()), len(p)),
+                f"{np.median([v[1] for v in values]):+.4f}",
+                f"{p.mean():.2f}",
+            ]
+        )
     every = np.array([v[0] for values in found for v in values])
     rows.append(["all", clopper_pearson(int((every < ALPHA).sum()), len(every)), "", f"{every.mean():.2f}"])
     print()
@@ -641,9 +702,14 @@ def family_shadows(method: Any, shadows: list[Any], base: int, n_pos: int, n_neg
     ``n_family`` negatives (trained on the alternative set, like the appliance's shadows) serve
     as shadows for the other negatives and the positives, on each suspect's split."""
     family = [RowCache(load_suspect("negative", base + 100 + j)) for j in range(n_neg - n_family, n_neg)]
-    compare_shadows(method, {"appliance's": shadows, "own family": family, "both": shadows + family},
-                    base, n_pos, n_neg - n_family, f"Shadows of the appliance's recipe vs of the suspects' own "
-                    f"family ({n_family})")
+    compare_shadows(
+        method,
+        {"appliance's": shadows, "own family": family, "both": shadows + family},
+        base,
+        n_pos,
+        n_neg - n_family,
+        f"Shadows of the appliance's recipe vs of the suspects' own family ({n_family})",
+    )
 
 
 def compare_shadows(method: Any, designs: dict[str, list[Any]], base: int, n_pos: int, n_neg: int, title: str) -> None:
@@ -666,8 +732,15 @@ def compare_shadows(method: Any, designs: dict[str, list[Any]], base: int, n_pos
     rows = []
     for (role, name), values in found.items():
         p = np.array([v[0] for v in values])
-        rows.append([role, name, clopper_pearson(int((p < ALPHA).sum()), len(p)),
-                     f"{np.median([v[1] for v in values]):+.4f}", f"{np.median(p):.4f}"])
+        rows.append(
+            [
+                role,
+                name,
+                clopper_pearson(int((p < ALPHA).sum()), len(p)),
+                f"{np.median([v[1] for v in values]):+.4f}",
+                f"{np.median(p):.4f}",
+            ]
+        )
     print()
     header = ["suspects", "shadows", "p < 0.05", "median statistic", "median p"]
     print(table(title, header, rows))
