@@ -59,6 +59,8 @@ _RUNNING = {3, 4}
 _Op = Callable[["GraphModule", list[Any], dict[str, Any]], Any]
 #: Upper bound on the nodes of a graph this module interprets.
 MAX_NODES = 4096
+#: Upper bound on the values of a tensor the graph computes from its own shape arithmetic.
+MAX_ELEMENTS = 1 << 28
 
 
 class UnsupportedGraph(ModelFormatError):
@@ -136,10 +138,16 @@ def _check_model(model: Any) -> None:
         raise UnsupportedGraph(f"graph uses operators the trainable interpreter does not run: {', '.join(unknown)}")
 
 
-def check_graph(data: bytes) -> None:
+def check_graph(data: bytes) -> int:
     """Raise :class:`UnsupportedGraph` (or :class:`ModelFormatError`) unless ``data`` is an ONNX
-    graph :class:`GraphModule` can run; reads no weight."""
-    _check_model(_parse(data))
+    graph :class:`GraphModule` can run; return how many float values its initializers hold
+    (an upper bound on the weights a shadow of it trains). Reads no weight."""
+    import onnx
+
+    model = _parse(data)
+    _check_model(model)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    return sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in floats)
 
 
 @dataclass(frozen=True)
@@ -562,6 +570,7 @@ def _resize(_: GraphModule, a: list[Any], at: dict[str, Any]) -> Any:
         size = [int(math.floor(d * float(f))) for d, f in zip(x.shape[2:], factors, strict=True)]
     else:
         raise UnsupportedGraph("Resize without sizes or scales")
+    _bounded([*x.shape[:2], *size])
     if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         kind = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
         return F.interpolate(x, size=size, mode=kind, align_corners=transform == "align_corners")
@@ -620,7 +629,15 @@ def _transpose(_: GraphModule, a: list[Any], at: dict[str, Any]) -> Any:
 
 
 def _expand(_: GraphModule, a: list[Any], __: dict[str, Any]) -> Any:
-    return a[0] * torch.ones(_ints(a[1]), dtype=a[0].dtype)
+    shape = _ints(a[1])
+    _bounded(shape)
+    return a[0] * torch.ones(shape, dtype=a[0].dtype)
+
+
+def _bounded(shape: list[int]) -> None:
+    """Refuse a shape the graph computes that no encoder needs (a memory bomb in the worker)."""
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise UnsupportedGraph(f"the graph asks for a tensor of shape {shape} (at most {MAX_ELEMENTS} values)")
 
 
 _OPS: dict[str, Callable[[GraphModule, list[Any], dict[str, Any]], Any]] = {

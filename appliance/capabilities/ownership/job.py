@@ -172,6 +172,9 @@ def _resolve(store: Store, principal: Principal, params: OwnershipParams) -> Own
 
 
 SHADOW_TAG = "dov4cl_shadow"
+#: ``auto`` trains shadows of the suspect's graph up to this many weights (a bigger graph takes
+#: hours per shadow on a CPU worker: asked for explicitly, not by default).
+AUTO_GRAPH_MAX_VALUES = 2_000_000
 
 
 def _shadow_architecture(store: Store, spec: ShadowTraining,
@@ -190,9 +193,13 @@ def _shadow_architecture(store: Store, spec: ShadowTraining,
         problem = "shadow_training sets config or input_size, which apply to the appliance's encoders"
     else:
         try:
-            check_graph(store.blobs.path(suspect.blob).read_bytes())
+            values = check_graph(store.blobs.path(suspect.blob).read_bytes())
         except ModelFormatError as exc:
             problem = f"the appliance cannot train the suspect's graph ({exc})"
+        else:
+            if spec.architecture == "auto" and values > AUTO_GRAPH_MAX_VALUES:
+                problem = (f"the suspect's graph holds {values} weights (auto trains graphs of at most "
+                           f"{AUTO_GRAPH_MAX_VALUES} here; ask for architecture 'suspect' to train it anyway)")
     if problem is None:
         return "suspect", None
     if spec.architecture == "suspect":

@@ -392,8 +392,8 @@ def _upload_onnx(client: Any, token: str, module: torch.nn.Module, name: str) ->
     return dict(resp.get_json())
 
 
-def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: str, digits: Any,
-                                                         tmp_path: Path) -> None:
+def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: str, digits: Any, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``architecture: "suspect"`` (what the default, ``auto``, picks for an ONNX suspect): each
     shadow is the suspect's ONNX graph with every weight redrawn, trained here, registered as
     an ONNX encoder and reused for another suspect of the same architecture (not for one of
@@ -439,6 +439,11 @@ def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: s
     fallback = _report(client, token_a, submit({"suspect_model_id": safetensors["id"]}))
     assert fallback["inputs"]["shadows"]["recipe"]["architecture"] == "conv_encoder"
     assert any("not the suspect's architecture" in c for c in fallback["statistics"]["cautions"])
+    # auto leaves a graph too big to train quickly to an explicit request
+    monkeypatch.setattr("appliance.capabilities.ownership.job.AUTO_GRAPH_MAX_VALUES", 100)
+    big = _report(client, token_a, submit({"shadow_training": {**params["shadow_training"], "count": 1}}))
+    assert big["inputs"]["shadows"]["recipe"]["architecture"] == "conv_encoder"
+    assert any("ask for architecture 'suspect'" in c for c in big["statistics"]["cautions"])
     suspect_graph = {**params["shadow_training"], "architecture": "suspect"}
     for extra, needle in (
             ({"suspect_model_id": safetensors["id"], "shadow_training": suspect_graph}, "register the suspect as ONNX"),
