@@ -89,9 +89,7 @@ def _attributes(node: Any) -> dict[str, Any]:
     import onnx
 
     out: dict[str, Any] = {}
-    for attribute in node.attribute:
-        if attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-            raise UnsupportedGraph(f"node {node.name or node.op_type} has a subgraph (control flow)")
+    for attribute in node.attribute:  # subgraphs were refused by _check_model
         value = onnx.helper.get_attribute_value(attribute)
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
@@ -217,7 +215,6 @@ class GraphModule(nn.Module):
 
         graph = model.graph
         _check_model(model)
-        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
         initial = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.input_name = next(i.name for i in graph.input if i.name not in initial)
         self.output_name = graph.output[0].name
