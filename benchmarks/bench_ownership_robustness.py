@@ -15,12 +15,12 @@ Data: scikit-learn digits on their own 0..16 scale, cut once into D_pub (700), D
 and an alternative set (697). Positives train on D_pub, negatives on bootstrap resamples of
 the alternative set, partials on half of each. Shadows are trained by the appliance's own
 defaults (``ShadowTraining()``: SimCLR with the appliance's augmentations, 400 epochs, 3 seeds)
-on the alternative set, through the same code the service runs: the suspect registered as ONNX,
-the default (``architecture: auto``) trains shadows of its graph with every weight redrawn
-(``--shadows graph``); ``--shadows conv`` gives the appliance's conv_encoder instead (its
-default for a remote suspect, and the only shadows before). Either way the shadows differ from
-the suspects in recipe (augmentations with flips, no projection MLP, 400 epochs), and conv
-shadows in architecture and resolution too. Audits use the service's defaults.
+on the alternative set, through the same code the service runs: the appliance's conv_encoder
+(``--shadows conv``, the default), or, as ``architecture: auto`` trains them for a suspect
+registered as ONNX, shadows of the suspect's graph with every weight redrawn (``--shadows
+graph``). Either way the shadows differ from the suspects in recipe (augmentations with flips,
+no projection MLP, 400 epochs), and conv shadows in architecture and resolution too. Audits use
+the service's defaults.
 
 Seeds below 1000 are the development part; ``--final`` reports only the part kept aside
 (seeds 1000+), which was not looked at while the method was tuned; ``--replicate`` (3000+) is a
@@ -28,7 +28,7 @@ second such part, run after ``--final`` was reported. In those three parts every
 audited on one fixed D_pub / D_pvt split, so their FPR is conditional on that single draw;
 ``--owners`` (5000+) makes every suspect its own data owner with its own random split (see
 ``OWNERS_BASE``), which is what the test's guarantee averages over; ``--holdout`` (7000+) is
-another such part, kept aside until the graph shadows were the default.
+another such part, kept aside until it was first run, with ``--shadows graph``.
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -41,6 +41,7 @@ queries.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -221,21 +222,22 @@ def load_suspect(role: str, seed: int) -> Any:
     return embed_fn(encoder.eval())
 
 
-def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float]) -> list[Any]:
-    """Shadows exactly as the service trains them with its defaults where it cannot use the
-    suspect's graph (a remote suspect): conv_encoder (kept in the cache)."""
+def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float], flips: bool = True) -> list[Any]:
+    """Shadows exactly as the service trains them with its defaults: conv_encoder (kept in the
+    cache). ``flips=False``: the same recipe with the training views' flips turned off (an
+    experiment, ``--noflip-shadows``; the service has no such setting yet)."""
     from safetensors.torch import load_file, save_file
 
     from appliance.capabilities.ownership.job import ShadowTraining
     from models.augment import to_unit
-    from models.vision import ENCODERS, Rescaled, build_model, embed_fn, train_contrastive
+    from models.vision import ENCODERS, TRAIN_VIEW, Rescaled, build_model, embed_fn, train_contrastive
 
     spec = ShadowTraining(dataset_id="alt", architecture="conv_encoder")
     shadows = []
     for i in range(spec.count):
         seed = spec.seed + i
         encoder = build_model(ENCODERS[spec.architecture], seed=seed, in_channels=1, image_size=8)
-        path = CACHE / f"shadow-{spec.objective}-{spec.epochs}-{seed}.safetensors"
+        path = CACHE / f"shadow-{spec.objective}-{spec.epochs}-{seed}{'' if flips else '-noflip'}.safetensors"
         if path.is_file():
             encoder.load_state_dict(load_file(str(path)))
             encoder.eval()
@@ -247,6 +249,7 @@ def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float]) -> list
                 seed=seed,
                 epochs=spec.epochs,
                 batch_size=min(spec.batch_size, len(alt)),
+                view=TRAIN_VIEW if flips else dataclasses.replace(TRAIN_VIEW, flip_p=0.0),
             )
             CACHE.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
@@ -441,15 +444,15 @@ def main() -> None:
     parser.add_argument(
         "--holdout",
         action="store_true",
-        help=f"a fourth part kept aside (seeds {HOLDOUT_BASE}+), every suspect its own owner, first run with "
-        "the suspect's-graph shadows as the default",
+        help=f"a fourth part kept aside (seeds {HOLDOUT_BASE}+), every suspect its own owner (first run with "
+        "--shadows graph)",
     )
     parser.add_argument(
         "--shadows",
         choices=("graph", "conv"),
-        default="graph",
-        help="the appliance's shadows: of the suspect's ONNX graph (graph: the service's default for a suspect "
-        "registered as ONNX) or its conv_encoder (conv: its default for a remote suspect, and before)",
+        default="conv",
+        help="the appliance's shadows: its conv_encoder (conv: the service's default) or of the suspect's ONNX "
+        "graph (graph: architecture auto or suspect)",
     )
     parser.add_argument(
         "--replicate",
@@ -492,6 +495,12 @@ def main() -> None:
         action="store_true",
         help="only audit the part's (trained) suspects against the appliance's shadows and against shadows "
         "of the suspect's own graph (architecture: suspect), both trained by the appliance's default recipe",
+    )
+    parser.add_argument(
+        "--noflip-shadows",
+        action="store_true",
+        help="only audit the part's (trained) suspects against the appliance's conv shadows and against the same "
+        "shadows trained without flips in their views",
     )
     parser.add_argument(
         "--split-study",
@@ -542,7 +551,7 @@ def main() -> None:
     print(f"conv_encoder shadows: {len(shadows)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
 
     def shadows_for(role: str, seed: int) -> list[Any]:
-        """What the service's default shadows are for this suspect, registered as ONNX."""
+        """The shadows this run audits the suspect with (of its graph: as the service trains them for it)."""
         return graph_shadows(suspect_onnx(role, seed), alt, value_range) if args.shadows == "graph" else shadows
 
     method = create_method("dov4cl")
@@ -551,6 +560,19 @@ def main() -> None:
         return
     if args.family_shadows:
         family_shadows(method, shadows, base, n_pos, n_neg, args.family_shadows)
+        return
+    if args.noflip_shadows:
+        t0 = time.perf_counter()
+        noflip = appliance_shadows(alt, value_range, flips=False)
+        print(f"no-flip shadows: {len(noflip)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
+        compare_shadows(
+            method,
+            {"appliance's": shadows, "without flips": noflip},
+            base,
+            n_pos,
+            n_neg,
+            "Shadows of the appliance's recipe, with and without flips in their training views",
+        )
         return
     if args.graph_shadows:
         t0 = time.perf_counter()

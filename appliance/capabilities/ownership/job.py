@@ -46,12 +46,12 @@ class ShadowTraining(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    architecture: Literal["auto", "suspect", "conv_encoder", "pool_encoder"] = Field(
-        default="auto", description="the shadow's layers. 'suspect': the suspect's own ONNX graph with "
-        "every weight redrawn before training (the suspect must be registered as ONNX; config and "
-        "input_size do not apply, the graph fixes both). conv_encoder or pool_encoder: the appliance's "
-        "encoders. 'auto' (default): 'suspect' where the suspect is a registered ONNX graph the appliance "
-        "can train and config and input_size are unset, else conv_encoder, with a caution in the report")
+    architecture: Literal["conv_encoder", "pool_encoder", "suspect", "auto"] = Field(
+        default="conv_encoder", description="the shadow's layers. conv_encoder (default) or pool_encoder: "
+        "the appliance's encoders. 'suspect': the suspect's own ONNX graph with every weight redrawn before "
+        "training (the suspect must be registered as ONNX; config and input_size do not apply, the graph "
+        "fixes both). 'auto': 'suspect' where the suspect is a registered ONNX graph of at most 2M weights "
+        "the appliance can train and config and input_size are unset, else conv_encoder with a caution")
     config: dict[str, int] = Field(default_factory=dict)
     objective: Literal["simclr", "simsiam", "byol", "mocov3", "dino"] = Field(
         default="simclr", description="the suspect's recipe family: SimCLR, SimSiam, BYOL, MoCo v3 or DINO")

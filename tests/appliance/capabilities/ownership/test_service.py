@@ -394,7 +394,7 @@ def _upload_onnx(client: Any, token: str, module: torch.nn.Module, name: str) ->
 
 def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: str, digits: Any, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """``architecture: "suspect"`` (what the default, ``auto``, picks for an ONNX suspect): each
+    """``architecture: "suspect"`` (what ``auto`` picks for an ONNX suspect): each
     shadow is the suspect's ONNX graph with every weight redrawn, trained here, registered as
     an ONNX encoder and reused for another suspect of the same architecture (not for one of
     another). A suspect without a graph gets the appliance's encoder and a caution, or a 422
@@ -407,7 +407,7 @@ def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: s
     alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64] * 16)
     params = {"method": "dov4cl", "suspect_model_id": suspects[0]["id"], "public_dataset_id": pub["id"],
               "private_dataset_id": pvt["id"],
-              "shadow_training": {"dataset_id": alt["id"], "epochs": 2, "count": 2},
+              "shadow_training": {"dataset_id": alt["id"], "architecture": "auto", "epochs": 2, "count": 2},
               "method_params": {"n_global": 2, "n_local": 2, "rounds": 2}}
 
     def submit(extra: dict) -> Any:
