@@ -206,11 +206,8 @@ def _shadow_architecture(store: Store, spec: ShadowTraining,
         raise UnprocessableInput(f"shadow_training.architecture 'suspect' trains shadows of the suspect's own "
                                  f"ONNX graph, and {problem}; register the suspect as ONNX, or use "
                                  "conv_encoder or pool_encoder")
-    return "conv_encoder", (f"the shadows are the appliance's conv_encoder, not the suspect's architecture: "
-                            f"{problem}. Shadows of another architecture than the suspect's explain less of "
-                            "its per-image scores, which raises the false-positive rate (see the README's "
-                            "DOV4CL robustness figures); register the suspect as ONNX, or name shadows of "
-                            "its architecture in shadow_model_ids")
+    return "conv_encoder", (f"architecture auto: the shadows are the appliance's conv_encoder, not the "
+                            f"suspect's architecture: {problem}")
 
 
 def _kept_shadows(store: Store, tenant: str, data_digest: str) -> list[ModelInput]:
