@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from models.errors import ModelFormatError, UnknownArchitectureError
+from models.rng import isolated_global_rng
 
 TASKS = frozenset({"classifier", "encoder", "causal_lm"})
 
@@ -109,7 +110,8 @@ def create_architecture(name: str, config: Mapping[str, Any]) -> nn.Module:
     kwargs = dict(config)
     _check_config_keys(name, entry.factory, kwargs)
     try:
-        module = entry.factory(**kwargs)
+        with isolated_global_rng():  # another thread may be seeding a construction
+            module = entry.factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelFormatError(f"invalid config for architecture {name!r}: {exc}") from exc
     if not isinstance(module, nn.Module):

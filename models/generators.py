@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import ModelError
+from models.rng import isolated_global_rng, seeded_global_rng
 
 #: Samples per generator call: bounds the memory of one ONNX run.
 SAMPLE_CHUNK = 1024
@@ -270,7 +271,7 @@ def build_generator(architecture: str, config: dict[str, object]) -> TorchGenera
     if unknown:
         raise GeneratorContractError(f"unknown option(s) {sorted(unknown)} for generator architecture "
                                      f"{architecture!r}; accepted: {sorted(keys)}")
-    with torch.device("cpu"):
+    with torch.device("cpu"), isolated_global_rng():
         module = builder(config)
     return TorchGenerator(module, z_dim=int(config["z_dim"]), sample_shape=_sample_shape(config))  # type: ignore[call-overload]
 
@@ -425,8 +426,7 @@ def train_cvae(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int = 8, epoch
     """A conditional VAE (Bernoulli likelihood on [0, 1] pixels); returns its decoder."""
     flat, labels, k = _check_data(x, y)
     d = flat.shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded_global_rng(int(seed)):
         encoder = nn.Sequential(nn.Linear(d + k, 128), nn.ReLU(), nn.Linear(128, 2 * z_dim))
         decoder = ConditionalMLP(z_dim=z_dim, num_classes=k, sample_shape=tuple(x.shape[1:]))
     gen = torch.Generator().manual_seed(int(seed))
@@ -459,8 +459,7 @@ def train_moment_matching(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int
     trained without a discriminator by minimising, per class, the MMD between its samples and
     the data under a mixture of RBF kernels."""
     flat, labels, k = _check_data(x, y)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded_global_rng(int(seed)):
         net = ConditionalMLP(z_dim=z_dim, num_classes=k, sample_shape=tuple(x.shape[1:]))
     gen = torch.Generator().manual_seed(int(seed))
     scale = math.sqrt(flat.shape[1])
@@ -487,8 +486,7 @@ def train_cgan(x: np.ndarray, y: np.ndarray, *, seed: int, z_dim: int = 8, steps
     ReLU), both trained with Adam (beta1 0.5), one discriminator step per generator step."""
     flat, labels, k = _check_data(x, y)
     d = flat.shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded_global_rng(int(seed)):
         net = ConditionalMLP(z_dim=z_dim, num_classes=k, sample_shape=tuple(x.shape[1:]), hidden=hidden)
         disc = nn.Sequential(nn.Linear(d + k, hidden), nn.LeakyReLU(0.2),
                              nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))

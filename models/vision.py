@@ -15,9 +15,7 @@ public / private / alternative parts, the data the tests and benchmarks use.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -28,6 +26,7 @@ from torch import nn
 
 from models.architectures import register_architecture
 from models.augment import ViewSpec, augment
+from models.rng import seeded_global_rng
 
 
 def _positive_int(value: object, key: str) -> int:
@@ -133,22 +132,6 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "conv_encoder": _conv_encoder,
     "pool_encoder": _pool_encoder,
 }
-
-
-# torch's layer initialisers draw from the process-wide generator. Seeding it is only
-# reproducible if nothing else draws between the seed and the last initialiser, so every
-# seeded construction holds this lock (two jobs training shadows at once in one worker got
-# different weights for the same seed without it).
-_GLOBAL_RNG_LOCK = threading.RLock()
-
-
-@contextmanager
-def seeded_global_rng(seed: int) -> Iterator[None]:
-    """Run a block that draws from torch's global RNG as if it were alone, seeded with ``seed``;
-    the global state is restored afterwards and other threads wait meanwhile."""
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def build_model(factory: Callable[..., nn.Module], *, seed: int, **config: object) -> nn.Module:

@@ -13,6 +13,7 @@ import torch
 from models.device import choose_device
 from models.engine.base import LoadedModel, Progress, _as_texts, _batches, _check_batch_size
 from models.errors import ModelFormatError
+from models.rng import isolated_global_rng
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -80,7 +81,8 @@ class TransformersModel(LoadedModel):
             self.kind = "encoder"
             auto = AutoModel
         try:
-            model = auto.from_pretrained(model_dir, use_safetensors=True, **common)
+            with isolated_global_rng():  # initialisers of missing weights draw from it
+                model = auto.from_pretrained(model_dir, use_safetensors=True, **common)
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, **common, **tokenizer_files)
         except Exception as exc:
             raise ModelFormatError(

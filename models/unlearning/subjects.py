@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from models.rng import seeded_global_rng
 from models.unlearning.corpus import (
     IDK_ANSWERS,
     PROMPT_TEMPLATE,
@@ -202,8 +203,7 @@ def new_model(tokenizer: PreTrainedTokenizerFast, config: SubjectConfig, *, seed
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):
         return GPT2LMHeadModel(gpt2)
 
 

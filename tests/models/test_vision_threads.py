@@ -38,6 +38,32 @@ def test_concurrent_builds_match_sequential_ones() -> None:
     assert all(np.array_equal(got[s], expected[s]) for s in seeds)
 
 
+def test_loading_a_model_beside_a_seeded_build_does_not_change_it() -> None:
+    """A job loading its suspect (a module built only to receive weights) while another job
+    seeds a shadow's construction: the shadow is the same as alone (CI saw two audits at once get
+    different first shadows before loaders took the RNG lock)."""
+    from models.architectures import create_architecture
+
+    seeds = list(range(60))
+    expected = {s: _weights(build_model(ENCODERS["conv_encoder"], seed=s, width=16)) for s in seeds}
+    state = torch.random.get_rng_state()
+    stop = threading.Event()
+
+    def loader() -> None:
+        while not stop.is_set():
+            create_architecture("conv_encoder", {"width": 16})
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    try:
+        got = {s: _weights(build_model(ENCODERS["conv_encoder"], seed=s, width=16)) for s in seeds}
+    finally:
+        stop.set()
+        thread.join()
+    assert [s for s in seeds if not np.array_equal(got[s], expected[s])] == []
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading leaves the global state alone
+
+
 def test_concurrent_shadow_training_is_reproducible() -> None:
     images = digits_splits(seed=0).alternative[0][:64]
     alone = _shadow(3, images)
