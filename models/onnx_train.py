@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.augment import ViewSpec
 from models.errors import ModelFormatError
 
 #: Operators whose listed inputs (by position) are learned weights, with how each is redrawn.
@@ -315,15 +316,17 @@ class GraphModule(nn.Module):
 
 
 def train_graph_encoder(graph: bytes, unit_images: np.ndarray, value_range: tuple[float, float], *,
-                        objective: str, seed: int, epochs: int, batch_size: int) -> GraphModule:
+                        objective: str, seed: int, epochs: int, batch_size: int,
+                        view: ViewSpec | None = None, projection_head: bool = False) -> GraphModule:
     """A new encoder with ``graph``'s architecture, every weight redrawn from ``seed``, trained
     self-supervised (:func:`models.vision.train_contrastive`) on ``unit_images`` (the data
     mapped to [0, 1]); it answers, as the graph does, on the data's own ``value_range``."""
-    from models.vision import train_contrastive
+    from models.vision import TRAIN_VIEW, train_contrastive
 
     module = GraphModule.from_bytes(graph, seed=seed)
     train_contrastive(FromUnit(module, *value_range), unit_images, objective=objective,  # type: ignore[arg-type]
-                      seed=seed, epochs=epochs, batch_size=min(batch_size, len(unit_images)))
+                      seed=seed, epochs=epochs, batch_size=min(batch_size, len(unit_images)),
+                      view=view or TRAIN_VIEW, projection_head=projection_head)
     return module.eval()
 
 

@@ -32,12 +32,40 @@ from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset, record_trained_model
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.schemas import SuspectEndpoint
-from models.augment import to_unit
+from models.augment import ViewSpec, to_unit
 from models.errors import ModelFormatError
 from models.onnx_train import check_graph, graph_summary, train_graph_encoder
 from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
 
 VERSION = "1.0.0"
+
+
+class ShadowViews(BaseModel):
+    """The views a shadow trains on (pairs of augmentations of one image). The defaults are the
+    appliance's recipe; match the suspect's where it is known (a suspect trained without flips,
+    with rotations or noise)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: tuple[float, float] = Field(default=(0.2, 1.0), description="random-resized crop area, "
+                                       "as a share of the image, [lo, hi]")
+    flip: bool = Field(default=True, description="horizontal flips, half of the views")
+    rotation: float = Field(default=0.0, ge=0.0, le=180.0, description="largest rotation, degrees either way")
+    brightness: float = Field(default=0.4, ge=0.0, le=1.0, description="multiplicative jitter amplitude")
+    contrast: float = Field(default=0.4, ge=0.0, le=1.0, description="contrast jitter amplitude")
+    noise: float = Field(default=0.0, ge=0.0, le=1.0, description="standard deviation of Gaussian "
+                         "noise, as a share of the data's value range")
+
+    @model_validator(mode="after")
+    def _scale_is_a_range(self) -> ShadowViews:
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got [{lo}, {hi}]")
+        return self
+
+    def spec(self) -> ViewSpec:
+        return ViewSpec(scale=self.scale, flip_p=0.5 if self.flip else 0.0, rotation=self.rotation,
+                        brightness=self.brightness, contrast=self.contrast, noise=self.noise)
 
 
 class ShadowTraining(BaseModel):
@@ -61,6 +89,10 @@ class ShadowTraining(BaseModel):
                         "SimCLR on digits-sized data, SimSiam learns slower (the digits benchmark uses "
                         "1000)")
     batch_size: int = Field(default=128, ge=8, le=4096)
+    views: ShadowViews = Field(default_factory=ShadowViews, description="the training views' "
+                               "augmentations (defaults: the appliance's recipe)")
+    projection_head: bool = Field(default=False, description="train through a discarded MLP projector "
+                                  "(as SimCLR recipes do) instead of on the released embedding itself")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
                        "seed+1, ...; their relations are averaged (one unlucky shadow shifts "
@@ -291,12 +323,19 @@ def shadow_recipe(spec: ShadowTraining, data: DatasetInput, shape: tuple[int, ..
     suspects of one architecture share their shadows)."""
     import torch
 
-    return {"family": spec.architecture, "objective": spec.objective, "epochs": spec.epochs,
-            "batch_size": spec.batch_size, "seed": seed, "input_size": spec.input_size,
-            "config": config, "value_range": [float(value_range[0]), float(value_range[1])],
-            "data": {"dataset_id": data.id, "sha256": data.sha256, "n": int(shape[0]),
-                     "shape": [int(v) for v in shape]},
-            "torch": torch.__version__, "version": VERSION}
+    recipe = {"family": spec.architecture, "objective": spec.objective, "epochs": spec.epochs,
+              "batch_size": spec.batch_size, "seed": seed, "input_size": spec.input_size,
+              "config": config, "value_range": [float(value_range[0]), float(value_range[1])],
+              "data": {"dataset_id": data.id, "sha256": data.sha256, "n": int(shape[0]),
+                       "shape": [int(v) for v in shape]},
+              "torch": torch.__version__, "version": VERSION}
+    # recorded only where they differ from the appliance's recipe, so the shadows trained before
+    # these options existed keep their ids (and are reused)
+    if spec.views != ShadowViews():
+        recipe["views"] = spec.views.model_dump(mode="json")
+    if spec.projection_head:
+        recipe["projection_head"] = True
+    return recipe
 
 
 def shadow_model_id(tenant_id: str, recipe: dict[str, Any]) -> str:
@@ -357,7 +396,8 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
                     f"{config['learned']} weights redrawn, {spec.epochs} epochs, {len(data)} images, "
                     f"seed {seed}) as model {model_id}")
             module = train_graph_encoder(graph, unit, value_range, objective=spec.objective, seed=seed,
-                                         epochs=spec.epochs, batch_size=spec.batch_size)
+                                         epochs=spec.epochs, batch_size=spec.batch_size,
+                                         view=spec.views.spec(), projection_head=spec.projection_head)
             digest = ctx.save_artifact(module.to_onnx())
             shadows.append(embed_fn(module))
         else:
@@ -370,7 +410,8 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
             ctx.log(f"training {spec.objective} shadow {i + 1}/{spec.count} ({spec.architecture}, "
                     f"{spec.epochs} epochs, {len(data)} images, seed {seed}) as model {model_id}")
             encoder = train_contrastive(encoder, unit, objective=spec.objective, seed=seed,
-                                        epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)))
+                                        epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)),
+                                        view=spec.views.spec(), projection_head=spec.projection_head)
             shadow = Rescaled(encoder, *value_range).eval()
             digest = ctx.save_artifact(save({k: v.contiguous() for k, v in shadow.state_dict().items()}))
             shadows.append(embed_fn(shadow))

@@ -335,6 +335,45 @@ def test_two_audits_at_once_train_the_same_shadows(client: Any, token_a: str, di
     assert sorted(m["id"] for m in tagged) == sorted(m["model_id"] for m in first["inputs"]["shadows"]["models"])
 
 
+def test_shadow_views_and_projector_are_part_of_the_recipe(client: Any, token_a: str, digits: Any,
+                                                           tmp_path: Path) -> None:
+    """Shadows trained with the suspect's views (no flips, rotations, noise) and an MLP
+    projector: other weights, another model id, the options in the recipe; the appliance's
+    default recipe records neither (its shadows keep their ids); bad views are a 422."""
+    from models.vision import ENCODERS, build_model
+
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    suspect = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=1, **config),
+                            "conv_encoder", config, tmp_path, "suspect")
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
+    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    shadow = {"dataset_id": alt["id"], "epochs": 2, "count": 1, "seed": 21, "config": {"width": 8, "embed_dim": 16}}
+    views = {"flip": False, "rotation": 20.0, "noise": 0.04, "brightness": 0.0, "scale": [0.5, 1.0]}
+
+    def submit(training: dict) -> Any:
+        return client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+            "method": "dov4cl", "suspect_model_id": suspect["id"], "public_dataset_id": pub["id"],
+            "private_dataset_id": pvt["id"], "shadow_training": training,
+            "method_params": {"n_global": 2, "n_local": 0}}})
+
+    plain = _report(client, token_a, submit(shadow))["inputs"]["shadows"]["models"][0]
+    matched = _report(client, token_a, submit({**shadow, "views": views, "projection_head": True}))
+    entry = matched["inputs"]["shadows"]["models"][0]
+    assert "views" not in plain["recipe"] and "projection_head" not in plain["recipe"]
+    assert entry["recipe"]["views"] == {**views, "contrast": 0.4, "scale": [0.5, 1.0]}
+    assert entry["recipe"]["projection_head"] is True and entry["status"] == "trained"
+    assert entry["model_id"] != plain["model_id"] and entry["weights_sha256"] != plain["weights_sha256"]
+    # the same options again: the registered shadow is reused
+    again = _report(client, token_a, submit({**shadow, "views": views, "projection_head": True}))
+    assert again["inputs"]["shadows"]["models"][0]["status"] == "reused"
+    assert again["inputs"]["shadows"]["models"][0]["model_id"] == entry["model_id"]
+    for bad in ({"scale": [0.9, 0.2]}, {"rotation": 400}, {"noise": -1}, {"flip": "sometimes"}, {"hue": 0.1}):
+        resp = submit({**shadow, "views": bad})
+        assert resp.status_code == 422, (bad, resp.get_json())
+        assert resp.headers["Content-Type"].startswith("application/problem+json")
+
+
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
     flat = _upload_dataset(client, token_a, "flat", x=np.zeros((10, 64), np.float32),
                            y=np.zeros(10, np.int64))
