@@ -41,7 +41,6 @@ queries.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -222,22 +221,26 @@ def load_suspect(role: str, seed: int) -> Any:
     return embed_fn(encoder.eval())
 
 
-def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float], flips: bool = True) -> list[Any]:
-    """Shadows exactly as the service trains them with its defaults: conv_encoder (kept in the
-    cache). ``flips=False``: the same recipe with the training views' flips turned off (an
-    experiment, ``--noflip-shadows``; the service has no such setting yet)."""
+def appliance_shadows(
+    alt: np.ndarray, value_range: tuple[float, float], options: dict[str, Any] | None = None, tag: str = ""
+) -> list[Any]:
+    """Shadows exactly as the service trains them (kept in the cache under ``tag``): its
+    defaults, ``ShadowTraining()`` (conv_encoder), or with the service's recipe ``options``
+    (``views``, ``projection_head``, ``input_size``)."""
     from safetensors.torch import load_file, save_file
 
     from appliance.capabilities.ownership.job import ShadowTraining
     from models.augment import to_unit
-    from models.vision import ENCODERS, TRAIN_VIEW, Rescaled, build_model, embed_fn, train_contrastive
+    from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
 
-    spec = ShadowTraining(dataset_id="alt", architecture="conv_encoder")
+    spec = ShadowTraining(dataset_id="alt", architecture="conv_encoder", **(options or {}))
     shadows = []
     for i in range(spec.count):
         seed = spec.seed + i
-        encoder = build_model(ENCODERS[spec.architecture], seed=seed, in_channels=1, image_size=8)
-        path = CACHE / f"shadow-{spec.objective}-{spec.epochs}-{seed}{'' if flips else '-noflip'}.safetensors"
+        encoder = build_model(ENCODERS[spec.architecture], seed=seed, in_channels=1, image_size=spec.input_size or 8)
+        if spec.input_size is not None:
+            encoder = Resized(encoder, spec.input_size)
+        path = CACHE / f"shadow-{spec.objective}-{spec.epochs}-{seed}{tag}.safetensors"
         if path.is_file():
             encoder.load_state_dict(load_file(str(path)))
             encoder.eval()
@@ -249,12 +252,46 @@ def appliance_shadows(alt: np.ndarray, value_range: tuple[float, float], flips: 
                 seed=seed,
                 epochs=spec.epochs,
                 batch_size=min(spec.batch_size, len(alt)),
-                view=TRAIN_VIEW if flips else dataclasses.replace(TRAIN_VIEW, flip_p=0.0),
+                view=spec.views.spec(),
+                projection_head=spec.projection_head,
             )
             CACHE.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
         shadows.append(embed_fn(Rescaled(encoder, *value_range)))
     return shadows
+
+
+#: The suspects' views (:func:`_suspect_views`) as the service's shadow options: no flips, crops
+#: of 0.75-1 of the side (area 0.56-1), rotations up to 20 degrees, contrast 0.6-1.4 and no
+#: brightness jitter, noise of 0.6 on the 0..16 scale.
+SUSPECT_VIEWS = {
+    "flip": False,
+    "scale": [0.56, 1.0],
+    "rotation": 20.0,
+    "brightness": 0.0,
+    "contrast": 0.4,
+    "noise": 0.6 / 16,
+}
+#: ``--recipe-shadows``: the appliance's conv_encoder with more and more of the suspects' recipe.
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "suspects' views": ("-views", {"views": SUSPECT_VIEWS}),
+    "views + projector + 16x16": ("-recipe", {"views": SUSPECT_VIEWS, "projection_head": True, "input_size": 16}),
+}
+
+
+def train_suspects(tasks: list[tuple[str, int]], workers: int) -> None:
+    """Train (or find in the cache) the suspects of ``tasks``, ``workers`` at once."""
+    todo = [task for task in tasks if not (CACHE / f"{task[0]}-{task[1]}.safetensors").is_file()]
+    if not todo:
+        return
+    print(f"training {len(todo)} suspects ({workers} at once) ...", flush=True)
+    if workers <= 1:
+        for task in todo:
+            train_suspect(task)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for role, seed, seconds in pool.map(train_suspect, todo):
+            print(f"  {role} {seed}: {seconds:.0f} s", flush=True)
 
 
 def suspect_onnx(role: str, seed: int) -> bytes:
@@ -497,6 +534,13 @@ def main() -> None:
         "of the suspect's own graph (architecture: suspect), both trained by the appliance's default recipe",
     )
     parser.add_argument(
+        "--recipe-shadows",
+        action="store_true",
+        help="only audit the part's suspects (trained first if missing) against the appliance's conv shadows, "
+        "the same trained with the suspects' views, with their views, an MLP projector and 16x16 inputs, and "
+        "all of them together",
+    )
+    parser.add_argument(
         "--noflip-shadows",
         action="store_true",
         help="only audit the part's (trained) suspects against the appliance's conv shadows and against the same "
@@ -563,7 +607,7 @@ def main() -> None:
         return
     if args.noflip_shadows:
         t0 = time.perf_counter()
-        noflip = appliance_shadows(alt, value_range, flips=False)
+        noflip = appliance_shadows(alt, value_range, {"views": {"flip": False}}, tag="-noflip")
         print(f"no-flip shadows: {len(noflip)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
         compare_shadows(
             method,
@@ -572,6 +616,27 @@ def main() -> None:
             n_pos,
             n_neg,
             "Shadows of the appliance's recipe, with and without flips in their training views",
+        )
+        return
+    if args.recipe_shadows:
+        roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
+        train_suspects(roles, args.workers)
+        designs = {"appliance's": shadows}
+        for name, (tag, options) in RECIPES.items():
+            t0 = time.perf_counter()
+            designs[name] = appliance_shadows(alt, value_range, options, tag=tag)
+            print(
+                f"{name} shadows: {len(designs[name])} ({time.perf_counter() - t0:.0f} s including training)",
+                flush=True,
+            )
+        designs["all three"] = [s for kept in designs.values() for s in kept]
+        compare_shadows(
+            method,
+            designs,
+            base,
+            n_pos,
+            n_neg,
+            "The appliance's conv shadows trained with more and more of the suspects' recipe",
         )
         return
     if args.graph_shadows:
