@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from appliance.audits.errors import AuditInputError, AuditParameterError
-from appliance.audits.ownership.dov4cl import DOV4CL, DOV4CLInputs, data_range, flip_invariance, view_specs
+from appliance.audits.ownership.dov4cl import (
+    DOV4CL,
+    PROFILE_TOLERANCE,
+    DOV4CLInputs,
+    data_range,
+    flip_invariance,
+    invariance_profile,
+    view_specs,
+)
 from appliance.audits.registry import create_method
 from models.vision import digits_splits
 
@@ -189,7 +197,37 @@ def test_shadow_that_does_not_match_the_suspect_is_a_caution(digits):
                      shadow=_flip_antisymmetric(np.random.default_rng(6).standard_normal((256, 40)) / 16)),
         params=PARAMS, seed=0)
     cautions = " ".join(mismatched.statistics["cautions"])
-    assert "24 dimensions" in cautions and "flip invariance" in cautions
+    assert "24 dimensions" in cautions and "invariance differs" in cautions and "flip " in cautions
+    assert mismatched.statistics["views"]["shadow_invariance"]["flip"] < 0.0 < \
+        mismatched.statistics["views"]["invariance"]["flip"]
+
+
+def _radial(x: np.ndarray) -> np.ndarray:
+    """Mean intensity in rings around the centre, one ring per half pixel: unchanged by
+    rotations (up to resampling), as an encoder trained with rotations nearly is."""
+    x = np.asarray(x, np.float64)
+    side = x.shape[-1]
+    yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
+    ring = (2 * np.hypot(yy, xx)).astype(int).ravel()
+    flat = x.reshape(len(x), -1)
+    rings = np.stack([flat[:, ring == r].mean(axis=1) for r in np.unique(ring)], axis=1)
+    return np.tanh(4 * (rings - rings.mean()))
+
+
+def test_invariance_profile_tells_a_rotation_invariant_suspect_from_shadows(digits):
+    public, private = digits
+    pooled = np.concatenate([public, private])
+    rotation_free = invariance_profile(pooled, _radial, probe=128, seed=0, value_range=(0.0, 1.0))
+    plain = invariance_profile(pooled, _embed(_projection(8)), probe=128, seed=0, value_range=(0.0, 1.0))
+    assert rotation_free["rotation"] > plain["rotation"] + PROFILE_TOLERANCE["rotation"]
+    assert set(rotation_free) == {"flip", "rotation", "noise"}
+    result = create_method("dov4cl").run(
+        DOV4CLInputs(public=public, private=private, suspect=_radial, shadow=_embed(_projection(8))),
+        params=PARAMS, seed=0)
+    assert "rotation" in " ".join(result.statistics["cautions"])
+    assert result.statistics["views"]["invariance"] == pytest.approx(
+        invariance_profile(pooled, _radial, probe=PARAMS.get("invariance_probe", 256), seed=0,
+                           value_range=(0.0, 1.0)))
 
 
 @pytest.mark.parametrize("policy", ["auto", False, True])
