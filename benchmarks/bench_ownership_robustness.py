@@ -28,7 +28,8 @@ second such part, run after ``--final`` was reported. In those three parts every
 audited on one fixed D_pub / D_pvt split, so their FPR is conditional on that single draw;
 ``--owners`` (5000+) makes every suspect its own data owner with its own random split (see
 ``OWNERS_BASE``), which is what the test's guarantee averages over; ``--holdout`` (7000+) is
-another such part, kept aside until it was first run, with ``--shadows graph``.
+another such part, kept aside until it was first run, with ``--shadows graph``; ``--fifth``
+(9000+) another, for the shadow recipes compared with ``--recipe-shadows``.
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -128,6 +129,9 @@ OWNERS_BASE = 5000
 #: ``--holdout``: seeds from here on are a fourth part, each its own owner (as ``--owners``),
 #: kept aside until the shadows of the suspect's graph were the default.
 HOLDOUT_BASE = 7000
+#: ``--fifth``: a fifth part (9000+), each its own owner, first run to check the shadow options
+#: chosen with ``--recipe-shadows`` on ``--owners``.
+FIFTH_BASE = 9000
 
 
 def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -485,6 +489,11 @@ def main() -> None:
         "--shadows graph)",
     )
     parser.add_argument(
+        "--fifth",
+        action="store_true",
+        help=f"a fifth part kept aside (seeds {FIFTH_BASE}+), every suspect its own owner",
+    )
+    parser.add_argument(
         "--shadows",
         choices=("graph", "conv"),
         default="conv",
@@ -555,7 +564,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     part = (
-        "holdout"
+        "fifth"
+        if args.fifth
+        else "holdout"
         if args.holdout
         else "owners"
         if args.owners
@@ -578,7 +589,14 @@ def main() -> None:
     from appliance.audits.registry import create_method
 
     torch.set_num_threads(1)
-    base = {"holdout": HOLDOUT_BASE, "owners": OWNERS_BASE, "replicate": 3000, "final": 1000, "development": 0}[part]
+    base = {
+        "fifth": FIFTH_BASE,
+        "holdout": HOLDOUT_BASE,
+        "owners": OWNERS_BASE,
+        "replicate": 3000,
+        "final": 1000,
+        "development": 0,
+    }[part]
     n_pos, n_neg, n_part, n_null = (4, 4, 1, 8) if args.quick else (10, 10, 2, 32)
     n_pos = n_pos if args.positives is None else args.positives
     n_neg = n_neg if args.negatives is None else args.negatives
