@@ -305,18 +305,23 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         server.shutdown()
 
 
+def _small_conv_audit(client: Any, token: str, digits: Any, tmp_path: Path) -> tuple[dict, dict, dict, dict]:
+    """A small conv_encoder suspect and released (32), private (32) and shadow-training (64) sets."""
+    from models.vision import ENCODERS, build_model
+
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    suspect = _upload_torch(client, token, build_model(ENCODERS["conv_encoder"], seed=1, **config),
+                            "conv_encoder", config, tmp_path, "suspect")
+    return (suspect, _upload_dataset(client, token, "pub", x=digits.public[0][:32]),
+            _upload_dataset(client, token, "pvt", x=digits.private[0][:32]),
+            _upload_dataset(client, token, "alt", x=digits.alternative[0][:64]))
+
+
 def test_two_audits_at_once_train_the_same_shadows(client: Any, token_a: str, digits: Any,
                                                    tmp_path: Path) -> None:
     """Two audits submitted together, each training its shadows in its own worker thread at the
     same time: the same seeds give the same weights, the reports match, each shadow is one model."""
-    from models.vision import ENCODERS, build_model
-
-    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
-    suspect = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=1, **config),
-                            "conv_encoder", config, tmp_path, "suspect")
-    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
-    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
-    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    suspect, pub, pvt, alt = _small_conv_audit(client, token_a, digits, tmp_path)
     params = {"method": "dov4cl", "suspect_model_id": suspect["id"], "public_dataset_id": pub["id"],
               "private_dataset_id": pvt["id"], "seed": 4,
               "shadow_training": {"dataset_id": alt["id"], "epochs": 3, "count": 2, "seed": 11,
@@ -340,14 +345,7 @@ def test_shadow_views_and_projector_are_part_of_the_recipe(client: Any, token_a:
     """Shadows trained with the suspect's views (no flips, rotations, noise) and an MLP
     projector: other weights, another model id, the options in the recipe; the appliance's
     default recipe records neither (its shadows keep their ids); bad views are a 422."""
-    from models.vision import ENCODERS, build_model
-
-    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
-    suspect = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=1, **config),
-                            "conv_encoder", config, tmp_path, "suspect")
-    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
-    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
-    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    suspect, pub, pvt, alt = _small_conv_audit(client, token_a, digits, tmp_path)
     shadow = {"dataset_id": alt["id"], "epochs": 2, "count": 1, "seed": 21, "config": {"width": 8, "embed_dim": 16}}
     views = {"flip": False, "rotation": 20.0, "noise": 0.04, "brightness": 0.0, "scale": [0.5, 1.0]}
 
