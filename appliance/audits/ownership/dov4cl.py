@@ -227,6 +227,16 @@ def invariance_profile(images: np.ndarray, embed: EmbedFn, *, probe: int, seed: 
             for i, name in enumerate(transforms)}
 
 
+def suspect_profile(public: np.ndarray, private: np.ndarray, suspect: EmbedFn, p: Mapping[str, Any],
+                    seed: int) -> dict[str, float]:
+    """The suspect's :func:`invariance_profile` as a DOV4CL audit with resolved parameters ``p``
+    and ``seed`` measures it: on D_pub and D_pvt pooled (label-blind, so whatever is chosen from
+    it leaves the permutation test exact), ``invariance_probe`` images, the audit's value range."""
+    value_range = data_range(public, private, p["value_range"])
+    return invariance_profile(np.concatenate([public, private]), suspect, probe=int(p["invariance_probe"]),
+                              seed=seed, value_range=value_range)
+
+
 def flip_invariance(images: np.ndarray, embed: EmbedFn, *, probe: int, seed: int,
                     value_range: tuple[float, float]) -> float:
     """The ``flip`` entry of :func:`invariance_profile` alone (``3 * probe`` queries)."""
@@ -244,6 +254,10 @@ class DOV4CLInputs:
     or a list of them (encoders trained without D_pub; several are averaged, which
     lowers the false-positive rate due to one unlucky shadow).
     ``query_budget``: optional cap on suspect queries.
+    ``invariance``: the suspect's invariance profile and the suspect queries it cost, where the
+    caller measured it already with :func:`suspect_profile` (the same seed and parameters as
+    this audit), e.g. to choose the shadows' training views from it: the audit takes it instead
+    of measuring again, and counts its queries.
     """
 
     public: np.ndarray
@@ -251,6 +265,7 @@ class DOV4CLInputs:
     suspect: EmbedFn
     shadow: EmbedFn | Sequence[EmbedFn]
     query_budget: int | None = None
+    invariance: tuple[dict[str, float], int] | None = None
 
 
 def _slot_pairs(n_global: int, n_views: int) -> dict[str, list[tuple[int, int]]]:
@@ -565,7 +580,15 @@ class DOV4CL(AuditMethod):
 
         value_range = data_range(public, private, p["value_range"])
         t0 = time.perf_counter()
-        flip, profile = self._flip_policy(public, private, p, seed, suspect, value_range)
+        if inputs.invariance is not None:
+            measured, cost = inputs.invariance
+            if set(measured) != set(PROFILE_TRANSFORMS) or isinstance(cost, bool) or not isinstance(cost, int) \
+                    or cost < 0:
+                raise AuditInputError(f"invariance must be a profile of {sorted(PROFILE_TRANSFORMS)} and "
+                                      "the queries it cost")
+            suspect.queries += cost  # spent by the caller, on the same suspect
+        flip, profile = self._flip_policy(public, private, p, seed, suspect,
+                                          None if inputs.invariance is None else inputs.invariance[0])
         invariance = None if profile is None else profile["flip"]
         specs = view_specs(p["views"], flip=flip)
         if p["design"] == "images":
@@ -632,15 +655,14 @@ class DOV4CL(AuditMethod):
     @staticmethod
     def _flip_policy(
         public: np.ndarray, private: np.ndarray, p: Mapping[str, Any], seed: int,
-        suspect: CountedQuery, value_range: tuple[float, float],
+        suspect: CountedQuery, measured: dict[str, float] | None,
     ) -> tuple[bool, dict[str, float] | None]:
-        """Whether views may flip, and the suspect's measured invariance profile (``None`` if
-        the flips were chosen by hand: then nothing is measured)."""
+        """Whether views may flip, and the suspect's invariance profile (``measured`` where the
+        caller measured it; ``None`` if the flips were chosen by hand and nothing was measured)."""
         choice = p["views"].get("flip", VIEW_DEFAULTS["flip"])
         if choice != "auto":
-            return bool(choice), None
-        profile = invariance_profile(np.concatenate([public, private]), suspect,
-                                     probe=int(p["invariance_probe"]), seed=seed, value_range=value_range)
+            return bool(choice), measured
+        profile = measured if measured is not None else suspect_profile(public, private, suspect, p, seed)
         return profile["flip"] >= float(p["flip_threshold"]), profile
 
     @staticmethod

@@ -355,7 +355,7 @@ def test_shadow_views_and_projector_are_part_of_the_recipe(client: Any, token_a:
             "private_dataset_id": pvt["id"], "shadow_training": training,
             "method_params": {"n_global": 2, "n_local": 0}}})
 
-    plain = _report(client, token_a, submit(shadow))["inputs"]["shadows"]["models"][0]
+    plain = _report(client, token_a, submit({**shadow, "views": {}}))["inputs"]["shadows"]["models"][0]
     matched = _report(client, token_a, submit({**shadow, "views": views, "projection_head": True}))
     entry = matched["inputs"]["shadows"]["models"][0]
     assert "views" not in plain["recipe"] and "projection_head" not in plain["recipe"]
@@ -370,6 +370,69 @@ def test_shadow_views_and_projector_are_part_of_the_recipe(client: Any, token_a:
         resp = submit({**shadow, "views": bad})
         assert resp.status_code == 422, (bad, resp.get_json())
         assert resp.headers["Content-Type"].startswith("application/problem+json")
+
+
+class _FlipSymmetric(torch.nn.Module):
+    """An encoder made exactly flip-invariant: the sum of its embeddings of x and of x mirrored."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x) + self.encoder(torch.flip(x, dims=[-1]))
+
+
+class _LeftHalf(torch.nn.Module):
+    """An encoder that sees only the left half of the image: a mirror image shows it the other half."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(torch.cat([x[..., : x.shape[-1] // 2], torch.zeros_like(x[..., x.shape[-1] // 2:])], -1))
+
+
+def test_auto_shadow_views_follow_the_suspects_invariance(client: Any, token_a: str, digits: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``views: "auto"`` (the default): the shadows flip only for a flip-invariant suspect; the
+    views are the ones the measured profile maps to; the profile is measured once, reported,
+    and its queries are counted, also where the audit's own views do not need it."""
+    from appliance.capabilities.ownership.job import ShadowViews, matched_views
+    from models.vision import ENCODERS, build_model
+
+    monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
+    encoder = build_model(ENCODERS["conv_encoder"], seed=1, in_channels=1, image_size=8, width=8,
+                          embed_dim=16).eval()
+    pub = _upload_dataset(client, token_a, "pub", x=digits.public[0][:32])
+    pvt = _upload_dataset(client, token_a, "pvt", x=digits.private[0][:32])
+    alt = _upload_dataset(client, token_a, "alt", x=digits.alternative[0][:64])
+    probe = 16
+    for suspect, flips, audit_views in ((_FlipSymmetric(encoder), True, {}),
+                                        (_LeftHalf(encoder), False, {}),
+                                        (_LeftHalf(encoder), False, {"flip": False})):
+        server, url, counted = _embedding_server(suspect)
+        try:
+            job = client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+                "method": "dov4cl", "suspect_endpoint": {"url": url}, "public_dataset_id": pub["id"],
+                "private_dataset_id": pvt["id"], "shadow_training": {
+                    "dataset_id": alt["id"], "epochs": 1, "count": 1, "config": {"width": 8, "embed_dim": 16}},
+                "method_params": {"n_global": 2, "n_local": 0, "invariance_probe": probe, "views": audit_views}}})
+            body = _report(client, token_a, job)
+        finally:
+            server.shutdown()
+        shadows, stats = body["inputs"]["shadows"], body["statistics"]
+        profile = shadows["views_from_invariance"]
+        assert set(profile) == {"flip", "rotation", "noise"}
+        assert (profile["flip"] >= 0.9) is flips, profile
+        views = matched_views(profile, 0.9)
+        assert views.flip is flips and shadows["recipe"]["views"] == views.model_dump(mode="json")
+        recorded = shadows["models"][0]["recipe"].get("views")
+        assert recorded == (None if views == ShadowViews() else views.model_dump(mode="json"))
+        # measured once, before the shadows trained; the audit took it and counts its queries
+        assert stats["views"]["invariance"] == profile and stats["views"]["flip"] is (flips and not audit_views)
+        assert stats["queries"] == sum(counted) == stats["audit_queries"] + 5 * probe
 
 
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
