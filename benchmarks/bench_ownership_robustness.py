@@ -29,7 +29,9 @@ audited on one fixed D_pub / D_pvt split, so their FPR is conditional on that si
 ``--owners`` (5000+) makes every suspect its own data owner with its own random split (see
 ``OWNERS_BASE``), which is what the test's guarantee averages over; ``--holdout`` (7000+) is
 another such part, kept aside until it was first run, with ``--shadows graph``; ``--fifth``
-(9000+) another, for the shadow recipes compared with ``--recipe-shadows``.
+(9000+) another, for the shadow recipes compared with ``--recipe-shadows``; ``--sixth``
+(11000+) another, kept aside until the shadows' views were chosen from the suspect's invariance
+(``--auto-shadows``).
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -42,11 +44,13 @@ queries.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -132,6 +136,9 @@ HOLDOUT_BASE = 7000
 #: ``--fifth``: a fifth part (9000+), each its own owner, first run to check the shadow options
 #: chosen with ``--recipe-shadows`` on ``--owners``.
 FIFTH_BASE = 9000
+#: ``--sixth``: a sixth part (11000+), each its own owner, first run to check ``views: "auto"``
+#: for the shadows once it was chosen on ``--owners``.
+SIXTH_BASE = 11000
 
 
 def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +244,7 @@ def appliance_shadows(
     from models.augment import to_unit
     from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
 
-    spec = ShadowTraining(dataset_id="alt", architecture="conv_encoder", **(options or {}))
+    spec = ShadowTraining(dataset_id="alt", architecture="conv_encoder", **{"views": {}, **(options or {})})
     shadows = []
     for i in range(spec.count):
         seed = spec.seed + i
@@ -281,6 +288,43 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "suspects' views": ("-views", {"views": SUSPECT_VIEWS}),
     "views + projector + 16x16": ("-recipe", {"views": SUSPECT_VIEWS, "projection_head": True, "input_size": 16}),
 }
+
+
+#: A design of shadows chosen per suspect: ``(suspect, D_pub, D_pvt, seed) -> (shadows,
+#: invariance)``, where ``invariance`` is the profile measured on the way and its query count.
+ShadowChoice = Callable[[Any, np.ndarray, np.ndarray, int], tuple[list[Any], tuple[dict[str, float], int] | None]]
+
+
+def auto_views_design(method: Any, alt: np.ndarray, value_range: tuple[float, float], fixed: list[Any]) -> ShadowChoice:
+    """Shadows as the service trains them with ``views: "auto"`` (its default): the suspect's
+    invariance profile measured as the audit measures it, the appliance's recipe adapted to it
+    (:func:`~appliance.capabilities.ownership.job.matched_views`), one set of shadows per
+    distinct adaptation (``fixed`` where none is needed), kept in the cache."""
+    from appliance.audits.ownership.dov4cl import suspect_profile
+    from appliance.audits.suspects import CountedQuery
+    from appliance.capabilities.ownership.job import ShadowViews, matched_views
+
+    params = method.resolve_params({})
+    default = ShadowViews().model_dump(mode="json")
+    sets: dict[str, list[Any]] = {json.dumps(default, sort_keys=True): fixed}
+
+    def choose(suspect: Any, public: np.ndarray, private: np.ndarray, seed: int) -> Any:
+        counted = CountedQuery(suspect, kind="embed")
+        profile = suspect_profile(public, private, counted, params, seed)
+        views = matched_views(profile, float(params["flip_threshold"])).model_dump(mode="json")
+        key = json.dumps(views, sort_keys=True)
+        changed = {k: v for k, v in views.items() if v != default[k]}
+        if key not in sets:
+            t0 = time.perf_counter()
+            tag = "-auto-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+            sets[key] = appliance_shadows(alt, value_range, {"views": views}, tag=tag)
+            print(f"  auto views {changed}: {len(sets[key])} shadows ({time.perf_counter() - t0:.0f} s "
+                  "including training)", flush=True)
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in profile.items())
+        print(f"  seed {seed}: invariance {shown} -> {changed or 'the appliance recipe'}", flush=True)
+        return sets[key], (profile, counted.queries)
+
+    return choose
 
 
 def train_suspects(tasks: list[tuple[str, int]], workers: int) -> None:
@@ -330,7 +374,7 @@ def graph_shadows(graph: bytes, alt: np.ndarray, value_range: tuple[float, float
     from models.augment import to_unit
     from models.onnx_train import structure_digest, train_graph_encoder
 
-    spec = ShadowTraining(dataset_id="alt")
+    spec = ShadowTraining(dataset_id="alt", views={})
     shadows = []
     for i in range(spec.count):
         seed = spec.seed + i
@@ -489,6 +533,11 @@ def main() -> None:
         "--shadows graph)",
     )
     parser.add_argument(
+        "--sixth",
+        action="store_true",
+        help=f"a sixth part kept aside (seeds {SIXTH_BASE}+), every suspect its own owner",
+    )
+    parser.add_argument(
         "--fifth",
         action="store_true",
         help=f"a fifth part kept aside (seeds {FIFTH_BASE}+), every suspect its own owner",
@@ -550,6 +599,12 @@ def main() -> None:
         "all of them together",
     )
     parser.add_argument(
+        "--auto-shadows",
+        action="store_true",
+        help="only audit the part's suspects (trained first if missing) against the appliance's conv shadows of "
+        "its fixed recipe and of the views chosen from each suspect's invariance profile (views: auto)",
+    )
+    parser.add_argument(
         "--noflip-shadows",
         action="store_true",
         help="only audit the part's (trained) suspects against the appliance's conv shadows and against the same "
@@ -564,7 +619,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     part = (
-        "fifth"
+        "sixth"
+        if args.sixth
+        else "fifth"
         if args.fifth
         else "holdout"
         if args.holdout
@@ -590,6 +647,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     base = {
+        "sixth": SIXTH_BASE,
         "fifth": FIFTH_BASE,
         "holdout": HOLDOUT_BASE,
         "owners": OWNERS_BASE,
@@ -634,6 +692,19 @@ def main() -> None:
             n_pos,
             n_neg,
             "Shadows of the appliance's recipe, with and without flips in their training views",
+        )
+        return
+    if args.auto_shadows:
+        roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
+        train_suspects(roles, args.workers)
+        compare_shadows(
+            method,
+            {"appliance's recipe": shadows, "auto views": auto_views_design(method, alt, value_range, shadows)},
+            base,
+            n_pos,
+            n_neg,
+            "The appliance's conv shadows: its fixed recipe, and views chosen from the suspect's invariance "
+            "(views: auto, the default)",
         )
         return
     if args.recipe_shadows:
@@ -817,20 +888,29 @@ def family_shadows(method: Any, shadows: list[Any], base: int, n_pos: int, n_neg
     )
 
 
-def compare_shadows(method: Any, designs: dict[str, list[Any]], base: int, n_pos: int, n_neg: int, title: str) -> None:
+def compare_shadows(
+    method: Any, designs: dict[str, list[Any] | ShadowChoice], base: int, n_pos: int, n_neg: int, title: str
+) -> None:
     """The part's first ``n_neg`` negatives and ``n_pos`` positives, each on its own split,
-    audited against every design of shadows."""
+    audited against every design of shadows (a list, or a :data:`ShadowChoice` per suspect)."""
     from appliance.audits.ownership.dov4cl import DOV4CLInputs
 
-    designs = {name: [RowCache(s) for s in kept] for name, kept in designs.items()}
+    cached = {name: [RowCache(s) for s in kept] for name, kept in designs.items() if isinstance(kept, list)}
     found: dict[tuple[str, str], list[tuple[float, float]]] = {}
     roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
     for role, seed in roles:
         suspect = RowCache(load_suspect(role, seed))
         public, private = owner_sets(seed)
         line = []
-        for name, kept in designs.items():
-            result = method.run(DOV4CLInputs(public=public, private=private, suspect=suspect, shadow=kept), seed=seed)
+        for name, design in designs.items():
+            if isinstance(design, list):
+                kept, invariance = cached[name], None
+            else:
+                kept, invariance = design(suspect, public, private, seed)
+            result = method.run(
+                DOV4CLInputs(public=public, private=private, suspect=suspect, shadow=kept, invariance=invariance),
+                seed=seed,
+            )
             found.setdefault((role, name), []).append((result.p_value, result.statistics["calibrated_statistic"]))
             line.append(f"{name} p = {result.p_value:.4f} ({result.statistics['calibrated_statistic']:+.4f})")
         print(f"  {role} {seed}: " + "; ".join(line), flush=True)
