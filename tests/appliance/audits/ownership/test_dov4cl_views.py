@@ -14,6 +14,7 @@ from appliance.audits.ownership.dov4cl import (
     data_range,
     flip_invariance,
     invariance_profile,
+    suspect_profile,
     view_specs,
 )
 from appliance.audits.registry import create_method
@@ -228,6 +229,39 @@ def test_invariance_profile_tells_a_rotation_invariant_suspect_from_shadows(digi
     assert result.statistics["views"]["invariance"] == pytest.approx(
         invariance_profile(pooled, _radial, probe=PARAMS.get("invariance_probe", 256), seed=0,
                            value_range=(0.0, 1.0)))
+
+
+def test_a_profile_measured_beforehand_is_the_audits_own(digits):
+    # What a caller chooses from the profile (the shadows' training views) may depend on the
+    # pooled images only: any split of the pool measures the same profile. Handed to the audit,
+    # it is not measured again, gives the same report and its queries are counted.
+    public, private = digits
+    method = create_method("dov4cl")
+    p = method.resolve_params(PARAMS)
+    calls: list[int] = []
+
+    def suspect(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return _radial(x)
+
+    profile = suspect_profile(public, private, suspect, p, seed=2)
+    cost = sum(calls)
+    pool = np.concatenate([public, private])
+    order = np.random.default_rng(5).permutation(len(pool))
+    for pub, pvt in ((private, public), (pool[order[:100]], pool[order[100:]])):
+        assert suspect_profile(pub, pvt, _radial, p, seed=2) == profile
+    shadow = _embed(_projection(8))
+    measured = method.run(DOV4CLInputs(public=public, private=private, suspect=_radial, shadow=shadow),
+                          params=PARAMS, seed=2)
+    calls.clear()
+    given = method.run(DOV4CLInputs(public=public, private=private, suspect=suspect, shadow=shadow,
+                                    invariance=(profile, cost)), params=PARAMS, seed=2)
+    assert given.statistics == measured.statistics and given.queries == measured.queries
+    assert sum(calls) == measured.queries - cost == given.statistics["audit_queries"]
+    for bad in (({"flip": 1.0}, cost), (profile, -1), ({**profile, "hue": 1.0}, cost)):
+        with pytest.raises(AuditInputError):
+            method.run(DOV4CLInputs(public=public, private=private, suspect=_radial, shadow=shadow,
+                                    invariance=bad), params=PARAMS, seed=2)
 
 
 @pytest.mark.parametrize("policy", ["auto", False, True])
