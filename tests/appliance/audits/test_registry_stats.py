@@ -156,9 +156,9 @@ def test_dov4cl_runs_on_synthetic_embeddings():
         seed=0,
         progress=progress.append,
     )
-    # every image (40 + 40) x 16 global views, plus the invariance probe: 5 views of all 80
+    # every image (40 + 40) x 16 global views, plus the invariance probe: 6 views of all 80
     # (plain, a crop, flipped, rotated, noisy)
-    assert result.queries == 80 * 16 + 5 * 80
+    assert result.queries == 80 * 16 + 6 * 80
     assert result.statistics["queries"] == result.queries
     assert result.statistics["audit_queries"] == 80 * 16
     assert result.statistics["distinct_public_images"] == result.statistics["distinct_private_images"] == 40

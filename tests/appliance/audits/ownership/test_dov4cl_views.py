@@ -221,7 +221,7 @@ def test_invariance_profile_tells_a_rotation_invariant_suspect_from_shadows(digi
     rotation_free = invariance_profile(pooled, _radial, probe=128, seed=0, value_range=(0.0, 1.0))
     plain = invariance_profile(pooled, _embed(_projection(8)), probe=128, seed=0, value_range=(0.0, 1.0))
     assert rotation_free["rotation"] > plain["rotation"] + PROFILE_TOLERANCE["rotation"]
-    assert set(rotation_free) == {"flip", "rotation", "noise"}
+    assert set(rotation_free) == {"flip", "rotation", "noise", "crop"}
     result = create_method("dov4cl").run(
         DOV4CLInputs(public=public, private=private, suspect=_radial, shadow=_embed(_projection(8))),
         params=PARAMS, seed=0)

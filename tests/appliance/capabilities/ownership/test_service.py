@@ -424,7 +424,7 @@ def test_auto_shadow_views_follow_the_suspects_invariance(client: Any, token_a: 
             server.shutdown()
         shadows, stats = body["inputs"]["shadows"], body["statistics"]
         profile = shadows["views_from_invariance"]
-        assert set(profile) == {"flip", "rotation", "noise"}
+        assert set(profile) == {"flip", "rotation", "noise", "crop"}
         assert (profile["flip"] >= 0.9) is flips, profile
         views = matched_views(profile, 0.9)
         assert views.flip is flips and shadows["recipe"]["views"] == views.model_dump(mode="json")
@@ -432,7 +432,7 @@ def test_auto_shadow_views_follow_the_suspects_invariance(client: Any, token_a: 
         assert recorded == (None if views == ShadowViews() else views.model_dump(mode="json"))
         # measured once, before the shadows trained; the audit took it and counts its queries
         assert stats["views"]["invariance"] == profile and stats["views"]["flip"] is (flips and not audit_views)
-        assert stats["queries"] == sum(counted) == stats["audit_queries"] + 5 * probe
+        assert stats["queries"] == sum(counted) == stats["audit_queries"] + 6 * probe
 
 
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
