@@ -295,18 +295,25 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 ShadowChoice = Callable[[Any, np.ndarray, np.ndarray, int], tuple[list[Any], tuple[dict[str, float], int] | None]]
 
 
-def auto_views_design(method: Any, alt: np.ndarray, value_range: tuple[float, float], fixed: list[Any]) -> ShadowChoice:
+def auto_views_design(
+    method: Any,
+    alt: np.ndarray,
+    value_range: tuple[float, float],
+    fixed: list[Any],
+    extra: dict[str, Any] | None = None,
+) -> ShadowChoice:
     """Shadows as the service trains them with ``views: "auto"`` (its default): the suspect's
     invariance profile measured as the audit measures it, the appliance's recipe adapted to it
     (:func:`~appliance.capabilities.ownership.job.matched_views`), one set of shadows per
-    distinct adaptation (``fixed`` where none is needed), kept in the cache."""
+    distinct adaptation (``fixed`` where none is needed), kept in the cache; ``extra``: further
+    shadow options (``projection_head``), the same for every suspect."""
     from appliance.audits.ownership.dov4cl import suspect_profile
     from appliance.audits.suspects import CountedQuery
     from appliance.capabilities.ownership.job import ShadowViews, matched_views
 
     params = method.resolve_params({})
     default = ShadowViews().model_dump(mode="json")
-    sets: dict[str, list[Any]] = {json.dumps(default, sort_keys=True): fixed}
+    sets: dict[str, list[Any]] = {} if extra else {json.dumps(default, sort_keys=True): fixed}
 
     def choose(suspect: Any, public: np.ndarray, private: np.ndarray, seed: int) -> Any:
         counted = CountedQuery(suspect, kind="embed")
@@ -316,8 +323,8 @@ def auto_views_design(method: Any, alt: np.ndarray, value_range: tuple[float, fl
         changed = {k: v for k, v in views.items() if v != default[k]}
         if key not in sets:
             t0 = time.perf_counter()
-            tag = "-auto-" + hashlib.sha256(key.encode()).hexdigest()[:8]
-            sets[key] = appliance_shadows(alt, value_range, {"views": views}, tag=tag)
+            tag = "-auto-" + hashlib.sha256(key.encode()).hexdigest()[:8] + ("-proj" if extra else "")
+            sets[key] = appliance_shadows(alt, value_range, {"views": views, **(extra or {})}, tag=tag)
             print(f"  auto views {changed}: {len(sets[key])} shadows ({time.perf_counter() - t0:.0f} s "
                   "including training)", flush=True)
         shown = ", ".join(f"{name} {value:.2f}" for name, value in profile.items())
@@ -605,6 +612,11 @@ def main() -> None:
         "its fixed recipe and of the views chosen from each suspect's invariance profile (views: auto)",
     )
     parser.add_argument(
+        "--auto-projector",
+        action="store_true",
+        help="with --auto-shadows: also shadows of the chosen views trained through an MLP projector",
+    )
+    parser.add_argument(
         "--noflip-shadows",
         action="store_true",
         help="only audit the part's (trained) suspects against the appliance's conv shadows and against the same "
@@ -697,9 +709,17 @@ def main() -> None:
     if args.auto_shadows:
         roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
         train_suspects(roles, args.workers)
+        designs: dict[str, list[Any] | ShadowChoice] = {
+            "appliance's recipe": shadows,
+            "auto views": auto_views_design(method, alt, value_range, shadows),
+        }
+        if args.auto_projector:
+            designs["auto views + projector"] = auto_views_design(
+                method, alt, value_range, shadows, {"projection_head": True}
+            )
         compare_shadows(
             method,
-            {"appliance's recipe": shadows, "auto views": auto_views_design(method, alt, value_range, shadows)},
+            designs,
             base,
             n_pos,
             n_neg,

@@ -71,10 +71,10 @@ class ShadowViews(BaseModel):
 #: ``views: "auto"`` adapts the shadows' training views to the suspect's invariance profile
 #: (1: as invariant to a transform as to a crop of half the image or more; 0: no more than to
 #: another image). Measured on digits: encoders trained with rotations of 20 degrees score
-#: ~1.15 on rotations, without ~0.87 (with, but with small crops too, ~1.03); encoders trained
-#: with crops down to 20% of the area ~0.67 on crops of 20-30%, with crops of 56-100% ~0.32.
-#: Training with noise of 4-5% of the range did not move the noise score (1.08 either way), so
-#: noise is not chosen automatically. Flips follow the audit's own ``flip_threshold``.
+#: 1.04-1.15 on rotations, without ~0.87; encoders trained with crops down to 20% of the area
+#: ~0.65 on crops of 20-30%, with crops of 50-100% ~0.41, of 56-100% 0.33-0.43. Training with
+#: noise of 4-5% of the range did not move the noise score (1.08 either way), so noise is not
+#: chosen automatically. Flips follow the audit's own ``flip_threshold``.
 AUTO_VIEW_THRESHOLDS = {"rotation": 1.0, "crop": 0.5}
 #: The crop scales the shadows train with where the suspect is not invariant to small crops
 #: (the audit's own global views).
