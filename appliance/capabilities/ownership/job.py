@@ -35,7 +35,15 @@ from appliance.schemas import SuspectEndpoint
 from models.augment import ViewSpec, to_unit
 from models.errors import ModelFormatError
 from models.onnx_train import check_graph, graph_summary, train_graph_encoder
-from models.vision import ENCODERS, Rescaled, Resized, build_model, embed_fn, train_contrastive
+from models.vision import (
+    ENCODERS,
+    MOMENTUM_OBJECTIVES,
+    Rescaled,
+    Resized,
+    build_model,
+    embed_fn,
+    train_contrastive,
+)
 
 VERSION = "1.0.0"
 
@@ -124,8 +132,10 @@ class ShadowTraining(BaseModel):
         "label-blind on D_pub and D_pvt pooled (the DOV4CL audit's own "
         "invariance probe: no further queries where the audit's views.flip is 'auto', its default); {} for "
         "the appliance's recipe as it is")
-    projection_head: bool = Field(default=False, description="train through a discarded MLP projector "
-                                  "(as SimCLR recipes do) instead of on the released embedding itself")
+    projection_head: bool = Field(default=True, description="train through a discarded MLP projector, as "
+                                  "SimCLR, MoCo and SimSiam recipes do and release the encoder below it "
+                                  "(default); false trains on the released embedding itself (the recipe "
+                                  "before this default, and the appliance's own suspects' in its tests)")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
                        "seed+1, ...; their relations are averaged (one unlucky shadow shifts "
@@ -367,7 +377,9 @@ def shadow_recipe(spec: ShadowTraining, data: DatasetInput, shape: tuple[int, ..
     assert isinstance(spec.views, ShadowViews), "views 'auto' is settled before the shadows train"
     if spec.views != ShadowViews():
         recipe["views"] = spec.views.model_dump(mode="json")
-    if spec.projection_head:
+    # the default since shadows without it were registered (they keep their ids); the momentum
+    # objectives train through their own heads either way
+    if spec.projection_head and spec.objective not in MOMENTUM_OBJECTIVES:
         recipe["projection_head"] = True
     return recipe
 

@@ -355,8 +355,9 @@ def test_shadow_views_and_projector_are_part_of_the_recipe(client: Any, token_a:
             "private_dataset_id": pvt["id"], "shadow_training": training,
             "method_params": {"n_global": 2, "n_local": 0}}})
 
-    plain = _report(client, token_a, submit({**shadow, "views": {}}))["inputs"]["shadows"]["models"][0]
-    matched = _report(client, token_a, submit({**shadow, "views": views, "projection_head": True}))
+    plain = _report(client, token_a, submit({**shadow, "views": {}, "projection_head": False}))
+    plain = plain["inputs"]["shadows"]["models"][0]
+    matched = _report(client, token_a, submit({**shadow, "views": views}))  # a projector by default
     entry = matched["inputs"]["shadows"]["models"][0]
     assert "views" not in plain["recipe"] and "projection_head" not in plain["recipe"]
     assert entry["recipe"]["views"] == {**views, "contrast": 0.4, "scale": [0.5, 1.0]}
@@ -430,6 +431,7 @@ def test_auto_shadow_views_follow_the_suspects_invariance(client: Any, token_a: 
         assert views.flip is flips and shadows["recipe"]["views"] == views.model_dump(mode="json")
         recorded = shadows["models"][0]["recipe"].get("views")
         assert recorded == (None if views == ShadowViews() else views.model_dump(mode="json"))
+        assert shadows["models"][0]["recipe"]["projection_head"] is True  # the default
         # measured once, before the shadows trained; the audit took it and counts its queries
         assert stats["views"]["invariance"] == profile and stats["views"]["flip"] is (flips and not audit_views)
         assert stats["queries"] == sum(counted) == stats["audit_queries"] + 6 * probe
