@@ -551,10 +551,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--shadows",
-        choices=("graph", "conv"),
+        choices=("graph", "conv", "auto"),
         default="conv",
-        help="the appliance's shadows: its conv_encoder (conv: the service's default) or of the suspect's ONNX "
-        "graph (graph: architecture auto or suspect)",
+        help="the appliance's shadows: its conv_encoder by its fixed recipe (conv), as the service's defaults "
+        "train them (auto: views chosen from each suspect's invariance on its owner's sets, a projector), or "
+        "of the suspect's ONNX graph (graph: architecture auto or suspect)",
     )
     parser.add_argument(
         "--replicate",
@@ -645,7 +646,7 @@ def main() -> None:
         if args.final
         else "development"
     )
-    suffix = "" if args.shadows == "conv" else "-graph"
+    suffix = {"conv": "", "graph": "-graph", "auto": "-auto"}[args.shadows]
     results = args.results or CACHE / f"results-{part}{suffix}.jsonl"
     named_shares = {str(share): role for role, (share, _) in PARTIALS.items()}
     shares = [named_shares[share.strip()] for share in args.shares.split(",") if share.strip()]
@@ -682,11 +683,18 @@ def main() -> None:
     shadows = appliance_shadows(alt, value_range)
     print(f"conv_encoder shadows: {len(shadows)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
 
+    method = create_method("dov4cl")
+    adapted = None
+    if args.shadows == "auto":
+        adapted = auto_views_design(method, alt, value_range, shadows, {"projection_head": True})
+
     def shadows_for(role: str, seed: int) -> list[Any]:
-        """The shadows this run audits the suspect with (of its graph: as the service trains them for it)."""
+        """The shadows this run audits the suspect with (of its graph, or adapted to it: as the
+        service trains them for it; adapted on its owner's sets, also for its null sets)."""
+        if adapted is not None:
+            return adapted(load_suspect(role, seed), *owner_sets(seed), seed)[0]
         return graph_shadows(suspect_onnx(role, seed), alt, value_range) if args.shadows == "graph" else shadows
 
-    method = create_method("dov4cl")
     if args.split_study:
         split_study(method, shadows, base, n_neg, args.split_study)
         return
@@ -770,10 +778,11 @@ def main() -> None:
         trained_iter = pool.map(train_suspect, todo)
     for role, seed, train_s in trained_iter:
         suspect = load_suspect(role, seed)
+        kept = shadows_for(role, seed)  # before the clock: shadows are trained (or found) before an audit
         started = time.perf_counter()
         owner_pub, owner_pvt = owner_sets(seed)
         result = method.run(
-            DOV4CLInputs(public=owner_pub, private=owner_pvt, suspect=suspect, shadow=shadows_for(role, seed)),
+            DOV4CLInputs(public=owner_pub, private=owner_pvt, suspect=suspect, shadow=kept),
             seed=seed,
         )
         wall = time.perf_counter() - started
