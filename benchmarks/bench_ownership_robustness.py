@@ -725,15 +725,8 @@ def main() -> None:
             designs["auto views + projector"] = auto_views_design(
                 method, alt, value_range, shadows, {"projection_head": True}
             )
-        compare_shadows(
-            method,
-            designs,
-            base,
-            n_pos,
-            n_neg,
-            "The appliance's conv shadows: its fixed recipe, and views chosen from the suspect's invariance "
-            "(views: auto, the default)",
-        )
+        title = "The appliance's conv shadows: its fixed recipe, and views chosen from the suspect's invariance"
+        compare_shadows(method, designs, base, n_pos, n_neg, f"{title} (views: auto, the default)")
         return
     if args.recipe_shadows:
         roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
