@@ -312,15 +312,15 @@ def auto_views_design(
     from appliance.capabilities.ownership.job import ShadowViews, matched_views
 
     params = method.resolve_params({})
-    default = ShadowViews().model_dump(mode="json")
-    sets: dict[str, list[Any]] = {} if extra else {json.dumps(default, sort_keys=True): fixed}
+    recipe = json.dumps(ShadowViews().model_dump(mode="json"), sort_keys=True)
+    sets: dict[str, list[Any]] = {} if extra else {recipe: fixed}
 
     def choose(suspect: Any, public: np.ndarray, private: np.ndarray, seed: int) -> Any:
         counted = CountedQuery(suspect, kind="embed")
         profile = suspect_profile(public, private, counted, params, seed)
-        views = matched_views(profile, float(params["flip_threshold"])).model_dump(mode="json")
+        matched = matched_views(profile, float(params["flip_threshold"]))
+        views, changed = matched.model_dump(mode="json"), matched.departures()
         key = json.dumps(views, sort_keys=True)
-        changed = {k: v for k, v in views.items() if v != default[k]}
         if key not in sets:
             t0 = time.perf_counter()
             tag = "-auto-" + hashlib.sha256(key.encode()).hexdigest()[:8] + ("-proj" if extra else "")

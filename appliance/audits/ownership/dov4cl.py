@@ -585,6 +585,7 @@ class DOV4CL(AuditMethod):
 
         value_range = data_range(public, private, p["value_range"])
         t0 = time.perf_counter()
+        measured: dict[str, float] | None = None
         if inputs.invariance is not None:
             measured, cost = inputs.invariance
             if set(measured) != set(PROFILE_TRANSFORMS) or isinstance(cost, bool) or not isinstance(cost, int) \
@@ -592,8 +593,7 @@ class DOV4CL(AuditMethod):
                 raise AuditInputError(f"invariance must be a profile of {sorted(PROFILE_TRANSFORMS)} and "
                                       "the queries it cost")
             suspect.queries += cost  # spent by the caller, on the same suspect
-        flip, profile = self._flip_policy(public, private, p, seed, suspect,
-                                          None if inputs.invariance is None else inputs.invariance[0])
+        flip, profile = self._flip_policy(public, private, p, seed, suspect, measured)
         invariance = None if profile is None else profile["flip"]
         specs = view_specs(p["views"], flip=flip)
         if p["design"] == "images":

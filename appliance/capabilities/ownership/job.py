@@ -71,6 +71,11 @@ class ShadowViews(BaseModel):
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got [{lo}, {hi}]")
         return self
 
+    def departures(self) -> dict[str, Any]:
+        """The fields (as JSON) where these views differ from the appliance's recipe."""
+        mine, recipe = self.model_dump(mode="json"), ShadowViews().model_dump(mode="json")
+        return {k: v for k, v in mine.items() if v != recipe[k]}
+
     def spec(self) -> ViewSpec:
         return ViewSpec(scale=self.scale, flip_p=0.5 if self.flip else 0.0, rotation=self.rotation,
                         brightness=self.brightness, contrast=self.contrast, noise=self.noise)
@@ -484,8 +489,7 @@ def _match_views(ctx: JobContext, method: Any, spec: ShadowTraining, params: Own
     profile = suspect_profile(public, private, counted, p, params.seed)
     views = matched_views(profile, float(p["flip_threshold"]))
     shown = ", ".join(f"{name} {value:.2f}" for name, value in profile.items())
-    changed = {k: v for k, v in views.model_dump(mode="json").items()
-               if v != ShadowViews().model_dump(mode="json")[k]}
+    changed = views.departures()
     ctx.log(f"the suspect's invariance: {shown} ({counted.queries} queries); the shadows train with "
             f"the appliance's views{' and ' + str(changed) if changed else ''}")
     return spec.model_copy(update={"views": views}), (profile, counted.queries)
