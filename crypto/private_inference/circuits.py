@@ -33,7 +33,8 @@ from crypto import packing
 from crypto.ckks import CkksPreset, ContextError
 from crypto.ensemble import FLOOD_MARGIN_BITS
 
-__all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWeights"]
+__all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWeights", "region_class",
+           "region_comparisons"]
 
 #: Circuit privacy of the result slots: each gets fresh uniform noise of this amplitude (the
 #: units the slot decrypts to: comparison sums, or one-hot values), and win-count sums are
@@ -45,6 +46,48 @@ __all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWei
 #: the benchmark's held-out queries have >= 2.9e-4).
 OUTPUT_FLOOD = {"scores": 1e-4, "onehot": 1e-6}
 OUTPUT_SCALE_MIN = 0.75
+
+
+def region_class(accumulator: int, region: int, regions: int, classes: int) -> int:
+    """The class whose logit accumulator ``a`` holds in region ``k`` of the region layout.
+
+    Class ``a * R + k``; in the last accumulator, whose ``m < R`` classes do not fill its
+    regions, region ``k`` repeats class ``a * R + k % m`` instead of staying empty, so its
+    differences with a rotated accumulator compare as many distinct pairs as a full one
+    (10 classes in 4 regions: 13 sign evaluations instead of 17, the least possible being 12).
+    """
+    base = accumulator * regions
+    if not 0 <= region < regions or not 0 <= base < classes:
+        raise ValueError(f"no accumulator {accumulator}, region {region} for {classes} classes in {regions} regions")
+    return base + region % min(regions, classes - base)
+
+
+def region_comparisons(
+    classes: int, regions: int
+) -> tuple[list[tuple[int, int, int]], dict[tuple[int, int], tuple[int, int, float]]]:
+    """The region layout's sign evaluations and where each pair of classes is compared.
+
+    Returns ``differences``, a list of ``(a, b, r)``: accumulator ``a`` minus accumulator ``b``
+    rotated so that its region ``k + r`` lands in region ``k``, and ``where``, mapping each
+    unordered pair ``i < j`` to ``(index in differences, region, sign)`` with
+    ``s_ij = sign * value there``. Every pair is compared exactly once; a difference is
+    evaluated only if it compares a pair not compared before.
+    """
+    accumulators = -(-classes // regions)
+    differences: list[tuple[int, int, int]] = []
+    where: dict[tuple[int, int], tuple[int, int, float]] = {}
+    for a in range(accumulators):
+        for b in range(a, accumulators):
+            for r in range(regions) if b > a else range(1, regions // 2 + 1):
+                fresh = []
+                for k in range(regions):
+                    i, j = region_class(a, k, regions, classes), region_class(b, (k + r) % regions, regions, classes)
+                    if i != j and (min(i, j), max(i, j)) not in where:
+                        where[(min(i, j), max(i, j))] = (len(differences), k, 1.0 if i < j else -1.0)
+                        fresh.append(k)
+                if fresh:
+                    differences.append((a, b, r))
+    return differences, where
 
 
 @dataclass(frozen=True)
@@ -145,8 +188,7 @@ class Circuit:
 
     def encode_region_weights(self, weights: npt.NDArray[np.float64], regions: int) -> list[list[Any]]:
         """Plaintext weight pieces ``[accumulator][chunk]`` of ``weights`` ``(C, chunks, block)``:
-        accumulator ``a`` carries class ``a * R + k`` in region ``k`` (zero where that class
-        does not exist)."""
+        accumulator ``a`` carries class :func:`region_class` ``(a, k)`` in region ``k``."""
         lay = self._wide
         first = self._seal_ctx.first_context_data()
         drop_prime = float(first.parms().coeff_modulus()[-1].value())
@@ -157,9 +199,8 @@ class Circuit:
             for t in range(lay.chunks):
                 values = np.zeros(lay.slots)
                 for k in range(regions):
-                    c = a * regions + k
-                    if c < lay.classes:
-                        values[k * size : (k + 1) * size] = np.tile(weights[c, t], size // lay.block)
+                    c = region_class(a, k, regions, lay.classes)
+                    values[k * size : (k + 1) * size] = np.tile(weights[c, t], size // lay.block)
                 if not np.any(values):
                     row.append(None)
                     continue
@@ -502,7 +543,8 @@ class Circuit:
     ) -> list[Any]:
         """Win counts of a partial batch replicated into ``regions`` regions (PEW2 bodies).
 
-        Accumulator ``a`` holds class ``a * R + k``'s scaled logit in region ``k``; pairs are
+        Accumulator ``a`` holds class ``a * R + k``'s scaled logit in region ``k`` (the last one
+        repeats its classes, :func:`region_class`); pairs are
         differences of an accumulator and a region-rotated one (``R`` pairs per ciphertext),
         so the linear stage, the rotate-and-sums and the sign evaluations all shrink by about
         ``R``. Each class's win count is then gathered into region 0, where the client reads
@@ -522,8 +564,7 @@ class Circuit:
                 ev.add_inplace(acc, self._rotate(acc, stride))
             shift = np.zeros(lay.slots)
             for k in range(regions):
-                if a * regions + k < classes:
-                    shift[k * size : (k + 1) * size] = bias[a * regions + k]
+                shift[k * size : (k + 1) * size] = bias[region_class(a, k, regions, classes)]
             ev.add_plain_inplace(acc, self._encode_like(shift.tolist(), acc))
             accs.append(acc)
         rotated: dict[tuple[int, int], Any] = {}
@@ -537,26 +578,14 @@ class Circuit:
 
         rng = np.random.default_rng(secrets.randbits(128))
         scale = np.tile(np.repeat(rng.uniform(OUTPUT_SCALE_MIN, 1.0, lay.capacity // regions), lay.block), regions)
-        # (sign ciphertext, region) of each unordered pair i < j, with the sign of s_ij there.
-        where: dict[tuple[int, int], tuple[int, int, float]] = {}
+        differences, where = region_comparisons(classes, regions)
         signs: list[Any] = []
-        for a in range(len(accs)):
-            for b in range(a, len(accs)):
-                for r in range(regions) if b > a else range(1, regions // 2 + 1):
-                    pairs = []
-                    for k in range(regions):
-                        i, j = a * regions + k, b * regions + (k + r) % regions
-                        if i < classes and j < classes and i != j and (min(i, j), max(i, j)) not in where:
-                            pairs.append((k, i, j))
-                    if not pairs:
-                        continue
-                    diff = sealapi.Ciphertext()
-                    ev.sub(accs[a], moved(b, r), diff)
-                    # Rescaled now: gathering them into region 0 then rotates at the last level,
-                    # the cheapest key switch (its noise, at the 2^37 scale, is far below the flood).
-                    signs.append(self._signs(diff, rescale=True, scale=scale))
-                    for k, i, j in pairs:
-                        where[(min(i, j), max(i, j))] = (len(signs) - 1, k, 1.0 if i < j else -1.0)
+        for a, b, r in differences:
+            diff = sealapi.Ciphertext()
+            ev.sub(accs[a], moved(b, r), diff)
+            # Rescaled now: gathering them into region 0 then rotates at the last level,
+            # the cheapest key switch (its noise, at the 2^37 scale, is far below the flood).
+            signs.append(self._signs(diff, rescale=True, scale=scale))
         keep = packing.wide_output_mask(lay, count)
         replies = []
         for i in range(classes):

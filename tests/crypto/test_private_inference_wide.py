@@ -10,6 +10,7 @@ from support import assert_argmax_agrees, assert_scaled_win_counts
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference.circuits import region_class, region_comparisons
 from crypto.private_inference.client import PrivateClient
 from crypto.private_inference.server import EnsembleEvaluator
 from crypto.private_inference.wire import decode_wide, encode_blobs, encode_wide
@@ -166,6 +167,33 @@ def test_wide_needs_its_rotation_keys(multi) -> None:
     body = encode_wide([bytes(ts.ckks_vector(ctx, [0.1] * 4096).serialize())] * 3, layout=client.wide_layout, count=1)
     with pytest.raises(ContextError, match="wide layout"):
         evaluator.evaluate_wide_batch(body)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5, 6, 10, 13, 16])
+@pytest.mark.parametrize("regions", [2, 4, 8])
+def test_region_comparisons_compare_every_pair_once(classes, regions) -> None:
+    """The region plan compares each pair of classes exactly once, where it says, with the sign
+    it says; the last accumulator repeats its classes instead of leaving regions empty."""
+    if regions > classes:
+        return
+    differences, where = region_comparisons(classes, regions)
+    assert sorted(where) == [(i, j) for i in range(classes) for j in range(i + 1, classes)]
+    for (i, j), (idx, k, sign) in where.items():
+        a, b, r = differences[idx]
+        here = (region_class(a, k, regions, classes), region_class(b, (k + r) % regions, regions, classes))
+        assert here == ((i, j) if sign > 0 else (j, i))
+    assert {idx for idx, _, _ in where.values()} == set(range(len(differences)))  # none wasted
+    accumulators = -(-classes // regions)
+    assert {region_class(accumulators - 1, k, regions, classes) for k in range(regions)} == set(
+        range((accumulators - 1) * regions, classes))
+
+
+def test_region_plan_for_ten_classes() -> None:
+    """10 classes: 13 sign evaluations in 4 regions (17 with empty regions; at least 12), 25 in
+    2 (at least 23), 7 in 8 (at least 6)."""
+    assert [len(region_comparisons(10, r)[0]) for r in (2, 4, 8)] == [25, 13, 7]
+    with pytest.raises(ValueError):
+        region_class(3, 0, 4, 10)
 
 
 @pytest.mark.parametrize("count", [1, 5, 16, 17, 33])
