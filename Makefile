@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# Test processes: most tests run torch on one thread, so two workers halve the suite on 2 cores.
+# Whole files go to one worker (their module fixtures train once); TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 export APPLIANCE_HOME ?= $(HOME)/.audit-appliance
 
 .PHONY: install run test lint bench clean
@@ -24,7 +27,7 @@ run: $(STAMP)
 	$(VENV)/bin/appliance serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check appliance crypto enclave models tests benchmarks

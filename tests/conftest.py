@@ -101,17 +101,24 @@ def unlearning_subjects(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The full, gold and reference subjects, trained once per session under pytest's tmp dir
     (never a cache from an earlier run, never inside the repository).
 
+    Under pytest-xdist the session's workers share one folder beside their own tmp dirs: the
+    first to get its lock trains, the others wait and load the same weights.
+
     The unlearning tests run on one torch thread: the subjects train on one whatever is set, and
     the algorithms and audits then take the same numbers whether a folder runs alone or in the
     whole suite (where modules set one thread at import)."""
     import torch
+    from filelock import FileLock
 
     from models.unlearning.subjects import make_subjects
 
     torch.set_num_threads(1)
-
-    return make_subjects(seed=0, cache_dir=tmp_path_factory.mktemp("unlearning-subjects"),
-                         **UNLEARNING_TEST_SIZES)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / "unlearning-subjects"
+    with FileLock(str(folder) + ".lock"):
+        return make_subjects(seed=0, cache_dir=folder, **UNLEARNING_TEST_SIZES)
 
 
 @pytest.fixture
