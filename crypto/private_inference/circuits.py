@@ -398,17 +398,6 @@ class Circuit:
                 self._evaluator.add_inplace(acc, tmp)
         return acc
 
-    def _rotate_pow2(self, ct: Any, step: int) -> Any:
-        """Rotation by ``step`` as a product of power-of-two rotations (keys exist for those)."""
-        out = ct
-        bit = 1
-        while step:
-            if step & 1:
-                out = self._rotate(out, bit)
-            step >>= 1
-            bit <<= 1
-        return out
-
     # -- single layout -----------------------------------------------------------------------
 
     def differences(self, x: Any, weights: SingleWeights) -> Any:
@@ -572,8 +561,9 @@ class Circuit:
         def moved(b: int, r: int) -> Any:  # accumulator b with region k + r moved to region k
             if r == 0:
                 return accs[b]
-            if (b, r) not in rotated:
-                rotated[(b, r)] = self._rotate_pow2(accs[b], r * size)
+            if (b, r) not in rotated:  # one rotation from the move by r less its lowest bit
+                low = r & -r
+                rotated[(b, r)] = self._rotate(moved(b, r - low), low * size)
             return rotated[(b, r)]
 
         rng = np.random.default_rng(secrets.randbits(128))
