@@ -57,6 +57,9 @@ if TYPE_CHECKING:  # the SDK imports these where it needs them: a light install 
     from crypto.provisioning import VerifiedQuote
 
 RETRY_STATUSES = (429, 503)
+#: Texts private_predict embeds per encoder call; what they fill of a request is encrypted and
+#: sent while the next ones embed (64: one full wide body at K=8 x 384-d).
+EMBED_CHUNK = 64
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -446,8 +449,9 @@ class Client:
                         encode: Any = None, batch: bool = True,
                         session: InferenceSession | None = None,
                         layout: str | None = None) -> PrivatePrediction:
-        """Embed locally (MiniLM by default, every template prompt of every text in one pass)
-        -> encrypt -> send -> decrypt.
+        """Embed locally (MiniLM by default, every template prompt of :data:`EMBED_CHUNK` texts
+        per encoder call) -> encrypt -> send -> decrypt, the requests of texts already embedded
+        encrypted, sent and decrypted in the background while the next texts embed.
 
         Returns :class:`appliance.client.inference.PrivatePrediction` (labels, indices, and win
         counts or, for an ensemble registered with ``output: "onehot"``, one-hot values). The
@@ -456,8 +460,11 @@ class Client:
         runs with a key store). With ``batch`` and enough texts the wide layout is used where
         the spec lists it; ``layout="single"``/``"wide"`` forces one.
         """
+        import numpy as np
+
         from appliance.client.inference import PrivatePrediction, default_text_encoder, embed_texts
         from crypto.errors import CryptoError
+        from crypto.private_inference.client import PrivateScores
 
         texts = [str(t) for t in texts]
         if not texts:
@@ -472,18 +479,45 @@ class Client:
             encode = default_text_encoder()
         opening: Future[InferenceSession] | None = None
         pool = ThreadPoolExecutor(max_workers=1) if session is None else None
+        sender = ThreadPoolExecutor(max_workers=1)
+        sent: list[Future[PrivateScores]] = []
         try:
             if pool is not None:  # keys and upload overlap the embedding (ONNX frees the GIL)
                 opening = pool.submit(self.open_inference_session, ensemble_id)
-            try:
-                emb = embed_texts(spec, texts, encode)
-            except CryptoError as exc:
-                raise ClientError(f"embedding failed: {exc}", hint=exc.hint) from exc
-            if opening is not None:
-                session = opening.result()
-            assert session is not None
-            scores = session.predict_embeddings(emb, batch=batch, layout=layout)
+            # Texts are embedded EMBED_CHUNK at a time; each whole request's worth of queries
+            # is encrypted, sent and decrypted in the background while the next texts embed.
+            # The layout is chosen once for all the texts, so the requests are the same as
+            # for one embedding call (only the last may be partial).
+            pending: list[Any] = []
+            held = 0
+            chosen = ""
+            unit = 1
+            for start in range(0, len(texts), EMBED_CHUNK):
+                try:
+                    part = embed_texts(spec, texts[start:start + EMBED_CHUNK], encode)
+                except CryptoError as exc:
+                    raise ClientError(f"embedding failed: {exc}", hint=exc.hint) from exc
+                pending.append(part)
+                held += len(part)
+                if not chosen:
+                    if opening is not None:
+                        session = opening.result()
+                    assert session is not None
+                    chosen = session.choose_layout(len(texts), batch=batch, layout=layout)
+                    unit = session.request_queries(chosen, batch=batch)
+                assert session is not None
+                ready = held if start + EMBED_CHUNK >= len(texts) else held // unit * unit
+                if ready:
+                    block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    sent.append(sender.submit(session.predict_embeddings, block[:ready],
+                                              batch=batch, layout=chosen))
+                    pending = [block[ready:]] if ready < held else []
+                    held -= ready
+            scores = PrivateScores.concat([future.result() for future in sent])
         finally:
+            for future in sent:
+                future.cancel()  # after an error: what has not started yet is not sent
+            sender.shutdown(wait=True)
             if pool is not None and opening is not None:
                 pool.shutdown(wait=True)
                 if opening.exception() is None:

@@ -128,26 +128,45 @@ class InferenceSession:
             raise ClientError(f"embeddings must be (queries, {spec_dim[0]}, {spec_dim[1]}), "
                               f"got {emb.shape}", hint="embed each text through every template "
                               "of the spec (appliance.client.inference.embed_texts)")
+        chosen = self.choose_layout(len(emb), batch=batch, layout=layout)
+        try:
+            return self._predict(emb, batch=batch, per_request=per_request, layout=chosen)
+        except CryptoError as exc:
+            raise ClientError(f"private prediction failed: {exc}", hint=exc.hint) from exc
+
+    def choose_layout(self, count: int, *, batch: bool = True, layout: str | None = None) -> str:
+        """The layout :meth:`predict_embeddings` uses for ``count`` queries: ``layout`` if the
+        spec lists it (else a :class:`~appliance.client.ClientError`), or with ``None`` wide
+        when ``batch`` and :meth:`PrivateClient.prefers_wide` say so, else single."""
+        from appliance.client import ClientError
+
         if layout not in (None, "single", "wide"):
             raise ClientError(f"layout {layout!r} is not 'single', 'wide' or None")
         if layout is not None and layout not in self.layouts:
             raise ClientError(f"ensemble {self.ensemble_id} is not served in the {layout} layout "
                               f"(the spec lists {list(self.layouts)})",
                               hint="leave layout=None and the SDK picks one the server accepts")
-        try:
-            return self._predict(emb, batch=batch, per_request=per_request, layout=layout)
-        except CryptoError as exc:
-            raise ClientError(f"private prediction failed: {exc}", hint=exc.hint) from exc
+        if layout is not None:
+            return layout
+        wide = batch and "wide" in self.layouts and self.private_client.prefers_wide(count)
+        return "wide" if wide else "single"
+
+    def request_queries(self, layout: str, *, batch: bool = True, per_request: int = 16) -> int:
+        """Most queries one request of ``layout`` carries (a whole wide body, or ``per_request``
+        ciphertexts of the single layout's batch form, or one query without ``batch``)."""
+        pc = self.private_client
+        if layout == "wide":
+            return pc.wide_capacity
+        if not batch:
+            return 1
+        return max(1, min(int(per_request), MAX_BATCH_ITEMS)) * pc.batch_capacity
 
     def _predict(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int,
-                 layout: str | None) -> PrivateScores:
+                 layout: str) -> PrivateScores:
         from crypto.private_inference.client import PrivateScores
         from crypto.private_inference.wire import decode_blobs, encode_blobs
 
         pc = self.private_client
-        if layout is None:
-            layout = "wide" if batch and "wide" in self.layouts and pc.prefers_wide(len(emb)) \
-                else "single"
         if layout == "wide":
             cap = pc.wide_capacity
             parts = []

@@ -126,7 +126,7 @@ def test_private_docstring_topics_end_to_end(live: dict[str, Any]) -> None:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from appliance.client import ApiError, Client
+    from appliance.client import EMBED_CHUNK, ApiError, Client
     from crypto.ensemble import EnsembleArtifact
     from crypto.private_inference.templates import embed_with_templates
 
@@ -160,7 +160,9 @@ def test_private_docstring_topics_end_to_end(live: dict[str, Any]) -> None:
                                   batch=True, session=session)
     private_s = time.perf_counter() - t0
     assert result.win_counts.shape == (HELD_OUT + 1, len(MODULES))
-    assert encode.calls == 2  # training texts once, held-out texts once
+    # training texts in one call; held-out texts in one call per EMBED_CHUNK texts (all their
+    # template prompts together), never text by text
+    assert encode.calls == 1 + -(-(HELD_OUT + 1) // EMBED_CHUNK) == 3
 
     test_emb = embed_with_templates(held_out, TEMPLATES, encode)  # cached: no re-embedding
     plain_pred = art.plaintext_logits(test_emb).argmax(axis=1)

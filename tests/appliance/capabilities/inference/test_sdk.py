@@ -116,6 +116,63 @@ def test_sessions_recover_from_404_and_410(sdk_env: dict[str, Any], settings: An
     assert session.closed and _open_sessions(settings) == 1  # only the expired row (kept for 410s)
 
 
+def test_private_predict_sends_while_it_embeds(sdk_env: dict[str, Any], settings: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts embed a chunk at a time; the requests already filled are encrypted and sent while
+    the next chunk embeds, with the layout chosen once for all the texts, so the labels are
+    those of one embedding call. An encoder failing mid-way is a ClientError, nothing further
+    is sent and the session private_predict opened is closed."""
+    import appliance.client as sdk_module
+    from appliance.client import ClientError
+    from crypto.private_inference.templates import embed_with_templates
+
+    monkeypatch.setattr(sdk_module, "EMBED_CHUNK", 4)
+    texts = [f"text {i} " + "abc" * (i % 5) for i in range(10)]
+    sdk = sdk_env["sdk"]()
+    session = sdk.open_inference_session(sdk_env["ensemble"])
+    posts: list[int] = []
+    first_post = threading.Event()
+    original = session._post
+
+    def post(params: dict[str, str], content: bytes) -> bytes:
+        posts.append(len(content))
+        first_post.set()
+        return original(params, content)
+
+    monkeypatch.setattr(session, "_post", post)
+    chunks: list[int] = []
+
+    def encode(prompts: list[str]) -> np.ndarray:
+        if chunks:  # the second chunk waits until the first chunk's queries were sent
+            assert first_post.wait(30), "nothing was sent while the texts were embedding"
+        chunks.append(len(prompts))
+        return _encode(prompts)
+
+    got = sdk.private_predict(sdk_env["ensemble"], texts, encode=encode, session=session,
+                              batch=False)
+    want = sdk_env["art"].plaintext_logits(embed_with_templates(texts, TEMPLATES, _encode))
+    assert got.indices == list(want.argmax(axis=1))
+    assert chunks == [8, 8, 4] and len(posts) == len(texts)  # 4 texts x 2 templates per call
+    # one layout for all ten texts: the single layout in requests of up to 16 ciphertexts
+    posts.clear()
+    assert sdk.private_predict(sdk_env["ensemble"], texts, encode=_encode,
+                               session=session).indices == got.indices
+    assert len(posts) == 1
+
+    calls = iter(range(100))
+
+    def failing(prompts: list[str]) -> np.ndarray:
+        return _encode(prompts) if next(calls) == 0 else np.ones((len(prompts), 5))
+
+    posts.clear()
+    opened_before = _open_sessions(settings)
+    with pytest.raises(ClientError, match="5-d embeddings"):
+        sdk.private_predict(sdk_env["ensemble"], texts, encode=failing, batch=False)
+    assert len(posts) <= 4  # at most the first chunk's queries
+    assert _open_sessions(settings) == opened_before  # the session it opened was closed
+    sdk.close()
+
+
 def test_refused_layouts_and_bad_inputs_are_client_errors(sdk_env: dict[str, Any],
                                                           settings: Any) -> None:
     from appliance.client import ApiError, ClientError
