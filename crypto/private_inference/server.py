@@ -37,6 +37,17 @@ from crypto.seal_bridge import SealBridgeError, seal_from_bytes, seal_to_bytes
 __all__ = ["EnsembleEvaluator"]
 
 
+def _same_parameters(context: Any, parms: Any) -> bool:
+    """Whether ``parms`` are the CKKS parameters ``context`` was built from (ring degree and
+    every prime of the modulus chain, special prime included)."""
+    mine = context.key_context_data().parms()
+    return bool(
+        parms.scheme() == mine.scheme()
+        and parms.poly_modulus_degree() == mine.poly_modulus_degree()
+        and [q.value() for q in parms.coeff_modulus()] == [q.value() for q in mine.coeff_modulus()]
+    )
+
+
 class EnsembleEvaluator:
     """Server role: evaluates the ensemble on ciphertexts with public evaluation keys only.
 
@@ -82,7 +93,8 @@ class EnsembleEvaluator:
             preset=artifact.preset,
             max_bytes=max_context_bytes or specs.DEFAULT_MAX_CONTEXT_BYTES * factor,
         )
-        keys = self._load_seal(bytes(public_context))
+        keys = self._load_seal(bytes(public_context), shared)
+        self._seal = keys
         self._seal_ctx, self._galois = keys.context, keys.galois
         self._circuit = Circuit(
             seal=keys,
@@ -117,6 +129,7 @@ class EnsembleEvaluator:
             # Encoded lazily on the first wide batch, then shared with sibling sessions.
             self._wide_state = {"weights": wide_w, "bias": wide_b, "bound": wide_bound, "plain": None}
 
+    _seal: SealKeys
     _bound: float
     _weights: SingleWeights
     _wide_state: dict[str, Any]
@@ -170,8 +183,13 @@ class EnsembleEvaluator:
             shared=self,
         )
 
-    def _load_seal(self, data: bytes) -> SealKeys:
-        """The session's SEAL context and evaluation keys, loaded (and so validated) by SEAL."""
+    def _load_seal(self, data: bytes, shared: EnsembleEvaluator | None = None) -> SealKeys:
+        """The session's SEAL context and evaluation keys, loaded (and so validated) by SEAL.
+
+        A sibling session's context, evaluator and encoder are reused where the parameters are
+        the same: they hold no key, and a SEALContext's precomputed tables cost ~55 MB at
+        N=16384 with 8 primes (~9 MB at n8192-d3) per session otherwise.
+        """
         try:
             top = {f: v for f, _, v in _parse_fields(data)}
             public_blob = top[2]
@@ -188,9 +206,14 @@ class EnsembleEvaluator:
         parms = seal_from_bytes(
             sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS), params_blob, max_bytes=len(data)
         )
-        seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
-        if not seal_ctx.parameters_set():
-            raise ContextError("CKKS parameters are not valid at 128-bit security")
+        base = shared._seal if shared is not None else None
+        if base is not None and _same_parameters(base.context, parms):
+            seal_ctx, evaluator, encoder = base.context, base.evaluator, base.encoder
+        else:
+            seal_ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+            if not seal_ctx.parameters_set():
+                raise ContextError("CKKS parameters are not valid at 128-bit security")
+            evaluator, encoder = sealapi.Evaluator(seal_ctx), sealapi.CKKSEncoder(seal_ctx)
         try:
             seal_from_bytes(sealapi.PublicKey(), public_key, seal_ctx, max_bytes=len(data))  # validated, not kept
         except SealBridgeError:
@@ -204,13 +227,7 @@ class EnsembleEvaluator:
         missing = [s for s in self._layout.galois_steps if not galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} the circuit needs")
-        return SealKeys(
-            context=seal_ctx,
-            evaluator=sealapi.Evaluator(seal_ctx),
-            encoder=sealapi.CKKSEncoder(seal_ctx),
-            relin=relin,
-            galois=galois,
-        )
+        return SealKeys(context=seal_ctx, evaluator=evaluator, encoder=encoder, relin=relin, galois=galois)
 
     @property
     def layout(self) -> packing.EnsembleLayout:

@@ -158,10 +158,17 @@ def test_evaluation_keys_hold_no_secret_and_unused_slots_are_flooded(small) -> N
 
 
 def test_second_session_shares_encoded_weights(small) -> None:
+    """A sibling session shares the encoded weights and the key-free SEAL objects (context,
+    evaluator, encoder: ~55 MB per session at N=16384), never the keys."""
     art, _, evaluator = small
     other = PrivateClient(spec=art.public_spec())
     session = evaluator.with_session(other.evaluation_keys())
     assert session._weights.diagonals is evaluator._weights.diagonals
+    assert session._seal.context is evaluator._seal.context
+    assert session._seal.evaluator is evaluator._seal.evaluator
+    assert session._seal.encoder is evaluator._seal.encoder
+    assert session._seal.galois is not evaluator._seal.galois
+    assert session._seal.relin is not evaluator._seal.relin
     emb = np.random.default_rng(5).normal(size=(art.members, art.dim))
     body = encode_blobs(other.encrypt_batch(emb[None]))
     replies = session.evaluate_batch(decode_blobs(body, max_items=4, max_bytes=1 << 24))
@@ -170,6 +177,26 @@ def test_second_session_shares_encoded_weights(small) -> None:
     for bad in (body[:-1], b"XXXX" + body[4:], body + b"\x00"):
         with pytest.raises(CiphertextError):
             decode_blobs(bad, max_items=4, max_bytes=1 << 24)
+
+
+def test_a_context_is_shared_only_for_the_same_parameters(small) -> None:
+    import tenseal.sealapi as sealapi
+
+    from crypto.ckks import get_preset
+    from crypto.private_inference.server import _same_parameters
+
+    art, _, evaluator = small
+
+    def parms(preset: str) -> object:
+        p = get_preset(preset)
+        out = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+        out.set_poly_modulus_degree(p.poly_modulus_degree)
+        out.set_coeff_modulus(sealapi.CoeffModulus.Create(p.poly_modulus_degree, list(p.coeff_mod_bit_sizes)))
+        return out
+
+    assert _same_parameters(evaluator._seal.context, parms(art.preset))
+    other = "n8192-d5" if art.preset != "n8192-d5" else "n8192-d3"
+    assert not _same_parameters(evaluator._seal.context, parms(other))
 
 
 def test_embed_with_templates_shapes_and_order() -> None:
