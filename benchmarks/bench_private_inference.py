@@ -17,7 +17,8 @@ prints only those rows.
 
 ``--onehot`` prints only the one-hot output mode's rows instead (products of comparisons, see
 crypto.argmax): for K=8, 384-d, 10 classes, linear heads on each of ``--onehot-presets``
-(default n16384-d7 and the previous default n16384-d8) and a small shape where the depth
+(default n16384-d7, first with the previous single layout as a baseline, and the previous
+default n16384-d8) and a small shape where the depth
 allows 3 sign compositions: server time, keys, sizes, label agreement with the plaintext
 argmax, error against the plaintext reference and sharpness (mean winner value, mean and max of the largest loser).
 
@@ -31,6 +32,7 @@ win-count margins, CPU), then the share of queries whose one-hot values would be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -39,7 +41,7 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -160,16 +162,25 @@ def _hosted_latency_rows(art: EnsembleArtifact, blobs: Any, ensemble: dict[str, 
     return [("hosted / in-process wall per query", f"{hosted:.3f} / {local:.3f} s", f"{hosted / local:.2f}x")]
 
 
+@contextlib.contextmanager
+def _previous_single_layout() -> Iterator[None]:
+    """Sessions opened inside use the previous single layout: power-of-two class blocks and
+    ``x`` twice in a lane (no compact rows, no chunked lane), as a baseline in the same run."""
+    compact, chunked = pi_spec.compact_rows, pi_spec.chunked_lane
+    pi_spec.compact_rows = lambda spec: False  # type: ignore[assignment]
+    pi_spec.chunked_lane = lambda spec: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pi_spec.compact_rows, pi_spec.chunked_lane = compact, chunked  # type: ignore[assignment]
+
+
 def _previous_layout_cpu(art: EnsembleArtifact, emb: np.ndarray, reps: int) -> float:
     """Server CPU per query of the previous single layout (power-of-two class blocks, every
     rotation before the rescale), measured in this run as the baseline."""
-    compact = pi_spec.compact_rows
-    pi_spec.compact_rows = lambda spec: False  # type: ignore[assignment]
-    try:
+    with _previous_single_layout():
         client = PrivateClient(spec=art.public_spec())
         evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
-    finally:
-        pi_spec.compact_rows = compact  # type: ignore[assignment]
     evaluator._circuit.late_rescale = True
     query = client.encrypt(emb)
     reply = evaluator.evaluate(query)
@@ -328,10 +339,15 @@ def _hidden_rows(
 
 
 def _onehot_rows(
-    art: EnsembleArtifact, rng: np.random.Generator, reps: int, queries: int
+    art: EnsembleArtifact, rng: np.random.Generator, reps: int, queries: int, *, previous: bool = False
 ) -> list[tuple[str, str, str]]:
-    """One-hot output rows for ``art`` (output="onehot"): cost, agreement, sharpness."""
-    client, keys, evaluator, keygen_s, setup_s = _session(art)
+    """One-hot output rows for ``art`` (output="onehot"): cost, agreement, sharpness; with
+    ``previous``, of the previous single layout (the baseline)."""
+    if previous:
+        with _previous_single_layout():
+            client, keys, evaluator, keygen_s, setup_s = _session(art)
+    else:
+        client, keys, evaluator, keygen_s, setup_s = _session(art)
     k, c, d = art.members, len(art.classes), art.dim
     emb = _unit(rng, (queries, k, d))
     cts = client.encrypt_batch(emb)
@@ -348,8 +364,17 @@ def _onehot_rows(
     server_s = _timed(lambda: evaluator.evaluate(cts[0]), reps)
     top2 = np.sort(logits, axis=1)[:, -2:]
     gap = float(np.median((top2[:, 1] - top2[:, 0]) / evaluator._bound))
-    tag = f"one-hot K={k} d={d} C={c}"
+    lay = evaluator.layout
+    tag = f"one-hot K={k} d={d} C={c}" + (" (previous layout)" if previous else "")
+    preset = get_preset(art.preset)  # a diagonal: N coefficients per data prime of the top level
+    weights_mb = len(evaluator._weights.diagonals) * preset.poly_modulus_degree * (preset.depth + 1) * 8 / 1e6
     return [
+        (
+            f"{tag}: layout",
+            f"{lay.baby * lay.giant} diagonals, class blocks of {lay.stride}",
+            f"chunked lane K={lay.chunk}, {weights_mb:.0f} MB of encoded weights" if lay.chunk
+            else f"x twice in the lane, {weights_mb:.0f} MB of encoded weights",
+        ),
         (
             f"{tag}: preset",
             f"{art.preset} (r={evaluator.sign_rounds})",
@@ -555,9 +580,11 @@ def main() -> None:
         return
     if args.onehot:
         rows = []
-        for name in args.onehot_presets.split(","):
-            art = _artifact(rng, k, c, d, name)
-            rows += _onehot_rows(dataclasses.replace(art, output="onehot"), rng, reps, args.onehot_queries)
+        for index, name in enumerate(args.onehot_presets.split(",")):
+            art = dataclasses.replace(_artifact(rng, k, c, d, name), output="onehot")
+            if index == 0:
+                rows += _onehot_rows(art, rng, reps, args.onehot_queries, previous=True)
+            rows += _onehot_rows(art, rng, reps, args.onehot_queries)
         # Two classes: one product level, so n16384-d8 fits three sign compositions.
         small = dataclasses.replace(_artifact(rng, 2, 2, 16, "n16384-d8"), output="onehot")
         rows += _onehot_rows(small, rng, reps, max(args.onehot_queries, 64))

@@ -22,8 +22,9 @@ is exactly one-hot when the signs are exact and lies in [0, 1] always (so it nee
 headroom above the scale, whatever ``C``). With soft signs the argmax is still exact: for the
 winner ``a`` and any ``b``, ``s_aj > s_bj`` for every ``j`` (``f^(r)`` is increasing) and
 ``1 + s_ab > 1 > 1 + s_ba``, so ``o_a > o_b`` (CKKS noise aside). The product costs
-``ceil(log2 C)`` more levels (a rotate-and-multiply tree over a block of ``P`` slots, or a
-balanced product of the ``C - 1`` pairwise factors in the wide layout), so it needs a deeper
+``ceil(log2 C)`` more levels (a rotate-and-multiply window over a block of ``P`` slots, or of
+``C`` where that is no deeper, e.g. 10 = 8 + 2; a balanced product of the ``C - 1`` pairwise
+factors in the wide layout), so it needs a deeper
 preset (``n16384-d7``: ``r = 1`` up to 16 classes with linear heads; ``n16384-d8``: ``r = 1`` up
 to 32, ``r = 2`` up to 4; ``n32768-d18``). As
 the comparisons sharpen it tends to the label alone, where win counts tend to the whole

@@ -13,15 +13,27 @@ baby-step/giant-step form:
     sum_b rot( sum_a rot(x, a) * rot(diag_{a + g b}, -g b), g b ),  then rotate-and-sum
     with strides m, 2m, ..., n/2,
 
-and the comparisons come out directly in slots ``r``. Linear heads with win-count outputs use
-compact rows instead (``compact=True``: row ``r = i * C + j``, ``m`` = ``C * C`` rounded up to a
-power of two, 128 instead of 256 rows for 10 classes, so half the diagonals); class ``i``'s
-``C`` comparisons are then summed into slot ``i * C`` with power-of-two rotations only
-(:func:`window_plan`). Baby steps reuse one rotation key (1),
+and the comparisons come out directly in slots ``r``. Linear heads use compact rows instead
+(``compact=True``: row ``r = i * C + j``, ``m`` = ``C * C`` rounded up to a power of two, 128
+instead of 256 rows for 10 classes, so half the diagonals) with win counts, and with one-hot
+outputs where the product over ``C`` slots is no deeper than over ``P``
+(:func:`window_levels`); class ``i``'s ``C`` comparisons are then summed (or multiplied) into
+slot ``i * C`` with power-of-two rotations only (:func:`window_plan`). Baby steps reuse one rotation key (1),
 giant steps are done in Horner form with one key (``g``), so only ``O(log n)`` Galois keys are
 needed. Each query sits in a lane of ``2n`` slots holding ``x`` twice (so rotations never leave
 the lane) unless ``n`` fills the whole ciphertext, in which case rotations are cyclic. Several
 lanes in one ciphertext give the batch form.
+
+Chunked lane (linear heads whose lane is the whole ciphertext, ``2 n == slots``): with ``x``
+twice, rows are read at lane positions below ``n`` only and half the products are zero.
+Instead, slot ``p`` holds input ``(p // m) * K + p % K`` with ``K = m / 2`` (each chunk of
+``K`` inputs twice in a run of ``m`` slots), rows repeat with period ``m`` over all slots, and
+``K`` rotations ``c < K`` suffice: row ``r`` reads slot ``r + m t + c``, which holds input
+``t' K + (r + c) % K`` (``t' = t`` or ``t + 1`` past the run's end); for each ``c`` the runs
+``t'`` cover all ``2 n / m`` chunks once as ``t`` does, and the ``K`` offsets cover each
+chunk's ``K`` positions once, so every input meets every row exactly once. The rotate-and-sum
+then runs up to ``slots / 2`` (one stride more) and leaves every slot holding its full row.
+For 10 one-hot classes at N=16384 (compact rows too) that is 64 diagonals instead of 256.
 
 Hidden-layer heads (``H`` units per member, activation ``p(u) = c2 u^2 + c1 u + c0``) run two
 such products with a ciphertext square between them. With ``p(u) = c2 (u + t)^2 + c0'`` and
@@ -59,6 +71,7 @@ __all__ = [
     "EnsembleLayout",
     "LayoutError",
     "WideLayout",
+    "chunk_sources",
     "difference_matrix",
     "hidden_matrices",
     "make_layout",
@@ -68,6 +81,7 @@ __all__ = [
     "pack_wide",
     "score_slots",
     "wide_weights",
+    "window_levels",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -106,6 +120,7 @@ class EnsembleLayout:
     hidden_baby: int = 0  # g1, stage 1
     hidden_giant: int = 0  # h1, with g1 * h1 == m1
     class_stride: int = 0  # slots per class block of comparisons: C (compact) or P; 0 means P
+    chunk: int = 0  # K of the chunked lane (see chunk_sources); 0: x twice, rows read below n only
 
     @property
     def stride(self) -> int:
@@ -125,8 +140,9 @@ class EnsembleLayout:
 
     @property
     def sum_strides(self) -> tuple[int, ...]:
-        """Rotate-and-sum strides that finish the comparison product (m, 2m, ..., width/2)."""
-        return _doublings(self.rows, self.width)
+        """Rotate-and-sum strides that finish the comparison product (m, 2m, ..., width/2; up
+        to slots/2 in a chunked lane, where every slot holds a partial row sum)."""
+        return _doublings(self.rows, self.slots if self.chunk else self.width)
 
     @property
     def hidden_sum_strides(self) -> tuple[int, ...]:
@@ -142,7 +158,14 @@ class EnsembleLayout:
 
     @property
     def galois_steps(self) -> tuple[int, ...]:
-        """Every rotation step the server circuit performs: the only keys a client sends."""
+        """The rotation keys a client sends: every step the server circuit performs, except in a
+        chunked lane, where the circuit makes the other steps from these (see
+        :data:`CHUNK_FOLD_KEYS_EVERY`)."""
+        if self.chunk:
+            steps = {1, *self.sum_strides[::CHUNK_FOLD_KEYS_EVERY]}
+            if self.giant > 1:
+                steps.add(self.baby)
+            return tuple(sorted(s for s in steps if 0 < s < self.slots))
         # Baby steps are built from power-of-two rotations (see EnsembleEvaluator._babies).
         babies = _doublings(1, max(self.baby, self.hidden_baby))
         steps = {1, *babies, *self.sum_strides, *self.block_strides, *self.hidden_sum_strides}
@@ -168,6 +191,22 @@ def window_plan(length: int) -> tuple[int, tuple[int, ...]]:
     return top, extras
 
 
+#: Chunked lanes (one query per N=16384 ciphertext) keep only some rotation keys, as each costs
+#: ~7.6 MB of upload and server memory per session at n16384-d7: step 1 (baby steps in a chain,
+#: and the class windows, which run at the lowest levels where rotations are cheap), the giant
+#: step, and every third rotate-and-sum stride (the two between are that stride's key used two
+#: and four times). At K=8 x 384-d, 10 one-hot classes: 5 keys, 39 MB, against 9 keys, 69 MB
+#: with every stride's key (1 or 2 here give 69 or 47 MB; measured ~16% or ~10% less CPU).
+CHUNK_FOLD_KEYS_EVERY = 3
+
+
+def window_levels(length: int) -> int:
+    """Multiplicative depth of a product over ``length`` consecutive slots built as in
+    :func:`window_plan` (one level per doubling, one per extra)."""
+    top, extras = window_plan(length)
+    return top.bit_length() - 1 + len(extras)
+
+
 def _doublings(start: int, stop: int) -> tuple[int, ...]:
     out = []
     while start < stop:
@@ -184,14 +223,23 @@ def _split(count: int) -> tuple[int, int]:
 
 
 def make_layout(
-    *, members: int, dim: int, classes: int, slots: int, hidden: int = 0, compact: bool = False
+    *,
+    members: int,
+    dim: int,
+    classes: int,
+    slots: int,
+    hidden: int = 0,
+    compact: bool = False,
+    chunked: bool = False,
 ) -> EnsembleLayout:
     """Compute the packed layout, or raise :class:`LayoutError` if it does not fit ``slots``.
 
     ``hidden`` is the number of hidden units per member (0 for linear heads). ``compact``
-    (linear heads, win counts) packs the comparisons of class ``i`` in ``C`` rows instead of
-    ``P`` (row ``i * C + j``), so ``m`` is ``C * C`` rounded up to a power of two: 128 rows
-    instead of 256 for 10 classes, half the diagonals of the product.
+    (linear heads) packs the comparisons of class ``i`` in ``C`` rows instead of ``P`` (row
+    ``i * C + j``), so ``m`` is ``C * C`` rounded up to a power of two: 128 rows instead of 256
+    for 10 classes, half the diagonals of the product. ``chunked`` (linear heads) lays a query
+    whose lane is the whole ciphertext (``2 n == slots``) out in chunks (see
+    :func:`chunk_sources`) so every slot computes a partial row sum: half the diagonals again.
     """
     if compact and hidden:
         raise LayoutError("the compact comparison rows serve linear heads only")
@@ -214,8 +262,9 @@ def make_layout(
         # <= n; a ciphertext-wide n (cyclic rotations) is valid everywhere.
         n = min(slots, max(n, _pow2_at_least(rows + hidden_rows - 1)))
     lane = 2 * n if 2 * n <= slots else n
-    baby, giant = _split(min(rows, hidden_rows or n))
-    if compact and giant < baby:
+    chunk = rows * n // slots if chunked and not hidden_rows and 2 * n == slots and rows >= 2 else 0
+    baby, giant = _split(chunk or min(rows, hidden_rows or n))
+    if (compact or chunk) and giant < baby:
         # Fewer baby steps, more giant ones: babies rotate the fresh query at the top level,
         # giant steps an inner sum one prime lower (cheaper), see EnsembleEvaluator._matvec.
         baby, giant = giant, baby
@@ -237,6 +286,7 @@ def make_layout(
         hidden_baby=hidden_baby,
         hidden_giant=hidden_giant,
         class_stride=classes if compact else 0,
+        chunk=chunk,
     )
 
 
@@ -374,6 +424,15 @@ def hidden_matrices(
     return stage1, bias1, diff / bound, diff_bias / bound, bound
 
 
+def chunk_sources(layout: EnsembleLayout) -> npt.NDArray[np.int64]:
+    """Which input of ``x`` each slot of a chunked lane holds: ``(p // m) * K + p % K``."""
+    if not layout.chunk:
+        raise LayoutError("the layout is not chunked")
+    pos = np.arange(layout.slots)
+    out: npt.NDArray[np.int64] = (pos // layout.rows) * layout.chunk + pos % layout.chunk
+    return out
+
+
 def _diagonals(matrix: FloatArray, layout: EnsembleLayout, *, baby: int, giant: int, reach: int) -> list[FloatArray]:
     """Diagonal ``c`` at lane position ``p`` is ``matrix[p mod rows, (p + c) mod width]`` where
     ``p < layout.n`` and ``p + c < reach`` (the lane slots whose input is valid), else 0."""
@@ -397,6 +456,15 @@ def diagonals(matrix: FloatArray, layout: EnsembleLayout) -> list[FloatArray]:
     would read the hidden vector past lane slot ``n`` (where it is not replicated) are zero,
     so every slot, used or not, holds a partial row sum inside [-1, 1].
     """
+    if layout.chunk:
+        pos = np.arange(layout.slots)
+        source = chunk_sources(layout)
+        out: list[FloatArray] = []
+        for b in range(layout.giant):
+            for a in range(layout.baby):
+                c = a + layout.baby * b
+                out.append(np.roll(matrix[pos % layout.rows, source[(pos + c) % layout.slots]], layout.baby * b))
+        return out
     # Cyclic lanes (lane == n) and linear heads (x is duplicated) read valid slots everywhere.
     reach = layout.n + 1 if layout.hidden_rows and layout.lane > layout.n else 2 * layout.slots
     return _diagonals(matrix, layout, baby=layout.baby, giant=layout.giant, reach=reach)
@@ -418,7 +486,7 @@ def hidden_diagonals(matrix: FloatArray, layout: EnsembleLayout) -> list[FloatAr
 def bias_slots(bias: FloatArray, layout: EnsembleLayout) -> FloatArray:
     """Bias vector laid out so every partial row sum stays inside [-1, 1]."""
     pos = np.arange(layout.slots) % layout.lane
-    return np.where(pos < layout.n, bias[pos % layout.rows], 0.0)
+    return np.where((pos < layout.n) | (layout.chunk > 0), bias[pos % layout.rows], 0.0)
 
 
 def hidden_bias_slots(bias: FloatArray, layout: EnsembleLayout) -> FloatArray:
@@ -439,13 +507,15 @@ def output_mask(layout: EnsembleLayout, count: int | None = None) -> npt.NDArray
 
 
 def onehot_constants(layout: EnsembleLayout) -> FloatArray:
-    """What one-hot mode adds to ``s / 2`` per slot: 1/2 where slot ``i * P + j`` compares two
-    real classes ``i != j``, else 1 (there ``s = 0``), so the product over a block of ``P``
-    slots is ``prod_{j != i} (1 + s_ij) / 2`` and every slot stays within [0, 1]."""
+    """What one-hot mode adds to ``s / 2`` per slot: 1/2 where slot ``i * S + j`` (``S`` the
+    class stride, ``P`` or compact ``C``) compares two real classes ``i != j``, else 1 (there
+    ``s = 0``), so the product over a block of ``S`` slots is ``prod_{j != i} (1 + s_ij) / 2``
+    and every slot stays within [0, 1]."""
     pos = np.arange(layout.slots) % layout.lane
     row = pos % layout.rows
-    i, j = row // layout.pad_classes, row % layout.pad_classes
-    compares = (pos < layout.n) & (i < layout.classes) & (j < layout.classes) & (i != j)
+    i, j = row // layout.stride, row % layout.stride
+    valid = (pos < layout.n) | (layout.chunk > 0)
+    compares = valid & (i < layout.classes) & (j < layout.classes) & (i != j)
     return np.where(compares, 0.5, 1.0)
 
 
@@ -473,7 +543,8 @@ def pack_queries(embeddings: FloatArray, layout: EnsembleLayout, *, norm_bound: 
             start = member * layout.block
             x[start : start + layout.dim] = query[member]
         base = q * layout.lane
-        out[base : base + layout.lane] = np.tile(x, layout.lane // layout.n)
+        lane = x[chunk_sources(layout)] if layout.chunk else np.tile(x, layout.lane // layout.n)
+        out[base : base + layout.lane] = lane
     return out
 
 

@@ -65,11 +65,13 @@ and sharpens win counts at ``n8192-d3``; separating gaps ``delta`` still takes
 ~``log2(1/delta)`` levels, more than any preset a session can hold. Hidden-layer comparisons
 are scaled by a worst-case bound over all clipped embeddings, so typical differences use a small part of [-1, 1]: logits
 closer than about ``bound * 1e-5`` may tie. One-hot mode adds ``log2 P`` levels (a
-rotate-and-multiply tree over strides 1 .. P/2 in the single layout, the same rotation keys as
-the block sums; a balanced product of the ``C - 1`` factors in the wide layout), so it needs
+rotate-and-multiply window over a class block in the single layout, with the block sums'
+rotations; a balanced product of the ``C - 1`` factors in the wide layout), so it needs
 ``n8192-d5`` (linear heads, up to 4 classes), ``n16384-d7`` (linear heads up to 16 classes;
-~76 MB of keys and ~1.25 s CPU per query at K=8 x 384-d, 10 classes), ``n16384-d8`` (linear
-heads up to 32 classes, hidden heads up to 8; ~95 MB, ~1.5 s at that shape) or
+at K=8 x 384-d, 10 classes a query fills the ciphertext and runs in a chunked lane, see
+:mod:`crypto.packing`: 64 diagonals, 5 keys of ~39 MB in all, ~0.9 s CPU per query against
+256, 76 MB and ~1.4-1.6 s before), ``n16384-d8`` (linear
+heads up to 32 classes, hidden heads up to 8; ~52 MB of keys at that shape) or
 ``n32768-d18`` (keys ~0.9 GB: local use only, the service refuses such sessions); the
 depth left sets the sign compositions ``r`` (:func:`~crypto.private_inference.spec.sign_rounds`), and with ``r = 1`` the
 values stay soft (argmax exact, winner often far below 1). Every slot stays within [0, 1], so

@@ -8,8 +8,8 @@
 Pieces: the plaintext-diagonal matrix-vector product (baby-step/giant-step) and the optional
 square of a hidden layer; the sign polynomial ``f(z) = z (3 - z^2) / 2`` composed
 ``rounds`` times on pairwise logit differences; per-class win-count sums (a window sum, or
-per-pair sums in the wide layout) or one-hot products (a rotate-and-multiply tree, or a
-balanced product); row products of plaintext weight pieces for the wide and region layouts;
+per-pair sums in the wide layout) or one-hot products (a rotate-and-multiply window over a class block,
+or a balanced product); row products of plaintext weight pieces for the wide and region layouts;
 and fresh output noise. Encoding the owner's weights as SEAL plaintexts happens here too, so
 the server only decides what to encode and keep.
 
@@ -30,7 +30,7 @@ import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
 from crypto import packing
-from crypto.ckks import CkksPreset, ContextError
+from crypto.ckks import CkksPreset, ContextError, galois_element
 from crypto.ensemble import FLOOD_MARGIN_BITS
 
 __all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWeights", "region_class",
@@ -147,6 +147,7 @@ class Circuit:
         self.late_rescale = late_rescale
         self._layout = layout
         self._wide = wide
+        self._routes: dict[int, tuple[int, ...]] = {}
 
     # -- encoding the owner's weights ------------------------------------------------------
 
@@ -213,9 +214,35 @@ class Circuit:
     # -- primitives --------------------------------------------------------------------------
 
     def _rotate(self, ct: Any, step: int) -> Any:
+        """``ct`` rotated by ``step``: one key switch where the session has that step's key,
+        else a sum of the power-of-two steps it has (see :meth:`_route`)."""
+        first, *rest = self._route(step)
         out = sealapi.Ciphertext()
-        self._evaluator.rotate_vector(ct, step, self._galois, out)
+        self._evaluator.rotate_vector(ct, first, self._galois, out)
+        for part in rest:
+            self._evaluator.rotate_vector_inplace(out, part, self._galois)
         return out
+
+    def _route(self, step: int) -> tuple[int, ...]:
+        """The key steps whose rotations add up to ``step``: ``(step,)`` where the session has
+        its key, else greedily the largest power-of-two steps it has. A layout may leave keys
+        out (:attr:`crypto.packing.EnsembleLayout.galois_steps`) to make keys smaller."""
+        route = self._routes.get(step)
+        if route is None:
+            degree = self._preset.poly_modulus_degree
+            if self._galois.has_key(galois_element(step, degree)):
+                route = (step,)
+            else:
+                rest, parts = step % (degree // 2), []
+                for power in reversed([1 << k for k in range((degree // 2).bit_length() - 1)]):
+                    if power <= rest and self._galois.has_key(galois_element(power, degree)):
+                        parts += [power] * (rest // power)
+                        rest %= power
+                if rest or not parts:
+                    raise ContextError(f"the session's Galois keys cannot rotate by {step}")
+                route = tuple(parts)
+            self._routes[step] = route
+        return route
 
     def _encode_like(self, values: Any, ct: Any) -> Any:
         pt = sealapi.Plaintext()
@@ -286,20 +313,32 @@ class Circuit:
             ev.add_inplace(z, kept[b])
         return z
 
-    def _product_tree(self, y: Any, strides: Sequence[int]) -> Any:
-        """``prod_{t < 2 * strides[-1]} rot(y, t)`` in every slot: one level per stride.
+    def _window_product(self, y: Any, length: int) -> Any:
+        """``prod_{u < length} rot(y, u)`` in every slot, in :func:`packing.window_levels` levels:
+        products of 2, 4, ... slots by doubling, then each extra ``b`` of
+        :func:`packing.window_plan` lengthens the window (``R = P_b * rot(R, b)``).
 
         ``y`` comes unrescaled; each rotation acts on a product before its rescale, where the
         scale is a prime larger, so key-switching noise stays negligible (as in the block sums).
         """
         ev = self._evaluator
-        rot = self._rotate(y, strides[0])
-        for k in range(len(strides)):
+        top, extras = packing.window_plan(length)
+        kept: dict[int, Any] = {}
+        width = 1
+        while width < top:
+            rot = self._rotate(y, width)
             ev.rescale_to_next_inplace(y)
+            if width in extras:
+                kept[width] = y
             ev.rescale_to_next_inplace(rot)
             y = self._mul_rescale(y, rot, rescale=False)
-            if k + 1 < len(strides):
-                rot = self._rotate(y, strides[k + 1])
+            width *= 2
+        for b in extras:
+            rot = self._rotate(y, b)
+            ev.rescale_to_next_inplace(rot)
+            factor = kept[b]
+            ev.mod_switch_to_inplace(factor, rot.parms_id())
+            y = self._mul_rescale(factor, rot, rescale=False)
         ev.rescale_to_next_inplace(y)
         return y
 
@@ -325,10 +364,13 @@ class Circuit:
 
     def _babies(self, x: Any, count: int) -> list[Any]:
         """``rot(x, a)`` for ``a < count``, each built from power-of-two rotations (at most
-        ``log2(count)`` deep instead of ``a``: key-switching noise adds up along the chain)."""
+        ``log2(count)`` deep instead of ``a``: key-switching noise adds up along the chain), or
+        in a chain of the power-of-two steps the session has keys for."""
         babies = [x]
         for a in range(1, count):
             low = a & -a
+            while len(self._route(low)) > 1:  # a step without its own key: build from a nearer baby
+                low //= 2
             babies.append(self._rotate(babies[a - low], low))
         return babies
 
@@ -428,7 +470,7 @@ class Circuit:
         if self._onehot:
             # (1 + s) / 2 in comparison slots, 1 in padded and diagonal ones (s = 0 there).
             self._evaluator.add_plain_inplace(z, self._encode_like(weights.onehot_constants, z))
-            z = self._product_tree(z, self._layout.block_strides)
+            z = self._window_product(z, self._layout.stride)
         else:
             z = self._window_sum(z, self._layout.stride)
             self._evaluator.rescale_to_next_inplace(z)

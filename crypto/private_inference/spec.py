@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_CONTEXT_BYTES",
     "DEFAULT_MAX_QUERY_BYTES",
     "DEFAULT_MAX_WIDE_BYTES",
+    "chunked_lane",
     "compact_rows",
     "encoded_weight_bytes",
     "head_kind",
@@ -94,14 +95,30 @@ def sign_rounds(spec: dict[str, Any]) -> int:
 
 
 def compact_rows(spec: dict[str, Any]) -> bool:
-    """Whether the single layout reads ``C`` comparisons per class (a window sum) instead of
-    ``P``: linear heads with win counts do, unless the spec comes from a server whose layout
-    predates the compact rows (its ``layout`` lacks ``class_stride``). One-hot products and
-    hidden heads keep power-of-two class blocks."""
-    if head_kind(spec) != "linear" or output_mode(spec) != "scores":
+    """Whether the single layout reads ``C`` comparisons per class instead of ``P``: linear
+    heads with win counts (a window sum) do, and with one-hot outputs where the window product
+    of ``C`` slots takes no more levels than the product over ``P``
+    (:func:`crypto.packing.window_levels`); unless the spec comes from a server whose layout
+    predates them (its ``layout`` gives no ``class_stride`` of ``C``). Hidden heads keep
+    power-of-two class blocks."""
+    classes = len(spec["classes"])
+    if head_kind(spec) != "linear":
+        return False
+    if output_mode(spec) == "onehot" and packing.window_levels(classes) > argmax.onehot_levels(classes):
         return False
     served = spec.get("layout")
-    return not isinstance(served, dict) or int(served.get("class_stride") or 0) == len(spec["classes"])
+    return not isinstance(served, dict) or int(served.get("class_stride") or 0) == classes
+
+
+def chunked_lane(spec: dict[str, Any]) -> bool:
+    """Whether a query that fills the ciphertext is laid out in chunks (see
+    :mod:`crypto.packing`): linear heads, unless the spec comes from a server whose layout
+    predates the chunked lane (a ``layout`` without ``chunk``). Servers that announce
+    ``chunk: 0`` have a layout where it does not apply, and so does the client."""
+    if head_kind(spec) != "linear":
+        return False
+    served = spec.get("layout")
+    return not isinstance(served, dict) or "chunk" in served
 
 
 def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
@@ -117,6 +134,7 @@ def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
         slots=preset.slot_count,
         hidden=hidden,
         compact=compact_rows(spec),
+        chunked=chunked_lane(spec),
     )
 
 
@@ -149,6 +167,6 @@ def encoded_weight_bytes(spec: dict[str, Any]) -> int:
     lay = single_layout(spec)
     primes = len(preset.coeff_mod_bit_sizes) - 1  # data primes of the top level
     if not lay.hidden_rows:
-        return lay.rows * preset.poly_modulus_degree * primes * 8
+        return lay.baby * lay.giant * preset.poly_modulus_degree * primes * 8
     stage2 = lay.baby * lay.giant * (primes - 2)
     return (lay.hidden_rows * primes + stage2) * preset.poly_modulus_degree * 8

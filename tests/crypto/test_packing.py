@@ -69,6 +69,51 @@ def test_diagonal_circuit_computes_scaled_pairwise_differences(members, dim, cla
     assert len(layout.galois_steps) <= 12
 
 
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize(("members", "dim", "classes"), [(8, 384, 10), (1, 10, 10), (3, 20, 5), (2, 7, 2), (1, 3, 3)])
+def test_chunked_lane_meets_every_input_once_per_row_with_half_the_diagonals(members, dim, classes, compact):
+    rng = np.random.default_rng(members * 1000 + dim + classes)
+    n = packing.make_layout(members=members, dim=dim, classes=classes, slots=1 << 20, compact=compact).n
+    classic = packing.make_layout(members=members, dim=dim, classes=classes, slots=2 * n, compact=compact)
+    layout = packing.make_layout(members=members, dim=dim, classes=classes, slots=2 * n, compact=compact, chunked=True)
+    assert classic.chunk == 0 and layout.chunk == layout.rows // 2 == layout.baby * layout.giant
+    assert classic.baby * classic.giant == layout.rows
+    assert layout.lane == layout.slots and layout.sum_strides[-1] == layout.slots // 2
+    # Every input sits in exactly 2 slots (the chunks twice), and rows meet each input once:
+    # the diagonals, summed over the slots of a row, are that row of the matrix.
+    source = packing.chunk_sources(layout)
+    assert sorted(np.bincount(source, minlength=n).tolist()) == [2] * n
+    weights = rng.normal(size=(members, classes, dim))
+    biases = rng.normal(size=(members, classes))
+    matrix, bias, bound = packing.difference_matrix(weights, biases, norm_bound=1.5, layout=layout)
+    emb = rng.normal(size=(1, members, dim)) * 2.0
+    packed = packing.pack_queries(emb, layout, norm_bound=1.5)
+    out = _simulate(layout, packing.diagonals(matrix, layout), packed) + packing.bias_slots(bias, layout)
+    x = np.zeros(n)
+    clipped = emb[0] * np.minimum(1.0, 1.5 / np.linalg.norm(emb[0], axis=1, keepdims=True))
+    for member in range(members):
+        x[member * layout.block : member * layout.block + dim] = clipped[member]
+    # every slot holds its full row (period m), inside the sign polynomial's domain
+    np.testing.assert_allclose(out, np.tile(matrix @ x + bias, layout.slots // layout.rows), atol=1e-12)
+    assert np.max(np.abs(out)) <= 1.0 + 1e-9
+    logits = clipped.reshape(-1) @ np.concatenate(list(weights), axis=1).T / members + biases.mean(axis=0)
+    p = layout.stride
+    got = out[: classes * p].reshape(classes, p)[:, :classes]
+    np.testing.assert_allclose(got, (logits[:, None] - logits[None, :]) / bound, atol=1e-12)
+    # the classic lane gives the same rows from twice the diagonals
+    plain = _simulate(classic, packing.diagonals(matrix, classic), packing.pack_queries(emb, classic, norm_bound=1.5))
+    np.testing.assert_allclose(plain[: layout.rows] + bias, out[: layout.rows], atol=1e-12)
+
+
+def test_chunked_lane_only_where_one_query_fills_the_ciphertext():
+    assert packing.make_layout(members=8, dim=384, classes=10, slots=4096, chunked=True).chunk == 0  # n == slots
+    assert packing.make_layout(members=2, dim=8, classes=3, slots=4096, chunked=True).chunk == 0  # many lanes
+    assert packing.make_layout(members=2, dim=8, classes=3, slots=4096, hidden=4, chunked=True).chunk == 0
+    lay = packing.make_layout(members=8, dim=384, classes=10, slots=8192, compact=True, chunked=True)
+    assert (lay.rows, lay.chunk, lay.baby, lay.giant) == (128, 64, 8, 8)
+    assert packing.window_levels(10) == 4 and packing.window_levels(16) == 4 and packing.window_levels(7) == 4
+
+
 def test_layout_refusals():
     with pytest.raises(packing.LayoutError):
         packing.make_layout(members=16, dim=384, classes=10, slots=4096)

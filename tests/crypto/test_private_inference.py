@@ -210,7 +210,7 @@ def test_embed_with_templates_shapes_and_order() -> None:
     assert abs(np.linalg.norm(unit[0, 0]) - 1.0) < 1e-12
 
 
-def test_compact_rows_only_for_linear_win_counts_and_servers_that_announce_them() -> None:
+def test_compact_rows_and_chunked_lanes_only_where_they_fit_and_servers_announce_them() -> None:
     from crypto.private_inference.spec import single_layout
 
     art = EnsembleArtifact(
@@ -227,8 +227,20 @@ def test_compact_rows_only_for_linear_win_counts_and_servers_that_announce_them(
     legacy = single_layout({**spec, "layout": {"pad_classes": 16, "rows": 256}})
     assert (legacy.stride, legacy.rows) == (16, 256)
     assert single_layout({**spec, "layout": {"class_stride": 10}}).stride == 10
+    # One-hot: compact where the window product of C slots is no deeper than over P (10: 8 + 2,
+    # 4 levels as for 16; 7 = 4 + 2 + 1 would take 4 levels where 8 takes 3).
     onehot = single_layout({**spec, "output": "onehot", "preset": "n16384-d8"})
-    assert (onehot.stride, onehot.rows) == (16, 256)
+    assert (onehot.stride, onehot.rows) == (10, 128)
+    seven = {**spec, "classes": [str(i) for i in range(7)], "output": "onehot", "preset": "n16384-d8"}
+    assert single_layout(seven).stride == 8
+    old_onehot = {**spec, "output": "onehot", "preset": "n16384-d8", "layout": {"class_stride": 16, "rows": 256}}
+    assert (single_layout(old_onehot).stride, single_layout(old_onehot).chunk) == (16, 0)
+    # Chunked lanes where one query fills the ciphertext (K=8 x 384 at N=16384), unless the
+    # server's layout predates them (no "chunk" in it); a server's "chunk": 0 is followed too.
+    big = {**spec, "members": 8, "dim": 384, "output": "onehot", "preset": "n16384-d7"}
+    assert single_layout(big).chunk == 64 and single_layout({**big, "layout": {"class_stride": 10}}).chunk == 0
+    assert single_layout({**big, "layout": {"class_stride": 10, "chunk": 64}}).chunk == 64
+    assert single_layout(spec).chunk == 0  # two members of 8 dims: many lanes per ciphertext
 
 
 def test_result_slots_are_flooded_and_scaled_afresh_per_query(small) -> None:

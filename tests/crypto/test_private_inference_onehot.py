@@ -160,3 +160,48 @@ def test_reference_one_hot_is_exact_with_hard_signs() -> None:
     assert argmax.onehot_levels(2) == 1 and argmax.onehot_levels(4) == 2 and argmax.onehot_levels(10) == 4
     assert argmax.rounds_for(8, argmax.LINEAR_LEVELS, "onehot", 10) == 1
     assert argmax.rounds_for(18, argmax.LINEAR_LEVELS, "onehot", 10) == 6
+
+
+def test_compact_class_blocks_multiply_a_window_with_an_extra_step() -> None:
+    # Three classes: a window of 2 then one extra slot (2 levels, as a block of P = 4 takes).
+    art = _identity_artifact(3)
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    assert art.preset == "n8192-d5" and evaluator.layout.stride == 3 and evaluator.layout.chunk == 0
+    logits = np.random.default_rng(35).uniform(-1.0, 1.0, size=(240, 3))
+    scores = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(logits[:, None, :])), total=240)
+    assert scores.one_hot is not None
+    assert_argmax_agrees(np.array(scores.labels), logits)
+    reference = argmax.reference_one_hot(logits, evaluator._bound, evaluator.sign_rounds)
+    assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
+
+
+def test_benchmark_shape_runs_in_a_chunked_lane_with_compact_blocks() -> None:
+    """K=8 x 384-d, 10 classes at n16384-d7: one query fills the ciphertext, so it is laid out
+    in chunks (64 diagonals instead of 256 with compact 10-slot class blocks) and the one-hot
+    product is a window of 8 slots and 2 more; labels and values match plaintext."""
+    rng = np.random.default_rng(36)
+    art = EnsembleArtifact(
+        templates=[f"t{i} {{}}" for i in range(8)],
+        weights=rng.normal(size=(8, 10, 384)) / np.sqrt(384),
+        biases=rng.normal(size=(8, 10)) * 0.1,
+        classes=[str(i) for i in range(10)],
+        output="onehot",
+    )
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    lay = evaluator.layout
+    assert art.preset == "n16384-d7" and (lay.chunk, lay.stride, lay.baby * lay.giant) == (64, 10, 64)
+    assert len(evaluator._weights.diagonals) == 64
+    # Five keys (39 MB): step 1, the giant step 8 and every third rotate-and-sum stride; the
+    # circuit makes the other steps from those.
+    assert lay.galois_steps == (1, 8, 128, 1024) and len(client.evaluation_keys()) < 40e6
+    route = evaluator._circuit._route
+    assert (route(8), route(256), route(4096), route(2), route(6)) == ((8,), (128, 128), (1024,) * 4, (1, 1), (1,) * 6)
+    emb = rng.normal(size=(6, 8, 384))
+    emb /= np.linalg.norm(emb, axis=2, keepdims=True)
+    scores = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(emb)), total=6)
+    logits = art.plaintext_logits(emb)
+    assert scores.one_hot is not None and list(scores.labels) == logits.argmax(axis=1).tolist()
+    reference = argmax.reference_one_hot(logits, evaluator._bound, evaluator.sign_rounds)
+    assert np.max(np.abs(scores.one_hot - reference)) < 1e-4

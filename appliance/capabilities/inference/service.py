@@ -49,8 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 MAX_SPEC_BYTES = 1 << 20
 #: Largest evaluation-key upload (a session's public context); ~11 MB at n8192-d3.
 MAX_CONTEXT_BYTES = 64 << 20
-#: The same for presets of ring degree 16384 (one-hot output: ~76 MB at n16384-d7, ~95 MB at
-#: n16384-d8 for K=8 x 384-d, 10 classes). n32768-d18 keys (~0.9 GB) exceed it: such sessions are refused (413).
+#: The same for presets of ring degree 16384 (one-hot output: ~39 MB at n16384-d7, ~52 MB at
+#: n16384-d8 for K=8 x 384-d, 10 classes; other shapes may need every rotation key, ~76-104 MB).
+#: n32768-d18 keys (~0.9 GB) exceed it: such sessions are refused (413).
 MAX_DEEP_CONTEXT_BYTES = 192 << 20
 #: Largest single query ciphertext (~0.23 MB at n8192-d3 and n8192-d5: seeded, secret-key encrypted).
 MAX_QUERY_BYTES = 4 << 20
@@ -214,6 +215,7 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "slots": layout.slots, "block": layout.block, "n": layout.n, "lane": layout.lane,
         "pad_classes": layout.pad_classes, "class_stride": layout.stride, "rows": layout.rows,
+        "chunk": layout.chunk,
         "baby": layout.baby,
         "giant": layout.giant, "queries_per_ciphertext": layout.queries_per_ciphertext,
         "galois_steps": list(layout.galois_steps), "hidden": layout.hidden,
