@@ -77,6 +77,26 @@ def test_encrypted_argmax_on_random_logits() -> None:
     assert_scaled_win_counts(scores.win_counts, reference, tol=2e-3)
 
 
+def test_win_counts_in_a_chunked_lane_with_fewer_keys() -> None:
+    """K=4 x 384-d fills half of n8192-d3's slots, so a query is laid out in chunks (64
+    diagonals instead of 128) and the session sends keys for steps 1, 8 and every third
+    rotate-and-sum stride only; the circuit makes the others (the class windows from step 1)."""
+    rng = np.random.default_rng(4)
+    art = _random_artifact(rng, k=4, c=10, d=384)
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    lay = evaluator.layout
+    assert (lay.chunk, lay.stride, lay.baby * lay.giant, lay.lane) == (64, 10, 64, lay.slots)
+    assert lay.galois_steps == (1, 8, 128, 1024) and client._steps[:4] == (1, 2, 4, 8)  # + the wide layout's
+    emb = rng.normal(size=(12, 4, 384))
+    emb /= np.linalg.norm(emb, axis=2, keepdims=True)
+    scores = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(emb)), total=12)
+    logits = art.plaintext_logits(emb)
+    assert list(scores.labels) == logits.argmax(axis=1).tolist()
+    reference = argmax.reference_win_counts(logits, evaluator._bound, evaluator.sign_rounds)
+    assert_scaled_win_counts(scores.win_counts, reference, tol=2e-3)
+
+
 def test_digits_encrypted_accuracy_equals_plaintext() -> None:
     x, y = load_digits(return_X_y=True)
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
