@@ -18,11 +18,11 @@ and the comparisons come out directly in slots ``r``. Linear heads use compact r
 instead of 256 rows for 10 classes, so half the diagonals) with win counts, and with one-hot
 outputs where the product over ``C`` slots is no deeper than over ``P``
 (:func:`window_levels`); class ``i``'s ``C`` comparisons are then summed (or multiplied) into
-slot ``i * C`` with power-of-two rotations only (:func:`window_plan`). Baby steps reuse one rotation key (1),
-giant steps are done in Horner form with one key (``g``), so only ``O(log n)`` Galois keys are
-needed. Each query sits in a lane of ``2n`` slots holding ``x`` twice (so rotations never leave
-the lane) unless ``n`` fills the whole ciphertext, in which case rotations are cyclic. Several
-lanes in one ciphertext give the batch form.
+slot ``i * C`` with power-of-two rotations only (:func:`window_plan`). Baby steps are built
+from power-of-two rotations, giant steps are done in Horner form with one key (``g``), so only
+``O(log n)`` Galois keys are needed. Each query sits in a lane of ``2n`` slots holding ``x``
+twice (so rotations never leave the lane) unless ``n`` fills the whole ciphertext, in which
+case rotations are cyclic. Several lanes in one ciphertext give the batch form.
 
 Chunked lane (linear heads whose lane is the whole ciphertext, ``2 n == slots``): with ``x``
 twice, rows are read at lane positions below ``n`` only and half the products are zero.
@@ -196,7 +196,8 @@ def window_plan(length: int) -> tuple[int, tuple[int, ...]]:
 #: and the class windows, which run at the lowest levels where rotations are cheap), the giant
 #: step, and every third rotate-and-sum stride (the two between are that stride's key used two
 #: and four times). At K=8 x 384-d, 10 one-hot classes: 5 keys, 39 MB, against 9 keys, 69 MB
-#: with every stride's key (1 or 2 here give 69 or 47 MB; measured ~16% or ~10% less CPU).
+#: with every stride's key (1 or 2 here give 69 or 47 MB and ~14% or ~5% less CPU per query,
+#: measured one after the other in one process).
 CHUNK_FOLD_KEYS_EVERY = 3
 
 

@@ -8,9 +8,9 @@
 Pieces: the plaintext-diagonal matrix-vector product (baby-step/giant-step) and the optional
 square of a hidden layer; the sign polynomial ``f(z) = z (3 - z^2) / 2`` composed
 ``rounds`` times on pairwise logit differences; per-class win-count sums (a window sum, or
-per-pair sums in the wide layout) or one-hot products (a rotate-and-multiply window over a class block,
-or a balanced product); row products of plaintext weight pieces for the wide and region layouts;
-and fresh output noise. Encoding the owner's weights as SEAL plaintexts happens here too, so
+per-pair sums in the wide layout) or one-hot products (a rotate-and-multiply window over a
+class block, or a balanced product); row products of plaintext weight pieces for the wide and
+region layouts; and fresh output noise. Encoding the owner's weights as SEAL plaintexts happens here too, so
 the server only decides what to encode and keep.
 
 Circuit privacy of the result slots: each gets fresh uniform noise of :data:`OUTPUT_FLOOD`
