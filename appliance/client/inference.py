@@ -210,7 +210,7 @@ class InferenceSession:
 
 def _open(sdk: Client, ensemble_id: str, private: PrivateClient,
           ttl_seconds: int | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"ensemble_id": ensemble_id}
+    params: dict[str, Any] = {"ensemble_id": ensemble_id, "layout": private.layout_digest}
     if ttl_seconds is not None:
         params["ttl_seconds"] = ttl_seconds
     return dict(sdk._json("POST", "/v1/inference/sessions", params=params,

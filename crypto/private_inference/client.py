@@ -187,6 +187,12 @@ class PrivateClient:
         return self._layout
 
     @property
+    def layout_digest(self) -> str:
+        """The digest of this client's single layout, sent when it opens a session
+        (:func:`~crypto.private_inference.spec.layout_digest`)."""
+        return specs.layout_digest(self._layout)
+
+    @property
     def batch_capacity(self) -> int:
         """Queries packed into one ciphertext by :meth:`encrypt_batch`."""
         return self._layout.queries_per_ciphertext

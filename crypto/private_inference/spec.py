@@ -10,6 +10,8 @@ copy of it with the layouts it serves. Nothing here touches keys or ciphertexts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from crypto import argmax, packing
@@ -23,7 +25,10 @@ __all__ = [
     "chunked_lane",
     "compact_rows",
     "encoded_weight_bytes",
+    "client_geometry",
     "head_kind",
+    "layout_digest",
+    "legacy_layout",
     "max_query_bytes",
     "max_wide_bytes",
     "output_mode",
@@ -135,6 +140,38 @@ def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
         hidden=hidden,
         compact=compact_rows(spec),
         chunked=chunked_lane(spec),
+    )
+
+
+def client_geometry(layout: packing.EnsembleLayout) -> dict[str, int]:
+    """What of a single layout the client relies on: how it packs a query (block, ``n``, lane,
+    the chunked lane's rows and ``K``) and where it reads the result (class stride). The
+    server's baby/giant split is its own; the keys it needs are checked on their own."""
+    fields = ("members", "dim", "classes", "slots", "block", "n", "lane", "rows", "chunk", "hidden")
+    return {**{f: int(getattr(layout, f)) for f in fields}, "stride": layout.stride}
+
+
+def layout_digest(layout: packing.EnsembleLayout) -> str:
+    """A short digest of :func:`client_geometry`: a client sends it when it opens a session,
+    so a server whose layout differs (another version's packing) refuses the session instead
+    of answering ciphertexts packed another way with wrong labels."""
+    canonical = json.dumps(client_geometry(layout), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def legacy_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
+    """The single layout a client that predates :func:`layout_digest` computes for ``spec``:
+    compact rows for linear win counts only, no chunked lane. A session opened without a
+    digest is served only where this is the server's layout too."""
+    preset = get_preset(str(spec["preset"]))
+    hidden = int(spec["hidden"]) if head_kind(spec) == "quadratic_mlp" else 0
+    return packing.make_layout(
+        members=int(spec["members"]),
+        dim=int(spec["dim"]),
+        classes=len(spec["classes"]),
+        slots=preset.slot_count,
+        hidden=hidden,
+        compact=head_kind(spec) == "linear" and output_mode(spec) == "scores",
     )
 
 

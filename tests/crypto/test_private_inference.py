@@ -261,6 +261,15 @@ def test_compact_rows_and_chunked_lanes_only_where_they_fit_and_servers_announce
     assert single_layout(big).chunk == 64 and single_layout({**big, "layout": {"class_stride": 10}}).chunk == 0
     assert single_layout({**big, "layout": {"class_stride": 10, "chunk": 64}}).chunk == 64
     assert single_layout(spec).chunk == 0  # two members of 8 dims: many lanes per ciphertext
+    # What a client relies on, digested: sent when it opens a session. The chunked lane and the
+    # compact one-hot blocks changed it where clients that predate the digest still pack the old
+    # way; win counts kept theirs.
+    from crypto.private_inference.spec import client_geometry, layout_digest, legacy_layout
+
+    assert client_geometry(legacy_layout(spec)) == client_geometry(single_layout(spec))
+    for changed in (big, {**spec, "output": "onehot", "preset": "n16384-d8"}):
+        assert layout_digest(legacy_layout(changed)) != layout_digest(single_layout(changed))
+    assert layout_digest(single_layout(big)) == layout_digest(single_layout(dict(big)))
 
 
 def test_result_slots_are_flooded_and_scaled_afresh_per_query(small) -> None:

@@ -39,6 +39,7 @@ from appliance.capabilities.inference.service import (
     PredictQuery,
     SessionCreateQuery,
     SessionOut,
+    check_client_layout,
     close_session,
     context_limit,
     ensemble_spec,
@@ -151,6 +152,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
     def create_session(query: SessionCreateQuery) -> dict[str, Any]:
         store = _store()
         ensemble = get_ensemble(store, g.principal, query.ensemble_id)  # 404 before reading megabytes
+        check_client_layout(loads(ensemble["spec"]), query.layout)  # and 422 for another packing
         keys = _binary_body(context_limit(str(loads(ensemble["spec"])["preset"])), "evaluation keys",
                             hint=KEYS_HINT)
         ttl = min(current_app.config["APPLIANCE_SETTINGS"].inference_session_ttl_seconds,
@@ -158,7 +160,7 @@ def register(app: Flask, api: Api, limiter: Limiter) -> None:
         if query.ttl_seconds is not None:
             ttl = min(ttl, query.ttl_seconds)
         row = open_session(store, _cache(), g.principal, ensemble_id=query.ensemble_id,
-                           keys=keys, ttl_seconds=ttl)
+                           keys=keys, ttl_seconds=ttl, layout=query.layout)
         return session_view(row)
 
     @api.op(v1, "/inference/sessions/<session_id>", "DELETE",

@@ -104,6 +104,9 @@ class EnsembleLayoutOut(BaseModel):
                                "is in slot i * class_stride (classes for linear win counts, else "
                                "pad_classes; 0 from servers that predate it means pad_classes)")
     rows: int
+    chunk: int = Field(
+        default=0, description="K of the chunked lane (slot p holds input (p // rows) * K + p % K; "
+                               "0: the query twice per lane); absent from servers that predate it")
     baby: int
     giant: int
     queries_per_ciphertext: int
@@ -177,6 +180,8 @@ class SessionCreateQuery(BaseModel):
 
     ensemble_id: str = Field(min_length=1, max_length=64)
     ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_SESSION_TTL_SECONDS)
+    layout: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$",
+                               description="digest of the client's single slot layout (SDKs send it)")
 
 
 class SessionOut(BaseModel):
@@ -585,17 +590,39 @@ def sweep_expired(store: Store, *, now: float | None = None) -> int:
     return len(rows)
 
 
+UPGRADE_HINT = ("the client and the server pack queries differently (different versions); upgrade "
+                "the appliance SDK (pip install --upgrade) and open the session again")
+
+
+def check_client_layout(spec: dict[str, Any], digest: str | None) -> None:
+    """Refuse a session whose client packs queries another way than this server (422): its
+    ciphertexts would decrypt to wrong labels, not to an error. A client that sends no digest
+    predates it and is served where its layout is still this server's."""
+    from crypto.private_inference.spec import client_geometry, layout_digest, legacy_layout, single_layout
+
+    ours = single_layout(spec)
+    if digest is None:
+        if client_geometry(legacy_layout(spec)) != client_geometry(ours):
+            raise UnprocessableInput("this client predates the server's slot layout for this ensemble",
+                                     hint=UPGRADE_HINT)
+    elif digest != layout_digest(ours):
+        raise UnprocessableInput(f"the client's slot layout {digest} is not this server's "
+                                 f"{layout_digest(ours)}", hint=UPGRADE_HINT)
+
+
 def open_session(store: Store, cache: Evaluators, principal: Principal, *, ensemble_id: str,
-                 keys: bytes, ttl_seconds: int) -> dict[str, Any]:
+                 keys: bytes, ttl_seconds: int, layout: str | None = None) -> dict[str, Any]:
     """Validate uploaded evaluation keys against the ensemble and open a session.
 
-    The keys are checked (no secret key, the ensemble's preset, every needed rotation key)
-    by building the evaluator *before* anything is stored, so refused material never
-    touches disk. Any role of the owning tenant may open a session.
+    The client's layout digest is checked (:func:`check_client_layout`), then the keys (no
+    secret key, the ensemble's preset, every needed rotation key) by building the evaluator
+    *before* anything is stored, so refused material never touches disk. Any role of the
+    owning tenant may open a session.
     """
     if not 1 <= ttl_seconds <= MAX_SESSION_TTL_SECONDS:
         raise ValidationFailed(f"ttl_seconds must lie in [1, {MAX_SESSION_TTL_SECONDS}]")
     ensemble = get_ensemble(store, principal, ensemble_id)
+    check_client_layout(loads(ensemble["spec"]), layout)
     limit = context_limit(str(loads(ensemble["spec"])["preset"]))
     if len(keys) > limit:
         raise PayloadTooLarge(f"evaluation keys are limited to {limit} bytes for this ensemble's preset",

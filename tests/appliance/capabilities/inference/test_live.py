@@ -176,15 +176,16 @@ def test_private_docstring_topics_end_to_end(live: dict[str, Any]) -> None:
 
     # (2) a context that carries the secret key is refused with a problem, nothing stored
     secret_ctx = session.private_client._ctx.serialize(save_secret_key=True)
+    digest = session.private_client.layout_digest  # the packing matches: the keys are what is refused
     resp = httpx.post(f"{live['url']}/v1/inference/sessions",
-                      params={"ensemble_id": ensemble.id}, content=secret_ctx,
+                      params={"ensemble_id": ensemble.id, "layout": digest}, content=secret_ctx,
                       headers={"Authorization": f"Bearer {live['tokens']['user']}",
                                "Content-Type": "application/octet-stream"}, timeout=60)
     assert 400 <= resp.status_code < 500
     assert resp.headers["content-type"].startswith("application/problem+json")
     assert "secret" in resp.text or "private" in resp.text
     with pytest.raises(ApiError) as refused:
-        user.request("POST", "/v1/inference/sessions", params={"ensemble_id": ensemble.id},
+        user.request("POST", "/v1/inference/sessions", params={"ensemble_id": ensemble.id, "layout": digest},
                      content=secret_ctx, headers={"Content-Type": "application/octet-stream"})
     assert refused.value.status == 422
 

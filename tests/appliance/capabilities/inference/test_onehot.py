@@ -108,3 +108,44 @@ def test_preset_whose_keys_cannot_be_uploaded_is_refused_at_registration(client:
     body = resp.get_json()
     assert resp.mimetype == "application/problem+json" and "cannot be served" in body["detail"]
     assert "n16384-d8" in body["hint"]
+
+
+def test_a_session_whose_client_packs_queries_another_way_is_refused(client: Any, settings: Any, token_a: str) -> None:
+    """Three one-hot classes now use compact 3-slot class blocks; a client that predates the
+    layout digest packs 4-slot blocks and would decrypt wrong labels, so the server refuses
+    its session (422, upgrade hint) before reading the keys, as it does a digest that is not
+    its own. The SDK's digest opens the session; a layout that did not change needs none."""
+    art = EnsembleArtifact(
+        templates=("{}",),
+        weights=np.eye(3)[None],
+        biases=np.zeros((1, 3)),
+        classes=("a", "b", "c"),
+        norm_bound=float(np.sqrt(3)),
+        output="onehot",
+    )
+    ens = _register(client, token_a, art).get_json()["id"]
+    user = make_token(settings, "tenant-a", role="client")
+    spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
+    assert spec["layout"]["class_stride"] == 3
+    private = PrivateClient(spec=spec)
+    keys = private.evaluation_keys()
+    url = f"/v1/inference/sessions?ensemble_id={ens}"
+    for suffix, reason in (("", "predates"), ("&layout=" + "0" * 32, "is not this server's")):
+        resp = client.post(url + suffix, headers={**auth(user), **OCTET}, data=keys)
+        assert resp.status_code == 422 and reason in resp.get_json()["detail"], resp.get_data(as_text=True)
+        assert "upgrade" in resp.get_json()["hint"]
+    assert client.post(url + "&layout=xyz", headers={**auth(user), **OCTET}, data=keys).status_code in (400, 422)
+    resp = client.post(url + f"&layout={private.layout_digest}", headers={**auth(user), **OCTET}, data=keys)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    emb = np.array([[0.2, 1.1, -0.4]])
+    reply = client.post(f"/v1/ensembles/{ens}/predict?session={resp.get_json()['id']}",
+                        headers={**auth(user), **OCTET}, data=private.encrypt(emb))
+    assert reply.status_code == 200 and list(private.decrypt_result(reply.get_data()).labels) == [1]
+    # Win counts with linear heads kept their layout: a session without a digest still opens.
+    scores = EnsembleArtifact(templates=("{}",), weights=np.eye(3)[None], biases=np.zeros((1, 3)),
+                              classes=("a", "b", "c"))
+    sid = _register(client, token_a, scores).get_json()["id"]
+    plain = PrivateClient(spec=client.get(f"/v1/ensembles/{sid}", headers=auth(user)).get_json())
+    resp = client.post(f"/v1/inference/sessions?ensemble_id={sid}", headers={**auth(user), **OCTET},
+                       data=plain.evaluation_keys())
+    assert resp.status_code == 201, resp.get_data(as_text=True)
