@@ -17,8 +17,9 @@ prints only those rows.
 
 ``--onehot`` prints only the one-hot output mode's rows instead (products of comparisons, see
 crypto.argmax): for K=8, 384-d, 10 classes, linear heads on each of ``--onehot-presets``
-(default n16384-d7, first with the previous single layout as a baseline, and the previous
-default n16384-d8) and a small shape where the depth
+(default n16384-d7, first with the previous single layout as a baseline, then both layouts'
+server CPU per query measured one query of each in turn, and the previous default
+n16384-d8) and a small shape where the depth
 allows 3 sign compositions: server time, keys, sizes, label agreement with the plaintext
 argmax, error against the plaintext reference and sharpness (mean winner value, mean and max of the largest loser).
 
@@ -395,6 +396,28 @@ def _onehot_rows(
     ]
 
 
+def _interleaved_cpu_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> list[tuple[str, str, str]]:
+    """Server CPU per query of the previous single layout and of this one, one query of each
+    in turn (``reps`` each) in one process, so a shared machine's drift hits both alike."""
+    with _previous_single_layout():
+        before = _session(art)
+    now = _session(art)
+    emb = _unit(rng, (1, art.members, art.dim))
+    queries = [s[0].encrypt_batch(emb)[0] for s in (before, now)]
+    times: list[list[float]] = [[], []]
+    for _ in range(reps):
+        for k, (s, q) in enumerate(zip((before, now), queries, strict=True)):
+            t0 = time.process_time()
+            s[2].evaluate(q)
+            times[k].append(time.process_time() - t0)
+    old, new = (statistics.median(t) for t in times)
+    return [(
+        f"one-hot K={art.members} d={art.dim} C={len(art.classes)}: server CPU / query, interleaved",
+        f"{new:.2f} s vs {old:.2f} s ({old / new:.2f}x)",
+        f"this layout vs the previous one, {reps} each in turn, {art.preset}",
+    )]
+
+
 def _sharpness_rows(
     rng: np.random.Generator, k: int, c: int, d: int, reps: int, queries: int
 ) -> list[tuple[str, str, str]]:
@@ -585,6 +608,8 @@ def main() -> None:
             if index == 0:
                 rows += _onehot_rows(art, rng, reps, args.onehot_queries, previous=True)
             rows += _onehot_rows(art, rng, reps, args.onehot_queries)
+            if index == 0:
+                rows += _interleaved_cpu_rows(art, rng, reps)
         # Two classes: one product level, so n16384-d8 fits three sign compositions.
         small = dataclasses.replace(_artifact(rng, 2, 2, 16, "n16384-d8"), output="onehot")
         rows += _onehot_rows(small, rng, reps, max(args.onehot_queries, 64))
