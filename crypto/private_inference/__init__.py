@@ -69,7 +69,7 @@ rotate-and-multiply window over a class block in the single layout, with the blo
 rotations; a balanced product of the ``C - 1`` factors in the wide layout), so it needs
 ``n8192-d5`` (linear heads, up to 4 classes), ``n16384-d7`` (linear heads up to 16 classes;
 at K=8 x 384-d, 10 classes a query fills the ciphertext and runs in a chunked lane, see
-:mod:`crypto.packing`: 64 diagonals, 5 keys of ~39 MB in all, ~0.9 s CPU per query against
+:mod:`crypto.packing`: 64 diagonals, 5 keys of ~39 MB in all, ~1.0-1.2 s CPU per query against
 256, 76 MB and ~1.4-1.6 s before), ``n16384-d8`` (linear
 heads up to 32 classes, hidden heads up to 8; ~52 MB of keys at that shape) or
 ``n32768-d18`` (keys ~0.9 GB: local use only, the service refuses such sessions); the
