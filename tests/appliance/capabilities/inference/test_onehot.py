@@ -127,6 +127,11 @@ def test_a_session_whose_client_packs_queries_another_way_is_refused(client: Any
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     assert spec["layout"]["class_stride"] == 3
+    # Every layout field the service computes reaches the client (the response model once
+    # dropped "chunk", and clients then packed chunked shapes the old way).
+    from appliance.capabilities.inference.service import _layout_info
+
+    assert spec["layout"] == _layout_info(art.public_spec())
     private = PrivateClient(spec=spec)
     keys = private.evaluation_keys()
     url = f"/v1/inference/sessions?ensemble_id={ens}"
