@@ -23,9 +23,9 @@ __all__ = [
     "DEFAULT_MAX_QUERY_BYTES",
     "DEFAULT_MAX_WIDE_BYTES",
     "chunked_lane",
+    "client_geometry",
     "compact_rows",
     "encoded_weight_bytes",
-    "client_geometry",
     "head_kind",
     "layout_digest",
     "legacy_layout",
@@ -128,6 +128,10 @@ def chunked_lane(spec: dict[str, Any]) -> bool:
 
 def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
     """The single (one query per lane) slot layout of ``spec``."""
+    return _single_layout(spec, compact=compact_rows(spec), chunked=chunked_lane(spec))
+
+
+def _single_layout(spec: dict[str, Any], *, compact: bool, chunked: bool) -> packing.EnsembleLayout:
     preset = get_preset(str(spec["preset"]))
     hidden = int(spec["hidden"]) if head_kind(spec) == "quadratic_mlp" else 0
     if head_kind(spec) == "quadratic_mlp" and hidden < 1:
@@ -138,8 +142,8 @@ def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
         classes=len(spec["classes"]),
         slots=preset.slot_count,
         hidden=hidden,
-        compact=compact_rows(spec),
-        chunked=chunked_lane(spec),
+        compact=compact,
+        chunked=chunked,
     )
 
 
@@ -163,16 +167,8 @@ def legacy_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
     """The single layout a client that predates :func:`layout_digest` computes for ``spec``:
     compact rows for linear win counts only, no chunked lane. A session opened without a
     digest is served only where this is the server's layout too."""
-    preset = get_preset(str(spec["preset"]))
-    hidden = int(spec["hidden"]) if head_kind(spec) == "quadratic_mlp" else 0
-    return packing.make_layout(
-        members=int(spec["members"]),
-        dim=int(spec["dim"]),
-        classes=len(spec["classes"]),
-        slots=preset.slot_count,
-        hidden=hidden,
-        compact=head_kind(spec) == "linear" and output_mode(spec) == "scores",
-    )
+    linear_scores = head_kind(spec) == "linear" and output_mode(spec) == "scores"
+    return _single_layout(spec, compact=linear_scores, chunked=False)
 
 
 def wide_layout(spec: dict[str, Any]) -> packing.WideLayout:
