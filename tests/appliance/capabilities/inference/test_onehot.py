@@ -129,7 +129,7 @@ def test_a_session_whose_client_packs_queries_another_way_is_refused(client: Any
     assert spec["layout"]["class_stride"] == 3
     # Every layout field the service computes reaches the client (the response model once
     # dropped "chunk", and clients then packed chunked shapes the old way).
-    from appliance.capabilities.inference.service import _layout_info
+    from appliance.capabilities.inference.service import _layout_info, _wide_layout_info
 
     assert spec["layout"] == _layout_info(art.public_spec())
     private = PrivateClient(spec=spec)
@@ -150,7 +150,9 @@ def test_a_session_whose_client_packs_queries_another_way_is_refused(client: Any
     scores = EnsembleArtifact(templates=("{}",), weights=np.eye(3)[None], biases=np.zeros((1, 3)),
                               classes=("a", "b", "c"))
     sid = _register(client, token_a, scores).get_json()["id"]
-    plain = PrivateClient(spec=client.get(f"/v1/ensembles/{sid}", headers=auth(user)).get_json())
+    plain_spec = client.get(f"/v1/ensembles/{sid}", headers=auth(user)).get_json()
+    assert plain_spec["wide_layout"] == _wide_layout_info(scores.public_spec())  # all of it, too
+    plain = PrivateClient(spec=plain_spec)
     resp = client.post(f"/v1/inference/sessions?ensemble_id={sid}", headers={**auth(user), **OCTET},
                        data=plain.evaluation_keys())
     assert resp.status_code == 201, resp.get_data(as_text=True)
