@@ -95,7 +95,6 @@ class EnsembleEvaluator:
         )
         keys = self._load_seal(bytes(public_context), shared)
         self._seal = keys
-        self._seal_ctx, self._galois = keys.context, keys.galois
         self._circuit = Circuit(
             seal=keys,
             preset=self._preset,
@@ -110,7 +109,7 @@ class EnsembleEvaluator:
         if (
             shared is not None
             and shared._artifact is artifact
-            and shared._seal_ctx.first_parms_id() == self._seal_ctx.first_parms_id()
+            and shared._seal.context.first_parms_id() == self._seal.context.first_parms_id()
         ):
             self._bound = shared._bound
             self._weights = shared._weights
@@ -137,7 +136,7 @@ class EnsembleEvaluator:
     def _encode_single(self, artifact: EnsembleArtifact) -> tuple[SingleWeights, float]:
         """The single layout's weights as plaintexts at their levels, and the comparison bound."""
         lay, circuit = self._layout, self._circuit
-        first = self._seal_ctx.first_context_data()
+        first = self._seal.context.first_context_data()
         if self._hidden:
             assert artifact.hidden_weights is not None and artifact.hidden_biases is not None
             assert artifact.activation is not None
@@ -268,12 +267,12 @@ class EnsembleEvaluator:
         if not abs(scale - expected_scale) <= 1e-6 * expected_scale:
             raise CiphertextError("query ciphertext has an unexpected scale")
         try:
-            ct = seal_from_bytes(sealapi.Ciphertext(), blob, self._seal_ctx, max_bytes=len(data))
+            ct = seal_from_bytes(sealapi.Ciphertext(), blob, self._seal.context, max_bytes=len(data))
         except SealBridgeError:
             raise CiphertextError("malformed or truncated ciphertext, or one for other parameters") from None
         if ct.size() != 2:
             raise CiphertextError(f"ciphertext has {ct.size()} polynomials, expected 2")
-        if ct.parms_id() != self._seal_ctx.first_parms_id():
+        if ct.parms_id() != self._seal.context.first_parms_id():
             raise CiphertextError("query ciphertext is not at the top level of the chain")
         if not abs(ct.scale - expected_scale) <= 1e-6 * expected_scale:
             raise CiphertextError("query ciphertext has an unexpected scale")
@@ -329,7 +328,7 @@ class EnsembleEvaluator:
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=lay.chunks, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree
-        missing = [s for s in lay.sum_strides if s < lay.slots and not self._galois.has_key(galois_element(s, n))]
+        missing = [s for s in lay.sum_strides if s < lay.slots and not self._seal.galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
         regions = 1
@@ -337,7 +336,7 @@ class EnsembleEvaluator:
             if self._onehot:
                 raise CiphertextError("one-hot ensembles take wide bodies in one region (PEW1)")
             regions = packing.wide_regions(lay, count)
-            n_keys = [s for s in lay.region_steps if not self._galois.has_key(galois_element(s, n))]
+            n_keys = [s for s in lay.region_steps if not self._seal.galois.has_key(galois_element(s, n))]
             if n_keys and regions > 1:
                 raise ContextError(f"evaluation keys lack the rotations {n_keys} of partial wide batches")
         cts = [self._load_query(b) for b in blobs]
