@@ -10,8 +10,8 @@ square of a hidden layer; the sign polynomial ``f(z) = z (3 - z^2) / 2`` compose
 ``rounds`` times on pairwise logit differences; per-class win-count sums (a window sum, or
 per-pair sums in the wide layout) or one-hot products (a rotate-and-multiply window over a
 class block, or a balanced product); row products of plaintext weight pieces for the wide and
-region layouts; and fresh output noise. Encoding the owner's weights as SEAL plaintexts happens here too, so
-the server only decides what to encode and keep.
+region layouts; and fresh output noise. Encoding the owner's weights as SEAL plaintexts
+happens here too, so the server only decides what to encode and keep.
 
 Circuit privacy of the result slots: each gets fresh uniform noise of :data:`OUTPUT_FLOOD`
 (the units the slot decrypts to), unused slots noise as large as the headroom allows, and
