@@ -80,6 +80,7 @@ __all__ = [
     "pack_queries",
     "pack_wide",
     "score_slots",
+    "spread_rows",
     "wide_weights",
     "window_levels",
 ]
@@ -689,13 +690,22 @@ def wide_weight_slots(piece: FloatArray, layout: WideLayout) -> FloatArray:
     return np.tile(np.asarray(piece, dtype=np.float64), layout.capacity)
 
 
-def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float, regions: int = 1) -> FloatArray:
+def spread_rows(layout: WideLayout, regions: int) -> int:
+    """Ciphertexts of a partial batch spread over ``regions`` regions: ``ceil(chunks / R)``."""
+    return -(-layout.chunks // regions)
+
+
+def pack_wide(
+    embeddings: FloatArray, layout: WideLayout, *, norm_bound: float, regions: int = 1, spread: bool = False
+) -> FloatArray:
     """Pack ``(Q, K, d)`` embeddings into ``(chunks, slots)`` slot vectors, clipping norms.
 
     Row ``t`` holds features ``t * block .. (t + 1) * block - 1`` of every query's concatenated
     (member-major) embeddings, query ``b`` in slots ``b * block ..``; unused slots are zero.
     With ``regions`` R > 1 (:func:`wide_regions`) the batch is repeated at the start of each
-    of R equal regions of the slots.
+    of R equal regions of the slots. With ``spread`` as well, region ``j`` of row ``u`` holds
+    piece ``u * R + j`` instead, so the batch takes :func:`spread_rows` rows (zero regions past
+    the last piece); the server rotates the regions' partial products together.
     """
     emb = np.asarray(embeddings, dtype=np.float64)
     if emb.ndim != 3 or emb.shape[1:] != (layout.members, layout.dim):
@@ -710,12 +720,15 @@ def pack_wide(embeddings: FloatArray, layout: WideLayout, *, norm_bound: float, 
     flat = np.zeros((q, layout.chunks * layout.block))
     flat[:, : layout.features] = emb.reshape(q, layout.features)
     pieces = flat.reshape(q, layout.chunks, layout.block).transpose(1, 0, 2)  # (chunks, q, block)
-    out = np.zeros((layout.chunks, layout.slots))
     if regions < 1 or layout.slots % regions or q * layout.block * regions > layout.slots:
         raise LayoutError(f"{q} queries do not fit {regions} regions of the wide layout")
     size = layout.slots // regions
-    for k in range(regions):
-        out[:, k * size : k * size + q * layout.block] = pieces.reshape(layout.chunks, q * layout.block)
+    runs = pieces.reshape(layout.chunks, q * layout.block)  # piece t of every query, in a run
+    out = np.zeros((spread_rows(layout, regions) if spread else layout.chunks, layout.slots))
+    for t in range(layout.chunks):
+        u, k = divmod(t, regions) if spread else (t, 0)
+        for region in (k,) if spread else range(regions):
+            out[u, region * size : region * size + q * layout.block] = runs[t]
     return out
 
 

@@ -18,7 +18,7 @@ Modules (the client and the server never import each other; both build on the re
 - :mod:`~crypto.private_inference.spec`: what both roles read from the public spec (head,
   output mode, sign rounds, slot layouts, size limits).
 - :mod:`~crypto.private_inference.wire`: the bytes exchanged (a ciphertext message, PEB1
-  batches, PEW1/PEW2 wide bodies).
+  batches, PEW1/PEW2/PEW3 wide bodies).
 - :mod:`~crypto.private_inference.circuits`: the homomorphic circuits on SEAL objects.
 - :mod:`~crypto.private_inference.client`: :class:`PrivateClient` and :class:`PrivateScores`.
 - :mod:`~crypto.private_inference.server`: :class:`EnsembleEvaluator`.

@@ -211,6 +211,35 @@ class Circuit:
             plains.append(row)
         return plains
 
+    def encode_spread_weights(self, weights: npt.NDArray[np.float64], regions: int) -> list[list[list[Any]]]:
+        """Plaintext weight pieces ``[accumulator][r][u]`` for bodies spread over ``regions``
+        regions (``PEW3``): region ``j`` of ``[a][r][u]`` weighs piece ``u * R + j`` for class
+        :func:`region_class` ``(a, j - r)``, so that the product's region ``j``, moved ``r``
+        regions down, adds to that class's logit in its own region."""
+        lay = self._wide
+        first = self._seal_ctx.first_context_data()
+        drop_prime = float(first.parms().coeff_modulus()[-1].value())
+        size = lay.slots // regions
+        out: list[list[list[Any]]] = []
+        for a in range(-(-lay.classes // regions)):
+            per_move: list[list[Any]] = []
+            for r in range(regions):
+                row: list[Any] = []
+                for u in range(packing.spread_rows(lay, regions)):
+                    values = np.zeros(lay.slots)
+                    for j, t in enumerate(range(u * regions, min((u + 1) * regions, lay.chunks))):
+                        c = region_class(a, (j - r) % regions, regions, lay.classes)
+                        values[j * size : (j + 1) * size] = np.tile(weights[c, t], size // lay.block)
+                    if not np.any(values):
+                        row.append(None)
+                        continue
+                    pt = sealapi.Plaintext()
+                    self._encoder.encode(values.tolist(), first.parms_id(), drop_prime, pt)
+                    row.append(pt)
+                per_move.append(row)
+            out.append(per_move)
+        return out
+
     # -- primitives --------------------------------------------------------------------------
 
     def _rotate(self, ct: Any, step: int) -> Any:
@@ -257,28 +286,51 @@ class Circuit:
             self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _half(self, ct: Any, value: float | list[float] = 0.5) -> Any:
+    def _half(self, ct: Any, value: float | list[float] = 0.5, *, memo: dict[Any, Any] | None = None) -> Any:
+        """``ct * value``, rescaled (the plaintext at the scale of the prime the rescale drops,
+        kept in ``memo`` under the level for the next ciphertext of the same batch)."""
         data = self._seal_ctx.get_context_data(ct.parms_id())
         prime = float(data.parms().coeff_modulus()[-1].value())
-        pt = sealapi.Plaintext()
-        self._encoder.encode(value, ct.parms_id(), prime, pt)
+        key = ("half", tuple(ct.parms_id()))
+        pt = memo.get(key) if memo is not None else None
+        if pt is None:
+            pt = sealapi.Plaintext()
+            self._encoder.encode(value, ct.parms_id(), prime, pt)
+            if memo is not None:
+                memo[key] = pt
         out = sealapi.Ciphertext()
         self._evaluator.multiply_plain(ct, pt, out)
         self._evaluator.rescale_to_next_inplace(out)
         return out
 
-    def _sign_step(self, z: Any, *, rescale: bool = True, half: float | list[float] = 0.5) -> Any:
+    def _sign_step(
+        self, z: Any, *, rescale: bool = True, half: float | list[float] = 0.5, memo: dict[Any, Any] | None = None
+    ) -> Any:
         """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional);
         ``half=0.25`` gives f(z) / 2 at no extra level (the one-hot factors' slope), a slot
         vector ``0.5 * a`` gives ``a * f(z)`` (the secret output scale)."""
         square = self._mul_rescale(z, z)
         self._evaluator.negate_inplace(square)
-        self._evaluator.add_plain_inplace(square, self._encode_like(3.0, square))
-        return self._mul_rescale(self._half(z, half), square, rescale=rescale)
+        key = ("three", tuple(square.parms_id()), square.scale)
+        three = memo.get(key) if memo is not None else None
+        if three is None:
+            three = self._encode_like(3.0, square)
+            if memo is not None:
+                memo[key] = three
+        self._evaluator.add_plain_inplace(square, three)
+        return self._mul_rescale(self._half(z, half, memo=memo), square, rescale=rescale)
 
-    def _signs(self, z: Any, *, rescale: bool, scale: npt.NDArray[np.float64] | None = None) -> Any:
+    def _signs(
+        self,
+        z: Any,
+        *,
+        rescale: bool,
+        scale: npt.NDArray[np.float64] | None = None,
+        memo: dict[Any, Any] | None = None,
+    ) -> Any:
         """``f^(r)(z)`` (times the per-slot ``scale`` if given), or ``f^(r)(z) / 2`` in one-hot
-        mode; the last rescale optional."""
+        mode; the last rescale optional. Calls that share ``memo`` (a batch's comparisons, all
+        with the same ``scale``) encode each constant once per level."""
         for r in range(self._rounds):
             last = r == self._rounds - 1
             half: float | list[float] = 0.5
@@ -286,7 +338,7 @@ class Circuit:
                 half = 0.25
             elif last and scale is not None:
                 half = (0.5 * scale).tolist()
-            z = self._sign_step(z, rescale=rescale or not last, half=half)
+            z = self._sign_step(z, rescale=rescale or not last, half=half, memo=memo)
         return z
 
     def _output_scale(self, rng: np.random.Generator, count: int, width: int) -> npt.NDArray[np.float64]:
@@ -440,6 +492,24 @@ class Circuit:
                 self._evaluator.add_inplace(acc, tmp)
         return acc
 
+    def _spread_product(self, cts: Sequence[Any], moves: Sequence[Sequence[Any]], size: int) -> Any:
+        """``sum_r rot(sum_u cts[u] * moves[r][u], r * size)``, rescaled. Each product is
+        rescaled before it moves: a rotation at the top level costs about twice as much."""
+        acc: Any = None
+        tmp = sealapi.Ciphertext()
+        for row in reversed(moves):
+            for step in self._route(size) if acc is not None else ():
+                self._evaluator.rotate_vector_inplace(acc, step, self._galois)
+            part = self._row_product(cts, row, tmp)
+            if part is None:
+                continue
+            self._evaluator.rescale_to_next_inplace(part)
+            if acc is None:
+                acc = part
+            else:
+                self._evaluator.add_inplace(acc, part)
+        return acc
+
     # -- single layout -----------------------------------------------------------------------
 
     def differences(self, x: Any, weights: SingleWeights) -> Any:
@@ -503,6 +573,7 @@ class Circuit:
         rng = np.random.default_rng(secrets.randbits(128))
         scale = None if self._onehot else self._output_scale(rng, lay.capacity, lay.block)
         signs: dict[tuple[int, int], Any] = {}
+        memo: dict[Any, Any] = {}
         for i in range(c):
             for j in range(i + 1, c):
                 a, b = logits[i], logits[j]
@@ -517,7 +588,7 @@ class Circuit:
                 else:
                     ev.sub(a, b, diff)
                 ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
-                signs[(i, j)] = self._signs(diff, rescale=True, scale=scale)
+                signs[(i, j)] = self._signs(diff, rescale=True, scale=scale, memo=memo)
         keep = packing.wide_output_mask(lay, count)
         replies = []
         for i in range(c):
@@ -562,24 +633,29 @@ class Circuit:
             factors.append(factor)
         return self._balanced_product(factors)
 
-    # -- region layout (partial wide batches, PEW2) ------------------------------------------
+    # -- region layout (partial wide batches, PEW2 and PEW3) ---------------------------------
 
     def regions(
         self,
         cts: Sequence[Any],
         count: int,
         regions: int,
-        plains: Sequence[Sequence[Any]],
+        plains: Sequence[Any],
         bias: npt.NDArray[np.float64],
+        *,
+        spread: bool = False,
     ) -> list[Any]:
-        """Win counts of a partial batch replicated into ``regions`` regions (PEW2 bodies).
+        """Win counts of a partial batch replicated into ``regions`` regions (PEW2 bodies), or
+        spread over them (PEW3, ``plains`` of :meth:`encode_spread_weights`).
 
         Accumulator ``a`` holds class ``a * R + k``'s scaled logit in region ``k`` (the last one
         repeats its classes, :func:`region_class`); pairs are
         differences of an accumulator and a region-rotated one (``R`` pairs per ciphertext),
         so the linear stage, the rotate-and-sums and the sign evaluations all shrink by about
-        ``R``. Each class's win count is then gathered into region 0, where the client reads
-        it (the reply is the same as for a one-region batch).
+        ``R``. A spread body's accumulator is ``sum_r rot(P_r, r * size)`` (Horner, ``R - 1``
+        region moves), ``P_r`` the products with ``plains[a][r]``. Each class's win count is
+        then gathered into region 0, where the client reads it (the reply is the same as for a
+        one-region batch).
         """
         ev, lay = self._evaluator, self._wide
         size = lay.slots // regions
@@ -587,10 +663,11 @@ class Circuit:
         accs: list[Any] = []
         tmp = sealapi.Ciphertext()
         for a, row in enumerate(plains):
-            acc = self._row_product(cts, row, tmp)
+            acc = self._spread_product(cts, row, size) if spread else self._row_product(cts, row, tmp)
             if acc is None:
                 raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
-            ev.rescale_to_next_inplace(acc)
+            if not spread:
+                ev.rescale_to_next_inplace(acc)
             for stride in lay.sum_strides:
                 ev.add_inplace(acc, self._rotate(acc, stride))
             shift = np.zeros(lay.slots)
@@ -612,12 +689,13 @@ class Circuit:
         scale = np.tile(np.repeat(rng.uniform(OUTPUT_SCALE_MIN, 1.0, lay.capacity // regions), lay.block), regions)
         differences, where = region_comparisons(classes, regions)
         signs: list[Any] = []
+        memo: dict[Any, Any] = {}
         for a, b, r in differences:
             diff = sealapi.Ciphertext()
             ev.sub(accs[a], moved(b, r), diff)
             # Rescaled now: gathering them into region 0 then rotates at the last level,
             # the cheapest key switch (its noise, at the 2^37 scale, is far below the flood).
-            signs.append(self._signs(diff, rescale=True, scale=scale))
+            signs.append(self._signs(diff, rescale=True, scale=scale, memo=memo))
         keep = packing.wide_output_mask(lay, count)
         replies = []
         for i in range(classes):

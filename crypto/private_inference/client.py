@@ -130,9 +130,11 @@ class PrivateClient:
         # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
         layouts = self._spec.get("layouts")
         self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
-        # Partial batches go in regions (PEW2) unless a server's spec predates them.
+        # Partial batches go in regions (PEW2/PEW3) unless a server's spec predates them ...
         served_wide = self._spec.get("wide_layout")
         self._regions_ok = not isinstance(served_wide, dict) or int(served_wide.get("max_regions") or 1) > 1
+        # ... spread over the regions (PEW3, R times fewer ciphertexts) unless it predates that.
+        self._spread_ok = not isinstance(served_wide, dict) or bool(served_wide.get("spread_regions"))
         # One session serves both layouts: keys for the union of their rotation steps (the
         # single layout's only for hidden-layer heads, which the wide layout does not serve,
         # and beyond N=8192, where its encoded weights exceed the service's limit). One-hot
@@ -282,15 +284,28 @@ class PrivateClient:
         """
         if count < WIDE_MIN_QUERIES or not self._serves_wide or self._wide.slots > WIDE_MAX_SLOTS:
             return False
-        wide_cts = -(-count // self._wide.capacity) * self._wide.chunks
+        full, rest = divmod(count, self._wide.capacity)
+        wide_cts = full * self._wide.chunks + (self._wide_rows(rest) if rest else 0)
         return wide_cts <= WIDE_MAX_CIPHERTEXTS_PER_QUERY * count
+
+    def _regions(self, count: int) -> tuple[int, bool]:
+        """Regions of a wide body of ``count`` queries and whether it is spread over them."""
+        regions = 1
+        if self._output == "scores" and self._regions_ok and count >= 1:
+            regions = packing.wide_regions(self._wide, count)
+        return regions, regions > 1 and self._spread_ok
+
+    def _wide_rows(self, count: int) -> int:
+        """Ciphertexts in the wide body of ``count`` queries."""
+        regions, spread = self._regions(count)
+        return packing.spread_rows(self._wide, regions) if spread else self._wide.chunks
 
     def encrypt_wide_batch(self, embeddings: npt.ArrayLike) -> bytes:
         """Encrypt ``(Q, K, d)`` embeddings (``1 <= Q <= wide_capacity``) in the wide layout.
 
         Returns one framed body (:func:`~crypto.private_inference.wire.encode_wide`) of
         ``wide_layout.chunks`` ciphertexts, for :meth:`EnsembleEvaluator.evaluate_wide_batch`;
-        its size does not depend on ``Q``. Raises :class:`~crypto.packing.LayoutError` for
+        ``R`` times fewer for a partial batch spread over ``R`` regions. Raises :class:`~crypto.packing.LayoutError` for
         hidden-layer heads.
         """
         specs.refuse_wide(self._head)
@@ -308,14 +323,13 @@ class PrivateClient:
             )
         emb = np.asarray(embeddings, dtype=np.float64)
         count = int(emb.shape[0]) if emb.ndim == 3 else 0
-        # A partial batch of win counts is replicated into regions (PEW2): the server then
-        # evaluates several classes and pairs per operation. One-hot bodies stay in one region.
-        regions = 1
-        if self._output == "scores" and self._regions_ok and count >= 1:
-            regions = packing.wide_regions(self._wide, count)
-        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound, regions=regions)
+        # A partial batch of win counts goes in regions: the server then evaluates several
+        # classes and pairs per operation. Spread over them (PEW3), each ciphertext carries R
+        # pieces; servers before that take it replicated (PEW2). One-hot bodies stay in one region.
+        regions, spread = self._regions(count)
+        rows = packing.pack_wide(emb, self._wide, norm_bound=self._norm_bound, regions=regions, spread=spread)
         blobs = [self._encrypt_values(row) for row in rows]
-        return encode_wide(blobs, layout=self._wide, count=count, regions=regions)
+        return encode_wide(blobs, layout=self._wide, count=count, regions=regions, spread=spread)
 
     def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
         """Decrypt the reply to a wide batch of ``count`` queries (as :meth:`decrypt_result`)."""

@@ -2,7 +2,7 @@
 
     evaluator = EnsembleEvaluator(artifact=art, public_context=client_keys)   # once per session
     reply = evaluator.evaluate(query)                                         # single layout
-    reply = evaluator.evaluate_wide_batch(body)                               # PEW1 / PEW2 body
+    reply = evaluator.evaluate_wide_batch(body)                               # PEW1 / PEW2 / PEW3 body
     other = evaluator.with_session(other_keys)                                # shares the weights
 
 The evaluator checks the session's keys (no secret key, the artifact's parameters, every
@@ -27,6 +27,7 @@ from crypto.private_inference import spec as specs
 from crypto.private_inference.circuits import Circuit, SealKeys, SingleWeights
 from crypto.private_inference.wire import (
     WIDE_REGIONS_MAGIC,
+    WIDE_SPREAD_MAGIC,
     decode_wide,
     encode_wide,
     read_vector_message,
@@ -304,14 +305,16 @@ class EnsembleEvaluator:
             state["plain"] = self._circuit.encode_wide_weights(state["weights"])
         return state["plain"]  # type: ignore[no-any-return]
 
-    def _region_plains(self, regions: int) -> list[list[Any]]:
-        """Plaintext weight pieces per accumulator of ``regions`` regions; encoded once per
-        region count and shared with sibling sessions."""
+    def _region_plains(self, regions: int, *, spread: bool) -> list[Any]:
+        """Plaintext weight pieces per accumulator of ``regions`` regions, for replicated
+        (PEW2) or spread (PEW3) bodies; encoded once per region count and body kind, and
+        shared with sibling sessions."""
         state = self._wide_state
         cache = state.setdefault("regions", {})
-        if regions not in cache:
-            cache[regions] = self._circuit.encode_region_weights(state["weights"], regions)
-        return cache[regions]  # type: ignore[no-any-return]
+        if (regions, spread) not in cache:
+            encode = self._circuit.encode_spread_weights if spread else self._circuit.encode_region_weights
+            cache[(regions, spread)] = encode(state["weights"], regions)
+        return cache[(regions, spread)]  # type: ignore[no-any-return]
 
     def evaluate_wide_batch(self, body: bytes) -> bytes:
         """Evaluate a wide batch body from :meth:`PrivateClient.encrypt_wide_batch`.
@@ -326,13 +329,13 @@ class EnsembleEvaluator:
         """
         specs.refuse_wide(self._artifact.head)
         lay = self._wide
-        count, blobs = decode_wide(body, layout=lay, items=lay.chunks, max_bytes=self._max_wide_bytes)
+        count, blobs = decode_wide(body, layout=lay, items=None, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree
         missing = [s for s in lay.sum_strides if s < lay.slots and not self._seal.galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
-        regions = 1
-        if bytes(body[:4]) == WIDE_REGIONS_MAGIC:
+        regions, spread = 1, bytes(body[:4]) == WIDE_SPREAD_MAGIC
+        if spread or bytes(body[:4]) == WIDE_REGIONS_MAGIC:
             if self._onehot:
                 raise CiphertextError("one-hot ensembles take wide bodies in one region (PEW1)")
             regions = packing.wide_regions(lay, count)
@@ -342,7 +345,8 @@ class EnsembleEvaluator:
         cts = [self._load_query(b) for b in blobs]
         bias = self._wide_state["bias"]
         if regions > 1:
-            results = self._circuit.regions(cts, count, regions, self._region_plains(regions), bias)
+            plains = self._region_plains(regions, spread=spread)
+            results = self._circuit.regions(cts, count, regions, plains, bias, spread=spread)
         else:
             results = self._circuit.wide(cts, count, self._wide_plains(), bias)
         return encode_wide([self._dump_reply(ct) for ct in results], layout=lay, count=count)

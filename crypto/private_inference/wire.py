@@ -1,8 +1,8 @@
-"""The bytes client and server exchange: one ciphertext, a PEB1 batch, a PEW1/PEW2 wide body.
+"""The bytes client and server exchange: one ciphertext, a PEB1 batch, a PEW1/PEW2/PEW3 wide body.
 
     body = encode_blobs([ct1, ct2])                          # PEB1: count, (u32 length, bytes) each
     cts = decode_blobs(body, max_items=16, max_bytes=1 << 26)
-    body = encode_wide(cts, layout=lay, count=q)             # PEW1 / PEW2: the layout in the header
+    body = encode_wide(cts, layout=lay, count=q)             # PEW1 / 2 / 3: the layout in the header
 
 A ciphertext is TenSEAL's CKKS vector message (:func:`vector_message`: slot count, SEAL
 ciphertext, scale), so either side can open it with TenSEAL as well. Bodies are read by the
@@ -22,6 +22,7 @@ from crypto.framing import FrameReader, FrameWriter
 __all__ = [
     "WIDE_MAGICS",
     "WIDE_REGIONS_MAGIC",
+    "WIDE_SPREAD_MAGIC",
     "decode_blobs",
     "decode_wide",
     "encode_blobs",
@@ -36,7 +37,11 @@ _FRAME_MAGIC = b"PEB1"
 _WIDE_MAGIC = b"PEW1"
 #: A partial wide batch replicated into :func:`crypto.packing.wide_regions` regions.
 WIDE_REGIONS_MAGIC = b"PEW2"
-WIDE_MAGICS = (_WIDE_MAGIC, WIDE_REGIONS_MAGIC)
+#: A partial wide batch spread over those regions: region ``j`` of ciphertext ``u`` holds
+#: piece ``u * R + j`` (:func:`crypto.packing.pack_wide` with ``spread``), ``R`` times fewer
+#: ciphertexts than ``PEW2``.
+WIDE_SPREAD_MAGIC = b"PEW3"
+WIDE_MAGICS = (_WIDE_MAGIC, WIDE_REGIONS_MAGIC, WIDE_SPREAD_MAGIC)
 _WIDE_HEADER = struct.Struct(">4sIIII")  # magic, block, chunks, query count, item count
 
 
@@ -101,27 +106,34 @@ def decode_blobs(data: bytes, *, max_items: int, max_bytes: int) -> list[bytes]:
 
 
 def is_wide_body(data: bytes) -> bool:
-    """Whether ``data`` starts like a wide-layout body (``PEW1`` or ``PEW2``)."""
+    """Whether ``data`` starts like a wide-layout body (``PEW1``, ``PEW2`` or ``PEW3``)."""
     return bytes(data[:4]) in WIDE_MAGICS
 
 
-def encode_wide(blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int, regions: int = 1) -> bytes:
+def encode_wide(
+    blobs: Sequence[bytes], *, layout: packing.WideLayout, count: int, regions: int = 1, spread: bool = False
+) -> bytes:
     """Frame a wide-layout body: magic, block, chunks, query count, then blobs.
 
     The header names the layout so a server refuses bodies built for another layout. The
-    magic is ``PEW1`` (replies, and batches in one region) or ``PEW2`` (a partial batch
+    magic is ``PEW1`` (replies, and batches in one region), ``PEW2`` (a partial batch
     replicated into regions; their number follows from the count, see
-    :func:`crypto.packing.wide_regions`), which servers that predate regions refuse.
+    :func:`crypto.packing.wide_regions`) or ``PEW3`` (``spread`` over them); servers that
+    predate a magic refuse it.
     """
-    magic = WIDE_REGIONS_MAGIC if regions > 1 else _WIDE_MAGIC
+    magic = _WIDE_MAGIC if regions == 1 else WIDE_SPREAD_MAGIC if spread else WIDE_REGIONS_MAGIC
     return _length_prefixed(_WIDE_HEADER.pack(magic, layout.block, layout.chunks, count, len(blobs)), blobs)
 
 
-def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_bytes: int) -> tuple[int, list[bytes]]:
+def decode_wide(
+    data: bytes, *, layout: packing.WideLayout, items: int | None, max_bytes: int
+) -> tuple[int, list[bytes]]:
     """Inverse of :func:`encode_wide`: ``(query count, blobs)``, checked against ``layout``.
 
     Raises :class:`CiphertextError` unless the header matches the layout, the query count
-    fits its capacity, exactly ``items`` blobs follow and nothing trails them.
+    fits its capacity, exactly ``items`` blobs follow and nothing trails them. ``items=None``
+    expects a query body's own count: ``chunks``, or :func:`crypto.packing.spread_rows` for
+    ``PEW3``.
     """
     if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
         raise CiphertextError(f"wide body must be bytes of at most {max_bytes} bytes")
@@ -134,6 +146,10 @@ def decode_wide(data: bytes, *, layout: packing.WideLayout, items: int, max_byte
         )
     if not 1 <= count <= layout.capacity:
         raise CiphertextError(f"wide body declares {count} queries; allowed 1..{layout.capacity}")
+    if items is None:
+        items = layout.chunks
+        if bytes(data[:4]) == WIDE_SPREAD_MAGIC:
+            items = packing.spread_rows(layout, packing.wide_regions(layout, count))
     if n != items:
         raise CiphertextError(f"wide body holds {n} ciphertexts, expected {items}")
     return count, _read_length_prefixed(data, _WIDE_HEADER.size, n, body="wide body")

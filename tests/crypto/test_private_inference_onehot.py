@@ -10,11 +10,12 @@ import tenseal as ts
 from support import assert_argmax_agrees
 
 from crypto import argmax, packing
-from crypto.ckks import ContextError
+from crypto.ckks import CiphertextError, ContextError
 from crypto.ensemble import ArtifactError, EnsembleArtifact
 from crypto.private_inference.client import PrivateClient
 from crypto.private_inference.server import EnsembleEvaluator
 from crypto.private_inference.spec import sign_rounds
+from crypto.private_inference.wire import encode_wide
 
 C = 4  # P = 4: a two-level product tree; n8192-d5 fits it with one sign composition
 
@@ -62,6 +63,15 @@ def test_onehot_wide_layout_matches_reference(onehot) -> None:
     assert_argmax_agrees(np.array(scores.labels), logits)
     reference = argmax.reference_one_hot(logits, evaluator._wide_state["bound"], evaluator.sign_rounds)
     assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
+    # A partial one-hot batch stays in one region; region bodies (another client's) are refused.
+    part = client.encrypt_wide_batch(logits[:3, None, :])
+    assert part[:4] == b"PEW1"
+    lay = client.wide_layout
+    for spread in (False, True):
+        rows = packing.pack_wide(logits[:3, None, :], lay, norm_bound=1.0, regions=2, spread=spread)
+        body = encode_wide([client._encrypt_values(r) for r in rows], layout=lay, count=3, regions=2, spread=spread)
+        with pytest.raises(CiphertextError, match="one region"):
+            evaluator.evaluate_wide_batch(body)
 
 
 def test_unused_slots_flooded_and_no_secret_needed(onehot) -> None:

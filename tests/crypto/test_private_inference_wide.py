@@ -61,6 +61,16 @@ def test_wide_layout_geometry_and_packing() -> None:
         np.testing.assert_array_equal(rep[:, k * 1024 : (k + 1) * 1024], rows[:, :1024])
     with pytest.raises(packing.LayoutError):
         packing.pack_wide(_unit(rng, (17, 3, 50)), small, norm_bound=1.0, regions=4)
+    # Spread over the regions: region j of row u holds piece u * R + j, zero past the last piece.
+    for regions in (2, 4):
+        spread = packing.pack_wide(emb, small, norm_bound=1.0, regions=regions, spread=True)
+        size = 4096 // regions
+        assert spread.shape == (packing.spread_rows(small, regions), 4096) == (-(-3 // regions), 4096)
+        for u in range(spread.shape[0]):
+            for j in range(regions):
+                t = u * regions + j
+                expected = rows[t, :size] if t < 3 else np.zeros(size)
+                np.testing.assert_array_equal(spread[u, j * size : (j + 1) * size], expected)
     with pytest.raises(packing.LayoutError):
         packing.make_wide_layout(members=1, dim=4, classes=2, slots=4096, block=3)
 
@@ -134,7 +144,7 @@ def test_layouts_refuse_each_other(multi) -> None:
     art, client, evaluator = multi
     rng = np.random.default_rng(15)
     single = client.encrypt(_unit(rng, (art.members, art.dim)))
-    wide = client.encrypt_wide_batch(_unit(rng, (2, art.members, art.dim)))
+    wide = client.encrypt_wide_batch(_unit(rng, (40, art.members, art.dim)))  # one region: PEW1
     with pytest.raises(CiphertextError, match="wide layout"):
         evaluator.evaluate_wide_batch(single)  # single-layout ciphertext sent as wide
     with pytest.raises(CiphertextError, match="wide layout"):
@@ -145,6 +155,9 @@ def test_layouts_refuse_each_other(multi) -> None:
     _, blobs = decode_wide(wide, layout=lay, items=lay.chunks, max_bytes=1 << 26)
     with pytest.raises(CiphertextError, match="ciphertexts, expected"):
         evaluator.evaluate_wide_batch(encode_wide(blobs[:-1], layout=lay, count=2))
+    # spread over 4 regions, 2 queries take one ciphertext, not the chunks of a replicated body
+    with pytest.raises(CiphertextError, match="3 ciphertexts, expected 1"):
+        evaluator.evaluate_wide_batch(encode_wide(blobs, layout=lay, count=2, regions=4, spread=True))
     with pytest.raises(CiphertextError, match="queries"):
         evaluator.evaluate_wide_batch(encode_wide(blobs, layout=lay, count=lay.capacity + 1))
     other = packing.make_wide_layout(members=3, dim=50, classes=6, slots=lay.slots, block=32)
@@ -196,15 +209,24 @@ def test_region_plan_for_ten_classes() -> None:
         region_class(3, 0, 4, 10)
 
 
+@pytest.mark.parametrize("spread", [True, False])
 @pytest.mark.parametrize("count", [1, 5, 16, 17, 33])
-def test_partial_wide_batches_in_regions_match_reference(multi, count) -> None:
-    """Partial batches are replicated into regions (PEW2) so one product, rotate-and-sum and
-    sign evaluation serve several classes and pairs; the reply is read as before."""
+def test_partial_wide_batches_in_regions_match_reference(multi, count, spread) -> None:
+    """Partial batches are spread over regions (PEW3; replicated, PEW2, for clients of servers
+    before that) so one product, rotate-and-sum and sign evaluation serve several classes and
+    pairs; the reply is read as before."""
     art, client, evaluator = multi
+    if not spread:
+        served = {"max_regions": packing.WIDE_MAX_REGIONS}  # a server's spec before spread regions
+        spec = {**art.public_spec(), "wide_layout": served}
+        client = PrivateClient(spec=spec, secret_context=client.secret_context())
     emb = _unit(np.random.default_rng(30 + count), (count, art.members, art.dim))
     body = client.encrypt_wide_batch(emb)
     regions = packing.wide_regions(client.wide_layout, count)
-    assert body[:4] == (b"PEW2" if regions > 1 else b"PEW1") and (regions > 1) == (count <= 32)
+    assert (regions > 1) == (count <= 32)
+    assert body[:4] == (b"PEW1" if regions == 1 else b"PEW3" if spread else b"PEW2")
+    _, blobs = decode_wide(body, layout=client.wide_layout, items=None, max_bytes=1 << 26)
+    assert len(blobs) == (-(-3 // regions) if spread else 3)  # 3 pieces: 1 or 2 ciphertexts spread
     scores = client.decrypt_wide_batch(evaluator.evaluate_wide_batch(body), count=count)
     logits = art.plaintext_logits(emb)
     assert list(scores.labels) == list(logits.argmax(axis=1))

@@ -128,6 +128,9 @@ class EnsembleWideLayoutOut(BaseModel):
     max_regions: int = Field(
         default=1, description="partial batches may be replicated into up to this many regions (PEW2 "
                                "bodies); 1 from servers that predate regions")
+    spread_regions: bool = Field(
+        default=False, description="partial batches may be spread over the regions instead (PEW3 bodies, "
+                                   "R times fewer ciphertexts); false from servers that predate it")
 
 
 class EnsembleSpec(BaseModel):
@@ -263,7 +266,8 @@ def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
                                     classes=len(spec["classes"]),
                                     slots=get_preset(str(spec["preset"])).slot_count)
     return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
-            "galois_steps": list(wide.galois_steps), "max_regions": packing.WIDE_MAX_REGIONS}
+            "galois_steps": list(wide.galois_steps), "max_regions": packing.WIDE_MAX_REGIONS,
+            "spread_regions": True}
 
 
 def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
@@ -723,7 +727,7 @@ def predict(store: Store, cache: Evaluators, principal: Principal, *, ensemble_i
 
 
 def is_wide_body(data: bytes) -> bool:
-    """Whether ``data`` starts like a wide-layout body (PEW1, or PEW2 for partial batches)."""
+    """Whether ``data`` starts like a wide-layout body (PEW1, or PEW2/PEW3 for partial batches)."""
     from crypto.private_inference.wire import is_wide_body as _is_wide
 
     return _is_wide(data)
@@ -732,7 +736,7 @@ def is_wide_body(data: bytes) -> bool:
 def wide_body_sent_as_single() -> UnprocessableInput:
     """The 422 for a wide-layout body posted without ``layout=wide`` (whatever its size)."""
     return UnprocessableInput(
-        "this is a wide body (PEW1/PEW2 header): it carries many queries in the wide layout",
+        "this is a wide body (PEW1/PEW2/PEW3 header): it carries many queries in the wide layout",
         hint="post it with layout=wide (and without batch=true), if the spec's 'layouts' lists 'wide'")
 
 

@@ -43,11 +43,14 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     steps = [1, 2, 4, 8, 16, 32, 512, 1024, 2048]  # block sums, then region moves of partial batches
-    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps, "max_regions": 8}
-    # A spec from a server that predates regions: the client keeps partial batches in one region.
-    legacy = PrivateClient(spec={**spec, "wide_layout": {k: v for k, v in spec["wide_layout"].items()
-                                                          if k != "max_regions"}})
-    assert legacy.encrypt_wide_batch(np.ones((3, k, d)) / np.sqrt(d))[:4] == b"PEW1"
+    assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps, "max_regions": 8,
+                                   "spread_regions": True}
+    # A spec from a server that predates regions: the client keeps partial batches in one region;
+    # from one that predates spread regions, it replicates them (PEW2).
+    for dropped, magic in [({"max_regions", "spread_regions"}, b"PEW1"), ({"spread_regions"}, b"PEW2")]:
+        legacy = PrivateClient(spec={**spec, "wide_layout": {k: v for k, v in spec["wide_layout"].items()
+                                                              if k not in dropped}})
+        assert legacy.encrypt_wide_batch(np.ones((3, k, d)) / np.sqrt(d))[:4] == magic
     assert spec["layouts"] == ["single", "wide"] and spec["wide_refusal"] is None
     private = PrivateClient(spec=spec)
     resp = _post(client, user, f"/v1/inference/sessions?ensemble_id={ens}", private.evaluation_keys())
@@ -65,8 +68,11 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     assert resp.mimetype == "application/octet-stream"
     assert list(private.decrypt_wide_batch(resp.get_data(), count=50).labels) == truth.tolist()
 
-    # A partial batch travels replicated into regions (PEW2); labels are the same.
-    part = _post(client, user, path + "&layout=wide", private.encrypt_wide_batch(emb[:16]))
+    # A partial batch travels spread over regions (PEW3, one ciphertext instead of two); labels
+    # are the same.
+    spread = private.encrypt_wide_batch(emb[:16])
+    assert spread[:4] == b"PEW3" and len(spread) < 0.6 * len(wide)
+    part = _post(client, user, path + "&layout=wide", spread)
     assert part.status_code == 200, part.get_data(as_text=True)
     assert list(private.decrypt_wide_batch(part.get_data(), count=16).labels) == truth[:16].tolist()
 
