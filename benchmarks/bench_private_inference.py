@@ -68,6 +68,18 @@ def _cpu(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved_cpu(fn: Callable[[Any], object], args: tuple[Any, ...], reps: int) -> list[float]:
+    """Median process CPU seconds of ``fn(a)`` for each ``a`` in ``args``, one call of each
+    in turn ``reps`` times, so a shared machine's drift hits all alike."""
+    times: list[list[float]] = [[] for _ in args]
+    for _ in range(reps):
+        for k, arg in enumerate(args):
+            start = time.process_time()
+            fn(arg)
+            times[k].append(time.process_time() - start)
+    return [statistics.median(t) for t in times]
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -404,13 +416,8 @@ def _interleaved_cpu_rows(art: EnsembleArtifact, rng: np.random.Generator, reps:
     now = _session(art)
     emb = _unit(rng, (1, art.members, art.dim))
     queries = [s[0].encrypt_batch(emb)[0] for s in (before, now)]
-    times: list[list[float]] = [[], []]
-    for _ in range(reps):
-        for k, (s, q) in enumerate(zip((before, now), queries, strict=True)):
-            t0 = time.process_time()
-            s[2].evaluate(q)
-            times[k].append(time.process_time() - t0)
-    old, new = (statistics.median(t) for t in times)
+    pairs = tuple(zip((before, now), queries, strict=True))
+    old, new = _interleaved_cpu(lambda pair: pair[0][2].evaluate(pair[1]), pairs, reps)
     return [(
         f"one-hot K={art.members} d={art.dim} C={len(art.classes)}: server CPU / query, interleaved",
         f"{new:.2f} s vs {old:.2f} s ({old / new:.2f}x)",
@@ -526,11 +533,27 @@ def _wide_rows(
     partial_rows = []
     for q in (16, 24, 32, 40, 48):
         part = client.encrypt_wide_batch(emb[:q])
-        cpu_q = _cpu(lambda b=part: evaluator.evaluate_wide_batch(b), wide_reps)
         regions = packing.wide_regions(lay, q)
-        partial_rows.append(
-            (f"{tag}: throughput at batch {q} (server CPU)", f"{q / cpu_q:.1f} q/s", f"{regions} region(s); goal >= 50")
-        )
+        if regions == 1:
+            cpu_q = _cpu(lambda b=part: evaluator.evaluate_wide_batch(b), wide_reps)
+            partial_rows.append(
+                (f"{tag}: throughput at batch {q} (server CPU)", f"{q / cpu_q:.1f} q/s", "1 region; goal >= 50")
+            )
+            continue
+        # Baseline in the same run, one batch of each in turn: the batch replicated (PEW2).
+        rows_q = packing.pack_wide(emb[:q], lay, norm_bound=art.norm_bound, regions=regions)
+        replicated = encode_wide([client._encrypt_values(r) for r in rows_q], layout=lay, count=q, regions=regions)
+        cpu_q, cpu_rep = _interleaved_cpu(evaluator.evaluate_wide_batch, (part, replicated), max(5, wide_reps))
+        partial_rows.append((
+            f"{tag}: throughput at batch {q} (server CPU)",
+            f"{q / cpu_q:.1f} q/s",
+            f"{regions} regions, spread (PEW3, {len(part) / 1e6:.1f} MB); goal >= 50",
+        ))
+        partial_rows.append((
+            f"{tag}: batch {q} replicated (PEW2, previous)",
+            f"{q / cpu_rep:.1f} q/s",
+            f"{len(replicated) / 1e6:.1f} MB; same run, in turn with the row above",
+        ))
     # Baseline in the same run: a 16-query batch in one region (PEW1, as before regions).
     rows16 = packing.pack_wide(emb[:16], lay, norm_bound=art.norm_bound)
     one_region = encode_wide([client._encrypt_values(r) for r in rows16], layout=lay, count=16)
