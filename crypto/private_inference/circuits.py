@@ -171,45 +171,22 @@ class Circuit:
     def encode_wide_weights(self, weights: Sequence[Sequence[npt.NDArray[np.float64]]]) -> list[list[Any]]:
         """Plaintext weight pieces ``[class][chunk]`` (``None`` where all zero) of
         :func:`crypto.packing.wide_weights`."""
-        first = self._seal_ctx.first_context_data()
-        drop_prime = float(first.parms().coeff_modulus()[-1].value())
-        plains: list[list[Any]] = []
-        for cls_pieces in weights:
-            row: list[Any] = []
-            for piece in cls_pieces:
-                if not np.any(piece):
-                    row.append(None)
-                    continue
-                pt = sealapi.Plaintext()
-                values = packing.wide_weight_slots(piece, self._wide).tolist()
-                self._encoder.encode(values, first.parms_id(), drop_prime, pt)
-                row.append(pt)
-            plains.append(row)
-        return plains
+        return [[self._encode_top(packing.wide_weight_slots(piece, self._wide)) for piece in pieces]
+                for pieces in weights]
 
     def encode_region_weights(self, weights: npt.NDArray[np.float64], regions: int) -> list[list[Any]]:
         """Plaintext weight pieces ``[accumulator][chunk]`` of ``weights`` ``(C, chunks, block)``:
         accumulator ``a`` carries class :func:`region_class` ``(a, k)`` in region ``k``."""
         lay = self._wide
-        first = self._seal_ctx.first_context_data()
-        drop_prime = float(first.parms().coeff_modulus()[-1].value())
-        size = lay.slots // regions
-        plains: list[list[Any]] = []
-        for a in range(-(-lay.classes // regions)):
-            row: list[Any] = []
-            for t in range(lay.chunks):
-                values = np.zeros(lay.slots)
-                for k in range(regions):
-                    c = region_class(a, k, regions, lay.classes)
-                    values[k * size : (k + 1) * size] = np.tile(weights[c, t], size // lay.block)
-                if not np.any(values):
-                    row.append(None)
-                    continue
-                pt = sealapi.Plaintext()
-                self._encoder.encode(values.tolist(), first.parms_id(), drop_prime, pt)
-                row.append(pt)
-            plains.append(row)
-        return plains
+        return [
+            [
+                self._encode_top(self._region_tiles(weights, regions, [
+                    (k, region_class(a, k, regions, lay.classes), t) for k in range(regions)
+                ]))
+                for t in range(lay.chunks)
+            ]
+            for a in range(-(-lay.classes // regions))
+        ]
 
     def encode_spread_weights(self, weights: npt.NDArray[np.float64], regions: int) -> list[list[list[Any]]]:
         """Plaintext weight pieces ``[accumulator][r][u]`` for bodies spread over ``regions``
@@ -217,28 +194,42 @@ class Circuit:
         :func:`region_class` ``(a, j - r)``, so that the product's region ``j``, moved ``r``
         regions down, adds to that class's logit in its own region."""
         lay = self._wide
-        first = self._seal_ctx.first_context_data()
-        drop_prime = float(first.parms().coeff_modulus()[-1].value())
+        return [
+            [
+                [
+                    self._encode_top(self._region_tiles(weights, regions, [
+                        (j, region_class(a, (j - r) % regions, regions, lay.classes), u * regions + j)
+                        for j in range(regions)
+                        if u * regions + j < lay.chunks
+                    ]))
+                    for u in range(packing.spread_rows(lay, regions))
+                ]
+                for r in range(regions)
+            ]
+            for a in range(-(-lay.classes // regions))
+        ]
+
+    def _region_tiles(
+        self, weights: npt.NDArray[np.float64], regions: int, placed: Sequence[tuple[int, int, int]]
+    ) -> npt.NDArray[np.float64]:
+        """Slots holding, for each ``(region, class, piece)`` of ``placed``, that class's weight
+        piece tiled over every query block of that region; zero elsewhere."""
+        lay = self._wide
         size = lay.slots // regions
-        out: list[list[list[Any]]] = []
-        for a in range(-(-lay.classes // regions)):
-            per_move: list[list[Any]] = []
-            for r in range(regions):
-                row: list[Any] = []
-                for u in range(packing.spread_rows(lay, regions)):
-                    values = np.zeros(lay.slots)
-                    for j, t in enumerate(range(u * regions, min((u + 1) * regions, lay.chunks))):
-                        c = region_class(a, (j - r) % regions, regions, lay.classes)
-                        values[j * size : (j + 1) * size] = np.tile(weights[c, t], size // lay.block)
-                    if not np.any(values):
-                        row.append(None)
-                        continue
-                    pt = sealapi.Plaintext()
-                    self._encoder.encode(values.tolist(), first.parms_id(), drop_prime, pt)
-                    row.append(pt)
-                per_move.append(row)
-            out.append(per_move)
-        return out
+        values = np.zeros(lay.slots)
+        for region, c, t in placed:
+            values[region * size : (region + 1) * size] = np.tile(weights[c, t], size // lay.block)
+        return values
+
+    def _encode_top(self, values: npt.NDArray[np.float64]) -> Any:
+        """``values`` as an NTT plaintext at the top level, at the scale of the prime the first
+        rescale drops; ``None`` where all zero (SEAL refuses products that are exactly zero)."""
+        if not np.any(values):
+            return None
+        first = self._seal_ctx.first_context_data()
+        pt = sealapi.Plaintext()
+        self._encoder.encode(values.tolist(), first.parms_id(), float(first.parms().coeff_modulus()[-1].value()), pt)
+        return pt
 
     # -- primitives --------------------------------------------------------------------------
 
