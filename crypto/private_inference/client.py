@@ -305,8 +305,8 @@ class PrivateClient:
 
         Returns one framed body (:func:`~crypto.private_inference.wire.encode_wide`) of
         ``wide_layout.chunks`` ciphertexts, for :meth:`EnsembleEvaluator.evaluate_wide_batch`;
-        ``R`` times fewer for a partial batch spread over ``R`` regions. Raises :class:`~crypto.packing.LayoutError` for
-        hidden-layer heads.
+        ``R`` times fewer for a partial batch spread over ``R`` regions. Raises
+        :class:`~crypto.packing.LayoutError` for hidden-layer heads.
         """
         specs.refuse_wide(self._head)
         if not self._serves_wide:

@@ -242,12 +242,14 @@ def wide_refusal(spec: dict[str, Any]) -> str | None:
     preset = get_preset(str(spec["preset"]))
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]), slots=preset.slot_count)
-    # One plaintext per class and chunk, plus the region-tiled ones of partial batches (one
-    # per group of R classes for each region count R the layout uses).
+    # One plaintext per class and chunk, plus the region-tiled ones of partial batches spread
+    # over R regions (per group of R classes: R moves of ceil(chunks / R) pieces) for each
+    # region count R the layout uses. Replicated bodies of older clients add about as many.
     classes = len(spec["classes"])
     counts = {packing.wide_regions(wide, q) for q in range(1, wide.capacity + 1)}
-    plaintexts = classes + sum(-(-classes // r) for r in counts if r > 1)
-    encoded = plaintexts * wide.chunks * preset.poly_modulus_degree * (len(preset.coeff_mod_bit_sizes) - 1) * 8
+    plaintexts = classes * wide.chunks + sum(-(-classes // r) * r * packing.spread_rows(wide, r)
+                                             for r in counts if r > 1)
+    encoded = plaintexts * preset.poly_modulus_degree * (len(preset.coeff_mod_bit_sizes) - 1) * 8
     if encoded > _weight_limit(preset.name):
         return (f"the wide layout of this ensemble needs {encoded >> 20} MiB of encoded weights; "
                 f"the limit is {_weight_limit(preset.name) >> 20} MiB")
