@@ -234,6 +234,24 @@ def test_partial_wide_batches_in_regions_match_reference(multi, count, spread) -
     assert_scaled_win_counts(scores.win_counts, ref, tol=3e-4)
 
 
+def test_wide_is_preferred_from_four_queries_where_partial_batches_are_spread() -> None:
+    """K=8 x 384-d: a spread body of up to 8 queries is 6 ciphertexts, within the upload budget
+    from 4 queries on; a server that takes partial batches only replicated (48 ciphertexts)
+    gets them from 12 on."""
+    art = EnsembleArtifact(
+        templates=tuple(f"t{i}: {{}}" for i in range(8)),
+        weights=np.zeros((8, 10, 384)),
+        biases=np.zeros((8, 10)),
+        classes=tuple(f"c{i}" for i in range(10)),
+    )
+    served = {"max_regions": packing.WIDE_MAX_REGIONS}
+    spread = PrivateClient(spec={**art.public_spec(), "wide_layout": {**served, "spread_regions": True}})
+    assert [spread.prefers_wide(q) for q in (3, 4, 8, 9, 40)] == [False, True, True, True, True]
+    replicated = PrivateClient(spec={**art.public_spec(), "wide_layout": served},
+                               secret_context=spread.secret_context())
+    assert [replicated.prefers_wide(q) for q in (4, 11, 12, 40)] == [False, False, True, True]
+
+
 def test_single_region_partial_body_still_served(multi) -> None:
     """A partial batch framed PEW1 in one region (SDKs before regions) is evaluated as before."""
     art, client, evaluator = multi

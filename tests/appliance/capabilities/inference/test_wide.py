@@ -61,7 +61,7 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     emb = rng.normal(size=(50, k, d))
     emb /= np.linalg.norm(emb, axis=2, keepdims=True)
     truth = art.plaintext_logits(emb).argmax(axis=1)
-    assert private.prefers_wide(50) and not private.prefers_wide(3)
+    assert private.prefers_wide(50) and private.prefers_wide(4) and not private.prefers_wide(3)
     wide = private.encrypt_wide_batch(emb)
     resp = _post(client, user, path + "&layout=wide", wide)
     assert resp.status_code == 200, resp.get_data(as_text=True)
