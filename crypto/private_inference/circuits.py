@@ -21,7 +21,7 @@ win-count sums a fresh secret factor in [:data:`OUTPUT_SCALE_MIN`, 1] per query.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +112,15 @@ class SingleWeights:
     hidden_bias: npt.NDArray[np.float64]
     keep: npt.NDArray[np.bool_]
     onehot_constants: list[float]
+
+
+def _memoised(memo: dict[Any, Any] | None, key: Any, make: Callable[[], Any]) -> Any:
+    """``memo[key]``, made by ``make()`` and kept on first use; always ``make()`` without a memo."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
 
 
 class Circuit:
@@ -280,15 +289,13 @@ class Circuit:
     def _half(self, ct: Any, value: float | list[float] = 0.5, *, memo: dict[Any, Any] | None = None) -> Any:
         """``ct * value``, rescaled (the plaintext at the scale of the prime the rescale drops,
         kept in ``memo`` under the level for the next ciphertext of the same batch)."""
-        data = self._seal_ctx.get_context_data(ct.parms_id())
-        prime = float(data.parms().coeff_modulus()[-1].value())
-        key = ("half", tuple(ct.parms_id()))
-        pt = memo.get(key) if memo is not None else None
-        if pt is None:
+        def encode() -> Any:
+            data = self._seal_ctx.get_context_data(ct.parms_id())
             pt = sealapi.Plaintext()
-            self._encoder.encode(value, ct.parms_id(), prime, pt)
-            if memo is not None:
-                memo[key] = pt
+            self._encoder.encode(value, ct.parms_id(), float(data.parms().coeff_modulus()[-1].value()), pt)
+            return pt
+
+        pt = _memoised(memo, ("half", tuple(ct.parms_id())), encode)
         out = sealapi.Ciphertext()
         self._evaluator.multiply_plain(ct, pt, out)
         self._evaluator.rescale_to_next_inplace(out)
@@ -303,11 +310,7 @@ class Circuit:
         square = self._mul_rescale(z, z)
         self._evaluator.negate_inplace(square)
         key = ("three", tuple(square.parms_id()), square.scale)
-        three = memo.get(key) if memo is not None else None
-        if three is None:
-            three = self._encode_like(3.0, square)
-            if memo is not None:
-                memo[key] = three
+        three = _memoised(memo, key, lambda: self._encode_like(3.0, square))
         self._evaluator.add_plain_inplace(square, three)
         return self._mul_rescale(self._half(z, half, memo=memo), square, rescale=rescale)
 
