@@ -26,6 +26,9 @@ from appliance.capabilities.inference.service import MAX_BATCH_BYTES, MAX_BATCH_
 
 log = logging.getLogger(__name__)
 
+PER_REQUEST = 16
+"""Single-layout ciphertexts per batch request unless the caller says otherwise."""
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from appliance.client import Client
     from crypto.private_inference.client import PrivateClient, PrivateScores
@@ -110,7 +113,7 @@ class InferenceSession:
         raise AssertionError("unreachable")
 
     def predict_embeddings(self, embeddings: npt.ArrayLike, *, batch: bool = True,
-                           per_request: int = 16, layout: str | None = None) -> PrivateScores:
+                           per_request: int = PER_REQUEST, layout: str | None = None) -> PrivateScores:
         """Encrypt ``(Q, K, d)`` embeddings, evaluate them remotely and decrypt the labels.
 
         With ``batch`` ciphertexts travel ``per_request`` at a time in the framed batch form;
@@ -151,7 +154,8 @@ class InferenceSession:
         wide = batch and "wide" in self.layouts and self.private_client.prefers_wide(count)
         return "wide" if wide else "single"
 
-    def request_queries(self, layout: str, *, batch: bool = True, per_request: int = 16) -> int:
+    def request_queries(self, layout: str, *, batch: bool = True,
+                       per_request: int = PER_REQUEST) -> int:
         """Most queries one request of ``layout`` carries (a whole wide body, or ``per_request``
         ciphertexts of the single layout's batch form, or one query without ``batch``)."""
         pc = self.private_client
@@ -159,7 +163,7 @@ class InferenceSession:
             return pc.wide_capacity
         if not batch:
             return 1
-        return max(1, min(int(per_request), MAX_BATCH_ITEMS)) * pc.batch_capacity
+        return _per_request(per_request) * pc.batch_capacity
 
     def _predict(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int,
                  layout: str) -> PrivateScores:
@@ -179,7 +183,7 @@ class InferenceSession:
             return PrivateScores.concat([pc.decrypt_result(self._post({}, pc.encrypt(q)))
                                          for q in emb])
         cts = pc.encrypt_batch(emb)
-        per_request = max(1, min(int(per_request), MAX_BATCH_ITEMS))
+        per_request = _per_request(per_request)
         out: list[bytes] = []
         for start in range(0, len(cts), per_request):
             chunk = cts[start:start + per_request]
@@ -206,6 +210,11 @@ class InferenceSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _per_request(count: int) -> int:
+    """``count`` ciphertexts per batch request, within what the server accepts."""
+    return max(1, min(int(count), MAX_BATCH_ITEMS))
 
 
 def _open(sdk: Client, ensemble_id: str, private: PrivateClient,
