@@ -16,6 +16,10 @@ docstrings. Rows, all in the same run:
   request is encrypted (the path before requests were sent while later texts embed);
 - **now, key store**: a fresh Client in the same process reading its keys from the key store.
 
+A table then times the embedding alone and sets it against an ONNX Runtime MatMul of the
+encoder's feed-forward shape on this machine: the multiply-adds the prompts need divided by
+that rate bound the texts/s of any fp32 client here, whatever the encryption and the server do.
+
 Each row reports wall time, this process's CPU time (the server's is apart), queries/s and
 label agreement with the plaintext argmax of the same embeddings. Before them, a fresh process
 loads each encoder twice (the second ONNX load reads the cached graph). The machine's load
@@ -95,6 +99,68 @@ def paragraphs(count: int) -> tuple[str, list[str]]:
     if len(texts) < count:
         raise SystemExit(f"only {len(texts)} paragraphs found, asked for {count}")
     return "docstring paragraphs", texts
+
+
+def encoder_bound(texts: list[str], templates: list[str], *, repeats: int = 2) -> list[list[object]]:
+    """The client's embedding against this machine's fp32 matrix rate.
+
+    Counts the multiply-adds of every prompt as :meth:`OnnxSentenceEncoder.embed` runs it
+    (sorted by length, batches of 8, each padded to its longest): per token and layer the four
+    attention projections, the two feed-forward products and the attention itself. Times that
+    embedding, and an ONNX Runtime MatMul of the feed-forward shape (8 prompts of the mean
+    length by the first feed-forward weight) under the same session options: the encoder
+    cannot beat that rate, so ``texts/s at that rate`` bounds any fp32 client on this machine.
+    """
+    import json
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from crypto.private_inference.templates import render_templates
+    from models.hub import minilm_dir
+    from models.sentence_onnx import OnnxSentenceEncoder
+
+    encoder = OnnxSentenceEncoder.from_transformers_dir(minilm_dir())
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    layers, d, ff = (int(config[k]) for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    prompts = [p for t in texts for p in render_templates(templates, t)]
+    lengths = sorted((len(i) for i in encoder.tokenizer(
+        prompts, truncation=True, max_length=encoder.max_length)["input_ids"]), reverse=True)
+    flops = 0
+    for start in range(0, len(lengths), 8):
+        batch = lengths[start:start + 8]
+        tokens = batch[0]  # padded to the longest
+        flops += len(batch) * tokens * layers * (2 * (4 * d * d + 2 * d * ff) + 4 * tokens * d)
+    rows_m = 8 * round(float(np.mean(lengths)))
+    w = np.random.default_rng(0).standard_normal((d, ff)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", ff])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    matmul = ort.InferenceSession(model.SerializeToString(), options,
+                                  providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((rows_m, d)).astype(np.float32)
+    rows: list[list[object]] = []
+    encoder.embed(prompts[:64])  # warm
+    for _ in range(repeats):  # interleaved: the machine's speed drifts
+        wall = time.perf_counter()
+        encoder.embed(prompts)
+        wall = time.perf_counter() - wall
+        runs = 0
+        gemm = time.perf_counter()
+        while runs < 20 or time.perf_counter() - gemm < 1.0:
+            matmul.run(None, {"x": x})
+            runs += 1
+        gemm = time.perf_counter() - gemm
+        peak = runs * 2 * rows_m * d * ff / gemm / 1e9
+        rows.append([len(prompts), sum(lengths), f"{flops / 1e9:.0f}", wall, len(texts) / wall,
+                     flops / wall / 1e9, peak, peak * 1e9 * len(texts) / flops])
+    return rows
 
 
 def stream_rows(url: str, token: str, ensemble_id: str, art: object, counts: tuple[int, ...] = (16, 64),
@@ -244,6 +310,7 @@ def main() -> None:
                          lambda: sdk.private_predict(ens, texts))
         old = row("before (PyTorch MiniLM loaded per call, keys made)", before)
         streams = stream_rows(url, token, ens, art)
+    bound = encoder_bound(texts, templates)
 
     emb = embed_with_templates(texts, templates, default_text_encoder())
     logits = art.plaintext_logits(emb)
@@ -256,6 +323,10 @@ def main() -> None:
                 ["path", "texts", "wall s", "client CPU s", "queries/s", "labels = plaintext"],
                 rows))
     print(f"smallest top-2 logit gap of the plaintext ensemble: {float((top2[:, 1] - top2[:, 0]).min()):.2e}")
+    print(table("client embedding alone (ONNX MiniLM, every template prompt) against this "
+                "machine's fp32 MatMul rate (ONNX Runtime, feed-forward shape)",
+                ["prompts", "tokens", "GFLOP", "embed wall s", "texts/s", "GFLOP/s",
+                 "MatMul GFLOP/s", "texts/s at that rate"], bound))
     print(table("live server, wide batches encrypted beforehand (wall, labels checked)",
                 ["queries / batch", "body MB", "1 session q/s", "2 sessions at once q/s"], streams))
 
