@@ -21,7 +21,7 @@ win-count sums a fresh secret factor in [:data:`OUTPUT_SCALE_MIN`, 1] per query.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,11 +177,14 @@ class Circuit:
             out.append(pt)
         return out
 
-    def encode_wide_weights(self, weights: Sequence[Sequence[npt.NDArray[np.float64]]]) -> list[list[Any]]:
+    def encode_wide_weights(self, weights: Sequence[Sequence[npt.NDArray[np.float64]]], *,
+                            lazy: bool = False) -> list[Iterable[Any]]:
         """Plaintext weight pieces ``[class][chunk]`` (``None`` where all zero) of
-        :func:`crypto.packing.wide_weights`."""
-        return [[self._encode_top(packing.wide_weight_slots(piece, self._wide)) for piece in pieces]
-                for pieces in weights]
+        :func:`crypto.packing.wide_weights`; with ``lazy`` each class's pieces are encoded
+        one at a time as :meth:`wide_logits` consumes them (one plaintext alive at a time)."""
+        rows = ((self._encode_top(packing.wide_weight_slots(piece, self._wide)) for piece in pieces)
+                for pieces in weights)
+        return list(rows) if lazy else [list(row) for row in rows]
 
     def encode_region_weights(self, weights: npt.NDArray[np.float64], regions: int) -> list[list[Any]]:
         """Plaintext weight pieces ``[accumulator][chunk]`` of ``weights`` ``(C, chunks, block)``:
@@ -251,6 +254,14 @@ class Circuit:
         for part in rest:
             self._evaluator.rotate_vector_inplace(out, part, self._galois)
         return out
+
+    def can_rotate(self, step: int) -> bool:
+        """Whether the session's keys make a rotation by ``step`` (see :meth:`_route`)."""
+        try:
+            self._route(step)
+        except ContextError:
+            return False
+        return True
 
     def _route(self, step: int) -> tuple[int, ...]:
         """The key steps whose rotations add up to ``step``: ``(step,)`` where the session has
@@ -471,7 +482,7 @@ class Circuit:
         ev.add_plain_inplace(acc, self._encode_like(bias.tolist(), acc))
         return acc
 
-    def _row_product(self, cts: Sequence[Any], row: Sequence[Any], tmp: Any) -> Any:
+    def _row_product(self, cts: Sequence[Any], row: Iterable[Any], tmp: Any) -> Any:
         """``sum_i cts[i] * row[i]`` over the non-zero plaintexts (``None`` if there are none);
         ``tmp`` is scratch space."""
         acc: Any = None
@@ -543,7 +554,7 @@ class Circuit:
 
     # -- wide layout -------------------------------------------------------------------------
 
-    def wide_logits(self, cts: Sequence[Any], plains: Sequence[Sequence[Any]]) -> list[Any]:
+    def wide_logits(self, cts: Sequence[Any], plains: Iterable[Iterable[Any]]) -> list[Any]:
         """Scaled averaged logit of every class, query ``b`` in slot ``b * block``."""
         ev, lay = self._evaluator, self._wide
         out: list[Any] = []
@@ -558,7 +569,7 @@ class Circuit:
         return out
 
     def wide(
-        self, cts: Sequence[Any], count: int, plains: Sequence[Sequence[Any]], bias: npt.NDArray[np.float64]
+        self, cts: Sequence[Any], count: int, plains: Iterable[Iterable[Any]], bias: npt.NDArray[np.float64]
     ) -> list[Any]:
         """One reply ciphertext per class for a wide batch of ``count`` queries in one region."""
         ev, lay = self._evaluator, self._wide

@@ -38,7 +38,6 @@ from crypto.seal_bridge import seal_from_bytes, seal_to_bytes
 
 __all__ = [
     "WIDE_MAX_CIPHERTEXTS_PER_QUERY",
-    "WIDE_MAX_SLOTS",
     "WIDE_MIN_QUERIES",
     "PrivateClient",
     "PrivateScores",
@@ -49,7 +48,6 @@ __all__ = [
 #: CPU whatever their number; the single layout ~0.15 s per query.
 WIDE_MIN_QUERIES = 4
 WIDE_MAX_CIPHERTEXTS_PER_QUERY = 4
-WIDE_MAX_SLOTS = 4096
 
 
 @dataclass(frozen=True)
@@ -132,18 +130,24 @@ class PrivateClient:
         # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
         layouts = self._spec.get("layouts")
         self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
-        # Partial batches go in regions (PEW2/PEW3) unless a server's spec predates them ...
         served_wide = self._spec.get("wide_layout")
+        self._wide_kept = specs.wide_kept(self._spec)
+        # A server before wide rotations from the single layout's keys lists the wide layout
+        # beyond N=8192 only for shapes whose keys the client would not send.
+        self._wide_predates = (not self._wide_kept and isinstance(served_wide, dict)
+                               and not served_wide.get("single_keys"))
+        self._serves_wide = self._serves_wide and not self._wide_predates
+        # Partial batches go in regions (PEW2/PEW3) unless a server's spec predates them ...
         self._regions_ok = not isinstance(served_wide, dict) or int(served_wide.get("max_regions") or 1) > 1
         # ... spread over the regions (PEW3, R times fewer ciphertexts) unless it predates that.
         self._spread_ok = not isinstance(served_wide, dict) or bool(served_wide.get("spread_regions"))
         # One session serves both layouts: keys for the union of their rotation steps (the
         # single layout's only for hidden-layer heads, which the wide layout does not serve,
-        # and beyond N=8192, where its encoded weights exceed the service's limit). One-hot
-        # bodies stay in one region, so they need no region moves.
-        self._wide_keys = self._serves_wide and self._wide.slots <= WIDE_MAX_SLOTS
+        # and beyond N=8192, where the server makes the wide rotations from them, see
+        # specs.WIDE_KEPT_SLOTS). One-hot bodies, and every body beyond N=8192, stay in one
+        # region, so they need no region moves.
         wide_steps: tuple[int, ...] = ()
-        if self._wide_keys:
+        if self._serves_wide and self._wide_kept:
             wide_steps = self._wide.galois_steps if self._output == "scores" else self._wide.sum_strides
         self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
         if secret_context is None:
@@ -273,6 +277,11 @@ class PrivateClient:
         """Most queries one :meth:`encrypt_wide_batch` body carries."""
         return self._wide.capacity
 
+    def _no_wide(self) -> str:
+        if self._wide_predates:
+            return f"it predates wide batches that need no keys of their own (N={2 * self._wide.slots})"
+        return f"its spec lists only {self._spec.get('layouts')}"
+
     def prefers_wide(self, count: int) -> bool:
         """Whether ``count`` queries are better sent in the wide layout than the single one.
 
@@ -281,12 +290,13 @@ class PrivateClient:
         n8192-d3, within the 2 MB per-query budget). At K=8 x 384-d this means 4 or more
         (a partial batch spread over its regions is 6 to 24 ciphertexts), or 12 or more for a
         server that takes partial batches replicated (48 ciphertexts at any size).
-        Always false where the spec's ``layouts`` (a server's spec) omits ``"wide"``, for
-        hidden-layer heads (the wide layout serves linear heads only) and for
-        presets beyond N=8192 (one-hot ensembles: at n16384-d8 the wide layout's encoded
-        weights, ~570 MB at K=8 x 384-d and 10 classes, exceed the service's limit).
+        Beyond N=8192 (one-hot presets) bodies stay in one region: at K=8 x 384-d that is 48
+        ciphertexts, so 12 queries or more (a batch of 128 costs the server ~0.05-0.07 s of CPU
+        per query at n16384-d7, against ~1 s for a single-layout query). Always false where the
+        spec's ``layouts`` (a server's spec) omits ``"wide"`` and for hidden-layer heads (the
+        wide layout serves linear heads only).
         """
-        if count < WIDE_MIN_QUERIES or not self._serves_wide or self._wide.slots > WIDE_MAX_SLOTS:
+        if count < WIDE_MIN_QUERIES or not self._serves_wide:
             return False
         full, rest = divmod(count, self._wide.capacity)
         wide_cts = full * self._wide.chunks + (self._wide_rows(rest) if rest else 0)
@@ -295,7 +305,7 @@ class PrivateClient:
     def _regions(self, count: int) -> tuple[int, bool]:
         """Regions of a wide body of ``count`` queries and whether it is spread over them."""
         regions = 1
-        if self._output == "scores" and self._regions_ok and count >= 1:
+        if self._output == "scores" and self._regions_ok and self._wide_kept and count >= 1:
             regions = packing.wide_regions(self._wide, count)
         return regions, regions > 1 and self._spread_ok
 
@@ -316,13 +326,7 @@ class PrivateClient:
         if not self._serves_wide:
             raise packing.LayoutError(
                 f"the server does not serve the wide layout for this ensemble: "
-                f"{self._spec.get('wide_refusal') or 'its spec lists only ' + str(self._spec.get('layouts'))}",
-                hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
-            )
-        if not self._wide_keys:
-            raise packing.LayoutError(
-                f"this session's keys leave out the wide layout's rotations (N={2 * self._wide.slots} > "
-                f"{2 * WIDE_MAX_SLOTS}: its encoded weights exceed the service's limit)",
+                f"{self._spec.get('wide_refusal') or self._no_wide()}",
                 hint="send single-layout ciphertexts (encrypt / encrypt_batch, layout=single)",
             )
         emb = np.asarray(embeddings, dtype=np.float64)

@@ -13,7 +13,7 @@ never holds a secret key and cannot be pickled (it holds the owner's weights).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -85,6 +85,7 @@ class EnsembleEvaluator:
         self._layout = specs.single_layout(spec)
         self._hidden = artifact.head == "quadratic_mlp"
         self._onehot = specs.output_mode(spec) == "onehot"
+        self._wide_kept = specs.wide_kept(spec)
         self._rounds = specs.sign_rounds(spec)
         # Checked (no secret key, the preset's parameters, a public key) without building a
         # TenSEAL context: the circuit runs on the SEAL objects of _load_seal, whose loaders
@@ -298,9 +299,13 @@ class EnsembleEvaluator:
 
     # -- wide batch layout -------------------------------------------------------------------
 
-    def _wide_plains(self) -> list[list[Any]]:
-        """Plaintext weight pieces ``[class][chunk]`` (``None`` where all zero), encoded once."""
+    def _wide_plains(self) -> Sequence[Iterable[Any]]:
+        """Plaintext weight pieces ``[class][chunk]`` (``None`` where all zero): encoded once
+        and kept, or beyond :data:`~crypto.private_inference.spec.WIDE_KEPT_SLOTS` encoded
+        piece by piece as the batch's products consume them."""
         state = self._wide_state
+        if not self._wide_kept:
+            return self._circuit.encode_wide_weights(state["weights"], lazy=True)
         if state["plain"] is None:
             state["plain"] = self._circuit.encode_wide_weights(state["weights"])
         return state["plain"]  # type: ignore[no-any-return]
@@ -331,13 +336,20 @@ class EnsembleEvaluator:
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=None, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree
-        missing = [s for s in lay.sum_strides if s < lay.slots and not self._seal.galois.has_key(galois_element(s, n))]
+
+        def held(step: int) -> bool:
+            if self._wide_kept:  # the client sends the wide layout's own keys
+                return bool(self._seal.galois.has_key(galois_element(step, n)))
+            return self._circuit.can_rotate(step)  # made from the single layout's keys
+
+        missing = [s for s in lay.sum_strides if s < lay.slots and not held(s)]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
         regions, spread = 1, bytes(body[:4]) == WIDE_SPREAD_MAGIC
         if spread or bytes(body[:4]) == WIDE_REGIONS_MAGIC:
-            if self._onehot:
-                raise CiphertextError("one-hot ensembles take wide bodies in one region (PEW1)")
+            if self._onehot or not self._wide_kept:
+                raise CiphertextError(f"{'one-hot ensembles' if self._onehot else f'presets of N={n}'} "
+                                      "take wide bodies in one region (PEW1)")
             regions = packing.wide_regions(lay, count)
             n_keys = [s for s in lay.region_steps if not self._seal.galois.has_key(galois_element(s, n))]
             if n_keys and regions > 1:

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MAX_CONTEXT_BYTES",
     "DEFAULT_MAX_QUERY_BYTES",
     "DEFAULT_MAX_WIDE_BYTES",
+    "WIDE_KEPT_SLOTS",
     "chunked_lane",
     "client_geometry",
     "compact_rows",
@@ -36,6 +37,7 @@ __all__ = [
     "sign_rounds",
     "single_layout",
     "size_factor",
+    "wide_kept",
     "wide_layout",
 ]
 
@@ -44,6 +46,21 @@ DEFAULT_MAX_CONTEXT_BYTES = 64 << 20
 DEFAULT_MAX_QUERY_BYTES = 4 << 20
 #: Largest wide-batch body (``chunks`` ciphertexts; ~19.5 MB for K=8 x 384-d at n8192-d3).
 DEFAULT_MAX_WIDE_BYTES = 64 << 20
+
+
+#: Ring slots up to which the wide layout's weights are encoded once per evaluator and kept
+#: (N = 8192). Beyond, as for one-hot presets at N = 16384, they would take ~500 MB at
+#: K=8 x 384-d and 10 classes, so an evaluator encodes each piece just before its product,
+#: every batch (about 1.5 s of an ~8 s batch of 128 queries at n16384-d7). There the client
+#: sends no keys beyond the single layout's (the server makes the wide rotations from them)
+#: and bodies stay in one region.
+WIDE_KEPT_SLOTS = 4096
+
+
+def wide_kept(spec: dict[str, Any]) -> bool:
+    """Whether the wide layout of ``spec`` keeps encoded weights, keys of its own and regions
+    (see :data:`WIDE_KEPT_SLOTS`)."""
+    return get_preset(str(spec["preset"])).slot_count <= WIDE_KEPT_SLOTS
 
 
 def size_factor(preset: str) -> int:

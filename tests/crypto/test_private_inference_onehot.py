@@ -215,3 +215,16 @@ def test_benchmark_shape_runs_in_a_chunked_lane_with_compact_blocks() -> None:
     assert scores.one_hot is not None and list(scores.labels) == logits.argmax(axis=1).tolist()
     reference = argmax.reference_one_hot(logits, evaluator._bound, evaluator.sign_rounds)
     assert np.max(np.abs(scores.one_hot - reference)) < 1e-4
+    # Wide batches at this ring: the same five keys (the circuit makes the block sums' strides
+    # from them), the weights encoded piece by piece as the batch goes (none kept), one region.
+    assert client.prefers_wide(12) and not client.prefers_wide(11)  # 48 ciphertexts per body
+    wide = rng.normal(size=(24, 8, 384))
+    wide /= np.linalg.norm(wide, axis=2, keepdims=True)
+    body = client.encrypt_wide_batch(wide)
+    assert body[:4] == b"PEW1"
+    got = client.decrypt_wide_batch(evaluator.evaluate_wide_batch(body), count=24)
+    logits = art.plaintext_logits(wide)
+    assert got.one_hot is not None and list(got.labels) == logits.argmax(axis=1).tolist()
+    reference = argmax.reference_one_hot(logits, evaluator._wide_state["bound"], evaluator.sign_rounds)
+    assert np.max(np.abs(got.one_hot - reference)) < 1e-3
+    assert evaluator._wide_state["plain"] is None

@@ -131,6 +131,11 @@ class EnsembleWideLayoutOut(BaseModel):
     spread_regions: bool = Field(
         default=False, description="partial batches may be spread over the regions instead (PEW3 bodies, "
                                    "R times fewer ciphertexts); false from servers that predate it")
+    single_keys: bool = Field(
+        default=False, description="the wide layout needs no keys beyond the single layout's (beyond "
+                                   "N=8192: galois_steps is empty, the server makes its rotations "
+                                   "from the single layout's keys, bodies stay in one region); false "
+                                   "from servers that predate it")
 
 
 class EnsembleSpec(BaseModel):
@@ -236,12 +241,15 @@ def wide_refusal(spec: dict[str, Any]) -> str | None:
     """Why this server does not serve the wide layout for ``spec`` (``None``: it does)."""
     from crypto import packing
     from crypto.ckks import get_preset
+    from crypto.private_inference import spec as specs
 
     if spec.get("head", "linear") != "linear":
         return f"the wide layout serves linear heads only; this ensemble has {spec.get('head')} heads"
     preset = get_preset(str(spec["preset"]))
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]), slots=preset.slot_count)
+    if not specs.wide_kept(spec):
+        return None  # its weights are encoded as each batch goes, none are kept
     # One plaintext per class and chunk, plus the region-tiled ones of partial batches spread
     # over R regions (per group of R classes: R moves of ceil(chunks / R) pieces) for each
     # region count R the layout uses. Replicated bodies of older clients add about as many.
@@ -261,15 +269,19 @@ def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
     (:func:`wide_refusal` says why)."""
     from crypto import packing
     from crypto.ckks import get_preset
+    from crypto.private_inference import spec as specs
 
     if wide_refusal(spec) is not None:
         return None
     wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
                                     classes=len(spec["classes"]),
                                     slots=get_preset(str(spec["preset"])).slot_count)
+    if not specs.wide_kept(spec):
+        return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
+                "galois_steps": [], "max_regions": 1, "spread_regions": False, "single_keys": True}
     return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
             "galois_steps": list(wide.galois_steps), "max_regions": packing.WIDE_MAX_REGIONS,
-            "spread_regions": True}
+            "spread_regions": True, "single_keys": False}
 
 
 def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,

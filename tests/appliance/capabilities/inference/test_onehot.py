@@ -8,10 +8,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from support import auth, make_token
 
 from appliance.client import Client
 from crypto.ensemble import EnsembleArtifact
+from crypto.packing import LayoutError
 from crypto.private_inference.client import PrivateClient
 from crypto.private_inference.templates import embed_with_templates
 
@@ -59,7 +61,18 @@ def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any,
         classes=[str(i) for i in range(10)],
         output="onehot",
     )
-    assert _register(client, token_a, big).get_json()["preset"] == "n16384-d7"
+    resp = _register(client, token_a, big)
+    assert resp.get_json()["preset"] == "n16384-d7"
+    # Served in the wide layout too: no weights kept, no keys beyond the single layout's, one region.
+    big_spec = client.get(f"/v1/ensembles/{resp.get_json()['id']}", headers=auth(token_a)).get_json()
+    assert big_spec["layouts"] == ["single", "wide"] and big_spec["wide_refusal"] is None
+    assert big_spec["wide_layout"] == {"block": 64, "chunks": 48, "capacity": 128, "galois_steps": [],
+                                       "max_regions": 1, "spread_regions": False, "single_keys": True}
+    # A spec from a server that predates this lists no such wide layout: the client keeps to single.
+    legacy = PrivateClient(spec={**big_spec, "wide_layout": {**big_spec["wide_layout"], "single_keys": False}})
+    assert not legacy.prefers_wide(128)
+    with pytest.raises(LayoutError, match="predates"):
+        legacy.encrypt_wide_batch(np.ones((16, 8, 384)) / np.sqrt(384))
     resp = _register(client, token_a, art)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     assert resp.get_json()["output"] == "onehot"

@@ -44,7 +44,7 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     steps = [1, 2, 4, 8, 16, 32, 512, 1024, 2048]  # block sums, then region moves of partial batches
     assert spec["wide_layout"] == {"block": 64, "chunks": 2, "capacity": 64, "galois_steps": steps, "max_regions": 8,
-                                   "spread_regions": True}
+                                   "spread_regions": True, "single_keys": False}
     # A spec from a server that predates regions: the client keeps partial batches in one region;
     # from one that predates spread regions, it replicates them (PEW2).
     for dropped, magic in [({"max_regions", "spread_regions"}, b"PEW1"), ({"spread_regions"}, b"PEW2")]:
