@@ -554,22 +554,37 @@ class Circuit:
 
     # -- wide layout -------------------------------------------------------------------------
 
-    def wide_logits(self, cts: Sequence[Any], plains: Iterable[Iterable[Any]]) -> list[Any]:
-        """Scaled averaged logit of every class, query ``b`` in slot ``b * block``."""
+    def wide_logits(self, cts: Iterable[Any], plains: Iterable[Iterable[Any]]) -> list[Any]:
+        """Scaled averaged logit of every class, query ``b`` in slot ``b * block``.
+
+        Chunk by chunk: each ciphertext meets every class's piece and is then dropped, so only
+        the class accumulators stay alive (``cts`` may load them as they are reached, and
+        ``plains`` encode the pieces as they are reached, see :meth:`encode_wide_weights`).
+        """
         ev, lay = self._evaluator, self._wide
-        out: list[Any] = []
+        rows = [iter(row) for row in plains]
+        out: list[Any] = [None] * len(rows)
         tmp = sealapi.Ciphertext()
-        for row in plains:
-            acc = self._row_product(cts, row, tmp)
+        for ct in cts:
+            for c, row in enumerate(rows):
+                plain = next(row)
+                if plain is None:
+                    continue
+                if out[c] is None:
+                    out[c] = sealapi.Ciphertext()
+                    ev.multiply_plain(ct, plain, out[c])
+                else:
+                    ev.multiply_plain(ct, plain, tmp)
+                    ev.add_inplace(out[c], tmp)
+        for acc in out:
             if acc is not None:
                 ev.rescale_to_next_inplace(acc)
                 for stride in lay.sum_strides:
                     ev.add_inplace(acc, self._rotate(acc, stride))
-            out.append(acc)
         return out
 
     def wide(
-        self, cts: Sequence[Any], count: int, plains: Iterable[Iterable[Any]], bias: npt.NDArray[np.float64]
+        self, cts: Iterable[Any], count: int, plains: Iterable[Iterable[Any]], bias: npt.NDArray[np.float64]
     ) -> list[Any]:
         """One reply ciphertext per class for a wide batch of ``count`` queries in one region."""
         ev, lay = self._evaluator, self._wide

@@ -354,13 +354,13 @@ class EnsembleEvaluator:
             n_keys = [s for s in lay.region_steps if not self._seal.galois.has_key(galois_element(s, n))]
             if n_keys and regions > 1:
                 raise ContextError(f"evaluation keys lack the rotations {n_keys} of partial wide batches")
-        cts = [self._load_query(b) for b in blobs]
         bias = self._wide_state["bias"]
         if regions > 1:
+            cts = [self._load_query(b) for b in blobs]
             plains = self._region_plains(regions, spread=spread)
             results = self._circuit.regions(cts, count, regions, plains, bias, spread=spread)
-        else:
-            results = self._circuit.wide(cts, count, self._wide_plains(), bias)
+        else:  # each ciphertext loaded as the circuit reaches it (one alive at a time)
+            results = self._circuit.wide((self._load_query(b) for b in blobs), count, self._wide_plains(), bias)
         return encode_wide([self._dump_reply(ct) for ct in results], layout=lay, count=count)
 
     def __reduce__(self) -> NoReturn:
