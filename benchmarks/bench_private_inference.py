@@ -379,6 +379,19 @@ def _onehot_rows(
     gap = float(np.median((top2[:, 1] - top2[:, 0]) / evaluator._bound))
     lay = evaluator.layout
     tag = f"one-hot K={k} d={d} C={c}" + (" (previous layout)" if previous else "")
+    wide_rows = []
+    if not previous and client.prefers_wide(client.wide_capacity):
+        # Wide batches beside the single query above, in this process (slots index queries).
+        for count in (16, client.wide_capacity):
+            wide = _unit(rng, (count, k, d))
+            body = client.encrypt_wide_batch(wide)
+            cpu = time.process_time()
+            reply = evaluator.evaluate_wide_batch(body)
+            cpu = time.process_time() - cpu
+            got = client.decrypt_wide_batch(reply, count=count).labels
+            ok = int(np.sum(np.array(got) == art.plaintext_logits(wide).argmax(axis=1)))
+            wide_rows.append((f"{tag}: wide batch of {count}, server CPU / query",
+                              f"{cpu / count:.3f} s", f"body {len(body) / 1e6:.1f} MB, labels {ok}/{count}"))
     preset = get_preset(art.preset)  # a diagonal: N coefficients per data prime of the top level
     weights_mb = len(evaluator._weights.diagonals) * preset.poly_modulus_degree * (preset.depth + 1) * 8 / 1e6
     return [
@@ -405,6 +418,7 @@ def _onehot_rows(
             f"{ordered[:, -1].mean():.3f} / {ordered[:, -2].mean():.3f}, {ordered[:, -2].max():.3f}",
             f"median top-2 gap / bound {gap:.3f}",
         ),
+        *wide_rows,
     ]
 
 
