@@ -107,6 +107,36 @@ def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any,
     assert np.all(result.one_hot.argmax(axis=1) == expected)
 
 
+def test_deep_onehot_batches_go_wide_through_the_sdk(app: Any, client: Any, settings: Any, token_a: str) -> None:
+    """K=8 x 384-d, 10 classes at n16384-d7: from 12 texts the SDK sends one wide body (48
+    ciphertexts) under the session's five single-layout keys; labels match plaintext."""
+    rng = np.random.default_rng(43)
+    big = EnsembleArtifact(
+        templates=[f"t{i} {{}}" for i in range(8)],
+        weights=rng.normal(size=(8, 10, 384)),
+        biases=rng.normal(size=(8, 10)) * 0.1,
+        classes=[str(i) for i in range(10)],
+        output="onehot",
+    )
+    ens = _register(client, token_a, big).get_json()["id"]
+    user = make_token(settings, "tenant-a", role="client")
+    sdk = Client("http://appliance.test", token=user, transport=httpx.WSGITransport(app=app), retries=0)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.concatenate([_encode([f"{t}#{i}" for t in texts]) for i in range(24)], axis=1)
+
+    texts = [f"paragraph {i}" for i in range(12)]
+    session = sdk.open_inference_session(ens)
+    assert session.choose_layout(len(texts)) == "wide" and session.choose_layout(11) == "single"
+    sent: list[dict[str, str]] = []
+    post = session._post
+    session._post = lambda params, content: sent.append(params) or post(params, content)  # type: ignore[method-assign]
+    result = sdk.private_predict(ens, texts, encode=encode, session=session)
+    expected = big.plaintext_logits(embed_with_templates(texts, big.templates, encode)).argmax(axis=1)
+    assert sent == [{"layout": "wide"}] and result.indices == expected.tolist()
+    assert result.one_hot is not None and result.one_hot.shape == (12, 10)
+
+
 def test_preset_whose_keys_cannot_be_uploaded_is_refused_at_registration(client: Any, token_a: str) -> None:
     art = EnsembleArtifact(
         templates=("{}",),
