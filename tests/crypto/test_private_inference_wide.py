@@ -169,6 +169,11 @@ def test_layouts_refuse_each_other(multi) -> None:
     small_vec = bytes(ts.ckks_vector(client._ctx, [1.0, 2.0]).serialize())
     with pytest.raises(CiphertextError):
         evaluator.evaluate_wide_batch(encode_wide([small_vec] * lay.chunks, layout=lay, count=1))
+    # the circuit loads each piece as it reaches it: a bad last one is still refused, and the
+    # evaluator serves the next body
+    with pytest.raises(CiphertextError):
+        evaluator.evaluate_wide_batch(encode_wide([*blobs[:-1], small_vec], layout=lay, count=40))
+    assert len(client.decrypt_wide_batch(evaluator.evaluate_wide_batch(wide), count=40).labels) == 40
 
 
 def test_wide_needs_its_rotation_keys(multi) -> None:
