@@ -482,7 +482,7 @@ class Circuit:
         ev.add_plain_inplace(acc, self._encode_like(bias.tolist(), acc))
         return acc
 
-    def _row_product(self, cts: Sequence[Any], row: Iterable[Any], tmp: Any) -> Any:
+    def _row_product(self, cts: Sequence[Any], row: Sequence[Any], tmp: Any) -> Any:
         """``sum_i cts[i] * row[i]`` over the non-zero plaintexts (``None`` if there are none);
         ``tmp`` is scratch space."""
         acc: Any = None

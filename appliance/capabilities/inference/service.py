@@ -245,11 +245,10 @@ def wide_refusal(spec: dict[str, Any]) -> str | None:
 
     if spec.get("head", "linear") != "linear":
         return f"the wide layout serves linear heads only; this ensemble has {spec.get('head')} heads"
-    preset = get_preset(str(spec["preset"]))
-    wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
-                                    classes=len(spec["classes"]), slots=preset.slot_count)
     if not specs.wide_kept(spec):
         return None  # its weights are encoded as each batch goes, none are kept
+    preset = get_preset(str(spec["preset"]))
+    wide = specs.wide_layout(spec)
     # One plaintext per class and chunk, plus the region-tiled ones of partial batches spread
     # over R regions (per group of R classes: R moves of ceil(chunks / R) pieces) for each
     # region count R the layout uses. Replicated bodies of older clients add about as many.
@@ -268,20 +267,16 @@ def _wide_layout_info(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The wide layout's geometry, or ``None`` where the server does not serve it
     (:func:`wide_refusal` says why)."""
     from crypto import packing
-    from crypto.ckks import get_preset
     from crypto.private_inference import spec as specs
 
     if wide_refusal(spec) is not None:
         return None
-    wide = packing.make_wide_layout(members=int(spec["members"]), dim=int(spec["dim"]),
-                                    classes=len(spec["classes"]),
-                                    slots=get_preset(str(spec["preset"])).slot_count)
-    if not specs.wide_kept(spec):
-        return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
-                "galois_steps": [], "max_regions": 1, "spread_regions": False, "single_keys": True}
+    wide = specs.wide_layout(spec)
+    kept = specs.wide_kept(spec)  # else: rotations from the single layout's keys, one region
     return {"block": wide.block, "chunks": wide.chunks, "capacity": wide.capacity,
-            "galois_steps": list(wide.galois_steps), "max_regions": packing.WIDE_MAX_REGIONS,
-            "spread_regions": True, "single_keys": False}
+            "galois_steps": list(wide.galois_steps) if kept else [],
+            "max_regions": packing.WIDE_MAX_REGIONS if kept else 1, "spread_regions": kept,
+            "single_keys": not kept}
 
 
 def register_ensemble(store: Store, principal: Principal, *, json_bytes: bytes,
