@@ -21,12 +21,14 @@ depth ``s`` approaches the true sign and the counts approach integers (label = c
 is exactly one-hot when the signs are exact and lies in [0, 1] always (so it needs no
 headroom above the scale, whatever ``C``). With soft signs the argmax is still exact: for the
 winner ``a`` and any ``b``, ``s_aj > s_bj`` for every ``j`` (``f^(r)`` is increasing) and
-``1 + s_ab > 1 > 1 + s_ba``, so ``o_a > o_b`` (CKKS noise aside). The product costs
+``1 + s_ab > 1 > 1 + s_ba``, so ``o_a > o_b`` (CKKS noise and the output flooding aside). But
+every soft factor is near 1/2, so the values are about ``2^-(C-1)``: beyond
+:data:`MAX_ONEHOT_CLASSES` they sink below the flooding noise and the labels drown. The product costs
 ``ceil(log2 C)`` more levels (a rotate-and-multiply window over a block of ``P`` slots, or of
 ``C`` where that is no deeper, e.g. 10 = 8 + 2; a balanced product of the ``C - 1`` pairwise
 factors in the wide layout), so it needs a deeper
-preset (``n16384-d7``: ``r = 1`` up to 16 classes with linear heads; ``n16384-d8``: ``r = 1`` up
-to 32, ``r = 2`` up to 4; ``n32768-d18``). As
+preset (``n16384-d7``: ``r = 1`` up to 16 classes with linear heads; ``n16384-d8``: ``r = 2`` up
+to 4, and hidden heads; ``n32768-d18``). As
 the comparisons sharpen it tends to the label alone, where win counts tend to the whole
 ranking of the classes; with soft comparisons both leak approximate margins.
 """
@@ -37,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "MAX_ONEHOT_CLASSES",
     "OUTPUTS",
     "compositions_for_depth",
     "max_range_ratio",
@@ -54,6 +57,13 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Output modes: soft win counts, or a (soft) one-hot vector from products of comparisons.
 OUTPUTS = ("scores", "onehot")
+#: Most classes a one-hot output serves. With soft comparisons every factor of the product is
+#: near 1/2, so the winner's value is about 2^-(C-1) and the top-2 difference a fraction of it,
+#: while every result slot carries uniform noise of 1e-6 (circuit privacy). Measured on random
+#: linear heads, K=8 x 384-d, 128 wide-batch queries each: labels agree with plaintext on 128 at
+#: 10, 12, 14 and 16 classes (winner median 8.7e-5 at 16), 127 at 17, 113 at 20, 30 at 24 and 4
+#: at 32 (the single layout alike: 1 of 8 at 32).
+MAX_ONEHOT_CLASSES = 16
 #: Levels the linear (plaintext-weight) stage consumes before the comparisons.
 LINEAR_LEVELS = 1
 #: Levels hidden-layer heads consume: stage 1, the square, stage 2.

@@ -44,7 +44,16 @@ import numpy.typing as npt
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from crypto.argmax import HIDDEN_LEVELS, LINEAR_LEVELS, OUTPUTS, max_range_ratio, min_depth, onehot_levels, rounds_for
+from crypto.argmax import (
+    HIDDEN_LEVELS,
+    LINEAR_LEVELS,
+    MAX_ONEHOT_CLASSES,
+    OUTPUTS,
+    max_range_ratio,
+    min_depth,
+    onehot_levels,
+    rounds_for,
+)
 from crypto.ckks import PRESETS, CkksPreset, get_preset
 from crypto.errors import CryptoError
 
@@ -174,6 +183,13 @@ class EnsembleArtifact:
             if not (np.isfinite(scale) and scale > 0.0):
                 raise ArtifactError("comparison_scale must be a positive finite number")
             object.__setattr__(self, "comparison_scale", scale)
+        if self.output == "onehot" and c > MAX_ONEHOT_CLASSES:
+            raise ArtifactError(
+                f"one-hot output serves at most {MAX_ONEHOT_CLASSES} classes, not {c}: with soft "
+                f"comparisons its values are about 2^-(C-1), below the output's flooding noise, so "
+                f"the labels would be wrong",
+                hint="use output='scores' (win counts) or fewer classes",
+            )
         needed = min_depth(self._stage_levels, self.output, c)
         if self.output == "onehot" and preset.depth < needed:
             deeper = [p.name for p in sorted(PRESETS.values(), key=_cost) if p.depth >= needed]

@@ -70,10 +70,11 @@ rotations; a balanced product of the ``C - 1`` factors in the wide layout), so i
 ``n8192-d5`` (linear heads, up to 4 classes), ``n16384-d7`` (linear heads up to 16 classes;
 at K=8 x 384-d, 10 classes a query fills the ciphertext and runs in a chunked lane, see
 :mod:`crypto.packing`: 64 diagonals, 5 keys of ~39 MB in all, ~1.0-1.2 s CPU per query against
-256, 76 MB and ~1.4-1.6 s before), ``n16384-d8`` (linear
-heads up to 32 classes, hidden heads up to 8; ~52 MB of keys at that shape) or
+256, 76 MB and ~1.4-1.6 s before), ``n16384-d8`` (hidden heads up to 8 classes) or
 ``n32768-d18`` (keys ~0.9 GB: local use only, the service refuses such sessions); the
 depth left sets the sign compositions ``r`` (:func:`~crypto.private_inference.spec.sign_rounds`), and with ``r = 1`` the
 values stay soft (argmax exact, winner often far below 1). Every slot stays within [0, 1], so
-no class count overflows the headroom.
+no class count overflows the headroom; but soft values are about ``2^-(C-1)``, so beyond
+:data:`crypto.argmax.MAX_ONEHOT_CLASSES` (16) they would sink below the flooding noise and
+such artifacts are refused.
 """

@@ -111,7 +111,10 @@ def test_shallow_presets_refused_with_a_deeper_hint() -> None:
         _identity_artifact(10, preset="n8192-d5")
     assert "n16384-d7" in str(ten.value.hint)
     assert _identity_artifact(10).preset == "n16384-d7"  # the smallest preset deep enough (1 + 2 + 4)
-    assert _identity_artifact(17).preset == "n16384-d8"  # 5 product levels
+    # beyond 16 classes soft values (~2^-(C-1)) sink below the output flooding: refused
+    with pytest.raises(ArtifactError, match="at most 16 classes") as many:
+        _identity_artifact(17)
+    assert "scores" in str(many.value.hint)
     rng = np.random.default_rng(34)
     with pytest.raises(ArtifactError) as hidden:  # 3 head levels + 2 + 4 > 8
         EnsembleArtifact(

@@ -350,7 +350,8 @@ def ensemble_spec(row: dict[str, Any]) -> dict[str, Any]:
 
 
 KEYS_HINT = ("n32768-d18 keys (~0.9 GB) are too large for a session; register the ensemble with "
-             "preset n16384-d8 (one-hot output up to 32 classes with linear heads)")
+             "preset n16384-d7 (one-hot output up to 16 classes with linear heads) or "
+             "n16384-d8 (hidden heads)")
 
 
 def _deep(preset: str) -> bool:
