@@ -266,3 +266,34 @@ def test_single_region_partial_body_still_served(multi) -> None:
     assert body[:4] == b"PEW1"
     scores = client.decrypt_wide_batch(evaluator.evaluate_wide_batch(body), count=7)
     assert list(scores.labels) == list(art.plaintext_logits(emb).argmax(axis=1))
+
+
+def test_win_counts_at_n16384_go_wide_in_one_region_under_the_single_layouts_keys() -> None:
+    """Beyond N=8192 the wide weights are encoded as each batch goes and the block sums'
+    rotations come from the single layout's keys: the client sends no wide keys, partial
+    batches stay in one region (PEW1), and region bodies are refused."""
+    rng = np.random.default_rng(17)
+    art = EnsembleArtifact(
+        templates=[f"t{i}: {{}}" for i in range(3)],
+        weights=rng.normal(size=(3, 6, 50)) * 0.2,
+        biases=rng.normal(size=(3, 6)) * 0.1,
+        classes=[f"c{i}" for i in range(6)],
+        preset="n16384-d7",
+    )
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    assert client._steps == client.layout.galois_steps  # no keys for the wide layout
+    emb = _unit(rng, (5, art.members, art.dim))
+    body = client.encrypt_wide_batch(emb)
+    assert body[:4] == b"PEW1"
+    scores = client.decrypt_wide_batch(evaluator.evaluate_wide_batch(body), count=5)
+    assert list(scores.labels) == list(art.plaintext_logits(emb).argmax(axis=1))
+    assert evaluator._wide_state["plain"] is None
+    lay = client.wide_layout
+    regions = packing.wide_regions(lay, 5)  # what a client at N=8192 would spread them over
+    assert regions > 1
+    rows = packing.pack_wide(emb, lay, norm_bound=1.0, regions=regions, spread=True)
+    spread = encode_wide([client._encrypt_values(r) for r in rows], layout=lay, count=5, regions=regions,
+                         spread=True)
+    with pytest.raises(CiphertextError, match="one region"):
+        evaluator.evaluate_wide_batch(spread)
