@@ -21,18 +21,24 @@ def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-@pytest.fixture(scope="module")
-def multi() -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
-    """3 members x 50-d = 150 features: block 64, 3 ciphertexts per batch, a padded last piece."""
-    rng = np.random.default_rng(11)
+def _session(seed: int, **kwargs: object) -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
+    """3 members x 50-d = 150 features, 6 classes (random heads), its client and evaluator."""
+    rng = np.random.default_rng(seed)
     art = EnsembleArtifact(
         templates=[f"t{i}: {{}}" for i in range(3)],
         weights=rng.normal(size=(3, 6, 50)) * 0.2,
         biases=rng.normal(size=(3, 6)) * 0.1,
         classes=[f"c{i}" for i in range(6)],
+        **kwargs,  # type: ignore[arg-type]
     )
     client = PrivateClient(spec=art.public_spec())
     return art, client, EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+
+
+@pytest.fixture(scope="module")
+def multi() -> tuple[EnsembleArtifact, PrivateClient, EnsembleEvaluator]:
+    """At n8192-d3: block 64, 3 ciphertexts per batch, a padded last piece."""
+    return _session(11)
 
 
 def test_wide_layout_geometry_and_packing() -> None:
@@ -272,16 +278,8 @@ def test_win_counts_at_n16384_go_wide_in_one_region_under_the_single_layouts_key
     """Beyond N=8192 the wide weights are encoded as each batch goes and the block sums'
     rotations come from the single layout's keys: the client sends no wide keys, partial
     batches stay in one region (PEW1), and region bodies are refused."""
+    art, client, evaluator = _session(17, preset="n16384-d7")
     rng = np.random.default_rng(17)
-    art = EnsembleArtifact(
-        templates=[f"t{i}: {{}}" for i in range(3)],
-        weights=rng.normal(size=(3, 6, 50)) * 0.2,
-        biases=rng.normal(size=(3, 6)) * 0.1,
-        classes=[f"c{i}" for i in range(6)],
-        preset="n16384-d7",
-    )
-    client = PrivateClient(spec=art.public_spec())
-    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
     assert client._steps == client.layout.galois_steps  # no keys for the wide layout
     emb = _unit(rng, (5, art.members, art.dim))
     body = client.encrypt_wide_batch(emb)
