@@ -289,10 +289,11 @@ class Circuit:
         self._encoder.encode(values, ct.parms_id(), ct.scale, pt)
         return pt
 
-    def _mul_rescale(self, a: Any, b: Any, *, rescale: bool = True) -> Any:
+    def _mul_rescale(self, a: Any, b: Any, *, rescale: bool = True, relin: bool = True) -> Any:
         out = sealapi.Ciphertext()
         self._evaluator.multiply(a, b, out)
-        self._evaluator.relinearize_inplace(out, self._relin)
+        if relin:
+            self._evaluator.relinearize_inplace(out, self._relin)
         if rescale:
             self._evaluator.rescale_to_next_inplace(out)
         return out
@@ -313,9 +314,16 @@ class Circuit:
         return out
 
     def _sign_step(
-        self, z: Any, *, rescale: bool = True, half: float | list[float] = 0.5, memo: dict[Any, Any] | None = None
+        self,
+        z: Any,
+        *,
+        rescale: bool = True,
+        relin: bool = True,
+        half: float | list[float] = 0.5,
+        memo: dict[Any, Any] | None = None,
     ) -> Any:
-        """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last rescale optional);
+        """One composition of f(z) = z (3 - z^2) / 2, depth 2 (the last relinearisation and
+        rescale optional: ``relin=False`` leaves a three-part ciphertext, and implies no rescale);
         ``half=0.25`` gives f(z) / 2 at no extra level (the one-hot factors' slope), a slot
         vector ``0.5 * a`` gives ``a * f(z)`` (the secret output scale)."""
         square = self._mul_rescale(z, z)
@@ -323,19 +331,21 @@ class Circuit:
         key = ("three", tuple(square.parms_id()), square.scale)
         three = _memoised(memo, key, lambda: self._encode_like(3.0, square))
         self._evaluator.add_plain_inplace(square, three)
-        return self._mul_rescale(self._half(z, half, memo=memo), square, rescale=rescale)
+        return self._mul_rescale(self._half(z, half, memo=memo), square, rescale=rescale and relin, relin=relin)
 
     def _signs(
         self,
         z: Any,
         *,
         rescale: bool,
+        relin: bool = True,
         scale: npt.NDArray[np.float64] | None = None,
         memo: dict[Any, Any] | None = None,
     ) -> Any:
         """``f^(r)(z)`` (times the per-slot ``scale`` if given), or ``f^(r)(z) / 2`` in one-hot
-        mode; the last rescale optional. Calls that share ``memo`` (a batch's comparisons, all
-        with the same ``scale``) encode each constant once per level."""
+        mode; the last rescale optional, and the last relinearisation (then no rescale either:
+        sums of such results are relinearised and rescaled once). Calls that share ``memo`` (a
+        batch's comparisons, all with the same ``scale``) encode each constant once per level."""
         for r in range(self._rounds):
             last = r == self._rounds - 1
             half: float | list[float] = 0.5
@@ -343,7 +353,7 @@ class Circuit:
                 half = 0.25
             elif last and scale is not None:
                 half = (0.5 * scale).tolist()
-            z = self._sign_step(z, rescale=rescale or not last, half=half, memo=memo)
+            z = self._sign_step(z, rescale=rescale or not last, relin=relin or not last, half=half, memo=memo)
         return z
 
     def _output_scale(self, rng: np.random.Generator, count: int, width: int) -> npt.NDArray[np.float64]:
@@ -613,8 +623,17 @@ class Circuit:
                 else:
                     ev.sub(a, b, diff)
                 ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
-                signs[(i, j)] = self._signs(diff, rescale=True, scale=scale, memo=memo)
-            acc = self._onehot_wide(signs, i) if self._onehot else self._wins_wide(signs, i)
+                # Win counts add up a class's C - 1 signs unrelinearised (three parts each), then
+                # relinearise and rescale once: C key switches instead of C (C - 1) / 2.
+                signs[(i, j)] = self._signs(
+                    diff, rescale=self._onehot, relin=self._onehot, scale=scale, memo=memo
+                )
+            if self._onehot:
+                acc = self._onehot_wide(signs, i)
+            else:
+                acc = self._wins_wide(signs, i)
+                ev.relinearize_inplace(acc, self._relin)
+                ev.rescale_to_next_inplace(acc)
             self._flood(acc, keep, rng)
             replies.append(acc)
             logits[i] = None
