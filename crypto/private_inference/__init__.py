@@ -50,7 +50,11 @@ slots uniform noise of amplitude :data:`~crypto.private_inference.circuits.OUTPU
 total-variation distance ~0.05 per slot of "exact value + noise"), and win-count sums are
 multiplied by a fresh secret factor in [:data:`~crypto.private_inference.circuits.OUTPUT_SCALE_MIN`,
 1] per query (folded into the last sign step, no extra level), so the client does not learn
-the scale of the logit gaps.
+the scale of the logit gaps. The flooding covers what a reply decrypts to; the ciphertext
+itself is re-randomised with a fresh encryption of zero under the session's public key (2-4 ms
+per reply ciphertext), since otherwise its mask part ``c1`` is a deterministic function of the
+query ciphertexts (whose randomness the client chose) and of the owner's weights, which a
+client that holds the secret key could collect over many queries and solve for.
 
 Limits: at the default presets (``n8192-d3``, ``n8192-d5``) one composition of the sign
 polynomial fits, so win counts are soft: argmax exact while the top-2 win-count margin exceeds

@@ -216,7 +216,7 @@ class EnsembleEvaluator:
                 raise ContextError("CKKS parameters are not valid at 128-bit security")
             evaluator, encoder = sealapi.Evaluator(seal_ctx), sealapi.CKKSEncoder(seal_ctx)
         try:
-            seal_from_bytes(sealapi.PublicKey(), public_key, seal_ctx, max_bytes=len(data))  # validated, not kept
+            pk = seal_from_bytes(sealapi.PublicKey(), public_key, seal_ctx, max_bytes=len(data))
         except SealBridgeError:
             raise ContextError("the public key is malformed or of other parameters") from None
         try:
@@ -228,7 +228,14 @@ class EnsembleEvaluator:
         missing = [s for s in self._layout.galois_steps if not galois.has_key(galois_element(s, n))]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} the circuit needs")
-        return SealKeys(context=seal_ctx, evaluator=evaluator, encoder=encoder, relin=relin, galois=galois)
+        return SealKeys(
+            context=seal_ctx,
+            evaluator=evaluator,
+            encoder=encoder,
+            relin=relin,
+            galois=galois,
+            encryptor=sealapi.Encryptor(seal_ctx, pk),
+        )
 
     @property
     def layout(self) -> packing.EnsembleLayout:

@@ -272,6 +272,32 @@ def test_compact_rows_and_chunked_lanes_only_where_they_fit_and_servers_announce
     assert layout_digest(single_layout(big)) == layout_digest(single_layout(dict(big)))
 
 
+def test_replies_are_rerandomised_under_the_public_key(small, monkeypatch) -> None:
+    """The flooding hides the decrypted value's error; a fresh public-key encryption of zero
+    hides the ciphertext: with the circuit's own randomness (output scale, flooding) pinned,
+    the same query twice still gives different reply ciphertexts (their mask parts would
+    otherwise be a fixed function of the query and the owner's weights) that decrypt to the
+    same values, on the single, one-region wide and spread wide paths."""
+    import crypto.private_inference.circuits as circuits
+
+    monkeypatch.setattr(circuits.secrets, "randbits", lambda bits: 12345)
+    art, client, evaluator = small
+    rng = np.random.default_rng(9)
+    emb = rng.normal(size=(client.wide_layout.capacity, art.members, art.dim))
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    query = client.encrypt(emb[0])
+    first, second = evaluator.evaluate(query), evaluator.evaluate(query)
+    assert not first == second, "the same query gave the same reply ciphertext twice"
+    values = [np.array(ts.ckks_vector_from(client._ctx, r).decrypt()) for r in (first, second)]
+    assert np.max(np.abs(values[0] - values[1])) < 1e-6
+    for count in (client.wide_layout.capacity, 2):  # one region; spread over regions
+        body = client.encrypt_wide_batch(emb[:count])
+        first, second = evaluator.evaluate_wide_batch(body), evaluator.evaluate_wide_batch(body)
+        assert not first == second, f"the same wide batch of {count} gave the same reply twice"
+        a, b = (client.decrypt_wide_batch(r, count=count).win_counts for r in (first, second))
+        assert np.max(np.abs(np.asarray(a) - np.asarray(b))) < 1e-6
+
+
 def test_result_slots_are_flooded_and_scaled_afresh_per_query(small) -> None:
     """Circuit privacy of the result slots: the same query twice decrypts to the same label
     but to comparison sums that differ by a fresh secret factor in [OUTPUT_SCALE_MIN, 1] and
