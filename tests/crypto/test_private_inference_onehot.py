@@ -74,6 +74,25 @@ def test_onehot_wide_layout_matches_reference(onehot) -> None:
             evaluator.evaluate_wide_batch(body)
 
 
+def test_onehot_two_classes_single_and_wide() -> None:
+    """Two classes: the wide product has one factor, already rescaled (the reply is flooded
+    and re-randomised without the rescale the longer products leave for it)."""
+    art = _identity_artifact(2)
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    logits = np.random.default_rng(34).uniform(-1.0, 1.0, size=(client.wide_capacity, 2))
+    wide = client.decrypt_wide_batch(
+        evaluator.evaluate_wide_batch(client.encrypt_wide_batch(logits[:, None, :])), count=len(logits)
+    )
+    single = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(logits[:8, None, :])), total=8)
+    for scores, bound, rows in ((wide, evaluator._wide_state["bound"], logits), (single, evaluator._bound, logits[:8])):
+        assert scores.one_hot is not None
+        clear = np.abs(rows[:, 0] - rows[:, 1]) >= 0.01
+        assert np.all(np.array(scores.labels)[clear] == rows.argmax(axis=1)[clear])
+        reference = argmax.reference_one_hot(rows, bound, evaluator.sign_rounds)
+        assert np.max(np.abs(scores.one_hot - reference)) < 1e-3
+
+
 def test_unused_slots_flooded_and_no_secret_needed(onehot) -> None:
     art, client, evaluator = onehot
     with pytest.raises(ContextError, match="private"):
