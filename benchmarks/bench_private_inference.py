@@ -28,6 +28,11 @@ an owner-calibrated one (``EnsembleArtifact.calibrated`` on 1000 held-out embedd
 same fresh queries at n8192-d3 (label agreement, top-2 gap over the divisor, decrypted
 win-count margins, CPU), then the share of queries whose one-hot values would be sharp
 (>= 0.9 / <= 0.1) with ``r`` sign compositions, from the circuit's plaintext reference.
+
+``--circuit`` prints only this release's circuit changes against the previous circuit, one
+batch of each in turn in one process (also at the end of the full table): one-region wide
+batches (33 and 64 queries) with each class's signs summed before one relinearisation vs one
+per pair, and the cost of re-randomising replies (a spread batch of 16, a single query).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference import spec as pi_spec
 from crypto.private_inference.client import PrivateClient
 from crypto.private_inference.server import EnsembleEvaluator
-from crypto.private_inference.wire import encode_wide
+from crypto.private_inference.wire import encode_wide, wide_query_count
 
 
 def _cpu(fn: Callable[[], object], reps: int) -> float:
@@ -439,6 +444,65 @@ def _interleaved_cpu_rows(art: EnsembleArtifact, rng: np.random.Generator, reps:
     )]
 
 
+def _circuit_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> list[tuple[str, str, str]]:
+    """This release's circuit against the previous one, in turn in one process: one-region
+    wide batches with each class's signs summed before one relinearisation (against one per
+    pair), and replies re-randomised under the public key (against not at all)."""
+    client, _, evaluator, _, _ = _session(art)
+    circuit = evaluator._circuit
+    emb = _unit(rng, (client.wide_layout.capacity, art.members, art.dim))
+    truth = art.plaintext_logits(emb).argmax(axis=1)
+
+    def wide(variant: tuple[bytes, bool, bool]) -> None:
+        body, summed, rerandomised = variant
+        circuit.sum_signs_unrelinearised = summed
+        if rerandomised:
+            circuit.__dict__.pop("_rerandomise", None)
+        else:
+            circuit._rerandomise = lambda ct: None  # type: ignore[method-assign]
+        try:
+            reply = evaluator.evaluate_wide_batch(body)
+        finally:
+            circuit.sum_signs_unrelinearised = True
+            circuit.__dict__.pop("_rerandomise", None)
+        count = wide_query_count(body)
+        assert list(client.decrypt_wide_batch(reply, count=count).labels) == list(truth[:count]), "wrong labels"
+
+    rows = []
+    for q in (33, client.wide_layout.capacity):
+        body = client.encrypt_wide_batch(emb[:q])
+        new, old = _interleaved_cpu(wide, ((body, True, True), (body, False, True)), max(5, reps))
+        rows.append((
+            f"wide, batch {q} (one region): server CPU, signs summed / per pair",
+            f"{q / new:.1f} / {q / old:.1f} q/s ({new / old:.2f}x CPU)",
+            f"one key switch per class vs per pair (previous), {max(5, reps)} each in turn",
+        ))
+    body = client.encrypt_wide_batch(emb[:16])
+    new, old = _interleaved_cpu(wide, ((body, True, True), (body, True, False)), max(5, reps))
+    rows.append((
+        "wide, batch 16 (spread): server CPU, replies re-randomised / not",
+        f"{16 / new:.1f} / {16 / old:.1f} q/s ({new / old:.2f}x CPU)",
+        "one public-key encryption of zero per reply ciphertext vs none (previous)",
+    ))
+    query = client.encrypt(emb[0])
+
+    def single(rerandomised: bool) -> None:
+        if not rerandomised:
+            circuit._rerandomise = lambda ct: None  # type: ignore[method-assign]
+        try:
+            evaluator.evaluate(query)
+        finally:
+            circuit.__dict__.pop("_rerandomise", None)
+
+    new, old = _interleaved_cpu(single, (True, False), 3 * max(5, reps))
+    rows.append((
+        "single query: server CPU, reply re-randomised / not",
+        f"{new:.3f} / {old:.3f} s ({new / old:.2f}x)",
+        f"{3 * max(5, reps)} each in turn",
+    ))
+    return rows
+
+
 def _sharpness_rows(
     rng: np.random.Generator, k: int, c: int, d: int, reps: int, queries: int
 ) -> list[tuple[str, str, str]]:
@@ -623,6 +687,8 @@ def main() -> None:
     parser.add_argument("--onehot-queries", type=int, default=24, help="random queries per one-hot shape")
     parser.add_argument("--sharpness", action="store_true", help="only the calibrated-scale and sharpness rows")
     parser.add_argument("--memory", action="store_true", help="only the memory rows (in process and hosted)")
+    parser.add_argument("--circuit", action="store_true",
+                        help="only this release's circuit changes against the previous circuit, in turn")
     parser.add_argument(
         "--wide-blocks", default=str(packing.WIDE_BLOCK), help="comma-separated wide-layout block sizes to measure"
     )
@@ -633,6 +699,9 @@ def main() -> None:
     preset = get_preset(args.preset)
     if args.sharpness:
         _print(_sharpness_rows(rng, k, c, d, reps, 48 if args.quick else 240), reps)
+        return
+    if args.circuit:
+        _print(_circuit_rows(_artifact(rng, k, c, d, args.preset), rng, reps), reps)
         return
     if args.memory:
         art = _artifact(rng, k, c, d, args.preset)
@@ -760,6 +829,7 @@ def main() -> None:
         *held_rows,
         *memory_rows,
         *wide_rows,
+        *_circuit_rows(art, rng, reps),
         *hidden_rows,
     ]
     _print(rows, reps)

@@ -157,6 +157,10 @@ class Circuit:
         self._hidden = hidden
         self._onehot = onehot
         self.late_rescale = late_rescale
+        #: One-region wide win counts: each class's signs summed before one relinearisation
+        #: (``False``: every pair relinearised and rescaled, the previous circuit; the
+        #: benchmark's baseline).
+        self.sum_signs_unrelinearised = True
         self._layout = layout
         self._wide = wide
         self._routes: dict[int, tuple[int, ...]] = {}
@@ -640,6 +644,9 @@ class Circuit:
         # Class by class: class i's reply as soon as its last pairs (i, j > i) are compared,
         # then the pairs (k < i, i), which both their classes have used, are dropped (at 10
         # classes at most 25 comparisons alive instead of 45), and so is class i's logit.
+        # Win counts add up a class's C - 1 signs unrelinearised (three parts each), then
+        # relinearise and rescale once: C key switches instead of C (C - 1) / 2.
+        each = self._onehot or not self.sum_signs_unrelinearised  # every sign relinearised, rescaled
         for i in range(c):
             for j in range(i + 1, c):
                 a, b = logits[i], logits[j]
@@ -654,18 +661,16 @@ class Circuit:
                 else:
                     ev.sub(a, b, diff)
                 ev.add_plain_inplace(diff, self._encode_like(float(bias[i] - bias[j]), diff))
-                # Win counts add up a class's C - 1 signs unrelinearised (three parts each), then
-                # relinearise and rescale once: C key switches instead of C (C - 1) / 2.
-                signs[(i, j)] = self._signs(
-                    diff, rescale=self._onehot, relin=self._onehot, scale=scale, memo=memo
-                )
+                signs[(i, j)] = self._signs(diff, rescale=each, relin=each, scale=scale, memo=memo)
             if self._onehot:
                 acc = self._onehot_wide(signs, i, rescale=False)
+                pending = c > 2  # a product of one factor (two classes) is rescaled already
             else:
                 acc = self._wins_wide(signs, i)
-                ev.relinearize_inplace(acc, self._relin)
-            # A product of one factor (two classes) has been rescaled already.
-            self._flood(acc, keep, rng, rescale=not self._onehot or c > 2)
+                pending = not each
+                if pending:
+                    ev.relinearize_inplace(acc, self._relin)
+            self._flood(acc, keep, rng, rescale=pending)
             replies.append(acc)
             logits[i] = None
             for k in range(i):
