@@ -444,6 +444,20 @@ def _interleaved_cpu_rows(art: EnsembleArtifact, rng: np.random.Generator, reps:
     )]
 
 
+@contextlib.contextmanager
+def _circuit_variant(circuit: Any, *, summed: bool = True, rerandomised: bool = True) -> Iterator[None]:
+    """The circuit as it was before this release's changes, for one call: signs relinearised
+    per pair (``summed=False``), replies not re-randomised (``rerandomised=False``)."""
+    circuit.sum_signs_unrelinearised = summed
+    if not rerandomised:
+        circuit._rerandomise = lambda ct: None
+    try:
+        yield
+    finally:
+        circuit.sum_signs_unrelinearised = True
+        circuit.__dict__.pop("_rerandomise", None)
+
+
 def _circuit_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> list[tuple[str, str, str]]:
     """This release's circuit against the previous one, in turn in one process: one-region
     wide batches with each class's signs summed before one relinearisation (against one per
@@ -455,16 +469,8 @@ def _circuit_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) ->
 
     def wide(variant: tuple[bytes, bool, bool]) -> None:
         body, summed, rerandomised = variant
-        circuit.sum_signs_unrelinearised = summed
-        if rerandomised:
-            circuit.__dict__.pop("_rerandomise", None)
-        else:
-            circuit._rerandomise = lambda ct: None  # type: ignore[method-assign]
-        try:
+        with _circuit_variant(circuit, summed=summed, rerandomised=rerandomised):
             reply = evaluator.evaluate_wide_batch(body)
-        finally:
-            circuit.sum_signs_unrelinearised = True
-            circuit.__dict__.pop("_rerandomise", None)
         count = wide_query_count(body)
         assert list(client.decrypt_wide_batch(reply, count=count).labels) == list(truth[:count]), "wrong labels"
 
@@ -487,12 +493,8 @@ def _circuit_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) ->
     query = client.encrypt(emb[0])
 
     def single(rerandomised: bool) -> None:
-        if not rerandomised:
-            circuit._rerandomise = lambda ct: None  # type: ignore[method-assign]
-        try:
+        with _circuit_variant(circuit, rerandomised=rerandomised):
             evaluator.evaluate(query)
-        finally:
-            circuit.__dict__.pop("_rerandomise", None)
 
     new, old = _interleaved_cpu(single, (True, False), 3 * max(5, reps))
     rows.append((
