@@ -29,10 +29,12 @@ same fresh queries at n8192-d3 (label agreement, top-2 gap over the divisor, dec
 win-count margins, CPU), then the share of queries whose one-hot values would be sharp
 (>= 0.9 / <= 0.1) with ``r`` sign compositions, from the circuit's plaintext reference.
 
-``--circuit`` prints only this release's circuit changes against the previous circuit, one
-batch of each in turn in one process (also at the end of the full table): one-region wide
-batches (33 and 64 queries) with each class's signs summed before one relinearisation vs one
-per pair, and the cost of re-randomising replies (a spread batch of 16, a single query).
+``--circuit`` prints only the last releases' circuit changes against the circuit before them,
+one batch or query of each in turn in one process (also at the end of the full table): single
+queries with each class pair computed once (linear and hidden heads) vs the previous rows;
+one-region wide batches (33 and 64 queries) with each class's signs summed before one
+relinearisation vs one per pair, and the cost of re-randomising replies (a spread batch of 16,
+a single query).
 """
 
 from __future__ import annotations
@@ -183,14 +185,27 @@ def _hosted_latency_rows(art: EnsembleArtifact, blobs: Any, ensemble: dict[str, 
 @contextlib.contextmanager
 def _previous_single_layout() -> Iterator[None]:
     """Sessions opened inside use the previous single layout: power-of-two class blocks and
-    ``x`` twice in a lane (no compact rows, no chunked lane), as a baseline in the same run."""
-    compact, chunked = pi_spec.compact_rows, pi_spec.chunked_lane
+    ``x`` twice in a lane (no compact or pair rows, no chunked lane), as a baseline in the same run."""
+    compact, chunked, pairs = pi_spec.compact_rows, pi_spec.chunked_lane, pi_spec.pair_layout
     pi_spec.compact_rows = lambda spec: False  # type: ignore[assignment]
     pi_spec.chunked_lane = lambda spec: False  # type: ignore[assignment]
+    pi_spec.pair_layout = lambda spec: False  # type: ignore[assignment]
     try:
         yield
     finally:
-        pi_spec.compact_rows, pi_spec.chunked_lane = compact, chunked  # type: ignore[assignment]
+        pi_spec.compact_rows, pi_spec.chunked_lane, pi_spec.pair_layout = compact, chunked, pairs  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def _without_pair_rows() -> Iterator[None]:
+    """Sessions opened inside use the single layout as it was before the pair rows (compact
+    rows for linear win counts, ``P * P`` rows for hidden heads), as a baseline in the same run."""
+    pairs = pi_spec.pair_layout
+    pi_spec.pair_layout = lambda spec: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pi_spec.pair_layout = pairs  # type: ignore[assignment]
 
 
 def _previous_layout_cpu(art: EnsembleArtifact, emb: np.ndarray, reps: int) -> float:
@@ -331,8 +346,7 @@ def _hidden_rows(
     for q in queries:
         diffs = evaluator._circuit.differences(evaluator._load_query(client.encrypt(q)), evaluator._weights)
         values = np.asarray(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs)).decrypt())
-        p = evaluator.layout.pad_classes
-        got = values[: p * p].reshape(p, p)[:c, :c] * evaluator._bound
+        got = packing.comparison_matrix(values, evaluator.layout) * evaluator._bound
         lg = art.plaintext_logits(q)[0]
         errors.append(float(np.max(np.abs(got - (lg[:, None] - lg[None, :])))))
         agree += client.decrypt_result(evaluator.evaluate(client.encrypt(q))).labels[0] == int(np.argmax(lg))
@@ -502,6 +516,42 @@ def _circuit_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) ->
         f"{new:.3f} / {old:.3f} s ({new / old:.2f}x)",
         f"{3 * max(5, reps)} each in turn",
     ))
+    return _pair_rows(art, rng, reps) + rows
+
+
+def _pair_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> list[tuple[str, str, str]]:
+    """Single-layout queries with each class pair computed once (this release) against the
+    previous rows (compact for linear heads, ``P * P`` for hidden ones), in turn in one
+    process, labels checked against the plaintext on fresh queries for both."""
+    hidden = EnsembleArtifact(
+        templates=art.templates,
+        hidden_weights=rng.normal(size=(art.members, 16, art.dim)) * 2.0 / np.sqrt(art.dim),
+        hidden_biases=rng.normal(size=(art.members, 16)) * 0.1,
+        activation=(0.2277, 0.5, 0.1359),
+        weights=rng.normal(size=(art.members, len(art.classes), 16)) / 4.0,
+        biases=rng.normal(size=(art.members, len(art.classes))) * 0.1,
+        classes=art.classes,
+    )
+    rows = []
+    for kind, model, count in (("linear", art, 3 * max(5, reps)), ("hidden (16 units)", hidden, max(5, reps))):
+        now = _session(model)
+        with _without_pair_rows():
+            before = _session(model)
+        emb = _unit(rng, (24, model.members, model.dim))
+        truth = model.plaintext_logits(emb).argmax(axis=1).tolist()
+        for session in (now, before):
+            client, evaluator = session[0], session[2]
+            got = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(emb)), total=len(emb)).labels
+            assert list(got) == truth, "wrong labels"
+        queries = [(s[2], s[0].encrypt(emb[0])) for s in (now, before)]
+        new, old = _interleaved_cpu(lambda pair: pair[0].evaluate(pair[1]), tuple(queries), count)
+        lays = (now[2].layout, before[2].layout)
+        rows.append((
+            f"single query, {kind} heads: server CPU, pair rows / previous rows",
+            f"{new:.3f} / {old:.3f} s ({new / old:.2f}x CPU)",
+            f"{lays[0].baby * lays[0].giant} vs {lays[1].baby * lays[1].giant} diagonals, {lays[0].rows} vs "
+            f"{lays[1].rows} rows, {count} each in turn; labels 24/24 for both",
+        ))
     return rows
 
 
@@ -690,7 +740,7 @@ def main() -> None:
     parser.add_argument("--sharpness", action="store_true", help="only the calibrated-scale and sharpness rows")
     parser.add_argument("--memory", action="store_true", help="only the memory rows (in process and hosted)")
     parser.add_argument("--circuit", action="store_true",
-                        help="only this release's circuit changes against the previous circuit, in turn")
+                        help="only the last releases' circuit changes against the circuit before them, in turn")
     parser.add_argument(
         "--wide-blocks", default=str(packing.WIDE_BLOCK), help="comma-separated wide-layout block sizes to measure"
     )

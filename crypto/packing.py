@@ -72,12 +72,15 @@ __all__ = [
     "LayoutError",
     "WideLayout",
     "chunk_sources",
+    "comparison_matrix",
     "difference_matrix",
     "hidden_matrices",
     "make_layout",
     "make_wide_layout",
     "onehot_constants",
     "pack_queries",
+    "pair_rows",
+    "pair_signs",
     "pack_wide",
     "score_slots",
     "spread_rows",
@@ -120,13 +123,15 @@ class EnsembleLayout:
     hidden_rows: int = 0  # m1: K * H rounded up to a power of two (0: linear heads)
     hidden_baby: int = 0  # g1, stage 1
     hidden_giant: int = 0  # h1, with g1 * h1 == m1
-    class_stride: int = 0  # slots per class block of comparisons: C (compact) or P; 0 means P
+    class_stride: int = 0  # slots per class block of comparisons: C (compact), m (pairs) or P; 0 means P
     chunk: int = 0  # K of the chunked lane (see chunk_sources); 0: x twice, rows read below n only
+    pairs: bool = False  # rows hold the C(C-1)/2 pairs i < j once; class i sums them in block i
 
     @property
     def stride(self) -> int:
         """Row ``i * stride + j`` compares classes ``i`` and ``j``; class ``i``'s result sits in
-        slot ``i * stride`` of its lane."""
+        slot ``i * stride`` of its lane (with ``pairs``, row :func:`pair_rows` ``[i, j]``, and
+        the stride is ``m``: class ``i`` sums block ``i`` of the replicated rows)."""
         return self.class_stride or self.pad_classes
 
     @property
@@ -233,6 +238,7 @@ def make_layout(
     hidden: int = 0,
     compact: bool = False,
     chunked: bool = False,
+    pairs: bool = False,
 ) -> EnsembleLayout:
     """Compute the packed layout, or raise :class:`LayoutError` if it does not fit ``slots``.
 
@@ -242,6 +248,12 @@ def make_layout(
     for 10 classes, half the diagonals of the product. ``chunked`` (linear heads) lays a query
     whose lane is the whole ciphertext (``2 n == slots``) out in chunks (see
     :func:`chunk_sources`) so every slot computes a partial row sum: half the diagonals again.
+    ``pairs`` (linear win counts, one query per ciphertext) computes each pair ``i < j`` once
+    (``m`` = ``C (C - 1) / 2`` rounded up, 64 rows for 10 classes): the rotate-and-sum leaves
+    the rows replicated in every block of ``m`` slots, the last sign step weighs block ``i``'s
+    slots by ``+1`` where ``i`` is a pair's first class, ``-1`` where it is the second and 0
+    elsewhere (:func:`pair_signs`), and a window sum of ``m`` slots gives class ``i``'s win
+    count in slot ``i * m``. Raises :class:`LayoutError` where the ``C`` blocks do not fit.
     """
     if compact and hidden:
         raise LayoutError("the compact comparison rows serve linear heads only")
@@ -251,7 +263,10 @@ def make_layout(
         )
     block = _pow2_at_least(dim)
     pad_classes = _pow2_at_least(classes)
-    rows = _pow2_at_least(classes * classes) if compact else pad_classes * pad_classes
+    if pairs:
+        rows = _pow2_at_least(classes * (classes - 1) // 2)
+    else:
+        rows = _pow2_at_least(classes * classes) if compact else pad_classes * pad_classes
     hidden_rows = _pow2_at_least(members * hidden) if hidden else 0
     n = max(_pow2_at_least(members * block), rows, hidden_rows)
     if n > slots:
@@ -266,7 +281,11 @@ def make_layout(
     lane = 2 * n if 2 * n <= slots else n
     chunk = rows * n // slots if chunked and not hidden_rows and 2 * n == slots and rows >= 2 else 0
     baby, giant = _split(chunk or min(rows, hidden_rows or n))
-    if (compact or chunk) and giant < baby:
+    if pairs and not (chunk or n == slots) or pairs and classes * rows > slots:
+        # Class blocks beyond the first need the rows replicated over the whole ciphertext.
+        raise LayoutError(f"{classes} class blocks of {rows} pair rows need one query per ciphertext "
+                          f"and {classes * rows} <= {slots} slots")
+    if (compact or pairs or chunk) and giant < baby:
         # Fewer baby steps, more giant ones: babies rotate the fresh query at the top level,
         # giant steps an inner sum one prime lower (cheaper), see EnsembleEvaluator._matvec.
         baby, giant = giant, baby
@@ -287,8 +306,9 @@ def make_layout(
         hidden_rows=hidden_rows,
         hidden_baby=hidden_baby,
         hidden_giant=hidden_giant,
-        class_stride=classes if compact else 0,
+        class_stride=rows if pairs else classes if compact else 0,
         chunk=chunk,
+        pairs=pairs,
     )
 
 
@@ -297,15 +317,60 @@ def _check_finite(*arrays: FloatArray) -> None:
         raise LayoutError("weights and biases must be finite")
 
 
+def pair_rows(classes: int) -> npt.NDArray[np.int64]:
+    """``(C, C)`` row of each class pair in a ``pairs`` layout: ``i < j`` in order, row
+    ``[j, i]`` equal to row ``[i, j]`` (it holds the pair's one comparison), -1 on the diagonal."""
+    out = np.full((classes, classes), -1, dtype=np.int64)
+    i, j = np.triu_indices(classes, k=1)
+    out[i, j] = out[j, i] = np.arange(i.size)
+    return out
+
+
+def pair_signs(layout: EnsembleLayout) -> FloatArray:
+    """The last sign step's per-slot weight in a ``pairs`` layout: in block ``i`` (slots
+    ``i * m .. i * m + m - 1``), ``+1`` on the row of pair ``(i, j)``, ``-1`` on that of
+    ``(j, i)`` (``s_ji = -s_ij``), 0 on rows not involving ``i`` and past the last block, so
+    block ``i`` sums to class ``i``'s win count."""
+    if not layout.pairs:
+        raise LayoutError("the layout does not hold each pair once")
+    out = np.zeros(layout.slots)
+    rows = pair_rows(layout.classes)
+    for i in range(layout.classes):
+        for j in range(layout.classes):
+            if i != j:
+                out[i * layout.rows + rows[i, j]] = 1.0 if i < j else -1.0
+    return out
+
+
+def comparison_matrix(values: FloatArray, layout: EnsembleLayout) -> FloatArray:
+    """The ``(C, C)`` scaled differences ``(L_i - L_j) / bound`` read from a decrypted
+    comparison vector (the circuit's input to the sign steps) of the first query's lane."""
+    vals = np.asarray(values, dtype=np.float64)
+    c = layout.classes
+    if layout.pairs:
+        rows = pair_rows(c)
+        upper = np.triu(np.ones((c, c), dtype=bool), k=1)
+        out: FloatArray = np.where(upper, vals[np.maximum(rows, 0)], -vals[np.maximum(rows, 0)])
+        np.fill_diagonal(out, 0.0)
+        return out
+    block: FloatArray = vals[np.arange(c)[:, None] * layout.stride + np.arange(c)[None, :]]
+    return block
+
+
 def _pairwise(full: FloatArray, mean_bias: FloatArray, layout: EnsembleLayout) -> tuple[FloatArray, FloatArray]:
-    """Rows ``i * P + j`` of ``full[i] - full[j]`` and of the bias differences (zero padded)."""
+    """Rows ``i * P + j`` of ``full[i] - full[j]`` and of the bias differences (zero padded);
+    with ``pairs``, row :func:`pair_rows` ``[i, j]`` for ``i < j``."""
     p, c = layout.stride, full.shape[0]
     diff = np.zeros((layout.rows, full.shape[1]))
     diff_bias = np.zeros(layout.rows)
+    rows = pair_rows(c) if layout.pairs else None
     for i in range(c):
         for j in range(c):
-            diff[i * p + j] = full[i] - full[j]
-            diff_bias[i * p + j] = mean_bias[i] - mean_bias[j]
+            if rows is not None and i >= j:
+                continue
+            r = i * p + j if rows is None else int(rows[i, j])
+            diff[r] = full[i] - full[j]
+            diff_bias[r] = mean_bias[i] - mean_bias[j]
     return diff, diff_bias
 
 
@@ -513,6 +578,8 @@ def onehot_constants(layout: EnsembleLayout) -> FloatArray:
     class stride, ``P`` or compact ``C``) compares two real classes ``i != j``, else 1 (there
     ``s = 0``), so the product over a block of ``S`` slots is ``prod_{j != i} (1 + s_ij) / 2``
     and every slot stays within [0, 1]."""
+    if layout.pairs:
+        raise LayoutError("one-hot outputs multiply class blocks; the pair rows serve win counts only")
     pos = np.arange(layout.slots) % layout.lane
     row = pos % layout.rows
     i, j = row // layout.stride, row % layout.stride

@@ -114,6 +114,8 @@ class SingleWeights:
     hidden_bias: npt.NDArray[np.float64]
     keep: npt.NDArray[np.bool_]
     onehot_constants: list[float]
+    #: The last sign step's per-slot weights of a pairs layout (``packing.pair_signs``), else None.
+    signs: npt.NDArray[np.float64] | None = None
 
 
 def _memoised(memo: dict[Any, Any] | None, key: Any, make: Callable[[], Any]) -> Any:
@@ -587,6 +589,8 @@ class Circuit:
         rng = np.random.default_rng(secrets.randbits(128))
         lay = self._layout
         scale = None if self._onehot else self._output_scale(rng, lay.queries_per_ciphertext, lay.lane)
+        if scale is not None and weights.signs is not None:
+            scale = scale * weights.signs  # block i: +-1 on class i's pairs, 0 elsewhere
         z = self._signs(self.differences(ct, weights), rescale=False, scale=scale)
         if self._onehot:
             # (1 + s) / 2 in comparison slots, 1 in padded and diagonal ones (s = 0 there).

@@ -170,7 +170,8 @@ class EnsembleEvaluator:
             hidden_diagonals=hidden_diagonals,
             hidden_bias=hidden_bias,
             keep=packing.output_mask(lay),
-            onehot_constants=packing.onehot_constants(lay).tolist(),
+            onehot_constants=packing.onehot_constants(lay).tolist() if self._onehot else [],
+            signs=packing.pair_signs(lay) if lay.pairs else None,
         )
         return weights, bound
 

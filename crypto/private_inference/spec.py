@@ -33,6 +33,7 @@ __all__ = [
     "max_query_bytes",
     "max_wide_bytes",
     "output_mode",
+    "pair_layout",
     "refuse_wide",
     "sign_rounds",
     "single_layout",
@@ -132,6 +133,23 @@ def compact_rows(spec: dict[str, Any]) -> bool:
     return not isinstance(served, dict) or int(served.get("class_stride") or 0) == classes
 
 
+def pair_layout(spec: dict[str, Any]) -> bool:
+    """Whether the single layout computes each class pair once (``packing.make_layout(pairs=
+    True)``: half the rows of compact ones for 10 classes): linear heads with win counts whose
+    query fills a ciphertext, unless the spec comes from a server whose layout predates it
+    (a ``layout`` without ``pairs: true``)."""
+    if output_mode(spec) != "scores":
+        return False
+    served = spec.get("layout")
+    if isinstance(served, dict) and not served.get("pairs"):
+        return False
+    try:
+        _single_layout(spec, compact=False, chunked=chunked_lane(spec), pairs=True)
+    except packing.LayoutError:
+        return False
+    return True
+
+
 def chunked_lane(spec: dict[str, Any]) -> bool:
     """Whether a query that fills the ciphertext is laid out in chunks (see
     :mod:`crypto.packing`): linear heads, unless the spec comes from a server whose layout
@@ -145,10 +163,13 @@ def chunked_lane(spec: dict[str, Any]) -> bool:
 
 def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
     """The single (one query per lane) slot layout of ``spec``."""
-    return _single_layout(spec, compact=compact_rows(spec), chunked=chunked_lane(spec))
+    pairs = pair_layout(spec)
+    return _single_layout(spec, compact=compact_rows(spec) and not pairs, chunked=chunked_lane(spec), pairs=pairs)
 
 
-def _single_layout(spec: dict[str, Any], *, compact: bool, chunked: bool) -> packing.EnsembleLayout:
+def _single_layout(
+    spec: dict[str, Any], *, compact: bool, chunked: bool, pairs: bool = False
+) -> packing.EnsembleLayout:
     preset = get_preset(str(spec["preset"]))
     hidden = int(spec["hidden"]) if head_kind(spec) == "quadratic_mlp" else 0
     if head_kind(spec) == "quadratic_mlp" and hidden < 1:
@@ -161,6 +182,7 @@ def _single_layout(spec: dict[str, Any], *, compact: bool, chunked: bool) -> pac
         hidden=hidden,
         compact=compact,
         chunked=chunked,
+        pairs=pairs,
     )
 
 

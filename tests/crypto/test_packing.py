@@ -105,6 +105,59 @@ def test_chunked_lane_meets_every_input_once_per_row_with_half_the_diagonals(mem
     np.testing.assert_allclose(plain[: layout.rows] + bias, out[: layout.rows], atol=1e-12)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize(
+    ("members", "dim", "classes"), [(8, 384, 10), (1, 1000, 10), (3, 20, 5), (2, 7, 2), (4, 512, 16)]
+)
+def test_pair_rows_give_each_class_its_win_count_in_its_own_block(members, dim, classes, chunked):
+    """Each pair i < j is computed once; after the rotate-and-sum every block of m slots holds
+    every row, block i weighs class i's pairs +-1 (pair_signs) and its window sum is
+    sum_j (L_i - L_j) / bound, the win count's linear part (the circuit puts the sign
+    polynomial, an odd function, between the two)."""
+    rng = np.random.default_rng(members * 7 + dim + classes)
+    pairs = classes * (classes - 1) // 2
+    n = max(packing._pow2_at_least(members * packing._pow2_at_least(dim)), packing._pow2_at_least(pairs))
+    slots = 2 * n if chunked else n
+    if chunked and pairs == 1:  # one row: no chunks (K = m / 2), and x twice leaves block 1 unsummed
+        with pytest.raises(packing.LayoutError, match="one query per ciphertext"):
+            packing.make_layout(members=members, dim=dim, classes=classes, slots=slots, pairs=True, chunked=True)
+        return
+    layout = packing.make_layout(members=members, dim=dim, classes=classes, slots=slots, pairs=True, chunked=chunked)
+    assert layout.pairs and layout.rows == packing._pow2_at_least(pairs) == layout.stride
+    assert (layout.chunk > 0) == chunked and layout.lane == layout.slots
+    rows = packing.pair_rows(classes)
+    assert sorted(rows[np.triu_indices(classes, k=1)].tolist()) == list(range(pairs)) and (rows == rows.T).all()
+    weights = rng.normal(size=(members, classes, dim))
+    biases = rng.normal(size=(members, classes))
+    matrix, bias, bound = packing.difference_matrix(weights, biases, norm_bound=1.5, layout=layout)
+    emb = rng.normal(size=(1, members, dim)) * 2.0
+    packed = packing.pack_queries(emb, layout, norm_bound=1.5)
+    out = _simulate(layout, packing.diagonals(matrix, layout), packed) + packing.bias_slots(bias, layout)
+    assert np.max(np.abs(out)) <= 1.0 + 1e-9
+    np.testing.assert_allclose(out, np.tile(out[: layout.rows], layout.slots // layout.rows), atol=1e-12)
+    clipped = emb[0] * np.minimum(1.0, 1.5 / np.linalg.norm(emb[0], axis=1, keepdims=True))
+    logits = np.einsum("kd,kcd->c", clipped, weights) / members + biases.mean(axis=0)
+    expected = (logits[:, None] - logits[None, :]) / bound
+    np.testing.assert_allclose(packing.comparison_matrix(out, layout), expected, atol=1e-12)
+    signs = packing.pair_signs(layout)
+    assert np.abs(signs).sum() == classes * (classes - 1) and not signs[classes * layout.rows :].any()
+    weighed = out * signs
+    sums = [weighed[i * layout.rows : (i + 1) * layout.rows].sum() for i in range(classes)]
+    np.testing.assert_allclose(sums, expected.sum(axis=1), atol=1e-10)
+    assert set(layout.block_strides) == {1 << k for k in range(layout.rows.bit_length() - 1)}
+
+
+def test_pair_rows_only_where_the_class_blocks_fit():
+    with pytest.raises(packing.LayoutError, match="one query per ciphertext"):
+        packing.make_layout(members=2, dim=8, classes=3, slots=4096, pairs=True)  # many lanes
+    with pytest.raises(packing.LayoutError, match="class blocks"):
+        packing.make_layout(members=8, dim=384, classes=20, slots=4096, pairs=True)  # 20 x 256 > 4096
+    lay = packing.make_layout(members=8, dim=384, classes=16, slots=4096, pairs=True)
+    assert (lay.rows, lay.baby, lay.giant) == (128, 8, 16)
+    with pytest.raises(packing.LayoutError, match="win counts only"):
+        packing.onehot_constants(lay)
+
+
 def test_chunked_lane_only_where_one_query_fills_the_ciphertext():
     assert packing.make_layout(members=8, dim=384, classes=10, slots=4096, chunked=True).chunk == 0  # n == slots
     assert packing.make_layout(members=2, dim=8, classes=3, slots=4096, chunked=True).chunk == 0  # many lanes

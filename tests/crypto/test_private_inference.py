@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from support import assert_argmax_agrees, assert_scaled_win_counts
 
-from crypto import argmax
+from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError, make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference.client import PrivateClient
@@ -46,8 +46,7 @@ def test_encrypted_ensemble_logits_match_numpy(small) -> None:
     # The comparison stage's input, decrypted by the client key (a test-only look inside).
     diffs_ct = evaluator._circuit.differences(evaluator._load_query(client.encrypt(emb)), evaluator._weights)
     values = np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs_ct)).decrypt())
-    p, c = evaluator.layout.stride, len(art.classes)  # row i * stride + j compares i with j
-    got = values[: c * p].reshape(c, p)[:, :c] * evaluator._bound
+    got = packing.comparison_matrix(values, evaluator.layout) * evaluator._bound
     logits = art.plaintext_logits(emb)[0]
     expected = logits[:, None] - logits[None, :]
     assert np.max(np.abs(got - expected)) < 1e-4
@@ -78,16 +77,16 @@ def test_encrypted_argmax_on_random_logits() -> None:
 
 
 def test_win_counts_in_a_chunked_lane_with_fewer_keys() -> None:
-    """K=4 x 384-d fills half of n8192-d3's slots, so a query is laid out in chunks (64
-    diagonals instead of 128) and the session sends keys for steps 1, 8 and every third
-    rotate-and-sum stride only; the circuit makes the others (the class windows from step 1)."""
+    """K=4 x 384-d fills half of n8192-d3's slots, so a query is laid out in chunks (32
+    diagonals of the 45 pair rows instead of 64) and the single layout needs keys for steps 1,
+    the giant step 4 and every third rotate-and-sum stride only; the circuit makes the others."""
     rng = np.random.default_rng(4)
     art = _random_artifact(rng, k=4, c=10, d=384)
     client = PrivateClient(spec=art.public_spec())
     evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
     lay = evaluator.layout
-    assert (lay.chunk, lay.stride, lay.baby * lay.giant, lay.lane) == (64, 10, 64, lay.slots)
-    assert lay.galois_steps == (1, 8, 128, 1024) and client._steps[:4] == (1, 2, 4, 8)  # + the wide layout's
+    assert (lay.chunk, lay.stride, lay.baby * lay.giant, lay.lane, lay.pairs) == (32, 64, 32, lay.slots, True)
+    assert lay.galois_steps == (1, 4, 64, 512) and client._steps[:4] == (1, 2, 4, 8)  # + the wide layout's
     emb = rng.normal(size=(12, 4, 384))
     emb /= np.linalg.norm(emb, axis=2, keepdims=True)
     scores = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(emb)), total=12)
@@ -95,6 +94,37 @@ def test_win_counts_in_a_chunked_lane_with_fewer_keys() -> None:
     assert list(scores.labels) == logits.argmax(axis=1).tolist()
     reference = argmax.reference_win_counts(logits, evaluator._bound, evaluator.sign_rounds)
     assert_scaled_win_counts(scores.win_counts, reference, tol=2e-3)
+
+
+def test_pair_rows_where_a_query_fills_the_ciphertext() -> None:
+    """K=8 x 384-d fills n8192-d3's slots: the 45 pairs of 10 classes are computed once (64
+    diagonals instead of the compact layout's 128), block i of the replicated rows is weighed
+    +-1 in the last sign step and summed into class i's win count, the same as before up to
+    the secret factor; a client that follows a server predating the pair rows packs compactly."""
+    from crypto.private_inference.spec import single_layout
+
+    rng = np.random.default_rng(11)
+    art = _random_artifact(rng, k=8, c=10, d=384)
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    lay = evaluator.layout
+    assert (lay.pairs, lay.rows, lay.stride, lay.baby * lay.giant, lay.queries_per_ciphertext) == (True, 64, 64, 64, 1)
+    assert client.layout == lay
+    emb = rng.normal(size=(6, 8, 384))
+    emb /= np.linalg.norm(emb, axis=2, keepdims=True)
+    diffs = evaluator._circuit.differences(evaluator._load_query(client.encrypt(emb[0])), evaluator._weights)
+    values = np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs)).decrypt())
+    logits = art.plaintext_logits(emb)
+    got = packing.comparison_matrix(values, lay) * evaluator._bound
+    assert np.max(np.abs(got - (logits[0][:, None] - logits[0][None, :]))) < 1e-4
+    scores = client.decrypt_batch(evaluator.evaluate_batch(client.encrypt_batch(emb)), total=6)
+    assert list(scores.labels) == logits.argmax(axis=1).tolist()
+    reference = argmax.reference_win_counts(logits, evaluator._bound, evaluator.sign_rounds)
+    assert_scaled_win_counts(scores.win_counts, reference, tol=2e-3)
+    old_server = {**art.public_spec(), "layout": {"class_stride": 10, "chunk": 0}}
+    assert (single_layout(old_server).pairs, single_layout(old_server).rows) == (False, 128)
+    assert single_layout({**art.public_spec(), "layout": {"class_stride": 64, "pairs": True}}) == lay
+    assert not single_layout({**art.public_spec(), "output": "onehot", "preset": "n16384-d7"}).pairs
 
 
 def test_digits_encrypted_accuracy_equals_plaintext() -> None:

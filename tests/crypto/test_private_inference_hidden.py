@@ -57,8 +57,7 @@ def test_encrypted_hidden_logits_match_numpy(small) -> None:
         # The comparison stage's input, decrypted by the client key (a test-only look inside).
         diffs_ct = evaluator._circuit.differences(evaluator._load_query(client.encrypt(emb)), evaluator._weights)
         values = np.array(ts.ckks_vector_from(client._ctx, evaluator._dump_reply(diffs_ct)).decrypt())
-        p, c = evaluator.layout.pad_classes, len(art.classes)
-        got = values[: p * p].reshape(p, p)[:c, :c] * evaluator._bound
+        got = packing.comparison_matrix(values, evaluator.layout) * evaluator._bound
         logits = art.plaintext_logits(emb)[0]
         worst = max(worst, float(np.max(np.abs(got - (logits[:, None] - logits[None, :])))))
         assert np.max(np.abs(got.mean(axis=1) - (logits - logits.mean()))) < 1e-4

@@ -100,13 +100,18 @@ class EnsembleLayoutOut(BaseModel):
     lane: int
     pad_classes: int
     class_stride: int = Field(
-        default=0, description="row i * class_stride + j compares classes i and j; class i's result "
-                               "is in slot i * class_stride (classes for linear win counts, else "
-                               "pad_classes; 0 from servers that predate it means pad_classes)")
+        default=0, description="row i * class_stride + j compares classes i and j (pair layouts: see "
+                               "pairs); class i's result is in slot i * class_stride (rows for pair "
+                               "layouts, classes for other linear win counts, else pad_classes; 0 "
+                               "from servers that predate it means pad_classes)")
     rows: int
     chunk: int = Field(
         default=0, description="K of the chunked lane (slot p holds input (p // rows) * K + p % K; "
                                "0: the query twice per lane); absent from servers that predate it")
+    pairs: bool = Field(
+        default=False, description="rows hold each class pair i < j once, row pair_rows(C)[i, j]; class "
+                                   "i's win count is in slot i * class_stride (class_stride = rows); "
+                                   "false from servers that predate it")
     baby: int
     giant: int
     queries_per_ciphertext: int
@@ -228,7 +233,7 @@ def _layout_info(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "slots": layout.slots, "block": layout.block, "n": layout.n, "lane": layout.lane,
         "pad_classes": layout.pad_classes, "class_stride": layout.stride, "rows": layout.rows,
-        "chunk": layout.chunk,
+        "chunk": layout.chunk, "pairs": layout.pairs,
         "baby": layout.baby,
         "giant": layout.giant, "queries_per_ciphertext": layout.queries_per_ciphertext,
         "galois_steps": list(layout.galois_steps), "hidden": layout.hidden,

@@ -229,8 +229,9 @@ def test_a_slow_server_is_a_request_timeout_not_an_httpx_error() -> None:
 
 def test_sdk_single_layout_in_a_chunked_lane_over_http(app: Any, settings: Any) -> None:
     """One 2048-d member fills half of n8192-d3's slots, so the server lays queries out in a
-    chunked lane; the served spec says so ("chunk"), the SDK packs the same way, its session
-    opens with the matching layout digest and the single layout's labels are the plaintext's."""
+    chunked lane (of the 10 pair rows); the served spec says so ("chunk", "pairs"), the SDK
+    packs the same way, its session opens with the matching layout digest and the single
+    layout's labels are the plaintext's."""
     from appliance.client import Client
     from crypto.ensemble import EnsembleArtifact
 
@@ -242,9 +243,10 @@ def test_sdk_single_layout_in_a_chunked_lane_over_http(app: Any, settings: Any) 
     ensemble = owner.create_ensemble(art, name="chunked").id
     with Client("http://appliance.test", token=make_token(settings, "acme", "client"), retries=0,
                 transport=httpx.WSGITransport(app=app)) as user:
-        assert user.ensemble_spec(ensemble)["layout"]["chunk"] == 16
+        served = user.ensemble_spec(ensemble)["layout"]
+        assert (served["chunk"], served["pairs"]) == (8, True)
         session = user.open_inference_session(ensemble)
-        assert session.private_client.layout.chunk == 16
+        assert (session.private_client.layout.chunk, session.private_client.layout.pairs) == (8, True)
         emb = rng.normal(size=(6, 1, 2048))
         emb /= np.linalg.norm(emb, axis=2, keepdims=True)
         got = session.predict_embeddings(emb, layout="single")
