@@ -24,6 +24,14 @@ from power-of-two rotations, giant steps are done in Horner form with one key (`
 twice (so rotations never leave the lane) unless ``n`` fills the whole ciphertext, in which
 case rotations are cyclic. Several lanes in one ciphertext give the batch form.
 
+Pair rows (``pairs=True``; win counts where one query fills the ciphertext, ``n == slots``
+or a chunked lane): row ``r`` = :func:`pair_rows` ``[i, j]`` holds the comparison of the pair
+``i < j`` once, so ``m`` = ``C (C - 1) / 2`` rounded up (64 for 10 classes, half the compact
+rows). The rotate-and-sum leaves every row in each block of ``m`` slots; the last sign step
+multiplies slot-wise by :func:`pair_signs` (in block ``i``: ``+1`` on class ``i``'s pairs
+``(i, j)``, ``-1`` on its pairs ``(j, i)``, as the sign polynomial is odd; 0 elsewhere), and a
+window sum of ``m`` slots leaves class ``i``'s win count in slot ``i * m``.
+
 Chunked lane (linear heads whose lane is the whole ciphertext, ``2 n == slots``): with ``x``
 twice, rows are read at lane positions below ``n`` only and half the products are zero.
 Instead, slot ``p`` holds input ``(p // m) * K + p % K`` with ``K = m / 2`` (each chunk of
