@@ -149,7 +149,15 @@ def _worst_sign(bound: float, rounds: int) -> float:
 
 def worst_output(ratio: float, rounds: int, output: str, classes: int) -> float:
     """Largest result-slot magnitude when comparison inputs reach ``ratio`` times the domain:
-    win-count sums ``(C - 1) / 2 * |f^(r)|``, one-hot products ``((1 + |f^(r)|) / 2)^(C - 1)``."""
+    win-count sums ``(C - 1) / 2 * |f^(r)|``, one-hot products ``((1 + |f^(r)|) / 2)^(C - 1)``.
+
+    Unread slots may sum more signs than a result slot: up to ``C`` in a compact window and
+    ``2 C - 3`` in the single layout's pair rows (a window straddling two class blocks). The
+    ``sqrt 2`` by which :func:`max_range_ratio` inflates the inputs (a factor of at least 1.77 on
+    the bound of ``|f|`` past the domain, 2.8 far out) and the flooding margin (slots may reach
+    4 times the flooding amplitude before they wrap, :data:`crypto.ensemble.FLOOD_MARGIN_BITS`)
+    cover both: at most ``(2 C - 3) / ((C - 1) / 2 * 1.77) < 2.3`` times the limit, plus the
+    flood, stays below 4."""
     b = _worst_sign(ratio, rounds)
     if output == "onehot":
         return float(((1.0 + b) / 2.0) ** (classes - 1))
