@@ -24,8 +24,8 @@ from power-of-two rotations, giant steps are done in Horner form with one key (`
 twice (so rotations never leave the lane) unless ``n`` fills the whole ciphertext, in which
 case rotations are cyclic. Several lanes in one ciphertext give the batch form.
 
-Pair rows (``pairs=True``; win counts where one query fills the ciphertext, ``n == slots``
-or a chunked lane): row ``r`` = :func:`pair_rows` ``[i, j]`` holds the comparison of the pair
+Pair rows (``pairs=True``; win counts of linear or hidden heads where one query fills the
+ciphertext, ``n == slots`` or a chunked lane): row ``r`` = :func:`pair_rows` ``[i, j]`` holds the comparison of the pair
 ``i < j`` once, so ``m`` = ``C (C - 1) / 2`` rounded up (64 for 10 classes, half the compact
 rows). The rotate-and-sum leaves every row in each block of ``m`` slots; the last sign step
 multiplies slot-wise by :func:`pair_signs` (in block ``i``: ``+1`` on class ``i``'s pairs
@@ -87,9 +87,9 @@ __all__ = [
     "make_wide_layout",
     "onehot_constants",
     "pack_queries",
+    "pack_wide",
     "pair_rows",
     "pair_signs",
-    "pack_wide",
     "score_slots",
     "spread_rows",
     "wide_weights",
@@ -256,7 +256,7 @@ def make_layout(
     for 10 classes, half the diagonals of the product. ``chunked`` (linear heads) lays a query
     whose lane is the whole ciphertext (``2 n == slots``) out in chunks (see
     :func:`chunk_sources`) so every slot computes a partial row sum: half the diagonals again.
-    ``pairs`` (linear win counts, one query per ciphertext) computes each pair ``i < j`` once
+    ``pairs`` (win counts, one query per ciphertext) computes each pair ``i < j`` once
     (``m`` = ``C (C - 1) / 2`` rounded up, 64 rows for 10 classes): the rotate-and-sum leaves
     the rows replicated in every block of ``m`` slots, the last sign step weighs block ``i``'s
     slots by ``+1`` where ``i`` is a pair's first class, ``-1`` where it is the second and 0

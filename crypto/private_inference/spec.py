@@ -135,8 +135,8 @@ def compact_rows(spec: dict[str, Any]) -> bool:
 
 def pair_layout(spec: dict[str, Any]) -> bool:
     """Whether the single layout computes each class pair once (``packing.make_layout(pairs=
-    True)``: half the rows of compact ones for 10 classes): linear heads with win counts whose
-    query fills a ciphertext, unless the spec comes from a server whose layout predates it
+    True)``: half the rows of compact ones for 10 classes): win counts (linear or hidden heads)
+    where a query fills the ciphertext, unless the spec comes from a server whose layout predates it
     (a ``layout`` without ``pairs: true``)."""
     if output_mode(spec) != "scores":
         return False
