@@ -139,8 +139,9 @@ def _hosted_memory_rows(art: EnsembleArtifact, sessions: int) -> list[tuple[str,
         host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
         started = time.perf_counter()
         for i, (k, q) in enumerate(zip(keys, queries, strict=True)):
-            host.open(blobs, ensemble, f"s{i}", k)
-            reply = host.evaluate(blobs, ensemble, {"id": f"s{i}", "keys_digest": None}, [q])[0]
+            digest = clients[i].layout_digest
+            host.open(blobs, ensemble, f"s{i}", k, digest)
+            reply = host.evaluate(blobs, ensemble, {"id": f"s{i}", "keys_digest": None, "layout": digest}, [q])[0]
             assert clients[i].decrypt_result(reply).labels[0] == int(np.argmax(art.plaintext_logits(emb)[0]))
         opened = time.perf_counter() - started
         held, child = _rss_mb(), _rss_of(host.pid)
@@ -173,8 +174,8 @@ def _hosted_latency_rows(art: EnsembleArtifact, blobs: Any, ensemble: dict[str, 
     keys = client.evaluation_keys()
     query = client.encrypt(np.full((art.members, art.dim), 1.0 / np.sqrt(art.dim)))
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
-    host.open(blobs, ensemble, "s", keys)
-    session = {"id": "s", "keys_digest": None}
+    host.open(blobs, ensemble, "s", keys, client.layout_digest)
+    session = {"id": "s", "keys_digest": None, "layout": client.layout_digest}
     hosted = _timed(lambda: host.evaluate(blobs, ensemble, session, [query]), reps)
     host.clear()
     inline = EnsembleEvaluator(artifact=art, public_context=keys)

@@ -55,9 +55,11 @@ class EnsembleEvaluator:
     ``public_context`` must be the bytes of :meth:`PrivateClient.evaluation_keys`; anything
     holding a secret key, of other parameters, or lacking a needed Galois key raises
     :class:`~crypto.ckks.ContextError`. Plaintext weights are encoded once here
-    (:func:`~crypto.private_inference.spec.encoded_weight_bytes`: 67 MB at n8192-d3 with 10
-    classes, 59 / 84 MB at n8192-d5 for K=8 hidden heads of 16 / 32 units); pass ``shared``
-    (an evaluator of the same artifact) to reuse them for another session's keys.
+    (:func:`~crypto.private_inference.spec.encoded_weight_bytes`); pass ``shared`` (an evaluator
+    of the same artifact and single layout) to reuse them for another session's keys.
+    ``layout`` is one of :func:`~crypto.private_inference.spec.session_layouts` (the one an
+    older client packs in, see :func:`~crypto.private_inference.spec.session_layout`);
+    by default the spec's own.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class EnsembleEvaluator:
         max_query_bytes: int | None = None,
         max_wide_bytes: int | None = None,
         shared: EnsembleEvaluator | None = None,
+        layout: packing.EnsembleLayout | None = None,
     ) -> None:
         if isinstance(public_context, ts.Context):
             secret = "a secret-key " if public_context.has_secret_key() else "a "
@@ -82,7 +85,9 @@ class EnsembleEvaluator:
         self._max_wide_bytes = max_wide_bytes or specs.DEFAULT_MAX_WIDE_BYTES * factor
         spec = artifact.public_spec()
         self._wide = specs.wide_layout(spec)
-        self._layout = specs.single_layout(spec)
+        self._layout = specs.single_layout(spec) if layout is None else layout
+        if layout is not None and layout not in specs.session_layouts(spec):
+            raise ContextError("the evaluator serves the single layouts of specs.session_layouts only")
         self._hidden = artifact.head == "quadratic_mlp"
         self._onehot = specs.output_mode(spec) == "onehot"
         self._wide_kept = specs.wide_kept(spec)
@@ -111,6 +116,7 @@ class EnsembleEvaluator:
         if (
             shared is not None
             and shared._artifact is artifact
+            and shared._layout == self._layout
             and shared._seal.context.first_parms_id() == self._seal.context.first_parms_id()
         ):
             self._bound = shared._bound
@@ -176,13 +182,15 @@ class EnsembleEvaluator:
         return weights, bound
 
     def with_session(self, public_context: bytes) -> EnsembleEvaluator:
-        """Evaluator for another session's evaluation keys, sharing the encoded weights."""
+        """Evaluator for another session's evaluation keys (in the same single layout), sharing
+        the encoded weights."""
         return EnsembleEvaluator(
             artifact=self._artifact,
             public_context=public_context,
             max_query_bytes=self._max_query_bytes,
             max_wide_bytes=self._max_wide_bytes,
             shared=self,
+            layout=self._layout,
         )
 
     def _load_seal(self, data: bytes, shared: EnsembleEvaluator | None = None) -> SealKeys:

@@ -35,6 +35,8 @@ __all__ = [
     "output_mode",
     "pair_layout",
     "refuse_wide",
+    "session_layout",
+    "session_layouts",
     "sign_rounds",
     "single_layout",
     "size_factor",
@@ -210,6 +212,38 @@ def legacy_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
     return _single_layout(spec, compact=linear_scores, chunked=False)
 
 
+def session_layouts(spec: dict[str, Any]) -> list[packing.EnsembleLayout]:
+    """The single layouts a server opens sessions of ``spec`` in: its own first and, where that
+    one has pair rows, the ones older clients compute: a client that knows the served layout's
+    ``class_stride`` and ``chunk`` but not ``pairs`` (so ``P * P`` class blocks), and one that
+    predates the layout digest (:func:`legacy_layout`). Every role computes the same list."""
+    ours = single_layout(spec)
+    out = [ours]
+    if ours.pairs:
+        older = _single_layout(spec, compact=False, chunked=chunked_lane(spec))
+        for lay in (older, legacy_layout(spec)):
+            if all(client_geometry(lay) != client_geometry(o) for o in out):
+                out.append(lay)
+    return out
+
+
+def session_layout(spec: dict[str, Any], digest: str | None) -> packing.EnsembleLayout:
+    """The layout of :func:`session_layouts` a client packs in, from the digest it sent when it
+    opened the session (``None``: a client that predates the digest, :func:`legacy_layout`).
+    Raises :class:`~crypto.packing.LayoutError` where the server serves none of them."""
+    layouts = session_layouts(spec)
+    if digest is None:
+        legacy = client_geometry(legacy_layout(spec))
+        for lay in layouts:
+            if client_geometry(lay) == legacy:
+                return lay
+        raise packing.LayoutError("this client predates the server's slot layout for this ensemble")
+    for lay in layouts:
+        if layout_digest(lay) == digest:
+            return lay
+    raise packing.LayoutError(f"the client's slot layout {digest} is not this server's {layout_digest(layouts[0])}")
+
+
 def wide_layout(spec: dict[str, Any]) -> packing.WideLayout:
     """The wide batch slot layout of ``spec`` (slots index queries, see :mod:`crypto.packing`)."""
     preset = get_preset(str(spec["preset"]))
@@ -230,13 +264,14 @@ def refuse_wide(head: str) -> None:
         )
 
 
-def encoded_weight_bytes(spec: dict[str, Any]) -> int:
-    """Memory of the plaintext-encoded weights one evaluator holds for ``spec`` (single layout).
+def encoded_weight_bytes(spec: dict[str, Any], layout: packing.EnsembleLayout | None = None) -> int:
+    """Memory of the plaintext-encoded weights one evaluator holds for ``spec`` (its single
+    layout, or ``layout``: 17 MB at n8192-d3, K=8 x 384-d, 10 classes with pair rows).
 
     Each diagonal is an NTT-form plaintext of ``N`` coefficients per prime of its level.
     """
     preset = get_preset(str(spec["preset"]))
-    lay = single_layout(spec)
+    lay = single_layout(spec) if layout is None else layout
     primes = len(preset.coeff_mod_bit_sizes) - 1  # data primes of the top level
     if not lay.hidden_rows:
         return lay.baby * lay.giant * preset.poly_modulus_degree * primes * 8

@@ -27,4 +27,12 @@ def _cli() -> list[click.Command]:
     return [ensembles, predict]
 
 
-CAPABILITY: Capability = Capability(name="inference", routes=_routes, cli=_cli)
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    # the single layout a session's client packs queries in: its layout digest, or "legacy"
+    # for a client that sent none; NULL for sessions opened before it was recorded (410)
+    (500, """
+        ALTER TABLE inference_sessions ADD COLUMN layout TEXT;
+    """),
+)
+
+CAPABILITY: Capability = Capability(name="inference", routes=_routes, cli=_cli, migrations=MIGRATIONS)

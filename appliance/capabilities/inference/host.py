@@ -12,7 +12,7 @@ the child (a SEAL abort on hostile input, the OOM killer) costs one request a 50
 server.
 
     evaluators = HostedEvaluators(blobs=settings.blob_dir, tmp_dir=settings.tmp_dir)
-    evaluators.open(store.blobs, ensemble_row, session_id, keys)          # 422 if refused
+    evaluators.open(store.blobs, ensemble_row, session_id, keys, layout)  # 422 if refused
     replies = evaluators.evaluate(store.blobs, ensemble_row, session_row, [ciphertext])
 
 The parent and the child talk over a Unix socket in a private directory (mode 0700) with
@@ -72,7 +72,7 @@ _ERRORS: dict[str, type[ApplianceError]] = {
 _MAX_FRAME = max(MAX_CONTEXT_BYTES, MAX_DEEP_CONTEXT_BYTES, MAX_WIDE_BYTES) + (1 << 20)
 #: Rows' fields the child needs (never the spec's weights: they are read from the blobs).
 _ENSEMBLE_FIELDS = ("id", "json_digest", "tensors_digest")
-_SESSION_FIELDS = ("id", "keys_digest")
+_SESSION_FIELDS = ("id", "keys_digest", "layout")
 
 
 class HostedEvaluators:
@@ -104,8 +104,10 @@ class HostedEvaluators:
         self._finalizer: weakref.finalize[..., Any] | None = None
 
     # -- the Evaluators protocol ------------------------------------------------------------
-    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes) -> None:
-        self._call("open", {"ensemble": _fields(ensemble, _ENSEMBLE_FIELDS), "session_id": session_id}, [keys])
+    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes,
+             layout: str) -> None:
+        self._call("open", {"ensemble": _fields(ensemble, _ENSEMBLE_FIELDS), "session_id": session_id,
+                            "layout": layout}, [keys])
 
     def evaluate(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
                  queries: list[bytes]) -> list[bytes]:
@@ -307,7 +309,8 @@ def _serve(conn: Connection, cache: EvaluatorCache, blobs: BlobStore) -> None:
         try:
             op = header.get("op")
             if op == "open":
-                cache.open(blobs, header["ensemble"], str(header["session_id"]), frames[0])
+                cache.open(blobs, header["ensemble"], str(header["session_id"]), frames[0],
+                           str(header["layout"]))
             elif op == "evaluate":
                 out = cache.evaluate(blobs, header["ensemble"], header["session"], frames)
             elif op == "evaluate_wide":

@@ -385,8 +385,10 @@ class Evaluators(Protocol):
     :class:`~appliance.capabilities.inference.host.HostedEvaluators` (in a child process that
     exits when the last session closes, so its memory goes back to the system)."""
 
-    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes) -> None:
-        """Validate ``keys`` against the ensemble by building the session's evaluator, and keep it."""
+    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes,
+             layout: str) -> None:
+        """Validate ``keys`` against the ensemble by building the session's evaluator in the
+        single layout of ``layout`` (the key :func:`check_client_layout` gave), and keep it."""
 
     def evaluate(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
                  queries: list[bytes]) -> list[bytes]:
@@ -486,8 +488,10 @@ class EvaluatorCache:
                 self._artifacts.popitem(last=False)
         return art
 
-    def build(self, artifact: EnsembleArtifact, ensemble_id: str, keys: bytes) -> EnsembleEvaluator:
-        """A validated evaluator for ``keys`` (shares weights with a cached sibling if any).
+    def build(self, artifact: EnsembleArtifact, ensemble_id: str, keys: bytes, *, layout: str | None,
+              session_id: str) -> EnsembleEvaluator:
+        """A validated evaluator for ``keys`` in the session's single layout (its stored key,
+        410 if it has none), sharing weights with a cached sibling of that layout if any.
 
         Raises :class:`~appliance.errors.UnprocessableInput` when the keys hold a secret key,
         have other parameters than the ensemble's preset, lack a needed rotation key, or are
@@ -496,17 +500,18 @@ class EvaluatorCache:
         from crypto.ckks import ContextError
         from crypto.private_inference.server import EnsembleEvaluator
 
+        single = _session_layout(artifact.public_spec(), layout, session_id)
         sibling = None
         with self._lock:
             for (ens, _), entry in reversed(self._entries.items()):
-                if ens == ensemble_id and entry.evaluator._artifact is artifact:
+                if ens == ensemble_id and entry.evaluator._artifact is artifact and entry.evaluator.layout == single:
                     sibling = entry.evaluator
                     break
         try:
             evaluator = EnsembleEvaluator(artifact=artifact, public_context=keys,
                                           max_context_bytes=context_limit(artifact.preset),
                                           max_query_bytes=MAX_QUERY_BYTES,
-                                          max_wide_bytes=MAX_WIDE_BYTES, shared=sibling)
+                                          max_wide_bytes=MAX_WIDE_BYTES, shared=sibling, layout=single)
         except ContextError as exc:
             raise UnprocessableInput(f"evaluation keys refused: {exc}", hint=exc.hint) from None
         except (ValueError, RuntimeError, TypeError):  # SEAL on corrupt inner blobs
@@ -543,15 +548,20 @@ class EvaluatorCache:
             if path is None or not path.is_file():
                 raise Gone(f"inference session {session['id']!r} has expired or was closed")
             artifact = self.artifact(blobs, ensemble)
-            evaluator = self.build(artifact, ensemble["id"], path.read_bytes())
+            evaluator = self.build(artifact, ensemble["id"], path.read_bytes(), layout=session.get("layout"),
+                                   session_id=str(session["id"]))
             entry = self.put(ensemble["id"], session["id"], evaluator)
         with self._lock:
             self._building.pop(key, None)
         return entry
 
-    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes) -> None:
-        """Build the session's evaluator from ``keys`` (422 if refused) and keep it."""
-        self.put(ensemble["id"], session_id, self.build(self.artifact(blobs, ensemble), ensemble["id"], keys))
+    def open(self, blobs: BlobStore, ensemble: dict[str, Any], session_id: str, keys: bytes,
+             layout: str) -> None:
+        """Build the session's evaluator from ``keys`` in ``layout``'s single layout (422 if
+        refused) and keep it."""
+        evaluator = self.build(self.artifact(blobs, ensemble), ensemble["id"], keys, layout=layout,
+                               session_id=session_id)
+        self.put(ensemble["id"], session_id, evaluator)
 
     def evaluate(self, blobs: BlobStore, ensemble: dict[str, Any], session: dict[str, Any],
                  queries: list[bytes]) -> list[bytes]:
@@ -609,24 +619,46 @@ def sweep_expired(store: Store, *, now: float | None = None) -> int:
     return len(rows)
 
 
+#: The layout key of sessions whose client sent no layout digest (SDKs that predate it).
+LEGACY_LAYOUT = "legacy"
 UPGRADE_HINT = ("the client and the server pack queries differently (different versions); upgrade "
                 "the appliance SDK (pip install --upgrade) and open the session again")
 
 
-def check_client_layout(spec: dict[str, Any], digest: str | None) -> None:
-    """Refuse a session whose client packs queries another way than this server (422): its
-    ciphertexts would decrypt to wrong labels, not to an error. A client that sends no digest
-    predates it and is served where its layout is still this server's."""
-    from crypto.private_inference.spec import client_geometry, layout_digest, legacy_layout, single_layout
+def check_client_layout(spec: dict[str, Any], digest: str | None) -> str:
+    """The layout key a session stores (the client's digest, or :data:`LEGACY_LAYOUT` for a
+    client that sends none), once the server serves that client's packing
+    (:func:`crypto.private_inference.spec.session_layout`: its own, or where it has pair rows
+    also the ones older SDKs compute, if their weights fit the limit); else 422: ciphertexts
+    packed another way would decrypt to wrong labels, not to an error."""
+    from crypto.packing import LayoutError
+    from crypto.private_inference.spec import encoded_weight_bytes, session_layout, single_layout
 
-    ours = single_layout(spec)
-    if digest is None:
-        if client_geometry(legacy_layout(spec)) != client_geometry(ours):
-            raise UnprocessableInput("this client predates the server's slot layout for this ensemble",
-                                     hint=UPGRADE_HINT)
-    elif digest != layout_digest(ours):
-        raise UnprocessableInput(f"the client's slot layout {digest} is not this server's "
-                                 f"{layout_digest(ours)}", hint=UPGRADE_HINT)
+    try:
+        layout = session_layout(spec, digest)
+    except LayoutError as exc:
+        raise UnprocessableInput(str(exc), hint=UPGRADE_HINT) from None
+    if layout != single_layout(spec) and encoded_weight_bytes(spec, layout) > _weight_limit(str(spec["preset"])):
+        raise UnprocessableInput("this client packs queries in an earlier layout whose encoded weights "
+                                 "exceed this server's limit", hint=UPGRADE_HINT)
+    return LEGACY_LAYOUT if digest is None else digest
+
+
+def _session_layout(spec: dict[str, Any], key: str | None, session_id: str) -> Any:
+    """The single layout of a session from the layout key it stored (410 for a session opened
+    by a server that did not record one: its client may pack queries another way than this
+    server would answer, and wrong labels must not come back)."""
+    from crypto.packing import LayoutError
+    from crypto.private_inference.spec import session_layout
+
+    if not key:
+        raise Gone(f"inference session {session_id!r} was opened by an earlier version of the "
+                   "server; open a new one")
+    try:
+        return session_layout(spec, None if key == LEGACY_LAYOUT else str(key))
+    except LayoutError:
+        raise Gone(f"inference session {session_id!r} packs queries in a layout this server no "
+                   "longer serves; open a new one") from None
 
 
 def open_session(store: Store, cache: Evaluators, principal: Principal, *, ensemble_id: str,
@@ -641,7 +673,7 @@ def open_session(store: Store, cache: Evaluators, principal: Principal, *, ensem
     if not 1 <= ttl_seconds <= MAX_SESSION_TTL_SECONDS:
         raise ValidationFailed(f"ttl_seconds must lie in [1, {MAX_SESSION_TTL_SECONDS}]")
     ensemble = get_ensemble(store, principal, ensemble_id)
-    check_client_layout(loads(ensemble["spec"]), layout)
+    layout_key = check_client_layout(loads(ensemble["spec"]), layout)
     limit = context_limit(str(loads(ensemble["spec"])["preset"]))
     if len(keys) > limit:
         raise PayloadTooLarge(f"evaluation keys are limited to {limit} bytes for this ensemble's preset",
@@ -649,20 +681,21 @@ def open_session(store: Store, cache: Evaluators, principal: Principal, *, ensem
     if not keys:
         raise UnprocessableInput("the body must hold the evaluation keys (public context)")
     session_id = new_id("ses")
-    cache.open(store.blobs, ensemble, session_id, keys)
+    cache.open(store.blobs, ensemble, session_id, keys, layout_key)
     try:
         sweep_expired(store)
         digest, size = store.blobs.put_bytes(keys)
         created = time.time()
         row = {"id": session_id, "tenant_id": principal.tenant_id, "ensemble_id": ensemble["id"],
                "keys_digest": digest, "keys_size": size, "token_id": principal.token_id,
+               "layout": layout_key,
                "created_at": _iso(created), "expires_at": created + ttl_seconds}
         with store.transaction():
             store.record_blob(digest, size)
             store.conn.execute(
                 "INSERT INTO inference_sessions (id, tenant_id, ensemble_id, keys_digest, keys_size, "
-                "token_id, created_at, expires_at) VALUES (:id, :tenant_id, :ensemble_id, "
-                ":keys_digest, :keys_size, :token_id, :created_at, :expires_at)", row)
+                "token_id, layout, created_at, expires_at) VALUES (:id, :tenant_id, :ensemble_id, "
+                ":keys_digest, :keys_size, :token_id, :layout, :created_at, :expires_at)", row)
     except BaseException:
         cache.drop(ensemble["id"], session_id)
         raise

@@ -135,12 +135,12 @@ def test_the_process_stays_for_the_grace_period_then_goes(
     blobs, ensemble = stored
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0.5)
     try:
-        host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
+        host.open(blobs, ensemble, "ses_1", private.evaluation_keys(), private.layout_digest)
         pid = host.pid
         assert pid is not None
         host.drop("ens_1", "ses_1")
         assert host.pid == pid and len(host) == 0  # still there: a next session starts at once
-        host.open(blobs, ensemble, "ses_2", private.evaluation_keys())
+        host.open(blobs, ensemble, "ses_2", private.evaluation_keys(), private.layout_digest)
         assert host.pid == pid and host.starts == 1
         host.drop("ens_1", "ses_2")
         for _ in range(60):
@@ -157,14 +157,15 @@ def test_the_evaluator_process_speaks_only_to_a_peer_with_its_key(
     blobs, ensemble = stored
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
     try:
-        host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
+        host.open(blobs, ensemble, "ses_1", private.evaluation_keys(), private.layout_digest)
         folder = Path(host._address).parent
         assert folder.stat().st_mode & 0o777 == 0o700
         with pytest.raises(AuthenticationError):
             Client(host._address, family="AF_UNIX", authkey=b"not the key").close()
         # the child still serves its parent afterwards
         emb = np.ones((art.members, art.dim)) / np.sqrt(art.dim)
-        reply = host.evaluate(blobs, ensemble, {"id": "ses_1", "keys_digest": None}, [private.encrypt(emb)])
+        session = {"id": "ses_1", "keys_digest": None, "layout": private.layout_digest}
+        reply = host.evaluate(blobs, ensemble, session, [private.encrypt(emb)])
         assert private.decrypt_result(reply[0]).labels[0] == int(np.argmax(art.plaintext_logits(emb[None])[0]))
     finally:
         host.clear()
@@ -219,7 +220,7 @@ def test_a_forked_copy_never_stops_the_parents_evaluator_process(
     blobs, ensemble = stored
     host = HostedEvaluators(blobs=blobs.root, tmp_dir=blobs.tmp_dir, idle_seconds=0)
     try:
-        host.open(blobs, ensemble, "ses_1", private.evaluation_keys())
+        host.open(blobs, ensemble, "ses_1", private.evaluation_keys(), private.layout_digest)
         pid = host.pid
         child = multiprocessing.get_context("fork").Process(target=_in_forked_copy, args=(host,))
         child.start()
@@ -227,7 +228,8 @@ def test_a_forked_copy_never_stops_the_parents_evaluator_process(
         assert child.exitcode == 0
         assert host.pid == pid and pid is not None and _alive(pid)
         emb = np.ones((art.members, art.dim)) / np.sqrt(art.dim)
-        reply = host.evaluate(blobs, ensemble, {"id": "ses_1", "keys_digest": None}, [private.encrypt(emb)])
+        session = {"id": "ses_1", "keys_digest": None, "layout": private.layout_digest}
+        reply = host.evaluate(blobs, ensemble, session, [private.encrypt(emb)])
         assert private.decrypt_result(reply[0]).labels[0] == int(np.argmax(art.plaintext_logits(emb[None])[0]))
     finally:
         host.clear()

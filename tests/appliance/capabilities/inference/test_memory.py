@@ -22,8 +22,9 @@ def test_dropped_sessions_are_collected_and_memory_released() -> None:
     cache = EvaluatorCache(capacity=4)
     refs = []
     for session in ("s1", "s2"):
-        keys = PrivateClient(spec=art.public_spec()).evaluation_keys()
-        evaluator = cache.build(art, "ens", keys)
+        private = PrivateClient(spec=art.public_spec())
+        evaluator = cache.build(art, "ens", private.evaluation_keys(), layout=private.layout_digest,
+                                session_id=session)
         cache.put("ens", session, evaluator)
         refs.append(weakref.ref(evaluator))
         del evaluator
