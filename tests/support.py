@@ -186,6 +186,15 @@ def upload_model(client: Any, token: str, data: bytes, filename: str) -> Any:
                        data={"name": "m", "file": (io.BytesIO(data), filename)})
 
 
+def register_ensemble(client: Any, token: str, art: Any) -> Any:
+    """POST /v1/ensembles with the Flask test client: an EnsembleArtifact's two files."""
+    files = art.dumps()
+    return client.post("/v1/ensembles", headers=auth(token), content_type="multipart/form-data",
+                       data={"ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
+                             "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]),
+                                                      "ensemble.safetensors")})
+
+
 def upload_dataset(client: Any, token: str, data: bytes) -> Any:
     """POST /v1/datasets with the Flask test client; the dataset is named 'd'."""
     return client.post("/v1/datasets", headers=auth(token), content_type="multipart/form-data",

@@ -69,6 +69,18 @@ def test_diagonal_circuit_computes_scaled_pairwise_differences(members, dim, cla
     assert len(layout.galois_steps) <= 12
 
 
+def _one_query(rng: np.random.Generator, layout: packing.EnsembleLayout) -> tuple[np.ndarray, ...]:
+    """Random heads and one query (norms above the bound 1.5 get clipped) through the simulated
+    diagonal circuit: ``(weights, biases, matrix, bias, bound, emb, out)``."""
+    weights = rng.normal(size=(layout.members, layout.classes, layout.dim))
+    biases = rng.normal(size=(layout.members, layout.classes))
+    matrix, bias, bound = packing.difference_matrix(weights, biases, norm_bound=1.5, layout=layout)
+    emb = rng.normal(size=(1, layout.members, layout.dim)) * 2.0
+    packed = packing.pack_queries(emb, layout, norm_bound=1.5)
+    out = _simulate(layout, packing.diagonals(matrix, layout), packed) + packing.bias_slots(bias, layout)
+    return weights, biases, matrix, bias, np.float64(bound), emb, out
+
+
 @pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize(("members", "dim", "classes"), [(8, 384, 10), (1, 10, 10), (3, 20, 5), (2, 7, 2), (1, 3, 3)])
 def test_chunked_lane_meets_every_input_once_per_row_with_half_the_diagonals(members, dim, classes, compact):
@@ -83,12 +95,7 @@ def test_chunked_lane_meets_every_input_once_per_row_with_half_the_diagonals(mem
     # the diagonals, summed over the slots of a row, are that row of the matrix.
     source = packing.chunk_sources(layout)
     assert sorted(np.bincount(source, minlength=n).tolist()) == [2] * n
-    weights = rng.normal(size=(members, classes, dim))
-    biases = rng.normal(size=(members, classes))
-    matrix, bias, bound = packing.difference_matrix(weights, biases, norm_bound=1.5, layout=layout)
-    emb = rng.normal(size=(1, members, dim)) * 2.0
-    packed = packing.pack_queries(emb, layout, norm_bound=1.5)
-    out = _simulate(layout, packing.diagonals(matrix, layout), packed) + packing.bias_slots(bias, layout)
+    weights, biases, matrix, bias, bound, emb, out = _one_query(rng, layout)
     x = np.zeros(n)
     clipped = emb[0] * np.minimum(1.0, 1.5 / np.linalg.norm(emb[0], axis=1, keepdims=True))
     for member in range(members):
@@ -127,12 +134,7 @@ def test_pair_rows_give_each_class_its_win_count_in_its_own_block(members, dim, 
     assert (layout.chunk > 0) == chunked and layout.lane == layout.slots
     rows = packing.pair_rows(classes)
     assert sorted(rows[np.triu_indices(classes, k=1)].tolist()) == list(range(pairs)) and (rows == rows.T).all()
-    weights = rng.normal(size=(members, classes, dim))
-    biases = rng.normal(size=(members, classes))
-    matrix, bias, bound = packing.difference_matrix(weights, biases, norm_bound=1.5, layout=layout)
-    emb = rng.normal(size=(1, members, dim)) * 2.0
-    packed = packing.pack_queries(emb, layout, norm_bound=1.5)
-    out = _simulate(layout, packing.diagonals(matrix, layout), packed) + packing.bias_slots(bias, layout)
+    weights, biases, matrix, bias, bound, emb, out = _one_query(rng, layout)
     assert np.max(np.abs(out)) <= 1.0 + 1e-9
     np.testing.assert_allclose(out, np.tile(out[: layout.rows], layout.slots // layout.rows), atol=1e-12)
     clipped = emb[0] * np.minimum(1.0, 1.5 / np.linalg.norm(emb[0], axis=1, keepdims=True))

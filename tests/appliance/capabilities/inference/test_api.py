@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tenseal as ts
-from support import auth, make_token
+from support import auth, make_token, register_ensemble
 
 from crypto.ckks import make_context, public_context_bytes
 from crypto.ensemble import EnsembleArtifact
@@ -42,14 +42,6 @@ def art() -> EnsembleArtifact:
 @pytest.fixture(scope="module")
 def private(art: EnsembleArtifact) -> PrivateClient:
     return PrivateClient(spec=art.public_spec())
-
-
-def _register(client: Any, token: str, art: EnsembleArtifact) -> Any:
-    files = art.dumps()
-    return client.post("/v1/ensembles", headers=auth(token), content_type="multipart/form-data",
-                       data={"ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
-                             "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]),
-                                                      "ensemble.safetensors")})
 
 
 def _open(client: Any, token: str, ensemble_id: str, keys: bytes, **params: Any) -> Any:
@@ -82,7 +74,7 @@ def _home_files(settings: Any) -> dict[str, int]:
 @pytest.fixture
 def setup(client: Any, settings: Any, art: EnsembleArtifact, private: PrivateClient,
           token_a: str) -> dict[str, Any]:
-    resp = _register(client, token_a, art)
+    resp = register_ensemble(client, token_a, art)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     ensemble = resp.get_json()
     user = make_token(settings, "tenant-a", role="client")
@@ -94,8 +86,8 @@ def setup(client: Any, settings: Any, art: EnsembleArtifact, private: PrivateCli
 def test_register_list_spec_without_weights(client: Any, settings: Any, art: EnsembleArtifact,
                                             token_a: str, token_b: str) -> None:
     user = make_token(settings, "tenant-a", role="client")
-    _is_problem(_register(client, user, art), 403)  # clients do not register ensembles
-    resp = _register(client, token_a, art)
+    _is_problem(register_ensemble(client, user, art), 403)  # clients do not register ensembles
+    resp = register_ensemble(client, token_a, art)
     assert resp.status_code == 201
     out = resp.get_json()
     assert out["name"] == "synthetic-7" and out["classes"] == list(art.classes)
@@ -121,7 +113,7 @@ def test_register_list_spec_without_weights(client: Any, settings: Any, art: Ens
     _is_problem(bad, 422)
     _is_problem(client.post("/v1/ensembles", headers=auth(token_a), json={}), 415)
     # too many classes for one process's memory (64 classes: 4096 encoded diagonals)
-    resp = _register(client, token_a, _artifact(1, k=1, c=64, d=4))
+    resp = register_ensemble(client, token_a, _artifact(1, k=1, c=64, d=4))
     _is_problem(resp, 422)
     assert "encoded weights" in resp.get_json()["detail"]
 
@@ -256,7 +248,7 @@ def test_other_tenant_gets_404_and_sessions_are_bound(client: Any, settings: Any
     _is_problem(_open(client, token_b, ens, private.evaluation_keys()), 404)
     _is_problem(client.delete(f"/v1/inference/sessions/{ses}", headers=auth(token_b)), 404)
     # tenant b's own ensemble with tenant a's session id: still 404
-    ens_b = _register(client, token_b, _artifact(8)).get_json()["id"]
+    ens_b = register_ensemble(client, token_b, _artifact(8)).get_json()["id"]
     _is_problem(_predict(client, token_b, ens_b, ses, query), 404)
     # a session belongs to the token that opened it: another token of the same tenant (even
     # its admin) can neither query nor close it, and the session survives the attempt
@@ -266,7 +258,7 @@ def test_other_tenant_gets_404_and_sessions_are_bound(client: Any, settings: Any
     _is_problem(client.delete(f"/v1/inference/sessions/{ses}", headers=auth(colleague)), 404)
     assert _predict(client, user, ens, ses, query).status_code == 200
     # a session of one ensemble cannot query another ensemble of the same tenant
-    ens_a2 = _register(client, token_a, _artifact(9)).get_json()["id"]
+    ens_a2 = register_ensemble(client, token_a, _artifact(9)).get_json()["id"]
     _is_problem(_predict(client, user, ens_a2, ses, query), 409)
     # closing deletes the stored keys; the session is then unknown
     store_keys = _home_files(settings)
@@ -306,7 +298,7 @@ def test_hidden_layer_ensemble_registered_and_predicted(client: Any, settings: A
         hidden_biases=rng.normal(size=(k, h)) * 0.1, activation=(0.25, 0.5, 0.0),
         weights=rng.normal(size=(k, c, h)), biases=rng.normal(size=(k, c)) * 0.1,
         classes=("red", "green", "blue"))
-    resp = _register(client, token_a, art)
+    resp = register_ensemble(client, token_a, art)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     ens = resp.get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
@@ -346,7 +338,7 @@ def test_calibrated_scale_is_stated_in_the_spec_and_served(client: Any, settings
     rng = np.random.default_rng(31)
     base = _artifact(31, k=2, c=3, d=16)
     cal = base.calibrated(_unit(rng, (64, 2, 16)))
-    resp = _register(client, token_a, cal)
+    resp = register_ensemble(client, token_a, cal)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     ensemble_id = resp.get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")

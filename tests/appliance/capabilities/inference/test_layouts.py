@@ -3,31 +3,15 @@ older SDKs compute, and none that it cannot tell (410, never wrong labels)."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from support import auth, make_token
+from support import auth, make_token, register_ensemble
 
 from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference.client import PrivateClient
 
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-def _register(client: Any, token: str, art: EnsembleArtifact) -> str:
-    files = art.dumps()
-    resp = client.post(
-        "/v1/ensembles",
-        headers=auth(token),
-        content_type="multipart/form-data",
-        data={
-            "ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
-            "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]), "ensemble.safetensors"),
-        },
-    )
-    assert resp.status_code == 201, resp.get_data(as_text=True)
-    return str(resp.get_json()["id"])
 
 
 def _open(client: Any, token: str, ensemble: str, private: PrivateClient, *, digest: bool = True) -> Any:
@@ -49,7 +33,9 @@ def test_older_sdks_keep_their_packing_and_unrecorded_sessions_are_gone(app: Any
     rng = np.random.default_rng(8)
     art = EnsembleArtifact(templates=("a {}", "b {}"), weights=rng.normal(size=(2, 5, 2048)) / 30.0,
                            biases=rng.normal(size=(2, 5)) * 0.1, classes=tuple("vwxyz"))
-    ens = _register(client, token_a, art)
+    resp = register_ensemble(client, token_a, art)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    ens = resp.get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     assert (spec["layout"]["pairs"], spec["layout"]["rows"], spec["layout"]["class_stride"]) == (True, 16, 16)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from support import auth, make_token
+from support import auth, make_token, register_ensemble
 
 from appliance.client import Client
 from crypto.ensemble import EnsembleArtifact
@@ -27,19 +26,6 @@ def _encode(texts: list[str]) -> np.ndarray:
             np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big")).normal(size=16)
             for t in texts
         ]
-    )
-
-
-def _register(client: Any, token: str, art: EnsembleArtifact) -> Any:
-    files = art.dumps()
-    return client.post(
-        "/v1/ensembles",
-        headers=auth(token),
-        content_type="multipart/form-data",
-        data={
-            "ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
-            "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]), "ensemble.safetensors"),
-        },
     )
 
 
@@ -61,7 +47,7 @@ def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any,
         classes=[str(i) for i in range(10)],
         output="onehot",
     )
-    resp = _register(client, token_a, big)
+    resp = register_ensemble(client, token_a, big)
     assert resp.get_json()["preset"] == "n16384-d7"
     # Served in the wide layout too: no weights kept, no keys beyond the single layout's, one region.
     big_spec = client.get(f"/v1/ensembles/{resp.get_json()['id']}", headers=auth(token_a)).get_json()
@@ -73,7 +59,7 @@ def test_onehot_ensemble_over_http_and_sdk(app: Any, client: Any, settings: Any,
     assert not legacy.prefers_wide(128)
     with pytest.raises(LayoutError, match="predates"):
         legacy.encrypt_wide_batch(np.ones((16, 8, 384)) / np.sqrt(384))
-    resp = _register(client, token_a, art)
+    resp = register_ensemble(client, token_a, art)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     assert resp.get_json()["output"] == "onehot"
     ens = resp.get_json()["id"]
@@ -118,7 +104,7 @@ def test_deep_onehot_batches_go_wide_through_the_sdk(app: Any, client: Any, sett
         classes=[str(i) for i in range(10)],
         output="onehot",
     )
-    ens = _register(client, token_a, big).get_json()["id"]
+    ens = register_ensemble(client, token_a, big).get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
     sdk = Client("http://appliance.test", token=user, transport=httpx.WSGITransport(app=app), retries=0)
 
@@ -146,7 +132,7 @@ def test_preset_whose_keys_cannot_be_uploaded_is_refused_at_registration(client:
         output="onehot",
         preset="n32768-d18",
     )
-    resp = _register(client, token_a, art)
+    resp = register_ensemble(client, token_a, art)
     assert resp.status_code == 422, resp.get_json()
     body = resp.get_json()
     assert resp.mimetype == "application/problem+json" and "cannot be served" in body["detail"]
@@ -166,7 +152,7 @@ def test_a_session_whose_client_packs_queries_another_way_is_refused(client: Any
         norm_bound=float(np.sqrt(3)),
         output="onehot",
     )
-    ens = _register(client, token_a, art).get_json()["id"]
+    ens = register_ensemble(client, token_a, art).get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     assert spec["layout"]["class_stride"] == 3
@@ -192,7 +178,7 @@ def test_a_session_whose_client_packs_queries_another_way_is_refused(client: Any
     # Win counts with linear heads kept their layout: a session without a digest still opens.
     scores = EnsembleArtifact(templates=("{}",), weights=np.eye(3)[None], biases=np.zeros((1, 3)),
                               classes=("a", "b", "c"))
-    sid = _register(client, token_a, scores).get_json()["id"]
+    sid = register_ensemble(client, token_a, scores).get_json()["id"]
     plain_spec = client.get(f"/v1/ensembles/{sid}", headers=auth(user)).get_json()
     assert plain_spec["wide_layout"] == _wide_layout_info(scores.public_spec())  # all of it, too
     plain = PrivateClient(spec=plain_spec)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from support import auth, make_token
+from support import auth, make_token, register_ensemble
 
 from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference.client import PrivateClient
@@ -28,16 +27,7 @@ def test_wide_layout_predictions_and_refusals(client: Any, settings: Any, token_
         biases=rng.normal(size=(k, c)) * 0.1,
         classes=tuple(f"class-{i}" for i in range(c)),
     )
-    files = art.dumps()
-    resp = client.post(
-        "/v1/ensembles",
-        headers=auth(token_a),
-        content_type="multipart/form-data",
-        data={
-            "ensemble_json": (io.BytesIO(files["ensemble.json"]), "ensemble.json"),
-            "ensemble_safetensors": (io.BytesIO(files["ensemble.safetensors"]), "ensemble.safetensors"),
-        },
-    )
+    resp = register_ensemble(client, token_a, art)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     ens = resp.get_json()["id"]
     user = make_token(settings, "tenant-a", role="client")
