@@ -847,7 +847,7 @@ def main() -> None:
             "goal <= 0.5 s",
         ),
         (
-            "server CPU / query, single layout (compact rows)",
+            f"server CPU / query, single layout ({'pair' if evaluator.layout.pairs else 'compact'} rows)",
             f"{server_cpu:.3f} s",
             f"goal <= 0.15 s; {resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw} vol. ctx switches",
         ),
