@@ -184,35 +184,28 @@ def _hosted_latency_rows(art: EnsembleArtifact, blobs: Any, ensemble: dict[str, 
 
 
 @contextlib.contextmanager
-def _previous_single_layout() -> Iterator[None]:
-    """Sessions opened inside use the previous single layout: power-of-two class blocks and
-    ``x`` twice in a lane (no compact or pair rows, no chunked lane), as a baseline in the same run."""
-    compact, chunked, pairs = pi_spec.compact_rows, pi_spec.chunked_lane, pi_spec.pair_layout
-    pi_spec.compact_rows = lambda spec: False  # type: ignore[assignment]
-    pi_spec.chunked_lane = lambda spec: False  # type: ignore[assignment]
-    pi_spec.pair_layout = lambda spec: False  # type: ignore[assignment]
+def _layout_choices_off(*names: str) -> Iterator[None]:
+    """Sessions opened inside see the named layout choices of ``crypto.private_inference.spec``
+    answer False, as a baseline in the same run: all three give the previous single layout
+    (power-of-two class blocks, ``x`` twice in a lane), ``pair_layout`` alone the one before
+    the pair rows (compact rows for linear win counts, ``P * P`` rows for hidden heads)."""
+    saved = {name: getattr(pi_spec, name) for name in names}
+    for name in names:
+        setattr(pi_spec, name, lambda spec: False)
     try:
         yield
     finally:
-        pi_spec.compact_rows, pi_spec.chunked_lane, pi_spec.pair_layout = compact, chunked, pairs  # type: ignore[assignment]
+        for name, choice in saved.items():
+            setattr(pi_spec, name, choice)
 
 
-@contextlib.contextmanager
-def _without_pair_rows() -> Iterator[None]:
-    """Sessions opened inside use the single layout as it was before the pair rows (compact
-    rows for linear win counts, ``P * P`` rows for hidden heads), as a baseline in the same run."""
-    pairs = pi_spec.pair_layout
-    pi_spec.pair_layout = lambda spec: False  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        pi_spec.pair_layout = pairs  # type: ignore[assignment]
+_PREVIOUS_SINGLE_LAYOUT = ("compact_rows", "chunked_lane", "pair_layout")
 
 
 def _previous_layout_cpu(art: EnsembleArtifact, emb: np.ndarray, reps: int) -> float:
     """Server CPU per query of the previous single layout (power-of-two class blocks, every
     rotation before the rescale), measured in this run as the baseline."""
-    with _previous_single_layout():
+    with _layout_choices_off(*_PREVIOUS_SINGLE_LAYOUT):
         client = PrivateClient(spec=art.public_spec())
         evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
     evaluator._circuit.late_rescale = True
@@ -377,7 +370,7 @@ def _onehot_rows(
     """One-hot output rows for ``art`` (output="onehot"): cost, agreement, sharpness; with
     ``previous``, of the previous single layout (the baseline)."""
     if previous:
-        with _previous_single_layout():
+        with _layout_choices_off(*_PREVIOUS_SINGLE_LAYOUT):
             client, keys, evaluator, keygen_s, setup_s = _session(art)
     else:
         client, keys, evaluator, keygen_s, setup_s = _session(art)
@@ -445,7 +438,7 @@ def _onehot_rows(
 def _interleaved_cpu_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> list[tuple[str, str, str]]:
     """Server CPU per query of the previous single layout and of this one, one query of each
     in turn (``reps`` each) in one process, so a shared machine's drift hits both alike."""
-    with _previous_single_layout():
+    with _layout_choices_off(*_PREVIOUS_SINGLE_LAYOUT):
         before = _session(art)
     now = _session(art)
     emb = _unit(rng, (1, art.members, art.dim))
@@ -536,7 +529,7 @@ def _pair_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> li
     rows = []
     for kind, model, count in (("linear", art, 3 * max(5, reps)), ("hidden (16 units)", hidden, max(5, reps))):
         now = _session(model)
-        with _without_pair_rows():
+        with _layout_choices_off("pair_layout"):
             before = _session(model)
         emb = _unit(rng, (24, model.members, model.dim))
         truth = model.plaintext_logits(emb).argmax(axis=1).tolist()
