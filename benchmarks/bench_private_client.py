@@ -12,6 +12,9 @@ docstrings. Rows, all in the same run:
 - **now, first call**: ONNX Runtime MiniLM loaded in this call (its graph cached on disk by the
   load probe before), keys generated, session opened and closed;
 - **now, warm process**: encoder and keys already loaded in the process (a second call);
+- **8-bit encoder ensemble**: the same heads registered over ``MINILM_INT8`` (MiniLM with 8-bit
+  matrix weights), first and second call: labels checked against the plaintext argmax of that
+  encoder's embeddings (a table also times both encoders alone, in turn);
 - **warm, all texts embedded first**: the same with every text embedded before the first
   request is encrypted (the path before requests were sent while later texts embed);
 - **now, key store**: a fresh Client in the same process reading its keys from the key store.
@@ -31,6 +34,7 @@ one after the other, and two sessions posting at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import importlib
 import inspect
@@ -163,6 +167,82 @@ def encoder_bound(texts: list[str], templates: list[str], *, repeats: int = 2) -
     return rows
 
 
+def precision_rows(texts: list[str], templates: list[str], *, repeats: int = 2) -> list[list[object]]:
+    """The client's embedding of every template prompt with the float and the 8-bit encoder,
+    in turn (``repeats`` each), and how far apart their embeddings are."""
+    from appliance.client.inference import default_text_encoder
+    from crypto.private_inference.templates import render_templates
+
+    prompts = [p for t in texts for p in render_templates(templates, t)]
+    encoders = {"fp32": default_text_encoder("fp32"), "int8": default_text_encoder("int8")}
+    out: dict[str, list[float]] = {name: [] for name in encoders}
+    emb: dict[str, np.ndarray] = {}
+    for _ in range(repeats):
+        for name, encode in encoders.items():
+            wall = time.perf_counter()
+            emb[name] = encode(prompts)
+            out[name].append(len(texts) / (time.perf_counter() - wall))
+    a, b = emb["fp32"], emb["int8"]
+    cosine = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    rates = [max(r) for r in out.values()]
+    return [[name, len(prompts), " / ".join(f"{r:.1f}" for r in runs)] for name, runs in out.items()] + [
+        ["int8 / fp32", "", f"{rates[1] / rates[0]:.2f}x (best runs); cosine min {cosine.min():.4f}, "
+                            f"median {np.median(cosine):.4f}"]]
+
+
+def labelled_paragraphs(per_module: int = 80) -> tuple[list[str], np.ndarray]:
+    """Every paragraph (>= 80 characters) of the docstrings of :data:`MODULES`' public objects
+    and their methods, labelled by module (at most ``per_module`` each, deduplicated)."""
+    texts: dict[str, int] = {}
+    for index, name in enumerate(MODULES):
+        module = importlib.import_module(name)
+        objs = [o for a, o in sorted(vars(module).items()) if not a.startswith("_")]
+        objs += [m for o in objs if inspect.isclass(o)
+                 for a, m in sorted(vars(o).items()) if not a.startswith("_")]
+        found = 0
+        for obj in objs:
+            for para in (inspect.getdoc(obj) or "").split("\n\n"):
+                para = " ".join(para.split())
+                if len(para) >= 80 and para not in texts and found < per_module:
+                    texts[para] = index
+                    found += 1
+    return list(texts), np.asarray(list(texts.values()))
+
+
+def task_rows(splits: int = 5) -> list[list[object]]:
+    """A real task for both encoders: which of :data:`MODULES` a docstring paragraph documents
+    (:func:`labelled_paragraphs`; a logistic regression per encoder trained on a random half
+    and tested on the other, ``splits`` times). Also the float heads queried with 8-bit
+    embeddings: what a client embedding at the wrong precision would get."""
+    from sklearn.linear_model import LogisticRegression
+
+    from appliance.client.inference import default_text_encoder
+
+    texts, y = labelled_paragraphs()
+    emb = {p: default_text_encoder(p)(texts) for p in ("fp32", "int8")}
+    scores: dict[str, list[float]] = {"fp32": [], "int8": [], "crossed": [], "alike": []}
+    for seed in range(splits):
+        order = np.random.default_rng(seed).permutation(len(y))
+        train, test = order[: len(y) // 2], order[len(y) // 2:]
+        heads = {p: LogisticRegression(C=10.0, max_iter=5000).fit(e[train], y[train]) for p, e in emb.items()}
+        for p in emb:
+            scores[p].append(heads[p].score(emb[p][test], y[test]))
+        crossed = heads["fp32"].predict(emb["int8"][test])
+        scores["crossed"].append(float(np.mean(crossed == y[test])))
+        scores["alike"].append(float(np.mean(crossed == heads["fp32"].predict(emb["fp32"][test]))))
+    n = f"{len(y) // 2} / {len(y) - len(y) // 2}"
+
+    def cell(values: list[float]) -> str:
+        return f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    diff = np.subtract(scores["int8"], scores["fp32"])
+    return [["heads trained and tested on fp32", n, cell(scores["fp32"])],
+            ["heads trained and tested on int8", n, cell(scores["int8"])
+             + f"; int8 - fp32 per split {diff.min():+.3f}..{diff.max():+.3f}"],
+            ["fp32 heads tested on int8 embeddings", n, cell(scores["crossed"])
+             + f"; same label as on fp32 {cell(scores['alike'])}"]]
+
+
 def stream_rows(url: str, token: str, ensemble_id: str, art: object, counts: tuple[int, ...] = (16, 64),
                 requests: int = 8) -> list[list[object]]:
     """Server throughput on wide batches (bodies encrypted beforehand): one session posting
@@ -231,7 +311,7 @@ def main() -> None:
 
     from appliance.client import Client
     from appliance.client.inference import default_text_encoder
-    from crypto.ensemble import EnsembleArtifact
+    from crypto.ensemble import MINILM_INT8, EnsembleArtifact
     from crypto.private_inference.client import PrivateClient
     from crypto.private_inference.templates import embed_with_templates
     from models.hub import load_minilm
@@ -264,6 +344,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, \
             live_appliance(Path(tmp) / "home", port=free_port()) as (url, token):
         ens = Client(url, token=token).create_ensemble(art, name="bench").id
+        # the same heads over the 8-bit encoder (an owner would train them on its embeddings)
+        art8 = dataclasses.replace(art, encoder=MINILM_INT8)
+        ens8 = Client(url, token=token).create_ensemble(art8, name="bench-int8").id
 
         def row(name: str, run: object) -> np.ndarray:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -294,6 +377,10 @@ def main() -> None:
                         lambda: sdk.private_predict(ens, texts))
             warm = row("now, warm process (encoder + keys loaded)",
                        lambda: sdk.private_predict(ens, texts))
+            first8 = row("8-bit encoder ensemble, first call (encoder loaded, keys made)",
+                         lambda: sdk.private_predict(ens8, texts))
+            warm8 = row("8-bit encoder ensemble, warm process",
+                        lambda: sdk.private_predict(ens8, texts))
             import appliance.client as sdk_module
 
             chunk, sdk_module.EMBED_CHUNK = sdk_module.EMBED_CHUNK, len(texts)
@@ -311,18 +398,31 @@ def main() -> None:
         old = row("before (PyTorch MiniLM loaded per call, keys made)", before)
         streams = stream_rows(url, token, ens, art)
     bound = encoder_bound(texts, templates)
+    precision = precision_rows(texts, templates)
+    task = task_rows()
 
     emb = embed_with_templates(texts, templates, default_text_encoder())
     logits = art.plaintext_logits(emb)
     plain = logits.argmax(axis=1)
     top2 = np.sort(logits, axis=1)[:, -2:]
-    for r, got in zip(rows, (first, warm, serial, stored, old), strict=True):
-        r.append(f"{int((got == plain).sum())}/{len(plain)}")
+    logits8 = art8.plaintext_logits(embed_with_templates(texts, templates, default_text_encoder("int8")))
+    plain8 = logits8.argmax(axis=1)
+    top2_8 = np.sort(logits8, axis=1)[:, -2:]
+    for r, got, want in zip(rows, (first, warm, first8, warm8, serial, stored, old),
+                            (plain, plain, plain8, plain8, plain, plain, plain), strict=True):
+        r.append(f"{int((got == want).sum())}/{len(want)}")
     print(table(f"SDK private_predict end to end, K={args.members} x 384-d, 10 classes, "
                 f"{source}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
                 ["path", "texts", "wall s", "client CPU s", "queries/s", "labels = plaintext"],
                 rows))
-    print(f"smallest top-2 logit gap of the plaintext ensemble: {float((top2[:, 1] - top2[:, 0]).min()):.2e}")
+    print(f"smallest top-2 logit gap of the plaintext ensemble: {float((top2[:, 1] - top2[:, 0]).min()):.2e} "
+          f"(8-bit encoder: {float((top2_8[:, 1] - top2_8[:, 0]).min()):.2e}); the same heads label "
+          f"{int((plain8 == plain).sum())}/{len(plain)} texts alike over the two encoders")
+    print(table("client embedding alone, float and 8-bit encoder in turn (texts/s per run)",
+                ["encoder", "prompts", "texts/s"], precision))
+    print(table(f"a real task for both encoders: which of {len(MODULES)} modules a docstring paragraph "
+                "documents (logistic regression; mean and range over 5 random halves)",
+                ["heads", "train / test", "accuracy"], task))
     print(table("client embedding alone (ONNX MiniLM, every template prompt) against this "
                 "machine's fp32 MatMul rate (ONNX Runtime, feed-forward shape)",
                 ["prompts", "tokens", "GFLOP", "embed wall s", "texts/s", "GFLOP/s",

@@ -65,7 +65,18 @@ __all__ = [
     "ArtifactError",
     "EnsembleArtifact",
     "HIDDEN_MIN_DEPTH",
+    "MINILM",
+    "MINILM_INT8",
 ]
+
+#: The encoders the SDK embeds with by itself (for any other, clients pass ``encode=``):
+#: all-MiniLM-L6-v2 as published (the default), and the same graph with its matrix weights
+#: quantised to 8 bits (``models.sentence_onnx``, ``precision="int8"``), about twice as fast on
+#: the client's CPU. Heads must be trained on embeddings of the encoder their ensemble names. The
+#: quantised name avoids the string "MiniLM-L6", which SDKs older than it took for the float
+#: encoder: they refuse such an ensemble instead of embedding at the wrong precision.
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_INT8 = "sentence-transformers/all-minilm-l6-v2:int8"
 
 ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v1"
 HIDDEN_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v2"
@@ -131,7 +142,7 @@ class EnsembleArtifact:
     biases: npt.NDArray[np.float64]
     classes: tuple[str, ...]
     norm_bound: float = 1.0
-    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    encoder: str = MINILM
     preset: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     hidden_weights: npt.NDArray[np.float64] | None = None

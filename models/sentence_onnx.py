@@ -11,7 +11,9 @@ sha256 of the weights and config; later processes load only the ONNX graph and t
 (about a second instead of ten). Pooling follows the sentence-transformers files, as
 :class:`models.engine.TransformersModel` does (mean or CLS; L2 normalisation unless
 ``modules.json`` lists no Normalize module). Batches are built by token length so they carry
-little padding.
+little padding. ``precision="int8"`` quantises the cached graph's matrix weights to 8 bits
+(once, checked against the float graph, cached beside it): about twice the speed on CPUs with
+8-bit dot products, embeddings within cosine ~0.99 of the float ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from models.errors import ModelError, ModelFormatError
 
 #: Largest absolute difference from the PyTorch forward accepted when a graph is exported.
 MAX_EXPORT_ERROR = 1e-4
+#: What :meth:`OnnxSentenceEncoder.from_transformers_dir` can run: the exported float graph,
+#: or that graph with its matrix weights quantised to 8 bits (see :func:`_quantise`).
+PRECISIONS = ("fp32", "int8")
+#: Smallest cosine to the float embedding accepted on the probes when a graph is quantised: a
+#: check against a broken quantisation, not a quality figure (all-MiniLM-L6-v2: 0.977 on the
+#: probes; on 1920 man-page prompts 0.966 at worst, median 0.992).
+MIN_INT8_COSINE = 0.9
 #: Bumped when the export procedure changes, so older cached graphs are not reused.
 EXPORT_VERSION = 1
 _PROBES = (
@@ -99,13 +108,20 @@ class OnnxSentenceEncoder:
 
     @classmethod
     def from_transformers_dir(cls, model_dir: str | Path, *, cache_dir: str | Path | None = None,
-                              threads: int | None = None) -> OnnxSentenceEncoder:
+                              threads: int | None = None, precision: str = "fp32") -> OnnxSentenceEncoder:
         """Load the cached graph of an encoder folder, exporting and checking it first if needed.
+
+        ``precision="int8"`` runs the graph with its matrix weights quantised to 8 bits
+        (quantised once from the float graph and cached beside it): about twice as fast on
+        CPUs with 8-bit dot products, embeddings within cosine ~0.99 of the float ones, so a
+        classifier must be trained on the same precision it is queried with.
 
         Raises :class:`~models.errors.ModelError` when the folder is not a mean/CLS-pooled
         encoder or the exported graph disagrees with PyTorch (callers fall back to
-        :class:`models.engine.TransformersModel`).
+        :class:`models.engine.TransformersModel`), or the quantised one with the float graph.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -133,21 +149,19 @@ class OnnxSentenceEncoder:
         if not graph.is_file():
             _export(model_dir, graph, tokenizer=tokenizer, input_names=input_names,
                     pooling=pooling, normalize=normalize, max_length=max_length)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Busy-waiting threads burn a shared machine's CPU for nothing (about a third more CPU
-        # time and twice the wall time measured on two loaded cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # a truncated or foreign cache file: export again next time
-            graph.unlink(missing_ok=True)
-            raise ModelError(f"cached encoder graph {graph.name!r} is unusable: {exc}") from None
-        return cls(session=session, tokenizer=tokenizer, max_length=max_length, pooling=pooling,
-                   normalize=normalize, input_names=input_names)
+        options = _session_options(threads)
+        session = _open_graph(graph, options)
+        encoder = cls(session=session, tokenizer=tokenizer, max_length=max_length, pooling=pooling,
+                      normalize=normalize, input_names=input_names)
+        if precision == "fp32":
+            return encoder
+        # the quantiser's version is part of the name: another version may round otherwise
+        quantised = graph.with_name(f"{graph.stem}-int8-ort{ort.__version__}.onnx")
+        if not quantised.is_file():
+            _quantise(graph, quantised, reference=encoder)
+        return cls(session=_open_graph(quantised, options), tokenizer=tokenizer,
+                   max_length=max_length, pooling=pooling, normalize=normalize,
+                   input_names=input_names)
 
     def embed(self, texts: list[str] | tuple[str, ...], *,
               batch_size: int = 8) -> npt.NDArray[np.float32]:
@@ -175,6 +189,73 @@ class OnnxSentenceEncoder:
             out[rows] = pooled
         assert out is not None
         return out
+
+
+def _session_options(threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Busy-waiting threads burn a shared machine's CPU for nothing (about a third more CPU
+    # time and twice the wall time measured on two loaded cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return options
+
+
+def _open_graph(graph: Path, options: Any) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a truncated or foreign cache file: made again next time
+        graph.unlink(missing_ok=True)
+        raise ModelError(f"cached encoder graph {graph.name!r} is unusable: {exc}") from None
+
+
+def _quantise(graph: Path, out: Path, *, reference: OnnxSentenceEncoder) -> None:
+    """Write ``graph`` with its MatMul weights quantised to ``out`` (mode 0600, atomically),
+    after checking its embeddings against ``reference`` (the float graph) on the probes.
+
+    ONNX Runtime's dynamic quantisation: weights symmetric int8 per output channel, activations
+    uint8 per tensor, computed at run time. The weights keep 7 bits (``reduce_range``): CPUs
+    without 8-bit dot-product instructions add pairs of uint8 x int8 products in 16 bits, which
+    full 8-bit weights can overflow, so the same graph would give other numbers there.
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=".quantise-", suffix=".onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    quiet = logging.getLogger()  # the quantiser's advice ("run pre-processing") goes to root
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(graph, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=True)
+        finally:
+            quiet.setLevel(level)
+        trial = OnnxSentenceEncoder(session=_open_graph(tmp, _session_options(None)),
+                                    tokenizer=reference.tokenizer, max_length=reference.max_length,
+                                    pooling=reference.pooling, normalize=reference.normalize,
+                                    input_names=reference._inputs)
+        got, want = trial.embed(_PROBES), reference.embed(_PROBES)
+        cosine = float(np.min(np.sum(got * want, axis=1)
+                              / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-12)))
+        if not cosine >= MIN_INT8_COSINE:
+            raise ModelError(f"the quantised encoder's embeddings are at cosine {cosine:.3f} of the "
+                             f"float ones (at least {MIN_INT8_COSINE} needed)")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, out)
+        (out.parent / (out.name + ".json")).write_text(json.dumps(
+            {"source": graph.name, "min_probe_cosine": cosine, "weights": "int8 per channel, 7 bits"}))
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _pool(hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64], pooling: str,

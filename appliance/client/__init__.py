@@ -449,9 +449,11 @@ class Client:
                         encode: Any = None, batch: bool = True,
                         session: InferenceSession | None = None,
                         layout: str | None = None) -> PrivatePrediction:
-        """Embed locally (MiniLM by default, every template prompt of :data:`EMBED_CHUNK` texts
-        per encoder call) -> encrypt -> send -> decrypt, the requests of texts already embedded
-        encrypted, sent and decrypted in the background while the next texts embed.
+        """Embed locally (with the encoder the spec names, see
+        :func:`appliance.client.inference.text_encoder`, unless ``encode`` is given; every
+        template prompt of :data:`EMBED_CHUNK` texts per encoder call) -> encrypt -> send ->
+        decrypt, the requests of texts already embedded encrypted, sent and decrypted in the
+        background while the next texts embed.
 
         Returns :class:`appliance.client.inference.PrivatePrediction` (labels, indices, and win
         counts or, for an ensemble registered with ``output: "onehot"``, one-hot values). The
@@ -462,7 +464,7 @@ class Client:
         """
         import numpy as np
 
-        from appliance.client.inference import PrivatePrediction, default_text_encoder, embed_texts
+        from appliance.client.inference import PrivatePrediction, embed_texts, text_encoder
         from crypto.errors import CryptoError
         from crypto.private_inference.client import PrivateScores
 
@@ -472,11 +474,7 @@ class Client:
                               hint="pass a non-empty list of strings")
         spec = session.spec if session is not None else self.ensemble_spec(ensemble_id)
         if encode is None:
-            if "MiniLM-L6" not in str(spec["encoder"]):
-                raise ClientError(f"ensemble {ensemble_id} uses encoder {spec['encoder']!r}",
-                                  hint="pass encode=, a function from a list of texts to "
-                                       "(n, d) embeddings from that encoder")
-            encode = default_text_encoder()
+            encode = text_encoder(str(spec["encoder"]))
         opening: Future[InferenceSession] | None = None
         pool = ThreadPoolExecutor(max_workers=1) if session is None else None
         sender = ThreadPoolExecutor(max_workers=1)

@@ -40,3 +40,34 @@ def test_a_corrupt_cached_graph_is_refused_and_removed(tmp_path: Path) -> None:
     with pytest.raises(ModelError):
         OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path)
     assert not graph.exists()
+
+
+def test_the_8_bit_encoder_is_quantised_once_checked_and_close_to_the_float_one(tmp_path: Path) -> None:
+    from models.errors import ModelError
+    from models.sentence_onnx import MIN_INT8_COSINE
+
+    texts = ["a cat sits on the mat", "Split the pathname path into a pair (head, tail).",
+             "template 3: Return the value of the environment variable key if it exists. " * 6]
+    fast = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path)
+    (graph,) = tmp_path.glob("*.onnx")
+    int8 = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
+    (quantised,) = set(tmp_path.glob("*.onnx")) - {graph}
+    assert "-int8-" in quantised.name and stat.S_IMODE(quantised.stat().st_mode) == 0o600
+    assert quantised.stat().st_size < 0.4 * graph.stat().st_size  # 8-bit weights, not a copy
+    got, want = int8.embed(texts, batch_size=2), fast.embed(texts)
+    cosine = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert got.shape == (3, 384) and got.dtype == np.float32
+    assert cosine.min() > max(0.95, MIN_INT8_COSINE) and float(np.abs(got - want).max()) > 1e-3
+    stamp = quantised.stat().st_mtime_ns
+    again = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
+    assert quantised.stat().st_mtime_ns == stamp  # loaded, not quantised again
+    np.testing.assert_array_equal(again.embed(texts), int8.embed(texts))  # deterministic
+    with pytest.raises(ValueError):
+        OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="fp16")
+    # a damaged quantised graph is refused and removed, then made again from the float graph
+    quantised.write_bytes(b"not a protobuf graph")
+    with pytest.raises(ModelError):
+        OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
+    assert not quantised.exists()
+    remade = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
+    np.testing.assert_array_equal(remade.embed(texts), int8.embed(texts))

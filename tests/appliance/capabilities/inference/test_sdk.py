@@ -199,6 +199,54 @@ def test_refused_layouts_and_bad_inputs_are_client_errors(sdk_env: dict[str, Any
     assert missing.value.status == 404 and isinstance(missing.value, ClientError)
 
 
+def test_private_predict_embeds_with_the_encoder_the_spec_names(
+    app: Any, settings: Any, sdk_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ensemble of heads over the 8-bit MiniLM: the SDK embeds with that encoder by itself
+    (loaded once per process) and gets the plaintext labels of its embeddings; a name it has
+    no encoder for is a ClientError with a hint, before anything is sent."""
+    from appliance.client import Client, ClientError, inference
+    from appliance.client.inference import text_encoder
+    from crypto.ensemble import MINILM, MINILM_INT8, EnsembleArtifact
+    from crypto.private_inference.templates import embed_with_templates
+
+    templates = ("{}", "Manual page: {}")
+    texts = ["copy files and directories", "print lines that match a pattern",
+             "list directory contents", "report file system disk space usage",
+             "change file mode bits", "display a line of text"]
+    rng = np.random.default_rng(5)
+    art = EnsembleArtifact(templates=templates, weights=rng.normal(size=(2, 4, 384)) / np.sqrt(384),
+                           biases=np.zeros((2, 4)), classes=("a", "b", "c", "d"), encoder=MINILM_INT8)
+
+    def sdk(role: str) -> Client:
+        return Client("http://appliance.test", token=make_token(settings, "acme", role), retries=0,
+                      transport=httpx.WSGITransport(app=app))
+
+    ensemble = sdk("admin").create_ensemble(art, name="int8").id
+    loaded: list[str] = []
+    load = inference.default_text_encoder
+    monkeypatch.setattr(inference, "default_text_encoder",
+                        lambda precision="fp32": loaded.append(precision) or load(precision))
+    got = sdk("client").private_predict(ensemble, texts)
+    assert loaded == ["int8"]
+    encode = text_encoder(MINILM_INT8)
+    assert text_encoder(MINILM_INT8) is encode  # loaded once per process
+    logits = art.plaintext_logits(embed_with_templates(texts, list(templates), encode))
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-3  # away from ties the circuit's error could flip
+    assert clear.sum() >= 4
+    assert np.array_equal(np.asarray(got.indices)[clear], logits.argmax(axis=1)[clear])
+    # the 8-bit embeddings are close to the float ones, and not the same numbers
+    q, f = encode(texts), text_encoder(MINILM)(texts)
+    cosine = np.sum(q * f, axis=1) / np.linalg.norm(q, axis=1) / np.linalg.norm(f, axis=1)
+    assert cosine.min() > 0.95 and float(np.abs(q - f).max()) > 1e-3
+    user = sdk_env["sdk"]()
+    with pytest.raises(ClientError) as unknown:  # "toy-8d": the SDK has no such encoder
+        user.private_predict(sdk_env["ensemble"], ["t"])
+    assert "toy-8d" in str(unknown.value) and "encode=" in str(unknown.value.hint)
+    assert _open_sessions(settings) == 0
+
+
 def test_a_slow_server_is_a_request_timeout_not_an_httpx_error() -> None:
     from appliance.client import Client, ClientError, RequestTimeout
 
