@@ -42,6 +42,8 @@ PRECISIONS = ("fp32", "int8")
 MIN_INT8_COSINE = 0.9
 #: Bumped when the export procedure changes, so older cached graphs are not reused.
 EXPORT_VERSION = 1
+#: Bumped when the quantisation settings change (:func:`_quantise`), for the same reason.
+QUANTISE_VERSION = 1
 _PROBES = (
     "a cat sits on the mat",
     "Return the value of the environment variable key if it exists, or default if it does "
@@ -156,7 +158,7 @@ class OnnxSentenceEncoder:
         if precision == "fp32":
             return encoder
         # the quantiser's version is part of the name: another version may round otherwise
-        quantised = graph.with_name(f"{graph.stem}-int8-ort{ort.__version__}.onnx")
+        quantised = graph.with_name(f"{graph.stem}-int8v{QUANTISE_VERSION}-ort{ort.__version__}.onnx")
         if not quantised.is_file():
             _quantise(graph, quantised, reference=encoder)
         return cls(session=_open_graph(quantised, options), tokenizer=tokenizer,

@@ -52,7 +52,7 @@ def test_the_8_bit_encoder_is_quantised_once_checked_and_close_to_the_float_one(
     (graph,) = tmp_path.glob("*.onnx")
     int8 = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
     (quantised,) = set(tmp_path.glob("*.onnx")) - {graph}
-    assert "-int8-" in quantised.name and stat.S_IMODE(quantised.stat().st_mode) == 0o600
+    assert "-int8v" in quantised.name and stat.S_IMODE(quantised.stat().st_mode) == 0o600
     assert quantised.stat().st_size < 0.4 * graph.stat().st_size  # 8-bit weights, not a copy
     got, want = int8.embed(texts, batch_size=2), fast.embed(texts)
     cosine = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
