@@ -238,9 +238,9 @@ def default_text_encoder(precision: str = "fp32") -> Callable[[list[str]], npt.N
     ONNX Runtime runs it (:class:`models.sentence_onnx.OnnxSentenceEncoder`: the graph is
     exported and checked against PyTorch on first use, then cached on this machine); where
     that is impossible the PyTorch encoder is used, with the same numbers. ``precision="int8"``
-    runs the graph with 8-bit matrix weights (about twice as fast; embeddings within cosine
-    ~0.99): only for heads trained on that encoder's embeddings, and with no PyTorch fallback,
-    since it would give other numbers.
+    runs the graph with 8-bit matrix weights (about twice as fast; embeddings at cosine ~0.99
+    of the float ones, worst about 0.97): only for heads trained on that encoder's embeddings,
+    and with no PyTorch fallback, since it would give other numbers.
     """
     with _ENCODER_LOCK:
         encode = _ENCODERS.get(precision)
@@ -251,30 +251,36 @@ def default_text_encoder(precision: str = "fp32") -> Callable[[list[str]], npt.N
 
 def text_encoder(encoder: str) -> Callable[[list[str]], npt.NDArray[np.float32]]:
     """The encoder an ensemble's spec names (``spec["encoder"]``), loaded once per process:
-    :data:`crypto.ensemble.MINILM_INT8` at 8 bits, any all-MiniLM-L6-v2 name in float.
+    :data:`crypto.ensemble.MINILM_INT8` at 8 bits, any other all-MiniLM-L6-v2 name without a
+    ``:`` qualifier in float.
 
     A model owner embeds the heads' training texts with the same function, so that its heads
     see what clients will send. Raises :class:`~appliance.client.ClientError` for other names
-    (pass ``encode=`` to :meth:`~appliance.client.Client.private_predict` for those).
+    (pass ``encode=`` to :meth:`~appliance.client.Client.private_predict` for those), and
+    where the encoder cannot be loaded.
     """
     from appliance.client import ClientError
     from crypto.ensemble import MINILM_INT8
     from models.errors import ModelError
 
-    if encoder == MINILM_INT8:
+    name = encoder.lower()
+    if name == MINILM_INT8:
         precision = "int8"
-    elif "MiniLM-L6" in encoder:
+    elif "minilm-l6" in name and ":" not in name:
         precision = "fp32"
-    else:
+    else:  # a qualified MiniLM name is not taken for the float one: its heads expect others
         raise ClientError(f"the SDK has no built-in encoder {encoder!r}",
-                          hint="pass encode=, a function from a list of texts to (n, d) "
-                               "embeddings from that encoder")
+                          hint=f"the SDK embeds with {MINILM_INT8!r} or all-MiniLM-L6-v2; for "
+                               "another encoder pass encode=, a function from a list of texts "
+                               "to (n, d) embeddings from that encoder")
     try:
         return default_text_encoder(precision)
     except (ImportError, ModelError, OSError) as exc:
+        hint = getattr(exc, "hint", None)
+        if not hint and isinstance(exc, ImportError):
+            hint = "install the SDK's dependencies (onnxruntime and onnx for the 8-bit encoder)"
         raise ClientError(f"the encoder {encoder!r} cannot be loaded here: {exc}",
-                          hint="the 8-bit encoder needs onnxruntime and onnx; pass encode= "
-                               "to embed some other way") from exc
+                          hint=hint or "pass encode= to embed some other way") from exc
 
 
 def _load_minilm(precision: str) -> Callable[[list[str]], npt.NDArray[np.float32]]:

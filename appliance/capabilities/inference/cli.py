@@ -84,7 +84,9 @@ def ensembles_show(ensemble_id: str, url: str, token: str) -> None:
 @_http_options
 def predict(ensemble_id: str, texts: tuple[str, ...], as_json: bool, no_batch: bool, url: str,
             token: str) -> None:
-    """Private inference: embed TEXTS locally with MiniLM, encrypt, send, decrypt the labels."""
+    """Private inference: embed TEXTS locally, encrypt, send, decrypt the labels.
+
+    The texts are embedded with the encoder the ensemble names (MiniLM, in float or 8 bits)."""
     def run() -> object:
         # opens a session for the call (keys made while MiniLM embeds) and closes it; with
         # APPLIANCE_KEY_PASSPHRASE set the keys come from, and go to, the local key store

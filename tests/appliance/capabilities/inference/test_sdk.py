@@ -204,7 +204,7 @@ def test_private_predict_embeds_with_the_encoder_the_spec_names(
 ) -> None:
     """An ensemble of heads over the 8-bit MiniLM: the SDK embeds with that encoder by itself
     (loaded once per process) and gets the plaintext labels of its embeddings; a name it has
-    no encoder for is a ClientError with a hint, before anything is sent."""
+    no encoder for is a ClientError with a hint, before any session or ciphertext is sent."""
     from appliance.client import Client, ClientError, inference
     from appliance.client.inference import text_encoder
     from crypto.ensemble import MINILM, MINILM_INT8, EnsembleArtifact
@@ -241,10 +241,20 @@ def test_private_predict_embeds_with_the_encoder_the_spec_names(
     cosine = np.sum(q * f, axis=1) / np.linalg.norm(q, axis=1) / np.linalg.norm(f, axis=1)
     assert cosine.min() > 0.95 and float(np.abs(q - f).max()) > 1e-3
     user = sdk_env["sdk"]()
+    sent: list[tuple[str, str]] = []
+    original = user.request
+    user.request = lambda *a, **k: sent.append(a[:2]) or original(*a, **k)  # type: ignore[method-assign]
     with pytest.raises(ClientError) as unknown:  # "toy-8d": the SDK has no such encoder
         user.private_predict(sdk_env["ensemble"], ["t"])
     assert "toy-8d" in str(unknown.value) and "encode=" in str(unknown.value.hint)
-    assert _open_sessions(settings) == 0
+    assert [method for method, _ in sent] == ["GET"]  # the spec read; no session, no ciphertext
+    # a qualified MiniLM name is not the float encoder (its heads expect other embeddings)
+    for name in ("sentence-transformers/all-MiniLM-L6-v2:int4", MINILM_INT8.upper()):
+        if name.lower() == MINILM_INT8:
+            assert text_encoder(name) is encode
+        else:
+            with pytest.raises(ClientError):
+                text_encoder(name)
 
 
 def test_a_slow_server_is_a_request_timeout_not_an_httpx_error() -> None:
