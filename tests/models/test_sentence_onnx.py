@@ -42,7 +42,11 @@ def test_a_corrupt_cached_graph_is_refused_and_removed(tmp_path: Path) -> None:
     assert not graph.exists()
 
 
-def test_the_8_bit_encoder_is_quantised_once_checked_and_close_to_the_float_one(tmp_path: Path) -> None:
+def test_the_8_bit_encoder_is_quantised_once_checked_and_close_to_the_float_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
     from models.errors import ModelError
     from models.sentence_onnx import MIN_INT8_COSINE
 
@@ -50,8 +54,14 @@ def test_the_8_bit_encoder_is_quantised_once_checked_and_close_to_the_float_one(
              "template 3: Return the value of the environment variable key if it exists. " * 6]
     fast = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path)
     (graph,) = tmp_path.glob("*.onnx")
+    root = logging.getLogger()
+    handlers, filters = list(root.handlers), list(root.filters)
+    caplog.set_level(logging.INFO)
     int8 = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
     (quantised,) = set(tmp_path.glob("*.onnx")) - {graph}
+    # the quantiser's advice to the root logger is dropped, and the root logger is left as it was
+    assert not [r for r in caplog.records if r.name == "root"]
+    assert root.handlers == handlers and root.filters == filters
     assert "-int8v" in quantised.name and stat.S_IMODE(quantised.stat().st_mode) == 0o600
     assert quantised.stat().st_size < 0.4 * graph.stat().st_size  # 8-bit weights, not a copy
     got, want = int8.embed(texts, batch_size=2), fast.embed(texts)
