@@ -356,9 +356,9 @@ def comparison_matrix(values: FloatArray, layout: EnsembleLayout) -> FloatArray:
     vals = np.asarray(values, dtype=np.float64)
     c = layout.classes
     if layout.pairs:
-        rows = pair_rows(c)
+        picked = vals[np.maximum(pair_rows(c), 0)]  # pair (i, j)'s comparison, for i < j and j < i
         upper = np.triu(np.ones((c, c), dtype=bool), k=1)
-        out: FloatArray = np.where(upper, vals[np.maximum(rows, 0)], -vals[np.maximum(rows, 0)])
+        out: FloatArray = np.where(upper, picked, -picked)
         np.fill_diagonal(out, 0.0)
         return out
     block: FloatArray = vals[np.arange(c)[:, None] * layout.stride + np.arange(c)[None, :]]
