@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,9 @@ class ProvenanceClient:
     """``client.provenance``: register generators, run TrainProVe audits and attribution.
 
     >>> gen = client.provenance.register_generator("g.onnx", name="g", num_classes=10)  # doctest: +SKIP
+    >>> arch, config = save_safetensors_generator(torch_generator, "g.safetensors")  # doctest: +SKIP
+    >>> gen = client.provenance.register_generator("g.safetensors", name="g", num_classes=10,
+    ...                                            architecture=arch, config=config)  # doctest: +SKIP
     >>> job = client.provenance.audit(generator_ids=[gen.id], suspect_model_id="mdl_...")  # doctest: +SKIP
     """
 
@@ -24,12 +27,29 @@ class ProvenanceClient:
         self._client = client
 
     def register_generator(self, path: str | Path, *, name: str, num_classes: int,
-                           class_names: Sequence[str] | None = None) -> ModelOut:
-        """Upload an ONNX generator (noise [b, z], class [b]) -> samples [b, ...]."""
-        config: dict[str, Any] = {"num_classes": num_classes}
+                           class_names: Sequence[str] | None = None, architecture: str | None = None,
+                           config: Mapping[str, Any] | None = None) -> ModelOut:
+        """Upload a generator ``(noise [b, z], class [b]) -> samples [b, ...]``: an ONNX graph, or
+        safetensors weights of a registered generator ``architecture`` (``conditional_mlp``,
+        ``linear_gaussian``) with its ``config`` (``z_dim``, ``sample_shape``, ...; what
+        :func:`models.generators.save_safetensors_generator` returns). The server checks the
+        contract on a probe of every class before it stores anything."""
+        from appliance.client import ClientError
+
+        path = Path(path)
+        safetensors = architecture is not None or path.suffix == ".safetensors"
+        if safetensors and not architecture:
+            raise ClientError(f"{path.name}: a safetensors generator needs its architecture and config",
+                              hint="pass architecture= and config= (save_safetensors_generator returns "
+                                   "both), or upload an ONNX graph")
+        if config is not None and not safetensors:
+            raise ClientError("config= describes a safetensors generator's architecture; an ONNX "
+                              "graph carries its own", hint="leave config out for ONNX generators")
+        merged: dict[str, Any] = {**(config or {}), "num_classes": num_classes}
         if class_names is not None:
-            config["class_names"] = list(class_names)
-        return self._client.upload_model(path, name=name, format="onnx", kind="generator", config=config)
+            merged["class_names"] = list(class_names)
+        return self._client.upload_model(path, name=name, format="safetensors" if safetensors else "onnx",
+                                         kind="generator", architecture=architecture, config=merged)
 
     def list_generators(self) -> list[ModelOut]:
         """This tenant's generators."""
