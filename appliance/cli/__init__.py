@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -25,7 +25,7 @@ def _explain(exc: BaseException) -> str:
     return exc.diagnostics() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.secho(message, fg="red", err=True)
     sys.exit(1)
 
@@ -309,6 +309,41 @@ def _http_options(fn: Any) -> Any:
     return fn
 
 
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    """A JSON-object option: inline JSON, or ``@path`` to a file that holds it (a message and
+    exit 1 when it is neither; exit 2 is kept for jobs that failed)."""
+    if text is None:
+        return None
+    source = text
+    if text.startswith("@"):
+        try:
+            source = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail(f"{option}: cannot read {text[1:]}: {exc.strerror}")
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        _fail(f"{option} is not JSON: {exc}")
+    if not isinstance(value, dict):
+        _fail(f"{option} must be a JSON object")
+    return dict(value)
+
+
+def _key_values(pairs: tuple[str, ...], option: str = "--param") -> dict[str, Any]:
+    """``KEY=VALUE`` options as a dict, each value parsed as JSON where it parses (else kept
+    as a string)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _fail(f"{option} takes KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
 def _run_sdk(fn: Any) -> Any:
     from appliance.client import ClientError
 
@@ -361,7 +396,7 @@ def tokens_remove(token_id: str, url: str, token: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors", "transformers"]))
 @click.option("--kind", type=click.Choice(["classifier", "encoder", "causal_lm"]))
 @click.option("--architecture")
-@click.option("--config", "config_json", help="JSON architecture config")
+@click.option("--config", "config_json", metavar="JSON|@FILE", help="architecture config as JSON, or @file.json")
 @click.option("--signature", type=click.Path(exists=True, dir_okay=False),
               help="model.sig from model_signing sign; refused unless a registered signer "
               "(appliance signatures add-signer) or the operator's CA signed these files")
@@ -371,7 +406,7 @@ def models_upload(path: str, name: str, fmt: str | None, kind: str | None,
                   architecture: str | None, config_json: str | None, signature: str | None,
                   id_only: bool, url: str, token: str) -> None:
     """Upload a model file or transformers folder."""
-    config = json.loads(config_json) if config_json else None
+    config = _json_object(config_json, "--config")
     model = _run_sdk(lambda: _client(url, token).upload_model(
         path, name=name, format=fmt, kind=kind, architecture=architecture, config=config,
         signature=signature))
@@ -444,20 +479,14 @@ def jobs() -> None:
 @jobs.command("submit")
 @click.argument("kind")
 @click.option("--param", "-p", multiple=True, help="key=value (value parsed as JSON if it can)")
-@click.option("--params", "params_json", help="all parameters as a JSON object")
+@click.option("--params", "params_json", metavar="JSON|@FILE", help="all parameters as a JSON object, or @file.json")
 @click.option("--wait/--no-wait", default=False)
 @click.option("--id-only", is_flag=True, help="print only the job id")
 @_http_options
 def jobs_submit(kind: str, param: tuple[str, ...], params_json: str | None, wait: bool,
                 id_only: bool, url: str, token: str) -> None:
     """Start a job, e.g. `appliance jobs submit evaluation -p model_id=... -p dataset_id=...`."""
-    params: dict[str, Any] = json.loads(params_json) if params_json else {}
-    for item in param:
-        key, _, value = item.partition("=")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
+    params = {**(_json_object(params_json, "--params") or {}), **_key_values(param)}
     client = _client(url, token)
     job = _run_sdk(lambda: client.create_job(kind, params))
     if wait:

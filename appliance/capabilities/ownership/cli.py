@@ -10,33 +10,7 @@ from typing import Any, cast
 import click
 
 from appliance.capabilities.ownership.schemas import OwnershipMethod
-from appliance.cli import _client, _fail, _http_options, _run_sdk
-
-
-def _method_params(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``--param mode=label`` pairs (values parsed as JSON where they parse)."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            _fail(f"--param takes KEY=VALUE, got {pair!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
-
-
-def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _fail(f"{option} is not JSON: {exc}")
-    if not isinstance(value, dict):
-        _fail(f"{option} must be a JSON object")
-    return dict(value)
+from appliance.cli import _client, _fail, _http_options, _json_object, _key_values, _run_sdk
 
 
 @click.group()
@@ -116,7 +90,7 @@ def audit(method: str, suspect: str | None, suspect_endpoint: str | None,
         watermark_id=watermark_id, benign_dataset_id=benign, public_dataset_id=public,
         private_dataset_id=private, shadow_model_ids=list(shadows) or None,
         shadow_training=_json_object(shadow_training, "--shadow-training"),
-        method_params=_method_params(pairs), seed=seed))
+        method_params=_key_values(pairs), seed=seed))
     if not wait:
         click.echo(job.id if id_only else job.model_dump_json(indent=2))
         return

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from appliance.cli import _http_options, _run_sdk
-
-
-def _json_option(text: str | None, hint: str) -> Any:
-    """A JSON option's value: inline JSON, or ``@path`` to a JSON file."""
-    if text is None:
-        return None
-    source = text
-    if text.startswith("@"):
-        try:
-            source = Path(text[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}", param_hint=hint) from None
-    try:
-        return json.loads(source)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
+from appliance.cli import _http_options, _json_object, _key_values, _run_sdk
 
 
 def group() -> click.Group:
@@ -51,9 +34,7 @@ def group() -> click.Group:
         --config; prints its model record as JSON."""
         from appliance.client import Client
 
-        config = _json_option(config_text, "--config")
-        if config is not None and not isinstance(config, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--config")
+        config = _json_object(config_text, "--config")
         names = class_names.split(",") if class_names else None
         with Client(url, token=token) as client:
             model = _run_sdk(lambda: client.provenance.register_generator(
@@ -75,15 +56,7 @@ def group() -> click.Group:
         """Start a provenance audit; with --wait print the verdict and the report id."""
         from appliance.client import Client
 
-        params: dict[str, Any] = {}
-        for item in extra:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise click.BadParameter(f"{item!r} is not key=value", param_hint="--param")
-            try:
-                params[key] = json.loads(value)
-            except json.JSONDecodeError:
-                params[key] = value
+        params = _key_values(extra)
         if references:
             params["reference_dataset_ids"] = list(references)
         with Client(url, token=token) as client:
