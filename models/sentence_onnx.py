@@ -249,10 +249,25 @@ def _quantise(graph: Path, out: Path, *, reference: OnnxSentenceEncoder) -> None
                              f"float ones (at least {MIN_INT8_COSINE} needed)")
         os.chmod(tmp, 0o600)
         os.replace(tmp, out)
-        (out.parent / (out.name + ".json")).write_text(json.dumps(
-            {"source": graph.name, "min_probe_cosine": cosine, "weights": "int8 per channel, 7 bits"}))
+        _write_note(out, {"source": graph.name, "min_probe_cosine": cosine, "weights": "int8 per channel, 7 bits"})
     finally:
         tmp.unlink(missing_ok=True)
+    # quantised by another quantiser or ONNX Runtime version (an upgrade): never read again
+    for stale in out.parent.glob(f"{graph.stem}-int8v*.onnx"):
+        if stale.name != out.name:
+            stale.unlink(missing_ok=True)
+            stale.with_name(stale.name + ".json").unlink(missing_ok=True)
+
+
+def _write_note(graph: Path, note: dict[str, Any]) -> None:
+    """The JSON note beside a cached graph (how it was made), replaced atomically."""
+    fd, tmp_name = tempfile.mkstemp(dir=graph.parent, prefix=".note-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(note, handle)
+        os.replace(tmp_name, graph.with_name(graph.name + ".json"))
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _quantise_quietly(graph: Path, out: Path) -> None:
@@ -336,7 +351,6 @@ def _export(model_dir: Path, graph: Path, *, tokenizer: Any, input_names: tuple[
             raise ModelError(f"the exported encoder differs from PyTorch by {error:.2e}")
         os.chmod(tmp, 0o600)
         os.replace(tmp, graph)
-        (graph.parent / (graph.name + ".json")).write_text(json.dumps(
-            {"source": model_dir.name, "max_error": error, "export_version": EXPORT_VERSION}))
+        _write_note(graph, {"source": model_dir.name, "max_error": error, "export_version": EXPORT_VERSION})
     finally:
         tmp.unlink(missing_ok=True)

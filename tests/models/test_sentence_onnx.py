@@ -74,10 +74,16 @@ def test_the_8_bit_encoder_is_quantised_once_checked_and_close_to_the_float_one(
     np.testing.assert_array_equal(again.embed(texts), int8.embed(texts))  # deterministic
     with pytest.raises(ValueError):
         OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="fp16")
-    # a damaged quantised graph is refused and removed, then made again from the float graph
+    # a damaged quantised graph is refused and removed, then made again from the float graph;
+    # graphs another quantiser or ONNX Runtime version made (an upgrade) are removed with it
     quantised.write_bytes(b"not a protobuf graph")
     with pytest.raises(ModelError):
         OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
     assert not quantised.exists()
+    stale = graph.with_name(f"{graph.stem}-int8v0-ort1.0.0.onnx")
+    stale.write_bytes(b"an older quantisation")
+    stale.with_name(stale.name + ".json").write_text("{}")
     remade = OnnxSentenceEncoder.from_transformers_dir(minilm_dir(), cache_dir=tmp_path, precision="int8")
     np.testing.assert_array_equal(remade.embed(texts), int8.embed(texts))
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(
+        [graph.name, graph.name + ".json", quantised.name, quantised.name + ".json"])
