@@ -83,9 +83,16 @@ def docstring_paragraphs(count: int) -> list[str]:
     found: list[str] = []
     for name in MODULES:
         module = importlib.import_module(name)
-        objs = [o for a, o in sorted(vars(module).items()) if not a.startswith("_")]
+        # its public names (``__all__`` where it has one): submodules that something else
+        # imported are attributes too, so without this the set depends on this process's imports
+        public = getattr(module, "__all__", None)
+        objs = [o for a, o in sorted(vars(module).items())
+                if not a.startswith("_") and (public is None or a in public)]
+        # methods other packages patch in (transformers adds Logger.warning_once) are not the
+        # module's: without this the set depends on what else this process imported
         objs += [m for o in objs if inspect.isclass(o)
-                 for a, m in sorted(vars(o).items()) if not a.startswith("_")]
+                 for a, m in sorted(vars(o).items())
+                 if not a.startswith("_") and getattr(m, "__module__", name) in (name, o.__module__)]
         for obj in objs:
             doc = inspect.getdoc(obj)
             if doc:
@@ -192,13 +199,21 @@ def precision_rows(texts: list[str], templates: list[str], *, repeats: int = 2) 
 
 def labelled_paragraphs(per_module: int = 80) -> tuple[list[str], np.ndarray]:
     """Every paragraph (>= 80 characters) of the docstrings of :data:`MODULES`' public objects
-    and their methods, labelled by module (at most ``per_module`` each, deduplicated)."""
+    and their methods, labelled by module (at most ``per_module`` each, deduplicated); the same
+    set whatever else the process imported."""
     texts: dict[str, int] = {}
     for index, name in enumerate(MODULES):
         module = importlib.import_module(name)
-        objs = [o for a, o in sorted(vars(module).items()) if not a.startswith("_")]
+        # its public names (``__all__`` where it has one): submodules that something else
+        # imported are attributes too, so without this the set depends on this process's imports
+        public = getattr(module, "__all__", None)
+        objs = [o for a, o in sorted(vars(module).items())
+                if not a.startswith("_") and (public is None or a in public)]
+        # methods other packages patch in (transformers adds Logger.warning_once) are not the
+        # module's: without this the set depends on what else this process imported
         objs += [m for o in objs if inspect.isclass(o)
-                 for a, m in sorted(vars(o).items()) if not a.startswith("_")]
+                 for a, m in sorted(vars(o).items())
+                 if not a.startswith("_") and getattr(m, "__module__", name) in (name, o.__module__)]
         found = 0
         for obj in objs:
             for para in (inspect.getdoc(obj) or "").split("\n\n"):
