@@ -78,28 +78,24 @@ def man_paragraphs(count: int, folder: Path = Path("/usr/share/man/man1")) -> li
     return list(dict.fromkeys(found))[:count]
 
 
+def public_objects(name: str) -> list[object]:
+    """Module ``name``'s public objects (its ``__all__`` where it has one) and their classes'
+    public methods, in a fixed order, whatever else this process imported: submodules that
+    something else imported are attributes too, and other packages patch methods in
+    (transformers adds ``Logger.warning_once``)."""
+    module = importlib.import_module(name)
+    public = getattr(module, "__all__", None)
+    objs = [o for a, o in sorted(vars(module).items()) if not a.startswith("_") and (public is None or a in public)]
+    return objs + [m for o in objs if inspect.isclass(o) for a, m in sorted(vars(o).items())
+                   if not a.startswith("_") and getattr(m, "__module__", name) in (name, o.__module__)]
+
+
 def docstring_paragraphs(count: int) -> list[str]:
-    """First paragraphs (>= 80 characters) of public docstrings, deduplicated, in a fixed order."""
-    found: list[str] = []
-    for name in MODULES:
-        module = importlib.import_module(name)
-        # its public names (``__all__`` where it has one): submodules that something else
-        # imported are attributes too, so without this the set depends on this process's imports
-        public = getattr(module, "__all__", None)
-        objs = [o for a, o in sorted(vars(module).items())
-                if not a.startswith("_") and (public is None or a in public)]
-        # methods other packages patch in (transformers adds Logger.warning_once) are not the
-        # module's: without this the set depends on what else this process imported
-        objs += [m for o in objs if inspect.isclass(o)
-                 for a, m in sorted(vars(o).items())
-                 if not a.startswith("_") and getattr(m, "__module__", name) in (name, o.__module__)]
-        for obj in objs:
-            doc = inspect.getdoc(obj)
-            if doc:
-                para = " ".join(doc.strip().split("\n\n")[0].split())
-                if len(para) >= 80:
-                    found.append(para)
-    return list(dict.fromkeys(found))[:count]
+    """``count`` paragraphs of :func:`labelled_paragraphs` (every module, no cap), in a fixed
+    shuffled order: the texts where the man pages are missing."""
+    texts, _ = labelled_paragraphs(per_module=10**6)
+    order = np.random.default_rng(0).permutation(len(texts))
+    return [texts[i] for i in order[:count]]
 
 
 def paragraphs(count: int) -> tuple[str, list[str]]:
@@ -203,17 +199,7 @@ def labelled_paragraphs(per_module: int = 80) -> tuple[list[str], np.ndarray]:
     set whatever else the process imported."""
     texts: dict[str, int] = {}
     for index, name in enumerate(MODULES):
-        module = importlib.import_module(name)
-        # its public names (``__all__`` where it has one): submodules that something else
-        # imported are attributes too, so without this the set depends on this process's imports
-        public = getattr(module, "__all__", None)
-        objs = [o for a, o in sorted(vars(module).items())
-                if not a.startswith("_") and (public is None or a in public)]
-        # methods other packages patch in (transformers adds Logger.warning_once) are not the
-        # module's: without this the set depends on what else this process imported
-        objs += [m for o in objs if inspect.isclass(o)
-                 for a, m in sorted(vars(o).items())
-                 if not a.startswith("_") and getattr(m, "__module__", name) in (name, o.__module__)]
+        objs = public_objects(name)
         found = 0
         for obj in objs:
             for para in (inspect.getdoc(obj) or "").split("\n\n"):
