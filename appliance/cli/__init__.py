@@ -394,7 +394,8 @@ def tokens_remove(token_id: str, url: str, token: str) -> None:
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--name", required=True)
 @click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors", "transformers"]))
-@click.option("--kind", type=click.Choice(["classifier", "encoder", "causal_lm"]))
+@click.option("--kind", type=click.Choice(["classifier", "encoder", "causal_lm", "generator"]),
+              help="generators: `appliance provenance register` does the same with its options")
 @click.option("--architecture")
 @click.option("--config", "config_json", metavar="JSON|@FILE", help="architecture config as JSON, or @file.json")
 @click.option("--signature", type=click.Path(exists=True, dir_okay=False),

@@ -32,6 +32,9 @@ def test_generators_register_as_onnx_or_safetensors_and_bad_ones_leave_nothing(t
         onnx = run("provenance", "register", "prov/generator.onnx", "--name", "pca-onnx", "--num-classes", "10")
         assert onnx.returncode == 0, onnx.stderr
         assert json.loads(onnx.stdout)["format"] == "onnx"
+        plain = run("models", "upload", "prov/generator.onnx", "--name", "pca-models", "--kind", "generator",
+                    "--config", '{"num_classes": 10}')
+        assert plain.returncode == 0 and json.loads(plain.stdout)["kind"] == "generator", plain.stderr
         st = run("provenance", "register", "prov/generator.safetensors", "--name", "pca-st", "--num-classes", "10",
                  "--architecture", "linear_gaussian", "--config", "@prov/generator.config.json")
         assert st.returncode == 0, st.stderr
@@ -55,7 +58,7 @@ def test_generators_register_as_onnx_or_safetensors_and_bad_ones_leave_nothing(t
                           "--config", "@prov/generator.config.json")
         assert onnx_config.returncode == 1 and "carries its own" in onnx_config.stderr
         listed = run("models", "list", "--json")
-        assert sorted(m["name"] for m in json.loads(listed.stdout)) == ["pca-onnx", "pca-st"]
+        assert sorted(m["name"] for m in json.loads(listed.stdout)) == ["pca-models", "pca-onnx", "pca-st"]
 
         suspect = run("models", "upload", "prov/suspect-own.safetensors", "--name", "own", "--architecture", "mlp",
                       "--config", '{"in_features": 64, "hidden": 64, "num_classes": 10}', "--id-only")
