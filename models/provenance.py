@@ -178,11 +178,16 @@ def shadow_draw_seed(seed: int, draw: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(draw), 0xD4A7]).generate_state(1)[0] % 2**31)
 
 
+#: ``progress(done, total)`` after each shadow of a pool is trained.
+PoolProgress = Callable[[int, int], None]
+
+
 def train_shadow_pool(generator: Generator, sets: ProvenanceSets, specs: Sequence[ShadowSpec], *,
-                      num_classes: int, seed: int, t_shadow: float = 1.0) -> list[nn.Module]:
+                      num_classes: int, seed: int, t_shadow: float = 1.0,
+                      progress: PoolProgress | None = None) -> list[nn.Module]:
     """Train each spec on the shadow set (``data_draw == 0``) or on its own fresh draw of as many
     samples per class from ``generator`` at ``t_shadow`` (seed :func:`shadow_draw_seed`)."""
-    models = []
+    models: list[nn.Module] = []
     for spec in specs:
         if spec.data_draw == 0:
             x, y = sets.shadow_x, sets.shadow_y
@@ -192,6 +197,8 @@ def train_shadow_pool(generator: Generator, sets: ProvenanceSets, specs: Sequenc
                                                temperature=t_shadow),
                               len(y), tuple(sets.shadow_x.shape[1:]), "the generator")
         models.append(train_shadow(x, y, spec, num_classes=num_classes))
+        if progress is not None:
+            progress(len(models), len(specs))
     return models
 
 
@@ -215,7 +222,7 @@ def split_real_data(x: np.ndarray, y: np.ndarray, *, batches: int, seed: int,
 
 
 def train_shadow_pool_on_data(sets: ProvenanceSets, specs: Sequence[ShadowSpec], *, num_classes: int,
-                              seed: int) -> list[nn.Module]:
+                              seed: int, progress: PoolProgress | None = None) -> list[nn.Module]:
     """The shadow pool of a real-data candidate: spec ``k`` trains on the shadow set
     (``data_draw == 0``) or on its own bootstrap resample of it (the real-data stand-in for a
     fresh draw from a generator; seed :func:`shadow_draw_seed`)."""
@@ -226,6 +233,8 @@ def train_shadow_pool_on_data(sets: ProvenanceSets, specs: Sequence[ShadowSpec],
             pick = np.random.default_rng(shadow_draw_seed(seed, spec.data_draw)).integers(0, len(y), len(y))
             x, y = x[pick], y[pick]
         models.append(train_shadow(x, y, spec, num_classes=num_classes))
+        if progress is not None:
+            progress(len(models), len(specs))
     return models
 
 

@@ -23,7 +23,12 @@ from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset
 from appliance.capabilities.provenance.plots import register_plots
 from appliance.capabilities.provenance.schemas import ProvenanceParams
-from appliance.capabilities.provenance.service import RemoteGenerator, build_dataset_evidence, build_evidence
+from appliance.capabilities.provenance.service import (
+    BuiltEvidence,
+    RemoteGenerator,
+    build_dataset_evidence,
+    build_evidence,
+)
 from appliance.errors import JobFailed, UnprocessableInput
 from models.errors import ModelError
 from models.generators import registered_generator
@@ -114,35 +119,44 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob)
     timings = {"sampling_seconds": 0.0, "shadow_training_seconds": 0.0}
     # per tenant: "reused" must not tell one tenant that another audited the same generator
     cache_root = ctx.cache_dir(f"provenance-shadows/{ctx.tenant_id}")
-    built = []
+    built: list[BuiltEvidence] = []
     closers: list[Any] = []
     generator_digests: list[dict[str, Any]] = []
+    # 0 -> 0.8 over the sources, moving as each source's shadows train (most of an audit's time)
+    sources = len(inputs.generators) + (params.generator_endpoint is not None) + len(inputs.candidates)
+
+    def progress(done: int, total: int) -> None:
+        ctx.progress(0.8 * (len(built) + done / max(1, total)) / max(1, sources))
+
     try:
         try:
-            for i, gen in enumerate(inputs.generators):
+            for gen in inputs.generators:
                 config = gen.config or {}
                 loaded = registered_generator(ctx.blob_path(gen.blob), gen.format, gen.architecture, config)
                 name = gen.name if params.sources > 1 else "generator"
                 built.append(build_evidence(name, loaded, gen.blob,
                                             num_classes=int(config["num_classes"]), params=params,
-                                            cache_root=cache_root, log=ctx.log))
+                                            cache_root=cache_root, log=ctx.log, progress=progress))
                 generator_digests.append({**model_digests(gen), "class_names": config.get("class_names")})
-                ctx.progress(0.8 * (i + 1) / max(1, len(inputs.generators)))
+                progress(0, 1)
             if params.generator_endpoint is not None:
                 remote = RemoteGenerator(params.generator_endpoint)
                 closers.append(remote.close)
                 digest = "endpoint:" + params.generator_endpoint.url
                 built.append(build_evidence("generator", remote, digest,
                                             num_classes=params.generator_endpoint.num_classes, params=params,
-                                            cache_root=cache_root, log=ctx.log))
+                                            cache_root=cache_root, log=ctx.log, progress=progress))
                 generator_digests.append({"endpoint": params.generator_endpoint.url,
                                           "samples_drawn": remote.samples})
+                progress(0, 1)
             shape, num_classes = tuple(built[0].evidence.val_x.shape[1:]), int(built[0].evidence.val_y.max()) + 1
             for d in inputs.candidates:
                 x, y = _real_data(ctx, d, shape, num_classes)
                 built.append(build_dataset_evidence(f"dataset:{d.id}", x, y, d.sha256, num_classes=num_classes,
-                                                    params=params, cache_root=cache_root, log=ctx.log))
+                                                    params=params, cache_root=cache_root, log=ctx.log,
+                                                    progress=progress))
                 generator_digests.append({"dataset": d.id, "sha256": d.sha256, "n": d.n})
+                progress(0, 1)
             references = _references(ctx, inputs.references, built)
             for b in built:
                 for key, value in b.timings.items():

@@ -27,6 +27,7 @@ from appliance.capabilities.provenance.schemas import GeneratorEndpoint, Provena
 from models.architectures import create_architecture
 from models.generators import check_labels, check_samples
 from models.provenance import (
+    PoolProgress,
     draw_probes,
     draw_sets,
     shadow_config,
@@ -197,8 +198,9 @@ def _probes(generator: Any, folder: Path | None, params: ProvenanceParams, num_c
 
 
 def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, params: ProvenanceParams,
-                   cache_root: Path | None, log: LogFn) -> BuiltEvidence:
-    """Sample, train (or reuse) the shadows for one generator and wrap them as evidence."""
+                   cache_root: Path | None, log: LogFn, progress: PoolProgress | None = None) -> BuiltEvidence:
+    """Sample, train (or reuse) the shadows for one generator and wrap them as evidence;
+    ``progress(done, total)`` after each shadow trained."""
     specs = shadow_specs(params, num_classes)
     key = cache_key(digest, params, num_classes)
     folder = cache_root / key if cache_root is not None else None
@@ -217,7 +219,7 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
             f"of shape {tuple(sets.val_x.shape[1:])}; training {len(specs)} shadow(s)")
         t0 = time.perf_counter()
         models = train_shadow_pool(generator, sets, specs, num_classes=num_classes, seed=params.seed,
-                                   t_shadow=params.t_shadow)
+                                   t_shadow=params.t_shadow, progress=progress)
         timings["shadow_training_seconds"] = time.perf_counter() - t0
         val_x, val_y, batches = sets.val_x, sets.val_y, sets.batches
         status = "trained"
@@ -241,7 +243,8 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
 
 
 def build_dataset_evidence(name: str, x: np.ndarray, y: np.ndarray, digest: str, *, num_classes: int,
-                           params: ProvenanceParams, cache_root: Path | None, log: LogFn) -> BuiltEvidence:
+                           params: ProvenanceParams, cache_root: Path | None, log: LogFn,
+                           progress: PoolProgress | None = None) -> BuiltEvidence:
     """Real labelled data as a candidate source: half of each class is the validation set, the
     other half trains the shadow pool (pool shadows on bootstrap resamples of it); cached like a
     generator's shadows, keyed by the dataset's digest."""
@@ -265,7 +268,8 @@ def build_dataset_evidence(name: str, x: np.ndarray, y: np.ndarray, digest: str,
         log(f"{name}: {len(sets.shadow_y)} real shadow and {len(sets.val_y)} validation samples; "
             f"training {len(specs)} shadow(s)")
         t0 = time.perf_counter()
-        models = train_shadow_pool_on_data(sets, specs, num_classes=num_classes, seed=params.seed)
+        models = train_shadow_pool_on_data(sets, specs, num_classes=num_classes, seed=params.seed,
+                                           progress=progress)
         timings["shadow_training_seconds"] = time.perf_counter() - t0
         val_x, val_y, batches = sets.val_x, sets.val_y, sets.batches
         status = "trained"

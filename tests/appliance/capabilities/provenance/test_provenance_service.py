@@ -285,3 +285,24 @@ def test_hot_probe_decision_draws_queries_and_caches_the_probes(client: Any, tok
                            json={**SMALL, "generator_model_ids": [gen], "suspect_model_id": trained,
                                  "decision": "error_location_hot", **bad})
         assert resp.status_code == 422, (bad, resp.get_json())
+
+
+def test_shadow_training_reports_progress_per_shadow(tmp_path: Path) -> None:
+    from appliance.capabilities.provenance.schemas import ProvenanceParams
+    from appliance.capabilities.provenance.service import build_dataset_evidence, build_evidence
+
+    parts = digits_provenance_splits(seed=0)
+    params = ProvenanceParams.model_validate({**SMALL, "generator_model_ids": ["mdl_g"], "suspect_model_id": "mdl_s"})
+    calls: list[tuple[int, int]] = []
+
+    def build() -> Any:
+        return build_evidence("g", fit_linear_gaussian(*parts[0]), "digest", num_classes=10, params=params,
+                              cache_root=tmp_path, log=lambda _: None, progress=lambda *a: calls.append(a))
+
+    first = build()
+    assert calls == [(1, 3), (2, 3), (3, 3)] and first.provenance["status"] == "trained"
+    assert build().provenance["status"] == "reused" and len(calls) == 3  # nothing trained, nothing reported
+    calls.clear()
+    build_dataset_evidence("real", *parts[3], "real-digest", num_classes=10, params=params, cache_root=None,
+                           log=lambda _: None, progress=lambda *a: calls.append(a))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
