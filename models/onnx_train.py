@@ -28,7 +28,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch import nn
 
 from models.augment import ViewSpec
 from models.errors import ModelFormatError
+
+if TYPE_CHECKING:
+    from models.vision import EpochFn
 
 #: Operators whose listed inputs (by position) are learned weights, with how each is redrawn.
 _WEIGHT_ROLES: dict[str, dict[int, str]] = {
@@ -317,7 +320,8 @@ class GraphModule(nn.Module):
 
 def train_graph_encoder(graph: bytes, unit_images: np.ndarray, value_range: tuple[float, float], *,
                         objective: str, seed: int, epochs: int, batch_size: int,
-                        view: ViewSpec | None = None, projection_head: bool = False) -> GraphModule:
+                        view: ViewSpec | None = None, projection_head: bool = False,
+                        on_epoch: EpochFn | None = None) -> GraphModule:
     """A new encoder with ``graph``'s architecture, every weight redrawn from ``seed``, trained
     self-supervised (:func:`models.vision.train_contrastive`) on ``unit_images`` (the data
     mapped to [0, 1]); it answers, as the graph does, on the data's own ``value_range``."""
@@ -326,7 +330,7 @@ def train_graph_encoder(graph: bytes, unit_images: np.ndarray, value_range: tupl
     module = GraphModule.from_bytes(graph, seed=seed)
     train_contrastive(FromUnit(module, *value_range), unit_images, objective=objective,  # type: ignore[arg-type]
                       seed=seed, epochs=epochs, batch_size=min(batch_size, len(unit_images)),
-                      view=view or TRAIN_VIEW, projection_head=projection_head)
+                      view=view or TRAIN_VIEW, projection_head=projection_head, on_epoch=on_epoch)
     return module.eval()
 
 

@@ -226,8 +226,10 @@ def train_contrastive(
     temperature: float = 0.2,
     view: ViewSpec = TRAIN_VIEW,
     projection_head: bool = False,
+    on_epoch: EpochFn | None = None,
 ) -> nn.Module:
-    """Train ``encoder`` self-supervised on ``images`` ``[n, C, H, W]``; return it in eval mode.
+    """Train ``encoder`` self-supervised on ``images`` ``[n, C, H, W]``; return it in eval mode;
+    ``on_epoch(done, epochs)`` after each epoch (progress).
 
     ``simclr``: NT-Xent over two augmented views. ``byol``, ``mocov3`` and ``dino`` train
     against a momentum (EMA) target; see :func:`_train_momentum`.
@@ -246,7 +248,7 @@ def train_contrastive(
         raise ValueError(f"images must be [n>=2, C, H, W], got shape {images.shape}")
     if objective in MOMENTUM_OBJECTIVES:
         return _train_momentum(encoder, images, objective=objective, seed=seed, epochs=epochs,
-                               batch_size=batch_size, lr=lr, view=view)
+                               batch_size=batch_size, lr=lr, view=view, on_epoch=on_epoch)
     if objective not in ("simclr", "simsiam"):
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -270,7 +272,7 @@ def train_contrastive(
         predictor.train()
     n = len(data)
     bs = min(batch_size, n)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n - bs + 1, bs):
             batch = data[order[start : start + bs]]
@@ -287,17 +289,21 @@ def train_contrastive(
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs)
     return encoder.eval()
 
 
 Objective = Literal["simclr", "simsiam", "byol", "mocov3", "dino"]
+#: ``on_epoch(done, epochs)``: called after each training epoch.
+EpochFn = Callable[[int, int], None]
 MOMENTUM_OBJECTIVES = ("byol", "mocov3", "dino")
 OBJECTIVES = ("simclr", "simsiam", *MOMENTUM_OBJECTIVES)
 
 
 def _train_momentum(
     encoder: nn.Module, images: np.ndarray, *, objective: str, seed: int, epochs: int,
-    batch_size: int, lr: float, view: ViewSpec, momentum: float = 0.99,
+    batch_size: int, lr: float, view: ViewSpec, momentum: float = 0.99, on_epoch: EpochFn | None = None,
 ) -> nn.Module:
     """Self-supervised training against an exponential-moving-average target network.
 
@@ -340,7 +346,7 @@ def _train_momentum(
         with torch.no_grad():
             return cast("torch.Tensor", target[1](target[0](v)))
 
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n - bs + 1, bs):
             batch = data[order[start : start + bs]]
@@ -362,6 +368,8 @@ def _train_momentum(
                     t_param.mul_(momentum).add_(o_param.detach(), alpha=1 - momentum)
                 for t_buf, o_buf in zip(target.buffers(), online.buffers(), strict=True):
                     t_buf.copy_(o_buf)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs)
     return encoder.eval()
 
 

@@ -124,3 +124,14 @@ def test_classifier_training_reaches_useful_accuracy():
     assert accuracy(model, *s.private) > 0.85
     with pytest.raises(ValueError):
         train_classifier(model, s.public[0][:0], s.public[1][:0], seed=0)
+
+
+def test_contrastive_training_reports_each_epoch():
+    torch.set_num_threads(1)
+    x = digits_splits(seed=0).public[0][:32]
+    for objective in ("simclr", "byol"):
+        calls: list[tuple[int, int]] = []
+        enc = build_model(ENCODERS["conv_encoder"], seed=0, width=8)
+        train_contrastive(enc, x, objective=objective, seed=1, epochs=2, batch_size=16,
+                          on_epoch=lambda *a, calls=calls: calls.append(a))
+        assert calls == [(1, 2), (2, 2)], objective

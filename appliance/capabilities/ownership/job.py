@@ -404,6 +404,12 @@ def _shadow_model_config(recipe: dict[str, Any]) -> dict[str, Any]:
             "input_size": recipe["input_size"], "value_range": recipe["value_range"]}
 
 
+def _shadow_share(*, trained: bool) -> float:
+    """The share of a DOV4CL job's progress bar its shadows take: 0.8 where any is trained
+    (most of such a job's time: 77 of 88 s with three default shadows), else 0.1."""
+    return 0.8 if trained else 0.1
+
+
 def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, dataset: DatasetInput,
                    kept: list[ModelInput], value_range: tuple[float, float], device: str,
                    graph: bytes | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -415,7 +421,7 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
     the data mapped from ``value_range`` to [0, 1] (where the augmentations work) and answer
     on the data's own scale. With ``architecture: "suspect"``, ``graph`` is the suspect's ONNX
     graph: each shadow is that graph with every weight redrawn from its seed, trained the
-    same way, and saved as ONNX."""
+    same way, and saved as ONNX. Progress moves from 0 to :func:`_shadow_share` as epochs pass."""
     from safetensors.torch import save
 
     unit = to_unit(data, value_range)
@@ -432,11 +438,17 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
         config = {"in_channels": int(data.shape[1]), "image_size": spec.input_size or int(data.shape[2]),
                   **spec.config}
     by_id = {model.id: model for model in kept}
+    recipes = [shadow_recipe(spec, dataset, tuple(data.shape), spec.seed + i, config, value_range)
+               for i in range(spec.count)]
+    ids = [shadow_model_id(ctx.tenant_id, recipe) for recipe in recipes]
+    share = _shadow_share(trained=any(model_id not in by_id for model_id in ids))
     shadows, provenance = [], []
-    for i in range(spec.count):
+    for i, (recipe, model_id) in enumerate(zip(recipes, ids, strict=True)):
+
+        def on_epoch(done: int, epochs: int, i: int = i) -> None:
+            ctx.progress(share * (i + done / epochs) / spec.count)
+
         seed = spec.seed + i
-        recipe = shadow_recipe(spec, dataset, tuple(data.shape), seed, config, value_range)
-        model_id = shadow_model_id(ctx.tenant_id, recipe)
         registered = by_id.get(model_id)
         if registered is not None:
             ctx.log(f"reusing {spec.objective} shadow {i + 1}/{spec.count} (seed {seed}): model {model_id}")
@@ -449,7 +461,8 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
                     f"seed {seed}) as model {model_id}")
             module = train_graph_encoder(graph, unit, value_range, objective=spec.objective, seed=seed,
                                          epochs=spec.epochs, batch_size=spec.batch_size,
-                                         view=spec.views.spec(), projection_head=spec.projection_head)
+                                         view=spec.views.spec(), projection_head=spec.projection_head,
+                                         on_epoch=on_epoch)
             digest = ctx.save_artifact(module.to_onnx())
             shadows.append(embed_fn(module))
         else:
@@ -463,7 +476,8 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
                     f"{spec.epochs} epochs, {len(data)} images, seed {seed}) as model {model_id}")
             encoder = train_contrastive(encoder, unit, objective=spec.objective, seed=seed,
                                         epochs=spec.epochs, batch_size=min(spec.batch_size, len(data)),
-                                        view=spec.views.spec(), projection_head=spec.projection_head)
+                                        view=spec.views.spec(), projection_head=spec.projection_head,
+                                        on_epoch=on_epoch)
             shadow = Rescaled(encoder, *value_range).eval()
             digest = ctx.save_artifact(save({k: v.contiguous() for k, v in shadow.state_dict().items()}))
             shadows.append(embed_fn(shadow))
@@ -471,7 +485,7 @@ def _train_shadows(ctx: JobContext, spec: ShadowTraining, data: np.ndarray, data
                            "status": "reused" if registered is not None else "trained",
                            "reused": registered is not None, "weights_sha256": digest,
                            "recipe": recipe})
-        ctx.progress(0.1 * (i + 1) / spec.count)
+        ctx.progress(share * (i + 1) / spec.count)
     return shadows, provenance
 
 
@@ -529,8 +543,10 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
         assert params.suspect_endpoint is not None
         digests["suspect"] = {"endpoint": params.suspect_endpoint.url}
 
+    start = 0.1  # where the audit's own progress begins: after the shadows' share
+
     def progress(fraction: float) -> None:
-        ctx.progress(0.1 + 0.9 * fraction)
+        ctx.progress(start + (1 - start) * fraction)
 
     closer = None
     try:
@@ -576,13 +592,14 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                     matched = {"views_from_invariance": invariance[0]}
                 shadow, kept = _train_shadows(ctx, spec, shadow_data, inputs.shadow_data,
                                               inputs.kept_shadows, shadow_range, params.device, graph)
+                start = _shadow_share(trained=not all(k["reused"] for k in kept))
                 digests["shadows"] = {"trained_on": inputs.shadow_data.model_dump(mode="json"),
                                       "recipe": spec.model_dump(), **matched,
                                       "models": kept,
                                       "trained": sum(not k["reused"] for k in kept),
                                       "reused": sum(k["reused"] for k in kept)}
             timings["shadow_seconds"] = time.perf_counter() - t0
-            ctx.progress(0.1)
+            ctx.progress(start)
             digests["public_dataset"] = inputs.public_dataset.model_dump(mode="json")
             digests["private_dataset"] = inputs.private_dataset.model_dump(mode="json")
             budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None

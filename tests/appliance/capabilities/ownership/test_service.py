@@ -215,8 +215,17 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
             "shadow_training": {"dataset_id": alt["id"], "epochs": 2, "count": 2,
                                 "config": {"width": 8, "embed_dim": 16}},
             "method_params": {"k": 8, "n_global": 2, "n_local": 2, "rounds": 2}}
+        from appliance._internal.jobs.runner import JobContext
+
+        seen: list[float] = []
+        record = JobContext.progress
+        monkeypatch.setattr(JobContext, "progress", lambda self, f: (seen.append(f), record(self, f))[1])
         body = _report(client, token_a, submit(params))
         assert _trained_lines(client, token_a, body["_job"]["id"]) == 2
+        # training is most of the bar (0 -> 0.8, epoch by epoch: 2 shadows x 2 epochs), then the audit
+        training = [f for f in seen if f <= 0.8]
+        assert sorted({round(f, 9) for f in training}) == [0.2, 0.4, 0.6, 0.8]
+        assert seen == sorted(seen) and seen[-1] == 1.0
         shadows = body["inputs"]["shadows"]
         assert shadows["recipe"]["count"] == 2 and body["statistics"]["shadows"] == 2
         assert shadows["trained"] == 2 and shadows["reused"] == 0
@@ -243,8 +252,11 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         assert client.get(f"/v1/models/{ids[0]}", headers=auth(token_b)).status_code == 404
 
         # the same audit again reuses the registered shadows: same models, same report figures
+        seen.clear()
         body2 = _report(client, token_a, submit(params))
         assert _trained_lines(client, token_a, body2["_job"]["id"]) == 0
+        # nothing trained: the reused shadows take the first tenth, the audit the rest
+        assert sorted({round(f, 9) for f in seen if f <= 0.1}) == [0.05, 0.1] and seen[-1] == 1.0
         assert body2["inputs"]["shadows"]["reused"] == 2
         assert [m["status"] for m in body2["inputs"]["shadows"]["models"]] == ["reused", "reused"]
         assert [m["model_id"] for m in body2["inputs"]["shadows"]["models"]] == ids
