@@ -8,6 +8,7 @@ than producing NaN.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 from scipy import special as _sp
@@ -82,6 +83,63 @@ def permutation_mean_diff(
     return observed, (1 + exceed) / (1 + permutations)
 
 
+def _share_at_least(values: np.ndarray) -> np.ndarray:
+    """For each entry, the share of ``values`` that are at least as large (ties count): the
+    permutation p-value of every row of a permutation distribution, the observed one included."""
+    ordered = np.sort(values)
+    return cast("np.ndarray", (len(values) - np.searchsorted(ordered, values, side="left")) / len(values))
+
+
+def permutation_mean_or_upper(
+    scores: np.ndarray,
+    is_first: np.ndarray,
+    *,
+    permutations: int,
+    rng: np.random.Generator,
+    quantile: float = 0.75,
+) -> tuple[float, float, float]:
+    """Label-permutation test, H1: the first group's scores are larger in their mean **or** in
+    their upper quantile (``quantile``; the two groups' quantiles compared).
+
+    Two statistics on the same relabellings, combined by their smaller permutation p-value
+    (nonparametric combination, min-p: Pesarin 2001). The combined statistic of every
+    relabelling is ranked among all ``B + 1`` of them (the observed included), so the test is
+    exact under exchangeability of the two groups, as :func:`permutation_mean_diff`. With
+    symmetric noise it has about the mean's power; where the scores have a long lower tail
+    (skewed left), which adds variance to the mean and none to the upper quantile, it finds a
+    shift of the first group far more often. Returns ``(mean difference, upper-quantile
+    difference, p)``.
+    """
+    x = np.asarray(scores, np.float64).ravel()
+    g = np.asarray(is_first, bool).ravel()
+    n1 = int(g.sum())
+    if len(x) != len(g) or n1 < 2 or n1 > len(x) - 2:
+        raise ValueError("permutation test needs two scores per group at least and aligned scores")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError("quantile must lie in (0, 1)")
+    rows = [g[None, :]]
+    done, chunk = 0, 256
+    while done < permutations:
+        b = min(chunk, permutations - done)
+        keys = rng.random((b, len(x)))
+        mask = np.zeros((b, len(x)), bool)
+        np.put_along_axis(mask, np.argpartition(keys, n1 - 1, axis=1)[:, :n1], True, axis=1)
+        rows.append(mask)
+        done += b
+    means, uppers = [], []
+    n2 = len(x) - n1
+    for mask in rows:
+        tiled = np.broadcast_to(x, mask.shape)
+        first, second = tiled[mask].reshape(-1, n1), tiled[~mask].reshape(-1, n2)  # every row has n1 / n2
+        means.append(first.mean(axis=1) - second.mean(axis=1))
+        uppers.append(np.quantile(first, quantile, axis=1) - np.quantile(second, quantile, axis=1))
+    mean_t, upper_t = np.concatenate(means), np.concatenate(uppers)
+    # rounding noise must not split ties between relabellings with the same groups' sums
+    combined = np.minimum(_share_at_least(np.round(mean_t, 12)), _share_at_least(np.round(upper_t, 12)))
+    p = float(np.count_nonzero(combined <= combined[0]) / len(combined))
+    return float(mean_t[0]), float(upper_t[0]), p
+
+
 def binomial_greater(successes: int, trials: int, null_rate: float) -> float:
     """Exact binomial test, H1: success rate > ``null_rate``. Returns p."""
     if trials <= 0:
@@ -95,5 +153,6 @@ __all__ = [
     "binomial_greater",
     "paired_margin_greater",
     "permutation_mean_diff",
+    "permutation_mean_or_upper",
     "welch_greater",
 ]

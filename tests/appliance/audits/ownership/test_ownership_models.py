@@ -91,6 +91,23 @@ def test_dov4cl_detects_encoder_trained_on_public_set(splits, encoders):
     assert {"reference_p", "calibrated_p"} <= set(result.statistics)
 
 
+def test_dov4cl_mean_or_upper_quartile_statistic(splits, encoders):
+    from appliance.audits.errors import AuditParameterError
+
+    inputs = DOV4CLInputs(public=splits.public[0][:N_PUB], private=splits.private[0],
+                          suspect=embed_fn(encoders["full"]), shadow=embed_fn(encoders["shadow"]))
+    method = create_method("dov4cl")
+    combined = method.run(inputs, params={"rounds": 20, "statistic": "mean_or_upper_quartile"}, seed=0)
+    plain = method.run(inputs, params={"rounds": 20}, seed=0)
+    assert combined.verdict == VERDICT_POSITIVE and combined.statistics["statistic"] == "mean_or_upper_quartile"
+    assert combined.statistics["upper_quartile_difference"] > 0
+    # the same residuals: the mean difference is the plain test's statistic
+    assert combined.statistics["calibrated_statistic"] == pytest.approx(plain.statistics["calibrated_statistic"])
+    assert plain.statistics["statistic"] == "mean" and "upper_quartile_difference" not in plain.statistics
+    with pytest.raises(AuditParameterError, match="statistic"):
+        method.run(inputs, params={"statistic": "median"}, seed=0)
+
+
 @pytest.mark.parametrize("suspect", ["none", "other_arch"])
 def test_dov4cl_negatives_not_detected(splits, encoders, suspect):
     result = _dov(splits, encoders, suspect)
