@@ -139,6 +139,9 @@ FIFTH_BASE = 9000
 #: ``--sixth``: a sixth part (11000+), each its own owner, first run to check ``views: "auto"``
 #: for the shadows once it was chosen on ``--owners``.
 SIXTH_BASE = 11000
+#: A seventh part (13000+), each its own owner, first audited by ``ownership_statistics.py
+#: --base 13000`` to check a statistic chosen on ``--owners``. A next part starts at 15000.
+SEVENTH_BASE = 13000
 
 
 def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
