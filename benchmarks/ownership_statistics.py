@@ -83,14 +83,11 @@ def residuals(base: int, workers: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _share_at_least(values: np.ndarray) -> np.ndarray:
-    ordered = np.sort(values)
-    return (len(values) - np.searchsorted(ordered, values, side="left")) / len(values)
-
-
 def p_values(r: np.ndarray, public: np.ndarray, *, relabellings: int, seed: int) -> dict[str, float]:
     """Every statistic's permutation p-value on the same relabellings (the observed one first)."""
     from scipy.stats import rankdata
+
+    from appliance.audits.stats import min_p_combined
 
     rng = np.random.default_rng(seed)
     labels = np.stack([public] + [rng.permutation(public) for _ in range(relabellings)])
@@ -103,8 +100,7 @@ def p_values(r: np.ndarray, public: np.ndarray, *, relabellings: int, seed: int)
     ks = (np.cumsum(~by_value, axis=1) / (n - k) - np.cumsum(by_value, axis=1) / k).max(axis=1)
     values = {"mean": mean, "ranks": rankdata(r)[order[:, :k]].mean(axis=1), "q75": q75, "ks": ks}
     found = {name: float(np.count_nonzero(v >= v[0]) / len(v)) for name, v in values.items()}
-    combined = np.minimum(_share_at_least(np.round(mean, 12)), _share_at_least(np.round(q75, 12)))
-    found["mean+q75"] = float(np.count_nonzero(combined <= combined[0]) / len(combined))
+    found["mean+q75"] = min_p_combined(mean, q75)
     return found
 
 

@@ -117,27 +117,38 @@ def permutation_mean_or_upper(
         raise ValueError("permutation test needs two scores per group at least and aligned scores")
     if not 0.0 < quantile < 1.0:
         raise ValueError("quantile must lie in (0, 1)")
-    rows = [g[None, :]]
-    done, chunk = 0, 256
+    n2 = len(x) - n1
+    means: list[np.ndarray] = []
+    uppers: list[np.ndarray] = []
+
+    def add(mask: np.ndarray) -> None:  # rows of first-group flags; every row has n1 of them
+        tiled = np.broadcast_to(x, mask.shape)
+        first, second = tiled[mask].reshape(-1, n1), tiled[~mask].reshape(-1, n2)
+        means.append(first.mean(axis=1) - second.mean(axis=1))
+        uppers.append(np.quantile(first, quantile, axis=1) - np.quantile(second, quantile, axis=1))
+
+    add(g[None, :])
+    done = 0
     while done < permutations:
-        b = min(chunk, permutations - done)
+        b = min(256, permutations - done)
         keys = rng.random((b, len(x)))
         mask = np.zeros((b, len(x)), bool)
         np.put_along_axis(mask, np.argpartition(keys, n1 - 1, axis=1)[:, :n1], True, axis=1)
-        rows.append(mask)
+        add(mask)
         done += b
-    means, uppers = [], []
-    n2 = len(x) - n1
-    for mask in rows:
-        tiled = np.broadcast_to(x, mask.shape)
-        first, second = tiled[mask].reshape(-1, n1), tiled[~mask].reshape(-1, n2)  # every row has n1 / n2
-        means.append(first.mean(axis=1) - second.mean(axis=1))
-        uppers.append(np.quantile(first, quantile, axis=1) - np.quantile(second, quantile, axis=1))
     mean_t, upper_t = np.concatenate(means), np.concatenate(uppers)
+    return float(mean_t[0]), float(upper_t[0]), min_p_combined(mean_t, upper_t)
+
+
+def min_p_combined(*statistics: np.ndarray) -> float:
+    """Permutation p-value of several statistics combined by their smaller p-value (min-p).
+
+    Each array holds one statistic for the observed labelling (first) and for every
+    relabelling after it, all on the same relabellings. Each row's p-value is its share of rows
+    at least as large; the observed row's smallest one is then ranked among every row's."""
     # rounding noise must not split ties between relabellings with the same groups' sums
-    combined = np.minimum(_share_at_least(np.round(mean_t, 12)), _share_at_least(np.round(upper_t, 12)))
-    p = float(np.count_nonzero(combined <= combined[0]) / len(combined))
-    return float(mean_t[0]), float(upper_t[0]), p
+    combined = np.minimum.reduce([_share_at_least(np.round(np.asarray(t, np.float64), 12)) for t in statistics])
+    return float(np.count_nonzero(combined <= combined[0]) / len(combined))
 
 
 def binomial_greater(successes: int, trials: int, null_rate: float) -> float:
@@ -152,6 +163,7 @@ def binomial_greater(successes: int, trials: int, null_rate: float) -> float:
 __all__ = [
     "binomial_greater",
     "paired_margin_greater",
+    "min_p_combined",
     "permutation_mean_diff",
     "permutation_mean_or_upper",
     "welch_greater",
