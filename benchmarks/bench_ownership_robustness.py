@@ -304,19 +304,22 @@ def auto_views_design(
     value_range: tuple[float, float],
     fixed: list[Any],
     extra: dict[str, Any] | None = None,
+    graph: bytes | None = None,
 ) -> ShadowChoice:
     """Shadows as the service trains them with ``views: "auto"`` (its default): the suspect's
     invariance profile measured as the audit measures it, the appliance's recipe adapted to it
     (:func:`~appliance.capabilities.ownership.job.matched_views`), one set of shadows per
     distinct adaptation (``fixed`` where none is needed), kept in the cache; ``extra``: further
-    shadow options (``projection_head``), the same for every suspect."""
+    shadow options (``projection_head``), the same for every suspect; ``graph``: shadows of this
+    ONNX graph (``architecture: "suspect"``; the part's suspects share one structure) instead of
+    the conv_encoder."""
     from appliance.audits.ownership.dov4cl import suspect_profile
     from appliance.audits.suspects import CountedQuery
     from appliance.capabilities.ownership.job import ShadowViews, matched_views
 
     params = method.resolve_params({})
     recipe = json.dumps(ShadowViews().model_dump(mode="json"), sort_keys=True)
-    sets: dict[str, list[Any]] = {} if extra else {recipe: fixed}
+    sets: dict[str, list[Any]] = {} if extra or graph else {recipe: fixed}
 
     def choose(suspect: Any, public: np.ndarray, private: np.ndarray, seed: int) -> Any:
         counted = CountedQuery(suspect, kind="embed")
@@ -327,9 +330,17 @@ def auto_views_design(
         if key not in sets:
             t0 = time.perf_counter()
             tag = "-auto-" + hashlib.sha256(key.encode()).hexdigest()[:8] + ("-proj" if extra else "")
-            sets[key] = appliance_shadows(alt, value_range, {"views": views, **(extra or {})}, tag=tag)
-            print(f"  auto views {changed}: {len(sets[key])} shadows ({time.perf_counter() - t0:.0f} s "
-                  "including training)", flush=True)
+            options = {"views": views, **(extra or {})}
+            sets[key] = (
+                graph_shadows(graph, alt, value_range, options, tag=tag)
+                if graph
+                else appliance_shadows(alt, value_range, options, tag=tag)
+            )
+            print(
+                f"  auto views {changed}: {len(sets[key])} shadows ({time.perf_counter() - t0:.0f} s "
+                "including training)",
+                flush=True,
+            )
         shown = ", ".join(f"{name} {value:.2f}" for name, value in profile.items())
         print(f"  seed {seed}: invariance {shown} -> {changed or 'the appliance recipe'}", flush=True)
         return sets[key], (profile, counted.queries)
@@ -374,21 +385,28 @@ def suspect_onnx(role: str, seed: int) -> bytes:
     return out.getvalue()
 
 
-def graph_shadows(graph: bytes, alt: np.ndarray, value_range: tuple[float, float]) -> list[Any]:
+def graph_shadows(
+    graph: bytes,
+    alt: np.ndarray,
+    value_range: tuple[float, float],
+    options: dict[str, Any] | None = None,
+    tag: str = "",
+) -> list[Any]:
     """Shadows as the service trains them with ``architecture: "suspect"``: the suspect's graph,
-    every weight redrawn, trained by the appliance's default recipe (kept in the cache by the
-    graph's structure digest)."""
+    every weight redrawn, trained by the appliance's fixed recipe (``"views": {}`` and no
+    projector, as in the runs of the fourth part) or with the service's recipe ``options``
+    (``views``, ``projection_head``); kept in the cache by the graph's structure digest and ``tag``."""
     import onnxruntime as ort
 
     from appliance.capabilities.ownership.job import ShadowTraining
     from models.augment import to_unit
     from models.onnx_train import structure_digest, train_graph_encoder
 
-    spec = ShadowTraining(dataset_id="alt", views={})
+    spec = ShadowTraining(dataset_id="alt", **{"views": {}, "projection_head": False, **(options or {})})
     shadows = []
     for i in range(spec.count):
         seed = spec.seed + i
-        path = CACHE / f"graph-{structure_digest(graph)[:16]}-{spec.objective}-{spec.epochs}-{seed}.onnx"
+        path = CACHE / f"graph-{structure_digest(graph)[:16]}-{spec.objective}-{spec.epochs}-{seed}{tag}.onnx"
         if not path.is_file():
             module = train_graph_encoder(
                 graph,
@@ -398,6 +416,8 @@ def graph_shadows(graph: bytes, alt: np.ndarray, value_range: tuple[float, float
                 seed=seed,
                 epochs=spec.epochs,
                 batch_size=spec.batch_size,
+                view=spec.views.spec(),
+                projection_head=spec.projection_head,
             )
             CACHE.mkdir(parents=True, exist_ok=True)
             path.write_bytes(module.to_onnx())
@@ -621,6 +641,12 @@ def main() -> None:
         help="with --auto-shadows: also shadows of the chosen views trained through an MLP projector",
     )
     parser.add_argument(
+        "--graph-auto",
+        action="store_true",
+        help="with --auto-shadows: only the service's defaults (conv_encoder, views: auto, a projector) and the same "
+        "recipe on shadows of the suspect's graph (architecture: suspect)",
+    )
+    parser.add_argument(
         "--noflip-shadows",
         action="store_true",
         help="only audit the part's (trained) suspects against the appliance's conv shadows and against the same "
@@ -724,7 +750,17 @@ def main() -> None:
             "appliance's recipe": shadows,
             "auto views": auto_views_design(method, alt, value_range, shadows),
         }
-        if args.auto_projector:
+        if args.graph_auto:
+            # the service's defaults against the same with architecture "suspect"
+            designs = {
+                "defaults (conv_encoder)": auto_views_design(
+                    method, alt, value_range, shadows, {"projection_head": True}
+                ),
+                "suspect's graph": auto_views_design(
+                    method, alt, value_range, shadows, {"projection_head": True}, graph=suspect_onnx("positive", base)
+                ),
+            }
+        elif args.auto_projector:
             designs["auto views + projector"] = auto_views_design(
                 method, alt, value_range, shadows, {"projection_head": True}
             )
