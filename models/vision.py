@@ -301,6 +301,62 @@ MOMENTUM_OBJECTIVES = ("byol", "mocov3", "dino")
 OBJECTIVES = ("simclr", "simsiam", *MOMENTUM_OBJECTIVES)
 
 
+def distillation_inputs(unit_images: np.ndarray, *, views: int, view: ViewSpec, seed: int) -> np.ndarray:
+    """What a teacher is queried on to distil it: each image of ``unit_images`` (``[n, C, H, W]``
+    in [0, 1]) as it is, then ``views - 1`` views of it drawn by ``view`` from ``seed``;
+    ``[views * n, C, H, W]`` in [0, 1]."""
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
+    gen = torch.Generator().manual_seed(int(seed))
+    unit = torch.from_numpy(np.ascontiguousarray(unit_images, dtype=np.float32))
+    drawn = [unit.numpy()] + [augment(unit, view, generator=gen).numpy() for _ in range(views - 1)]
+    return np.concatenate(drawn).astype(np.float32)
+
+
+def distill_encoder(
+    student: nn.Module,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    seed: int,
+    epochs: int = 40,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    on_epoch: EpochFn | None = None,
+) -> nn.Module:
+    """Train ``student`` to reproduce a teacher's embeddings ``targets`` ``[n, d]`` of ``inputs``
+    (Adam, cosine decay, seeded shuffling): mean squared error to the targets centred on their
+    mean and divided by their overall standard deviation, so the student answers with the
+    teacher's embedding up to a shift and one scale (which centred cosines do not see).
+    Returns the student in eval mode; ``on_epoch(done, epochs)`` after each epoch."""
+    x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    y = np.asarray(targets, dtype=np.float32)
+    if len(x) != len(y) or y.ndim != 2 or len(y) == 0:
+        raise ValueError(f"need targets [n, d] for n = {len(x)} inputs, got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("the teacher's embeddings are not all finite")
+    scale = float(y.std()) or 1.0
+    target = torch.from_numpy((y - y.mean(axis=0)) / scale)
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * -(-len(x) // batch_size)))
+    student.train()
+    for done in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two
+                continue
+            loss = F.mse_loss(student(x[idx]), target[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        if on_epoch is not None:
+            on_epoch(done + 1, epochs)
+    return student.eval()
+
+
 def _train_momentum(
     encoder: nn.Module, images: np.ndarray, *, objective: str, seed: int, epochs: int,
     batch_size: int, lr: float, view: ViewSpec, momentum: float = 0.99, on_epoch: EpochFn | None = None,
