@@ -23,7 +23,13 @@ from appliance._internal.secrets import unseal_secret
 from appliance._internal.store import Store, loads
 from appliance.audits.egress import EgressGuard, check_endpoint_url
 from appliance.audits.errors import AuditError
-from appliance.audits.ownership.dov4cl import PROFILE_TRANSFORMS, DOV4CLInputs, data_range, suspect_profile
+from appliance.audits.ownership.dov4cl import (
+    PROFILE_TRANSFORMS,
+    DOV4CLInputs,
+    data_range,
+    suspect_profile,
+    view_specs,
+)
 from appliance.audits.ownership.watermark import WatermarkInputs
 from appliance.audits.registry import create_method
 from appliance.audits.suspects import CountedQuery, RemoteEndpoint
@@ -32,7 +38,7 @@ from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset, record_trained_model
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.schemas import SuspectEndpoint
-from models.augment import ViewSpec, to_unit
+from models.augment import ViewSpec, from_unit, to_unit
 from models.errors import ModelFormatError
 from models.onnx_train import check_graph, graph_summary, train_graph_encoder
 from models.vision import (
@@ -41,6 +47,8 @@ from models.vision import (
     Rescaled,
     Resized,
     build_model,
+    distill_encoder,
+    distillation_inputs,
     embed_fn,
     train_contrastive,
 )
@@ -145,6 +153,17 @@ class ShadowTraining(BaseModel):
     count: int = Field(default=3, ge=1, le=8, description="shadows trained with seeds seed, "
                        "seed+1, ...; their relations are averaged (one unlucky shadow shifts "
                        "every audit that uses it)")
+    distilled: int = Field(default=1, ge=0, le=4, description="shadows distilled from the suspect "
+                           "itself, besides the recipe's (default 1; 0: none): the appliance's conv_encoder "
+                           "trained to reproduce "
+                           "the suspect's embeddings of distill_views global views of every image of this "
+                           "dataset (distill_views x its size more suspect queries, counted in the report). "
+                           "A student never sees D_pub or D_pvt, so the test stays exact; it copies what "
+                           "the suspect does on images it did not train on, whatever its recipe. Students "
+                           "are not registered as models (they copy the suspect)")
+    distill_views: int = Field(default=32, ge=2, le=128, description="views per image the suspect "
+                               "is queried on to distil it (the first is the image itself)")
+    distill_epochs: int = Field(default=40, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _graph_fixes_layers(self) -> ShadowTraining:
@@ -509,6 +528,63 @@ def _match_views(ctx: JobContext, method: Any, spec: ShadowTraining, params: Own
     return spec.model_copy(update={"views": views}), (profile, counted.queries)
 
 
+#: Where a DOV4CL job's progress bar stands once its distilled shadows are trained.
+DISTILLED_SHARE = 0.85
+
+
+def _distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: OwnershipParams,
+                    data: np.ndarray, value_range: tuple[float, float], suspect: Any,
+                    invariance: tuple[dict[str, float], int] | None, *, budget: int | None,
+                    start: float) -> tuple[list[Any], dict[str, Any]]:
+    """``spec.distilled`` students of the suspect (:func:`models.vision.distill_encoder`): the
+    suspect is queried once on ``spec.distill_views`` views of each image of ``data`` (the
+    shadow dataset, on its own scale; the first view is the image itself, the others the
+    audit's global views, with flips where the audit flips: ``views.flip`` true, or "auto"
+    and the measured profile flip-invariant), and each student, a conv_encoder of the
+    suspect's embedding width with its own seed, learns those answers. Progress moves from
+    ``start`` to :data:`DISTILLED_SHARE`. Returns their embed functions and what the report
+    records: the recipe, the queries, each student's seed and final fit."""
+    p = method.resolve_params(params.method_params)
+    method.check_params(p)
+    flip = p["views"].get("flip", "auto")
+    flips = flip is True or (flip == "auto" and invariance is not None
+                             and invariance[0].get("flip", 0.0) >= float(p["flip_threshold"]))
+    view = view_specs(p["views"], flip=flips)[0]
+    unit = to_unit(data, value_range)
+    inputs = distillation_inputs(unit, views=spec.distill_views, view=view, seed=spec.seed)
+    counted = CountedQuery(suspect, kind="embed", name="suspect", budget=budget, max_batch=int(p["max_batch"]))
+    t0 = time.perf_counter()
+    targets = counted(from_unit(inputs, value_range))
+    ctx.log(f"distilling {spec.distilled} shadow(s) from the suspect: {counted.queries} queries "
+            f"({spec.distill_views} views of {len(data)} images) in {time.perf_counter() - t0:.1f} s")
+    students, entries = [], []
+    for i in range(spec.distilled):
+        seed = spec.seed + 1000 + i
+
+        def on_epoch(done: int, epochs: int, i: int = i) -> None:
+            ctx.progress(start + (DISTILLED_SHARE - start) * (i + done / epochs) / spec.distilled)
+
+        student = build_model(ENCODERS["conv_encoder"], seed=seed, in_channels=int(data.shape[1]),
+                              image_size=int(data.shape[2]), embed_dim=int(targets.shape[1]))
+        distill_encoder(student, inputs, targets, seed=seed, epochs=spec.distill_epochs, on_epoch=on_epoch)
+        answered = Rescaled(student, *value_range).eval()
+        fit = _centred_fit(embed_fn(answered)(from_unit(inputs, value_range)), targets)
+        ctx.log(f"distilled shadow {i + 1}/{spec.distilled} (seed {seed}): centred cosine to the "
+                f"suspect's answers {fit:.3f}")
+        students.append(embed_fn(answered))
+        entries.append({"seed": seed, "fit_centred_cosine": round(fit, 6)})
+    return students, {"family": "conv_encoder", "views": spec.distill_views, "epochs": spec.distill_epochs,
+                      "flips": flips, "queries": counted.queries, "students": entries}
+
+
+def _centred_fit(answers: np.ndarray, targets: np.ndarray) -> float:
+    """The median cosine between a student's and the suspect's embeddings, each centred on its
+    mean (what the audit compares)."""
+    a, b = answers - answers.mean(axis=0), targets - targets.mean(axis=0)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.median(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
+
+
 def _register_shadows(store: Store, job: dict[str, Any], outcome: JobOutcome) -> None:
     """Register the shadows a DOV4CL job trained as the tenant's models (ids as its report
     names them; a model already there, trained by a job that ran alongside, is kept)."""
@@ -549,6 +625,7 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
         ctx.progress(start + (1 - start) * fraction)
 
     closer = None
+    distill_queries = 0  # suspect queries spent distilling shadows from it (DOV4CL)
     try:
         if params.method == "dov4cl":
             assert inputs.public_dataset is not None and inputs.private_dataset is not None
@@ -598,6 +675,14 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                                       "models": kept,
                                       "trained": sum(not k["reused"] for k in kept),
                                       "reused": sum(k["reused"] for k in kept)}
+                if spec.distilled:
+                    budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
+                    students, distilled = _distil_shadows(ctx, spec, method, params, shadow_data, shadow_range,
+                                                          suspect, invariance, budget=budget, start=start)
+                    shadow = [*shadow, *students]
+                    distill_queries = distilled["queries"]
+                    digests["shadows"]["distilled"] = distilled
+                    start = DISTILLED_SHARE
             timings["shadow_seconds"] = time.perf_counter() - t0
             ctx.progress(start)
             digests["public_dataset"] = inputs.public_dataset.model_dump(mode="json")
@@ -606,7 +691,8 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
             result = method.run(
                 DOV4CLInputs(public=public, private=private, suspect=suspect,
                              shadow=shadow if len(shadow) > 1 else shadow[0],
-                             query_budget=budget, invariance=invariance),
+                             query_budget=None if budget is None else budget - distill_queries,
+                             invariance=invariance),
                 params=params.method_params, seed=params.seed, progress=progress, log=ctx.log)
         else:
             mark = inputs.watermark
@@ -635,7 +721,9 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
     timings.update({k: float(v) for k, v in result.timings.items()})
     timings["audit_seconds"] = time.perf_counter() - started
     statistics = dict(result.statistics)
-    statistics["queries"] = result.queries
+    statistics["queries"] = result.queries + distill_queries
+    if distill_queries:
+        statistics["distillation_queries"] = distill_queries
     if inputs.shadow_caution:
         statistics["cautions"] = [*statistics.get("cautions", []), inputs.shadow_caution]
     ctx.log(f"{result.method}: p = {result.p_value:.4g}, verdict {result.verdict} "

@@ -150,8 +150,9 @@ def test_dov4cl_shadows_are_listed_and_reused_through_cli(live_url: str, token_a
     alt = client.upload_dataset({"x": digits.alternative[0][:64]}, name="alt").id
     common = ["ownership", "audit", "--method", "dov4cl", "--suspect", suspect, "--public", pub,
               "--private", pvt, "-p", "k=8", "-p", "n_global=2", "-p", "n_local=2"]
+    # no distilled shadow: the registered shadows named by id below are then the whole set
     out = _cli(live_url, token_a, *common, "--shadow-training", json.dumps(
-        {"dataset_id": alt, "epochs": 2, "count": 2, "config": {"width": 8, "embed_dim": 16}}))
+        {"dataset_id": alt, "epochs": 2, "count": 2, "config": {"width": 8, "embed_dim": 16}, "distilled": 0}))
     assert out.exit_code == 0, out.output
     first = _json_out(out)
     assert [s["status"] for s in first["shadows"]] == ["trained", "trained"]

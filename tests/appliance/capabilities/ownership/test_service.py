@@ -225,9 +225,13 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         # training is most of the bar (0 -> 0.8, epoch by epoch: 2 shadows x 2 epochs), then the audit
         training = [f for f in seen if f <= 0.8]
         assert sorted({round(f, 9) for f in training}) == [0.2, 0.4, 0.6, 0.8]
+        # then the shadow distilled from the suspect (the default: one), epoch by epoch to 0.85
+        distilling = sorted({round(f, 9) for f in seen if 0.8 < f <= 0.85})
+        assert len(distilling) == 40 and distilling[-1] == 0.85
         assert seen == sorted(seen) and seen[-1] == 1.0
         shadows = body["inputs"]["shadows"]
-        assert shadows["recipe"]["count"] == 2 and body["statistics"]["shadows"] == 2
+        assert shadows["recipe"]["count"] == 2 and body["statistics"]["shadows"] == 3
+        assert shadows["distilled"]["queries"] == 32 * 64 == body["statistics"]["distillation_queries"]
         assert shadows["trained"] == 2 and shadows["reused"] == 0
         assert [m["status"] for m in shadows["models"]] == ["trained", "trained"]
         ids = [m["model_id"] for m in shadows["models"]]
@@ -278,7 +282,11 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         assert [m["model_id"] for m in body3["inputs"]["shadows"]["models"]] == ids
         assert body3["inputs"]["shadows"]["reused"] == 2 and body3["inputs"]["shadows"]["trained"] == 0
         assert body3["inputs"]["shadows"]["models"][0]["recipe"]["seed"] == 0
-        assert body3["statistics"]["calibrated_p"] == body["statistics"]["calibrated_p"]
+        # named by id there is no distilled shadow: the same figures as training them without one
+        undistilled = _report(client, token_a, submit({
+            **params, "shadow_training": {**params["shadow_training"], "distilled": 0}}))
+        assert "distilled" not in body3["inputs"]["shadows"] and body3["statistics"]["shadows"] == 2
+        assert body3["statistics"]["calibrated_p"] == undistilled["statistics"]["calibrated_p"]
 
         # another seed is another shadow, registered beside the first two
         body4 = _report(client, token_a, submit({
@@ -446,7 +454,9 @@ def test_auto_shadow_views_follow_the_suspects_invariance(client: Any, token_a: 
         assert shadows["models"][0]["recipe"]["projection_head"] is True  # the default
         # measured once, before the shadows trained; the audit took it and counts its queries
         assert stats["views"]["invariance"] == profile and stats["views"]["flip"] is (flips and not audit_views)
-        assert stats["queries"] == sum(counted) == stats["audit_queries"] + 6 * probe
+        assert stats["queries"] == sum(counted) == stats["audit_queries"] + 6 * probe + 32 * 64
+        assert stats["distillation_queries"] == 32 * 64  # one student, by default
+        assert shadows["distilled"]["flips"] is (flips and not audit_views)  # as the audit's views
 
 
 def test_ownership_bad_inputs(client: Any, token_a: str, digits: Any) -> None:
@@ -565,3 +575,38 @@ def test_dov4cl_trains_shadows_of_the_suspects_own_graph(client: Any, token_a: s
         resp = submit(extra)
         assert resp.status_code == 422, resp.get_json()
         assert needle in json.dumps(resp.get_json())
+
+
+def test_shadows_distilled_from_the_suspect(client: Any, token_a: str, digits: Any, tmp_path: Path) -> None:
+    """``distilled`` students of the suspect: it is queried on distill_views views of each image of
+    the shadow dataset (counted, in the report), the students join the recipe's shadows, are not
+    registered as models, and the same seed gives the same report; without them the statistics
+    differ. Bad distillation parameters are a 422."""
+    suspect, pub, pvt, alt = _small_conv_audit(client, token_a, digits, tmp_path)
+    shadow = {"dataset_id": alt["id"], "epochs": 2, "count": 1, "seed": 31, "config": {"width": 8, "embed_dim": 16}}
+
+    def submit(training: dict) -> Any:
+        return client.post("/v1/jobs", headers=auth(token_a), json={"kind": "ownership", "params": {
+            "method": "dov4cl", "suspect_model_id": suspect["id"], "public_dataset_id": pub["id"],
+            "private_dataset_id": pvt["id"], "shadow_training": training,
+            "method_params": {"n_global": 2, "n_local": 0, "permutations": 200}}})
+
+    plain = _report(client, token_a, submit({**shadow, "distilled": 0}))
+    distilled = {**shadow, "distilled": 2, "distill_views": 3, "distill_epochs": 2}
+    first = _report(client, token_a, submit(distilled))
+    again = _report(client, token_a, submit(distilled))
+    entry = first["inputs"]["shadows"]["distilled"]
+    assert entry["queries"] == 3 * 64 and entry["views"] == 3 and entry["epochs"] == 2
+    assert [s["seed"] for s in entry["students"]] == [1031, 1032]
+    assert all(-1.0 <= s["fit_centred_cosine"] <= 1.0 for s in entry["students"])
+    assert first["statistics"]["distillation_queries"] == 3 * 64
+    assert first["statistics"]["queries"] == plain["statistics"]["queries"] + 3 * 64
+    assert "distilled" not in plain["inputs"]["shadows"] and "distillation_queries" not in plain["statistics"]
+    assert first["statistics"]["calibrated_statistic"] != plain["statistics"]["calibrated_statistic"]
+    assert first["statistics"] == again["statistics"] and first["p_value"] == again["p_value"]
+    tagged = [m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
+              if (m["origin"] or {}).get("tag") == "dov4cl_shadow"]
+    assert len(tagged) == 1  # the recipe's shadow; students are not models
+    for bad in ({"distilled": 5}, {"distilled": 1, "distill_views": 1}, {"distilled": 1, "distill_epochs": 0}):
+        refused = submit({**shadow, **bad})
+        assert refused.status_code == 422, refused.get_json()
