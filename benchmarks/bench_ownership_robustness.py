@@ -31,7 +31,8 @@ audited on one fixed D_pub / D_pvt split, so their FPR is conditional on that si
 another such part, kept aside until it was first run, with ``--shadows graph``; ``--fifth``
 (9000+) another, for the shadow recipes compared with ``--recipe-shadows``; ``--sixth``
 (11000+) another, kept aside until the shadows' views were chosen from the suspect's invariance
-(``--auto-shadows``).
+(``--auto-shadows``); ``--eighth`` (15000+) another, for shadows distilled from the
+suspect (``--auto-shadows --distilled``).
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -140,8 +141,12 @@ FIFTH_BASE = 9000
 #: for the shadows once it was chosen on ``--owners``.
 SIXTH_BASE = 11000
 #: A seventh part (13000+), each its own owner, first audited by ``ownership_statistics.py
-#: --base 13000`` to check a statistic chosen on ``--owners``. A next part starts at 15000.
+#: --base 13000`` to check a statistic chosen on ``--owners``.
 SEVENTH_BASE = 13000
+#: ``--eighth``: an eighth part (15000+), each its own owner, first run to check shadows
+#: distilled from the suspect (``--auto-shadows --distilled``) once they were compared on
+#: ``--owners``. A next part starts at 17000.
+EIGHTH_BASE = 15000
 
 
 def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -344,6 +349,47 @@ def auto_views_design(
         shown = ", ".join(f"{name} {value:.2f}" for name, value in profile.items())
         print(f"  seed {seed}: invariance {shown} -> {changed or 'the appliance recipe'}", flush=True)
         return sets[key], (profile, counted.queries)
+
+    return choose
+
+
+def distilled_design(
+    alt: np.ndarray, value_range: tuple[float, float], views: int = 32, epochs: int = 40
+) -> ShadowChoice:
+    """One shadow distilled from the suspect, as the service distils it (``shadow_training``
+    ``distilled: 1``, its ``distill_views`` and ``distill_epochs``, seed 0): the suspect queried on
+    ``views`` views of each image of the alternative set (the image, then the audit's global
+    views; no flips, as the audit's own for these suspects, which are not flip-invariant), the
+    appliance's conv_encoder of the suspect's width trained to reproduce those answers
+    (:func:`models.vision.distill_encoder`). It never sees D_pub or D_pvt, so the audit's
+    per-image scores stay blind to the split. Kept in the cache per suspect seed."""
+
+    def choose(suspect: Any, public: np.ndarray, private: np.ndarray, seed: int) -> Any:
+        from safetensors.torch import load_file, save_file
+
+        from appliance.audits.ownership.dov4cl import VIEW_DEFAULTS, view_specs
+        from models.augment import from_unit, to_unit
+        from models.vision import ENCODERS, Rescaled, build_model, distill_encoder, distillation_inputs, embed_fn
+
+        view = view_specs(VIEW_DEFAULTS, flip=False)[0]
+        inputs = distillation_inputs(to_unit(alt, value_range), views=views, view=view, seed=0)
+        path = CACHE / f"distilled-service-{seed}-{views}-{epochs}.safetensors"
+        width = np.asarray(suspect(from_unit(inputs[:2], value_range))).shape[1]
+        student = build_model(
+            ENCODERS["conv_encoder"], seed=1000, in_channels=1, image_size=alt.shape[-1], embed_dim=width
+        )
+        if path.is_file():
+            student.load_state_dict(load_file(str(path)))
+        else:
+            t0 = time.perf_counter()
+            targets = np.asarray(suspect(from_unit(inputs, value_range)), dtype=np.float32)
+            distill_encoder(student, inputs, targets, seed=1000, epochs=epochs)
+            save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(path))
+            print(
+                f"  seed {seed}: student distilled on {len(inputs)} queries in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+        return [embed_fn(Rescaled(student.eval(), *value_range))], None
 
     return choose
 
@@ -568,6 +614,11 @@ def main() -> None:
         help=f"a sixth part kept aside (seeds {SIXTH_BASE}+), every suspect its own owner",
     )
     parser.add_argument(
+        "--eighth",
+        action="store_true",
+        help=f"an eighth part kept aside (seeds {EIGHTH_BASE}+), every suspect its own owner",
+    )
+    parser.add_argument(
         "--fifth",
         action="store_true",
         help=f"a fifth part kept aside (seeds {FIFTH_BASE}+), every suspect its own owner",
@@ -641,6 +692,15 @@ def main() -> None:
         help="with --auto-shadows: also shadows of the chosen views trained through an MLP projector",
     )
     parser.add_argument(
+        "--first", type=int, default=0, help="with --auto-shadows: skip the first suspects (negatives, then positives)"
+    )
+    parser.add_argument(
+        "--distilled",
+        action="store_true",
+        help="with --auto-shadows: the service's defaults, a shadow distilled from the suspect on the "
+        "alternative set, and both",
+    )
+    parser.add_argument(
         "--graph-auto",
         action="store_true",
         help="with --auto-shadows: only the service's defaults (conv_encoder, views: auto, a projector) and the same "
@@ -661,7 +721,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     part = (
-        "sixth"
+        "eighth"
+        if args.eighth
+        else "sixth"
         if args.sixth
         else "fifth"
         if args.fifth
@@ -689,6 +751,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     base = {
+        "eighth": EIGHTH_BASE,
         "sixth": SIXTH_BASE,
         "fifth": FIFTH_BASE,
         "holdout": HOLDOUT_BASE,
@@ -750,7 +813,20 @@ def main() -> None:
             "appliance's recipe": shadows,
             "auto views": auto_views_design(method, alt, value_range, shadows),
         }
-        if args.graph_auto:
+        if args.distilled:
+            designs = {
+                "defaults (conv_encoder)": auto_views_design(
+                    method, alt, value_range, shadows, {"projection_head": True}
+                ),
+                "distilled": distilled_design(alt, value_range),
+            }
+            defaults, student = designs["defaults (conv_encoder)"], designs["distilled"]
+            assert callable(defaults) and callable(student)
+            designs["both"] = lambda s, pub, pvt, seed: (
+                defaults(s, pub, pvt, seed)[0] + student(s, pub, pvt, seed)[0],
+                None,
+            )
+        elif args.graph_auto:
             # the service's defaults against the same with architecture "suspect"
             designs = {
                 "defaults (conv_encoder)": auto_views_design(
@@ -765,7 +841,7 @@ def main() -> None:
                 method, alt, value_range, shadows, {"projection_head": True}
             )
         title = "The appliance's conv shadows: its fixed recipe, and views chosen from the suspect's invariance"
-        compare_shadows(method, designs, base, n_pos, n_neg, f"{title} (views: auto, the default)")
+        compare_shadows(method, designs, base, n_pos, n_neg, f"{title} (views: auto, the default)", first=args.first)
         return
     if args.recipe_shadows:
         roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
@@ -950,16 +1026,24 @@ def family_shadows(method: Any, shadows: list[Any], base: int, n_pos: int, n_neg
 
 
 def compare_shadows(
-    method: Any, designs: dict[str, list[Any] | ShadowChoice], base: int, n_pos: int, n_neg: int, title: str
+    method: Any,
+    designs: dict[str, list[Any] | ShadowChoice],
+    base: int,
+    n_pos: int,
+    n_neg: int,
+    title: str,
+    first: int = 0,
 ) -> None:
     """The part's first ``n_neg`` negatives and ``n_pos`` positives, each on its own split,
-    audited against every design of shadows (a list, or a :data:`ShadowChoice` per suspect)."""
+    audited against every design of shadows (a list, or a :data:`ShadowChoice` per suspect);
+    ``first``: skip the first suspects of that list (negatives, then positives), to share a
+    part between processes."""
     from appliance.audits.ownership.dov4cl import DOV4CLInputs
 
     cached = {name: [RowCache(s) for s in kept] for name, kept in designs.items() if isinstance(kept, list)}
     found: dict[tuple[str, str], list[tuple[float, float]]] = {}
     roles = [("negative", base + 100 + j) for j in range(n_neg)] + [("positive", base + j) for j in range(n_pos)]
-    for role, seed in roles:
+    for role, seed in roles[first:]:
         suspect = RowCache(load_suspect(role, seed))
         public, private = owner_sets(seed)
         line = []
