@@ -577,6 +577,20 @@ def _distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: 
                       "flips": flips, "queries": counted.queries, "students": entries}
 
 
+def _check_distillation_budget(params: OwnershipParams, images: int) -> None:
+    """Fail before anything trains where a remote suspect's query budget cannot pay for the
+    distilled shadows' queries (``distill_views`` per image of the shadow dataset)."""
+    spec, endpoint = params.shadow_training, params.suspect_endpoint
+    if spec is None or not spec.distilled or endpoint is None or endpoint.query_budget is None:
+        return
+    needed = spec.distill_views * images
+    if needed >= endpoint.query_budget:
+        raise JobFailed(f"distilling a shadow from the suspect takes {needed} queries ({spec.distill_views} "
+                        f"views of {images} images) and the suspect's query budget is {endpoint.query_budget}, "
+                        "with the audit's own queries still to come: raise query_budget, lower "
+                        "shadow_training.distill_views, or set shadow_training.distilled to 0")
+
+
 def _centred_fit(answers: np.ndarray, targets: np.ndarray) -> float:
     """The median cosine between a student's and the suspect's embeddings, each centred on its
     mean (what the audit compares)."""
@@ -649,6 +663,7 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
             else:
                 assert params.shadow_training is not None and inputs.shadow_data is not None
                 shadow_data, _ = _images(ctx, inputs.shadow_data, "shadow training")
+                _check_distillation_budget(params, len(shadow_data))
                 declared = params.method_params.get("value_range")
                 try:
                     shadow_range = data_range(public, private, declared) if declared is None \

@@ -321,6 +321,14 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
             assert resp.status_code == 422, (shadow_ids, resp.get_json())
             assert needle in resp.get_json()["detail"]
             assert resp.headers["Content-Type"].startswith("application/problem+json")
+
+        # a query budget that cannot pay for the distilled shadow (32 views x 64 images) fails
+        # the job with the reason before anything trains
+        poor = submit({**params, "suspect_endpoint": {"url": url, "query_budget": 2000},
+                       "shadow_training": {**params["shadow_training"], "seed": 9}})
+        final = wait_job(client, token_a, poor.get_json()["id"], timeout=60)
+        assert final["state"] == "failed" and "2048 queries" in final["error"], final
+        assert "distilled to 0" in final["error"] and _trained_lines(client, token_a, final["id"]) == 0
     finally:
         server.shutdown()
 
