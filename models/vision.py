@@ -337,24 +337,44 @@ def distill_encoder(
         raise ValueError("the teacher's embeddings are not all finite")
     scale = float(y.std()) or 1.0
     target = torch.from_numpy((y - y.mean(axis=0)) / scale)
+    return _fit(student, len(x), lambda idx: F.mse_loss(student(x[idx]), target[idx]), seed=seed, epochs=epochs,
+                batch_size=batch_size, lr=lr, on_epoch=on_epoch)
+
+
+def _fit(
+    model: nn.Module,
+    n: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    on_epoch: EpochFn | None = None,
+) -> nn.Module:
+    """The supervised loop: Adam with cosine decay to zero over every step (the final weights
+    do not depend on where Adam's last steps land), ``n`` samples shuffled per epoch from
+    ``seed`` in batches of ``batch_size`` (a last batch of one is skipped: BatchNorm needs two),
+    ``batch_loss(indices)`` per batch. Returns ``model`` in eval mode."""
     gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * -(-len(x) // batch_size)))
-    student.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * -(-n // batch_size)))
+    model.train()
     for done in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), batch_size):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            if len(idx) < 2:  # BatchNorm needs two
+            if len(idx) < 2:
                 continue
-            loss = F.mse_loss(student(x[idx]), target[idx])
+            loss = batch_loss(idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         if on_epoch is not None:
             on_epoch(done + 1, epochs)
-    return student.eval()
+    return model.eval()
 
 
 def _train_momentum(
@@ -484,24 +504,8 @@ def train_classifier(
         raise ValueError(f"need x [n, C, H, W] and y [n] with n > 0, got {x.shape}, {y.shape}")
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    n = len(data)
-    # Cosine decay to zero: the final weights do not depend on where Adam's last steps land.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-n // batch_size))
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            if len(idx) < 2:
-                continue
-            loss = F.cross_entropy(model(data[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return _fit(model, len(data), lambda idx: F.cross_entropy(model(data[idx]), labels[idx]), seed=seed,
+                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
 
 
 def _scaled_encoder(
