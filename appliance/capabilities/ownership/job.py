@@ -566,7 +566,10 @@ def _distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: 
 
         student = build_model(ENCODERS["conv_encoder"], seed=seed, in_channels=int(data.shape[1]),
                               image_size=int(data.shape[2]), embed_dim=int(targets.shape[1]))
-        distill_encoder(student, inputs, targets, seed=seed, epochs=spec.distill_epochs, on_epoch=on_epoch)
+        try:
+            distill_encoder(student, inputs, targets, seed=seed, epochs=spec.distill_epochs, on_epoch=on_epoch)
+        except ValueError as exc:  # answers of the wrong shape, or not finite
+            raise JobFailed(f"cannot distil a shadow from the suspect's answers: {exc}") from None
         answered = Rescaled(student, *value_range).eval()
         fit = _centred_fit(embed_fn(answered)(from_unit(inputs, value_range)), targets)
         ctx.log(f"distilled shadow {i + 1}/{spec.distilled} (seed {seed}): centred cosine to the "
