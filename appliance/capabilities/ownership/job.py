@@ -552,9 +552,10 @@ def _distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: 
     view = view_specs(p["views"], flip=flips)[0]
     unit = to_unit(data, value_range)
     inputs = distillation_inputs(unit, views=spec.distill_views, view=view, seed=spec.seed)
+    native = from_unit(inputs, value_range)  # what the suspect is asked, on the data's own scale
     counted = CountedQuery(suspect, kind="embed", name="suspect", budget=budget, max_batch=int(p["max_batch"]))
     t0 = time.perf_counter()
-    targets = counted(from_unit(inputs, value_range))
+    targets = counted(native)
     ctx.log(f"distilling {spec.distilled} shadow(s) from the suspect: {counted.queries} queries "
             f"({spec.distill_views} views of {len(data)} images) in {time.perf_counter() - t0:.1f} s")
     students, entries = [], []
@@ -571,7 +572,7 @@ def _distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: 
         except ValueError as exc:  # answers of the wrong shape, or not finite
             raise JobFailed(f"cannot distil a shadow from the suspect's answers: {exc}") from None
         answered = Rescaled(student, *value_range).eval()
-        fit = _centred_fit(embed_fn(answered)(from_unit(inputs, value_range)), targets)
+        fit = _centred_fit(embed_fn(answered)(native), targets)
         ctx.log(f"distilled shadow {i + 1}/{spec.distilled} (seed {seed}): centred cosine to the "
                 f"suspect's answers {fit:.3f}")
         students.append(embed_fn(answered))
@@ -652,6 +653,7 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                 raise JobFailed(f"public images {public.shape[1:]} and private images "
                                 f"{private.shape[1:]} differ in shape")
             suspect, device, closer = _suspect_fn(ctx, params, inputs, "embed")
+            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
             t0 = time.perf_counter()
             shadow: list[Any]
             invariance: tuple[dict[str, float], int] | None = None
@@ -694,7 +696,6 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                                       "trained": sum(not k["reused"] for k in kept),
                                       "reused": sum(k["reused"] for k in kept)}
                 if spec.distilled:
-                    budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
                     students, distilled = _distil_shadows(ctx, spec, method, params, shadow_data, shadow_range,
                                                           suspect, invariance, budget=budget, start=start)
                     shadow = [*shadow, *students]
@@ -705,7 +706,6 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
             ctx.progress(start)
             digests["public_dataset"] = inputs.public_dataset.model_dump(mode="json")
             digests["private_dataset"] = inputs.private_dataset.model_dump(mode="json")
-            budget = params.suspect_endpoint.query_budget if params.suspect_endpoint else None
             result = method.run(
                 DOV4CLInputs(public=public, private=private, suspect=suspect,
                              shadow=shadow if len(shadow) > 1 else shadow[0],
