@@ -32,7 +32,8 @@ another such part, kept aside until it was first run, with ``--shadows graph``; 
 (9000+) another, for the shadow recipes compared with ``--recipe-shadows``; ``--sixth``
 (11000+) another, kept aside until the shadows' views were chosen from the suspect's invariance
 (``--auto-shadows``); ``--eighth`` (15000+) another, for shadows distilled from the
-suspect (``--auto-shadows --distilled``).
+suspect (``--auto-shadows --distilled``); ``--ninth`` (17000+) another, for the
+whole benchmark with the service's default shadows (``--shadows default``).
 
 Prints: TPR and FPR at alpha 0.05 with 95% Clopper-Pearson intervals (calibrated and reference tests),
 the ordering of positives > partials > negatives by statistic, the distinct images and queries
@@ -145,8 +146,12 @@ SIXTH_BASE = 11000
 SEVENTH_BASE = 13000
 #: ``--eighth``: an eighth part (15000+), each its own owner, first run to check shadows
 #: distilled from the suspect (``--auto-shadows --distilled``) once they were compared on
-#: ``--owners``. A next part starts at 17000.
+#: ``--owners``.
 EIGHTH_BASE = 15000
+#: ``--ninth``: a ninth part (17000+), each its own owner, first run with ``--shadows default``
+#: (the whole benchmark, partials and null sets included, with the service's default shadows:
+#: the recipe's three and a student distilled from the suspect). A next part starts at 19000.
+NINTH_BASE = 17000
 
 
 def owner_sets(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -619,16 +624,22 @@ def main() -> None:
         help=f"an eighth part kept aside (seeds {EIGHTH_BASE}+), every suspect its own owner",
     )
     parser.add_argument(
+        "--ninth",
+        action="store_true",
+        help=f"a ninth part kept aside (seeds {NINTH_BASE}+), every suspect its own owner",
+    )
+    parser.add_argument(
         "--fifth",
         action="store_true",
         help=f"a fifth part kept aside (seeds {FIFTH_BASE}+), every suspect its own owner",
     )
     parser.add_argument(
         "--shadows",
-        choices=("graph", "conv", "auto"),
+        choices=("graph", "conv", "auto", "default"),
         default="conv",
-        help="the appliance's shadows: its conv_encoder by its fixed recipe (conv), as the service's defaults "
-        "train them (auto: views chosen from each suspect's invariance on its owner's sets, a projector), or "
+        help="the appliance's shadows: its conv_encoder by its fixed recipe (conv), as the service's recipe "
+        "trains them (auto: views chosen from each suspect's invariance on its owner's sets, a projector), "
+        "those and a student distilled from the suspect, kept (default: the service's defaults), or "
         "of the suspect's ONNX graph (graph: architecture auto or suspect)",
     )
     parser.add_argument(
@@ -721,7 +732,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     part = (
-        "eighth"
+        "ninth"
+        if args.ninth
+        else "eighth"
         if args.eighth
         else "sixth"
         if args.sixth
@@ -737,7 +750,7 @@ def main() -> None:
         if args.final
         else "development"
     )
-    suffix = {"conv": "", "graph": "-graph", "auto": "-auto"}[args.shadows]
+    suffix = {"conv": "", "graph": "-graph", "auto": "-auto", "default": "-default"}[args.shadows]
     results = args.results or CACHE / f"results-{part}{suffix}.jsonl"
     named_shares = {str(share): role for role, (share, _) in PARTIALS.items()}
     shares = [named_shares[share.strip()] for share in args.shares.split(",") if share.strip()]
@@ -751,6 +764,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     base = {
+        "ninth": NINTH_BASE,
         "eighth": EIGHTH_BASE,
         "sixth": SIXTH_BASE,
         "fifth": FIFTH_BASE,
@@ -776,15 +790,20 @@ def main() -> None:
     print(f"conv_encoder shadows: {len(shadows)} ({time.perf_counter() - t0:.0f} s including training)", flush=True)
 
     method = create_method("dov4cl")
-    adapted = None
-    if args.shadows == "auto":
+    adapted = student = None
+    if args.shadows in ("auto", "default"):
         adapted = auto_views_design(method, alt, value_range, shadows, {"projection_head": True})
+    if args.shadows == "default":
+        student = distilled_design(alt, value_range)
 
     def shadows_for(role: str, seed: int) -> list[Any]:
         """The shadows this run audits the suspect with (of its graph, or adapted to it: as the
-        service trains them for it; adapted on its owner's sets, also for its null sets)."""
+        service trains them for it; adapted on its owner's sets, also for its null sets; and
+        with a student of the suspect, distilled once and kept, as the service keeps it)."""
         if adapted is not None:
-            return adapted(load_suspect(role, seed), *owner_sets(seed), seed)[0]
+            suspect, sets = load_suspect(role, seed), owner_sets(seed)
+            kept = adapted(suspect, *sets, seed)[0]
+            return kept + student(suspect, *sets, seed)[0] if student is not None else kept
         return graph_shadows(suspect_onnx(role, seed), alt, value_range) if args.shadows == "graph" else shadows
 
     if args.split_study:

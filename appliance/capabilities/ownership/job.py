@@ -28,7 +28,6 @@ from appliance.audits.ownership.dov4cl import (
     DOV4CLInputs,
     data_range,
     suspect_profile,
-    view_specs,
 )
 from appliance.audits.ownership.watermark import WatermarkInputs
 from appliance.audits.registry import create_method
@@ -36,9 +35,10 @@ from appliance.audits.suspects import CountedQuery, RemoteEndpoint
 from appliance.capabilities.catalog.jobs import load_job_model, model_digests
 from appliance.capabilities.catalog.schemas import DatasetInput, ModelInput
 from appliance.capabilities.catalog.service import dataset_input, model_input, read_dataset, record_trained_model
+from appliance.capabilities.ownership.distillation import DISTILLED_SHARE, check_distillation_budget, distil_shadows
 from appliance.errors import JobFailed, UnprocessableInput
 from appliance.schemas import SuspectEndpoint
-from models.augment import ViewSpec, from_unit, to_unit
+from models.augment import ViewSpec, to_unit
 from models.errors import ModelFormatError
 from models.onnx_train import check_graph, graph_summary, train_graph_encoder
 from models.vision import (
@@ -47,8 +47,6 @@ from models.vision import (
     Rescaled,
     Resized,
     build_model,
-    distill_encoder,
-    distillation_inputs,
     embed_fn,
     train_contrastive,
 )
@@ -160,10 +158,15 @@ class ShadowTraining(BaseModel):
                            "dataset (distill_views x its size more suspect queries, counted in the report). "
                            "A student never sees D_pub or D_pvt, so the test stays exact; it copies what "
                            "the suspect does on images it did not train on, whatever its recipe. Students "
-                           "are not registered as models (they copy the suspect)")
+                           "are not registered as models (they copy the suspect); see keep_distilled")
     distill_views: int = Field(default=32, ge=2, le=128, description="views per image the suspect "
                                "is queried on to distil it (the first is the image itself)")
     distill_epochs: int = Field(default=40, ge=1, le=1000)
+    keep_distilled: bool = Field(default=True, description="keep the students of a registered suspect "
+                                 "(in the appliance's cache, per tenant, keyed by the suspect's weights digest, "
+                                 "the shadow data and the distillation recipe) and take them in later audits of "
+                                 "the same suspect: no further distillation queries or training. A remote "
+                                 "suspect is distilled afresh every time")
 
     @model_validator(mode="after")
     def _graph_fixes_layers(self) -> ShadowTraining:
@@ -528,81 +531,6 @@ def _match_views(ctx: JobContext, method: Any, spec: ShadowTraining, params: Own
     return spec.model_copy(update={"views": views}), (profile, counted.queries)
 
 
-#: Where a DOV4CL job's progress bar stands once its distilled shadows are trained.
-DISTILLED_SHARE = 0.85
-
-
-def _distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: OwnershipParams,
-                    data: np.ndarray, value_range: tuple[float, float], suspect: Any,
-                    invariance: tuple[dict[str, float], int] | None, *, budget: int | None,
-                    start: float) -> tuple[list[Any], dict[str, Any]]:
-    """``spec.distilled`` students of the suspect (:func:`models.vision.distill_encoder`): the
-    suspect is queried once on ``spec.distill_views`` views of each image of ``data`` (the
-    shadow dataset, on its own scale; the first view is the image itself, the others the
-    audit's global views, with flips where the audit flips: ``views.flip`` true, or "auto"
-    and the measured profile flip-invariant), and each student, a conv_encoder of the
-    suspect's embedding width with its own seed, learns those answers. Progress moves from
-    ``start`` to :data:`DISTILLED_SHARE`. Returns their embed functions and what the report
-    records: the recipe, the queries, each student's seed and final fit."""
-    p = method.resolve_params(params.method_params)
-    method.check_params(p)
-    flip = p["views"].get("flip", "auto")
-    flips = flip is True or (flip == "auto" and invariance is not None
-                             and invariance[0].get("flip", 0.0) >= float(p["flip_threshold"]))
-    view = view_specs(p["views"], flip=flips)[0]
-    unit = to_unit(data, value_range)
-    inputs = distillation_inputs(unit, views=spec.distill_views, view=view, seed=spec.seed)
-    native = from_unit(inputs, value_range)  # what the suspect is asked, on the data's own scale
-    counted = CountedQuery(suspect, kind="embed", name="suspect", budget=budget, max_batch=int(p["max_batch"]))
-    t0 = time.perf_counter()
-    targets = counted(native)
-    ctx.log(f"distilling {spec.distilled} shadow(s) from the suspect: {counted.queries} queries "
-            f"({spec.distill_views} views of {len(data)} images) in {time.perf_counter() - t0:.1f} s")
-    students, entries = [], []
-    for i in range(spec.distilled):
-        seed = spec.seed + 1000 + i
-
-        def on_epoch(done: int, epochs: int, i: int = i) -> None:
-            ctx.progress(start + (DISTILLED_SHARE - start) * (i + done / epochs) / spec.distilled)
-
-        student = build_model(ENCODERS["conv_encoder"], seed=seed, in_channels=int(data.shape[1]),
-                              image_size=int(data.shape[2]), embed_dim=int(targets.shape[1]))
-        try:
-            distill_encoder(student, inputs, targets, seed=seed, epochs=spec.distill_epochs, on_epoch=on_epoch)
-        except ValueError as exc:  # answers of the wrong shape, or not finite
-            raise JobFailed(f"cannot distil a shadow from the suspect's answers: {exc}") from None
-        answered = Rescaled(student, *value_range).eval()
-        fit = _centred_fit(embed_fn(answered)(native), targets)
-        ctx.log(f"distilled shadow {i + 1}/{spec.distilled} (seed {seed}): centred cosine to the "
-                f"suspect's answers {fit:.3f}")
-        students.append(embed_fn(answered))
-        entries.append({"seed": seed, "fit_centred_cosine": round(fit, 6)})
-    return students, {"family": "conv_encoder", "views": spec.distill_views, "epochs": spec.distill_epochs,
-                      "flips": flips, "queries": counted.queries, "students": entries}
-
-
-def _check_distillation_budget(params: OwnershipParams, images: int) -> None:
-    """Fail before anything trains where a remote suspect's query budget cannot pay for the
-    distilled shadows' queries (``distill_views`` per image of the shadow dataset)."""
-    spec, endpoint = params.shadow_training, params.suspect_endpoint
-    if spec is None or not spec.distilled or endpoint is None or endpoint.query_budget is None:
-        return
-    needed = spec.distill_views * images
-    if needed >= endpoint.query_budget:
-        raise JobFailed(f"distilling a shadow from the suspect takes {needed} queries ({spec.distill_views} "
-                        f"views of {images} images) and the suspect's query budget is {endpoint.query_budget}, "
-                        "with the audit's own queries still to come: raise query_budget, lower "
-                        "shadow_training.distill_views, or set shadow_training.distilled to 0")
-
-
-def _centred_fit(answers: np.ndarray, targets: np.ndarray) -> float:
-    """The median cosine between a student's and the suspect's embeddings, each centred on its
-    mean (what the audit compares)."""
-    a, b = answers - answers.mean(axis=0), targets - targets.mean(axis=0)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.median(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
-
-
 def _register_shadows(store: Store, job: dict[str, Any], outcome: JobOutcome) -> None:
     """Register the shadows a DOV4CL job trained as the tenant's models (ids as its report
     names them; a model already there, trained by a job that ran alongside, is kept)."""
@@ -668,7 +596,7 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
             else:
                 assert params.shadow_training is not None and inputs.shadow_data is not None
                 shadow_data, _ = _images(ctx, inputs.shadow_data, "shadow training")
-                _check_distillation_budget(params, len(shadow_data))
+                check_distillation_budget(params, len(shadow_data))
                 declared = params.method_params.get("value_range")
                 try:
                     shadow_range = data_range(public, private, declared) if declared is None \
@@ -696,8 +624,9 @@ def _run(ctx: JobContext, params: OwnershipParams, inputs: OwnershipInputs) -> J
                                       "trained": sum(not k["reused"] for k in kept),
                                       "reused": sum(k["reused"] for k in kept)}
                 if spec.distilled:
-                    students, distilled = _distil_shadows(ctx, spec, method, params, shadow_data, shadow_range,
-                                                          suspect, invariance, budget=budget, start=start)
+                    students, distilled = distil_shadows(
+                        ctx, spec, method, params, shadow_data, inputs.shadow_data.sha256, shadow_range, suspect,
+                        invariance, registered=inputs.suspect, budget=budget, start=start)
                     shadow = [*shadow, *students]
                     distill_queries = distilled["queries"]
                     digests["shadows"]["distilled"] = distilled

@@ -232,6 +232,7 @@ def test_dov4cl_trains_its_own_shadows(client: Any, token_a: str, token_b: str, 
         shadows = body["inputs"]["shadows"]
         assert shadows["recipe"]["count"] == 2 and body["statistics"]["shadows"] == 3
         assert shadows["distilled"]["queries"] == 32 * 64 == body["statistics"]["distillation_queries"]
+        assert shadows["distilled"]["kept"] is False  # a remote suspect is distilled afresh every time
         assert shadows["trained"] == 2 and shadows["reused"] == 0
         assert [m["status"] for m in shadows["models"]] == ["trained", "trained"]
         ids = [m["model_id"] for m in shadows["models"]]
@@ -362,10 +363,19 @@ def test_two_audits_at_once_train_the_same_shadows(client: Any, token_a: str, di
         assert body["inputs"]["shadows"]["trained"] == 2  # neither found the other's shadows
     assert [(m["model_id"], m["weights_sha256"]) for m in first["inputs"]["shadows"]["models"]] == \
         [(m["model_id"], m["weights_sha256"]) for m in second["inputs"]["shadows"]["models"]]
-    assert first["statistics"] == second["statistics"] and first["p_value"] == second["p_value"]
+    # the distilled shadow too (one of them may have taken the other's kept student: then only
+    # the queries differ, not the student or any figure of the test)
+    assert _figures(first) == _figures(second) and first["p_value"] == second["p_value"]
+    assert [(s["seed"], s["fit_centred_cosine"]) for s in first["inputs"]["shadows"]["distilled"]["students"]] == \
+        [(s["seed"], s["fit_centred_cosine"]) for s in second["inputs"]["shadows"]["distilled"]["students"]]
     tagged = [m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
               if (m["origin"] or {}).get("tag") == "dov4cl_shadow"]
     assert sorted(m["id"] for m in tagged) == sorted(m["model_id"] for m in first["inputs"]["shadows"]["models"])
+
+
+def _figures(body: dict) -> dict:
+    """A report's statistics but the queries spent (which a kept distilled shadow saves)."""
+    return {k: v for k, v in body["statistics"].items() if k not in ("queries", "distillation_queries")}
 
 
 def test_shadow_views_and_projector_are_part_of_the_recipe(client: Any, token_a: str, digits: Any,
@@ -600,21 +610,84 @@ def test_shadows_distilled_from_the_suspect(client: Any, token_a: str, digits: A
             "method_params": {"n_global": 2, "n_local": 0, "permutations": 200}}})
 
     plain = _report(client, token_a, submit({**shadow, "distilled": 0}))
-    distilled = {**shadow, "distilled": 2, "distill_views": 3, "distill_epochs": 2}
+    distilled = {**shadow, "distilled": 2, "distill_views": 3, "distill_epochs": 2, "keep_distilled": False}
     first = _report(client, token_a, submit(distilled))
     again = _report(client, token_a, submit(distilled))
     entry = first["inputs"]["shadows"]["distilled"]
     assert entry["queries"] == 3 * 64 and entry["views"] == 3 and entry["epochs"] == 2
     assert [s["seed"] for s in entry["students"]] == [1031, 1032]
+    assert [s["status"] for s in entry["students"]] == ["distilled"] * 2 and entry["kept"] is False
     assert all(-1.0 <= s["fit_centred_cosine"] <= 1.0 for s in entry["students"])
     assert first["statistics"]["distillation_queries"] == 3 * 64
     assert first["statistics"]["queries"] == plain["statistics"]["queries"] + 3 * 64
     assert "distilled" not in plain["inputs"]["shadows"] and "distillation_queries" not in plain["statistics"]
     assert first["statistics"]["calibrated_statistic"] != plain["statistics"]["calibrated_statistic"]
+    # not kept: distilled again, to the same students and the same report
     assert first["statistics"] == again["statistics"] and first["p_value"] == again["p_value"]
+    assert not list((tmp_path / "home" / "cache").glob("dov4cl-students/*/*"))
     tagged = [m for m in client.get("/v1/models", headers=auth(token_a)).get_json()["items"]
               if (m["origin"] or {}).get("tag") == "dov4cl_shadow"]
     assert len(tagged) == 1  # the recipe's shadow; students are not models
-    for bad in ({"distilled": 5}, {"distilled": 1, "distill_views": 1}, {"distilled": 1, "distill_epochs": 0}):
+    for bad in ({"distilled": 5}, {"distilled": 1, "distill_views": 1}, {"distilled": 1, "distill_epochs": 0},
+                {"keep_distilled": "sometimes"}):
         refused = submit({**shadow, **bad})
         assert refused.status_code == 422, refused.get_json()
+
+
+def test_distilled_shadows_are_kept_per_registered_suspect(client: Any, token_a: str, token_b: str, digits: Any,
+                                                           settings: Any, tmp_path: Path) -> None:
+    """A registered suspect's students are kept (``keep_distilled``, the default): a second audit
+    takes them without a query and gives the same figures; a second student is distilled alone;
+    another tenant's upload of the same weights, or other weights, get their own; a kept student
+    that cannot be read is distilled again."""
+    from models.vision import ENCODERS, build_model
+
+    suspect, pub, pvt, alt = _small_conv_audit(client, token_a, digits, tmp_path)
+    shadow = {"dataset_id": alt["id"], "epochs": 2, "count": 1, "seed": 41, "config": {"width": 8, "embed_dim": 16},
+              "distill_views": 3, "distill_epochs": 2}
+
+    def audit(training: dict, token: str = token_a, model: dict = suspect, data: tuple = (pub, pvt)) -> dict:
+        return _report(client, token, client.post("/v1/jobs", headers=auth(token), json={
+            "kind": "ownership", "params": {
+                "method": "dov4cl", "suspect_model_id": model["id"], "public_dataset_id": data[0]["id"],
+                "private_dataset_id": data[1]["id"], "shadow_training": training,
+                "method_params": {"n_global": 2, "n_local": 0, "permutations": 200}}}))
+
+    def students(body: dict) -> list[tuple[int, str]]:
+        return [(s["seed"], s["status"]) for s in body["inputs"]["shadows"]["distilled"]["students"]]
+
+    first = audit(shadow)
+    kept = sorted((settings.home / "cache" / "dov4cl-students").rglob("student-*"))
+    assert [p.name for p in kept] == ["student-1041.json", "student-1041.safetensors"]
+    assert students(first) == [(1041, "distilled")] and first["inputs"]["shadows"]["distilled"]["kept"] is True
+    assert first["statistics"]["distillation_queries"] == 3 * 64
+    again = audit(shadow)
+    assert students(again) == [(1041, "reused")] and again["inputs"]["shadows"]["distilled"]["queries"] == 0
+    assert "distillation_queries" not in again["statistics"]
+    assert again["statistics"]["queries"] == first["statistics"]["queries"] - 3 * 64
+    assert _figures(again) == _figures(first) and again["p_value"] == first["p_value"]
+    assert any("kept from an earlier audit" in line for line in _log_lines(client, token_a, again["_job"]["id"]))
+    two = audit({**shadow, "distilled": 2})
+    assert students(two) == [(1041, "reused"), (1042, "distilled")]
+    assert two["inputs"]["shadows"]["distilled"]["queries"] == 3 * 64
+    # the same weights uploaded by another tenant: not the first tenant's student
+    other = _small_conv_audit(client, token_b, digits, tmp_path)
+    theirs = {**shadow, "dataset_id": other[3]["id"]}
+    assert students(audit(theirs, token_b, other[0], other[1:3])) == [(1041, "distilled")]
+    root = settings.home / "cache" / "dov4cl-students"
+    assert len({p.parent.parent for p in root.rglob("student-*")}) == 2  # each tenant's own folder
+    # other weights: their own student
+    config = {"in_channels": 1, "image_size": 8, "width": 8, "embed_dim": 16}
+    changed = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=2, **config),
+                            "conv_encoder", config, tmp_path, "suspect2")
+    assert students(audit(shadow, model=changed)) == [(1041, "distilled")]
+    # a kept student that cannot be read is distilled again, and kept again
+    weights = next(p for p in kept if p.suffix == ".safetensors")
+    weights.write_bytes(b"not a safetensors file")
+    repaired = audit(shadow)
+    assert students(repaired) == [(1041, "distilled")] and _figures(repaired) == _figures(first)
+    assert students(audit(shadow)) == [(1041, "reused")]
+
+
+def _log_lines(client: Any, token: str, job_id: str) -> list[str]:
+    return [line["message"] for line in client.get(f"/v1/jobs/{job_id}/logs", headers=auth(token)).get_json()["items"]]
