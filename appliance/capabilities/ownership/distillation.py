@@ -122,6 +122,9 @@ def distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: O
         folder = ctx.cache_dir(f"{STUDENT_CACHE}/{ctx.tenant_id}") / key
     found = {seed: _load_student(folder, seed, data.shape) for seed in seeds} if folder is not None else {}
     missing = [seed for seed in seeds if found.get(seed) is None]
+    for seed in missing:
+        if folder is not None and any(folder.glob(f"student-{seed}.*")):
+            ctx.log(f"the kept student of seed {seed} cannot be read; distilling it again")
     queries, inputs, native, targets = 0, None, None, None
     if missing:
         inputs = distillation_inputs(to_unit(data, value_range), views=spec.distill_views, view=view,

@@ -686,6 +686,7 @@ def test_distilled_shadows_are_kept_per_registered_suspect(client: Any, token_a:
     weights.write_bytes(b"not a safetensors file")
     repaired = audit(shadow)
     assert students(repaired) == [(1041, "distilled")] and _figures(repaired) == _figures(first)
+    assert any("cannot be read" in line for line in _log_lines(client, token_a, repaired["_job"]["id"]))
     assert students(audit(shadow)) == [(1041, "reused")]
 
 
