@@ -163,9 +163,12 @@ def distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: O
             ctx.log(f"distilled shadow {i + 1}/{len(seeds)} (seed {seed}): centred cosine to the "
                     f"suspect's answers {fit:.3f}")
             if folder is not None:
-                _keep_student(folder, seed, student, {"embed_dim": int(targets.shape[1]),
-                                                       "fit_centred_cosine": round(fit, 6),
-                                                       "queries": queries, "job_id": ctx.job_id})
+                try:
+                    _keep_student(folder, seed, student, {"embed_dim": int(targets.shape[1]),
+                                                           "fit_centred_cosine": round(fit, 6),
+                                                           "queries": queries, "job_id": ctx.job_id})
+                except OSError as exc:  # a full disk costs the next audit a distillation, not this one
+                    ctx.log(f"could not keep distilled shadow {i + 1} for later audits ({exc.strerror})")
         students.append(embed_fn(Rescaled(student, *value_range).eval()))
         entries.append({"seed": seed, "fit_centred_cosine": round(fit, 6),
                         "status": "distilled" if kept is None else "reused"})
