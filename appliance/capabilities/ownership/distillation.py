@@ -59,23 +59,28 @@ def student_key(tenant_id: str, suspect: ModelInput, data_sha256: str, value_ran
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
-def _load_student(folder: Path, seed: int, shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]] | None:
-    """A kept student and what was recorded when it was distilled, or None where it is absent
-    or unreadable (then it is distilled again)."""
+def _student(seed: int, shape: tuple[int, ...], width: int) -> Any:
+    """A fresh conv_encoder student for images of ``shape`` (``[N, C, H, W]``), embedding ``width``."""
+    return build_model(ENCODERS["conv_encoder"], seed=seed, in_channels=int(shape[1]), image_size=int(shape[2]),
+                       embed_dim=int(width))
+
+
+def _load_student(folder: Path, seed: int, shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]] | bool:
+    """A kept student and what was recorded when it was distilled; ``False`` where none is kept,
+    ``True`` where one is there but cannot be read (both are distilled again)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     meta_path, weights_path = folder / f"student-{seed}.json", folder / f"student-{seed}.safetensors"
     if not (meta_path.is_file() and weights_path.is_file()):
-        return None
+        return any(folder.glob(f"student-{seed}.*"))
     try:
         meta = json.loads(meta_path.read_text())
-        width = int(meta["embed_dim"])
-        student = build_model(ENCODERS["conv_encoder"], seed=seed, in_channels=int(shape[1]),
-                              image_size=int(shape[2]), embed_dim=width)
+        student = _student(seed, shape, int(meta["embed_dim"]))
         student.load_state_dict(load_file(str(weights_path)))
+        float(meta["fit_centred_cosine"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
-        return None
+        return True
     return student.eval(), meta
 
 
@@ -120,11 +125,14 @@ def distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: O
     if registered is not None and spec.keep_distilled:
         key = student_key(ctx.tenant_id, registered, data_sha256, value_range, spec, view, flips)
         folder = ctx.cache_dir(f"{STUDENT_CACHE}/{ctx.tenant_id}") / key
-    found = {seed: _load_student(folder, seed, data.shape) for seed in seeds} if folder is not None else {}
-    missing = [seed for seed in seeds if found.get(seed) is None]
-    for seed in missing:
-        if folder is not None and any(folder.glob(f"student-{seed}.*")):
+    found: dict[int, tuple[Any, dict[str, Any]]] = {}
+    for seed in seeds:
+        loaded = _load_student(folder, seed, data.shape) if folder is not None else False
+        if isinstance(loaded, tuple):
+            found[seed] = loaded
+        elif loaded:
             ctx.log(f"the kept student of seed {seed} cannot be read; distilling it again")
+    missing = [seed for seed in seeds if seed not in found]
     queries, inputs, native, targets = 0, None, None, None
     if missing:
         inputs = distillation_inputs(to_unit(data, value_range), views=spec.distill_views, view=view,
@@ -143,6 +151,7 @@ def distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: O
         if kept is not None:
             student, meta = kept
             fit = float(meta["fit_centred_cosine"])
+            embed = embed_fn(Rescaled(student, *value_range).eval())
             ctx.log(f"distilled shadow {i + 1}/{len(seeds)} (seed {seed}): kept from an earlier audit of this "
                     f"suspect (centred cosine to its answers {fit:.3f})")
             ctx.progress(start + (DISTILLED_SHARE - start) * (i + 1) / len(seeds))
@@ -152,14 +161,14 @@ def distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: O
             def on_epoch(done: int, epochs: int, i: int = i) -> None:
                 ctx.progress(start + (DISTILLED_SHARE - start) * (i + done / epochs) / len(seeds))
 
-            student = build_model(ENCODERS["conv_encoder"], seed=seed, in_channels=int(data.shape[1]),
-                                  image_size=int(data.shape[2]), embed_dim=int(targets.shape[1]))
+            student = _student(seed, data.shape, targets.shape[1])
             try:
                 distill_encoder(student, inputs, targets, seed=seed,
                                 epochs=spec.distill_epochs, on_epoch=on_epoch)
             except ValueError as exc:  # answers of the wrong shape, or not finite
                 raise JobFailed(f"cannot distil a shadow from the suspect's answers: {exc}") from None
-            fit = centred_fit(embed_fn(Rescaled(student, *value_range).eval())(native), targets)
+            embed = embed_fn(Rescaled(student, *value_range).eval())
+            fit = centred_fit(embed(native), targets)
             ctx.log(f"distilled shadow {i + 1}/{len(seeds)} (seed {seed}): centred cosine to the "
                     f"suspect's answers {fit:.3f}")
             if folder is not None:
@@ -169,7 +178,7 @@ def distil_shadows(ctx: JobContext, spec: ShadowTraining, method: Any, params: O
                                                            "queries": queries, "job_id": ctx.job_id})
                 except OSError as exc:  # a full disk costs the next audit a distillation, not this one
                     ctx.log(f"could not keep distilled shadow {i + 1} for later audits ({exc.strerror})")
-        students.append(embed_fn(Rescaled(student, *value_range).eval()))
+        students.append(embed)
         entries.append({"seed": seed, "fit_centred_cosine": round(fit, 6),
                         "status": "distilled" if kept is None else "reused"})
     return students, {"family": "conv_encoder", "views": spec.distill_views, "epochs": spec.distill_epochs,

@@ -635,11 +635,13 @@ def test_shadows_distilled_from_the_suspect(client: Any, token_a: str, digits: A
 
 
 def test_distilled_shadows_are_kept_per_registered_suspect(client: Any, token_a: str, token_b: str, digits: Any,
-                                                           settings: Any, tmp_path: Path) -> None:
+                                                           settings: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A registered suspect's students are kept (``keep_distilled``, the default): a second audit
     takes them without a query and gives the same figures; a second student is distilled alone;
     another tenant's upload of the same weights, or other weights, get their own; a kept student
-    that cannot be read is distilled again."""
+    that cannot be read is distilled again; one that cannot be written is logged and the audit
+    goes on."""
     from models.vision import ENCODERS, build_model
 
     suspect, pub, pvt, alt = _small_conv_audit(client, token_a, digits, tmp_path)
@@ -688,6 +690,24 @@ def test_distilled_shadows_are_kept_per_registered_suspect(client: Any, token_a:
     assert students(repaired) == [(1041, "distilled")] and _figures(repaired) == _figures(first)
     assert any("cannot be read" in line for line in _log_lines(client, token_a, repaired["_job"]["id"]))
     assert students(audit(shadow)) == [(1041, "reused")]
+    # a record without its fit is unreadable too
+    record = next(p for p in kept if p.suffix == ".json")
+    record.write_text(json.dumps({"embed_dim": 16}))
+    assert students(audit(shadow)) == [(1041, "distilled")]
+    # a student the cache cannot take (a full disk, simulated): logged, the audit reports as before
+    import errno
+
+    def full(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("appliance.capabilities.ownership.distillation._keep_student", full)
+    fresh = _upload_torch(client, token_a, build_model(ENCODERS["conv_encoder"], seed=3, **config),
+                          "conv_encoder", config, tmp_path, "suspect3")
+    unkept = audit(shadow, model=fresh)
+    assert students(unkept) == [(1041, "distilled")] and 0.0 <= unkept["p_value"] <= 1.0
+    assert any("could not keep distilled shadow 1 for later audits (No space left on device)" in line
+               for line in _log_lines(client, token_a, unkept["_job"]["id"]))
+    assert students(audit(shadow, model=fresh)) == [(1041, "distilled")]  # nothing was kept
 
 
 def _log_lines(client: Any, token: str, job_id: str) -> list[str]:
