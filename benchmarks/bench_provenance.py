@@ -65,7 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--suspects", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="fewer generator epochs and samples")
-    parser.add_argument("--shadows", type=int, default=12, help="shadow models per generator (pool)")
+    parser.add_argument("--shadows", type=int, default=24,
+                        help="shadow models per generator (pool; 24, the appliance's default)")
     parser.add_argument("--second", choices=("cgan", "gmmn"), default="cgan",
                         help="the generator trained on the second quarter: conditional GAN or moment-matching net")
     parser.add_argument("--dump", default=None, help="write the shadows' and suspects' accuracies to this JSON")
