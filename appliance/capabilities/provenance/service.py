@@ -64,6 +64,16 @@ class RemoteGenerator:
         """Close the HTTP connection pool."""
         self._client.close()
 
+    def check_budget(self, needed: int, what: str) -> None:
+        """Refuse, before anything is drawn, ``needed`` more samples that the sample budget cannot
+        pay for (``what`` says where the number comes from)."""
+        budget = self.spec.sample_budget
+        if budget is not None and self.samples + needed > budget:
+            spent = f" ({self.samples} spent)" if self.samples else ""
+            raise AuditInputError(f"the audit draws {needed} samples from the generator endpoint ({what}) and "
+                                  f"its sample_budget is {budget}{spent}: raise sample_budget, or lower shadows "
+                                  "or n_shadow")
+
     def sample(self, labels: np.ndarray, *, seed: int, temperature: float) -> np.ndarray:
         """Samples for ``labels``; chunk ``i`` is asked with seed ``(seed * 7919 + i) mod 2^31``."""
         lab = check_labels(labels, self.num_classes)
@@ -211,6 +221,10 @@ def build_evidence(name: str, generator: Any, digest: str, *, num_classes: int, 
         status = "reused"
         log(f"{name}: reusing {len(models)} cached shadow(s) {key[:12]}")
     else:
+        if isinstance(generator, RemoteGenerator):  # fail before the first shadow trains, not at the 13th
+            generator.check_budget(num_classes * (params.n_shadow * len(specs) + params.n_val),
+                                   f"{len(specs)} shadows x {params.n_shadow} + {params.n_val} validation samples "
+                                   f"per class, {num_classes} classes")
         t0 = time.perf_counter()
         sets = draw_sets(generator, num_classes=num_classes, n_shadow=params.n_shadow, n_val=params.n_val,
                          batches=params.batches, seed=params.seed, t_shadow=params.t_shadow, t_val=params.t_val)

@@ -222,9 +222,11 @@ def test_suspect_that_does_not_take_the_samples_fails_with_the_reason(client: An
 
 class _Generator(BaseHTTPRequestHandler):
     mode = "junk"
+    requests: list[int] = []  # noqa: RUF012 (each test's subclass sets its own)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(len(body["labels"]))
         if self.mode == "slow":
             time.sleep(1.0)
         n = len(body["labels"])
@@ -254,6 +256,28 @@ def test_remote_generator_failures(client: Any, token_a: str, assets: dict[str, 
         job = _audit(client, token_a, suspect_model_id=suspect,
                      generator_endpoint={"url": url, "num_classes": 10, "timeout_s": 0.2, "retries": 1})
         assert job["state"] == "failed" and reason in job["error"], job
+    finally:
+        server.shutdown()
+
+
+def test_remote_generator_budget_is_checked_before_sampling(client: Any, token_a: str, assets: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sample_budget the pool cannot be drawn within fails the job before the first request,
+    with the number needed and what to change."""
+    monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
+    suspect = _suspect(client, token_a, assets["trained"])
+    handler = type("H", (_Generator,), {"mode": "ok", "requests": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/generate"
+        job = _audit(client, token_a, suspect_model_id=suspect,
+                     generator_endpoint={"url": url, "num_classes": 10, "sample_budget": 1000})
+        assert job["state"] == "failed", job
+        # SMALL: 3 shadows x 40 + 40 validation samples per class, 10 classes
+        assert "draws 1600 samples" in job["error"] and "sample_budget is 1000" in job["error"], job["error"]
+        assert "raise sample_budget" in job["error"]
+        assert handler.requests == []
     finally:
         server.shutdown()
 
