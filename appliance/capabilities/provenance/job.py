@@ -142,11 +142,13 @@ def _run(ctx: JobContext, params: ProvenanceParams, inputs: ProvenanceInputsJob)
             if params.generator_endpoint is not None:
                 remote = RemoteGenerator(params.generator_endpoint)
                 closers.append(remote.close)
-                digest = "endpoint:" + params.generator_endpoint.url
+                fingerprint = remote.fingerprint()
+                ctx.log(f"generator endpoint fingerprint {fingerprint[:12]} ({remote.samples} samples)")
+                digest = f"endpoint:{params.generator_endpoint.url}#{fingerprint}"
                 built.append(build_evidence("generator", remote, digest,
                                             num_classes=params.generator_endpoint.num_classes, params=params,
                                             cache_root=cache_root, log=ctx.log, progress=progress))
-                generator_digests.append({"endpoint": params.generator_endpoint.url,
+                generator_digests.append({"endpoint": params.generator_endpoint.url, "fingerprint": fingerprint,
                                           "samples_drawn": remote.samples})
                 progress(0, 1)
             shape, num_classes = tuple(built[0].evidence.val_x.shape[1:]), int(built[0].evidence.val_y.max()) + 1

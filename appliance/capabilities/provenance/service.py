@@ -42,6 +42,10 @@ CACHE_VERSION = "2"
 LogFn = Callable[[str], None]
 
 
+#: The fixed sampling seed of a generator endpoint's fingerprint (:meth:`RemoteGenerator.fingerprint`).
+FINGERPRINT_SEED = 20_241_204
+
+
 class RemoteGenerator:
     """A generator behind an HTTP URL, with the remote suspects' timeouts, retries and budget.
 
@@ -63,6 +67,15 @@ class RemoteGenerator:
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._client.close()
+
+    def fingerprint(self) -> str:
+        """sha256 of the endpoint's samples for one label per class at :data:`FINGERPRINT_SEED`,
+        temperature 1 (``num_classes`` samples, counted in the budget): what the shadows' cache
+        key pins for an endpoint, so a model changed behind the URL, or one that ignores the
+        seed, gets shadows of its own instead of another model's."""
+        x = self.sample(np.arange(self.num_classes), seed=FINGERPRINT_SEED, temperature=1.0)
+        data = np.ascontiguousarray(x, dtype="<f4")
+        return hashlib.sha256(json.dumps(list(data.shape)).encode() + data.tobytes()).hexdigest()
 
     def check_budget(self, needed: int, what: str) -> None:
         """Refuse, before anything is drawn, ``needed`` more samples that the sample budget cannot

@@ -275,9 +275,64 @@ def test_remote_generator_budget_is_checked_before_sampling(client: Any, token_a
                      generator_endpoint={"url": url, "num_classes": 10, "sample_budget": 1000})
         assert job["state"] == "failed", job
         # SMALL: 3 shadows x 40 + 40 validation samples per class, 10 classes
-        assert "draws 1600 samples" in job["error"] and "sample_budget is 1000" in job["error"], job["error"]
+        assert "draws 1600 samples" in job["error"] and "sample_budget is 1000 (10 spent)" in job["error"], \
+            job["error"]
         assert "raise sample_budget" in job["error"]
-        assert handler.requests == []
+        assert handler.requests == [10]  # the fingerprint only: nothing of the pool was drawn
+    finally:
+        server.shutdown()
+
+
+class _ModelGenerator(BaseHTTPRequestHandler):
+    """A generator endpoint serving a real generator (deterministic in the seed, as the contract asks)."""
+
+    generator: Any = None
+    requests: list[int] = []  # noqa: RUF012 (each test's subclass sets its own)
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(len(body["labels"]))
+        x = self.generator.sample(np.asarray(body["labels"]), seed=body["seed"], temperature=body["temperature"])
+        data = json.dumps({"outputs": np.asarray(x, dtype=np.float32).tolist()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_remote_generator_audit_caches_by_fingerprint(client: Any, token_a: str, assets: dict[str, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audit against a generator endpoint: the suspect trained on its samples is consistent,
+    the shadows are reused by the next audit of the same endpoint, and a different model served
+    at the same URL gets its own shadows (the cache key pins the endpoint's fingerprint)."""
+    monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
+    parts = digits_provenance_splits(seed=0)
+    handler = type("H", (_ModelGenerator,), {"generator": fit_linear_gaussian(*parts[0]), "requests": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = {"url": f"http://127.0.0.1:{server.server_address[1]}/generate", "num_classes": 10}
+        trained = _suspect(client, token_a, assets["trained"])
+        first = _report(client, token_a, _audit(client, token_a, suspect_model_id=trained, generator_endpoint=endpoint))
+        stats = first["statistics"]
+        assert first["verdict"] == "consistent_with_generator_data"
+        assert stats["shadow_provenance"][0]["status"] == "trained"
+        drawn = sum(handler.requests)
+        assert drawn == 10 + 10 * (3 * 40 + 40)  # fingerprint, then SMALL's pool and validation set
+        again = _report(client, token_a, _audit(client, token_a, suspect_model_id=trained, generator_endpoint=endpoint))
+        assert again["statistics"]["shadow_provenance"][0]["status"] == "reused"
+        assert sum(handler.requests) == drawn + 10  # only the fingerprint
+        assert again["statistics"]["sources"] == stats["sources"]
+        handler.generator = fit_linear_gaussian(*parts[1])  # another model behind the same URL
+        changed = _report(client, token_a, _audit(client, token_a, suspect_model_id=trained,
+                                                  generator_endpoint=endpoint))
+        assert changed["statistics"]["shadow_provenance"][0]["status"] == "trained"
+        prints = [r["inputs"]["generators"][0]["fingerprint"] for r in (first, again, changed)]
+        assert prints[0] == prints[1] != prints[2] and len(prints[0]) == 64
     finally:
         server.shutdown()
 
