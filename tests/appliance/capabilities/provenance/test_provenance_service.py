@@ -224,15 +224,17 @@ class _Generator(BaseHTTPRequestHandler):
     mode = "junk"
     requests: list[int] = []  # noqa: RUF012 (each test's subclass sets its own)
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append(len(body["labels"]))
+    def answer(self, body: dict[str, Any]) -> Any:
         if self.mode == "slow":
             time.sleep(1.0)
         n = len(body["labels"])
-        answer: Any = {"outputs": "junk"} if self.mode == "junk" else \
+        return {"outputs": "junk"} if self.mode == "junk" else \
             {"outputs": [[float("nan")] * 4] * n} if self.mode == "nan" else {"outputs": [[0.5] * 4] * n}
-        data = json.dumps(answer).encode()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(len(body["labels"]))
+        data = json.dumps(self.answer(body)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -283,25 +285,14 @@ def test_remote_generator_budget_is_checked_before_sampling(client: Any, token_a
         server.shutdown()
 
 
-class _ModelGenerator(BaseHTTPRequestHandler):
+class _ModelGenerator(_Generator):
     """A generator endpoint serving a real generator (deterministic in the seed, as the contract asks)."""
 
     generator: Any = None
-    requests: list[int] = []  # noqa: RUF012 (each test's subclass sets its own)
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append(len(body["labels"]))
+    def answer(self, body: dict[str, Any]) -> Any:
         x = self.generator.sample(np.asarray(body["labels"]), seed=body["seed"], temperature=body["temperature"])
-        data = json.dumps({"outputs": np.asarray(x, dtype=np.float32).tolist()}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        return {"outputs": np.asarray(x, dtype=np.float32).tolist()}
 
 
 def test_remote_generator_audit_caches_by_fingerprint(client: Any, token_a: str, assets: dict[str, Path],
