@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,18 @@ def cli_token(env: dict[str, str], tenant: str, role: str = "admin") -> str:
     token = str(json.loads(out.stdout)["token"])
     assert token not in out.stderr
     return token
+
+
+@contextmanager
+def serving(httpd: ThreadingHTTPServer) -> Iterator[int]:
+    """Serve ``httpd`` (bound on loopback) from a daemon thread until the block ends; yields its port."""
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @contextmanager

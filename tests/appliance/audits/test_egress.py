@@ -12,7 +12,6 @@ import ipaddress
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import serving
 
 from appliance.audits.egress import EgressGuard, check_endpoint_url, refusal_reason
 from appliance.audits.errors import EgressRefusedError, RemoteEndpointError
@@ -151,19 +151,10 @@ class _Recorder(BaseHTTPRequestHandler):
             self._send(302, b"{}", Location="/embed")
 
 
-def _serve(httpd: ThreadingHTTPServer) -> Iterator[int]:
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    yield from _serve(ThreadingHTTPServer(("127.0.0.1", 0), _Recorder))
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)) as bound:
+        yield bound
 
 
 def _pinned_once(address: str = "127.0.0.1") -> EgressGuard:
@@ -238,7 +229,7 @@ def test_https_keeps_the_server_name_and_the_certificate_check(tmp_path: Path) -
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     httpd.socket = server_tls.wrap_socket(httpd.socket, server_side=True)
     client_tls = ssl.create_default_context(cafile=str(cert))  # trusts suspect.test, not 127.0.0.1
-    for port in _serve(httpd):
+    with serving(httpd) as port:
         _Recorder.seen.clear()
         with _pinned_once().client(f"https://suspect.test:{port}/embed", timeout_s=5,
                                    verify=client_tls) as client:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from support import auth, npz_bytes, trained_linear_onnx, upload_dataset, wait_job
+from support import auth, npz_bytes, serving, trained_linear_onnx, upload_dataset, wait_job
 
 from models.generators import export_onnx, fit_linear_gaussian
 from models.provenance import ShadowSpec, balanced_labels, digits_provenance_splits, train_shadow
@@ -251,15 +250,11 @@ def test_remote_generator_failures(client: Any, token_a: str, assets: dict[str, 
     monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
     suspect = _suspect(client, token_a, assets["trained"])
     handler = type("H", (_Generator,), {"mode": mode})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/generate"
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        url = f"http://127.0.0.1:{port}/generate"
         job = _audit(client, token_a, suspect_model_id=suspect,
                      generator_endpoint={"url": url, "num_classes": 10, "timeout_s": 0.2, "retries": 1})
         assert job["state"] == "failed" and reason in job["error"], job
-    finally:
-        server.shutdown()
 
 
 def test_remote_generator_budget_is_checked_before_sampling(client: Any, token_a: str, assets: dict[str, Path],
@@ -269,10 +264,8 @@ def test_remote_generator_budget_is_checked_before_sampling(client: Any, token_a
     monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
     suspect = _suspect(client, token_a, assets["trained"])
     handler = type("H", (_Generator,), {"mode": "ok", "requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/generate"
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        url = f"http://127.0.0.1:{port}/generate"
         job = _audit(client, token_a, suspect_model_id=suspect,
                      generator_endpoint={"url": url, "num_classes": 10, "sample_budget": 1000})
         assert job["state"] == "failed", job
@@ -281,8 +274,6 @@ def test_remote_generator_budget_is_checked_before_sampling(client: Any, token_a
             job["error"]
         assert "raise sample_budget" in job["error"]
         assert handler.requests == [10]  # the fingerprint only: nothing of the pool was drawn
-    finally:
-        server.shutdown()
 
 
 class _ModelGenerator(_Generator):
@@ -303,10 +294,8 @@ def test_remote_generator_audit_caches_by_fingerprint(client: Any, token_a: str,
     monkeypatch.setenv("APPLIANCE_ALLOW_PRIVATE_ENDPOINTS", "1")
     parts = digits_provenance_splits(seed=0)
     handler = type("H", (_ModelGenerator,), {"generator": fit_linear_gaussian(*parts[0]), "requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        endpoint = {"url": f"http://127.0.0.1:{server.server_address[1]}/generate", "num_classes": 10}
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        endpoint = {"url": f"http://127.0.0.1:{port}/generate", "num_classes": 10}
         trained = _suspect(client, token_a, assets["trained"])
         first = _report(client, token_a, _audit(client, token_a, suspect_model_id=trained, generator_endpoint=endpoint))
         stats = first["statistics"]
@@ -324,8 +313,6 @@ def test_remote_generator_audit_caches_by_fingerprint(client: Any, token_a: str,
         assert changed["statistics"]["shadow_provenance"][0]["status"] == "trained"
         prints = [r["inputs"]["generators"][0]["fingerprint"] for r in (first, again, changed)]
         assert prints[0] == prints[1] != prints[2] and len(prints[0]) == 64
-    finally:
-        server.shutdown()
 
 
 def test_hot_probe_decision_draws_queries_and_caches_the_probes(client: Any, token_a: str,
