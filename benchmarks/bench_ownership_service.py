@@ -19,26 +19,16 @@ queries (the suspect's and the shadows', timed inside the same audit: the baseli
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import live_appliance, table  # noqa: E402
 from bench_ownership_robustness import digits_native, owner_sets, suspect_onnx, train_suspect  # noqa: E402
-
-
-def _npz(x: np.ndarray) -> io.BytesIO:
-    buf = io.BytesIO()
-    np.savez(buf, x=x)
-    buf.seek(0)
-    return buf
 
 
 def main() -> None:
