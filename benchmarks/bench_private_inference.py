@@ -23,6 +23,12 @@ n16384-d8) and a small shape where the depth
 allows 3 sign compositions: server time, keys, sizes, label agreement with the plaintext
 argmax, error against the plaintext reference and sharpness (mean winner value, mean and max of the largest loser).
 
+``--label`` prints only the two-round label output's rows (crypto.private_inference.label):
+K=8, 384-d, 10 classes at n8192-d3, server CPU per query for both rounds beside win counts (one
+query of each in turn) and the one-hot output at n16384-d7 (baselines, same heads, same run),
+client CPU, keys, bytes each way, memory per further session, labels against the plaintext
+argmax and sharpness on held-out queries, then hidden-layer heads (16 units).
+
 ``--sharpness`` prints only the comparison-scale rows: the worst-case divisor (baseline) and
 an owner-calibrated one (``EnsembleArtifact.calibrated`` on 1000 held-out embeddings) on the
 same fresh queries at n8192-d3 (label agreement, top-2 gap over the divisor, decrypted
@@ -435,6 +441,121 @@ def _onehot_rows(
     ]
 
 
+def _label_round_trip(client: PrivateClient, evaluator: EnsembleEvaluator, query: bytes) -> Any:
+    """Both rounds of the label output for one query ciphertext (client work included)."""
+    return client.decrypt_label(evaluator.evaluate(client.label_selection(evaluator.evaluate(query))))
+
+
+def _label_rows(rng: np.random.Generator, k: int, c: int, d: int, reps: int, queries: int,
+                hidden: int) -> list[tuple[str, str, str]]:
+    """The two-round label output (crypto.private_inference.label) at K x d, C classes, n8192-d3,
+    beside win counts (same heads, same process, one query of each in turn) and the one-hot
+    output at n16384-d7 (the sharpest single-round output so far); then hidden-layer heads."""
+    art = dataclasses.replace(_artifact(rng, k, c, d, "n8192-d3"), output="label")
+    scores_art = dataclasses.replace(art, output="scores")
+    client, keys, evaluator, keygen_s, setup_s = _session(art)
+    s_client, s_keys, s_evaluator, _, _ = _session(scores_art)
+    emb = _unit(rng, (k, d))
+    query, s_query = client.encrypt(emb), s_client.encrypt(emb)
+    reply1 = evaluator.evaluate(query)
+    selection = client.label_selection(reply1)
+    reply2 = evaluator.evaluate(selection)
+
+    def round1(_: object) -> None:
+        evaluator.evaluate(query)
+
+    def both(_: object) -> None:
+        evaluator.evaluate(client.label_selection(evaluator.evaluate(query)))
+
+    def scores(_: object) -> None:
+        s_evaluator.evaluate(s_query)
+
+    def run(which: str) -> None:
+        {"round1": round1, "both": both, "scores": scores}[which](None)
+
+    r1_cpu, both_cpu, scores_cpu = _interleaved_cpu(run, ("round1", "both", "scores"), reps)
+    select_cpu = _cpu(lambda: client.label_selection(reply1), reps)
+    decrypt_cpu = _cpu(lambda: client.decrypt_label(reply2), reps)
+    both_cpu -= select_cpu  # the client's part of the timed loop (decrypt, tournament, encrypt)
+    # Held-out queries: labels and sharpness.
+    held = _unit(rng, (queries, k, d))
+    logits = art.plaintext_logits(held)
+    values = np.concatenate([_label_round_trip(client, evaluator, client.encrypt(e)).one_hot for e in held])
+    truth = logits.argmax(axis=1)
+    agree = int(np.sum(values.argmax(axis=1) == truth))
+    label_slot = values[np.arange(queries), truth]
+    others = np.abs(np.where(np.eye(c, dtype=bool)[truth], 0.0, values)).max(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    gap = (top2[:, 1] - top2[:, 0]) / evaluator._bound
+    # Memory: three more sessions, one query each (RSS growth per session).
+    _trim()
+    before = _rss_mb()
+    extra = []
+    for _ in range(3):
+        other = PrivateClient(spec=art.public_spec())
+        ev = evaluator.with_session(other.evaluation_keys())
+        _label_round_trip(other, ev, other.encrypt(emb))
+        extra.append(ev)
+    per_session = (_rss_mb() - before) / 3
+    del extra
+    # The one-hot output at n16384-d7, the same heads: a few queries.
+    onehot_art = dataclasses.replace(art, output="onehot", preset="n16384-d7")
+    o_client, o_keys, o_evaluator, _, _ = _session(onehot_art)
+    o_query = o_client.encrypt(emb)
+    onehot_cpu = _cpu(lambda: o_evaluator.evaluate(o_query), max(2, reps // 3))
+    o_values = o_client.decrypt_result(o_evaluator.evaluate(o_query)).one_hot
+    assert o_values is not None
+    o_sorted = np.sort(o_values[0])
+    del o_evaluator, o_client
+    tag = f"label K={k} d={d} C={c}"
+    rows = [
+        (f"{tag}: preset, layout", f"{art.preset}, {evaluator.layout.rows}-slot pair blocks",
+         f"{len(client.layout.galois_steps)} Galois keys, no sign polynomial"),
+        (f"{tag}: server CPU / query, both rounds", f"{both_cpu:.3f} s",
+         f"round 1 {r1_cpu:.3f} s; goal <= 0.15 s (and one-hot's <= 0.5 s)"),
+        (f"{tag}: win counts, server CPU / query (baseline)", f"{scores_cpu:.3f} s",
+         "same heads, one query of each in turn"),
+        (f"{tag}: one-hot at n16384-d7, server CPU / query (baseline)", f"{onehot_cpu:.3f} s",
+         f"keys {len(o_keys) / 1e6:.1f} MB; winner {o_sorted[-1]:.4f}, runner-up {o_sorted[-2]:.4f}"),
+        (f"{tag}: client CPU / query: selection / decrypt", f"{select_cpu * 1e3:.0f} / {decrypt_cpu * 1e3:.0f} ms",
+         "decrypt round 1, tournament, encrypt; decrypt round 2"),
+        (f"{tag}: evaluation keys per session", f"{len(keys) / 1e6:.1f} MB", f"win counts: {len(s_keys) / 1e6:.1f} MB"),
+        (f"{tag}: bytes: query / round-1 reply / selection / round-2 reply",
+         f"{len(query) / 1e6:.3f} / {len(reply1) / 1e6:.3f} / {len(selection) / 1e6:.3f} / {len(reply2) / 1e6:.3f} MB",
+         "goal <= 2 MB up, <= 0.5 MB down"),
+        (f"{tag}: server RSS per further session", f"+{per_session:.0f} MB", "one query each; goal <= 200 MB"),
+        (f"{tag}: held-out label == plaintext", f"{agree}/{queries}", "random unit embeddings, two rounds each"),
+        (f"{tag}: top-2 gap / bound: median, min", f"{np.median(gap):.4f}, {gap.min():.1e}",
+         "exact above the round-1 flooding, 2e-5"),
+        (f"{tag}: label's slot min / every other slot max", f"{label_slot.min():.5f} / {others.max():.5f}",
+         "goal: sharp, >= 0.9 / <= 0.1"),
+        (f"{tag}: client keygen + export / server setup", f"{keygen_s:.2f} / {setup_s:.2f} s", ""),
+    ]
+    if hidden:
+        h_art = dataclasses.replace(EnsembleArtifact(
+            templates=[f"template {i}: {{}}" for i in range(k)],
+            hidden_weights=rng.normal(size=(k, hidden, d)) * 2.0 / np.sqrt(d),
+            hidden_biases=rng.normal(size=(k, hidden)) * 0.1,
+            activation=(0.2277, 0.5, 0.1359),
+            weights=rng.normal(size=(k, c, hidden)) / np.sqrt(hidden),
+            biases=rng.normal(size=(k, c)) * 0.1,
+            classes=[f"class{i}" for i in range(c)],
+        ), output="label")
+        h_client, h_keys, h_evaluator, _, _ = _session(h_art)
+        h_query = h_client.encrypt(emb)
+        h_cpu = _cpu(lambda: h_evaluator.evaluate(h_client.label_selection(h_evaluator.evaluate(h_query))), reps)
+        h_reply = h_evaluator.evaluate(h_query)
+        h_cpu -= _cpu(lambda: h_client.label_selection(h_reply), reps)  # the client's part
+        h_emb = _unit(rng, (10, k, d))
+        h_got = [_label_round_trip(h_client, h_evaluator, h_client.encrypt(e)).labels[0] for e in h_emb]
+        h_agree = int(np.sum(np.array(h_got) == h_art.plaintext_logits(h_emb).argmax(axis=1)))
+        rows += [
+            (f"label, hidden H={hidden}: server CPU / query, both rounds", f"{h_cpu:.3f} s",
+             f"{h_art.preset}, keys {len(h_keys) / 1e6:.1f} MB; labels {h_agree}/10"),
+        ]
+    return rows
+
+
 def _interleaved_cpu_rows(art: EnsembleArtifact, rng: np.random.Generator, reps: int) -> list[tuple[str, str, str]]:
     """Server CPU per query of the previous single layout and of this one, one query of each
     in turn (``reps`` each) in one process, so a shared machine's drift hits both alike."""
@@ -731,6 +852,8 @@ def main() -> None:
         help="comma-separated presets for --onehot (n16384-d8: the previous default, as baseline)",
     )
     parser.add_argument("--onehot-queries", type=int, default=24, help="random queries per one-hot shape")
+    parser.add_argument("--label", action="store_true",
+                        help="only the two-round label output's rows (with win counts and one-hot as baselines)")
     parser.add_argument("--sharpness", action="store_true", help="only the calibrated-scale and sharpness rows")
     parser.add_argument("--memory", action="store_true", help="only the memory rows (in process and hosted)")
     parser.add_argument("--circuit", action="store_true",
@@ -752,6 +875,9 @@ def main() -> None:
     if args.memory:
         art = _artifact(rng, k, c, d, args.preset)
         _print(_memory_rows(art, 3) + _hosted_memory_rows(art, 3), reps)
+        return
+    if args.label:
+        _print(_label_rows(rng, k, c, d, reps, 48 if args.quick else 240, 16), reps)
         return
     if args.onehot:
         rows = []

@@ -31,6 +31,14 @@ preset (``n16384-d7``: ``r = 1`` up to 16 classes with linear heads; ``n16384-d8
 to 4, and hidden heads; ``n32768-d18``). As
 the comparisons sharpen it tends to the label alone, where win counts tend to the whole
 ranking of the classes; with soft comparisons both leak approximate margins.
+
+``label``: two rounds instead of a polynomial (see :mod:`crypto.private_inference.label`).
+The server returns every pairwise difference under a secret permutation of the classes, each
+multiplied by its own secret positive factor, so the client learns the signs of a tournament
+between anonymous classes; it encrypts a selection of the anonymous winner, and the server
+maps it back through the permutation to a one-hot vector of the real class, exact (0 and 1
+up to the flooding noise). No sign polynomial: one level after the heads (the masks), so it
+runs at ``n8192-d3`` (linear) and ``n8192-d5`` (hidden heads).
 """
 
 from __future__ import annotations
@@ -39,9 +47,11 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "LABEL_LEVELS",
     "MAX_ONEHOT_CLASSES",
     "OUTPUTS",
     "compositions_for_depth",
+    "max_label_classes",
     "max_range_ratio",
     "min_depth",
     "onehot_levels",
@@ -55,8 +65,11 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Output modes: soft win counts, or a (soft) one-hot vector from products of comparisons.
-OUTPUTS = ("scores", "onehot")
+#: Output modes: soft win counts, a (soft) one-hot vector from products of comparisons, or
+#: the label alone (two rounds, an exact one-hot vector).
+OUTPUTS = ("scores", "onehot", "label")
+#: Levels the two-round label output uses after the heads (the permuted, masked differences).
+LABEL_LEVELS = 1
 #: Most classes a one-hot output serves. With soft comparisons every factor of the product is
 #: near 1/2, so the winner's value is about 2^-(C-1) and the top-2 difference a fraction of it,
 #: while every result slot carries uniform noise of 1e-6 (circuit privacy). Measured on random
@@ -70,6 +83,20 @@ LINEAR_LEVELS = 1
 HIDDEN_LEVELS = 3
 #: Levels one composition of f consumes.
 LEVELS_PER_COMPOSITION = 2
+
+
+def max_label_classes(slots: int) -> int:
+    """Most classes the label output serves at ``slots`` slots: its round 1 holds each of the
+    ``C (C - 1) / 2`` pairs in a block of ``m`` slots (``m`` = that count rounded up to a power
+    of two), 11 classes at ``N = 8192``."""
+    def blocks(c: int) -> int:
+        pairs = c * (c - 1) // 2
+        return pairs * (1 << max(0, (pairs - 1).bit_length()))
+
+    c = 2
+    while blocks(c + 1) <= slots:
+        c += 1
+    return c
 
 
 def compositions_for_depth(depth: int, stage_levels: int = LINEAR_LEVELS) -> int:
@@ -90,12 +117,17 @@ def rounds_for(depth: int, stage_levels: int, output: str, classes: int) -> int:
     """Compositions of ``f`` that fit ``depth`` for an output mode (0: the mode does not fit)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if output == "label":
+        return 0  # no sign polynomial
     tree = onehot_levels(classes) if output == "onehot" else 0
     return compositions_for_depth(depth - tree, stage_levels)
 
 
 def min_depth(stage_levels: int, output: str, classes: int) -> int:
-    """Smallest preset depth that runs the heads, one composition and the output mode."""
+    """Smallest preset depth that runs the heads, one composition and the output mode (the
+    label output: the heads and its masks)."""
+    if output == "label":
+        return stage_levels + LABEL_LEVELS
     tree = onehot_levels(classes) if output == "onehot" else 0
     return stage_levels + LEVELS_PER_COMPOSITION + tree
 

@@ -49,6 +49,7 @@ from crypto.argmax import (
     LINEAR_LEVELS,
     MAX_ONEHOT_CLASSES,
     OUTPUTS,
+    max_label_classes,
     max_range_ratio,
     min_depth,
     onehot_levels,
@@ -61,6 +62,7 @@ __all__ = [
     "ARTIFACT_FORMAT",
     "HEADS",
     "HIDDEN_ARTIFACT_FORMAT",
+    "LABEL_ARTIFACT_FORMAT",
     "ONEHOT_ARTIFACT_FORMAT",
     "ArtifactError",
     "EnsembleArtifact",
@@ -81,6 +83,9 @@ MINILM_INT8 = "sentence-transformers/all-minilm-l6-v2:int8"
 ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v1"
 HIDDEN_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v2"
 ONEHOT_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v3"
+#: Label-output artifacts (two rounds): a reader that predates them refuses the format
+#: instead of serving win counts.
+LABEL_ARTIFACT_FORMAT = "audit-appliance/private-ensemble/v4"
 JSON_NAME = "ensemble.json"
 TENSORS_NAME = "ensemble.safetensors"
 MAX_ARTIFACT_BYTES = 256 << 20
@@ -201,6 +206,8 @@ class EnsembleArtifact:
                 f"the labels would be wrong",
                 hint="use output='scores' (win counts) or fewer classes",
             )
+        if self.output == "label":
+            self._check_label(c, preset)
         needed = min_depth(self._stage_levels, self.output, c)
         if self.output == "onehot" and preset.depth < needed:
             deeper = [p.name for p in sorted(PRESETS.values(), key=_cost) if p.depth >= needed]
@@ -210,6 +217,22 @@ class EnsembleArtifact:
                 f"{preset.depth}",
                 hint=f"use preset {deeper[0]!r}" if deeper else "use output='scores' or fewer classes",
             )
+
+    def _check_label(self, classes: int, preset: CkksPreset) -> None:
+        if self.comparison_scale is not None:
+            raise ArtifactError("the label output compares the differences themselves, with no polynomial to "
+                                "calibrate: drop comparison_scale")
+        limit = max_label_classes(preset.slot_count)
+        if classes > limit:
+            raise ArtifactError(
+                f"the label output serves at most {limit} classes at preset {self.preset!r}, not {classes}: "
+                f"its round 1 holds each of the C (C - 1) / 2 class pairs in its own block of slots",
+                hint="use output='scores' or 'onehot'",
+            )
+        needed = min_depth(self._stage_levels, self.output, classes)
+        if preset.depth < needed:
+            raise ArtifactError(f"the label output with {self.head} heads needs a preset of depth >= {needed}; "
+                                f"{self.preset!r} has {preset.depth}")
 
     @property
     def _stage_levels(self) -> int:
@@ -355,6 +378,8 @@ class EnsembleArtifact:
         and (one-hot artifacts) the output mode; a spec without ``output`` means scores."""
         if self.output == "onehot":
             fmt = ONEHOT_ARTIFACT_FORMAT
+        elif self.output == "label":
+            fmt = LABEL_ARTIFACT_FORMAT
         else:
             fmt = ARTIFACT_FORMAT if self.head == "linear" else HIDDEN_ARTIFACT_FORMAT
         spec = {
@@ -412,14 +437,17 @@ class EnsembleArtifact:
             raise ArtifactError("unknown artifact format")
         fmt = str(meta.get("format"))
         head = {ARTIFACT_FORMAT: "linear", HIDDEN_ARTIFACT_FORMAT: "quadratic_mlp"}.get(fmt)
-        if fmt == ONEHOT_ARTIFACT_FORMAT:
+        named = {ONEHOT_ARTIFACT_FORMAT: ("v3", "onehot"), LABEL_ARTIFACT_FORMAT: ("v4", "label")}
+        if fmt in named:
+            version, output = named[fmt]
             head = meta.get("head")
-            if head not in HEADS or meta.get("output") != "onehot":
-                raise ArtifactError(f"format v3 names a head in {list(HEADS)} and output 'onehot'")
+            if head not in HEADS or meta.get("output") != output:
+                raise ArtifactError(f"format {version} names a head in {list(HEADS)} and output {output!r}")
         elif head is None:
             raise ArtifactError("unknown artifact format")
         elif meta.get("output", "scores") != "scores":
-            raise ArtifactError(f"format {fmt!r} carries win-count outputs only; one-hot artifacts are v3")
+            raise ArtifactError(f"format {fmt!r} carries win-count outputs only; one-hot artifacts are v3, "
+                                "label ones v4")
         if meta.get("head", head) != head:
             raise ArtifactError(f"format {meta['format']!r} carries {head!r} heads, not {meta.get('head')!r}")
         if set(tensors) != _TENSORS[head]:

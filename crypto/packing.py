@@ -247,6 +247,7 @@ def make_layout(
     compact: bool = False,
     chunked: bool = False,
     pairs: bool = False,
+    fill: bool = False,
 ) -> EnsembleLayout:
     """Compute the packed layout, or raise :class:`LayoutError` if it does not fit ``slots``.
 
@@ -261,7 +262,10 @@ def make_layout(
     the rows replicated in every block of ``m`` slots, the last sign step weighs block ``i``'s
     slots by ``+1`` where ``i`` is a pair's first class, ``-1`` where it is the second and 0
     elsewhere (:func:`pair_signs`), and a window sum of ``m`` slots gives class ``i``'s win
-    count in slot ``i * m``. Raises :class:`LayoutError` where the ``C`` blocks do not fit.
+    count in slot ``i * m``. ``fill`` pads the query vector to the whole ciphertext (``n`` =
+    ``slots``, one query per ciphertext, cyclic rotations), so pair rows fit any ensemble that
+    does not fill it by itself (the label output of :mod:`crypto.private_inference.label`).
+    Raises :class:`LayoutError` where the ``C`` blocks do not fit.
     """
     if compact and hidden:
         raise LayoutError("the compact comparison rows serve linear heads only")
@@ -282,6 +286,8 @@ def make_layout(
             f"{members} members x {block} slots ({rows} comparison rows, {hidden_rows} hidden rows) "
             f"exceed {slots} slots"
         )
+    if fill:
+        n = slots
     if hidden_rows:
         # Stage 2 reads the replicated hidden vector up to lane slot m + m1 - 2, valid while
         # <= n; a ciphertext-wide n (cyclic rotations) is valid everywhere.

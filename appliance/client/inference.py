@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 @dataclass(frozen=True)
 class PrivatePrediction:
     """Labels decrypted by the client: class names, indices and, by the ensemble's output
-    mode, per-class win counts (``"scores"``) or one-hot values in [0, 1] (``"onehot"``)."""
+    mode, per-class win counts (``"scores"``) or one-hot values in [0, 1] (``"onehot"``; with
+    ``"label"`` exactly 1 on the label and 0 elsewhere, up to the flooding noise)."""
 
     labels: list[str]
     indices: list[int]
@@ -171,6 +172,8 @@ class InferenceSession:
         from crypto.private_inference.wire import decode_blobs, encode_blobs
 
         pc = self.private_client
+        if pc.output == "label":
+            return self._predict_label(emb, batch=batch, per_request=per_request)
         if layout == "wide":
             cap = pc.wide_capacity
             parts = []
@@ -190,6 +193,40 @@ class InferenceSession:
             reply = self._post({"batch": "true"}, encode_blobs(chunk))
             out.extend(decode_blobs(reply, max_items=len(chunk), max_bytes=MAX_BATCH_BYTES))
         return pc.decrypt_batch(out, total=len(emb))
+
+    def _send(self, bodies: list[bytes], *, batch: bool) -> list[bytes]:
+        """One reply per single-layout body: in one framed batch request, or one request each."""
+        from crypto.private_inference.wire import decode_blobs, encode_blobs
+
+        if not batch:
+            return [self._post({}, body) for body in bodies]
+        reply = self._post({"batch": "true"}, encode_blobs(bodies))
+        return decode_blobs(reply, max_items=len(bodies), max_bytes=MAX_BATCH_BYTES)
+
+    def _predict_label(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int) -> PrivateScores:
+        """The label output's two rounds (:mod:`crypto.private_inference.label`), ``per_request``
+        queries at a time: the queries, then the selections built from their round-1 replies.
+        Where the server no longer holds the round-1 tickets (its evaluator was rebuilt between
+        the rounds: 422), the queries are asked again once."""
+        from appliance.client import ApiError
+        from crypto.private_inference.client import PrivateScores
+
+        pc = self.private_client
+        size = _per_request(per_request) if batch else 1
+        parts: list[PrivateScores] = []
+        for start in range(0, len(emb), size):
+            queries = [pc.encrypt(q) for q in emb[start:start + size]]
+            for attempt in (0, 1):
+                selections = [pc.label_selection(r) for r in self._send(queries, batch=batch)]
+                try:
+                    answers = self._send(selections, batch=batch)
+                    break
+                except ApiError as exc:
+                    if attempt or exc.status != 422:
+                        raise
+                    log.info("private inference: round-1 tickets lost (%s); asking again", exc.status)
+            parts.extend(pc.decrypt_label(a) for a in answers)
+        return PrivateScores.concat(parts)
 
     def close(self) -> None:
         """Delete the session (and its stored keys) on the server; a session the server

@@ -44,8 +44,14 @@ __all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWei
 #: it hides the error's dependence on the weights, not the soft value itself. Labels stay exact
 #: while the top-2 win-count margin exceeds OUTPUT_FLOOD["scores"] / OUTPUT_SCALE_MIN (1.3e-4;
 #: the benchmark's held-out queries have >= 2.9e-4).
-OUTPUT_FLOOD = {"scores": 1e-4, "onehot": 1e-6}
+OUTPUT_FLOOD = {"scores": 1e-4, "onehot": 1e-6, "label": 1e-4}
 OUTPUT_SCALE_MIN = 0.75
+#: Label output, round 1: each anonymous pair's value carries uniform noise of this amplitude
+#: (times its secret factor, in the units of the scaled differences, which lie in [-1, 1]);
+#: every other slot noise of 2^LABEL_UNUSED_BITS. Set from the measured CKKS error of the
+#: differences (see crypto.private_inference.label).
+LABEL_FLOOD = 2e-5
+LABEL_UNUSED_BITS = 20
 
 
 def region_class(accumulator: int, region: int, regions: int, classes: int) -> int:
@@ -436,7 +442,13 @@ class Circuit:
         return factors[0]
 
     def _flood(
-        self, ct: Any, keep: npt.NDArray[np.bool_], rng: np.random.Generator, *, rescale: bool = False
+        self,
+        ct: Any,
+        keep: npt.NDArray[np.bool_],
+        rng: np.random.Generator,
+        *,
+        rescale: bool = False,
+        small: float | npt.NDArray[np.float64] | None = None,
     ) -> None:
         """Add fresh uniform noise to every slot: as large as the headroom allows outside
         ``keep`` (no partial results leak), :data:`OUTPUT_FLOOD` on the result slots; then
@@ -447,12 +459,20 @@ class Circuit:
         re-randomisation, 2.36e-5 re-randomised after the last rescale.)"""
         amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
         noise = rng.uniform(-amplitude, amplitude, keep.size)
-        small = OUTPUT_FLOOD["onehot" if self._onehot else "scores"]
-        noise[keep] = rng.uniform(-small, small, int(keep.sum()))
+        if small is None:
+            small = OUTPUT_FLOOD["onehot" if self._onehot else "scores"]
+        noise[keep] = rng.uniform(-1.0, 1.0, int(keep.sum())) * small
         self._evaluator.add_plain_inplace(ct, self._encode_like(noise.tolist(), ct))
         self._rerandomise(ct)
         if rescale:
             self._evaluator.rescale_to_next_inplace(ct)
+
+    def _drop_to_last(self, ct: Any) -> None:
+        """Switch ``ct`` down to the last prime of the chain (no rescale: same scale, fewer bytes)."""
+        data = self._seal_ctx.get_context_data(ct.parms_id())
+        while data.next_context_data() is not None:
+            data = data.next_context_data()
+        self._evaluator.mod_switch_to_inplace(ct, data.parms_id())
 
     def _rerandomise(self, ct: Any) -> None:
         """Add a fresh public-key encryption of zero. The flooding hides the decrypted value's
@@ -600,6 +620,46 @@ class Circuit:
             z = self._window_sum(z, self._layout.stride)
         self._flood(z, weights.keep, rng, rescale=True)
         return z
+
+    # -- label output (two rounds, see crypto.private_inference.label) -----------------------
+
+    def label_round1(
+        self, ct: Any, weights: SingleWeights, mask: npt.NDArray[np.float64], factors: npt.NDArray[np.float64]
+    ) -> Any:
+        """Round 1: the pairwise differences, picked and scaled by ``mask`` (one real pair per
+        block, times its secret factor), each block summed into its first slot. The reply keeps
+        the two last primes (its values reach ``2^MASK_BITS``); the first slot of block ``q``
+        gets noise of ``factors[q] * LABEL_FLOOD``, every other slot of ``2^LABEL_UNUSED_BITS``
+        (partial sums of at most two masked values, ``2^(MASK_BITS + 1)``)."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        lay = self._layout
+        z = self._half(self.differences(ct, weights), mask.tolist())
+        z = self._window_sum(z, lay.rows)
+        data = self._seal_ctx.get_context_data(z.parms_id())
+        while data.next_context_data() is not None and data.next_context_data().next_context_data() is not None:
+            data = data.next_context_data()
+        self._evaluator.mod_switch_to_inplace(z, data.parms_id())
+        amplitudes = np.full(lay.slots, 2.0**LABEL_UNUSED_BITS)
+        kept = np.arange(factors.size) * lay.rows
+        amplitudes[kept] = factors * LABEL_FLOOD
+        noise = rng.uniform(-1.0, 1.0, lay.slots) * amplitudes
+        self._evaluator.add_plain_inplace(z, self._encode_like(noise.tolist(), z))
+        self._rerandomise(z)
+        return z
+
+    def label_round2(self, ct: Any, mask: npt.NDArray[np.float64], strides: Sequence[int], classes: int) -> Any:
+        """Round 2: the client's selection times ``mask`` (block ``a``'s slot of class
+        ``pi(a)``), the blocks summed into the first (``strides``): the real label's slot holds
+        the selection's 1. The first ``classes`` slots get :data:`OUTPUT_FLOOD` ``["label"]``."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        y = self._half(ct, mask.tolist())
+        for stride in strides:
+            self._evaluator.add_inplace(y, self._rotate(y, stride))
+        self._drop_to_last(y)
+        keep = np.zeros(self._layout.slots, dtype=bool)
+        keep[:classes] = True
+        self._flood(y, keep, rng, small=OUTPUT_FLOOD["label"])
+        return y
 
     # -- wide layout -------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from crypto.ckks import (
     make_context,
     public_context_bytes,
 )
+from crypto.private_inference import label as labels
 from crypto.private_inference import spec as specs
 from crypto.private_inference.wire import decode_wide, encode_wide, vector_message
 from crypto.seal_bridge import seal_from_bytes, seal_to_bytes
@@ -70,7 +71,7 @@ class PrivateScores:
     def decode(cls, raw: npt.NDArray[np.float64], *, output: str, class_names: tuple[str, ...]) -> PrivateScores:
         """Scores of ``(Q, C)`` decrypted result slots: comparison sums or one-hot products."""
         values = np.asarray(raw, dtype=np.float64)
-        if output == "onehot":
+        if output in ("onehot", "label"):
             return cls(None, tuple(int(v) for v in argmax.winner(values)), class_names, one_hot=values)
         counts = argmax.win_counts(values, len(class_names))
         return cls(counts, tuple(int(v) for v in argmax.winner(counts)), class_names)
@@ -129,7 +130,8 @@ class PrivateClient:
         self._wide = specs.wide_layout(self._spec)
         # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
         layouts = self._spec.get("layouts")
-        self._serves_wide = self._head == "linear" and (layouts is None or "wide" in layouts)
+        self._serves_wide = (self._head == "linear" and self._output != "label"
+                             and (layouts is None or "wide" in layouts))
         served_wide = self._spec.get("wide_layout")
         self._wide_kept = specs.wide_kept(self._spec)
         # A server before wide rotations from the single layout's keys lists the wide layout
@@ -245,9 +247,41 @@ class PrivateClient:
         """The ensemble's output mode, ``"scores"`` or ``"onehot"`` (from the public spec)."""
         return self._output
 
+    def _open_reply(self, data: bytes) -> npt.NDArray[np.float64]:
+        vec = load_ckks_vector(
+            self._ctx, data, expected_size=self._layout.slots, max_bytes=specs.max_query_bytes(self._preset)
+        )
+        return np.asarray(vec.decrypt(), dtype=np.float64)
+
+    def _need_label(self, wanted: bool) -> None:
+        if (self._output == "label") != wanted:
+            raise CiphertextError(
+                "the label output answers in two rounds: label_selection(reply), then decrypt_label(reply)"
+                if not wanted else f"this ensemble's output is {self._output!r}, not the two-round label")
+
+    def label_selection(self, reply: bytes) -> bytes:
+        """Round 2 of the label output (:mod:`crypto.private_inference.label`): from the server's
+        round-1 reply, the encrypted selection of the anonymous winner, with the reply's ticket.
+        Post it like a query; :meth:`decrypt_label` opens the answer."""
+        self._need_label(True)
+        ticket, message = labels.decode_ticketed(labels.REPLY_MAGIC, reply)
+        values = self._open_reply(message)[labels.round1_keep(self._layout)]
+        classes, slots = len(self._classes), self._layout.slots
+        winner = labels.tournament(values, classes)
+        selection = self._encrypt_values(labels.selection_slots(classes, slots, winner))
+        return labels.encode_ticketed(labels.SELECT_MAGIC, ticket, selection)
+
+    def decrypt_label(self, reply: bytes) -> PrivateScores:
+        """The label from the server's round-2 reply: ``one_hot`` ``(1, C)``, 1 on the label's
+        class and 0 elsewhere (up to the flooding noise)."""
+        self._need_label(True)
+        values = self._open_reply(reply)[None, : len(self._classes)]
+        return PrivateScores.decode(values, output="label", class_names=self._classes)
+
     def decrypt_result(self, data: bytes, *, count: int = 1) -> PrivateScores:
         """Decrypt one evaluator reply holding ``count`` queries into labels and win counts
         (or one-hot values, by the ensemble's :attr:`output`)."""
+        self._need_label(False)
         if not 1 <= count <= self.batch_capacity:
             raise CiphertextError(f"count must lie in [1, {self.batch_capacity}]")
         vec = load_ckks_vector(

@@ -13,6 +13,7 @@ never holds a secret key and cannot be pickled (it holds the owner's weights).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
@@ -23,6 +24,7 @@ import tenseal.sealapi as sealapi
 from crypto import packing
 from crypto.ckks import CiphertextError, ContextError, _parse_fields, check_public_context, galois_element, get_preset
 from crypto.ensemble import EnsembleArtifact
+from crypto.private_inference import label as labels
 from crypto.private_inference import spec as specs
 from crypto.private_inference.circuits import Circuit, SealKeys, SingleWeights
 from crypto.private_inference.wire import (
@@ -90,6 +92,9 @@ class EnsembleEvaluator:
             raise ContextError("the evaluator serves the single layouts of specs.session_layouts only")
         self._hidden = artifact.head == "quadratic_mlp"
         self._onehot = specs.output_mode(spec) == "onehot"
+        self._label = specs.output_mode(spec) == "label"
+        #: Label output: the secret permutations of round-1 answers awaiting their selection.
+        self.pending = labels.PendingTickets()
         self._wide_kept = specs.wide_kept(spec)
         self._rounds = specs.sign_rounds(spec)
         # Checked (no secret key, the preset's parameters, a public key) without building a
@@ -307,7 +312,31 @@ class EnsembleEvaluator:
         Raises :class:`~crypto.ckks.CiphertextError` for malformed, truncated, oversize or
         foreign ciphertexts. The same call serves batch ciphertexts from ``encrypt_batch``.
         """
+        if self._label:
+            return self._evaluate_label(query)
         return self._dump_reply(self._circuit.single(self._load_query(query), self._weights))
+
+    def _evaluate_label(self, data: bytes) -> bytes:
+        """Label output (:mod:`crypto.private_inference.label`): a query ciphertext gets round 1
+        (``PEL1``: a ticket and the permuted, masked pair values), a ``PES1`` selection with
+        its ticket gets round 2 (the one-hot label). A ticket serves one selection."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CiphertextError(f"ciphertext must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        classes, slots = self._layout.classes, self._layout.slots
+        if data[: len(labels.SELECT_MAGIC)] == labels.SELECT_MAGIC:
+            ticket, message = labels.decode_ticketed(labels.SELECT_MAGIC, data)
+            selection = self._load_query(message)
+            perm = self.pending.redeem(ticket)
+            reply = self._circuit.label_round2(
+                selection, labels.round2_mask(classes, slots, perm), labels.round2_strides(classes), classes
+            )
+            return self._dump_reply(reply)
+        query = self._load_query(data)
+        perm, factors = labels.draw(classes, np.random.default_rng(secrets.randbits(128)))
+        mask = labels.round1_mask(self._layout, perm, factors)
+        reply = self._circuit.label_round1(query, self._weights, mask, factors)
+        return labels.encode_ticketed(labels.REPLY_MAGIC, self.pending.issue(perm), self._dump_reply(reply))
 
     def evaluate_batch(self, queries: Sequence[bytes]) -> list[bytes]:
         """Evaluate every ciphertext of :meth:`PrivateClient.encrypt_batch`, in order."""
@@ -349,6 +378,10 @@ class EnsembleEvaluator:
         :class:`~crypto.packing.LayoutError` for hidden-layer heads (single layout only).
         """
         specs.refuse_wide(self._artifact.head)
+        if self._label:
+            raise packing.LayoutError(
+                "the label output is served in the single layout only (two rounds per query)",
+                hint="send single-layout ciphertexts (PrivateClient.encrypt / encrypt_batch, layout=single)")
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=None, max_bytes=self._max_wide_bytes)
         n = self._preset.poly_modulus_degree

@@ -107,6 +107,8 @@ def sign_rounds(spec: dict[str, Any]) -> int:
     levels = argmax.HIDDEN_LEVELS if head_kind(spec) == "quadratic_mlp" else argmax.LINEAR_LEVELS
     output, classes = output_mode(spec), len(spec["classes"])
     rounds = argmax.rounds_for(preset.depth, levels, output, classes)
+    if output == "label" and preset.depth >= argmax.min_depth(levels, output, classes):
+        return 0  # no sign polynomial: two rounds (crypto.private_inference.label)
     if rounds < 1:
         need = argmax.min_depth(levels, output, classes)
         deeper = sorted((p.poly_modulus_degree, p.depth, p.name) for p in PRESETS.values() if p.depth >= need)
@@ -127,7 +129,7 @@ def compact_rows(spec: dict[str, Any]) -> bool:
     predates them (its ``layout`` gives no ``class_stride`` of ``C``). Hidden heads keep
     power-of-two class blocks."""
     classes = len(spec["classes"])
-    if head_kind(spec) != "linear":
+    if head_kind(spec) != "linear" or output_mode(spec) == "label":
         return False
     if output_mode(spec) == "onehot" and packing.window_levels(classes) > argmax.onehot_levels(classes):
         return False
@@ -139,7 +141,10 @@ def pair_layout(spec: dict[str, Any]) -> bool:
     """Whether the single layout computes each class pair once (``packing.make_layout(pairs=
     True)``: half the rows of compact ones for 10 classes): win counts (linear or hidden heads)
     where a query fills the ciphertext, unless the spec comes from a server whose layout predates it
-    (a ``layout`` without ``pairs: true``)."""
+    (a ``layout`` without ``pairs: true``). The label output always reads pair rows (see
+    :func:`single_layout`)."""
+    if output_mode(spec) == "label":
+        return True
     if output_mode(spec) != "scores":
         return False
     served = spec.get("layout")
@@ -164,13 +169,25 @@ def chunked_lane(spec: dict[str, Any]) -> bool:
 
 
 def single_layout(spec: dict[str, Any]) -> packing.EnsembleLayout:
-    """The single (one query per lane) slot layout of ``spec``."""
+    """The single (one query per lane) slot layout of ``spec``. The label output reads pair rows
+    replicated over the whole ciphertext: where a query does not fill it, its vector is padded
+    to every slot (``fill``), and classes beyond :func:`crypto.argmax.max_label_classes`
+    raise :class:`~crypto.packing.LayoutError`."""
+    if output_mode(spec) == "label":
+        classes, slots = len(spec["classes"]), get_preset(str(spec["preset"])).slot_count
+        if classes > argmax.max_label_classes(slots):
+            raise packing.LayoutError(f"the label output serves at most {argmax.max_label_classes(slots)} "
+                                      f"classes at {slots} slots, not {classes}")
+        try:
+            return _single_layout(spec, compact=False, chunked=chunked_lane(spec), pairs=True)
+        except packing.LayoutError:
+            return _single_layout(spec, compact=False, chunked=False, pairs=True, fill=True)
     pairs = pair_layout(spec)
     return _single_layout(spec, compact=compact_rows(spec) and not pairs, chunked=chunked_lane(spec), pairs=pairs)
 
 
 def _single_layout(
-    spec: dict[str, Any], *, compact: bool, chunked: bool, pairs: bool = False
+    spec: dict[str, Any], *, compact: bool, chunked: bool, pairs: bool = False, fill: bool = False
 ) -> packing.EnsembleLayout:
     preset = get_preset(str(spec["preset"]))
     hidden = int(spec["hidden"]) if head_kind(spec) == "quadratic_mlp" else 0
@@ -185,6 +202,7 @@ def _single_layout(
         compact=compact,
         chunked=chunked,
         pairs=pairs,
+        fill=fill,
     )
 
 
@@ -219,7 +237,7 @@ def session_layouts(spec: dict[str, Any]) -> list[packing.EnsembleLayout]:
     predates the layout digest (:func:`legacy_layout`). Every role computes the same list."""
     ours = single_layout(spec)
     out = [ours]
-    if ours.pairs:
+    if ours.pairs and output_mode(spec) != "label":  # no client predates the label output
         older = _single_layout(spec, compact=False, chunked=chunked_lane(spec))
         for lay in (older, legacy_layout(spec)):
             if all(client_geometry(lay) != client_geometry(o) for o in out):

@@ -82,7 +82,7 @@ class EnsembleOut(BaseModel):
     classes: list[str]
     encoder: str
     preset: str
-    output: Literal["scores", "onehot"] = "scores"
+    output: Literal["scores", "onehot", "label"] = "scores"
     size: int
     created_at: str
 
@@ -158,9 +158,12 @@ class EnsembleSpec(BaseModel):
     head: Literal["linear", "quadratic_mlp"] = Field(
         default="linear", description="'quadratic_mlp': one hidden layer, degree-2 activation")
     hidden: int | None = Field(default=None, description="hidden units per member (hidden heads)")
-    output: Literal["scores", "onehot"] = Field(
+    output: Literal["scores", "onehot", "label"] = Field(
         default="scores",
-        description="'scores': per-class win counts; 'onehot': products of comparisons in [0, 1] "
+        description="'scores': per-class win counts; 'label': the label alone, an exact one-hot vector, in "
+                    "two rounds (the reply to a query is PEL1: a ticket and permuted, masked pair values; "
+                    "the client posts the PES1 selection it builds from them and gets the label); "
+                    "'onehot': products of comparisons in [0, 1] "
                     "(the label's near 1), no win counts")
     comparison_scale: float | None = Field(
         default=None, description="the owner's calibrated divisor of the pairwise logit differences "
@@ -250,6 +253,8 @@ def wide_refusal(spec: dict[str, Any]) -> str | None:
 
     if spec.get("head", "linear") != "linear":
         return f"the wide layout serves linear heads only; this ensemble has {spec.get('head')} heads"
+    if spec.get("output") == "label":
+        return "the label output is served in the single layout only (two rounds per query)"
     if not specs.wide_kept(spec):
         return None  # its weights are encoded as each batch goes, none are kept
     preset = get_preset(str(spec["preset"]))
