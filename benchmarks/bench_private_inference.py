@@ -506,7 +506,6 @@ def _label_rows(rng: np.random.Generator, k: int, c: int, d: int, reps: int, que
     o_values = o_client.decrypt_result(o_evaluator.evaluate(o_query)).one_hot
     assert o_values is not None
     o_sorted = np.sort(o_values[0])
-    del o_evaluator, o_client
     tag = f"label K={k} d={d} C={c}"
     rows = [
         (f"{tag}: preset, layout", f"{art.preset}, {evaluator.layout.rows}-slot pair blocks",

@@ -11,10 +11,12 @@ activation (``head="quadratic_mlp"``): ``hidden_weights`` ``(K, H, d)``, ``hidde
 ``(K, C, H)``. Linear artifacts are written in format v1 exactly as before; hidden-layer ones
 in v2, which older readers refuse as an unknown format instead of misreading it.
 
-``output`` is the owner's disclosure choice: ``"scores"`` (default, per-class win counts) or
-``"onehot"`` (products of comparisons, see :mod:`crypto.argmax`; needs a deeper preset).
-One-hot artifacts, of either head kind, are written in format v3 (``head`` and ``output``
-named), so a reader that predates the mode refuses them instead of serving win counts.
+``output`` is the owner's disclosure choice: ``"scores"`` (default, per-class win counts),
+``"onehot"`` (products of comparisons, see :mod:`crypto.argmax`; needs a deeper preset) or
+``"label"`` (the label alone, exact, in two rounds: :mod:`crypto.private_inference.label`).
+One-hot artifacts, of either head kind, are written in format v3 and label ones in v4 (``head``
+and ``output`` named), so a reader that predates the mode refuses them instead of serving win
+counts.
 
 ``comparison_scale`` (linear heads; :meth:`EnsembleArtifact.calibrated` derives it from the
 owner's held-out embeddings) divides the pairwise logit differences instead of the worst-case

@@ -456,7 +456,8 @@ class Client:
         background while the next texts embed.
 
         Returns :class:`appliance.client.inference.PrivatePrediction` (labels, indices, and win
-        counts or, for an ensemble registered with ``output: "onehot"``, one-hot values). The
+        counts or, for an ensemble registered with ``output: "onehot"``, one-hot values; with
+        ``output: "label"`` exact one-hot values, each query answered in two rounds). The
         server sees only ciphertexts. Without ``session`` one is opened for this call and
         closed before returning (the keys themselves are kept for the next call, and across
         runs with a key store). With ``batch`` and enough texts the wide layout is used where

@@ -23,6 +23,14 @@ Modules (the client and the server never import each other; both build on the re
 - :mod:`~crypto.private_inference.client`: :class:`PrivateClient` and :class:`PrivateScores`.
 - :mod:`~crypto.private_inference.server`: :class:`EnsembleEvaluator`.
 - :mod:`~crypto.private_inference.templates`: client-side embeddings through the templates.
+- :mod:`~crypto.private_inference.label`: the two-round label output (permuted, masked pair
+  values; the client's selection; tickets).
+
+Label output (``output: "label"``), two requests per query, the client learning the label only::
+
+    reply = evaluator.evaluate(client.encrypt(embeddings))  # round 1: PEL1 (ticket, pair values)
+    answer = evaluator.evaluate(client.label_selection(reply))  # round 2: PES1 selection in
+    scores = client.decrypt_label(answer)                    # scores.one_hot: exactly one-hot
 
 Throughput mode, the wide batch layout (slots index queries, see :mod:`crypto.packing`)::
 
@@ -81,4 +89,11 @@ values stay soft (argmax exact, winner often far below 1). Every slot stays with
 no class count overflows the headroom; but soft values are about ``2^-(C-1)``, so beyond
 :data:`crypto.argmax.MAX_ONEHOT_CLASSES` (16) they would sink below the flooding noise and
 such artifacts are refused.
+
+The label output (``output: "label"``, :mod:`~crypto.private_inference.label`) reaches what no
+polynomial at these depths does: an exact one-hot label and nothing else, for the price of a
+second request. The server returns the pairwise differences under a secret permutation of the
+classes and secret positive factors (one level after the heads, no sign polynomial, the win
+counts' keys); the client picks the anonymous winner and the server maps its encrypted
+selection back to the real class. Single layout, up to 11 classes at N=8192.
 """
