@@ -36,9 +36,10 @@ def ensembles_create(folder: str | None, json_path: str | None, tensors_path: st
     """Register a private ensemble from its artifact files (owner: admin or auditor).
 
     Linear heads (format v1) and hidden-layer heads (format v2, ``head: quadratic_mlp``) alike,
-    and one-hot ensembles (format v3, ``output: onehot``, built with
-    ``EnsembleArtifact(output="onehot")``; the output mode is the owner's choice, so it lives in
-    the artifact, not in a flag here).
+    one-hot ensembles (format v3, ``output: onehot``, built with
+    ``EnsembleArtifact(output="onehot")``) and label ensembles (format v4, ``output: label``: the
+    label alone, in two rounds); the output mode is the owner's choice, so it lives in the
+    artifact, not in a flag here.
     """
     from crypto.ensemble import JSON_NAME, TENSORS_NAME
 

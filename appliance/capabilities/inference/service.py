@@ -738,11 +738,14 @@ def predict(store: Store, cache: Evaluators, principal: Principal, *, ensemble_i
     and so is the reply. ``layout="wide"`` bodies come from
     :meth:`~crypto.private_inference.client.PrivateClient.encrypt_wide_batch` (many queries, slots
     index queries) and the reply is one ciphertext per class, framed the same way; a body of
-    the other layout is refused (422). Errors: 404 (unknown ensemble or session, or another tenant's), 409
+    the other layout is refused (422). A label-output ensemble answers a query ciphertext with
+    round 1 (``PEL1``) and a ``PES1`` selection with round 2 (:mod:`crypto.private_inference.label`).
+    Errors: 404 (unknown ensemble or session, or another tenant's), 409
     (session of another ensemble), 410 (expired session), 413 (oversize), 422 (malformed,
-    truncated or foreign-parameter ciphertexts).
+    truncated or foreign-parameter ciphertexts; a used, unknown or expired round-1 ticket).
     """
     from crypto.ckks import CiphertextError
+    from crypto.private_inference.label import SELECT_MAGIC
     from crypto.private_inference.wire import decode_blobs, encode_blobs
 
     ensemble = get_ensemble(store, principal, ensemble_id)
@@ -774,8 +777,10 @@ def predict(store: Store, cache: Evaluators, principal: Principal, *, ensemble_i
     if not any(queries) and not body:
         raise UnprocessableInput("the body must hold a ciphertext")
     replies = cache.evaluate(store.blobs, ensemble, session, queries)
+    # A label-output selection (round 2) finishes a query already counted in round 1.
+    asked = sum(1 for q in queries if q[:len(SELECT_MAGIC)] != SELECT_MAGIC)
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
-                       (len(queries), session["id"]))
+                       (asked, session["id"]))
     return encode_blobs(replies) if batch else replies[0]
 
 

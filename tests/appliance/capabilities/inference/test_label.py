@@ -8,6 +8,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from support import auth, make_token, register_ensemble
 
 from appliance.client import Client
@@ -97,3 +101,52 @@ def test_sdk_answers_label_ensembles_in_two_rounds(app: Any, client: Any, settin
     result = sdk.private_predict(ens, texts[:3], encode=_encode, session=session)
     assert result.indices == expected[:3].tolist() and sent == [3, 3, 3]
     session.close()
+
+
+@hyp_settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_mutated_selections_get_4xx_or_a_reply(label_session: dict[str, Any], data: Any) -> None:
+    """Bit flips, cuts and splices of real round-2 selections (magic, ticket and ciphertext
+    alike), each after a fresh round 1: a reply or a 4xx problem, never a 5xx."""
+    web, private, url, headers = (label_session[k] for k in ("web", "private", "url", "headers"))
+    round1 = web.post(url, headers=headers, data=private.encrypt(np.full((2, 16), 0.1)))
+    assert round1.status_code == 200
+    blob = bytearray(private.label_selection(round1.get_data()))
+    for _ in range(data.draw(st.integers(1, 3))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        # Positions drawn apart from the blob's length (seeded encryption varies it): in the
+        # magic and ticket, or anywhere.
+        head, raw = data.draw(st.booleans()), data.draw(st.integers(0, 1 << 24))
+        pos = raw % 24 if head else raw % len(blob)
+        if op == "flip":
+            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del blob[pos:pos + data.draw(st.integers(1, 64))]
+        else:
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+    resp = web.post(url, headers=headers, data=bytes(blob))
+    assert resp.status_code == 200 or 400 <= resp.status_code < 500, resp.status_code
+    if resp.status_code >= 400:
+        assert resp.mimetype == "application/problem+json"
+    counted = web.get("/v1/ensembles", headers=headers)  # the service still answers
+    assert counted.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def label_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from appliance._internal.config import Settings
+    from appliance._internal.web.app import create_app
+
+    settings = Settings(home=tmp_path_factory.mktemp("label-fuzz") / "home", rate_limit="100000 per minute",
+                        log_level="ERROR", inference_evaluators="inline")
+    app = create_app(settings)
+    token = make_token(settings, "fuzzer")
+    web = app.test_client()
+    ens = register_ensemble(web, token, _artifact()).get_json()["id"]
+    spec = web.get(f"/v1/ensembles/{ens}", headers=auth(token)).get_json()
+    private = PrivateClient(spec=spec)
+    headers = {**auth(token), **OCTET}
+    ses = web.post(f"/v1/inference/sessions?ensemble_id={ens}&layout={private.layout_digest}", headers=headers,
+                   data=private.evaluation_keys()).get_json()["id"]
+    return {"web": web, "private": private, "url": f"/v1/ensembles/{ens}/predict?session={ses}",
+            "headers": headers}
