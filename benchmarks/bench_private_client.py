@@ -15,6 +15,8 @@ docstrings. Rows, all in the same run:
 - **8-bit encoder ensemble**: the same heads registered over ``MINILM_INT8`` (MiniLM with 8-bit
   matrix weights), first and second call: labels checked against the plaintext argmax of that
   encoder's embeddings (a table also times both encoders alone, in turn);
+- **8-bit encoder, label output**: the same 8-bit heads registered with ``output="label"``
+  (each request answered in two rounds, the client learning the labels only), warm;
 - **warm, all texts embedded first**: the same with every text embedded before the first
   request is encrypted (the path before requests were sent while later texts embed);
 - **now, key store**: a fresh Client in the same process reading its keys from the key store.
@@ -348,6 +350,9 @@ def main() -> None:
         # the same heads over the 8-bit encoder (an owner would train them on its embeddings)
         art8 = dataclasses.replace(art, encoder=MINILM_INT8)
         ens8 = Client(url, token=token).create_ensemble(art8, name="bench-int8").id
+        # and with the label output (two rounds per request, the label alone)
+        ens8l = Client(url, token=token).create_ensemble(dataclasses.replace(art8, output="label"),
+                                                         name="bench-int8-label").id
 
         def row(name: str, run: object) -> np.ndarray:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -382,6 +387,9 @@ def main() -> None:
                          lambda: sdk.private_predict(ens8, texts))
             warm8 = row("8-bit encoder ensemble, warm process",
                         lambda: sdk.private_predict(ens8, texts))
+            sdk.private_predict(ens8l, texts[:4])  # its keys made
+            label8 = row("8-bit encoder, output='label' (two rounds), warm process",
+                         lambda: sdk.private_predict(ens8l, texts))
             import appliance.client as sdk_module
 
             chunk, sdk_module.EMBED_CHUNK = sdk_module.EMBED_CHUNK, len(texts)
@@ -409,8 +417,8 @@ def main() -> None:
     logits8 = art8.plaintext_logits(embed_with_templates(texts, templates, default_text_encoder("int8")))
     plain8 = logits8.argmax(axis=1)
     top2_8 = np.sort(logits8, axis=1)[:, -2:]
-    for r, got, want in zip(rows, (first, warm, first8, warm8, serial, stored, old),
-                            (plain, plain, plain8, plain8, plain, plain, plain), strict=True):
+    for r, got, want in zip(rows, (first, warm, first8, warm8, label8, serial, stored, old),
+                            (plain, plain, plain8, plain8, plain8, plain, plain, plain), strict=True):
         r.append(f"{int((got == want).sum())}/{len(want)}")
     print(table(f"SDK private_predict end to end, K={args.members} x 384-d, 10 classes, "
                 f"{source}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",

@@ -441,6 +441,10 @@ def _onehot_rows(
     ]
 
 
+def _tag(k: int, d: int, c: int) -> str:
+    return f"label K={k} d={d} C={c}"
+
+
 def _label_round_trip(client: PrivateClient, evaluator: EnsembleEvaluator, query: bytes) -> Any:
     """Both rounds of the label output for one query ciphertext (client work included)."""
     return client.decrypt_label(evaluator.evaluate(client.label_selection(evaluator.evaluate(query))))
@@ -450,7 +454,8 @@ def _label_rows(rng: np.random.Generator, k: int, c: int, d: int, reps: int, que
                 hidden: int) -> list[tuple[str, str, str]]:
     """The two-round label output (crypto.private_inference.label) at K x d, C classes, n8192-d3,
     beside win counts (same heads, same process, one query of each in turn) and the one-hot
-    output at n16384-d7 (the sharpest single-round output so far); then hidden-layer heads."""
+    output at n16384-d7 (the sharpest single-round output so far); wide batches of 16 to 64
+    (partial ones in regions) beside win counts' wide bodies; then hidden-layer heads."""
     art = dataclasses.replace(_artifact(rng, k, c, d, "n8192-d3"), output="label")
     scores_art = dataclasses.replace(art, output="scores")
     client, keys, evaluator, keygen_s, setup_s = _session(art)
@@ -506,7 +511,36 @@ def _label_rows(rng: np.random.Generator, k: int, c: int, d: int, reps: int, que
     o_values = o_client.decrypt_result(o_evaluator.evaluate(o_query)).one_hot
     assert o_values is not None
     o_sorted = np.sort(o_values[0])
-    tag = f"label K={k} d={d} C={c}"
+    # Wide batches (one region) beside win counts' wide bodies of the same size, in turn.
+    wide_rows = []
+    for count in (16, 24, 32, 48, 64):
+        batch = _unit(rng, (count, k, d))
+        body, s_body = client.encrypt_wide_batch(batch), s_client.encrypt_wide_batch(batch)
+        server: dict[str, list[float]] = {"label": [], "scores": []}
+        for _ in range(max(2, reps // 3)):
+            cpu = time.process_time()
+            reply = evaluator.evaluate_wide_batch(body)
+            first = time.process_time() - cpu
+            selection = client.label_wide_selection(reply, count=count)
+            cpu = time.process_time()
+            answer = evaluator.evaluate_wide_batch(selection)
+            server["label"].append(first + time.process_time() - cpu)
+            cpu = time.process_time()
+            s_evaluator.evaluate_wide_batch(s_body)
+            server["scores"].append(time.process_time() - cpu)
+        got = client.decrypt_wide_label(answer, count=count)
+        assert got.one_hot is not None
+        truth_w = art.plaintext_logits(batch).argmax(axis=1)
+        ok = int(np.sum(np.array(got.labels) == truth_w))
+        sharp = np.abs(got.one_hot - np.eye(c)[truth_w]).max()
+        label_qs, scores_qs = (count / statistics.median(server[x]) for x in ("label", "scores"))
+        wide_rows.append((f"{_tag(k, d, c)}: wide batch of {count}, server throughput", f"{label_qs:.1f} q/s",
+                          f"win counts {scores_qs:.1f} q/s in turn; labels {ok}/{count}, "
+                          f"max |one-hot error| {sharp:.1e}"))
+    wide_rows.append((f"{_tag(k, d, c)}: wide bytes: body / reply 1 / selection / reply 2",
+                      f"{len(body) / 1e6:.1f} / {len(reply) / 1e6:.3f} / {len(selection) / 1e6:.3f} / "
+                      f"{len(answer) / 1e6:.3f} MB", "a batch of 64 (one region)"))
+    tag = _tag(k, d, c)
     rows = [
         (f"{tag}: preset, layout", f"{art.preset}, {evaluator.layout.rows}-slot pair blocks",
          f"{len(client.layout.galois_steps)} Galois keys, no sign polynomial"),
@@ -529,6 +563,7 @@ def _label_rows(rng: np.random.Generator, k: int, c: int, d: int, reps: int, que
         (f"{tag}: label's slot min / every other slot max", f"{label_slot.min():.5f} / {others.max():.5f}",
          "goal: sharp, >= 0.9 / <= 0.1"),
         (f"{tag}: client keygen + export / server setup", f"{keygen_s:.2f} / {setup_s:.2f} s", ""),
+        *wide_rows,
     ]
     if hidden:
         h_art = dataclasses.replace(EnsembleArtifact(

@@ -173,7 +173,7 @@ class InferenceSession:
 
         pc = self.private_client
         if pc.output == "label":
-            return self._predict_label(emb, batch=batch, per_request=per_request)
+            return self._predict_label(emb, batch=batch, per_request=per_request, layout=layout)
         if layout == "wide":
             cap = pc.wide_capacity
             parts = []
@@ -203,29 +203,41 @@ class InferenceSession:
         reply = self._post({"batch": "true"}, encode_blobs(bodies))
         return decode_blobs(reply, max_items=len(bodies), max_bytes=MAX_BATCH_BYTES)
 
-    def _predict_label(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int) -> PrivateScores:
-        """The label output's two rounds (:mod:`crypto.private_inference.label`), ``per_request``
-        queries at a time: the queries, then the selections built from their round-1 replies.
-        Where the server no longer holds the round-1 tickets (its evaluator was rebuilt between
-        the rounds: 422), the queries are asked again once."""
+    def _predict_label(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int,
+                       layout: str) -> PrivateScores:
+        """The label output's two rounds (:mod:`crypto.private_inference.label`), a request's
+        worth of queries at a time (a wide body, or ``per_request`` single-layout ciphertexts):
+        the queries, then the selections built from their round-1 replies. Where the server no
+        longer holds the round-1 tickets (its evaluator was rebuilt between the rounds: 422),
+        the queries are asked again once."""
         from appliance.client import ApiError
         from crypto.private_inference.client import PrivateScores
 
         pc = self.private_client
-        size = _per_request(per_request) if batch else 1
+        wide = layout == "wide"
+        size = self.request_queries(layout, batch=batch, per_request=per_request)
         parts: list[PrivateScores] = []
         for start in range(0, len(emb), size):
-            queries = [pc.encrypt(q) for q in emb[start:start + size]]
+            part = emb[start:start + size]
+            queries = [pc.encrypt_wide_batch(part)] if wide else [pc.encrypt(q) for q in part]
             for attempt in (0, 1):
-                selections = [pc.label_selection(r) for r in self._send(queries, batch=batch)]
+                if wide:
+                    reply = self._post({"layout": "wide"}, queries[0])
+                    selections = [pc.label_wide_selection(reply, count=len(part))]
+                else:
+                    selections = [pc.label_selection(r) for r in self._send(queries, batch=batch)]
                 try:
-                    answers = self._send(selections, batch=batch)
+                    answers = ([self._post({"layout": "wide"}, selections[0])] if wide
+                               else self._send(selections, batch=batch))
                     break
                 except ApiError as exc:
                     if attempt or exc.status != 422:
                         raise
                     log.info("private inference: round-1 tickets lost (%s); asking again", exc.status)
-            parts.extend(pc.decrypt_label(a) for a in answers)
+            if wide:
+                parts.append(pc.decrypt_wide_label(answers[0], count=len(part)))
+            else:
+                parts.extend(pc.decrypt_label(a) for a in answers)
         return PrivateScores.concat(parts)
 
     def close(self) -> None:

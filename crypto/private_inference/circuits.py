@@ -467,12 +467,14 @@ class Circuit:
         if rescale:
             self._evaluator.rescale_to_next_inplace(ct)
 
-    def _drop_to_last(self, ct: Any) -> None:
-        """Switch ``ct`` down to the last prime of the chain (no rescale: same scale, fewer bytes)."""
+    def _drop_to_last(self, ct: Any, primes: int = 1) -> None:
+        """Switch ``ct`` down to the level of ``primes`` primes (no rescale: same scale, fewer
+        bytes), or leave it where it has fewer already."""
         data = self._seal_ctx.get_context_data(ct.parms_id())
-        while data.next_context_data() is not None:
+        while data.next_context_data() is not None and len(data.parms().coeff_modulus()) > primes:
             data = data.next_context_data()
-        self._evaluator.mod_switch_to_inplace(ct, data.parms_id())
+        if data.parms_id() != ct.parms_id():
+            self._evaluator.mod_switch_to_inplace(ct, data.parms_id())
 
     def _rerandomise(self, ct: Any) -> None:
         """Add a fresh public-key encryption of zero. The flooding hides the decrypted value's
@@ -635,10 +637,7 @@ class Circuit:
         lay = self._layout
         z = self._half(self.differences(ct, weights), mask.tolist())
         z = self._window_sum(z, lay.rows)
-        data = self._seal_ctx.get_context_data(z.parms_id())
-        while data.next_context_data() is not None and data.next_context_data().next_context_data() is not None:
-            data = data.next_context_data()
-        self._evaluator.mod_switch_to_inplace(z, data.parms_id())
+        self._drop_to_last(z, primes=2)
         amplitudes = np.full(lay.slots, 2.0**LABEL_UNUSED_BITS)
         kept = np.arange(factors.size) * lay.rows
         amplitudes[kept] = factors * LABEL_FLOOD
@@ -660,6 +659,102 @@ class Circuit:
         keep[:classes] = True
         self._flood(y, keep, rng, small=OUTPUT_FLOOD["label"])
         return y
+
+    def _weighted_sum(self, cts: Sequence[Any], weights: Sequence[npt.NDArray[np.float64] | None]) -> Any:
+        """``sum_i cts[i] * weights[i]`` (slot-wise plaintext weights, ``None`` for zero ones),
+        rescaled once: the weights are encoded at the scale of the prime the rescale drops, so
+        the result keeps the ciphertexts' scale. ``None`` where every weight is ``None``."""
+        acc: Any = None
+        tmp = sealapi.Ciphertext()
+        for ct, weight in zip(cts, weights, strict=True):
+            if weight is None or ct is None:  # a zero weight, or an all-zero logit
+                continue
+            data = self._seal_ctx.get_context_data(ct.parms_id())
+            pt = sealapi.Plaintext()
+            self._encoder.encode(weight.tolist(), ct.parms_id(), float(data.parms().coeff_modulus()[-1].value()), pt)
+            if acc is None:
+                acc = sealapi.Ciphertext()
+                self._evaluator.multiply_plain(ct, pt, acc)
+            else:
+                self._evaluator.multiply_plain(ct, pt, tmp)
+                self._evaluator.add_inplace(acc, tmp)
+        if acc is not None:
+            self._evaluator.rescale_to_next_inplace(acc)
+        return acc
+
+    def _stagger(self, cts: Sequence[Any]) -> Any:
+        """``sum_i rot(cts[i], i)`` in Horner form (one rotation by 1 per ciphertext; ``None``
+        entries count as zero)."""
+        acc: Any = None
+        for ct in reversed(cts):
+            if acc is not None:
+                acc = self._rotate(acc, 1)
+            if ct is None:
+                continue
+            if acc is None:
+                acc = ct
+            else:
+                self._evaluator.add_inplace(acc, ct)
+        if acc is None:
+            raise ContextError("nothing to gather")
+        return acc
+
+    def label_wide_round1(
+        self,
+        logits: Sequence[Any],
+        selections: Sequence[Sequence[npt.NDArray[np.float64] | None]],
+        biases: Sequence[npt.NDArray[np.float64]] | None,
+        gap_factors: Sequence[npt.NDArray[np.float64]],
+        keep: npt.NDArray[np.bool_],
+        amplitudes: npt.NDArray[np.float64],
+    ) -> Any:
+        """Round 1 of the label output for a wide batch: from every class's logit (query ``b``
+        in slot ``b * block``, :meth:`wide_logits` or :meth:`region_logits`), each query's
+        anonymous class ``a`` (``selections[a][c]``: 1 in slot ``b * block`` where query ``b``'s
+        permutation sends ``a`` to ``c``) plus its bias (``None``: the logits carry theirs),
+        gathered as ``P`` (class ``a`` in slot ``b * block - a``); then for each gap ``g`` the
+        differences ``E_g = rot(P, g) - P`` times their secret factors (``gap_factors``, 0 where
+        ``E_g`` holds no pair), packed into one reply ciphertext as
+        :func:`crypto.private_inference.label.wide_pairs` lays them out."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        anonymous = []
+        for a, row in enumerate(selections):
+            acc = self._weighted_sum(logits, row)
+            if acc is None:
+                raise ContextError("the wide circuit has no logits to compare")
+            if biases is not None:
+                self._evaluator.add_plain_inplace(acc, self._encode_like(biases[a].tolist(), acc))
+            anonymous.append(acc)
+        gathered = self._stagger(anonymous)
+        del anonymous
+        gaps, moved = [], gathered
+        for factors in gap_factors:
+            moved = self._rotate(moved, 1)
+            diff = sealapi.Ciphertext()
+            self._evaluator.sub(moved, gathered, diff)
+            gaps.append(self._weighted_sum([diff], [factors]))
+        classes = len(selections)
+        reply = gaps[-1]
+        for gap in range(classes - 2, 0, -1):  # gap g ends up moved by sum_{h < g} (C - 1 - h)
+            reply = self._rotate(reply, classes - 1 - gap)
+            self._evaluator.add_inplace(reply, gaps[gap - 1])
+        self._drop_to_last(reply, primes=2)  # values reach 2^MASK_BITS (n8192-d3: one prime, 2^14 of room)
+        self._flood(reply, keep, rng, small=amplitudes[keep])
+        return reply
+
+    def label_wide_round2(
+        self, ct: Any, shifts: Sequence[npt.NDArray[np.float64] | None], keep: npt.NDArray[np.bool_]
+    ) -> Any:
+        """Round 2 for a wide batch: the client's selection (1 in slot ``b * block + a*`` of each
+        query's anonymous winner) times ``shifts[s]`` (1 in slot ``b * block + a`` where
+        ``a + perm_b(a) == s``), each product moved left by ``s``: anonymous class ``a`` of
+        query ``b`` lands on slot ``b * block - perm_b(a)``, so the reply holds 1 on each
+        query's label (class ``c`` in slot ``b * block - c``) and 0 elsewhere."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        reply = self._stagger([self._weighted_sum([ct], [mask]) for mask in shifts])
+        self._drop_to_last(reply)
+        self._flood(reply, keep, rng, small=OUTPUT_FLOOD["label"])
+        return reply
 
     # -- wide layout -------------------------------------------------------------------------
 
@@ -780,6 +875,44 @@ class Circuit:
 
     # -- region layout (partial wide batches, PEW2 and PEW3) ---------------------------------
 
+    def _region_accumulators(
+        self, cts: Sequence[Any], regions: int, plains: Sequence[Any], bias: npt.NDArray[np.float64], *, spread: bool
+    ) -> list[Any]:
+        """Accumulator ``a``: class ``a * R + k``'s scaled logit plus its bias in region ``k``
+        (:func:`region_class`), query ``b`` in slot ``k * size + b * block``; rescaled once."""
+        ev, lay = self._evaluator, self._wide
+        size = lay.slots // regions
+        accs: list[Any] = []
+        tmp = sealapi.Ciphertext()
+        for a, row in enumerate(plains):
+            acc = self._spread_product(cts, row, size) if spread else self._row_product(cts, row, tmp)
+            if acc is None:
+                raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
+            if not spread:
+                ev.rescale_to_next_inplace(acc)
+            for stride in lay.sum_strides:
+                ev.add_inplace(acc, self._rotate(acc, stride))
+            shift = np.zeros(lay.slots)
+            for k in range(regions):
+                shift[k * size : (k + 1) * size] = bias[region_class(a, k, regions, lay.classes)]
+            ev.add_plain_inplace(acc, self._encode_like(shift.tolist(), acc))
+            accs.append(acc)
+        return accs
+
+    def region_logits(
+        self, cts: Sequence[Any], regions: int, plains: Sequence[Any], bias: npt.NDArray[np.float64], *, spread: bool
+    ) -> list[Any]:
+        """Every class's scaled logit plus its bias for a partial batch in ``regions`` regions
+        (PEW2, or PEW3 with ``spread``), each moved to region 0: query ``b`` in slot ``b * block``
+        (the other regions hold other classes)."""
+        accs = self._region_accumulators(cts, regions, plains, bias, spread=spread)
+        size = self._wide.slots // regions
+        out = []
+        for c in range(self._wide.classes):
+            a, k = divmod(c, regions)
+            out.append(accs[a] if k == 0 else self._rotate(accs[a], k * size))
+        return out
+
     def regions(
         self,
         cts: Sequence[Any],
@@ -805,21 +938,7 @@ class Circuit:
         ev, lay = self._evaluator, self._wide
         size = lay.slots // regions
         classes = lay.classes
-        accs: list[Any] = []
-        tmp = sealapi.Ciphertext()
-        for a, row in enumerate(plains):
-            acc = self._spread_product(cts, row, size) if spread else self._row_product(cts, row, tmp)
-            if acc is None:
-                raise ContextError("a group of classes has all-zero weights; the wide circuit cannot compare them")
-            if not spread:
-                ev.rescale_to_next_inplace(acc)
-            for stride in lay.sum_strides:
-                ev.add_inplace(acc, self._rotate(acc, stride))
-            shift = np.zeros(lay.slots)
-            for k in range(regions):
-                shift[k * size : (k + 1) * size] = bias[region_class(a, k, regions, classes)]
-            ev.add_plain_inplace(acc, self._encode_like(shift.tolist(), acc))
-            accs.append(acc)
+        accs = self._region_accumulators(cts, regions, plains, bias, spread=spread)
         rotated: dict[tuple[int, int], Any] = {}
 
         def moved(b: int, r: int) -> Any:  # accumulator b with region k + r moved to region k

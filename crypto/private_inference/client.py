@@ -130,8 +130,8 @@ class PrivateClient:
         self._wide = specs.wide_layout(self._spec)
         # A server's spec lists the layouts it serves; a bare artifact spec predates the list.
         layouts = self._spec.get("layouts")
-        self._serves_wide = (self._head == "linear" and self._output != "label"
-                             and (layouts is None or "wide" in layouts))
+        self._serves_wide = (self._head == "linear" and (layouts is None or "wide" in layouts)
+                             and specs.label_wide_refusal(self._spec) is None)
         served_wide = self._spec.get("wide_layout")
         self._wide_kept = specs.wide_kept(self._spec)
         # A server before wide rotations from the single layout's keys lists the wide layout
@@ -150,7 +150,8 @@ class PrivateClient:
         # region, so they need no region moves.
         wide_steps: tuple[int, ...] = ()
         if self._serves_wide and self._wide_kept:
-            wide_steps = self._wide.galois_steps if self._output == "scores" else self._wide.sum_strides
+            # (Region moves for win counts and labels, whose partial batches go in regions.)
+            wide_steps = self._wide.galois_steps if self._output in ("scores", "label") else self._wide.sum_strides
         self._steps = tuple(sorted(set(self._layout.galois_steps) | set(wide_steps)))
         if secret_context is None:
             self._ctx = make_context(self._preset, galois_steps=self._steps)
@@ -183,12 +184,16 @@ class PrivateClient:
             self._sym = (seal_ctx, sealapi.Encryptor(seal_ctx, secret), sealapi.CKKSEncoder(seal_ctx))
         return self._sym
 
-    def _encrypt_values(self, values: npt.NDArray[np.float64]) -> bytes:
-        """One CKKS vector of ``values`` (all slots) in TenSEAL's wire form, secret-key encrypted."""
+    def _encrypt_values(self, values: npt.NDArray[np.float64], *, primes: int | None = None) -> bytes:
+        """One CKKS vector of ``values`` (all slots) in TenSEAL's wire form, secret-key encrypted,
+        at the top level or at the level of ``primes`` primes (smaller, cheaper to evaluate)."""
         seal_ctx, encryptor, encoder = self._secret_encryptor()
         pt = sealapi.Plaintext()
         scale = 2.0 ** get_preset(self._preset).global_scale_bits
-        encoder.encode(np.asarray(values, dtype=np.float64).tolist(), seal_ctx.first_parms_id(), scale, pt)
+        level = seal_ctx.first_context_data()
+        while primes is not None and len(level.parms().coeff_modulus()) > primes and level.next_context_data():
+            level = level.next_context_data()
+        encoder.encode(np.asarray(values, dtype=np.float64).tolist(), level.parms_id(), scale, pt)
         return vector_message(len(values), seal_to_bytes(encryptor.encrypt_symmetric(pt)), scale)
 
     @property
@@ -268,8 +273,35 @@ class PrivateClient:
         values = self._open_reply(message)[labels.round1_keep(self._layout)]
         classes, slots = len(self._classes), self._layout.slots
         winner = labels.tournament(values, classes)
-        selection = self._encrypt_values(labels.selection_slots(classes, slots, winner))
+        selection = self._encrypt_values(labels.selection_slots(classes, slots, winner), primes=labels.SELECTION_PRIMES)
         return labels.encode_ticketed(labels.SELECT_MAGIC, ticket, selection)
+
+    def label_wide_selection(self, reply: bytes, *, count: int) -> bytes:
+        """Round 2 for a wide batch of ``count`` queries (the round-1 reply to
+        :meth:`encrypt_wide_batch`): one ciphertext selecting each query's anonymous winner,
+        with the reply's ticket. Post it with ``layout=wide``; :meth:`decrypt_wide_label` opens
+        the answer."""
+        self._need_label(True)
+        classes = len(self._classes)
+        ticket, message = labels.decode_ticketed(labels.REPLY_MAGIC, reply)
+        values = self._open_reply(message)[labels.wide_pair_slots(self._wide, self._count(count))]
+        _, first, second = labels.wide_pairs(classes)
+        winners = np.array([labels.tournament(row, classes, (first, second)) for row in values], dtype=np.int64)
+        selection = self._encrypt_values(labels.wide_selection_slots(winners, classes, self._wide),
+                                         primes=labels.SELECTION_PRIMES)
+        return labels.encode_ticketed(labels.SELECT_MAGIC, ticket, selection)
+
+    def decrypt_wide_label(self, reply: bytes, *, count: int) -> PrivateScores:
+        """The labels of a wide batch of ``count`` queries from the round-2 reply (``one_hot``
+        ``(count, C)``, as :meth:`decrypt_label`)."""
+        self._need_label(True)
+        values = self._open_reply(reply)[labels.wide_slots(self._wide, self._count(count), len(self._classes))]
+        return PrivateScores.decode(values, output="label", class_names=self._classes)
+
+    def _count(self, count: int) -> int:
+        if not 1 <= count <= self._wide.capacity:
+            raise CiphertextError(f"count must lie in [1, {self._wide.capacity}]")
+        return count
 
     def decrypt_label(self, reply: bytes) -> PrivateScores:
         """The label from the server's round-2 reply: ``one_hot`` ``(1, C)``, 1 on the label's
@@ -339,7 +371,7 @@ class PrivateClient:
     def _regions(self, count: int) -> tuple[int, bool]:
         """Regions of a wide body of ``count`` queries and whether it is spread over them."""
         regions = 1
-        if self._output == "scores" and self._regions_ok and self._wide_kept and count >= 1:
+        if self._output in ("scores", "label") and self._regions_ok and self._wide_kept and count >= 1:
             regions = packing.wide_regions(self._wide, count)
         return regions, regions > 1 and self._spread_ok
 
@@ -375,6 +407,7 @@ class PrivateClient:
 
     def decrypt_wide_batch(self, reply: bytes, *, count: int) -> PrivateScores:
         """Decrypt the reply to a wide batch of ``count`` queries (as :meth:`decrypt_result`)."""
+        self._need_label(False)
         specs.refuse_wide(self._head)
         lay = self._wide
         if not 1 <= count <= lay.capacity:

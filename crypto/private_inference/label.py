@@ -15,10 +15,22 @@ the client one question in between, in the manner of the interactive argmax of B
    fresh ticket; the server keeps ``pi`` under it.
 2. **The client** reads the signs: a tournament between anonymous classes, whose winner
    ``a*`` is the anonymous name of the label. It encrypts a selection, ones in block ``a*``
-   (``P`` slots, ``P`` = classes rounded up to a power of two), and sends it with the ticket.
+   (``P`` slots, ``P`` = classes rounded up to a power of two), at the level of
+   :data:`SELECTION_PRIMES` primes (round 2 needs one level), and sends it with the ticket.
 3. **Round 2.** The server multiplies the selection by the mask with a 1 in slot
    ``a * P + pi(a)`` of every block ``a`` and sums the blocks: slot ``t`` of the result is 1
    for ``t = pi(a*)``, the real label, and 0 elsewhere (flooded). The ticket is used up.
+
+Wide batches (slots index queries, query ``b`` in block ``b``; a partial batch in regions,
+whose logits the server first moves into the first region) follow the same steps with one
+permutation and one set of factors per query: every anonymous class's logit is picked from
+the class logits by per-slot masks and gathered as ``P`` (class ``a`` at slot ``b * block -
+a``); the differences ``rot(P, g) - P`` of each gap ``g`` hold the pairs ``(a - g, a)``, and are
+masked by their factors and packed into one reply (:func:`wide_pairs`). The client's selection
+has a 1 in slot ``b * block + a*``; round 2 multiplies it by one mask per shift ``s`` (slots
+``b * block + a`` with ``a + pi_b(a) = s``) and moves each product left by ``s``, which sends
+anonymous class ``a`` to slot ``b * block - pi_b(a)``: the label's slot (:func:`wide_slots`).
+Each round is one ciphertext each way (the first round's body aside).
 
 What the client learns. Round 1: the signs of a total order of anonymous classes (nothing,
 as ``pi`` is uniform and secret) and, per pair, the magnitude of a difference times an
@@ -30,10 +42,12 @@ a client that sends another selection in round 2 (say weights ``2^a`` on block `
 gaps, which is what the win counts of ``scores`` reveal anyway. A ticket serves one selection
 only, so no query's ``pi`` can be probed twice.
 
-What it costs. One level after the heads (``n8192-d3`` for linear heads, ``n8192-d5`` for
-hidden ones), no sign polynomial, the single layout's keys, and a second request. The pair
-blocks must fit the ciphertext: ``C (C - 1) / 2`` blocks of ``m`` slots (11 classes at
-``N = 8192``, :func:`max_classes`).
+What it costs. One level after the heads (two in wide batches: the selection of anonymous
+classes, then the factors; ``n8192-d3`` for linear heads, ``n8192-d5`` for hidden ones, which
+the wide layout does not serve), no sign polynomial, the win counts' keys, and a second
+request. The pair blocks must fit the ciphertext: ``C (C - 1) / 2`` blocks of ``m`` slots (11
+classes at ``N = 8192``, :func:`max_classes`); wide batches need ``C (C - 1) / 2`` slots per
+query block (:func:`crypto.private_inference.spec.label_wide_refusal`).
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ __all__ = [
     "PENDING_MAX",
     "PENDING_TTL_SECONDS",
     "REPLY_MAGIC",
+    "SELECTION_PRIMES",
     "SELECT_MAGIC",
     "TICKET_BYTES",
     "PendingTickets",
@@ -61,6 +76,7 @@ __all__ = [
     "check_classes",
     "decode_ticketed",
     "draw",
+    "draw_wide",
     "encode_ticketed",
     "max_classes",
     "pair_count",
@@ -70,8 +86,19 @@ __all__ = [
     "round2_strides",
     "selection_slots",
     "tournament",
+    "wide_biases",
+    "wide_gap_factors",
+    "wide_pair_slots",
+    "wide_pairs",
+    "wide_selection_slots",
+    "wide_shift_masks",
+    "wide_selections",
+    "wide_slots",
 ]
 
+#: A selection is encrypted at the level of this many primes, not the top: round 2 takes one
+#: level, and its products and rotations cost less there (the selection is smaller, too).
+SELECTION_PRIMES = 2
 #: A round-1 reply: magic, ticket, ciphertext message.
 REPLY_MAGIC = b"PEL1"
 #: A round-2 body: magic, the round-1 reply's ticket, the selection ciphertext.
@@ -165,17 +192,146 @@ def selection_slots(classes: int, slots: int, winner: int) -> FloatArray:
     return out
 
 
-def tournament(values: FloatArray, classes: int) -> int:
-    """The anonymous winner of round 1's decrypted pair values (slot ``q`` of pair ``(a, b)``:
-    positive where ``a`` beats ``b``): the class with most wins; among equals (a cycle, where
-    flooding noise flipped a near tie) the first."""
+def tournament(
+    values: FloatArray, classes: int, pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+) -> int:
+    """The anonymous winner of round 1's decrypted pair values (value ``q`` of pair
+    ``(a, b)``, by default in :func:`anonymous_pairs` order: positive where ``a`` beats
+    ``b``): the class with most wins; among equals (a cycle, where flooding noise flipped a
+    near tie) the first."""
     vals = np.asarray(values, dtype=np.float64)
-    a, b = anonymous_pairs(classes)
+    a, b = anonymous_pairs(classes) if pairs is None else pairs
     if vals.shape != (a.size,):
         raise ValueError(f"expected {a.size} pair values, got {vals.shape}")
     wins = np.zeros(classes, dtype=np.int64)
     np.add.at(wins, np.where(vals > 0, a, b), 1)
     return int(np.argmax(wins))
+
+
+# -- the wide layout: query b's items in slots b * block - i --------------------------------
+
+
+def wide_slots(layout: packing.WideLayout, count: int, items: int) -> npt.NDArray[np.int64]:
+    """``(count, items)`` slot of class ``i`` of query ``b`` in a round-2 wide reply:
+    ``b * block - i`` (cyclic), where :meth:`~crypto.private_inference.circuits.Circuit.label_wide_round2`
+    leaves it."""
+    if items > layout.block:
+        raise packing.LayoutError(f"{items} items per query do not fit wide blocks of {layout.block} slots")
+    b = np.arange(count)[:, None] * layout.block
+    out: npt.NDArray[np.int64] = (b - np.arange(items)[None, :]) % layout.slots
+    return out
+
+
+def wide_selections(
+    perms: npt.NDArray[np.int64], layout: packing.WideLayout
+) -> list[list[FloatArray | None]]:
+    """``[a][c]``: 1 in slot ``b * block`` where query ``b``'s permutation sends anonymous class
+    ``a`` to class ``c`` (``None`` where no query does)."""
+    count, classes = perms.shape
+    out: list[list[FloatArray | None]] = []
+    for a in range(classes):
+        row: list[FloatArray | None] = []
+        for c in range(classes):
+            hits = np.flatnonzero(perms[:, a] == c)
+            if hits.size:
+                mask = np.zeros(layout.slots)
+                mask[hits * layout.block] = 1.0
+                row.append(mask)
+            else:
+                row.append(None)
+        out.append(row)
+    return out
+
+
+def wide_biases(perms: npt.NDArray[np.int64], bias: FloatArray, layout: packing.WideLayout) -> list[FloatArray]:
+    """Per anonymous class ``a``: query ``b``'s bias of class ``perm_b(a)`` in slot ``b * block``."""
+    count, classes = perms.shape
+    out = []
+    for a in range(classes):
+        vec = np.zeros(layout.slots)
+        vec[np.arange(count) * layout.block] = np.asarray(bias, dtype=np.float64)[perms[:, a]]
+        out.append(vec)
+    return out
+
+
+def wide_pairs(classes: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Where round 1 of a wide batch leaves each anonymous pair: ``(offsets, first, second)``,
+    pair ``(first, second)`` (``first < second``, the value ``A_first - A_second``) of query
+    ``b`` in slot ``b * block - offset``. The circuit gathers the anonymous classes into
+    ``P`` (class ``a`` at offset ``a``), takes ``E_g = rot(P, g) - P`` for each gap ``g``
+    (pairs ``(a - g, a)`` at offset ``a``) and packs the gaps together, gap ``g`` moved by
+    ``R_g = sum_{h < g} (C - 1 - h)``: offsets 1 .. C (C - 1) / 2, each once."""
+    offsets, first, second = [], [], []
+    moved = 0
+    for gap in range(1, classes):
+        for a in range(gap, classes):
+            offsets.append(a + moved)
+            first.append(a - gap)
+            second.append(a)
+        moved += classes - 1 - gap
+    return (np.array(offsets, dtype=np.int64), np.array(first, dtype=np.int64), np.array(second, dtype=np.int64))
+
+
+def wide_pair_slots(layout: packing.WideLayout, count: int) -> npt.NDArray[np.int64]:
+    """``(count, pairs)`` slot of each pair of :func:`wide_pairs` in a round-1 wide reply."""
+    offsets, _, _ = wide_pairs(layout.classes)
+    if offsets.size and offsets.max() > layout.block:
+        raise packing.LayoutError(
+            f"{offsets.size} class pairs per query do not fit wide blocks of {layout.block} slots")
+    out: npt.NDArray[np.int64] = (np.arange(count)[:, None] * layout.block - offsets[None, :]) % layout.slots
+    return out
+
+
+def wide_gap_factors(factors: FloatArray, layout: packing.WideLayout) -> list[FloatArray]:
+    """Round 1's secret factors ``(count, pairs)`` (pairs in :func:`wide_pairs` order) as one
+    mask per gap ``g``: pair ``(a - g, a)``'s factor in slot ``b * block - a`` of ``E_g``, 0
+    where ``a < g`` (there ``E_g`` holds ``-A_a`` alone)."""
+    count = factors.shape[0]
+    _, first, second = wide_pairs(layout.classes)
+    out = []
+    for gap in range(1, layout.classes):
+        mask = np.zeros(layout.slots)
+        for p in np.flatnonzero(second - first == gap):
+            mask[(np.arange(count) * layout.block - second[p]) % layout.slots] = factors[:, p]
+        out.append(mask)
+    return out
+
+
+def wide_shift_masks(perms: npt.NDArray[np.int64], layout: packing.WideLayout) -> list[FloatArray | None]:
+    """Round 2's masks for a wide batch: ``[s]`` has a 1 in slot ``b * block + a`` where
+    ``a + perm_b(a) == s`` (``s < 2 C - 1``; ``None`` where empty), so moving its product with
+    the selection left by ``s`` takes anonymous class ``a`` of query ``b`` to slot
+    ``b * block - perm_b(a)``: the real class's slot of :func:`wide_slots`."""
+    count, classes = perms.shape
+    base = np.arange(count)[:, None] * layout.block + np.arange(classes)[None, :]
+    shift = np.arange(classes)[None, :] + perms
+    out: list[FloatArray | None] = []
+    for s in range(2 * classes - 1):
+        hits = base[shift == s]
+        if hits.size:
+            mask = np.zeros(layout.slots)
+            mask[hits] = 1.0
+            out.append(mask)
+        else:
+            out.append(None)
+    return out
+
+
+def wide_selection_slots(winners: npt.NDArray[np.int64], classes: int, layout: packing.WideLayout) -> FloatArray:
+    """The client's round-2 plaintext for a wide batch: 1 in slot ``b * block + winner_b``."""
+    winners = np.asarray(winners, dtype=np.int64)
+    if np.any((winners < 0) | (winners >= classes)):
+        raise ValueError(f"winners must lie in [0, {classes})")
+    out = np.zeros(layout.slots)
+    out[np.arange(winners.size) * layout.block + winners] = 1.0
+    return out
+
+
+def draw_wide(count: int, classes: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """One secret permutation per query ``(count, C)`` and factors ``(count, pairs)``, as :func:`draw`."""
+    perms = np.stack([rng.permutation(classes) for _ in range(count)]).astype(np.int64)
+    factors = np.exp2(rng.uniform(0.0, MASK_BITS, (count, pair_count(classes))))
+    return perms, factors
 
 
 def encode_ticketed(magic: bytes, ticket: bytes, message: bytes) -> bytes:

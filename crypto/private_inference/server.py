@@ -26,8 +26,9 @@ from crypto.ckks import CiphertextError, ContextError, _parse_fields, check_publ
 from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference import label as labels
 from crypto.private_inference import spec as specs
-from crypto.private_inference.circuits import Circuit, SealKeys, SingleWeights
+from crypto.private_inference.circuits import LABEL_FLOOD, Circuit, SealKeys, SingleWeights
 from crypto.private_inference.wire import (
+    WIDE_MAGICS,
     WIDE_REGIONS_MAGIC,
     WIDE_SPREAD_MAGIC,
     decode_wide,
@@ -269,7 +270,14 @@ class EnsembleEvaluator:
 
     # -- ciphertexts in and out ------------------------------------------------------------
 
-    def _load_query(self, data: bytes) -> Any:
+    def _level(self, primes: int | None) -> Any:
+        """The parms id of the chain's level with ``primes`` primes (``None``: the top)."""
+        data = self._seal.context.first_context_data()
+        while primes is not None and len(data.parms().coeff_modulus()) > primes and data.next_context_data():
+            data = data.next_context_data()
+        return data.parms_id()
+
+    def _load_query(self, data: bytes, *, primes: int | None = None) -> Any:
         """A query ciphertext straight into SEAL (no TenSEAL round trip), validated.
 
         The wire form is TenSEAL's CKKS vector message (shape, SEAL ciphertext, scale); SEAL's
@@ -295,8 +303,9 @@ class EnsembleEvaluator:
             raise CiphertextError("malformed or truncated ciphertext, or one for other parameters") from None
         if ct.size() != 2:
             raise CiphertextError(f"ciphertext has {ct.size()} polynomials, expected 2")
-        if ct.parms_id() != self._seal.context.first_parms_id():
-            raise CiphertextError("query ciphertext is not at the top level of the chain")
+        if ct.parms_id() != self._level(primes):
+            where = "the top level of the chain" if primes is None else f"the level of {primes} primes (a selection)"
+            raise CiphertextError(f"query ciphertext is not at {where}")
         if not abs(ct.scale - expected_scale) <= 1e-6 * expected_scale:
             raise CiphertextError("query ciphertext has an unexpected scale")
         return ct
@@ -326,8 +335,10 @@ class EnsembleEvaluator:
         classes, slots = self._layout.classes, self._layout.slots
         if data[: len(labels.SELECT_MAGIC)] == labels.SELECT_MAGIC:
             ticket, message = labels.decode_ticketed(labels.SELECT_MAGIC, data)
-            selection = self._load_query(message)
+            selection = self._load_query(message, primes=labels.SELECTION_PRIMES)
             perm = self.pending.redeem(ticket)
+            if perm.ndim != 1:
+                raise CiphertextError("this ticket answers a wide batch: post its selection with layout=wide")
             reply = self._circuit.label_round2(
                 selection, labels.round2_mask(classes, slots, perm), labels.round2_strides(classes), classes
             )
@@ -379,12 +390,45 @@ class EnsembleEvaluator:
         """
         specs.refuse_wide(self._artifact.head)
         if self._label:
-            raise packing.LayoutError(
-                "the label output is served in the single layout only (two rounds per query)",
-                hint="send single-layout ciphertexts (PrivateClient.encrypt / encrypt_batch, layout=single)")
+            refusal = specs.label_wide_refusal(self._artifact.public_spec())
+            if refusal is not None:
+                raise packing.LayoutError(refusal, hint="send single-layout ciphertexts (layout=single)")
+            self._check_wide_keys()
+            return self._evaluate_label_wide(body)
         lay = self._wide
         count, blobs = decode_wide(body, layout=lay, items=None, max_bytes=self._max_wide_bytes)
-        n = self._preset.poly_modulus_degree
+        self._check_wide_keys()
+        regions, spread = 1, bytes(body[:4]) == WIDE_SPREAD_MAGIC
+        if spread or bytes(body[:4]) == WIDE_REGIONS_MAGIC:
+            regions = self._regions_allowed(count)
+        bias = self._wide_state["bias"]
+        if regions > 1:
+            cts = [self._load_query(b) for b in blobs]
+            plains = self._region_plains(regions, spread=spread)
+            results = self._circuit.regions(cts, count, regions, plains, bias, spread=spread)
+        else:  # each ciphertext loaded as the circuit reaches it (one alive at a time)
+            results = self._circuit.wide((self._load_query(b) for b in blobs), count, self._wide_plains(), bias)
+        return encode_wide([self._dump_reply(ct) for ct in results], layout=lay, count=count)
+
+    def _regions_allowed(self, count: int) -> int:
+        """The regions of a partial wide batch of ``count`` queries (PEW2/PEW3 bodies); raises
+        where the output mode or the preset takes wide bodies in one region only, or the keys
+        lack the region moves."""
+        lay, n = self._wide, self._preset.poly_modulus_degree
+        if self._onehot or not self._wide_kept:
+            raise CiphertextError(f"{'one-hot ensembles' if self._onehot else f'presets of N={n}'} "
+                                  "take wide bodies in one region (PEW1)")
+        regions = packing.wide_regions(lay, count)
+        missing = [s for s in lay.region_steps if not self._seal.galois.has_key(galois_element(s, n))]
+        if missing and regions > 1:
+            raise ContextError(f"evaluation keys lack the rotations {missing} of partial wide batches")
+        return regions
+
+    def _check_wide_keys(self) -> None:
+        """Raise :class:`~crypto.ckks.ContextError` unless the session's keys make the wide
+        layout's block sums: its own keys where the client sends them, else from the single
+        layout's keys."""
+        lay, n = self._wide, self._preset.poly_modulus_degree
 
         def held(step: int) -> bool:
             if self._wide_kept:  # the client sends the wide layout's own keys
@@ -394,23 +438,44 @@ class EnsembleEvaluator:
         missing = [s for s in lay.sum_strides if s < lay.slots and not held(s)]
         if missing:
             raise ContextError(f"evaluation keys lack the rotations {missing} of the wide layout")
-        regions, spread = 1, bytes(body[:4]) == WIDE_SPREAD_MAGIC
-        if spread or bytes(body[:4]) == WIDE_REGIONS_MAGIC:
-            if self._onehot or not self._wide_kept:
-                raise CiphertextError(f"{'one-hot ensembles' if self._onehot else f'presets of N={n}'} "
-                                      "take wide bodies in one region (PEW1)")
-            regions = packing.wide_regions(lay, count)
-            n_keys = [s for s in lay.region_steps if not self._seal.galois.has_key(galois_element(s, n))]
-            if n_keys and regions > 1:
-                raise ContextError(f"evaluation keys lack the rotations {n_keys} of partial wide batches")
+
+    def _evaluate_label_wide(self, body: bytes) -> bytes:
+        """The label output for a wide batch: a wide body (one region, PEW1, or a partial batch
+        in regions, PEW2/PEW3) gets round 1 (``PEL1``: a ticket and one ciphertext, pair ``q``
+        of query ``b`` in slot ``b * block - q``), a ``PES1`` selection with its ticket gets
+        round 2 (one ciphertext, class ``c`` of query ``b`` in slot ``b * block - c``)."""
+        lay, classes = self._wide, self._wide.classes
+        data = bytes(body)
+        if data[: len(labels.SELECT_MAGIC)] == labels.SELECT_MAGIC:
+            ticket, message = labels.decode_ticketed(labels.SELECT_MAGIC, data)
+            selection = self._load_query(message, primes=labels.SELECTION_PRIMES)
+            perms = self.pending.redeem(ticket)
+            if perms.ndim != 2:
+                raise CiphertextError("this ticket answers a single-layout query: post its selection "
+                                      "without layout=wide")
+            keep = np.zeros(lay.slots, dtype=bool)
+            keep[labels.wide_slots(lay, perms.shape[0], classes).ravel()] = True
+            reply = self._circuit.label_wide_round2(selection, labels.wide_shift_masks(perms, lay), keep)
+            return self._dump_reply(reply)
+        count, blobs = decode_wide(data, layout=lay, items=None, max_bytes=self._max_wide_bytes)
+        slots = labels.wide_pair_slots(lay, count)
+        perms, factors = labels.draw_wide(count, classes, np.random.default_rng(secrets.randbits(128)))
         bias = self._wide_state["bias"]
-        if regions > 1:
+        if data[:4] == WIDE_MAGICS[0]:
+            logits = self._circuit.wide_logits((self._load_query(b) for b in blobs), self._wide_plains())
+            biases: list[Any] | None = labels.wide_biases(perms, bias, lay)
+        else:
+            spread = data[:4] == WIDE_SPREAD_MAGIC
+            regions = self._regions_allowed(count)
             cts = [self._load_query(b) for b in blobs]
             plains = self._region_plains(regions, spread=spread)
-            results = self._circuit.regions(cts, count, regions, plains, bias, spread=spread)
-        else:  # each ciphertext loaded as the circuit reaches it (one alive at a time)
-            results = self._circuit.wide((self._load_query(b) for b in blobs), count, self._wide_plains(), bias)
-        return encode_wide([self._dump_reply(ct) for ct in results], layout=lay, count=count)
+            logits, biases = self._circuit.region_logits(cts, regions, plains, bias, spread=spread), None
+        keep, amplitudes = np.zeros(lay.slots, dtype=bool), np.zeros(lay.slots)
+        keep[slots.ravel()] = True
+        amplitudes[slots.ravel()] = (factors * LABEL_FLOOD).ravel()
+        reply = self._circuit.label_wide_round1(
+            logits, labels.wide_selections(perms, lay), biases, labels.wide_gap_factors(factors, lay), keep, amplitudes)
+        return labels.encode_ticketed(labels.REPLY_MAGIC, self.pending.issue(perms), self._dump_reply(reply))
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("EnsembleEvaluator holds the owner's weights; rebuild it from the artifact")

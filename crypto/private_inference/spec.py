@@ -273,6 +273,19 @@ def wide_layout(spec: dict[str, Any]) -> packing.WideLayout:
     )
 
 
+def label_wide_refusal(spec: dict[str, Any]) -> str | None:
+    """Why the wide layout cannot serve ``spec``'s label output (``None``: it can): its round 1
+    keeps each query's ``C (C - 1) / 2`` pair values in that query's block of slots."""
+    if output_mode(spec) != "label":
+        return None
+    classes, block = len(spec["classes"]), wide_layout(spec).block
+    pairs = classes * (classes - 1) // 2
+    if pairs > block:
+        return (f"the label output's wide batches keep a query's {pairs} class pairs in its block of "
+                f"{block} slots; this ensemble's queries are too short for that")
+    return None
+
+
 def refuse_wide(head: str) -> None:
     """Raise :class:`~crypto.packing.LayoutError` unless ``head`` is served by the wide layout (linear only)."""
     if head != "linear":

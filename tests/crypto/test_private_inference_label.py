@@ -170,10 +170,8 @@ def test_label_artifacts_limits_and_refusals(label_pair) -> None:
         _identity_artifact(4, comparison_scale=0.5)
     with pytest.raises(CiphertextError, match="two rounds"):
         client.decrypt_result(evaluator.evaluate(client.encrypt(np.ones((1, C)))))
-    assert not client.prefers_wide(64)
-    wide_body = encode_wide([b"x"], layout=client.wide_layout, count=1)
-    with pytest.raises(packing.LayoutError, match="single layout only"):
-        evaluator.evaluate_wide_batch(wide_body)
+    with pytest.raises(CiphertextError, match="two rounds"):
+        client.decrypt_wide_batch(b"", count=1)
     scores = PrivateClient(spec=_identity_artifact(4).public_spec() | {"output": "scores", "format": meta["format"]})
     with pytest.raises(CiphertextError, match="not the two-round label"):
         scores.label_selection(b"PEL1")
@@ -200,3 +198,55 @@ def test_hidden_heads_answer_in_two_rounds() -> None:
            for e in emb]
     assert [g.labels[0] for g in got] == art.plaintext_logits(emb).argmax(axis=1).tolist()
     assert all(abs(g.one_hot[0].max() - 1.0) < 1e-3 for g in got if g.one_hot is not None)
+
+
+def test_wide_batches_answer_in_two_rounds(label_pair) -> None:
+    """A wide batch (slots index queries; a partial one in regions): one ciphertext each way
+    per round but the body, labels exact and one-hot for every query, close calls included;
+    tickets do not cross layouts; queries too short to hold their pairs in a block stay in
+    the single layout."""
+    _, short, short_evaluator = label_pair
+    assert short.wide_layout.block == 16 and not short.prefers_wide(64)
+    with pytest.raises(packing.LayoutError, match="45 class pairs in its block of 16"):
+        short_evaluator.evaluate_wide_batch(b"PEW1")
+    # 64-d queries whose first ten coordinates are the logits: blocks of 64 slots.
+    art = EnsembleArtifact(templates=["{}"], weights=np.eye(C, 64)[None], biases=np.zeros((1, C)),
+                           classes=[f"c{i}" for i in range(C)], norm_bound=float(np.sqrt(C)), output="label")
+    client = PrivateClient(spec=art.public_spec())
+    evaluator = EnsembleEvaluator(artifact=art, public_context=client.evaluation_keys())
+    assert client.wide_layout.block == 64 and client.prefers_wide(12)
+    rng = np.random.default_rng(8)
+    logits = rng.uniform(-1.0, 1.0, size=(40, C))
+    top = logits.argmax(axis=1)
+    second = (top[:10] + 1 + rng.integers(0, C - 1, 10)) % C
+    logits[np.arange(10), second] = logits[np.arange(10), top[:10]] - rng.uniform(2e-4, 1e-3, 10)
+    embed = np.zeros((40, 1, 64))
+    embed[:, 0, :C] = logits
+    reply = evaluator.evaluate_wide_batch(client.encrypt_wide_batch(embed))
+    selection = client.label_wide_selection(reply, count=40)
+    scores = client.decrypt_wide_label(evaluator.evaluate_wide_batch(selection), count=40)
+    assert list(scores.labels) == logits.argmax(axis=1).tolist()
+    assert scores.one_hot is not None and np.abs(scores.one_hot - np.eye(C)[logits.argmax(axis=1)]).max() < 2e-4
+    with pytest.raises(CiphertextError, match="used or expired"):
+        evaluator.evaluate_wide_batch(selection)
+    # A partial batch goes in regions (PEW3): the logits of each region move to the first.
+    partial = client.encrypt_wide_batch(embed[:5])
+    assert partial[:4] == b"PEW3"
+    reply = evaluator.evaluate_wide_batch(partial)
+    got = client.decrypt_wide_label(evaluator.evaluate_wide_batch(client.label_wide_selection(reply, count=5)), count=5)
+    assert list(got.labels) == logits[:5].argmax(axis=1).tolist()
+    # A wide ticket's selection posted as a single query, and the other way round.
+    wide_ticket = client.label_wide_selection(evaluator.evaluate_wide_batch(partial), count=5)
+    with pytest.raises(CiphertextError, match="with layout=wide"):
+        evaluator.evaluate(wide_ticket)
+    single = client.label_selection(evaluator.evaluate(client.encrypt(embed[0])))
+    with pytest.raises(CiphertextError, match="without layout=wide"):
+        evaluator.evaluate_wide_batch(single)
+    with pytest.raises(CiphertextError):
+        evaluator.evaluate_wide_batch(encode_wide([b"x"], layout=client.wide_layout, count=2, regions=2, spread=True))
+    # A selection must come at the level of SELECTION_PRIMES primes, where round 2 runs.
+    top = labels.encode_ticketed(labels.SELECT_MAGIC, b"\0" * labels.TICKET_BYTES, client.encrypt(embed[0]))
+    with pytest.raises(CiphertextError, match="level of 2 primes"):
+        evaluator.evaluate(top)
+    with pytest.raises(CiphertextError, match="count must lie"):
+        client.label_wide_selection(reply, count=65)

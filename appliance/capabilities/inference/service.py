@@ -253,8 +253,9 @@ def wide_refusal(spec: dict[str, Any]) -> str | None:
 
     if spec.get("head", "linear") != "linear":
         return f"the wide layout serves linear heads only; this ensemble has {spec.get('head')} heads"
-    if spec.get("output") == "label":
-        return "the label output is served in the single layout only (two rounds per query)"
+    label = specs.label_wide_refusal(spec)
+    if label is not None:
+        return label
     if not specs.wide_kept(spec):
         return None  # its weights are encoded as each batch goes, none are kept
     preset = get_preset(str(spec["preset"]))
@@ -832,6 +833,7 @@ def _predict_wide(store: Store, cache: Evaluators, ensemble: dict[str, Any],
         raise UnprocessableInput(refusal, hint="send single-layout ciphertexts (layout=single); the "
                                                "spec's 'layouts' lists what this ensemble accepts")
     reply = cache.evaluate_wide(store.blobs, ensemble, session, body)
+    # A label-output selection (round 2, PES1) counts 0: its queries were counted in round 1.
     store.conn.execute("UPDATE inference_sessions SET queries = queries + ? WHERE id = ?",
                        (wide_query_count(body), session["id"]))
     return reply

@@ -47,7 +47,7 @@ def test_label_ensemble_over_http(client: Any, settings: Any, token_a: str) -> N
     user = make_token(settings, "tenant-a", role="client")
     spec = client.get(f"/v1/ensembles/{ens}", headers=auth(user)).get_json()
     assert spec["output"] == "label" and spec["format"].endswith("/v4") and spec["preset"] == "n8192-d3"
-    assert spec["layouts"] == ["single"] and spec["wide_layout"] is None and "label" in spec["wide_refusal"]
+    assert spec["layouts"] == ["single", "wide"] and spec["wide_refusal"] is None
     assert spec["layout"]["pairs"] and spec["layout"]["n"] == spec["layout"]["slots"]
 
     private = PrivateClient(spec=spec)
@@ -67,8 +67,21 @@ def test_label_ensemble_over_http(client: Any, settings: Any, token_a: str) -> N
     again = client.post(url, headers={**auth(user), **OCTET}, data=selection)
     assert again.status_code == 422 and again.mimetype == "application/problem+json"
     assert "used or expired" in again.get_json()["detail"]
-    wide = client.post(url + "&layout=wide", headers={**auth(user), **OCTET}, data=b"PEW1" + bytes(16))
-    assert wide.status_code == 422 and "single layout only" in wide.get_json()["detail"]
+    # A wide batch: one body, one selection.
+    batch = np.random.default_rng(4).normal(size=(6, 2, 16))
+    wide1 = client.post(url + "&layout=wide", headers={**auth(user), **OCTET}, data=private.encrypt_wide_batch(batch))
+    assert wide1.status_code == 200 and wide1.get_data()[:4] == b"PEL1", wide1.get_data()[:200]
+    wide2 = client.post(url + "&layout=wide", headers={**auth(user), **OCTET},
+                        data=private.label_wide_selection(wide1.get_data(), count=6))
+    assert wide2.status_code == 200, wide2.get_data(as_text=True)
+    got = private.decrypt_wide_label(wide2.get_data(), count=6)
+    assert list(got.labels) == art.plaintext_logits(batch).argmax(axis=1).tolist()
+    crossed = client.post(url + "&layout=wide", headers={**auth(user), **OCTET},
+                          data=private.label_selection(client.post(url, headers={**auth(user), **OCTET},
+                                                                   data=private.encrypt(emb)).get_data()))
+    assert crossed.status_code == 422 and "without layout=wide" in crossed.get_json()["detail"]
+    bad = client.post(url + "&layout=wide", headers={**auth(user), **OCTET}, data=b"PEW1" + bytes(16))
+    assert bad.status_code == 422 and bad.mimetype == "application/problem+json"
 
 
 def test_sdk_answers_label_ensembles_in_two_rounds(app: Any, client: Any, settings: Any, token_a: str) -> None:
@@ -78,29 +91,39 @@ def test_sdk_answers_label_ensembles_in_two_rounds(app: Any, client: Any, settin
     sdk = Client("http://appliance.test", token=user, transport=httpx.WSGITransport(app=app), retries=0)
     texts = [f"text number {i}" for i in range(5)]
     expected = art.plaintext_logits(embed_with_templates(texts, art.templates, _encode)).argmax(axis=1)
-    for batch in (True, False):
-        result = sdk.private_predict(ens, texts, encode=_encode, batch=batch)
+    sent: list[dict[str, str]] = []
+    for batch, layout, params in ((True, None, {"layout": "wide"}), (True, "single", {"batch": "true"}),
+                                  (False, None, {})):
+        session = sdk.open_inference_session(ens)
+        post = session._post
+        session._post = lambda p, content, post=post: sent.append(p) or post(p, content)  # type: ignore[method-assign]
+        result = sdk.private_predict(ens, texts, encode=_encode, batch=batch, layout=layout, session=session)
+        assert sent and all(p == params for p in sent), (sent, params)
+        sent.clear()
+        session.close()
         assert result.indices == expected.tolist() and result.win_counts is None
         assert result.one_hot is not None and result.one_hot.shape == (5, 5)
         assert np.allclose(result.one_hot, np.eye(5)[expected], atol=1e-3)
 
-    # The evaluator (with the round-1 tickets) is lost between the rounds: the SDK asks again.
-    session = sdk.open_inference_session(ens)
+    # The evaluator (with the round-1 tickets) is lost between the rounds: the SDK asks again,
+    # in the single layout (3 texts) and in the wide one (5).
     cache = app.extensions["appliance.inference_cache"]
-    sent: list[int] = []
-    send = session._send
+    for count, layout in ((3, "single"), (5, "wide")):
+        session = sdk.open_inference_session(ens)
+        calls: list[str] = []
+        post = session._post
 
-    def losing(bodies: list[bytes], *, batch: bool) -> list[bytes]:
-        out = send(bodies, batch=batch)
-        if not sent:
-            cache.clear()
-        sent.append(len(bodies))
-        return out
+        def losing(params: dict[str, str], content: bytes, post: Any = post, calls: list[str] = calls) -> bytes:
+            out = post(params, content)
+            if not calls:
+                cache.clear()
+            calls.append(params.get("layout", "single"))
+            return out
 
-    session._send = losing  # type: ignore[method-assign]
-    result = sdk.private_predict(ens, texts[:3], encode=_encode, session=session)
-    assert result.indices == expected[:3].tolist() and sent == [3, 3, 3]
-    session.close()
+        session._post = losing  # type: ignore[method-assign]
+        result = sdk.private_predict(ens, texts[:count], encode=_encode, session=session)
+        assert result.indices == expected[:count].tolist() and calls == [layout] * 3, calls
+        session.close()
 
 
 @hyp_settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
