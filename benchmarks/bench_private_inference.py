@@ -302,6 +302,21 @@ def _artifact(rng: np.random.Generator, k: int, c: int, d: int, preset: str) -> 
     )
 
 
+def _hidden_artifact(rng: np.random.Generator, k: int, c: int, d: int, hidden: int,
+                     output: str = "scores") -> EnsembleArtifact:
+    """K random hidden-layer heads (``hidden`` units each, a GELU-like quadratic activation)."""
+    return EnsembleArtifact(
+        templates=[f"template {i}: {{}}" for i in range(k)],
+        hidden_weights=rng.normal(size=(k, hidden, d)) * 2.0 / np.sqrt(d),
+        hidden_biases=rng.normal(size=(k, hidden)) * 0.1,
+        activation=(0.2277, 0.5, 0.1359),
+        weights=rng.normal(size=(k, c, hidden)) / np.sqrt(hidden),
+        biases=rng.normal(size=(k, c)) * 0.1,
+        classes=[f"class{i}" for i in range(c)],
+        output=output,
+    )
+
+
 def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     x = rng.normal(size=shape)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -322,15 +337,7 @@ def _hidden_rows(
     rng: np.random.Generator, k: int, c: int, d: int, hidden: int, reps: int
 ) -> list[tuple[str, str, str]]:
     """Rows for K hidden-layer heads (``hidden`` units each, GELU-like quadratic activation)."""
-    art = EnsembleArtifact(
-        templates=[f"template {i}: {{}}" for i in range(k)],
-        hidden_weights=rng.normal(size=(k, hidden, d)) * 2.0 / np.sqrt(d),
-        hidden_biases=rng.normal(size=(k, hidden)) * 0.1,
-        activation=(0.2277, 0.5, 0.1359),
-        weights=rng.normal(size=(k, c, hidden)) / np.sqrt(hidden),
-        biases=rng.normal(size=(k, c)) * 0.1,
-        classes=[f"class{i}" for i in range(c)],
-    )
+    art = _hidden_artifact(rng, k, c, d, hidden)
     client, keys, evaluator, keygen_s, setup_s = _session(art)
     emb = _unit(rng, (k, d))
     query = client.encrypt(emb)
@@ -566,15 +573,7 @@ def _label_rows(rng: np.random.Generator, k: int, c: int, d: int, reps: int, que
         *wide_rows,
     ]
     if hidden:
-        h_art = dataclasses.replace(EnsembleArtifact(
-            templates=[f"template {i}: {{}}" for i in range(k)],
-            hidden_weights=rng.normal(size=(k, hidden, d)) * 2.0 / np.sqrt(d),
-            hidden_biases=rng.normal(size=(k, hidden)) * 0.1,
-            activation=(0.2277, 0.5, 0.1359),
-            weights=rng.normal(size=(k, c, hidden)) / np.sqrt(hidden),
-            biases=rng.normal(size=(k, c)) * 0.1,
-            classes=[f"class{i}" for i in range(c)],
-        ), output="label")
+        h_art = _hidden_artifact(rng, k, c, d, hidden, output="label")
         h_client, h_keys, h_evaluator, _, _ = _session(h_art)
         h_query = h_client.encrypt(emb)
         h_cpu = _cpu(lambda: h_evaluator.evaluate(h_client.label_selection(h_evaluator.evaluate(h_query))), reps)

@@ -38,6 +38,36 @@ def make_token(settings: Any, tenant: str, role: str = "admin") -> str:
         store.close()
 
 
+def identity_artifact(classes: int, *, output: str, **kwargs: Any) -> Any:
+    """A private ensemble of one member whose logits are its (clipped) embedding, so a test
+    chooses the logits it encrypts."""
+    from crypto.ensemble import EnsembleArtifact
+
+    return EnsembleArtifact(templates=["{}"], weights=np.eye(classes)[None], biases=np.zeros((1, classes)),
+                            classes=[f"c{i}" for i in range(classes)], norm_bound=float(np.sqrt(classes)),
+                            output=output, **kwargs)
+
+
+def mutate(blob: bytes, data: Any, rounds: int, position: Any) -> bytes:
+    """``blob`` after ``rounds`` bit flips, cuts (1-64 bytes) and insertions (1-16 bytes) drawn
+    with Hypothesis's ``data``; ``position(blob)`` draws where each one lands."""
+    from hypothesis import strategies as st
+
+    out = bytearray(blob)
+    for _ in range(rounds):
+        if not out:
+            break
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        pos = position(out)
+        if op == "flip":
+            out[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del out[pos:pos + data.draw(st.integers(1, 64))]
+        else:
+            out[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+    return bytes(out)
+
+
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from appliance.cli.demo import digits_split as split
 

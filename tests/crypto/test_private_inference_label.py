@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from support import identity_artifact
 
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError
@@ -20,15 +21,7 @@ C = 10
 
 def _identity_artifact(classes: int, **kwargs: object) -> EnsembleArtifact:
     """One member whose logits are its (clipped) embedding: the test chooses the logits."""
-    return EnsembleArtifact(
-        templates=["{}"],
-        weights=np.eye(classes)[None],
-        biases=np.zeros((1, classes)),
-        classes=[f"c{i}" for i in range(classes)],
-        norm_bound=float(np.sqrt(classes)),
-        output="label",
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return identity_artifact(classes, output="label", **kwargs)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import tenseal as ts
-from support import assert_argmax_agrees
+from support import assert_argmax_agrees, identity_artifact
 
 from crypto import argmax, packing
 from crypto.ckks import CiphertextError, ContextError
@@ -22,15 +22,7 @@ C = 4  # P = 4: a two-level product tree; n8192-d5 fits it with one sign composi
 
 def _identity_artifact(classes: int, **kwargs: object) -> EnsembleArtifact:
     """One member whose logits are its (clipped) embedding: the test chooses the logits."""
-    return EnsembleArtifact(
-        templates=["{}"],
-        weights=np.eye(classes)[None],
-        biases=np.zeros((1, classes)),
-        classes=[f"c{i}" for i in range(classes)],
-        norm_bound=float(np.sqrt(classes)),
-        output="onehot",
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return identity_artifact(classes, output="onehot", **kwargs)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

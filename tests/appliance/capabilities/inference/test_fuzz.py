@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
-from support import auth, make_token
+from support import auth, make_token, mutate
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +92,8 @@ def test_mutated_ciphertexts_and_keys_get_4xx_or_a_reply(fuzz_app: Any, data: An
     cache = fuzz_app.extensions["test.blobs"] = fuzz_app.extensions.get("test.blobs") or {
         "ct": private.encrypt(np.full((2, 8), 0.1)), "keys": private.evaluation_keys()}
     target = data.draw(st.sampled_from(["ct", "batch", "keys"]))
-    blob = bytearray(cache["keys" if target == "keys" else "ct"])
-    for _ in range(data.draw(st.integers(1, 4))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        pos = data.draw(st.integers(0, len(blob) - 1))
-        if op == "flip":
-            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
-        elif op == "cut":
-            del blob[pos:pos + data.draw(st.integers(1, 64))]
-        else:
-            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
-        if not blob:
-            break
+    blob = mutate(cache["keys" if target == "keys" else "ct"], data, data.draw(st.integers(1, 4)),
+                  lambda b: data.draw(st.integers(0, len(b) - 1)))
     if target == "keys":
         resp = web.post(f"/v1/inference/sessions?ensemble_id={ids['ensemble_id']}",
                         headers=headers, data=bytes(blob))

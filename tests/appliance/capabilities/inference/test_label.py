@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
-from support import auth, make_token, register_ensemble
+from support import auth, make_token, mutate, register_ensemble
 
 from appliance.client import Client
 from crypto.ensemble import EnsembleArtifact
@@ -134,19 +134,13 @@ def test_mutated_selections_get_4xx_or_a_reply(label_session: dict[str, Any], da
     web, private, url, headers = (label_session[k] for k in ("web", "private", "url", "headers"))
     round1 = web.post(url, headers=headers, data=private.encrypt(np.full((2, 16), 0.1)))
     assert round1.status_code == 200
-    blob = bytearray(private.label_selection(round1.get_data()))
-    for _ in range(data.draw(st.integers(1, 3))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        # Positions drawn apart from the blob's length (seeded encryption varies it): in the
-        # magic and ticket, or anywhere.
+    # Positions drawn apart from the blob's length (seeded encryption varies it): in the magic
+    # and ticket, or anywhere.
+    def position(b: bytes) -> int:
         head, raw = data.draw(st.booleans()), data.draw(st.integers(0, 1 << 24))
-        pos = raw % 24 if head else raw % len(blob)
-        if op == "flip":
-            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
-        elif op == "cut":
-            del blob[pos:pos + data.draw(st.integers(1, 64))]
-        else:
-            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+        return raw % 24 if head else raw % len(b)
+
+    blob = mutate(private.label_selection(round1.get_data()), data, data.draw(st.integers(1, 3)), position)
     resp = web.post(url, headers=headers, data=bytes(blob))
     assert resp.status_code == 200 or 400 <= resp.status_code < 500, resp.status_code
     if resp.status_code >= 400:
