@@ -13,6 +13,11 @@ class block, or a balanced product); row products of plaintext weight pieces for
 region layouts; and fresh output noise. Encoding the owner's weights as SEAL plaintexts
 happens here too, so the server only decides what to encode and keep.
 
+The label output's two rounds (:mod:`crypto.private_inference.label`) have circuits of their
+own: :meth:`Circuit.label_round1` / :meth:`Circuit.label_round2` in the single layout,
+:meth:`Circuit.label_wide_round1` / :meth:`Circuit.label_wide_round2` for wide batches (their
+logits from :meth:`Circuit.wide_logits` or, in regions, :meth:`Circuit.region_logits`).
+
 Circuit privacy of the result slots: each gets fresh uniform noise of :data:`OUTPUT_FLOOD`
 (the units the slot decrypts to), unused slots noise as large as the headroom allows, and
 win-count sums a fresh secret factor in [:data:`OUTPUT_SCALE_MIN`, 1] per query.
