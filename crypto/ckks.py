@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import tenseal as ts
 import tenseal.sealapi as sealapi
@@ -39,6 +40,7 @@ __all__ = [
     "context_parameters",
     "galois_element",
     "get_preset",
+    "level_with",
     "load_ckks_vector",
     "check_public_context",
     "load_public_context",
@@ -193,6 +195,15 @@ def get_preset(name: str) -> CkksPreset:
 
 # (Galois steps, relin) requested at make_context(), remembered for public_context_bytes().
 _KEY_OPTIONS: weakref.WeakKeyDictionary[ts.Context, tuple[tuple[int, ...], bool]] = weakref.WeakKeyDictionary()
+
+
+def level_with(data: Any, primes: int | None) -> Any:
+    """The SEAL context data at or below ``data`` whose level has at most ``primes`` primes (the
+    chain's last level if none has so few; ``data`` itself for ``None`` or where it has few
+    enough already)."""
+    while primes is not None and len(data.parms().coeff_modulus()) > primes and data.next_context_data():
+        data = data.next_context_data()
+    return data
 
 
 def galois_element(step: int, poly_modulus_degree: int) -> int:

@@ -35,7 +35,7 @@ import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
 from crypto import packing
-from crypto.ckks import CkksPreset, ContextError, galois_element
+from crypto.ckks import CkksPreset, ContextError, galois_element, level_with
 from crypto.ensemble import FLOOD_MARGIN_BITS
 
 __all__ = ["OUTPUT_FLOOD", "OUTPUT_SCALE_MIN", "Circuit", "SealKeys", "SingleWeights", "region_class",
@@ -318,16 +318,18 @@ class Circuit:
             self._evaluator.rescale_to_next_inplace(out)
         return out
 
+    def _encode_to_rescale(self, values: float | list[float], ct: Any) -> Any:
+        """``values`` as a plaintext at ``ct``'s level and at the scale of the prime the next
+        rescale drops, so ``ct`` times it, rescaled, keeps ``ct``'s scale."""
+        data = self._seal_ctx.get_context_data(ct.parms_id())
+        pt = sealapi.Plaintext()
+        self._encoder.encode(values, ct.parms_id(), float(data.parms().coeff_modulus()[-1].value()), pt)
+        return pt
+
     def _half(self, ct: Any, value: float | list[float] = 0.5, *, memo: dict[Any, Any] | None = None) -> Any:
         """``ct * value``, rescaled (the plaintext at the scale of the prime the rescale drops,
         kept in ``memo`` under the level for the next ciphertext of the same batch)."""
-        def encode() -> Any:
-            data = self._seal_ctx.get_context_data(ct.parms_id())
-            pt = sealapi.Plaintext()
-            self._encoder.encode(value, ct.parms_id(), float(data.parms().coeff_modulus()[-1].value()), pt)
-            return pt
-
-        pt = _memoised(memo, ("half", tuple(ct.parms_id())), encode)
+        pt = _memoised(memo, ("half", tuple(ct.parms_id())), lambda: self._encode_to_rescale(value, ct))
         out = sealapi.Ciphertext()
         self._evaluator.multiply_plain(ct, pt, out)
         self._evaluator.rescale_to_next_inplace(out)
@@ -454,16 +456,20 @@ class Circuit:
         *,
         rescale: bool = False,
         small: float | npt.NDArray[np.float64] | None = None,
+        unused: float | None = None,
     ) -> None:
-        """Add fresh uniform noise to every slot: as large as the headroom allows outside
-        ``keep`` (no partial results leak), :data:`OUTPUT_FLOOD` on the result slots; then
-        re-randomise the ciphertext, and rescale it if asked. Where the reply still has a
-        rescale to come (``rescale=True``), the fresh encryption's noise is divided by the
-        prime it drops. (At the 2^27 scale of ``n8192-d5``, one-hot, the same 150 query
-        ciphertexts: error against the plaintext reference rms 2.14e-5 this way, 2.15e-5 without any
-        re-randomisation, 2.36e-5 re-randomised after the last rescale.)"""
-        amplitude = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
-        noise = rng.uniform(-amplitude, amplitude, keep.size)
+        """Add fresh uniform noise to every slot: as large as the last prime's headroom allows
+        outside ``keep`` (no partial results leak; ``unused`` instead, for a reply that keeps
+        more primes), :data:`OUTPUT_FLOOD` on the result slots (``small``: another amplitude,
+        or one per kept slot in slot order); then re-randomise the ciphertext, and rescale it if
+        asked. Where the reply still has a rescale to come (``rescale=True``), the fresh
+        encryption's noise is divided by the prime it drops. (At the 2^27 scale of ``n8192-d5``,
+        one-hot, the same 150 query ciphertexts: error against the plaintext reference rms
+        2.14e-5 this way, 2.15e-5 without any re-randomisation, 2.36e-5 re-randomised after the
+        last rescale.)"""
+        if unused is None:
+            unused = 2.0 ** (self._preset.coeff_mod_bit_sizes[0] - self._preset.global_scale_bits - FLOOD_MARGIN_BITS)
+        noise = rng.uniform(-unused, unused, keep.size)
         if small is None:
             small = OUTPUT_FLOOD["onehot" if self._onehot else "scores"]
         noise[keep] = rng.uniform(-1.0, 1.0, int(keep.sum())) * small
@@ -475,9 +481,7 @@ class Circuit:
     def _drop_to_last(self, ct: Any, primes: int = 1) -> None:
         """Switch ``ct`` down to the level of ``primes`` primes (no rescale: same scale, fewer
         bytes), or leave it where it has fewer already."""
-        data = self._seal_ctx.get_context_data(ct.parms_id())
-        while data.next_context_data() is not None and len(data.parms().coeff_modulus()) > primes:
-            data = data.next_context_data()
+        data = level_with(self._seal_ctx.get_context_data(ct.parms_id()), primes)
         if data.parms_id() != ct.parms_id():
             self._evaluator.mod_switch_to_inplace(ct, data.parms_id())
 
@@ -643,12 +647,9 @@ class Circuit:
         z = self._half(self.differences(ct, weights), mask.tolist())
         z = self._window_sum(z, lay.rows)
         self._drop_to_last(z, primes=2)
-        amplitudes = np.full(lay.slots, 2.0**LABEL_UNUSED_BITS)
-        kept = np.arange(factors.size) * lay.rows
-        amplitudes[kept] = factors * LABEL_FLOOD
-        noise = rng.uniform(-1.0, 1.0, lay.slots) * amplitudes
-        self._evaluator.add_plain_inplace(z, self._encode_like(noise.tolist(), z))
-        self._rerandomise(z)
+        keep = np.zeros(lay.slots, dtype=bool)
+        keep[np.arange(factors.size) * lay.rows] = True  # in pair order, as factors
+        self._flood(z, keep, rng, small=factors * LABEL_FLOOD, unused=2.0**LABEL_UNUSED_BITS)
         return z
 
     def label_round2(self, ct: Any, mask: npt.NDArray[np.float64], strides: Sequence[int], classes: int) -> Any:
@@ -674,9 +675,7 @@ class Circuit:
         for ct, weight in zip(cts, weights, strict=True):
             if weight is None or ct is None:  # a zero weight, or an all-zero logit
                 continue
-            data = self._seal_ctx.get_context_data(ct.parms_id())
-            pt = sealapi.Plaintext()
-            self._encoder.encode(weight.tolist(), ct.parms_id(), float(data.parms().coeff_modulus()[-1].value()), pt)
+            pt = self._encode_to_rescale(weight.tolist(), ct)
             if acc is None:
                 acc = sealapi.Ciphertext()
                 self._evaluator.multiply_plain(ct, pt, acc)

@@ -28,6 +28,7 @@ from crypto.ckks import (
     _decode_parameters,
     _parse_fields,
     get_preset,
+    level_with,
     load_ckks_vector,
     make_context,
     public_context_bytes,
@@ -190,9 +191,7 @@ class PrivateClient:
         seal_ctx, encryptor, encoder = self._secret_encryptor()
         pt = sealapi.Plaintext()
         scale = 2.0 ** get_preset(self._preset).global_scale_bits
-        level = seal_ctx.first_context_data()
-        while primes is not None and len(level.parms().coeff_modulus()) > primes and level.next_context_data():
-            level = level.next_context_data()
+        level = level_with(seal_ctx.first_context_data(), primes)
         encoder.encode(np.asarray(values, dtype=np.float64).tolist(), level.parms_id(), scale, pt)
         return vector_message(len(values), seal_to_bytes(encryptor.encrypt_symmetric(pt)), scale)
 
@@ -316,10 +315,7 @@ class PrivateClient:
         self._need_label(False)
         if not 1 <= count <= self.batch_capacity:
             raise CiphertextError(f"count must lie in [1, {self.batch_capacity}]")
-        vec = load_ckks_vector(
-            self._ctx, data, expected_size=self._layout.slots, max_bytes=specs.max_query_bytes(self._preset)
-        )
-        raw = packing.score_slots(np.asarray(vec.decrypt()), self._layout, count)
+        raw = packing.score_slots(self._open_reply(data), self._layout, count)
         return PrivateScores.decode(raw, output=self._output, class_names=self._classes)
 
     def decrypt_batch(self, replies: Sequence[bytes], *, total: int) -> PrivateScores:
@@ -410,21 +406,11 @@ class PrivateClient:
         self._need_label(False)
         specs.refuse_wide(self._head)
         lay = self._wide
-        if not 1 <= count <= lay.capacity:
-            raise CiphertextError(f"count must lie in [1, {lay.capacity}]")
+        self._count(count)
         got, blobs = decode_wide(reply, layout=lay, items=lay.classes, max_bytes=specs.max_wide_bytes(self._preset))
         if got != count:
             raise CiphertextError(f"the reply is for {got} queries, expected {count}")
-        per_class = np.stack(
-            [
-                np.asarray(
-                    load_ckks_vector(
-                        self._ctx, b, expected_size=lay.slots, max_bytes=specs.max_query_bytes(self._preset)
-                    ).decrypt()
-                )
-                for b in blobs
-            ]
-        )
+        per_class = np.stack([self._open_reply(b) for b in blobs])  # the wide layout has the same slots
         raw = packing.wide_score_slots(per_class, lay, count)
         return PrivateScores.decode(raw, output=self._output, class_names=self._classes)
 

@@ -22,7 +22,15 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from crypto import packing
-from crypto.ckks import CiphertextError, ContextError, _parse_fields, check_public_context, galois_element, get_preset
+from crypto.ckks import (
+    CiphertextError,
+    ContextError,
+    _parse_fields,
+    check_public_context,
+    galois_element,
+    get_preset,
+    level_with,
+)
 from crypto.ensemble import EnsembleArtifact
 from crypto.private_inference import label as labels
 from crypto.private_inference import spec as specs
@@ -94,6 +102,7 @@ class EnsembleEvaluator:
         self._hidden = artifact.head == "quadratic_mlp"
         self._onehot = specs.output_mode(spec) == "onehot"
         self._label = specs.output_mode(spec) == "label"
+        self._label_wide_refusal = specs.label_wide_refusal(spec)
         #: Label output: the secret permutations of round-1 answers awaiting their selection.
         self.pending = labels.PendingTickets()
         self._wide_kept = specs.wide_kept(spec)
@@ -270,13 +279,6 @@ class EnsembleEvaluator:
 
     # -- ciphertexts in and out ------------------------------------------------------------
 
-    def _level(self, primes: int | None) -> Any:
-        """The parms id of the chain's level with ``primes`` primes (``None``: the top)."""
-        data = self._seal.context.first_context_data()
-        while primes is not None and len(data.parms().coeff_modulus()) > primes and data.next_context_data():
-            data = data.next_context_data()
-        return data.parms_id()
-
     def _load_query(self, data: bytes, *, primes: int | None = None) -> Any:
         """A query ciphertext straight into SEAL (no TenSEAL round trip), validated.
 
@@ -303,7 +305,7 @@ class EnsembleEvaluator:
             raise CiphertextError("malformed or truncated ciphertext, or one for other parameters") from None
         if ct.size() != 2:
             raise CiphertextError(f"ciphertext has {ct.size()} polynomials, expected 2")
-        if ct.parms_id() != self._level(primes):
+        if ct.parms_id() != level_with(self._seal.context.first_context_data(), primes).parms_id():
             where = "the top level of the chain" if primes is None else f"the level of {primes} primes (a selection)"
             raise CiphertextError(f"query ciphertext is not at {where}")
         if not abs(ct.scale - expected_scale) <= 1e-6 * expected_scale:
@@ -334,11 +336,7 @@ class EnsembleEvaluator:
         data = bytes(data)
         classes, slots = self._layout.classes, self._layout.slots
         if data[: len(labels.SELECT_MAGIC)] == labels.SELECT_MAGIC:
-            ticket, message = labels.decode_ticketed(labels.SELECT_MAGIC, data)
-            selection = self._load_query(message, primes=labels.SELECTION_PRIMES)
-            perm = self.pending.redeem(ticket)
-            if perm.ndim != 1:
-                raise CiphertextError("this ticket answers a wide batch: post its selection with layout=wide")
+            selection, perm = self._redeem_selection(data, wide=False)
             reply = self._circuit.label_round2(
                 selection, labels.round2_mask(classes, slots, perm), labels.round2_strides(classes), classes
             )
@@ -348,6 +346,18 @@ class EnsembleEvaluator:
         mask = labels.round1_mask(self._layout, perm, factors)
         reply = self._circuit.label_round1(query, self._weights, mask, factors)
         return labels.encode_ticketed(labels.REPLY_MAGIC, self.pending.issue(perm), self._dump_reply(reply))
+
+    def _redeem_selection(self, data: bytes, *, wide: bool) -> tuple[Any, Any]:
+        """A round-2 body's selection ciphertext (validated, at its level) and the permutation
+        under its ticket, which is used up; :class:`CiphertextError` where the ticket answered
+        the other layout (one permutation per query in a wide batch)."""
+        ticket, message = labels.decode_ticketed(labels.SELECT_MAGIC, data)
+        selection = self._load_query(message, primes=labels.SELECTION_PRIMES)
+        perm = self.pending.redeem(ticket)
+        if perm.ndim != (2 if wide else 1):
+            raise CiphertextError("this ticket answers a single-layout query: post its selection without layout=wide"
+                                  if wide else "this ticket answers a wide batch: post its selection with layout=wide")
+        return selection, perm
 
     def evaluate_batch(self, queries: Sequence[bytes]) -> list[bytes]:
         """Evaluate every ciphertext of :meth:`PrivateClient.encrypt_batch`, in order."""
@@ -390,9 +400,9 @@ class EnsembleEvaluator:
         """
         specs.refuse_wide(self._artifact.head)
         if self._label:
-            refusal = specs.label_wide_refusal(self._artifact.public_spec())
-            if refusal is not None:
-                raise packing.LayoutError(refusal, hint="send single-layout ciphertexts (layout=single)")
+            if self._label_wide_refusal is not None:
+                raise packing.LayoutError(self._label_wide_refusal,
+                                          hint="send single-layout ciphertexts (layout=single)")
             self._check_wide_keys()
             return self._evaluate_label_wide(body)
         lay = self._wide
@@ -447,12 +457,7 @@ class EnsembleEvaluator:
         lay, classes = self._wide, self._wide.classes
         data = bytes(body)
         if data[: len(labels.SELECT_MAGIC)] == labels.SELECT_MAGIC:
-            ticket, message = labels.decode_ticketed(labels.SELECT_MAGIC, data)
-            selection = self._load_query(message, primes=labels.SELECTION_PRIMES)
-            perms = self.pending.redeem(ticket)
-            if perms.ndim != 2:
-                raise CiphertextError("this ticket answers a single-layout query: post its selection "
-                                      "without layout=wide")
+            selection, perms = self._redeem_selection(data, wide=True)
             keep = np.zeros(lay.slots, dtype=bool)
             keep[labels.wide_slots(lay, perms.shape[0], classes).ravel()] = True
             reply = self._circuit.label_wide_round2(selection, labels.wide_shift_masks(perms, lay), keep)
