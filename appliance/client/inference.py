@@ -169,7 +169,6 @@ class InferenceSession:
     def _predict(self, emb: npt.NDArray[np.float64], *, batch: bool, per_request: int,
                  layout: str) -> PrivateScores:
         from crypto.private_inference.client import PrivateScores
-        from crypto.private_inference.wire import decode_blobs, encode_blobs
 
         pc = self.private_client
         if pc.output == "label":
@@ -189,9 +188,7 @@ class InferenceSession:
         per_request = _per_request(per_request)
         out: list[bytes] = []
         for start in range(0, len(cts), per_request):
-            chunk = cts[start:start + per_request]
-            reply = self._post({"batch": "true"}, encode_blobs(chunk))
-            out.extend(decode_blobs(reply, max_items=len(chunk), max_bytes=MAX_BATCH_BYTES))
+            out.extend(self._send(cts[start:start + per_request], batch=True))
         return pc.decrypt_batch(out, total=len(emb))
 
     def _send(self, bodies: list[bytes], *, batch: bool) -> list[bytes]:
